@@ -1,0 +1,100 @@
+"""Argument checking shared by the public functions: arrays, dtypes and size tuples.
+
+Everything a kernel is given passes through here first, so that a bad call raises a ValueError
+or TypeError naming the function, the argument, the value and what was expected.
+"""
+from __future__ import annotations
+
+import numbers
+import operator
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _describe(value) -> str:
+    if isinstance(value, np.ndarray):
+        return f"array of shape {value.shape} and dtype {value.dtype}"
+    return repr(value)
+
+
+def as_array(fname: str, name: str, value) -> np.ndarray:
+    """``value`` as an ndarray of a numeric real dtype (no copy yet), or TypeError."""
+    if value is None:
+        raise TypeError(f"{fname}: {name} must be an array, got None")
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # ragged nested lists and the like
+        raise TypeError(f"{fname}: {name} could not be converted to an array ({exc})") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(
+            f"{fname}: {name} must hold real numbers (float32/float64; ints and bools are cast), "
+            f"got dtype {arr.dtype}")
+    return arr
+
+
+def float_dtype(*arrays: np.ndarray) -> np.dtype:
+    """The dtype the kernels compute in: float64 if any float array is float64 (or wider),
+    float32 otherwise (float16, ints and bools are computed in float32)."""
+    for arr in arrays:
+        if arr is not None and arr.dtype.kind == "f" and arr.dtype.itemsize >= 8:
+            return np.dtype(np.float64)
+    return np.dtype(np.float32)
+
+
+def contiguous(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """C-contiguous, aligned, of ``dtype``; copies only when needed (views, Fortran order,
+    negative strides, other dtypes)."""
+    return np.require(arr, dtype=dtype, requirements=("C", "A"))
+
+
+def check_ndim(fname: str, name: str, arr: np.ndarray, allowed, meaning: str) -> None:
+    if arr.ndim not in allowed:
+        want = " or ".join(str(a) for a in allowed)
+        raise ValueError(f"{fname}: {name} must be {want}-D ({meaning}), got shape {arr.shape}")
+
+
+def as_int(fname: str, name: str, value, minimum: int | None = None) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{fname}: {name} must be an int, got {_describe(value)}")
+    value = operator.index(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{fname}: {name} must be >= {minimum}, got {value}")
+    return value
+
+
+def ntuple(fname: str, name: str, value, n: int, minimum: int) -> tuple:
+    """An int or a sequence of ``n`` ints, each >= minimum, as a tuple of ``n`` ints."""
+    what = "positive" if minimum == 1 else "non-negative"
+    expected = f"a {what} int or a tuple of {n} {what} ints"
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{fname}: {name} must be {expected}, got {value!r}")
+    if isinstance(value, numbers.Integral):
+        items = (operator.index(value),) * n
+    elif isinstance(value, (tuple, list, np.ndarray)):
+        items = tuple(value)
+        if len(items) != n or any(isinstance(v, (bool, np.bool_)) or
+                                  not isinstance(v, numbers.Integral) for v in items):
+            raise TypeError(f"{fname}: {name} must be {expected}, got {value!r}")
+        items = tuple(operator.index(v) for v in items)
+    else:
+        raise TypeError(f"{fname}: {name} must be {expected}, got {_describe(value)}")
+    if any(v < minimum for v in items):
+        raise ValueError(f"{fname}: {name} must be {expected}, got {value!r}")
+    return items
+
+
+def lift3(values: tuple, fill: int) -> tuple:
+    """Pad a per-axis tuple of 1 or 2 entries on the left to 3 (the kernels are 3-D)."""
+    return (fill,) * (3 - len(values)) + tuple(values)
+
+
+def optional_vector(fname: str, name: str, value, size: int, dtype) -> np.ndarray:
+    """None -> an empty array (the kernels' "absent"); else a 1-D array of ``size`` entries."""
+    if value is None:
+        return np.empty(0, dtype=dtype)
+    arr = as_array(fname, name, value)
+    if arr.shape != (size,):
+        raise ValueError(f"{fname}: {name} must have shape ({size},), got {arr.shape}")
+    return contiguous(arr, dtype)

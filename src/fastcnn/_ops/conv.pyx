@@ -1,0 +1,192 @@
+"""Convolution (1-D/2-D/3-D, stride, padding, dilation, groups): forward and backward.
+
+Shapes, per sample n and group g (Cg = C_in/groups, Cog = C_out/groups, K = Cg*kD*kH*kW,
+L = oD*oH*oW, S = D*H*W):
+
+    forward      y[n,g]  (Cog, L) = W[g] (Cog, K) @ cols[n,g] (K, L)          (+ bias)
+    grad input   dcols   (K, L)   = W[g]^T (K, Cog) @ dy[n,g] (Cog, L);  dx[n] = col2im(dcols)
+    grad weight  dW[g]   (Cog, K) = sum_n dy[n,g] (Cog, L) @ cols[n,g]^T (L, K)
+    grad bias    db[co]           = sum_n sum_l dy[n, co, l]
+
+where cols[n] = im2col(x[n]) holds the rows of all groups one after the other, so group g's
+(K, L) block starts at row g*K. A 1x1 convolution with stride 1 and no padding has cols = x[n]
+itself, and its grad input is the GEMM written straight into dx[n]: no im2col, no col2im.
+
+Threads: the forward and grad input work on whole samples, one thread per sample, each with its
+own slice of the workspace and single-threaded BLAS calls. The weight gradient sums over samples;
+to give the same bits whatever the number of threads, samples are cut into ``n_chunks`` fixed
+ranges (a function of N only), each chunk sums its samples in order into its own (C_out, K)
+partial, and the caller adds the partials in chunk order.
+"""
+from cython cimport floating
+from cython.parallel cimport prange, parallel, threadid
+from libc.string cimport memset
+
+from fastcnn._ops._blas cimport gemm
+from fastcnn._ops.im2col cimport Geom, make_geom, im2col_plane, col2im_plane
+
+
+cdef inline void _im2col_sample(const floating* x, floating* cols, Py_ssize_t C,
+                                Py_ssize_t plane_in, Py_ssize_t plane_cols,
+                                const Geom* g) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(C):
+        im2col_plane(x + c * plane_in, cols + c * plane_cols, g)
+
+
+cdef inline void _col2im_sample(const floating* cols, floating* x, Py_ssize_t C,
+                                Py_ssize_t plane_in, Py_ssize_t plane_cols,
+                                const Geom* g) noexcept nogil:
+    cdef Py_ssize_t c
+    memset(x, 0, C * plane_in * sizeof(floating))
+    for c in range(C):
+        col2im_plane(cols + c * plane_cols, x + c * plane_in, g)
+
+
+def workspace_size(Py_ssize_t channels, tuple kernel, tuple stride, tuple padding,
+                   tuple out_size):
+    """Elements of scratch one thread needs: the (C*kD*kH*kW, L) columns, or 0 for a 1x1 conv."""
+    if _is_pointwise(kernel, stride, padding):
+        return 0
+    kD, kH, kW = kernel
+    oD, oH, oW = out_size
+    return channels * kD * kH * kW * oD * oH * oW
+
+
+cdef bint _is_pointwise(tuple kernel, tuple stride, tuple padding):
+    return kernel == (1, 1, 1) and stride == (1, 1, 1) and padding == (0, 0, 0)
+
+
+def conv_forward(const floating[:, ::1] x, const floating[:, ::1] weight,
+                 const floating[::1] bias, floating[:, ::1] out, floating[::1] workspace,
+                 Py_ssize_t groups, tuple in_size, tuple kernel, tuple stride, tuple padding,
+                 tuple dilation, tuple out_size, int num_threads):
+    """out (N, C_out*L) = conv(x (N, C_in*S), weight (C_out, K)) + bias (C_out or empty).
+
+    ``workspace`` holds num_threads * workspace_size(...) elements (may be empty for 1x1).
+    """
+    cdef Geom g = make_geom(in_size, kernel, stride, padding, dilation, out_size)
+    cdef Py_ssize_t N = x.shape[0], C_out = weight.shape[0], K = weight.shape[1]
+    cdef Py_ssize_t kk = g.kD * g.kH * g.kW
+    cdef Py_ssize_t Cg = K // kk, C = Cg * groups, Cog = C_out // groups
+    cdef Py_ssize_t S = g.D * g.H * g.W, L = g.oD * g.oH * g.oW
+    cdef bint pointwise = _is_pointwise(kernel, stride, padding)
+    cdef Py_ssize_t ws_stride = 0 if pointwise else C * kk * L
+    cdef bint has_bias = bias.shape[0] > 0
+    cdef floating* ws = &workspace[0] if workspace.shape[0] > 0 else NULL
+    cdef const floating* xn
+    cdef const floating* cols
+    cdef floating* yn
+    cdef floating* row
+    cdef floating b
+    cdef Py_ssize_t n, gi, co, l
+    cdef int tid
+    if N == 0 or L == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        for n in prange(N, schedule='static'):
+            tid = threadid()
+            xn = &x[n, 0]
+            yn = &out[n, 0]
+            if pointwise:
+                cols = xn
+            else:
+                _im2col_sample(xn, ws + tid * ws_stride, C, S, kk * L, &g)
+                cols = ws + tid * ws_stride
+            for gi in range(groups):
+                gemm(False, False, <int> Cog, <int> L, <int> K, <floating> 1.0,
+                     &weight[gi * Cog, 0], <int> K, cols + gi * K * L, <int> L,
+                     <floating> 0.0, yn + gi * Cog * L, <int> L)
+            if has_bias:
+                for co in range(C_out):
+                    b = bias[co]
+                    row = yn + co * L
+                    for l in range(L):
+                        row[l] = row[l] + b
+
+
+def conv_backward(const floating[:, ::1] x, const floating[:, ::1] weight,
+                  const floating[:, ::1] grad_out, floating[:, ::1] grad_x,
+                  floating[:, ::1] grad_w_parts, floating[::1] workspace,
+                  bint need_x, bint need_w,
+                  Py_ssize_t groups, tuple in_size, tuple kernel, tuple stride, tuple padding,
+                  tuple dilation, tuple out_size, int num_threads):
+    """Gradients of conv_forward with respect to its input and weight.
+
+    grad_out (N, C_out*L). If need_x, grad_x (N, C_in*S) is overwritten with dL/dx. If need_w,
+    grad_w_parts (n_chunks, C_out*K) receives one partial weight gradient per chunk of samples
+    (chunk j covers samples [j*N//n_chunks, (j+1)*N//n_chunks)); their sum in order is dL/dW.
+    """
+    cdef Geom g = make_geom(in_size, kernel, stride, padding, dilation, out_size)
+    cdef Py_ssize_t N = x.shape[0], C_out = weight.shape[0], K = weight.shape[1]
+    cdef Py_ssize_t kk = g.kD * g.kH * g.kW
+    cdef Py_ssize_t Cg = K // kk, C = Cg * groups, Cog = C_out // groups
+    cdef Py_ssize_t S = g.D * g.H * g.W, L = g.oD * g.oH * g.oW
+    cdef bint pointwise = _is_pointwise(kernel, stride, padding)
+    cdef Py_ssize_t ws_stride = 0 if pointwise else C * kk * L
+    cdef Py_ssize_t n_chunks = grad_w_parts.shape[0] if need_w else N
+    cdef floating* ws = &workspace[0] if workspace.shape[0] > 0 else NULL
+    cdef floating* cols
+    cdef floating* dwp
+    cdef const floating* xn
+    cdef const floating* dyn
+    cdef floating* dxn
+    cdef Py_ssize_t j, n, n0, n1, gi
+    cdef int tid
+    if N == 0:
+        return
+    if need_w and L == 0:
+        memset(&grad_w_parts[0, 0], 0, n_chunks * C_out * K * sizeof(floating))
+    if need_x and L == 0:
+        memset(&grad_x[0, 0], 0, N * C * S * sizeof(floating))
+    if L == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        for j in prange(n_chunks, schedule='dynamic'):
+            tid = threadid()
+            n0 = j * N // n_chunks
+            n1 = (j + 1) * N // n_chunks
+            cols = ws + tid * ws_stride
+            if need_w:
+                dwp = &grad_w_parts[j, 0]
+            for n in range(n0, n1):
+                xn = &x[n, 0]
+                dyn = &grad_out[n, 0]
+                if need_w:
+                    if pointwise:
+                        cols = <floating*> xn   # read only below
+                    else:
+                        _im2col_sample(xn, cols, C, S, kk * L, &g)
+                    for gi in range(groups):
+                        gemm(False, True, <int> Cog, <int> K, <int> L, <floating> 1.0,
+                             dyn + gi * Cog * L, <int> L, cols + gi * K * L, <int> L,
+                             <floating> (1.0 if n > n0 else 0.0), dwp + gi * Cog * K, <int> K)
+                if need_x:
+                    dxn = &grad_x[n, 0]
+                    if pointwise:
+                        # K == Cg: dx[n, group g] = W[g]^T dy[n, group g], written in place.
+                        for gi in range(groups):
+                            gemm(True, False, <int> K, <int> L, <int> Cog, <floating> 1.0,
+                                 &weight[gi * Cog, 0], <int> K, dyn + gi * Cog * L, <int> L,
+                                 <floating> 0.0, dxn + gi * K * L, <int> L)
+                    else:
+                        cols = ws + tid * ws_stride
+                        for gi in range(groups):
+                            gemm(True, False, <int> K, <int> L, <int> Cog, <floating> 1.0,
+                                 &weight[gi * Cog, 0], <int> K, dyn + gi * Cog * L, <int> L,
+                                 <floating> 0.0, cols + gi * K * L, <int> L)
+                        _col2im_sample(cols, dxn, C, S, kk * L, &g)
+
+
+def bias_backward(const floating[:, :, ::1] grad_out, floating[::1] grad_b, int num_threads):
+    """grad_b[c] = sum over n and l of grad_out (N, C, L), accumulated in double, fixed order."""
+    cdef Py_ssize_t N = grad_out.shape[0], C = grad_out.shape[1], L = grad_out.shape[2]
+    cdef Py_ssize_t c, n, l
+    cdef double acc
+    with nogil:
+        for c in prange(C, schedule='static', num_threads=num_threads):
+            acc = 0.0
+            for n in range(N):
+                for l in range(L):
+                    acc = acc + grad_out[n, c, l]
+            grad_b[c] = <floating> acc

@@ -1,0 +1,98 @@
+"""How many threads the kernels use, and keeping BLAS from multiplying them.
+
+The kernels run an OpenMP team of ``get_num_threads()`` threads, and each thread calls BLAS on
+its own sample. BLAS must then be single-threaded: an OpenBLAS pool of its own on top of our
+team would oversubscribe the cores, and its spinning threads slow OpenMP down (OpenBLAS issue
+3187, scikit-learn issue 28883). :func:`single_threaded_blas` sets every loaded BLAS to one thread
+for the duration of a kernel call and restores it afterwards; it is re-entrant across Python
+threads (the first caller in saves, the last caller out restores).
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+from fastcnn._ops import parallel as _parallel
+
+__all__ = ["set_num_threads", "get_num_threads", "single_threaded_blas"]
+
+_num_threads: int | None = None
+
+
+def _parse_positive_int(name: str, value) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
+    if n < 1 or (isinstance(value, float) and value != n):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return n
+
+
+def _default_num_threads() -> int:
+    env = os.environ.get("FASTCNN_NUM_THREADS")
+    if env not in (None, ""):
+        return _parse_positive_int("FASTCNN_NUM_THREADS", env)
+    # omp_get_max_threads() honours OMP_NUM_THREADS and the CPU affinity mask.
+    return max(1, _parallel.openmp_max_threads())
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads in every kernel from now on (default: FASTCNN_NUM_THREADS,
+    else OMP_NUM_THREADS, else the number of usable cores)."""
+    global _num_threads
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__} {n!r}")
+    if n < 1:
+        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    _num_threads = n
+
+
+def get_num_threads() -> int:
+    """The number of threads the kernels use."""
+    global _num_threads
+    if _num_threads is None:
+        _num_threads = _default_num_threads()
+    return _num_threads if _parallel.openmp_enabled() else 1
+
+
+class _SingleThreadedBlas:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved: list = []
+        self._libs = None
+
+    def _blas_libs(self):
+        if self._libs is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+                self._libs = [lib for lib in ThreadpoolController().lib_controllers
+                              if lib.user_api == "blas"]
+            except Exception:  # threadpoolctl cannot see the libraries: nothing to limit
+                self._libs = []
+        return self._libs
+
+    def __enter__(self):
+        with self._lock:
+            if self._depth == 0:
+                self._saved = []
+                for lib in self._blas_libs():
+                    n = lib.num_threads
+                    if n != 1:
+                        lib.set_num_threads(1)
+                        self._saved.append((lib, n))
+            self._depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                for lib, n in self._saved:
+                    lib.set_num_threads(n)
+                self._saved = []
+        return False
+
+
+single_threaded_blas = _SingleThreadedBlas()

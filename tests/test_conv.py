@@ -1,0 +1,288 @@
+"""conv1d/2d/3d forward and backward: torch agreement, finite differences, layouts, errors."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st, HealthCheck
+
+import fastcnn
+import fastcnn.functional as F
+from conftest import TOL
+from gradcheck import numerical_grad, assert_grad_close
+
+CONV = {1: (F.conv1d, F.conv1d_backward), 2: (F.conv2d, F.conv2d_backward),
+        3: (F.conv3d, F.conv3d_backward)}
+
+
+def torch_conv(th, nd, x, w, b, dy, **kw):
+    """torch's output and gradients (input, weight, bias) for the same call."""
+    xt = th.tensor(x, requires_grad=True)
+    wt = th.tensor(w, requires_grad=True)
+    bt = None if b is None else th.tensor(b, requires_grad=True)
+    yt = getattr(th.nn.functional, f"conv{nd}d")(xt, wt, bt, **kw)
+    yt.backward(th.tensor(dy))
+    return (yt.detach().numpy(), xt.grad.numpy(), wt.grad.numpy(),
+            None if b is None else bt.grad.numpy())
+
+
+def check_against_torch(th, rng, nd, n, c_in, c_out, size, kernel, dtype=np.float64, bias=True,
+                        **kw):
+    groups = kw.get("groups", 1)
+    x = rng.standard_normal((n, c_in) + tuple(size)).astype(dtype)
+    w = rng.standard_normal((c_out, c_in // groups) + tuple(kernel)).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype) if bias else None
+    fwd, bwd = CONV[nd]
+    y = fwd(x, w, b, **kw)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    y_ref, gx_ref, gw_ref, gb_ref = torch_conv(th, nd, x, w, b, dy, **kw)
+    assert y.shape == y_ref.shape and y.dtype == dtype
+    tol = TOL[dtype]
+    np.testing.assert_allclose(y, y_ref, **tol)
+    gx, gw, gb = bwd(dy, x, w, **kw)
+    np.testing.assert_allclose(gx, gx_ref, **tol)
+    np.testing.assert_allclose(gw, gw_ref, **tol)
+    if bias:
+        np.testing.assert_allclose(gb, gb_ref, **tol)
+
+
+# ---- torch agreement on a grid ----------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("stride,padding,dilation,groups", [
+    (1, 0, 1, 1), (1, 1, 1, 1), (2, 1, 1, 1), (1, 2, 2, 1), (3, 0, 1, 2), ((2, 1), (1, 0), (1, 2), 1),
+    (1, "same", 1, 1), (1, "same", (2, 1), 2), (2, "valid", 1, 4), (1, 1, 1, 4),
+])
+def test_conv2d_matches_torch(th, rng, dtype, stride, padding, dilation, groups):
+    check_against_torch(th, rng, 2, 3, 4, 8, (9, 10), (3, 2), dtype,
+                        stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kernel,stride,padding,groups", [
+    ((1, 1), 1, 0, 1), ((1, 1), 1, 0, 2), ((1, 1), 2, 0, 1), ((1, 1), 1, 1, 1), ((5, 5), 1, 2, 1),
+])
+def test_conv2d_pointwise_and_lenet_shapes(th, rng, dtype, kernel, stride, padding, groups):
+    check_against_torch(th, rng, 2, 4, 6, 4, (7, 6), kernel, dtype,
+                        stride=stride, padding=padding, groups=groups)
+
+
+def test_conv2d_depthwise(th, rng):
+    check_against_torch(th, rng, 2, 2, 6, 12, (8, 8), (3, 3), np.float32, padding=1, groups=6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("stride,padding,dilation,groups", [
+    (1, 0, 1, 1), (2, 3, 1, 2), (1, "same", 3, 1), (3, 1, 2, 4),
+])
+def test_conv1d_matches_torch(th, rng, dtype, stride, padding, dilation, groups):
+    check_against_torch(th, rng, 1, 2, 4, 8, (17,), (3,), dtype,
+                        stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("stride,padding,dilation,groups", [
+    (1, 0, 1, 1), (2, 1, 1, 2), ((1, 2, 1), (1, 0, 2), (2, 1, 1), 1), (1, "same", 1, 1),
+])
+def test_conv3d_matches_torch(th, rng, dtype, stride, padding, dilation, groups):
+    check_against_torch(th, rng, 3, 2, 4, 6, (5, 6, 7), (3, 2, 3), dtype,
+                        stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+def test_conv2d_without_bias_and_unbatched(th, rng):
+    check_against_torch(th, rng, 2, 1, 3, 5, (6, 6), (3, 3), bias=False, padding=1)
+    x = rng.standard_normal((3, 6, 6))
+    w = rng.standard_normal((5, 3, 3, 3))
+    y = F.conv2d(x, w, padding=1)
+    assert y.shape == (5, 6, 6)
+    np.testing.assert_allclose(y, F.conv2d(x[None], w, padding=1)[0])
+    gx, gw, gb = F.conv2d_backward(np.ones_like(y), x, w, padding=1)
+    assert gx.shape == x.shape and gw.shape == w.shape and gb.shape == (5,)
+
+
+# ---- property-based shapes --------------------------------------------------------------------
+
+@st.composite
+def conv_problems(draw, nd):
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    c_in = groups * draw(st.integers(1, 3))
+    c_out = groups * draw(st.integers(1, 3))
+    kernel = tuple(draw(st.integers(1, 4)) for _ in range(nd))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    dilation = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    padding = tuple(draw(st.integers(0, 3)) for _ in range(nd))
+    # an input at least as large as the dilated kernel minus the padding
+    size = tuple(max(1, d * (k - 1) + 1 - 2 * p) + draw(st.integers(0, 7 if nd < 3 else 3))
+                 for k, d, p in zip(kernel, dilation, padding))
+    n = draw(st.integers(1, 3))
+    return n, c_in, c_out, size, kernel, dict(stride=stride, padding=padding, dilation=dilation,
+                                              groups=groups)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(problem=conv_problems(2), dtype=st.sampled_from([np.float32, np.float64]))
+def test_conv2d_hypothesis(th, problem, dtype):
+    n, c_in, c_out, size, kernel, kw = problem
+    check_against_torch(th, np.random.default_rng(0), 2, n, c_in, c_out, size, kernel, dtype, **kw)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(problem=conv_problems(1))
+def test_conv1d_hypothesis(th, problem):
+    n, c_in, c_out, size, kernel, kw = problem
+    check_against_torch(th, np.random.default_rng(0), 1, n, c_in, c_out, size, kernel, **kw)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(problem=conv_problems(3))
+def test_conv3d_hypothesis(th, problem):
+    n, c_in, c_out, size, kernel, kw = problem
+    check_against_torch(th, np.random.default_rng(0), 3, n, c_in, c_out, size, kernel, **kw)
+
+
+# ---- finite differences (no torch needed) -----------------------------------------------------
+
+@pytest.mark.parametrize("nd,size,kernel,kw", [
+    (1, (9,), (3,), dict(stride=2, padding=1, dilation=2, groups=2)),
+    (2, (6, 5), (3, 2), dict(stride=(2, 1), padding=(1, 2), dilation=1, groups=1)),
+    (2, (5, 5), (3, 3), dict(padding="same", dilation=2, groups=2)),
+    (2, (4, 4), (1, 1), dict()),
+    (3, (4, 3, 4), (2, 2, 3), dict(stride=1, padding=1, dilation=(1, 2, 1), groups=2)),
+])
+def test_conv_finite_differences(rng, nd, size, kernel, kw):
+    groups = kw.get("groups", 1)
+    x = rng.standard_normal((2, 4) + size)
+    w = rng.standard_normal((4, 4 // groups) + kernel)
+    b = rng.standard_normal(4)
+    fwd, bwd = CONV[nd]
+    y = fwd(x, w, b, **kw)
+    dy = rng.standard_normal(y.shape)
+    gx, gw, gb = bwd(dy, x, w, **kw)
+    assert_grad_close(gx, numerical_grad(lambda v: fwd(v, w, b, **kw), x, dy))
+    assert_grad_close(gw, numerical_grad(lambda v: fwd(x, v, b, **kw), w, dy))
+    assert_grad_close(gb, numerical_grad(lambda v: fwd(x, w, v, **kw), b, dy))
+
+
+# ---- layouts, dtypes, batch sizes, threads ----------------------------------------------------
+
+def test_noncontiguous_and_fortran_inputs(rng):
+    x = rng.standard_normal((2, 3, 8, 9))
+    w = rng.standard_normal((4, 3, 3, 3))
+    expected = F.conv2d(x, w, padding=1)
+    np.testing.assert_array_equal(F.conv2d(np.asfortranarray(x), np.asfortranarray(w), padding=1),
+                                  expected)
+    big = np.zeros((2, 6, 8, 18))
+    big[:, ::2, :, ::2] = x
+    np.testing.assert_array_equal(F.conv2d(big[:, ::2, :, ::2], w, padding=1), expected)
+    flipped = x[:, :, ::-1].copy()[:, :, ::-1]          # a negative-stride view equal to x
+    np.testing.assert_array_equal(F.conv2d(flipped, w, padding=1), expected)
+    dy = rng.standard_normal(expected.shape)
+    ref = F.conv2d_backward(dy, x, w, padding=1)
+    got = F.conv2d_backward(np.asfortranarray(dy), big[:, ::2, :, ::2], w, padding=1)
+    for a, b in zip(got, ref):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_dtype_rules(rng):
+    x = rng.integers(0, 255, size=(2, 3, 6, 6), dtype=np.uint8)
+    w32 = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    y = F.conv2d(x, w32)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, F.conv2d(x.astype(np.float32), w32), rtol=1e-6)
+    assert F.conv2d(x.astype(np.float32), w32.astype(np.float64)).dtype == np.float64
+    assert F.conv2d(x.astype(np.float16), w32.astype(np.float16)).dtype == np.float32
+    with pytest.raises(TypeError, match="input must hold real numbers"):
+        F.conv2d(x.astype(np.complex64), w32)
+    with pytest.raises(TypeError, match="weight must hold real numbers"):
+        F.conv2d(x, w32.astype(object))
+    with pytest.raises(TypeError, match="input must hold real numbers"):
+        F.conv2d(np.array([["a"]]), w32)
+
+
+def test_read_only_inputs(rng):
+    x = rng.standard_normal((1, 2, 5, 5))
+    w = rng.standard_normal((3, 2, 3, 3))
+    x.flags.writeable = False
+    w.flags.writeable = False
+    y = F.conv2d(x, w)
+    gx, gw, gb = F.conv2d_backward(np.ones_like(y), x, w)
+    assert np.isfinite(gx).all() and np.isfinite(gw).all()
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_empty_batch(rng, nd):
+    fwd, bwd = CONV[nd]
+    x = np.zeros((0, 3) + (6,) * nd, dtype=np.float32)
+    w = rng.standard_normal((4, 3) + (3,) * nd).astype(np.float32)
+    y = fwd(x, w, np.zeros(4, np.float32), padding=1)
+    assert y.shape == (0, 4) + (6,) * nd and y.dtype == np.float32
+    gx, gw, gb = bwd(y, x, w, padding=1)
+    assert gx.shape == x.shape
+    np.testing.assert_array_equal(gw, 0)
+    np.testing.assert_array_equal(gb, 0)
+
+
+def test_output_mask(rng):
+    x = rng.standard_normal((2, 3, 6, 6))
+    w = rng.standard_normal((4, 3, 3, 3))
+    dy = rng.standard_normal((2, 4, 4, 4))
+    full = F.conv2d_backward(dy, x, w)
+    gx, gw, gb = F.conv2d_backward(dy, x, w, output_mask=(True, False, False))
+    assert gw is None and gb is None
+    np.testing.assert_array_equal(gx, full[0])
+    gx, gw, gb = F.conv2d_backward(dy, x, w, output_mask=(False, True, True))
+    assert gx is None
+    np.testing.assert_array_equal(gw, full[1])
+    np.testing.assert_array_equal(gb, full[2])
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 1, 1), (1, 1, 0), (5, 2, 2)])
+@pytest.mark.parametrize("n", [1, 3, 13])
+def test_bit_identical_for_1_and_2_threads(rng, threads, kernel, stride, padding, n):
+    x = rng.standard_normal((n, 8, 12, 12)).astype(np.float32)
+    w = rng.standard_normal((16, 4, kernel, kernel)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    results = []
+    for t in (1, 2):
+        threads(t)
+        y = F.conv2d(x, w, b, stride, padding, groups=2)
+        results.append((y,) + F.conv2d_backward(np.cos(y), x, w, stride, padding, groups=2))
+    for a, b_ in zip(*results):
+        np.testing.assert_array_equal(a, b_)
+
+
+# ---- invalid arguments ------------------------------------------------------------------------
+
+X = np.zeros((2, 4, 8, 8), np.float32)
+W = np.zeros((6, 4, 3, 3), np.float32)
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(input=np.zeros((4, 8)), weight=W), ValueError, r"input must be 3 or 4-D"),
+    (dict(input=X, weight=np.zeros((6, 4, 3))), ValueError, r"weight must be 4-D"),
+    (dict(input=X, weight=np.zeros((6, 3, 3, 3))), ValueError, r"input has 4 channels"),
+    (dict(input=X, weight=W, groups=0), ValueError, r"groups must be >= 1, got 0"),
+    (dict(input=X, weight=W, groups=4), ValueError, r"divisible by groups = 4"),
+    (dict(input=X, weight=W, groups=1.5), TypeError, r"groups must be an int"),
+    (dict(input=X, weight=W, stride=0), ValueError, r"stride must be a positive int"),
+    (dict(input=X, weight=W, stride=(1, 2, 3)), TypeError, r"stride must be .* tuple of 2"),
+    (dict(input=X, weight=W, stride=1.0), TypeError, r"stride must be"),
+    (dict(input=X, weight=W, stride=True), TypeError, r"stride must be"),
+    (dict(input=X, weight=W, dilation=-1), ValueError, r"dilation must be"),
+    (dict(input=X, weight=W, padding=-1), ValueError, r"padding must be"),
+    (dict(input=X, weight=W, padding="full"), ValueError, r"padding must be 'same', 'valid'"),
+    (dict(input=X, weight=W, padding="same", stride=2), ValueError, r"'same' needs stride 1"),
+    (dict(input=X, weight=np.zeros((6, 4, 9, 9))), ValueError, r"smaller than the dilated kernel"),
+    (dict(input=X, weight=W, dilation=5), ValueError, r"smaller than the dilated kernel"),
+    (dict(input=X, weight=np.zeros((0, 4, 3, 3))), ValueError, r"no zero-size axis"),
+    (dict(input=X, weight=W, bias=np.zeros(5)), ValueError, r"bias must have shape \(6,\)"),
+    (dict(input=None, weight=W), TypeError, r"input must be an array, got None"),
+    (dict(input=[[1, 2], [3]], weight=W), TypeError, r"input could not be converted"),
+])
+def test_conv2d_invalid_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match="conv2d: .*" + match):
+        F.conv2d(**kwargs)
+
+
+def test_conv_backward_invalid_arguments():
+    with pytest.raises(ValueError, match=r"grad_output must have the forward output's shape"):
+        F.conv2d_backward(np.zeros((2, 6, 5, 5)), X, W)
+    with pytest.raises(TypeError, match=r"output_mask must be 3 booleans"):
+        F.conv2d_backward(np.zeros((2, 6, 6, 6)), X, W, output_mask=True)
