@@ -2,11 +2,26 @@
 
 Kernels are Cython with OpenMP loops under ``nogil`` and BLAS through scipy; everything above
 them is Python. ``fastcnn.functional`` holds the ops, named and shaped as
-``torch.nn.functional``.
+``torch.nn.functional``; models are declared as dicts and built with :func:`build_model`.
 """
 from fastcnn import functional
+from fastcnn import layers  # noqa: F401  (registers the built-in layers)
+from fastcnn import init
 from fastcnn._threads import get_num_threads, set_num_threads
+from fastcnn.checkpoint import load, load_checkpoint, save
+from fastcnn.layers.base import Layer, Parameter
+from fastcnn.model import Model, build_model, load_config
+from fastcnn.optim import build_optimizer, clip_grad_norm, clip_grad_value
+from fastcnn.registry import (register_dataset, register_initializer, register_layer,
+                              register_loss, register_optimizer, register_scheduler)
+from fastcnn.schedulers import build_scheduler
 
 __version__ = "0.1.0"
 
-__all__ = ["functional", "get_num_threads", "set_num_threads", "__version__"]
+__all__ = [
+    "functional", "init", "Layer", "Parameter", "Model", "build_model", "load_config",
+    "build_optimizer", "build_scheduler", "clip_grad_norm", "clip_grad_value",
+    "save", "load", "load_checkpoint", "set_num_threads", "get_num_threads",
+    "register_layer", "register_initializer", "register_optimizer", "register_scheduler",
+    "register_loss", "register_dataset", "__version__",
+]

@@ -1,0 +1,210 @@
+"""The Layer base class and Parameter.
+
+A layer is built once the shape flowing into it is known (``build``), which is when it infers its
+input size (in_channels, in_features, ...) and creates its parameters. ``forward`` computes the
+output and, in train mode, saves what ``backward`` needs; ``backward`` takes dL/d(output),
+*accumulates* dL/d(parameter) into each parameter's ``grad`` and returns dL/d(input).
+
+Subclass it, register it with ``@fastcnn.register_layer("name")``, and it works in configs,
+summaries, save/load and optimizers like a built-in layer. Constructor arguments are recorded
+automatically, so ``to_config()`` needs no code in subclasses.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+
+import numpy as np
+
+from fastcnn.init import initialize
+
+__all__ = ["Layer", "Parameter"]
+
+
+class Parameter:
+    """A trainable array and its gradient. ``name`` is the model-level key ("0.weight")."""
+
+    __slots__ = ("name", "data", "grad", "weight_decay")
+
+    def __init__(self, data: np.ndarray, name: str = "", weight_decay: bool = True):
+        self.data = data
+        self.grad = np.zeros_like(data)
+        self.name = name
+        # Whether "no decay on biases and norm parameters" style rules should treat it as a weight.
+        self.weight_decay = weight_decay
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def zero_grad(self):
+        self.grad.fill(0)
+
+    def __repr__(self):
+        return f"Parameter({self.name!r}, shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class _InitContext:
+    """What the model gives a layer while it builds: dtype, random generator, model-wide init."""
+
+    def __init__(self, dtype=np.float32, rng=None, defaults=None):
+        self.dtype = np.dtype(dtype)
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self.defaults = defaults or {}
+
+
+class Layer:
+    """Base class of every layer. See the module docstring for the contract."""
+
+    #: How many inputs ``forward`` takes: 1, or None for merge layers (2 or more).
+    num_inputs = 1
+
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls)
+        try:
+            bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+        except TypeError:
+            bound = None          # __init__ raises the proper error itself
+        if bound is not None:
+            arguments = dict(bound.arguments)
+            arguments.pop(next(iter(arguments)))         # self
+            extra = arguments.pop("kwargs", None)
+            if isinstance(extra, dict):
+                arguments.update(extra)
+            self._init_args = arguments
+        else:
+            self._init_args = {}
+        self.training = True
+        self.name = None
+        self.built = False
+        self.input_shape = None
+        self.output_shape = None
+        self._params: dict[str, Parameter] = {}
+        self._buffers: dict[str, np.ndarray] = {}
+        self._saved = None
+        self._init_context = _InitContext()
+        return self
+
+    # -- building ---------------------------------------------------------------------------
+    @property
+    def type_name(self) -> str:
+        return getattr(type(self), "registered_name", type(self).__name__)
+
+    def where(self) -> str:
+        """How error messages name this layer: its place in the config when built from one."""
+        placed = self.__dict__.get("_where")
+        if placed:
+            return placed
+        return f"layer {self.name!r} ({self.type_name})" if self.name is not None else self.type_name
+
+    def build(self, input_shape):
+        """Create parameters for a per-sample ``input_shape`` (batch excluded); return the
+        per-sample output shape. The default keeps the shape and has no parameters."""
+        return tuple(input_shape)
+
+    def _build(self, input_shape, context: _InitContext | None = None):
+        if context is not None:
+            self._init_context = context
+        out = self.build(input_shape)
+        self.input_shape = input_shape
+        self.output_shape = tuple(int(s) for s in out)
+        self.built = True
+        return self.output_shape
+
+    def add_parameter(self, name: str, shape, default_init, *, init=None,
+                      use_model_default: bool = True, weight_decay: bool = True) -> Parameter:
+        """Create, initialize and register a parameter.
+
+        The initializer is, by precedence: ``init`` (the layer's own ``weight_init`` /
+        ``bias_init`` argument), the model-wide ``init[name]``, then ``default_init``.
+        """
+        ctx = self._init_context
+        spec = init
+        if spec is None and use_model_default:
+            spec = ctx.defaults.get(name)
+        if spec is None:
+            spec = default_init
+        data = initialize(spec, shape, ctx.rng, ctx.dtype, where=f"{self.where()}: {name}")
+        param = Parameter(data, name, weight_decay=weight_decay)
+        self._params[name] = param
+        return param
+
+    def add_buffer(self, name: str, value: np.ndarray) -> np.ndarray:
+        """Register a non-trainable array saved in the state_dict (running statistics...)."""
+        self._buffers[name] = value
+        return value
+
+    # -- running ----------------------------------------------------------------------------
+    def forward(self, x):
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self, grad):
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    def __call__(self, *inputs):
+        return self.forward(*inputs)
+
+    def save_for_backward(self, *values):
+        """Keep what backward needs, in train mode only (eval mode keeps nothing)."""
+        if self.training:
+            self._saved = values
+
+    def saved(self):
+        """What forward saved; consumed, so a second backward is an error, not a silent reuse."""
+        if self._saved is None:
+            mode = "train" if self.training else "eval"
+            raise RuntimeError(
+                f"{self.where()}: backward() needs a forward() in train mode first (model is in "
+                f"{mode} mode{'; call model.train()' if mode == 'eval' else ''}), and can run only "
+                f"once per forward()")
+        values, self._saved = self._saved, None
+        return values
+
+    def train(self, mode: bool = True):
+        self.training = bool(mode)
+        if not mode:
+            self._saved = None
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # -- state ------------------------------------------------------------------------------
+    def parameters(self) -> dict[str, Parameter]:
+        return dict(self._params)
+
+    def buffers(self) -> dict[str, np.ndarray]:
+        return dict(self._buffers)
+
+    def to_config(self) -> dict:
+        """``{"type": name, **constructor arguments}``: build_model re-creates the layer."""
+        config = {"type": self.type_name}
+        for key, value in self._init_args.items():
+            config[key] = _jsonable(value)
+        return config
+
+    def flops(self) -> int:
+        """Multiply-adds counted as 2 FLOPs, per sample, of one forward pass (0 if negligible)."""
+        return 0
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self._init_args.items())
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
+def _jsonable(value):
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def numel(shape) -> int:
+    return math.prod(shape)

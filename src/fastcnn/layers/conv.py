@@ -1,0 +1,122 @@
+"""Convolution layers: conv1d/2d/3d (torch.nn.Conv1d/2d/3d)."""
+from __future__ import annotations
+
+import math
+
+from fastcnn import functional as F
+from fastcnn._checks import as_int, ntuple
+from fastcnn.layers.base import Layer
+from fastcnn.registry import register_layer
+
+__all__ = ["Conv1d", "Conv2d", "Conv3d"]
+
+DEFAULT_WEIGHT_INIT = "kaiming_uniform"   # He, fan_in, ReLU gain: the seeds' choice for ReLU nets
+DEFAULT_BIAS_INIT = "zeros"
+
+
+def check_padding(fname, padding, nd, stride=None):
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise ValueError(f"{fname}: padding must be 'same', 'valid', an int or a tuple of "
+                             f"{nd} ints, got {padding!r}")
+        if padding == "same" and stride is not None and any(s != 1 for s in stride):
+            raise ValueError(f"{fname}: padding='same' needs stride 1, got stride={stride}")
+        return padding
+    return ntuple(fname, "padding", padding, nd, minimum=0)
+
+
+class _ConvNd(Layer):
+    nd = 2
+
+    def __init__(self, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, in_channels=None, weight_init=None, bias_init=None):
+        fname = self.type_name
+        self.out_channels = as_int(fname, "out_channels", out_channels, minimum=1)
+        self.kernel_size = ntuple(fname, "kernel_size", kernel_size, self.nd, minimum=1)
+        self.stride = ntuple(fname, "stride", stride, self.nd, minimum=1)
+        self.padding = check_padding(fname, padding, self.nd, self.stride)
+        self.dilation = ntuple(fname, "dilation", dilation, self.nd, minimum=1)
+        self.groups = as_int(fname, "groups", groups, minimum=1)
+        if self.out_channels % self.groups:
+            raise ValueError(f"{fname}: out_channels={out_channels} must be divisible by "
+                             f"groups={groups}")
+        if not isinstance(bias, bool):
+            raise TypeError(f"{fname}: bias must be True or False, got {bias!r}")
+        self.use_bias = bias
+        self.in_channels = (None if in_channels is None else
+                            as_int(fname, "in_channels", in_channels, minimum=1))
+        self.weight_init, self.bias_init = weight_init, bias_init
+        self._forward = getattr(F, f"conv{self.nd}d")
+        self._backward = getattr(F, f"conv{self.nd}d_backward")
+
+    def build(self, input_shape):
+        if len(input_shape) != self.nd + 1:
+            raise ValueError(f"{self.where()}: expects per-sample input (C, {self.nd} spatial "
+                             f"axes), got shape {tuple(input_shape)}")
+        c = input_shape[0]
+        if self.in_channels is not None and self.in_channels != c:
+            raise ValueError(f"{self.where()}: in_channels={self.in_channels} but the input has "
+                             f"{c} channels (shape {tuple(input_shape)})")
+        if c % self.groups:
+            raise ValueError(f"{self.where()}: the input's {c} channels are not divisible by "
+                             f"groups={self.groups}")
+        self.in_channels = c
+        self.weight = self.add_parameter(
+            "weight", (self.out_channels, c // self.groups) + self.kernel_size,
+            DEFAULT_WEIGHT_INIT, init=self.weight_init)
+        self.bias = (self.add_parameter("bias", (self.out_channels,), DEFAULT_BIAS_INIT,
+                                        init=self.bias_init, weight_decay=False)
+                     if self.use_bias else None)
+        spatial = tuple(input_shape[1:])
+        if self.padding == "same":
+            out = spatial
+        else:
+            pad = (0,) * self.nd if self.padding == "valid" else self.padding
+            out = tuple(F.conv_output_size(i, k, s, p, d) for i, k, s, p, d in
+                        zip(spatial, self.kernel_size, self.stride, pad, self.dilation))
+        if any(o < 1 for o in out):
+            raise ValueError(f"{self.where()}: input of spatial size {spatial} is too small for "
+                             f"kernel_size={self.kernel_size}, dilation={self.dilation}, "
+                             f"padding={self.padding} (output size would be {out})")
+        return (self.out_channels,) + out
+
+    def _args(self):
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
+                    groups=self.groups)
+
+    def forward(self, x):
+        self.save_for_backward(x)
+        return self._forward(x, self.weight.data, None if self.bias is None else self.bias.data,
+                             **self._args())
+
+    def backward(self, grad):
+        (x,) = self.saved()
+        need_x = getattr(self, "needs_input_grad", True)
+        gx, gw, gb = self._backward(grad, x, self.weight.data, **self._args(),
+                                    output_mask=(need_x, True, self.bias is not None))
+        self.weight.grad += gw
+        if self.bias is not None:
+            self.bias.grad += gb
+        return gx
+
+    def flops(self):
+        per_output = 2 * (self.in_channels // self.groups) * math.prod(self.kernel_size)
+        return per_output * math.prod(self.output_shape)
+
+
+@register_layer("conv1d", aliases=("Conv1d",))
+class Conv1d(_ConvNd):
+    """1-D convolution over (C, L): torch.nn.Conv1d."""
+    nd = 1
+
+
+@register_layer("conv2d", aliases=("Conv2d",))
+class Conv2d(_ConvNd):
+    """2-D convolution over (C, H, W): torch.nn.Conv2d."""
+    nd = 2
+
+
+@register_layer("conv3d", aliases=("Conv3d",))
+class Conv3d(_ConvNd):
+    """3-D convolution over (C, D, H, W): torch.nn.Conv3d."""
+    nd = 3
