@@ -380,11 +380,12 @@ def test_load_dataset_errors():
 def test_load_dataset_uses_registered_plugins():
     @register_dataset("tiny_test_set", override=True)
     def tiny(size=10):
-        x = np.zeros((size, 1, 2, 2), np.float32)
-        return data._make_splits("tiny_test_set", (x, np.arange(size) % 2), None)
+        x = np.zeros((size, 2, 2), np.uint8)
+        return data.DataSplits.from_arrays("tiny_test_set", x, np.arange(size) % 2)
 
     splits = data.load_dataset({"dataset": "tiny_test_set", "size": 20, "validation_split": 0.5})
     assert splits.sizes() == {"train": 10, "validation": 10, "test": 0}
+    assert splits.input_shape == (1, 2, 2) and splits.num_classes == 2
     assert np.bincount(splits.validation[1]).tolist() == [5, 5]
 
 

@@ -65,6 +65,18 @@ class DataSplits:
     name: str
     validation: tuple | None = None
 
+    @classmethod
+    def from_arrays(cls, name: str, x, y, x_test=None, y_test=None,
+                    num_classes: int | None = None) -> "DataSplits":
+        """Checked splits from arrays, for dataset plugins: x ``(N, H, W)`` or ``(N, C, H, W)``
+        (uint8 is divided by 255, other real dtypes cast to float32), y integer ``(N,)``;
+        ``num_classes`` defaults to the largest label + 1."""
+        if (x_test is None) != (y_test is None):
+            raise ValueError(f"{name}: x_test and y_test must be given together")
+        train = _pair(f"{name} (x, y)", x, y)
+        test = None if x_test is None else _pair(f"{name} (x_test, y_test)", x_test, y_test)
+        return _make_splits(name, train, test, num_classes)
+
     def sizes(self) -> dict:
         """Samples per split, e.g. ``{"train": 3600, "validation": 400, "test": 1000}``."""
         return {split: (0 if pair is None else len(pair[1]))
@@ -580,7 +592,17 @@ def load_dataset(config: dict | None = None, *, seed=None) -> DataSplits:
     except (KeyError, TypeError) as exc:
         message = exc.args[0] if exc.args else str(exc)
         raise ValueError(f"data.dataset: {message}") from None
+    # Checked before loading: a typo should not cost a dataset load.
+    limit = config.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral)
+                              or limit < 1):
+        raise ValueError(f"data.limit: must be a positive int or null, got {limit!r}")
+    fraction = config.get("validation_split", 0.1)
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or \
+            not 0 <= fraction < 1:
+        raise ValueError(f"data.validation_split: must be a number in [0, 1), got {fraction!r}")
     seed = config.get("seed", 0) if seed is None else seed
+    rng = _check_rng("load_dataset", seed)
     options = {k: v for k, v in config.items() if k not in _SPLIT_KEYS + _TRAINER_KEYS}
     if "seed" in inspect.signature(function).parameters and isinstance(seed, numbers.Integral):
         options.setdefault("seed", seed)  # generated datasets (synthetic) follow the same seed
@@ -589,19 +611,11 @@ def load_dataset(config: dict | None = None, *, seed=None) -> DataSplits:
         raise TypeError(f"data.dataset: {name!r} returned {type(splits).__name__}, "
                         "expected fastcnn.data.DataSplits")
 
-    rng = _check_rng("load_dataset", seed)
-    limit = config.get("limit")
     if limit is not None:
-        if isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 1:
-            raise ValueError(f"data.limit: must be a positive int or null, got {limit!r}")
         splits.train = stratified_subset(*splits.train, limit, rng)
         if splits.test is not None:
             splits.test = stratified_subset(*splits.test, limit, rng)
 
-    fraction = config.get("validation_split", 0.1)
-    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or \
-            not 0 <= fraction < 1:
-        raise ValueError(f"data.validation_split: must be a number in [0, 1), got {fraction!r}")
     if fraction > 0:
         splits.train, splits.validation = train_validation_split(*splits.train, fraction, rng)
     return splits
