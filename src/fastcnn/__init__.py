@@ -4,6 +4,7 @@ Kernels are Cython with OpenMP loops under ``nogil`` and BLAS through scipy; eve
 them is Python. ``fastcnn.functional`` holds the ops, named and shaped as
 ``torch.nn.functional``; models are declared as dicts and built with :func:`build_model`.
 """
+from fastcnn import data  # noqa: F401  (registers the datasets)
 from fastcnn import functional
 from fastcnn import layers  # noqa: F401  (registers the built-in layers)
 from fastcnn import init
@@ -14,12 +15,14 @@ from fastcnn.model import Model, build_model, load_config
 from fastcnn.optim import build_optimizer, clip_grad_norm, clip_grad_value
 from fastcnn.registry import (register_dataset, register_initializer, register_layer,
                               register_loss, register_optimizer, register_scheduler)
+from fastcnn.losses import build_loss
 from fastcnn.schedulers import build_scheduler
+from fastcnn.train import Trainer, train
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "functional", "init", "Layer", "Parameter", "Model", "build_model", "load_config",
+    "data", "functional", "init", "build_loss", "Trainer", "train", "Layer", "Parameter", "Model", "build_model", "load_config",
     "build_optimizer", "build_scheduler", "clip_grad_norm", "clip_grad_value",
     "save", "load", "load_checkpoint", "set_num_threads", "get_num_threads",
     "register_layer", "register_initializer", "register_optimizer", "register_scheduler",

@@ -17,7 +17,6 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
-import math
 import os
 from collections import OrderedDict
 
@@ -345,6 +344,53 @@ class Model:
                     raise TypeError(f"{self.name}: load_state_dict: {key} has dtype {value.dtype}")
                 np.copyto(target, value, casting="unsafe")
         return {"missing": missing, "unexpected": unexpected}
+
+    def fuse(self) -> "Model":
+        """An inference copy (eval mode) where each batch norm that directly follows a conv or
+        linear layer (its only reader) is folded into that layer's weight and bias:
+        ``W' = W * g/sqrt(var+eps)``, ``b' = (b - mean) * g/sqrt(var+eps) + beta`` per output
+        channel, and the batch norm becomes an identity. The original model is unchanged."""
+        from fastcnn import functional as F
+        from fastcnn.layers.conv import _ConvNd
+        from fastcnn.layers.linear import Linear
+        from fastcnn.layers.norm import _BatchNorm
+
+        config = self.to_config()
+        state = self.state_dict()
+        readers = {}
+        for node in self._nodes:
+            for ref in node.inputs:
+                readers[ref] = readers.get(ref, 0) + 1
+        by_name = {node.name: (index, node) for index, node in enumerate(self._nodes)}
+        for index, node in enumerate(self._nodes):
+            bn = node.layer
+            if not isinstance(bn, _BatchNorm) or not bn.track_running_stats:
+                continue
+            source = node.inputs[0]
+            if source not in by_name or readers.get(source) != 1 or source in self.outputs:
+                continue
+            src_index, src = by_name[source]
+            if not isinstance(src.layer, (_ConvNd, Linear)):
+                continue
+            w = state[f"{source}.weight"]
+            b = state.get(f"{source}.bias")
+            weight, bias = F.fuse_conv_bn(
+                w, b, bn.running_mean, bn.running_var,
+                None if bn.weight is None else bn.weight.data,
+                None if bn.bias is None else bn.bias.data, eps=bn.eps)
+            state[f"{source}.weight"] = weight
+            state[f"{source}.bias"] = bias
+            config["layers"][src_index]["bias"] = True
+            for key in [k for k in state if k.startswith(f"{node.name}.")]:
+                del state[key]
+            entry = {"type": "identity"}
+            for key in ("name", "inputs"):
+                if key in config["layers"][index]:
+                    entry[key] = config["layers"][index][key]
+            config["layers"][index] = entry
+        fused = build_model(config)
+        fused.load_state_dict(state)
+        return fused.eval()
 
     # -- description ------------------------------------------------------------------------
     def to_config(self) -> dict:

@@ -102,6 +102,18 @@ class Layer:
         per-sample output shape. The default keeps the shape and has no parameters."""
         return tuple(input_shape)
 
+    def probe_output_shape(self, input_shape):
+        """The per-sample output shape, found by running ``forward`` in eval mode on one zero
+        sample: for parameter-free layers whose output size rule lives in the functional op
+        (pooling, resampling), so that shape inference and forward can never disagree."""
+        mode = self.training
+        self.training = False
+        try:
+            x = np.zeros((1,) + tuple(input_shape), dtype=self._init_context.dtype)
+            return tuple(self.forward(x).shape[1:])
+        finally:
+            self.training = mode
+
     def _build(self, input_shape, context: _InitContext | None = None):
         if context is not None:
             self._init_context = context

@@ -8,7 +8,7 @@ from fastcnn._checks import as_int, ntuple
 from fastcnn.layers.base import Layer
 from fastcnn.registry import register_layer
 
-__all__ = ["Conv1d", "Conv2d", "Conv3d"]
+__all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"]
 
 DEFAULT_WEIGHT_INIT = "kaiming_uniform"   # He, fan_in, ReLU gain: the seeds' choice for ReLU nets
 DEFAULT_BIAS_INIT = "zeros"
@@ -119,4 +119,103 @@ class Conv2d(_ConvNd):
 @register_layer("conv3d", aliases=("Conv3d",))
 class Conv3d(_ConvNd):
     """3-D convolution over (C, D, H, W): torch.nn.Conv3d."""
+    nd = 3
+
+
+class _ConvTransposeNd(Layer):
+    nd = 2
+
+    def __init__(self, out_channels, kernel_size, stride=1, padding=0, output_padding=0,
+                 groups=1, bias=True, dilation=1, in_channels=None, weight_init=None,
+                 bias_init=None):
+        fname = self.type_name
+        self.out_channels = as_int(fname, "out_channels", out_channels, minimum=1)
+        self.kernel_size = ntuple(fname, "kernel_size", kernel_size, self.nd, minimum=1)
+        self.stride = ntuple(fname, "stride", stride, self.nd, minimum=1)
+        self.padding = ntuple(fname, "padding", padding, self.nd, minimum=0)
+        self.output_padding = ntuple(fname, "output_padding", output_padding, self.nd, minimum=0)
+        self.dilation = ntuple(fname, "dilation", dilation, self.nd, minimum=1)
+        self.groups = as_int(fname, "groups", groups, minimum=1)
+        for op, s, d in zip(self.output_padding, self.stride, self.dilation):
+            if op >= s and op >= d:
+                raise ValueError(f"{fname}: output_padding {self.output_padding} must be smaller "
+                                 f"than stride {self.stride} or dilation {self.dilation}")
+        if self.out_channels % self.groups:
+            raise ValueError(f"{fname}: out_channels={out_channels} must be divisible by "
+                             f"groups={groups}")
+        if not isinstance(bias, bool):
+            raise TypeError(f"{fname}: bias must be True or False, got {bias!r}")
+        self.use_bias = bias
+        self.in_channels = (None if in_channels is None else
+                            as_int(fname, "in_channels", in_channels, minimum=1))
+        self.weight_init, self.bias_init = weight_init, bias_init
+        self._forward = getattr(F, f"conv_transpose{self.nd}d")
+        self._backward = getattr(F, f"conv_transpose{self.nd}d_backward")
+
+    def build(self, input_shape):
+        if len(input_shape) != self.nd + 1:
+            raise ValueError(f"{self.where()}: expects per-sample input (C, {self.nd} spatial "
+                             f"axes), got shape {tuple(input_shape)}")
+        c = input_shape[0]
+        if self.in_channels is not None and self.in_channels != c:
+            raise ValueError(f"{self.where()}: in_channels={self.in_channels} but the input has "
+                             f"{c} channels")
+        if c % self.groups:
+            raise ValueError(f"{self.where()}: the input's {c} channels are not divisible by "
+                             f"groups={self.groups}")
+        self.in_channels = c
+        # torch's layout (C_in, C_out/groups, *k); fans are computed from it as torch does.
+        self.weight = self.add_parameter(
+            "weight", (c, self.out_channels // self.groups) + self.kernel_size,
+            DEFAULT_WEIGHT_INIT, init=self.weight_init)
+        self.bias = (self.add_parameter("bias", (self.out_channels,), DEFAULT_BIAS_INIT,
+                                        init=self.bias_init, weight_decay=False)
+                     if self.use_bias else None)
+        out = tuple((i - 1) * s - 2 * p + d * (k - 1) + op + 1 for i, s, p, d, k, op in
+                    zip(input_shape[1:], self.stride, self.padding, self.dilation,
+                        self.kernel_size, self.output_padding))
+        if any(o < 1 for o in out):
+            raise ValueError(f"{self.where()}: output size would be {out} for input "
+                             f"{tuple(input_shape)}")
+        return (self.out_channels,) + out
+
+    def _args(self):
+        return dict(stride=self.stride, padding=self.padding, output_padding=self.output_padding,
+                    groups=self.groups, dilation=self.dilation)
+
+    def forward(self, x):
+        self.save_for_backward(x)
+        return self._forward(x, self.weight.data, None if self.bias is None else self.bias.data,
+                             **self._args())
+
+    def backward(self, grad):
+        (x,) = self.saved()
+        need_x = getattr(self, "needs_input_grad", True)
+        gx, gw, gb = self._backward(grad, x, self.weight.data, **self._args(),
+                                    output_mask=(need_x, True, self.bias is not None))
+        self.weight.grad += gw
+        if self.bias is not None:
+            self.bias.grad += gb
+        return gx
+
+    def flops(self):
+        per_input = 2 * (self.out_channels // self.groups) * math.prod(self.kernel_size)
+        return per_input * math.prod(self.input_shape)
+
+
+@register_layer("conv_transpose1d", aliases=("ConvTranspose1d",))
+class ConvTranspose1d(_ConvTransposeNd):
+    """1-D transposed convolution: torch.nn.ConvTranspose1d."""
+    nd = 1
+
+
+@register_layer("conv_transpose2d", aliases=("ConvTranspose2d", "deconv2d"))
+class ConvTranspose2d(_ConvTransposeNd):
+    """2-D transposed convolution (learned upsampling): torch.nn.ConvTranspose2d."""
+    nd = 2
+
+
+@register_layer("conv_transpose3d", aliases=("ConvTranspose3d",))
+class ConvTranspose3d(_ConvTransposeNd):
+    """3-D transposed convolution: torch.nn.ConvTranspose3d."""
     nd = 3

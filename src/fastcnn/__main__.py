@@ -1,0 +1,3 @@
+from fastcnn.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,288 @@
+"""Normalization layers: batch / layer / group / instance norm (torch.nn's parameters, buffers
+and state_dict keys: weight, bias, running_mean, running_var, num_batches_tracked)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fastcnn import functional as F
+from fastcnn._checks import as_int
+from fastcnn.layers.base import Layer
+from fastcnn.registry import register_layer
+
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm",
+           "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
+
+
+def _check_eps_momentum(name, eps, momentum):
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
+        raise ValueError(f"{name}: eps must be > 0, got {eps!r}")
+    if momentum is not None and (isinstance(momentum, bool) or not isinstance(momentum, (int, float))
+                                 or not 0.0 <= momentum <= 1.0):
+        raise ValueError(f"{name}: momentum must be in [0, 1] or None, got {momentum!r}")
+
+
+class _BatchNorm(Layer):
+    nd = 2
+    spatial_ranks = (2,)
+
+    def __init__(self, num_features=None, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True):
+        name = f"batch_norm{self.nd}d"
+        self.num_features = (None if num_features is None else
+                             as_int(name, "num_features", num_features, minimum=1))
+        _check_eps_momentum(name, eps, momentum)
+        self.eps, self.momentum = float(eps), momentum
+        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
+
+    def build(self, input_shape):
+        if len(input_shape) not in self.spatial_ranks:
+            want = " or ".join(str(r) for r in self.spatial_ranks)
+            raise ValueError(f"{self.where()}: expects a per-sample input with {want} axes "
+                             f"(C first), got shape {tuple(input_shape)}")
+        c = input_shape[0]
+        if self.num_features is not None and self.num_features != c:
+            raise ValueError(f"{self.where()}: num_features={self.num_features} but the input "
+                             f"has {c} channels")
+        self.num_features = c
+        dtype = self._init_context.dtype
+        self.weight = self.bias = None
+        if self.affine:
+            self.weight = self.add_parameter("weight", (c,), "ones", use_model_default=False,
+                                             weight_decay=False)
+            self.bias = self.add_parameter("bias", (c,), "zeros", use_model_default=False,
+                                           weight_decay=False)
+        self.running_mean = self.running_var = self.num_batches_tracked = None
+        if self.track_running_stats:
+            self.running_mean = self.add_buffer("running_mean", np.zeros(c, dtype))
+            self.running_var = self.add_buffer("running_var", np.ones(c, dtype))
+            self.num_batches_tracked = self.add_buffer("num_batches_tracked",
+                                                       np.zeros((), np.int64))
+        return tuple(input_shape)
+
+    def _affine(self):
+        return (None if self.weight is None else self.weight.data,
+                None if self.bias is None else self.bias.data)
+
+    def forward(self, x):
+        w, b = self._affine()
+        batch_stats = self.training or not self.track_running_stats
+        if not batch_stats:
+            return F.batch_norm(x, self.running_mean, self.running_var, w, b, training=False,
+                                eps=self.eps)
+        y, mean, invstd = F.batch_norm(
+            x, self.running_mean, self.running_var, w, b, training=True,
+            momentum=self.momentum, eps=self.eps,
+            num_batches_tracked=self.num_batches_tracked if self.training else None,
+            return_stats=True)
+        self.save_for_backward(x, mean, invstd)
+        return y
+
+    def backward(self, grad):
+        x, mean, invstd = self.saved()
+        w, _ = self._affine()
+        gx, gw, gb = F.batch_norm_backward(grad, x, w, training=True, eps=self.eps,
+                                           save_mean=mean, save_invstd=invstd)
+        if self.weight is not None:
+            self.weight.grad += gw
+            self.bias.grad += gb
+        return gx
+
+    def fold_scale_shift(self):
+        """(scale, shift) with eval-mode y = x * scale + shift per channel (for model.fuse)."""
+        invstd = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
+        w, b = self._affine()
+        scale = invstd * (1.0 if w is None else w)
+        shift = (0.0 if b is None else b) - self.running_mean * scale
+        return scale, shift
+
+    def flops(self):
+        return 2 * math.prod(self.output_shape)
+
+
+@register_layer("batch_norm1d", aliases=("BatchNorm1d",))
+class BatchNorm1d(_BatchNorm):
+    """Batch norm over (C,) or (C, L) samples."""
+    nd = 1
+    spatial_ranks = (1, 2)
+
+
+@register_layer("batch_norm2d", aliases=("BatchNorm2d", "batch_norm"))
+class BatchNorm2d(_BatchNorm):
+    """Batch norm over (C, H, W) samples."""
+    nd = 2
+    spatial_ranks = (3,)
+
+
+@register_layer("batch_norm3d", aliases=("BatchNorm3d",))
+class BatchNorm3d(_BatchNorm):
+    """Batch norm over (C, D, H, W) samples."""
+    nd = 3
+    spatial_ranks = (4,)
+
+
+@register_layer("layer_norm", aliases=("LayerNorm",))
+class LayerNorm(Layer):
+    """Normalize over the trailing ``normalized_shape`` axes of each sample (default: all of
+    them), with elementwise affine parameters of that shape."""
+
+    def __init__(self, normalized_shape=None, eps=1e-5, elementwise_affine=True):
+        if isinstance(normalized_shape, int) and not isinstance(normalized_shape, bool):
+            normalized_shape = (normalized_shape,)
+        self.normalized_shape = None if normalized_shape is None else tuple(normalized_shape)
+        _check_eps_momentum("layer_norm", eps, None)
+        self.eps, self.elementwise_affine = float(eps), bool(elementwise_affine)
+
+    def build(self, input_shape):
+        shape = tuple(input_shape) if self.normalized_shape is None else self.normalized_shape
+        if len(shape) > len(input_shape) or tuple(input_shape[len(input_shape) - len(shape):]) != shape:
+            raise ValueError(f"{self.where()}: normalized_shape {shape} must be the trailing axes "
+                             f"of the per-sample input {tuple(input_shape)}")
+        self.normalized_shape = shape
+        self.weight = self.bias = None
+        if self.elementwise_affine:
+            self.weight = self.add_parameter("weight", shape, "ones", use_model_default=False,
+                                             weight_decay=False)
+            self.bias = self.add_parameter("bias", shape, "zeros", use_model_default=False,
+                                           weight_decay=False)
+        return tuple(input_shape)
+
+    def _affine(self):
+        return (None if self.weight is None else self.weight.data,
+                None if self.bias is None else self.bias.data)
+
+    def forward(self, x):
+        self.save_for_backward(x)
+        return F.layer_norm(x, self.normalized_shape, *self._affine(), eps=self.eps)
+
+    def backward(self, grad):
+        (x,) = self.saved()
+        gx, gw, gb = F.layer_norm_backward(grad, x, self.normalized_shape, *self._affine(),
+                                           eps=self.eps)
+        if self.weight is not None:
+            self.weight.grad += gw
+            self.bias.grad += gb
+        return gx
+
+
+@register_layer("group_norm", aliases=("GroupNorm",))
+class GroupNorm(Layer):
+    """Normalize each sample over groups of num_channels/num_groups channels, with per-channel
+    affine parameters."""
+
+    def __init__(self, num_groups, num_channels=None, eps=1e-5, affine=True):
+        self.num_groups = as_int("group_norm", "num_groups", num_groups, minimum=1)
+        self.num_channels = (None if num_channels is None else
+                             as_int("group_norm", "num_channels", num_channels, minimum=1))
+        _check_eps_momentum("group_norm", eps, None)
+        self.eps, self.affine = float(eps), bool(affine)
+
+    def build(self, input_shape):
+        c = input_shape[0]
+        if self.num_channels is not None and self.num_channels != c:
+            raise ValueError(f"{self.where()}: num_channels={self.num_channels} but the input "
+                             f"has {c} channels")
+        if c % self.num_groups:
+            raise ValueError(f"{self.where()}: {c} channels are not divisible by "
+                             f"num_groups={self.num_groups}")
+        self.num_channels = c
+        self.weight = self.bias = None
+        if self.affine:
+            self.weight = self.add_parameter("weight", (c,), "ones", use_model_default=False,
+                                             weight_decay=False)
+            self.bias = self.add_parameter("bias", (c,), "zeros", use_model_default=False,
+                                           weight_decay=False)
+        return tuple(input_shape)
+
+    def _affine(self):
+        return (None if self.weight is None else self.weight.data,
+                None if self.bias is None else self.bias.data)
+
+    def forward(self, x):
+        self.save_for_backward(x)
+        return F.group_norm(x, self.num_groups, *self._affine(), eps=self.eps)
+
+    def backward(self, grad):
+        (x,) = self.saved()
+        gx, gw, gb = F.group_norm_backward(grad, x, self.num_groups, *self._affine(),
+                                           eps=self.eps)
+        if self.weight is not None:
+            self.weight.grad += gw
+            self.bias.grad += gb
+        return gx
+
+
+class _InstanceNorm(Layer):
+    nd = 2
+
+    def __init__(self, num_features=None, eps=1e-5, momentum=0.1, affine=False,
+                 track_running_stats=False):
+        name = f"instance_norm{self.nd}d"
+        self.num_features = (None if num_features is None else
+                             as_int(name, "num_features", num_features, minimum=1))
+        _check_eps_momentum(name, eps, momentum)
+        self.eps, self.momentum = float(eps), momentum
+        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
+
+    def build(self, input_shape):
+        if len(input_shape) != self.nd + 1:
+            raise ValueError(f"{self.where()}: expects per-sample input (C, {self.nd} spatial "
+                             f"axes), got shape {tuple(input_shape)}")
+        c = input_shape[0]
+        if self.num_features is not None and self.num_features != c:
+            raise ValueError(f"{self.where()}: num_features={self.num_features} but the input "
+                             f"has {c} channels")
+        self.num_features = c
+        dtype = self._init_context.dtype
+        self.weight = self.bias = None
+        if self.affine:
+            self.weight = self.add_parameter("weight", (c,), "ones", use_model_default=False,
+                                             weight_decay=False)
+            self.bias = self.add_parameter("bias", (c,), "zeros", use_model_default=False,
+                                           weight_decay=False)
+        self.running_mean = self.running_var = None
+        if self.track_running_stats:
+            self.running_mean = self.add_buffer("running_mean", np.zeros(c, dtype))
+            self.running_var = self.add_buffer("running_var", np.ones(c, dtype))
+            self.add_buffer("num_batches_tracked", np.zeros((), np.int64))
+        return tuple(input_shape)
+
+    def _args(self):
+        return dict(running_mean=self.running_mean, running_var=self.running_var,
+                    weight=None if self.weight is None else self.weight.data,
+                    bias=None if self.bias is None else self.bias.data,
+                    use_input_stats=self.training or not self.track_running_stats,
+                    momentum=self.momentum, eps=self.eps)
+
+    def forward(self, x):
+        self.save_for_backward(x)
+        return F.instance_norm(x, **self._args())
+
+    def backward(self, grad):
+        (x,) = self.saved()
+        args = self._args()
+        args.pop("momentum")
+        gx, gw, gb = F.instance_norm_backward(grad, x, **args)
+        if self.weight is not None:
+            self.weight.grad += gw
+            self.bias.grad += gb
+        return gx
+
+
+@register_layer("instance_norm1d", aliases=("InstanceNorm1d",))
+class InstanceNorm1d(_InstanceNorm):
+    """Instance norm over (C, L) samples."""
+    nd = 1
+
+
+@register_layer("instance_norm2d", aliases=("InstanceNorm2d",))
+class InstanceNorm2d(_InstanceNorm):
+    """Instance norm over (C, H, W) samples."""
+    nd = 2
+
+
+@register_layer("instance_norm3d", aliases=("InstanceNorm3d",))
+class InstanceNorm3d(_InstanceNorm):
+    """Instance norm over (C, D, H, W) samples."""
+    nd = 3

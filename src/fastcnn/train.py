@@ -1,0 +1,378 @@
+"""The training job: ``fastcnn train [CONFIG]`` and its Python API ``fastcnn.train(config)``.
+
+A training config has the sections ``model`` (a model config, a path, or a bundled name such as
+"lenet5"), ``data`` (see :mod:`fastcnn.data`), ``loss``, ``optimizer``, ``schedule`` and ``train``
+(epochs, batch_size, seed, early_stopping, clip_grad_norm/value, num_threads); the validation
+split is ``data.validation_split`` (default 0.1). The run folder receives config.json (resolved), history.json (per epoch),
+metrics.json (final), best.fcnn / last.fcnn checkpoints, curves.png and confusion.png; every file
+is written atomically.
+
+Resuming (``resume=True``) reloads last.fcnn, which holds the model, the optimizer and scheduler
+state, the random generator's state, the history and the early-stopping counters at the end of
+the last completed epoch, so the resumed run produces the same weights as one never stopped.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import sys
+import time
+from importlib import resources
+
+import numpy as np
+
+import fastcnn
+from fastcnn import data as datamod
+from fastcnn.checkpoint import atomic_write, load_checkpoint, save
+from fastcnn.losses import build_loss
+from fastcnn.model import build_model, load_config
+from fastcnn.optim import build_optimizer, clip_grad_norm, clip_grad_value
+from fastcnn.schedulers import ReduceLROnPlateau, build_scheduler
+
+__all__ = ["Trainer", "train", "resolve_config", "apply_overrides", "bundled_config",
+           "TrainingDiverged"]
+
+TRAIN_DEFAULTS = {"epochs": 10, "batch_size": 64, "seed": 0, "early_stopping": None, "clip_grad_norm": None, "clip_grad_value": None,
+                  "num_threads": None, "eval_batch_size": 500}
+SECTIONS = ("name", "model", "data", "loss", "optimizer", "schedule", "train")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def bundled_config(name: str) -> dict:
+    """A config shipped in ``fastcnn/configs`` ("lenet5", "mnist_lenet5", "resnet_small", ...)."""
+    base = resources.files("fastcnn") / "configs"
+    path = base / f"{name}.json"
+    if not path.is_file():
+        names = sorted(p.name[:-5] for p in base.iterdir() if p.name.endswith(".json"))
+        raise ValueError(f"no bundled config {name!r} (bundled: {', '.join(names)})")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _load_any(value):
+    if isinstance(value, dict):
+        return copy.deepcopy(value)
+    if isinstance(value, (str, os.PathLike)) and os.path.exists(value):
+        return load_config(value)
+    if isinstance(value, str):
+        return bundled_config(value)
+    raise ValueError(f"expected a config dict, a file path or a bundled config name, got {value!r}")
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(config: dict, overrides) -> dict:
+    """Apply ``["train.epochs=3", "optimizer.lr=0.01", "data.augment={...}"]`` in place: a dotted
+    key path, ``=``, and a JSON value (bare words are strings)."""
+    for item in overrides or ():
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value (e.g. train.epochs=5), got {item!r}")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ValueError(f"--set: bad key {key!r}")
+        node = config
+        for part in parts[:-1]:
+            if isinstance(node, list):
+                node = node[int(part)]
+                continue
+            if part not in node or not isinstance(node[part], (dict, list)):
+                node[part] = {}
+            node = node[part]
+        if isinstance(node, list):
+            node[int(parts[-1])] = _parse_value(raw)
+        else:
+            node[parts[-1]] = _parse_value(raw)
+    return config
+
+
+def resolve_config(config=None, overrides=()) -> dict:
+    """The full training config: defaults filled in, the model section expanded, overrides
+    applied. ``config=None`` is the bundled LeNet-5 on the embedded MNIST sample."""
+    config = _load_any("mnist_lenet5" if config is None else config)
+    apply_overrides(config, overrides)
+    for key in config:
+        if key not in SECTIONS:
+            raise ValueError(f"training config: unknown section {key!r} (sections: "
+                             f"{', '.join(SECTIONS)})")
+    if "model" not in config:
+        raise ValueError("training config: missing the 'model' section")
+    config["model"] = _load_any(config["model"])
+    config.setdefault("data", {"dataset": "mnist_sample"})
+    config.setdefault("loss", "cross_entropy")
+    config.setdefault("optimizer", {"type": "adam", "lr": 1e-3})
+    train = dict(TRAIN_DEFAULTS)
+    unknown = [k for k in config.get("train", {}) if k not in TRAIN_DEFAULTS]
+    if unknown:
+        raise ValueError(f"training config: unknown train option(s) {', '.join(map(repr, unknown))}"
+                         f" (options: {', '.join(TRAIN_DEFAULTS)})")
+    train.update(config.get("train", {}))
+    config["train"] = train
+    config.setdefault("name", config["model"].get("name", "run"))
+    return config
+
+
+def _confusion(y_true, y_pred, classes):
+    matrix = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(matrix, (y_true, y_pred), 1)
+    return matrix
+
+
+class _Progress:
+    """tqdm when it is installed and stderr is a terminal; otherwise nothing per batch."""
+
+    def __init__(self, total, desc, enabled):
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+                self.bar = tqdm(total=total, desc=desc, unit="sample", leave=False,
+                                dynamic_ncols=True)
+            except ImportError:
+                pass
+
+    def update(self, n, **postfix):
+        if self.bar is not None:
+            self.bar.update(n)
+            self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Trainer:
+    """Trains the model of a training config; :meth:`fit` runs it and returns the metrics."""
+
+    def __init__(self, config=None, out_dir=None, *, overrides=(), resume=False,
+                 progress=None, log=print):
+        self.config = resolve_config(config, overrides)
+        self.tcfg = self.config["train"]
+        self.log = log or (lambda *a, **k: None)
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.resume = resume
+        self.out_dir = self._out_dir(out_dir, resume)
+        if self.tcfg["num_threads"]:
+            fastcnn.set_num_threads(int(self.tcfg["num_threads"]))
+
+    def _out_dir(self, out_dir, resume):
+        if out_dir is not None:
+            return os.fspath(out_dir)
+        base = os.path.join("runs", str(self.config["name"]))
+        if resume or not os.path.exists(base) or not os.listdir(base):
+            return base
+        n = 2
+        while os.path.exists(f"{base}-{n}") and os.listdir(f"{base}-{n}"):
+            n += 1
+        return f"{base}-{n}"
+
+    # -- pieces ------------------------------------------------------------------------------
+    def _prepare_data(self):
+        splits = datamod.load_dataset(self.config["data"], seed=self.tcfg["seed"])
+        x_train, y_train = splits.train
+        x_val, y_val = splits.validation if splits.validation is not None else (None, None)
+        mean, std = datamod.channel_stats(x_train)
+        self.normalization = {"mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+        norm = lambda x: None if x is None else datamod.normalize(x, mean, std)  # noqa: E731
+        self.train_set = (norm(x_train), y_train)
+        self.val_set = None if x_val is None else (norm(x_val), y_val)
+        self.test_set = None if splits.test is None else (norm(splits.test[0]), splits.test[1])
+        self.num_classes = splits.num_classes
+        self.augment = datamod.Augmenter(self.config["data"].get("augment") or {})
+        model_cfg = self.config["model"]
+        shape = list(splits.input_shape)
+        if "input_shape" not in model_cfg:
+            model_cfg["input_shape"] = shape
+        elif list(model_cfg["input_shape"]) != shape:
+            raise ValueError(f"model input_shape {model_cfg['input_shape']} does not match the "
+                             f"data's per-sample shape {shape} ({splits.name})")
+
+    def _build(self):
+        model_cfg = dict(self.config["model"])
+        model_cfg.setdefault("seed", self.tcfg["seed"])
+        self.model = build_model(model_cfg)
+        self.loss = build_loss(self.config["loss"])
+        self.optimizer = build_optimizer(self.config["optimizer"], self.model.parameters())
+        sched = self.config.get("schedule")
+        self.scheduler = build_scheduler(sched, self.optimizer) if sched else None
+        self.rng = np.random.default_rng(self.tcfg["seed"])
+        for layer in self.model.layers.values():       # dropout draws from the run's generator
+            if hasattr(layer, "rng"):
+                layer.rng = self.rng
+
+    def evaluate(self, x, y):
+        """(mean loss, accuracy, predictions) in eval mode, in batches."""
+        self.model.eval()
+        total, correct, preds = 0.0, 0, []
+        bs = self.tcfg["eval_batch_size"]
+        for start in range(0, len(x), bs):
+            logits = self.model(x[start:start + bs])
+            yb = y[start:start + bs]
+            total += float(self.loss(logits, yb)) * len(yb)
+            self.loss._saved = None
+            p = logits.argmax(axis=1)
+            preds.append(p)
+            correct += int((p == yb).sum())
+        self.model.train()
+        n = max(len(x), 1)
+        return total / n, correct / n, np.concatenate(preds) if preds else np.zeros(0, int)
+
+    def _train_epoch(self, epoch):
+        x, y = self.train_set
+        bar = _Progress(len(x), f"epoch {epoch}/{self.tcfg['epochs']}", self.progress)
+        seen, loss_sum, correct = 0, 0.0, 0
+        t0 = time.perf_counter()
+        clip_norm, clip_value = self.tcfg["clip_grad_norm"], self.tcfg["clip_grad_value"]
+        params = self.model.parameters()
+        try:
+            for xb, yb in datamod.batches(x, y, self.tcfg["batch_size"], shuffle=True, rng=self.rng):
+                if self.augment:
+                    xb = self.augment(xb, self.rng)
+                logits = self.model(xb)
+                value = float(self.loss(logits, yb))
+                if not math.isfinite(value):
+                    raise TrainingDiverged(
+                        f"loss became {value} in epoch {epoch} after {seen} samples; stopped. "
+                        f"The last good checkpoint is {os.path.join(self.out_dir, 'last.fcnn')} "
+                        f"(lower optimizer.lr or set train.clip_grad_norm)")
+                self.model.zero_grad()
+                self.model.backward(self.loss.backward(), input_grad=False)
+                if clip_value:
+                    clip_grad_value(params, clip_value)
+                if clip_norm:
+                    clip_grad_norm(params, clip_norm)
+                self.optimizer.step()
+                n = len(yb)
+                seen += n
+                loss_sum += value * n
+                correct += int((logits.argmax(axis=1) == yb).sum())
+                bar.update(n, loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}",
+                           ips=f"{seen / (time.perf_counter() - t0):.0f}/s")
+        finally:
+            bar.close()
+        return loss_sum / max(seen, 1), correct / max(seen, 1), seen, time.perf_counter() - t0
+
+    def _write_json(self, name, payload):
+        text = json.dumps(payload, indent=2, default=float)
+        atomic_write(os.path.join(self.out_dir, name), lambda fh: fh.write(text.encode()))
+
+    def _save(self, name, epoch):
+        extra = {"epoch": epoch, "normalization": self.normalization,
+                 "num_classes": self.num_classes, "history": self.history,
+                 "best": self.best, "bad_epochs": self.bad_epochs,
+                 "rng_state": self.rng.bit_generator.state, "train_config": self.config}
+        save(self.model, os.path.join(self.out_dir, name), optimizer=self.optimizer,
+             scheduler=self.scheduler, extra=extra)
+
+    def _restore(self):
+        path = os.path.join(self.out_dir, "last.fcnn")
+        ck = load_checkpoint(path)
+        self.model.load_state_dict(ck.model.state_dict())
+        if ck.optimizer_state is not None:
+            self.optimizer.load_state_dict(ck.optimizer_state)
+        if self.scheduler is not None and ck.scheduler_state is not None:
+            self.scheduler.load_state_dict(ck.scheduler_state)
+        extra = ck.extra
+        self.history = extra["history"]
+        self.best = extra["best"]
+        self.bad_epochs = extra["bad_epochs"]
+        self.rng.bit_generator.state = extra["rng_state"]
+        return int(extra["epoch"])
+
+    # -- the loop ----------------------------------------------------------------------------
+    def fit(self) -> dict:
+        t_start = time.perf_counter()
+        os.makedirs(self.out_dir, exist_ok=True)
+        self._prepare_data()
+        self._build()
+        self._write_json("config.json", self.config)
+        self.history, self.best, self.bad_epochs = [], None, 0
+        start = self._restore() if self.resume else 0
+        if self.resume:
+            self.log(f"resumed {self.out_dir} after epoch {start}")
+        stopping = self.tcfg["early_stopping"] or {}
+        patience = stopping.get("patience") if isinstance(stopping, dict) else None
+        min_delta = stopping.get("min_delta", 0.0) if isinstance(stopping, dict) else 0.0
+        epochs = int(self.tcfg["epochs"])
+        train_time, samples = 0.0, 0
+        interrupted = False
+        self.log(f"training {self.config['name']}: {self.model.num_parameters():,} parameters, "
+                 f"{len(self.train_set[0])} training samples, {epochs} epochs, "
+                 f"{fastcnn.get_num_threads()} threads -> {self.out_dir}")
+        try:
+            for epoch in range(start + 1, epochs + 1):
+                loss, acc, seen, seconds = self._train_epoch(epoch)
+                train_time += seconds
+                samples += seen
+                record = {"epoch": epoch, "train_loss": loss, "train_acc": acc,
+                          "lr": self.optimizer.param_groups[0]["lr"], "seconds": seconds}
+                monitor = loss
+                if self.val_set is not None:
+                    record["val_loss"], record["val_acc"], _ = self.evaluate(*self.val_set)
+                    monitor = record["val_loss"]
+                self.history.append(record)
+                if self.scheduler is not None:
+                    if isinstance(self.scheduler, ReduceLROnPlateau):
+                        self.scheduler.step(monitor)
+                    else:
+                        self.scheduler.step()
+                improved = self.best is None or monitor < self.best - min_delta
+                if improved:
+                    self.best, self.bad_epochs = monitor, 0
+                else:
+                    self.bad_epochs += 1
+                if improved:
+                    self._save("best.fcnn", epoch)
+                self._save("last.fcnn", epoch)
+                self._write_json("history.json", self.history)
+                val = (f"  val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}"
+                       if "val_loss" in record else "")
+                self.log(f"epoch {epoch:3d}/{epochs}  train loss {loss:.4f} acc {acc:.4f}{val}  "
+                         f"{seen / seconds:,.0f} samples/s{'  *' if improved else ''}")
+                if patience is not None and self.bad_epochs >= patience:
+                    self.log(f"early stopping: no improvement for {patience} epochs")
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+            self.log(f"\ninterrupted; {os.path.join(self.out_dir, 'last.fcnn')} holds the last "
+                     f"completed epoch; continue with --resume")
+        return self._finish(t_start, train_time, samples, interrupted)
+
+    def _finish(self, t_start, train_time, samples, interrupted):
+        from fastcnn import plots
+
+        best_path = os.path.join(self.out_dir, "best.fcnn")
+        if os.path.exists(best_path):
+            self.model.load_state_dict(load_checkpoint(best_path).model.state_dict())
+        metrics = {"name": self.config["name"], "epochs_run": len(self.history),
+                   "interrupted": interrupted, "train_time_s": train_time,
+                   "samples_per_s": samples / train_time if train_time else None,
+                   "num_threads": fastcnn.get_num_threads()}
+        if self.test_set is not None:
+            loss, acc, preds = self.evaluate(*self.test_set)
+            metrics.update(test_loss=loss, test_accuracy=acc)
+            matrix = _confusion(self.test_set[1], preds, self.num_classes)
+            plots.plot_confusion(matrix, os.path.join(self.out_dir, "confusion.png"),
+                                 f"{self.config['name']}: test accuracy {acc:.4f}")
+        plots.plot_curves(self.history, os.path.join(self.out_dir, "curves.png"),
+                          self.config["name"])
+        metrics["wall_time_s"] = time.perf_counter() - t_start
+        self._write_json("metrics.json", metrics)
+        if "test_accuracy" in metrics:
+            self.log(f"test accuracy {metrics['test_accuracy']:.4f}  test loss "
+                     f"{metrics['test_loss']:.4f}  ({metrics['wall_time_s']:.1f} s)")
+        return metrics
+
+
+def train(config=None, out_dir=None, **kwargs) -> dict:
+    """Run a training config (dict, path, or bundled name; None = LeNet-5 on MNIST sample)."""
+    return Trainer(config, out_dir, **kwargs).fit()
