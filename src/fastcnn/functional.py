@@ -663,6 +663,19 @@ def _fixed_windows(in_size, kernel, stride, padding, dilation, out_size, include
     return _tables(rows, in_size, out_size)
 
 
+def _interior(in_size, kernel, stride, padding, dilation, out_size):
+    """(kW, sW, pW, lo, hi) for the kernels: outputs lo <= o < hi along the last axis have
+    their whole window inside the input (no padding, no ceil_mode overhang)."""
+    n_in, k, s, p, d, n_out = (v[-1] for v in (in_size, kernel, stride, padding, dilation,
+                                               out_size))
+    room = n_in - 1 + p - (k - 1) * d
+    hi = min(n_out, room // s + 1) if room >= 0 else 0
+    return (k, s, p, min((p + s - 1) // s, hi), hi)
+
+
+_NO_INTERIOR = (0, 1, 0, 0, 0)      # adaptive bins: every output takes the general path
+
+
 def _adaptive_windows(in_size, out_size):
     rows = []
     for n_in, n_out in zip(in_size, out_size):
@@ -708,7 +721,9 @@ def _max_pool(fname, nd, input, kernel_size, stride, padding, dilation, ceil_mod
         _pool.max_pool_forward(_planes(x, lead, dtype), out.reshape(p, -1),
                                ind.reshape(p, -1) if return_indices else ind,
                                lift3(in_size, 1), lift3(dilation, 1), starts, counts,
-                               lift3(out_size, 1), get_num_threads())
+                               lift3(out_size, 1),
+                               _interior(in_size, kernel, stride, padding, dilation, out_size),
+                               get_num_threads())
     return (out, ind) if return_indices else out
 
 
@@ -742,15 +757,16 @@ def _avg_pool(fname, nd, input, kernel_size, stride, padding, ceil_mode, count_i
         divisor_override = as_int(fname, "divisor_override", divisor_override, minimum=1)
     starts, counts, spans = _fixed_windows(in_size, kernel, stride, padding, (1,) * nd,
                                            out_size, include_pad=bool(count_include_pad))
+    interior = _interior(in_size, kernel, stride, padding, (1,) * nd, out_size)
     return _avg_kernel(fname, x, lead, in_size, out_size, starts, counts, spans,
-                       divisor_override, grad_output)
+                       divisor_override, grad_output, interior)
 
 
 def _avg_kernel(fname, x, lead, in_size, out_size, starts, counts, spans, divisor_override,
-                grad_output):
+                grad_output, interior=_NO_INTERIOR):
     p = math.prod(lead)
     args = (lift3(in_size, 1), starts, counts, spans, float(divisor_override or 0),
-            lift3(out_size, 1), get_num_threads())
+            lift3(out_size, 1), interior, get_num_threads())
     if grad_output is None:
         dtype = float_dtype(x)
         out = np.empty(lead + out_size, dtype=dtype)
@@ -792,7 +808,7 @@ def _adaptive_max_pool(fname, nd, input, output_size, return_indices):
         _pool.max_pool_forward(_planes(x, lead, dtype), out.reshape(p, -1),
                                ind.reshape(p, -1) if return_indices else ind,
                                lift3(in_size, 1), (1, 1, 1), starts, counts,
-                               lift3(out_size, 1), get_num_threads())
+                               lift3(out_size, 1), _NO_INTERIOR, get_num_threads())
     return (out, ind) if return_indices else out
 
 

@@ -37,16 +37,24 @@ cdef struct Windows:
     const idx_t* hc
     const idx_t* ws
     const idx_t* wc
+    Py_ssize_t kW, sW, pW                  # fixed windows along W (interior fast path)
+    Py_ssize_t wlo, whi                    # outputs [wlo, whi) along W have all kW taps inside
     const idx_t* dsp                       # spans (average pooling only, else NULL)
     const idx_t* hsp
     const idx_t* wsp
 
 
 cdef Windows _windows(tuple in_size, tuple step, const idx_t[:, ::1] starts,
-                      const idx_t[:, ::1] counts, tuple out_size) except *:
-    """``starts``/``counts`` are (3, max(out_size)) tables, row a for axis a (D, H, W)."""
+                      const idx_t[:, ::1] counts, tuple out_size, tuple interior) except *:
+    """``starts``/``counts`` are (3, max(out_size)) tables, row a for axis a (D, H, W).
+
+    ``interior`` = (kW, sW, pW, wlo, whi): outputs wlo <= ow < whi read the kW taps
+    ow*sW - pW + e*dW, all inside the row; they take a branch-free path over whole output rows.
+    (0, 1, 0, 0, 0) when windows are not fixed (adaptive pooling).
+    """
     cdef Windows w
     w.dsp = w.hsp = w.wsp = NULL
+    w.kW, w.sW, w.pW, w.wlo, w.whi = interior
     w.D, w.H, w.W = in_size
     w.oD, w.oH, w.oW = out_size
     w.dD, w.dH, w.dW = step
@@ -55,41 +63,89 @@ cdef Windows _windows(tuple in_size, tuple step, const idx_t[:, ::1] starts,
     return w
 
 
+cdef inline void _max_window(const floating* x, floating* y, idx_t* ind, const Windows* w,
+                             Py_ssize_t od, Py_ssize_t oh, Py_ssize_t ow) noexcept nogil:
+    """One output from its window tables (any window: borders, ceil_mode, adaptive bins)."""
+    cdef Py_ssize_t a, b, e, row, best_i, i
+    cdef floating best = -INFINITY, v
+    cdef const floating* xr
+    # torch's index for an all -inf (or empty) window: the first tap inside
+    best_i = (w.ds[od] * w.H + w.hs[oh]) * w.W + w.ws[ow]
+    for a in range(w.dc[od]):
+        for b in range(w.hc[oh]):
+            row = ((w.ds[od] + a * w.dD) * w.H + w.hs[oh] + b * w.dH) * w.W
+            xr = x + row
+            i = w.ws[ow]
+            for e in range(w.wc[ow]):
+                v = xr[i]
+                if v > best or v != v:     # v != v: NaN propagates
+                    best = v
+                    best_i = row + i
+                i = i + w.dW
+    y[ow] = best
+    if ind != NULL:
+        ind[ow] = best_i
+
+
 cdef inline void _max_plane(const floating* x, floating* y, idx_t* ind,
                             const Windows* w) noexcept nogil:
-    cdef Py_ssize_t od, oh, ow, a, b, e, row, best_i, i
-    cdef floating best, v
+    """Maxima of one plane. Interior outputs of a row are swept tap by tap over the whole row
+    with selects instead of branches: on random data the comparison is a coin flip, and a
+    mispredicted branch per tap costs more than the memory traffic."""
+    cdef Py_ssize_t od, oh, ow, a, b, e, row, off
+    cdef Py_ssize_t lo = w.wlo, hi = w.whi, sW = w.sW
+    cdef floating v, cur
+    cdef bint take
+    cdef idx_t m
+    cdef floating* yr
+    cdef idx_t* ir = NULL
     cdef const floating* xr
-    cdef Py_ssize_t l = 0
     for od in range(w.oD):
         for oh in range(w.oH):
-            for ow in range(w.oW):
-                best = -INFINITY
-                # torch's index for an all -inf (or empty) window: the first tap inside
-                best_i = (w.ds[od] * w.H + w.hs[oh]) * w.W + w.ws[ow]
-                for a in range(w.dc[od]):
-                    for b in range(w.hc[oh]):
-                        row = ((w.ds[od] + a * w.dD) * w.H + w.hs[oh] + b * w.dH) * w.W
-                        xr = x + row
-                        i = w.ws[ow]
-                        for e in range(w.wc[ow]):
-                            v = xr[i]
-                            if v > best or v != v:     # v != v: NaN propagates
-                                best = v
-                                best_i = row + i
-                            i = i + w.dW
-                y[l] = best
-                if ind != NULL:
-                    ind[l] = best_i
-                l = l + 1
+            yr = y + (od * w.oH + oh) * w.oW
+            if ind != NULL:
+                ir = ind + (od * w.oH + oh) * w.oW
+            for ow in range(lo):
+                _max_window(x, yr, ir, w, od, oh, ow)
+            for ow in range(hi, w.oW):
+                _max_window(x, yr, ir, w, od, oh, ow)
+            if hi <= lo:
+                continue
+            row = (w.ds[od] * w.H + w.hs[oh]) * w.W - w.pW
+            for ow in range(lo, hi):
+                yr[ow] = -INFINITY
+            if ind != NULL:
+                for ow in range(lo, hi):
+                    ir[ow] = row + ow * sW
+            for a in range(w.dc[od]):
+                for b in range(w.hc[oh]):
+                    row = ((w.ds[od] + a * w.dD) * w.H + w.hs[oh] + b * w.dH) * w.W - w.pW
+                    for e in range(w.kW):
+                        off = row + e * w.dW
+                        xr = x + off
+                        if ind != NULL:
+                            for ow in range(lo, hi):
+                                v = xr[ow * sW]
+                                cur = yr[ow]
+                                take = (v > cur) | (v != v)
+                                m = -(<idx_t> take)          # all ones or zeros: no branch
+                                yr[ow] = v if take else cur
+                                ir[ow] = (ir[ow] & ~m) | ((off + ow * sW) & m)
+                        else:
+                            for ow in range(lo, hi):
+                                v = xr[ow * sW]
+                                cur = yr[ow]
+                                take = (v > cur) | (v != v)
+                                yr[ow] = v if take else cur
 
 
 def max_pool_forward(const floating[:, ::1] x, floating[:, ::1] out, idx_t[:, ::1] indices,
                      tuple in_size, tuple step, const idx_t[:, ::1] starts,
-                     const idx_t[:, ::1] counts, tuple out_size, int num_threads):
+                     const idx_t[:, ::1] counts, tuple out_size, tuple interior,
+                     int num_threads):
     """out (P, L) = window maxima of x (P, S); indices (P, L) their flat offsets, unless
     ``indices`` has no rows (then they are not stored)."""
-    cdef Windows w = _windows(in_size, step, starts, counts, out_size)
+    cdef Windows w = _windows(in_size, step, starts, counts, out_size, interior)
     cdef Py_ssize_t P = x.shape[0], L = out.shape[1], p
     cdef bint store = indices.shape[0] > 0
     if P == 0 or L == 0:
@@ -179,13 +235,20 @@ cdef inline double _divisor(const Windows* w, Py_ssize_t od, Py_ssize_t oh, Py_s
 
 cdef inline void _avg_plane(const floating* x, floating* y, const Windows* w,
                             double override) noexcept nogil:
-    cdef Py_ssize_t od, oh, ow, a, b, e, n
-    cdef floating acc
+    """Averages of one plane; interior outputs of a row summed tap by tap over the row (the
+    same order of additions as per output, so the same bits)."""
+    cdef Py_ssize_t od, oh, ow, a, b, e, n, l
+    cdef Py_ssize_t lo = w.wlo, hi = w.whi, sW = w.sW
+    cdef floating acc, div
+    cdef floating* yr
     cdef const floating* xr
-    cdef Py_ssize_t l = 0
     for od in range(w.oD):
         for oh in range(w.oH):
+            l = (od * w.oH + oh) * w.oW
+            yr = y + l
             for ow in range(w.oW):
+                if lo <= ow < hi:
+                    continue
                 acc = 0
                 n = w.dc[od] * w.hc[oh] * w.wc[ow]
                 for a in range(w.dc[od]):
@@ -194,36 +257,63 @@ cdef inline void _avg_plane(const floating* x, floating* y, const Windows* w,
                         for e in range(w.wc[ow]):
                             acc = acc + xr[e]
                 # an empty window (only padding, count_include_pad=False) averages to 0
-                y[l] = <floating> (acc / _divisor(w, od, oh, ow, override)) if n else 0
-                l = l + 1
+                yr[ow] = <floating> (acc / _divisor(w, od, oh, ow, override)) if n else 0
+            if hi <= lo:
+                continue
+            for ow in range(lo, hi):
+                yr[ow] = 0
+            if w.dc[od] * w.hc[oh] == 0:
+                continue
+            for a in range(w.dc[od]):
+                for b in range(w.hc[oh]):
+                    for e in range(w.kW):
+                        xr = x + ((w.ds[od] + a) * w.H + w.hs[oh] + b) * w.W - w.pW + e
+                        for ow in range(lo, hi):
+                            yr[ow] = yr[ow] + xr[ow * sW]
+            div = <floating> _divisor(w, od, oh, lo, override)   # the same for every interior ow
+            for ow in range(lo, hi):
+                yr[ow] = yr[ow] / div
 
 
 cdef inline void _avg_plane_backward(const floating* dy, floating* dx, const Windows* w,
                                      double override) noexcept nogil:
     cdef Py_ssize_t od, oh, ow, a, b, e
-    cdef floating g
+    cdef Py_ssize_t lo = w.wlo, hi = w.whi, sW = w.sW
+    cdef floating g, div
     cdef floating* xr
-    cdef Py_ssize_t l = 0
+    cdef const floating* dyr
     for od in range(w.oD):
         for oh in range(w.oH):
+            if w.dc[od] * w.hc[oh] == 0:
+                continue
+            dyr = dy + (od * w.oH + oh) * w.oW
             for ow in range(w.oW):
-                if w.dc[od] * w.hc[oh] * w.wc[ow]:
-                    g = <floating> (dy[l] / _divisor(w, od, oh, ow, override))
-                    for a in range(w.dc[od]):
-                        for b in range(w.hc[oh]):
-                            xr = dx + ((w.ds[od] + a) * w.H + w.hs[oh] + b) * w.W + w.ws[ow]
-                            for e in range(w.wc[ow]):
-                                xr[e] = xr[e] + g
-                l = l + 1
+                if (lo <= ow < hi) or w.wc[ow] == 0:
+                    continue
+                g = <floating> (dyr[ow] / _divisor(w, od, oh, ow, override))
+                for a in range(w.dc[od]):
+                    for b in range(w.hc[oh]):
+                        xr = dx + ((w.ds[od] + a) * w.H + w.hs[oh] + b) * w.W + w.ws[ow]
+                        for e in range(w.wc[ow]):
+                            xr[e] = xr[e] + g
+            if hi <= lo:
+                continue
+            div = <floating> _divisor(w, od, oh, lo, override)
+            for a in range(w.dc[od]):
+                for b in range(w.hc[oh]):
+                    for e in range(w.kW):
+                        xr = dx + ((w.ds[od] + a) * w.H + w.hs[oh] + b) * w.W - w.pW + e
+                        for ow in range(lo, hi):
+                            xr[ow * sW] = xr[ow * sW] + dyr[ow] / div
 
 
 def avg_pool_forward(const floating[:, ::1] x, floating[:, ::1] out, tuple in_size,
                      const idx_t[:, ::1] starts, const idx_t[:, ::1] counts,
                      const idx_t[:, ::1] spans, double divisor_override, tuple out_size,
-                     int num_threads):
+                     tuple interior, int num_threads):
     """out (P, L) = window sums of x (P, S) / divisor, divisor = divisor_override if > 0 else
     spans[0, od] * spans[1, oh] * spans[2, ow]. Taps are contiguous (no dilation)."""
-    cdef Windows w = _windows(in_size, (1, 1, 1), starts, counts, out_size)
+    cdef Windows w = _windows(in_size, (1, 1, 1), starts, counts, out_size, interior)
     w.dsp, w.hsp, w.wsp = &spans[0, 0], &spans[1, 0], &spans[2, 0]
     cdef Py_ssize_t P = x.shape[0], L = out.shape[1], p
     if P == 0 or L == 0:
@@ -236,9 +326,9 @@ def avg_pool_forward(const floating[:, ::1] x, floating[:, ::1] out, tuple in_si
 def avg_pool_backward(const floating[:, ::1] grad_out, floating[:, ::1] grad_in, tuple in_size,
                       const idx_t[:, ::1] starts, const idx_t[:, ::1] counts,
                       const idx_t[:, ::1] spans, double divisor_override, tuple out_size,
-                      int num_threads):
+                      tuple interior, int num_threads):
     """grad_in (P, S): every window cell receives its output's gradient / divisor (summed)."""
-    cdef Windows w = _windows(in_size, (1, 1, 1), starts, counts, out_size)
+    cdef Windows w = _windows(in_size, (1, 1, 1), starts, counts, out_size, interior)
     w.dsp, w.hsp, w.wsp = &spans[0, 0], &spans[1, 0], &spans[2, 0]
     cdef Py_ssize_t P = grad_in.shape[0], S = grad_in.shape[1], p
     if P == 0 or S == 0:
