@@ -1198,8 +1198,23 @@ def _interpolate(fname, input, size, scale_factor, mode, align_corners, recomput
         i0, i1, l0, l1 = _linear_weights(n_in, n_out, s, corners, dtype)
         idx[0, a, :n_out], idx[1, a, :n_out], lam[0, a, :n_out], lam[1, a, :n_out] = \
             i0, i1, l0, l1
-    kernel = _resample.linear if grad_output is None else _resample.linear_backward
-    kernel(src, res.reshape(p, -1), nd, in3, out3, idx, lam, threads)
+    if grad_output is None:
+        _resample.linear(src, res.reshape(p, -1), nd, in3, out3, idx, lam, threads)
+        return res
+    # the backward gathers: input i of an axis collects outputs [s0[i], e0[i]) (i0 == i) and
+    # [s1[i], e1[i]) (i1 == i); i0, i1 never decrease, so searchsorted finds the ranges
+    mi = max(in3)
+    adj = np.zeros((4, 3, mi), np.int64)
+    adj[1, :, 0] = adj[3, :, 0] = 1                # lifted axes: output 0 -> input 0
+    for a, n_in in enumerate(in_size, start=3 - nd):
+        cells = np.arange(n_in)
+        n_out = out3[a]
+        for k in (0, 1):
+            adj[2 * k, a, :n_in] = np.searchsorted(idx[k, a, :n_out], cells, side="left")
+            adj[2 * k + 1, a, :n_in] = np.searchsorted(idx[k, a, :n_out], cells, side="right")
+    ws = scratch(_resample.linear_backward_workspace(nd, in3, out3) * threads, dtype)
+    _resample.linear_backward(src, res.reshape(p, -1), nd, in3, out3, idx, lam, adj, ws,
+                              threads)
     return res
 
 
