@@ -57,6 +57,7 @@ def test_conv_transpose2d_matches_torch(th, rng, dtype, kw):
 @pytest.mark.parametrize("kernel,kw", [
     ((1, 1), dict()), ((1, 1), dict(groups=2)), ((1, 1), dict(stride=2)),
     ((4, 4), dict(stride=2, padding=1)), ((2, 2), dict(stride=2)),
+    ((1, 1), dict(dilation=(1, 2), output_padding=(0, 1))),   # 1x1, output larger than input
 ])
 def test_conv_transpose2d_common_shapes(th, rng, dtype, kernel, kw):
     check_against_torch(th, rng, 2, 2, 4, 6, (5, 7), kernel, dtype, **kw)

@@ -71,14 +71,28 @@ def test_max_pool_nan_propagates_as_torch(th, rng):
     assert np.isnan(y).sum() == 8        # overlapping 3x3 windows: each NaN reaches 4 outputs
 
 
+def test_max_pool_window_without_taps(th):
+    """Dilation 2, padding 1 on a size-1 axis: taps at -1 and 1, none inside. torch gives -inf
+    and an index one past the plane; the backward sends such an output's gradient nowhere."""
+    x = np.arange(10.0).reshape(1, 2, 1, 5)
+    kw = dict(kernel_size=(2, 3), stride=2, padding=(1, 0), dilation=2, ceil_mode=True)
+    y, ind = F.max_pool2d(x, return_indices=True, **kw)
+    y_ref, i_ref = th.nn.functional.max_pool2d(th.tensor(x), return_indices=True, **kw)
+    np.testing.assert_array_equal(y, y_ref.numpy())
+    np.testing.assert_array_equal(ind, i_ref.numpy())
+    assert np.isneginf(y).all()
+    np.testing.assert_array_equal(F.max_pool2d_backward(np.ones_like(y), x, ind, **kw), 0)
+
+
 @st.composite
 def pool_problems(draw, nd):
     kernel = tuple(draw(st.integers(1, 4)) for _ in range(nd))
     stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
     padding = tuple(draw(st.integers(0, k // 2)) for k in kernel)
     dilation = tuple(draw(st.integers(1, 2)) for _ in range(nd))
-    size = tuple(max(1, d * (k - 1) + 1 - 2 * p) + draw(st.integers(0, 6))
-                 for k, p, d in zip(kernel, padding, dilation))
+    # at least the dilated kernel: smaller inputs can have windows with no tap inside
+    # (see test_max_pool_window_without_taps)
+    size = tuple(d * (k - 1) + 1 + draw(st.integers(0, 6)) for k, d in zip(kernel, dilation))
     shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3))) + size
     return shape, dict(kernel_size=kernel, stride=stride, padding=padding,
                        ceil_mode=draw(st.booleans())), dilation
@@ -199,9 +213,10 @@ def test_max_unpool_bad_indices_raise_not_crash():
         F.max_unpool2d(x, np.array([[[[0, 16], [-1, 3]]]]), 2)
     with pytest.raises(ValueError, match=r"max_unpool2d_backward: indices hold 1 value"):
         F.max_unpool2d_backward(np.ones((1, 1, 4, 4)), x, np.array([[[[0, 1], [99, 3]]]]), 2)
-    with pytest.raises(ValueError, match=r"max_pool2d_backward: indices hold 1 value"):
-        F.max_pool2d_backward(np.ones((1, 1, 2, 2)), np.ones((1, 1, 4, 4)),
-                              np.array([[[[0, 1], [2**40, 3]]]]), 2)
+    # max_pool's backward skips indices outside the plane (see the test above), no crash
+    g = F.max_pool2d_backward(np.ones((1, 1, 2, 2)), np.ones((1, 1, 4, 4)),
+                              np.array([[[[0, 1], [2**40, -3]]]]), 2)
+    np.testing.assert_array_equal(g.reshape(-1), [1, 1] + [0] * 14)
     with pytest.raises(TypeError, match=r"max_unpool2d: indices must hold integers"):
         F.max_unpool2d(x, np.zeros((1, 1, 2, 2), np.float32), 2)
     with pytest.raises(ValueError, match=r"max_unpool2d: indices must have the input's shape"):

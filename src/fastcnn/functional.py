@@ -449,7 +449,8 @@ def _conv_transpose_forward(fname, nd, input, weight, bias, stride, padding, out
     if geom.n:
         threads = get_num_threads()
         args = _conv_transpose_args(geom)
-        per_thread = _conv.conv_transpose_workspace_size(geom.out_channels, *args[1:4], args[5])
+        per_thread = _conv.conv_transpose_workspace_size(geom.out_channels, *args[1:4],
+                                                         args[0], args[5])
         ws = scratch(per_thread * threads, dtype)
         with single_threaded_blas:
             _conv.conv_transpose_forward(x2, w2, b1, _rows(out, geom.n), ws, geom.groups, *args,
@@ -486,7 +487,8 @@ def _conv_transpose_backward(fname, nd, grad_output, input, weight, stride, padd
         parts = np.zeros((chunks, w2.size), dtype=dtype)
     if (need_x or need_w) and n:
         args = _conv_transpose_args(geom)
-        per_thread = _conv.conv_transpose_workspace_size(geom.out_channels, *args[1:4], args[5])
+        per_thread = _conv.conv_transpose_workspace_size(geom.out_channels, *args[1:4],
+                                                         args[0], args[5])
         ws = scratch(per_thread * threads, dtype)
         gx = _rows(grad_x, n) if need_x else np.empty((0, 0), dtype=dtype)
         gw = parts if need_w else np.empty((0, 0), dtype=dtype)
@@ -734,17 +736,21 @@ def _max_pool_backward(fname, nd, grad_output, input, indices, kernel_size, stri
     out_size = _pool_args(fname, nd, in_size, kernel_size, stride, padding, dilation,
                           ceil_mode)[-1]
     dy = _check_grad(fname, grad_output, lead + out_size)
-    return _scatter_add(fname, dy, x, lead, in_size, _check_indices(fname, indices, dy.shape))
+    # max_pool itself gives an index outside the plane for a window with no tap inside the
+    # input (possible with dilation and padding; its output is -inf): no gradient goes there.
+    return _scatter_add(fname, dy, x, lead, in_size, _check_indices(fname, indices, dy.shape),
+                        strict=False)
 
 
-def _scatter_add(fname, dy, x, lead, in_size, idx):
+def _scatter_add(fname, dy, x, lead, in_size, idx, strict=True):
     dtype = float_dtype(x, dy)
     grad = np.empty(lead + in_size, dtype=dtype)
     p = math.prod(lead)
     if p:
         bad = _pool.scatter_add(_planes(dy, lead, dtype), _planes(idx, lead, np.int64),
                                 grad.reshape(p, -1), get_num_threads())
-        _raise_bad_indices(fname, bad, math.prod(in_size), in_size)
+        if strict:
+            _raise_bad_indices(fname, bad, math.prod(in_size), in_size)
     return grad
 
 
@@ -901,7 +907,8 @@ _MAX_POOL_BACKWARD_DOC = """Gradient of :func:`max_pool{nd}d` with respect to it
     grad_output and indices (int64) are shaped as max_pool{nd}d's output; the other arguments
     are the forward's. Each gradient is added to the input cell its index names:
     ``grad_input[n, c].flat[indices[n, c, o]] += grad_output[n, c, o]`` (one thread per plane,
-    so no races). An index outside the plane raises ValueError.
+    so no races). An index outside the plane (max_pool gives one for a window with no tap
+    inside the input, whose output is -inf) receives nothing.
     """
 
 _AVG_POOL_DOC = """{nd}-D average pooling, as ``torch.nn.functional.avg_pool{nd}d``.

@@ -207,10 +207,18 @@ def bias_backward(const floating[:, :, ::1] grad_out, floating[::1] grad_b, int 
 #
 # A 1x1 kernel with stride 1 and no padding has cols = y[n]: the GEMM writes the output in place.
 
+cdef bint _transpose_is_pointwise(tuple kernel, tuple stride, tuple padding, tuple out_size,
+                                  tuple in_size):
+    # output_padding (allowed below dilation) can make a 1x1 kernel's output larger than its
+    # input: then the GEMM result is not the output and col2im must place it
+    return _is_pointwise(kernel, stride, padding) and out_size == in_size
+
+
 def conv_transpose_workspace_size(Py_ssize_t out_channels, tuple kernel, tuple stride,
-                                  tuple padding, tuple in_size):
-    """Elements of scratch one thread needs: the (C_out*kk, L) columns, or 0 for a 1x1 kernel."""
-    if _is_pointwise(kernel, stride, padding):
+                                  tuple padding, tuple out_size, tuple in_size):
+    """Elements of scratch one thread needs: the (C_out*kk, L) columns, or 0 for a 1x1 kernel
+    whose output has the input's size."""
+    if _transpose_is_pointwise(kernel, stride, padding, out_size, in_size):
         return 0
     kD, kH, kW = kernel
     iD, iH, iW = in_size
@@ -231,7 +239,7 @@ def conv_transpose_forward(const floating[:, ::1] x, const floating[:, ::1] weig
     cdef Py_ssize_t kk = g.kD * g.kH * g.kW
     cdef Py_ssize_t Cog = M // kk, C_out = Cog * groups, Cg = C_in // groups
     cdef Py_ssize_t S = g.D * g.H * g.W, L = g.oD * g.oH * g.oW
-    cdef bint pointwise = _is_pointwise(kernel, stride, padding)
+    cdef bint pointwise = _transpose_is_pointwise(kernel, stride, padding, out_size, in_size)
     cdef Py_ssize_t ws_stride = 0 if pointwise else C_out * kk * L
     cdef bint has_bias = bias.shape[0] > 0
     cdef floating* ws = &workspace[0] if workspace.shape[0] > 0 else NULL
@@ -279,7 +287,7 @@ def conv_transpose_backward(const floating[:, ::1] x, const floating[:, ::1] wei
     cdef Py_ssize_t kk = g.kD * g.kH * g.kW
     cdef Py_ssize_t Cog = M // kk, C_out = Cog * groups, Cg = C_in // groups
     cdef Py_ssize_t S = g.D * g.H * g.W, L = g.oD * g.oH * g.oW
-    cdef bint pointwise = _is_pointwise(kernel, stride, padding)
+    cdef bint pointwise = _transpose_is_pointwise(kernel, stride, padding, out_size, in_size)
     cdef Py_ssize_t ws_stride = 0 if pointwise else C_out * kk * L
     cdef Py_ssize_t n_chunks = grad_w_parts.shape[0] if need_w else N
     cdef floating* ws = &workspace[0] if workspace.shape[0] > 0 else NULL
