@@ -1191,39 +1191,34 @@ def _interpolate(fname, input, size, scale_factor, mode, align_corners, recomput
     in3, out3 = lift3(in_size, 1), lift3(out_size, 1)
     m = max(out3)
     threads = get_num_threads()
-    nearest = mode in ("nearest", "nearest-exact")
-    # per-axis corners (i0, i1) and weights (l0, l1); nearest is "linear" with one corner of
-    # weight 1, which lets its backward use the same gather
+    if mode in ("nearest", "nearest-exact"):
+        table = np.zeros((3, m), np.int64)
+        for a, (n_in, n_out, s) in enumerate(zip(in_size, out_size, scales), start=3 - nd):
+            table[a, :n_out] = _nearest_source(n_in, n_out, s, mode == "nearest-exact")
+        kernel = _resample.nearest if grad_output is None else _resample.nearest_backward
+        kernel(src, res.reshape(p, -1), in3, out3, table, threads)
+        return res
     idx = np.zeros((2, 3, m), np.int64)
     lam = np.zeros((2, 3, m), dtype)
     lam[0] = 1                                   # lifted axes: one corner, weight 1
     for a, (n_in, n_out, s) in enumerate(zip(in_size, out_size, scales), start=3 - nd):
-        if nearest:
-            idx[0, a, :n_out] = _nearest_source(n_in, n_out, s, mode == "nearest-exact")
-        else:
-            i0, i1, l0, l1 = _linear_weights(n_in, n_out, s, corners, dtype)
-            idx[0, a, :n_out], idx[1, a, :n_out], lam[0, a, :n_out], lam[1, a, :n_out] = \
-                i0, i1, l0, l1
+        i0, i1, l0, l1 = _linear_weights(n_in, n_out, s, corners, dtype)
+        idx[0, a, :n_out], idx[1, a, :n_out], lam[0, a, :n_out], lam[1, a, :n_out] = \
+            i0, i1, l0, l1
     if grad_output is None:
-        if nearest:
-            _resample.nearest(src, res.reshape(p, -1), in3, out3, idx[0], threads)
-        else:
-            _resample.linear(src, res.reshape(p, -1), nd, in3, out3, idx, lam, threads)
+        _resample.linear(src, res.reshape(p, -1), nd, in3, out3, idx, lam, threads)
         return res
     # the backward gathers: input i of an axis collects outputs [s0[i], e0[i]) (i0 == i) and
     # [s1[i], e1[i]) (i1 == i); i0, i1 never decrease, so searchsorted finds the ranges
-    # (nearest: the second range is empty)
     mi = max(in3)
     adj = np.zeros((4, 3, mi), np.int64)
     adj[1, :, 0] = adj[3, :, 0] = 1                # lifted axes: output 0 -> input 0
     for a, n_in in enumerate(in_size, start=3 - nd):
         cells = np.arange(n_in)
         n_out = out3[a]
-        for k in ((0,) if nearest else (0, 1)):
+        for k in (0, 1):
             adj[2 * k, a, :n_in] = np.searchsorted(idx[k, a, :n_out], cells, side="left")
             adj[2 * k + 1, a, :n_in] = np.searchsorted(idx[k, a, :n_out], cells, side="right")
-        if nearest:
-            adj[2:, a] = 0
     ws = scratch(_resample.linear_backward_workspace(nd, in3, out3) * threads, dtype)
     _resample.linear_backward(src, res.reshape(p, -1), nd, in3, out3, idx, lam, adj, ws,
                               threads)

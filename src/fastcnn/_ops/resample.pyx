@@ -10,9 +10,8 @@ float precision, so the kernels only gather and blend:
               y = sum over the 2 (1-D), 4 (2-D) or 8 (3-D) corners of
                   x[i_d, i_h, i_w] * l_d * l_h * l_w     (torch's order of operations)
 
-Both backwards use ``linear_backward`` (nearest is one corner of weight 1 per axis). Parallel
-over planes; each backward writes only its own plane, so it is race-free and independent of the
-number of threads.
+Parallel over planes; each backward writes only its own plane, so it is race-free and
+independent of the number of threads.
 """
 from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
@@ -35,6 +34,20 @@ cdef inline void _nearest_plane(const floating* x, floating* y, Py_ssize_t H, Py
             y += oW
 
 
+cdef inline void _nearest_plane_backward(const floating* dy, floating* dx, Py_ssize_t H,
+                                         Py_ssize_t W, Py_ssize_t oD, Py_ssize_t oH,
+                                         Py_ssize_t oW, const idx_t* sd, const idx_t* sh,
+                                         const idx_t* sw) noexcept nogil:
+    cdef Py_ssize_t od, oh, ow
+    cdef floating* row
+    for od in range(oD):
+        for oh in range(oH):
+            row = dx + (sd[od] * H + sh[oh]) * W
+            for ow in range(oW):
+                row[sw[ow]] += dy[ow]
+            dy += oW
+
+
 def nearest(const floating[:, ::1] x, floating[:, ::1] out, tuple in_size, tuple out_size,
             const idx_t[:, ::1] src, int num_threads):
     """out[p, od, oh, ow] = x[p, src[0, od], src[1, oh], src[2, ow]]; src is (3, max(out))."""
@@ -48,6 +61,22 @@ def nearest(const floating[:, ::1] x, floating[:, ::1] out, tuple in_size, tuple
         for p in prange(P, schedule='static', num_threads=num_threads):
             _nearest_plane(&x[p, 0], &out[p, 0], H, W, oD, oH, oW, &src[0, 0], &src[1, 0],
                            &src[2, 0])
+
+
+def nearest_backward(const floating[:, ::1] grad_out, floating[:, ::1] grad_in, tuple in_size,
+                     tuple out_size, const idx_t[:, ::1] src, int num_threads):
+    """grad_in (P, S) = 0, then each output's gradient added to the cell it was copied from."""
+    cdef Py_ssize_t D, H, W, oD, oH, oW
+    D, H, W = in_size
+    oD, oH, oW = out_size
+    cdef Py_ssize_t P = grad_in.shape[0], S = grad_in.shape[1], p
+    if P == 0 or S == 0:
+        return
+    with nogil:
+        for p in prange(P, schedule='static', num_threads=num_threads):
+            memset(&grad_in[p, 0], 0, S * sizeof(floating))
+            _nearest_plane_backward(&grad_out[p, 0], &grad_in[p, 0], H, W, oD, oH, oW,
+                                    &src[0, 0], &src[1, 0], &src[2, 0])
 
 
 cdef struct Lin:
