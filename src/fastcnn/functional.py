@@ -7,7 +7,8 @@ its inputs.
 
 Arrays are NCL / NCHW / NCDHW. Inputs may be any real dtype and memory layout: float32 and float64
 are computed as they are (float64 wins when mixed); ints, bools and float16 are computed in
-float32; views, Fortran-order and negative-stride arrays are copied to C order first.
+float32; views, Fortran-order and negative-stride arrays are copied to C order first. Index
+arrays (max pooling's ``return_indices``, unpooling) are int64 flat positions in a spatial plane.
 """
 from __future__ import annotations
 
