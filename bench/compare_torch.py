@@ -51,6 +51,91 @@ def _conv_case(name, n, c_in, h, w, c_out, k, s, p):
     return setup
 
 
+def _conv_transpose_case(name, n, c_in, h, w, c_out, k, s, p):
+    """Forward and backward of a 2-D transposed convolution (the decoder's upsampling)."""
+    def setup(torch):
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((n, c_in, h, w), dtype=np.float32)
+        wt = rng.standard_normal((c_in, c_out, k, k), dtype=np.float32) * 0.1
+        b = np.zeros(c_out, np.float32)
+        y = F.conv_transpose2d(x, wt, b, s, p)
+        dy = np.ones_like(y)
+        tx, tw, tb = (torch.tensor(a) for a in (x, wt, b))
+        tdy = torch.tensor(dy)
+
+        def torch_backward():
+            return torch.ops.aten.convolution_backward(
+                tdy, tx, tw, [c_out], [s, s], [p, p], [1, 1], True, [0, 0], 1,
+                [True, True, True])
+
+        flops = 2 * n * c_in * c_out * k * k * h * w
+        return [
+            (f"{name} fwd", lambda: F.conv_transpose2d(x, wt, b, s, p),
+             lambda: torch.nn.functional.conv_transpose2d(tx, tw, tb, s, p), flops),
+            (f"{name} bwd", lambda: F.conv_transpose2d_backward(dy, x, wt, s, p),
+             torch_backward, 2 * flops),
+        ]
+    return setup
+
+
+def _max_pool_case(name, shape, k, s, p):
+    """max_pool2d with indices (what training keeps for the backward), and its backward."""
+    def setup(torch):
+        x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+        y, ind = F.max_pool2d(x, k, s, p, return_indices=True)
+        dy = np.ones_like(y)
+        tx, tdy = torch.tensor(x), torch.tensor(dy)
+        _, tind = torch.nn.functional.max_pool2d(tx, k, s, p, return_indices=True)
+        return [
+            (f"{name} fwd", lambda: F.max_pool2d(x, k, s, p, return_indices=True),
+             lambda: torch.nn.functional.max_pool2d(tx, k, s, p, return_indices=True), 0),
+            (f"{name} bwd", lambda: F.max_pool2d_backward(dy, x, ind, k, s, p),
+             lambda: torch.ops.aten.max_pool2d_with_indices_backward(
+                 tdy, tx, [k, k], [s, s], [p, p], [1, 1], False, tind), 0),
+        ]
+    return setup
+
+
+def _avg_pool_case(name, shape, k, s, p):
+    def setup(torch):
+        x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+        dy = np.ones_like(F.avg_pool2d(x, k, s, p))
+        tx, tdy = torch.tensor(x), torch.tensor(dy)
+        return [
+            (f"{name} fwd", lambda: F.avg_pool2d(x, k, s, p),
+             lambda: torch.nn.functional.avg_pool2d(tx, k, s, p), 0),
+            (f"{name} bwd", lambda: F.avg_pool2d_backward(dy, x, k, s, p),
+             lambda: torch.ops.aten.avg_pool2d_backward(tdy, tx, [k, k], [s, s], [p, p], False,
+                                                        True, None), 0),
+        ]
+    return setup
+
+
+def _upsample_case(name, shape, factor, mode):
+    def setup(torch):
+        x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+        y = F.interpolate(x, scale_factor=factor, mode=mode)
+        dy = np.ones_like(y)
+        tx, tdy = torch.tensor(x), torch.tensor(dy)
+        out, size = list(y.shape[2:]), list(x.shape)
+        if mode == "bilinear":
+            def torch_backward():
+                return torch.ops.aten.upsample_bilinear2d_backward(
+                    tdy, out, size, False, float(factor), float(factor))
+        else:
+            def torch_backward():
+                return torch.ops.aten.upsample_nearest2d_backward(
+                    tdy, out, size, float(factor), float(factor))
+        return [
+            (f"{name} fwd", lambda: F.interpolate(x, scale_factor=factor, mode=mode),
+             lambda: torch.nn.functional.interpolate(tx, scale_factor=factor, mode=mode), 0),
+            (f"{name} bwd", lambda: F.interpolate_backward(dy, x.shape, scale_factor=factor,
+                                                           mode=mode),
+             torch_backward, 0),
+        ]
+    return setup
+
+
 CASES = {
     "conv lenet1 64x1x28x28 ->6 k5 s1 p2": _conv_case("conv lenet1", 64, 1, 28, 28, 6, 5, 1, 2),
     "conv lenet2 64x6x14x14 ->16 k5 s1 p0": _conv_case("conv lenet2", 64, 6, 14, 14, 16, 5, 1, 0),
@@ -58,6 +143,16 @@ CASES = {
     "conv resnet 16x128x28x28 ->128 k3 s1 p1": _conv_case("conv resnet3x3", 16, 128, 28, 28, 128, 3, 1, 1),
     "conv strided 16x64x56x56 ->128 k3 s2 p1": _conv_case("conv strided", 16, 64, 56, 56, 128, 3, 2, 1),
     "conv pointwise 16x256x14x14 ->64 k1": _conv_case("conv pointwise", 16, 256, 14, 14, 64, 1, 1, 0),
+    "conv_transpose 16x64x16x16 ->32 k4 s2 p1":
+        _conv_transpose_case("conv_transpose k4s2", 16, 64, 16, 16, 32, 4, 2, 1),
+    "max pool 2x2 32x64x32x32": _max_pool_case("max pool 2x2", (32, 64, 32, 32), 2, 2, 0),
+    "max pool 3x3 s2 p1 16x64x56x56":
+        _max_pool_case("max pool 3x3 s2 p1", (16, 64, 56, 56), 3, 2, 1),
+    "avg pool 2x2 32x64x32x32": _avg_pool_case("avg pool 2x2", (32, 64, 32, 32), 2, 2, 0),
+    "resample bilinear x2 16x64x32x32":
+        _upsample_case("bilinear x2", (16, 64, 32, 32), 2, "bilinear"),
+    "resample nearest x2 16x64x32x32":
+        _upsample_case("nearest x2", (16, 64, 32, 32), 2, "nearest"),
 }
 
 
@@ -121,7 +216,8 @@ def main(argv=None):
     print("| case | fastcnn ms | torch ms | ratio | fastcnn GFLOP/s |")
     print("|---|---:|---:|---:|---:|")
     for label, a, b, r, gf in rows:
-        print(f"| {label} | {a:.3f} | {b:.3f} | {r:.2f} | {gf:.1f} |")
+        gflops = "-" if math.isnan(gf) else f"{gf:.1f}"      # memory-bound ops: no FLOP rate
+        print(f"| {label} | {a:.3f} | {b:.3f} | {r:.2f} | {gflops} |")
     geo = math.exp(sum(math.log(r[3]) for r in rows) / len(rows))
     print(f"\ngeometric mean ratio: {geo:.2f} over {len(rows)} cases")
 

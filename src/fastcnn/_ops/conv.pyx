@@ -190,3 +190,137 @@ def bias_backward(const floating[:, :, ::1] grad_out, floating[::1] grad_b, int 
                 for l in range(L):
                     acc = acc + grad_out[n, c, l]
             grad_b[c] = <floating> acc
+
+
+# ------------------------------------------------------------------------------------------------
+# Transposed convolution
+# ------------------------------------------------------------------------------------------------
+#
+# conv_transpose(x, W) is the input gradient of conv(., W): the window geometry ``g`` below is the
+# one of the *forward convolution* that maps the transposed conv's output (g.D, g.H, g.W) to its
+# input (g.oD, g.oH, g.oW). Weight (C_in, Cog*kk) with Cog = C_out/groups, Cg = C_in/groups,
+# L = input positions, S = output positions; per sample n and group g:
+#
+#     forward      cols (Cog*kk, L) = W[g]^T (Cog*kk, Cg) @ x[n,g] (Cg, L);  y[n] = col2im(cols)
+#     grad input   dx[n,g] (Cg, L)  = W[g] (Cg, Cog*kk) @ im2col(dy[n])[g] (Cog*kk, L)
+#     grad weight  dW[g] (Cg, Cog*kk) = sum_n x[n,g] (Cg, L) @ im2col(dy[n])[g]^T (L, Cog*kk)
+#
+# A 1x1 kernel with stride 1 and no padding has cols = y[n]: the GEMM writes the output in place.
+
+cdef bint _transpose_is_pointwise(tuple kernel, tuple stride, tuple padding, tuple out_size,
+                                  tuple in_size):
+    # output_padding (allowed below dilation) can make a 1x1 kernel's output larger than its
+    # input: then the GEMM result is not the output and col2im must place it
+    return _is_pointwise(kernel, stride, padding) and out_size == in_size
+
+
+def conv_transpose_workspace_size(Py_ssize_t out_channels, tuple kernel, tuple stride,
+                                  tuple padding, tuple out_size, tuple in_size):
+    """Elements of scratch one thread needs: the (C_out*kk, L) columns, or 0 for a 1x1 kernel
+    whose output has the input's size."""
+    if _transpose_is_pointwise(kernel, stride, padding, out_size, in_size):
+        return 0
+    kD, kH, kW = kernel
+    iD, iH, iW = in_size
+    return out_channels * kD * kH * kW * iD * iH * iW
+
+
+def conv_transpose_forward(const floating[:, ::1] x, const floating[:, ::1] weight,
+                           const floating[::1] bias, floating[:, ::1] out,
+                           floating[::1] workspace, Py_ssize_t groups, tuple out_size,
+                           tuple kernel, tuple stride, tuple padding, tuple dilation,
+                           tuple in_size, int num_threads):
+    """out (N, C_out*S) = conv_transpose(x (N, C_in*L), weight (C_in, Cog*kk)) + bias.
+
+    ``out_size`` is the transposed conv's output (the geometry's input), ``in_size`` its input.
+    """
+    cdef Geom g = make_geom(out_size, kernel, stride, padding, dilation, in_size)
+    cdef Py_ssize_t N = x.shape[0], C_in = weight.shape[0], M = weight.shape[1]
+    cdef Py_ssize_t kk = g.kD * g.kH * g.kW
+    cdef Py_ssize_t Cog = M // kk, C_out = Cog * groups, Cg = C_in // groups
+    cdef Py_ssize_t S = g.D * g.H * g.W, L = g.oD * g.oH * g.oW
+    cdef bint pointwise = _transpose_is_pointwise(kernel, stride, padding, out_size, in_size)
+    cdef Py_ssize_t ws_stride = 0 if pointwise else C_out * kk * L
+    cdef bint has_bias = bias.shape[0] > 0
+    cdef floating* ws = &workspace[0] if workspace.shape[0] > 0 else NULL
+    cdef floating* cols
+    cdef floating* yn
+    cdef floating* row
+    cdef floating b
+    cdef Py_ssize_t n, gi, co, l
+    cdef int tid
+    if N == 0 or S == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        for n in prange(N, schedule='static'):
+            tid = threadid()
+            yn = &out[n, 0]
+            cols = yn if pointwise else ws + tid * ws_stride
+            for gi in range(groups):
+                gemm(True, False, <int> M, <int> L, <int> Cg, <floating> 1.0,
+                     &weight[gi * Cg, 0], <int> M, &x[n, gi * Cg * L], <int> L,
+                     <floating> 0.0, cols + gi * M * L, <int> L)
+            if not pointwise:
+                _col2im_sample(cols, yn, C_out, S, kk * L, &g)
+            if has_bias:
+                for co in range(C_out):
+                    b = bias[co]
+                    row = yn + co * S
+                    for l in range(S):
+                        row[l] = row[l] + b
+
+
+def conv_transpose_backward(const floating[:, ::1] x, const floating[:, ::1] weight,
+                            const floating[:, ::1] grad_out, floating[:, ::1] grad_x,
+                            floating[:, ::1] grad_w_parts, floating[::1] workspace,
+                            bint need_x, bint need_w, Py_ssize_t groups, tuple out_size,
+                            tuple kernel, tuple stride, tuple padding, tuple dilation,
+                            tuple in_size, int num_threads):
+    """Gradients of conv_transpose_forward with respect to x and weight.
+
+    grad_out (N, C_out*S). grad_x (N, C_in*L) is overwritten if need_x; grad_w_parts
+    (n_chunks, C_in*Cog*kk) receives one partial per fixed chunk of samples if need_w (as
+    conv_backward: chunk j is samples [j*N//n_chunks, (j+1)*N//n_chunks), summed in order).
+    """
+    cdef Geom g = make_geom(out_size, kernel, stride, padding, dilation, in_size)
+    cdef Py_ssize_t N = x.shape[0], C_in = weight.shape[0], M = weight.shape[1]
+    cdef Py_ssize_t kk = g.kD * g.kH * g.kW
+    cdef Py_ssize_t Cog = M // kk, C_out = Cog * groups, Cg = C_in // groups
+    cdef Py_ssize_t S = g.D * g.H * g.W, L = g.oD * g.oH * g.oW
+    cdef bint pointwise = _transpose_is_pointwise(kernel, stride, padding, out_size, in_size)
+    cdef Py_ssize_t ws_stride = 0 if pointwise else C_out * kk * L
+    cdef Py_ssize_t n_chunks = grad_w_parts.shape[0] if need_w else N
+    cdef floating* ws = &workspace[0] if workspace.shape[0] > 0 else NULL
+    cdef floating* cols
+    cdef floating* dwp
+    cdef const floating* dyn
+    cdef Py_ssize_t j, n, n0, n1, gi
+    cdef int tid
+    if N == 0:
+        return
+    if L == 0:
+        if need_w:
+            memset(&grad_w_parts[0, 0], 0, n_chunks * C_in * M * sizeof(floating))
+        return
+    with nogil, parallel(num_threads=num_threads):
+        for j in prange(n_chunks, schedule='dynamic'):
+            tid = threadid()
+            n0 = j * N // n_chunks
+            n1 = (j + 1) * N // n_chunks
+            for n in range(n0, n1):
+                dyn = &grad_out[n, 0]
+                if pointwise:
+                    cols = <floating*> dyn      # read only below
+                else:
+                    cols = ws + tid * ws_stride
+                    _im2col_sample(dyn, cols, C_out, S, kk * L, &g)
+                for gi in range(groups):
+                    if need_w:
+                        gemm(False, True, <int> Cg, <int> M, <int> L, <floating> 1.0,
+                             &x[n, gi * Cg * L], <int> L, cols + gi * M * L, <int> L,
+                             <floating> (1.0 if n > n0 else 0.0),
+                             &grad_w_parts[j, gi * Cg * M], <int> M)
+                    if need_x:
+                        gemm(False, False, <int> Cg, <int> L, <int> M, <floating> 1.0,
+                             &weight[gi * Cg, 0], <int> M, cols + gi * M * L, <int> L,
+                             <floating> 0.0, &grad_x[n, gi * Cg * L], <int> L)

@@ -1,0 +1,339 @@
+"""Pooling: max / average / adaptive pooling and max unpooling, forward and backward.
+
+Every kernel works on (P, S) arrays: one row per (sample, channel) plane of S = D*H*W input
+cells (1-D and 2-D problems have leading sizes 1). Rows are independent, so the OpenMP loop runs
+over planes; each plane is read and written by one thread, which makes the scatter-adds of the
+backward passes race-free and every result independent of the number of threads.
+
+Windows are given as per-axis tables computed in Python (fastcnn.functional), one entry per
+output index o along the axis:
+
+    start[o]   first input index of the window that lies inside the input
+    count[o]   number of taps inside the input (taps are ``step`` = dilation apart)
+    span[o]    window length counted for count_include_pad averaging (inside input + padding)
+
+so that one kernel serves fixed windows (stride, padding, dilation, ceil_mode) and adaptive
+bins (start = floor(o*in/out), count = ceil((o+1)*in/out) - start, step 1) alike, with no
+division and no bounds test in the inner loops.
+
+Max pooling follows torch: the first maximum wins ties, a NaN wins over any number (the last NaN
+of the window), and indices are flat offsets into the input plane (d*H + h)*W + w.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.string cimport memset
+from libc.math cimport INFINITY
+
+ctypedef long long idx_t      # int64, the dtype of the index arrays
+
+
+cdef struct Windows:
+    Py_ssize_t D, H, W                     # input plane
+    Py_ssize_t oD, oH, oW                  # output plane
+    Py_ssize_t dD, dH, dW                  # step between taps (dilation)
+    const idx_t* ds
+    const idx_t* dc
+    const idx_t* hs
+    const idx_t* hc
+    const idx_t* ws
+    const idx_t* wc
+    Py_ssize_t kW, sW, pW                  # fixed windows along W (interior fast path)
+    Py_ssize_t wlo, whi                    # outputs [wlo, whi) along W have all kW taps inside
+    const idx_t* dsp                       # spans (average pooling only, else NULL)
+    const idx_t* hsp
+    const idx_t* wsp
+
+
+cdef Windows _windows(tuple in_size, tuple step, const idx_t[:, ::1] starts,
+                      const idx_t[:, ::1] counts, tuple out_size, tuple interior) except *:
+    """``starts``/``counts`` are (3, max(out_size)) tables, row a for axis a (D, H, W).
+
+    ``interior`` = (kW, sW, pW, wlo, whi): outputs wlo <= ow < whi read the kW taps
+    ow*sW - pW + e*dW, all inside the row; they take a branch-free path over whole output rows.
+    (0, 1, 0, 0, 0) when windows are not fixed (adaptive pooling).
+    """
+    cdef Windows w
+    w.dsp = w.hsp = w.wsp = NULL
+    w.kW, w.sW, w.pW, w.wlo, w.whi = interior
+    w.D, w.H, w.W = in_size
+    w.oD, w.oH, w.oW = out_size
+    w.dD, w.dH, w.dW = step
+    w.ds, w.hs, w.ws = &starts[0, 0], &starts[1, 0], &starts[2, 0]
+    w.dc, w.hc, w.wc = &counts[0, 0], &counts[1, 0], &counts[2, 0]
+    return w
+
+
+cdef inline void _max_window(const floating* x, floating* y, idx_t* ind, const Windows* w,
+                             Py_ssize_t od, Py_ssize_t oh, Py_ssize_t ow) noexcept nogil:
+    """One output from its window tables (any window: borders, ceil_mode, adaptive bins)."""
+    cdef Py_ssize_t a, b, e, row, best_i, i
+    cdef floating best = -INFINITY, v
+    cdef const floating* xr
+    # torch's index for an all -inf (or empty) window: the first tap inside
+    best_i = (w.ds[od] * w.H + w.hs[oh]) * w.W + w.ws[ow]
+    for a in range(w.dc[od]):
+        for b in range(w.hc[oh]):
+            row = ((w.ds[od] + a * w.dD) * w.H + w.hs[oh] + b * w.dH) * w.W
+            xr = x + row
+            i = w.ws[ow]
+            for e in range(w.wc[ow]):
+                v = xr[i]
+                if v > best or v != v:     # v != v: NaN propagates
+                    best = v
+                    best_i = row + i
+                i = i + w.dW
+    y[ow] = best
+    if ind != NULL:
+        ind[ow] = best_i
+
+
+cdef inline void _max_plane(const floating* x, floating* y, idx_t* ind,
+                            const Windows* w) noexcept nogil:
+    """Maxima of one plane. Interior outputs of a row are swept tap by tap over the whole row
+    with selects instead of branches: on random data the comparison is a coin flip, and a
+    mispredicted branch per tap costs more than the memory traffic."""
+    cdef Py_ssize_t od, oh, ow, a, b, e, row, off
+    cdef Py_ssize_t lo = w.wlo, hi = w.whi, sW = w.sW
+    cdef floating v, cur
+    cdef bint take
+    cdef idx_t m
+    cdef floating* yr
+    cdef idx_t* ir = NULL
+    cdef const floating* xr
+    for od in range(w.oD):
+        for oh in range(w.oH):
+            yr = y + (od * w.oH + oh) * w.oW
+            if ind != NULL:
+                ir = ind + (od * w.oH + oh) * w.oW
+            for ow in range(lo):
+                _max_window(x, yr, ir, w, od, oh, ow)
+            for ow in range(hi, w.oW):
+                _max_window(x, yr, ir, w, od, oh, ow)
+            if hi <= lo:
+                continue
+            row = (w.ds[od] * w.H + w.hs[oh]) * w.W - w.pW
+            for ow in range(lo, hi):
+                yr[ow] = -INFINITY
+            if ind != NULL:
+                for ow in range(lo, hi):
+                    ir[ow] = row + ow * sW
+            for a in range(w.dc[od]):
+                for b in range(w.hc[oh]):
+                    row = ((w.ds[od] + a * w.dD) * w.H + w.hs[oh] + b * w.dH) * w.W - w.pW
+                    for e in range(w.kW):
+                        off = row + e * w.dW
+                        xr = x + off
+                        if ind != NULL:
+                            for ow in range(lo, hi):
+                                v = xr[ow * sW]
+                                cur = yr[ow]
+                                take = (v > cur) | (v != v)
+                                m = -(<idx_t> take)          # all ones or zeros: no branch
+                                yr[ow] = v if take else cur
+                                ir[ow] = (ir[ow] & ~m) | ((off + ow * sW) & m)
+                        else:
+                            for ow in range(lo, hi):
+                                v = xr[ow * sW]
+                                cur = yr[ow]
+                                take = (v > cur) | (v != v)
+                                yr[ow] = v if take else cur
+
+
+def max_pool_forward(const floating[:, ::1] x, floating[:, ::1] out, idx_t[:, ::1] indices,
+                     tuple in_size, tuple step, const idx_t[:, ::1] starts,
+                     const idx_t[:, ::1] counts, tuple out_size, tuple interior,
+                     int num_threads):
+    """out (P, L) = window maxima of x (P, S); indices (P, L) their flat offsets, unless
+    ``indices`` has no rows (then they are not stored)."""
+    cdef Windows w = _windows(in_size, step, starts, counts, out_size, interior)
+    cdef Py_ssize_t P = x.shape[0], L = out.shape[1], p
+    cdef bint store = indices.shape[0] > 0
+    if P == 0 or L == 0:
+        return
+    with nogil:
+        for p in prange(P, schedule='static', num_threads=num_threads):
+            _max_plane(&x[p, 0], &out[p, 0], &indices[p, 0] if store else NULL, &w)
+
+
+def scatter_add(const floating[:, ::1] grad_out, const idx_t[:, ::1] indices,
+                floating[:, ::1] grad_in, int num_threads):
+    """grad_in (P, S) = 0, then grad_in[p, indices[p, l]] += grad_out[p, l]: the backward of max
+    pooling (adaptive or not). Out-of-range indices are skipped and counted; returns the count."""
+    cdef Py_ssize_t P = grad_in.shape[0], S = grad_in.shape[1], L = grad_out.shape[1]
+    cdef Py_ssize_t p, l
+    cdef idx_t i
+    cdef Py_ssize_t bad = 0
+    cdef floating* gi
+    if P == 0 or S == 0:
+        return 0
+    with nogil:
+        for p in prange(P, schedule='static', num_threads=num_threads):
+            gi = &grad_in[p, 0]
+            memset(gi, 0, S * sizeof(floating))
+            for l in range(L):
+                i = indices[p, l]
+                if 0 <= i < S:
+                    gi[i] = gi[i] + grad_out[p, l]
+                else:
+                    bad += 1
+    return bad
+
+
+def scatter(const floating[:, ::1] x, const idx_t[:, ::1] indices, floating[:, ::1] out,
+            int num_threads):
+    """out (P, S) = 0, then out[p, indices[p, l]] = x[p, l] (max unpooling; a repeated index
+    keeps the last value). Out-of-range indices are skipped and counted; returns the count."""
+    cdef Py_ssize_t P = out.shape[0], S = out.shape[1], L = x.shape[1]
+    cdef Py_ssize_t p, l
+    cdef idx_t i
+    cdef Py_ssize_t bad = 0
+    cdef floating* o
+    if P == 0 or S == 0:
+        return 0
+    with nogil:
+        for p in prange(P, schedule='static', num_threads=num_threads):
+            o = &out[p, 0]
+            memset(o, 0, S * sizeof(floating))
+            for l in range(L):
+                i = indices[p, l]
+                if 0 <= i < S:
+                    o[i] = x[p, l]
+                else:
+                    bad += 1
+    return bad
+
+
+def gather(const floating[:, ::1] src, const idx_t[:, ::1] indices, floating[:, ::1] out,
+           int num_threads):
+    """out[p, l] = src[p, indices[p, l]] (the backward of max unpooling); 0 for out-of-range
+    indices, which are counted; returns the count."""
+    cdef Py_ssize_t P = out.shape[0], L = out.shape[1], S = src.shape[1]
+    cdef Py_ssize_t p, l
+    cdef idx_t i
+    cdef Py_ssize_t bad = 0
+    if P == 0 or L == 0:
+        return 0
+    with nogil:
+        for p in prange(P, schedule='static', num_threads=num_threads):
+            for l in range(L):
+                i = indices[p, l]
+                if 0 <= i < S:
+                    out[p, l] = src[p, i]
+                else:
+                    out[p, l] = 0
+                    bad += 1
+    return bad
+
+
+cdef inline double _divisor(const Windows* w, Py_ssize_t od, Py_ssize_t oh, Py_ssize_t ow,
+                            double override) noexcept nogil:
+    """The number an average window's sum is divided by (torch: an integer product)."""
+    if override > 0:
+        return override
+    return <double> (w.dsp[od] * w.hsp[oh] * w.wsp[ow])
+
+
+cdef inline void _avg_plane(const floating* x, floating* y, const Windows* w,
+                            double override) noexcept nogil:
+    """Averages of one plane; interior outputs of a row summed tap by tap over the row (the
+    same order of additions as per output, so the same bits)."""
+    cdef Py_ssize_t od, oh, ow, a, b, e, n, l
+    cdef Py_ssize_t lo = w.wlo, hi = w.whi, sW = w.sW
+    cdef floating acc, div
+    cdef floating* yr
+    cdef const floating* xr
+    for od in range(w.oD):
+        for oh in range(w.oH):
+            l = (od * w.oH + oh) * w.oW
+            yr = y + l
+            for ow in range(w.oW):
+                if lo <= ow < hi:
+                    continue
+                acc = 0
+                n = w.dc[od] * w.hc[oh] * w.wc[ow]
+                for a in range(w.dc[od]):
+                    for b in range(w.hc[oh]):
+                        xr = x + ((w.ds[od] + a) * w.H + w.hs[oh] + b) * w.W + w.ws[ow]
+                        for e in range(w.wc[ow]):
+                            acc = acc + xr[e]
+                # an empty window (only padding, count_include_pad=False) averages to 0
+                yr[ow] = <floating> (acc / _divisor(w, od, oh, ow, override)) if n else 0
+            if hi <= lo:
+                continue
+            for ow in range(lo, hi):
+                yr[ow] = 0
+            if w.dc[od] * w.hc[oh] == 0:
+                continue
+            for a in range(w.dc[od]):
+                for b in range(w.hc[oh]):
+                    for e in range(w.kW):
+                        xr = x + ((w.ds[od] + a) * w.H + w.hs[oh] + b) * w.W - w.pW + e
+                        for ow in range(lo, hi):
+                            yr[ow] = yr[ow] + xr[ow * sW]
+            div = <floating> _divisor(w, od, oh, lo, override)   # the same for every interior ow
+            for ow in range(lo, hi):
+                yr[ow] = yr[ow] / div
+
+
+cdef inline void _avg_plane_backward(const floating* dy, floating* dx, const Windows* w,
+                                     double override) noexcept nogil:
+    cdef Py_ssize_t od, oh, ow, a, b, e
+    cdef Py_ssize_t lo = w.wlo, hi = w.whi, sW = w.sW
+    cdef floating g, div
+    cdef floating* xr
+    cdef const floating* dyr
+    for od in range(w.oD):
+        for oh in range(w.oH):
+            if w.dc[od] * w.hc[oh] == 0:
+                continue
+            dyr = dy + (od * w.oH + oh) * w.oW
+            for ow in range(w.oW):
+                if (lo <= ow < hi) or w.wc[ow] == 0:
+                    continue
+                g = <floating> (dyr[ow] / _divisor(w, od, oh, ow, override))
+                for a in range(w.dc[od]):
+                    for b in range(w.hc[oh]):
+                        xr = dx + ((w.ds[od] + a) * w.H + w.hs[oh] + b) * w.W + w.ws[ow]
+                        for e in range(w.wc[ow]):
+                            xr[e] = xr[e] + g
+            if hi <= lo:
+                continue
+            div = <floating> _divisor(w, od, oh, lo, override)
+            for a in range(w.dc[od]):
+                for b in range(w.hc[oh]):
+                    for e in range(w.kW):
+                        xr = dx + ((w.ds[od] + a) * w.H + w.hs[oh] + b) * w.W - w.pW + e
+                        for ow in range(lo, hi):
+                            xr[ow * sW] = xr[ow * sW] + dyr[ow] / div
+
+
+def avg_pool_forward(const floating[:, ::1] x, floating[:, ::1] out, tuple in_size,
+                     const idx_t[:, ::1] starts, const idx_t[:, ::1] counts,
+                     const idx_t[:, ::1] spans, double divisor_override, tuple out_size,
+                     tuple interior, int num_threads):
+    """out (P, L) = window sums of x (P, S) / divisor, divisor = divisor_override if > 0 else
+    spans[0, od] * spans[1, oh] * spans[2, ow]. Taps are contiguous (no dilation)."""
+    cdef Windows w = _windows(in_size, (1, 1, 1), starts, counts, out_size, interior)
+    w.dsp, w.hsp, w.wsp = &spans[0, 0], &spans[1, 0], &spans[2, 0]
+    cdef Py_ssize_t P = x.shape[0], L = out.shape[1], p
+    if P == 0 or L == 0:
+        return
+    with nogil:
+        for p in prange(P, schedule='static', num_threads=num_threads):
+            _avg_plane(&x[p, 0], &out[p, 0], &w, divisor_override)
+
+
+def avg_pool_backward(const floating[:, ::1] grad_out, floating[:, ::1] grad_in, tuple in_size,
+                      const idx_t[:, ::1] starts, const idx_t[:, ::1] counts,
+                      const idx_t[:, ::1] spans, double divisor_override, tuple out_size,
+                      tuple interior, int num_threads):
+    """grad_in (P, S): every window cell receives its output's gradient / divisor (summed)."""
+    cdef Windows w = _windows(in_size, (1, 1, 1), starts, counts, out_size, interior)
+    w.dsp, w.hsp, w.wsp = &spans[0, 0], &spans[1, 0], &spans[2, 0]
+    cdef Py_ssize_t P = grad_in.shape[0], S = grad_in.shape[1], p
+    if P == 0 or S == 0:
+        return
+    with nogil:
+        for p in prange(P, schedule='static', num_threads=num_threads):
+            memset(&grad_in[p, 0], 0, S * sizeof(floating))
+            _avg_plane_backward(&grad_out[p, 0], &grad_in[p, 0], &w, divisor_override)
