@@ -22,6 +22,7 @@ from fastcnn import _checks
 from fastcnn._checks import as_array, as_int, check_ndim, contiguous, float_dtype, lift3, ntuple
 from fastcnn._ops import conv as _conv
 from fastcnn._ops import im2col as _im2col
+from fastcnn._ops import activation as _act
 from fastcnn._ops import norm as _norm
 from fastcnn._threads import get_num_threads, single_threaded_blas
 from fastcnn._workspace import scratch
@@ -33,6 +34,12 @@ __all__ = [
     "conv_output_size",
     "batch_norm", "batch_norm_backward", "layer_norm", "layer_norm_backward",
     "group_norm", "group_norm_backward", "instance_norm", "instance_norm_backward",
+    "linear", "linear_backward",
+    "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "elu", "elu_backward",
+    "selu", "selu_backward", "gelu", "gelu_backward", "sigmoid", "sigmoid_backward",
+    "tanh", "tanh_backward", "prelu", "prelu_backward", "softmax", "softmax_backward",
+    "log_softmax", "log_softmax_backward",
+    "dropout", "dropout2d", "dropout_backward", "pad", "pad_backward",
 ]
 
 # Samples are split into at most this many fixed chunks for the weight gradient (see conv.pyx):
@@ -890,3 +897,512 @@ def instance_norm_backward(grad_output, input, running_mean=None, running_var=No
     gx, sums = _rows_backward(fname, dy, x, n * c, c, 1, w, eps, need_x, need_w or need_b,
                               (c,))
     return gx, sums[0] if need_w else None, sums[1] if need_b else None
+
+
+# --------------------------------------------------------------------------------------------
+# Linear
+# --------------------------------------------------------------------------------------------
+
+def _linear_args(fname, input, weight):
+    x = as_array(fname, "input", input)
+    w = as_array(fname, "weight", weight)
+    check_ndim(fname, "weight", w, (2,), "(out_features, in_features)")
+    if x.ndim < 1 or x.shape[-1] != w.shape[1]:
+        raise ValueError(f"{fname}: input must have in_features = weight.shape[1] = {w.shape[1]} "
+                         f"as its last dim, got input of shape {x.shape}")
+    return x, w
+
+
+def linear(input, weight, bias=None):
+    """``y = x @ weight.T + bias``, as ``torch.nn.functional.linear``.
+
+    input (*, in_features), weight (out_features, in_features), bias (out_features,) ->
+    (*, out_features). One BLAS GEMM (numpy's matmul) over all leading dims at once.
+    """
+    fname = "linear"
+    x, w = _linear_args(fname, input, weight)
+    b = None if bias is None else as_array(fname, "bias", bias)
+    dtype = float_dtype(x, w, b)
+    out_f, in_f = w.shape
+    x2 = contiguous(x, dtype).reshape(-1, in_f)
+    out = np.matmul(x2, contiguous(w, dtype).T)
+    if b is not None:
+        out += _checks.optional_vector(fname, "bias", b, out_f, dtype)
+    return out.reshape(x.shape[:-1] + (out_f,))
+
+
+def linear_backward(grad_output, input, weight, output_mask=(True, True, True)):
+    """Gradients of :func:`linear`: ``(grad_input, grad_weight, grad_bias)``.
+
+    With the leading dims flattened (x2 (B, in), dy2 (B, out)):
+    grad_input = dy @ weight, grad_weight = dy2.T @ x2, grad_bias = dy2.sum(0). Entries whose
+    output_mask flag is False are None.
+    """
+    fname = "linear_backward"
+    x, w = _linear_args(fname, input, weight)
+    dy = as_array(fname, "grad_output", grad_output)
+    out_f, in_f = w.shape
+    if dy.shape != x.shape[:-1] + (out_f,):
+        raise ValueError(f"{fname}: grad_output must have shape {x.shape[:-1] + (out_f,)}, got "
+                         f"{dy.shape}")
+    need_x, need_w, need_b = _mask3(fname, output_mask)
+    dtype = float_dtype(x, w, dy)
+    dy2 = contiguous(dy, dtype).reshape(-1, out_f)
+    gx = gw = gb = None
+    if need_x:
+        gx = np.matmul(dy2, contiguous(w, dtype)).reshape(x.shape)
+    if need_w:
+        gw = np.matmul(dy2.T, contiguous(x, dtype).reshape(-1, in_f))
+    if need_b:
+        gb = dy2.sum(axis=0)
+    return gx, gw, gb
+
+
+# --------------------------------------------------------------------------------------------
+# Activations (elementwise ones are single numpy expressions: already at memory speed;
+# softmax / log_softmax reduce, kernels in _ops/activation.pyx)
+# --------------------------------------------------------------------------------------------
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def _float(fname, name, value, *others):
+    """``value`` as a float array (ints -> float32, float64 wins when mixed with ``others``)."""
+    arr = as_array(fname, name, value)
+    return np.asarray(arr, dtype=float_dtype(arr, *others))
+
+
+def _grad_pair(fname, grad_output, saved, saved_name):
+    """(dy, saved) as arrays of one float dtype, same shape."""
+    dy = as_array(fname, "grad_output", grad_output)
+    s = as_array(fname, saved_name, saved)
+    if dy.shape != s.shape:
+        raise ValueError(f"{fname}: grad_output must have the shape of {saved_name} {s.shape}, "
+                         f"got {dy.shape}")
+    dtype = float_dtype(dy, s)
+    return np.asarray(dy, dtype=dtype), np.asarray(s, dtype=dtype)
+
+
+def _real(fname, name, value) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{fname}: {name} must be a real number, got "
+                        f"{_checks._describe(value)}")
+    return float(value)
+
+
+def relu(input):
+    """``max(x, 0)`` elementwise (NaN stays NaN)."""
+    x = _float("relu", "input", input)
+    return np.maximum(x, 0, dtype=x.dtype)
+
+
+def relu_backward(grad_output, input):
+    """``dx = dy where x > 0 else 0``; takes relu's input (its output works as well)."""
+    dy, x = _grad_pair("relu_backward", grad_output, input, "input")
+    return np.where(x > 0, dy, dy.dtype.type(0))
+
+
+def leaky_relu(input, negative_slope=0.01):
+    """``x if x > 0 else negative_slope * x``."""
+    x = _float("leaky_relu", "input", input)
+    s = _real("leaky_relu", "negative_slope", negative_slope)
+    return np.where(x > 0, x, x * x.dtype.type(s))
+
+
+def leaky_relu_backward(grad_output, input, negative_slope=0.01):
+    """``dx = dy if x > 0 else negative_slope * dy``; takes the input."""
+    dy, x = _grad_pair("leaky_relu_backward", grad_output, input, "input")
+    s = _real("leaky_relu_backward", "negative_slope", negative_slope)
+    return np.where(x > 0, dy, dy * dy.dtype.type(s))
+
+
+def elu(input, alpha=1.0):
+    """``x if x > 0 else alpha * (exp(x) - 1)`` (expm1: exact near 0)."""
+    x = _float("elu", "input", input)
+    a = _real("elu", "alpha", alpha)
+    neg = np.expm1(np.minimum(x, 0))       # min: no overflow warning for large positive x
+    neg *= x.dtype.type(a)
+    return np.where(x > 0, x, neg)
+
+
+def elu_backward(grad_output, input, alpha=1.0):
+    """``dx = dy if x > 0 else dy * alpha * exp(x)``; takes the input."""
+    dy, x = _grad_pair("elu_backward", grad_output, input, "input")
+    a = _real("elu_backward", "alpha", alpha)
+    neg = np.exp(np.minimum(x, 0))
+    neg *= dy
+    neg *= dy.dtype.type(a)
+    return np.where(x > 0, dy, neg)
+
+
+def selu(input):
+    """``scale * elu(x, alpha)`` with torch's constants alpha = 1.6732632..., scale = 1.0507009..."""
+    y = elu(input, _SELU_ALPHA)
+    y *= y.dtype.type(_SELU_SCALE)
+    return y
+
+
+def selu_backward(grad_output, input):
+    """``scale * elu_backward(dy, x, alpha)``; takes the input."""
+    dx = elu_backward(grad_output, input, _SELU_ALPHA)
+    dx *= dx.dtype.type(_SELU_SCALE)
+    return dx
+
+
+def _approximate(fname, approximate):
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"{fname}: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return approximate
+
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def gelu(input, approximate="none"):
+    """GELU, as torch: ``x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))``, or with
+    approximate='tanh' ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``."""
+    from scipy.special import erf
+    x = _float("gelu", "input", input)
+    if _approximate("gelu", approximate) == "none":
+        y = erf(x * x.dtype.type(1 / math.sqrt(2.0)))
+    else:
+        y = np.tanh(x.dtype.type(_SQRT_2_OVER_PI) * (x + x.dtype.type(0.044715) * x * x * x))
+    y += 1
+    y *= x
+    y *= x.dtype.type(0.5)
+    return y
+
+
+def gelu_backward(grad_output, input, approximate="none"):
+    """Takes the input. ``dx = dy * (Phi(x) + x * phi(x))`` (phi the normal density), or for
+    'tanh' with t = tanh(u), u = sqrt(2/pi)(x + 0.044715 x^3):
+    ``dx = dy * (0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3*0.044715 x^2))``."""
+    from scipy.special import erf
+    fname = "gelu_backward"
+    dy, x = _grad_pair(fname, grad_output, input, "input")
+    f = x.dtype.type
+    if _approximate(fname, approximate) == "none":
+        cdf = 0.5 * (1 + erf(x * f(1 / math.sqrt(2.0))))
+        pdf = np.exp(-0.5 * x * x) * f(1 / math.sqrt(2 * math.pi))
+        return dy * (cdf + x * pdf)
+    x2 = x * x
+    t = np.tanh(f(_SQRT_2_OVER_PI) * (x + f(0.044715) * x2 * x))
+    d = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * f(_SQRT_2_OVER_PI) * (1 + f(3 * 0.044715) * x2)
+    return dy * d
+
+
+def sigmoid(input):
+    """``1 / (1 + exp(-x))``, computed without overflow (scipy's expit)."""
+    from scipy.special import expit
+    x = _float("sigmoid", "input", input)
+    return expit(x)
+
+
+def sigmoid_backward(grad_output, output):
+    """``dx = dy * y * (1 - y)``; takes sigmoid's OUTPUT y."""
+    dy, y = _grad_pair("sigmoid_backward", grad_output, output, "output")
+    return dy * y * (1 - y)
+
+
+def tanh(input):
+    """``tanh(x)``."""
+    return np.tanh(_float("tanh", "input", input))
+
+
+def tanh_backward(grad_output, output):
+    """``dx = dy * (1 - y^2)``; takes tanh's OUTPUT y."""
+    dy, y = _grad_pair("tanh_backward", grad_output, output, "output")
+    return dy * (1 - y * y)
+
+
+def _prelu_weight(fname, x, weight, dtype):
+    w = as_array(fname, "weight", weight)
+    channels = x.shape[1] if x.ndim >= 2 else 1
+    if w.ndim != 1 or w.shape[0] not in (1, channels):
+        raise ValueError(f"{fname}: weight must have shape (1,) or (C,) = ({channels},) (C the "
+                         f"channels on dim 1 of input {x.shape}), got {w.shape}")
+    w = np.asarray(w, dtype=dtype)
+    if w.shape[0] == 1 or x.ndim < 2:
+        return w.reshape(()) if w.shape[0] == 1 else w
+    return w.reshape((channels,) + (1,) * (x.ndim - 2))
+
+
+def prelu(input, weight):
+    """``x if x > 0 else weight * x``, as torch: weight (1,) shared, or (C,) per channel on
+    dim 1 (inputs with fewer than 2 dims have one channel)."""
+    x = as_array("prelu", "input", input)
+    dtype = float_dtype(x, as_array("prelu", "weight", weight))
+    x = np.asarray(x, dtype=dtype)
+    w = _prelu_weight("prelu", x, weight, dtype)
+    return np.where(x > 0, x, w * x)
+
+
+def prelu_backward(grad_output, input, weight):
+    """Gradients of :func:`prelu`: ``(grad_input, grad_weight)``; takes the input.
+
+    grad_input = dy if x > 0 else weight * dy; grad_weight sums dy * x over x <= 0, over all
+    dims but the channel dim (over everything for a single weight), weight's shape.
+    """
+    fname = "prelu_backward"
+    dy, x = _grad_pair(fname, grad_output, input, "input")
+    wa = as_array(fname, "weight", weight)
+    dtype = float_dtype(dy, x, wa)
+    dy, x = dy.astype(dtype, copy=False), x.astype(dtype, copy=False)
+    w = _prelu_weight(fname, x, weight, dtype)
+    pos = x > 0
+    gx = np.where(pos, dy, w * dy)
+    contrib = np.where(pos, dtype.type(0), dy * x)
+    if wa.shape[0] == 1 or x.ndim < 2:
+        gw = contrib.sum(dtype=np.float64).reshape(1)
+    else:
+        gw = contrib.sum(axis=(0,) + tuple(range(2, x.ndim)), dtype=np.float64)
+    return gx, gw.astype(dtype)
+
+
+def _softmax_view(fname, x, dim):
+    if x.ndim == 0:
+        raise ValueError(f"{fname}: input must have at least 1 dim, got a 0-d array")
+    dim = as_int(fname, "dim", dim)
+    if not -x.ndim <= dim < x.ndim:
+        raise ValueError(f"{fname}: dim must be in [{-x.ndim}, {x.ndim - 1}] for input of "
+                         f"shape {x.shape}, got {dim}")
+    dim %= x.ndim
+    return (math.prod(x.shape[:dim]), x.shape[dim], math.prod(x.shape[dim + 1:]))
+
+
+def _softmax(fname, input, dim, take_log):
+    x = as_array(fname, "input", input)
+    view = _softmax_view(fname, x, dim)
+    dtype = float_dtype(x)
+    out = np.empty(x.shape, dtype=dtype)
+    if x.size:
+        _act.softmax_forward(contiguous(x, dtype).reshape(view), out.reshape(view), take_log,
+                             get_num_threads())
+    return out
+
+
+def _softmax_back(fname, grad_output, output, dim, take_log):
+    dy, y = _grad_pair(fname, grad_output, output, "output")
+    view = _softmax_view(fname, y, dim)
+    dtype = y.dtype
+    dx = np.empty(y.shape, dtype=dtype)
+    if y.size:
+        _act.softmax_backward(contiguous(dy, dtype).reshape(view),
+                              contiguous(y, dtype).reshape(view), dx.reshape(view), take_log,
+                              get_num_threads())
+    return dx
+
+
+def softmax(input, dim):
+    """``exp(x - max) / sum(exp(x - max))`` along ``dim`` (any axis; the max is subtracted,
+    so huge logits do not overflow)."""
+    return _softmax("softmax", input, dim, False)
+
+
+def log_softmax(input, dim):
+    """``x - max - log(sum(exp(x - max)))`` along ``dim`` (finite for logits of +-1e4)."""
+    return _softmax("log_softmax", input, dim, True)
+
+
+def softmax_backward(grad_output, output, dim):
+    """``dx = y * (dy - sum(dy * y, dim))``; takes softmax's OUTPUT y."""
+    return _softmax_back("softmax_backward", grad_output, output, dim, False)
+
+
+def log_softmax_backward(grad_output, output, dim):
+    """``dx = dy - exp(y) * sum(dy, dim)``; takes log_softmax's OUTPUT y."""
+    return _softmax_back("log_softmax_backward", grad_output, output, dim, True)
+
+
+# --------------------------------------------------------------------------------------------
+# Dropout
+# --------------------------------------------------------------------------------------------
+
+def _dropout(fname, input, p, training, rng, return_mask, mask_shape_of):
+    x = as_array(fname, "input", input)
+    p = _unit_float(fname, "p", p)
+    if rng is None:
+        rng = np.random.default_rng()
+    elif not isinstance(rng, np.random.Generator):
+        raise TypeError(f"{fname}: rng must be a numpy.random.Generator or None, got "
+                        f"{_checks._describe(rng)}")
+    dtype = float_dtype(x)
+    x = np.asarray(x, dtype=dtype)
+    if not training:
+        return (x, None) if return_mask else x
+    mask = rng.random(mask_shape_of(x), dtype=np.float32) >= p   # keep with probability 1-p
+    out = np.multiply(x, mask, dtype=dtype)
+    if p < 1.0:
+        out *= dtype.type(1.0 / (1.0 - p))
+    return (out, mask) if return_mask else out
+
+
+def dropout(input, p=0.5, training=True, rng=None, *, return_mask=False):
+    """Zero each element with probability p, scale the others by 1/(1-p) (inverted dropout).
+
+    ``rng`` is a numpy.random.Generator (None: a fresh unseeded one). training=False returns
+    the input unchanged (as a float array). p=1 gives zeros. With keyword-only
+    ``return_mask=True`` returns ``(output, mask)``, mask a bool array of the input's shape
+    (None when not training), for :func:`dropout_backward`.
+    """
+    return _dropout("dropout", input, p, training, rng, return_mask, lambda x: x.shape)
+
+
+def dropout2d(input, p=0.5, training=True, rng=None, *, return_mask=False):
+    """Channel dropout: zero whole (H, W) planes with probability p, scale the others by
+    1/(1-p). input (N, C, H, W) or (C, H, W); the mask is (N, C, 1, 1) or (C, 1, 1) and
+    broadcasts in :func:`dropout_backward`."""
+    x = as_array("dropout2d", "input", input)
+    check_ndim("dropout2d", "input", x, (3, 4), "(N, C, H, W) or (C, H, W)")
+    return _dropout("dropout2d", x, p, training, rng, return_mask,
+                    lambda a: a.shape[:-2] + (1, 1))
+
+
+def dropout_backward(grad_output, mask, p):
+    """``dx = dy * mask / (1 - p)`` (zeros for p = 1); mask from ``dropout(..., return_mask=True)``
+    (or dropout2d's, broadcast); mask None (not training) passes dy through."""
+    fname = "dropout_backward"
+    dy = _float(fname, "grad_output", grad_output)
+    p = _unit_float(fname, "p", p)
+    if mask is None:
+        return dy
+    m = np.asarray(mask)
+    try:
+        ok = np.broadcast_shapes(m.shape, dy.shape) == dy.shape
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{fname}: mask of shape {m.shape} does not broadcast to grad_output's "
+                         f"shape {dy.shape}")
+    out = np.multiply(dy, m, dtype=dy.dtype)
+    if p < 1.0:
+        out *= dy.dtype.type(1.0 / (1.0 - p))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Padding
+# --------------------------------------------------------------------------------------------
+
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge",
+              "circular": "wrap"}
+
+
+def _pad_widths(fname, shape, pad, mode):
+    """[(before, after)] for the last len(pad)//2 dims, first dim first (pad lists last dim
+    first, as torch)."""
+    if mode not in _PAD_MODES:
+        raise ValueError(f"{fname}: mode must be one of {sorted(_PAD_MODES)}, got {mode!r}")
+    try:
+        pads = tuple(pad)
+    except TypeError:
+        raise TypeError(f"{fname}: pad must be a tuple of ints, got {pad!r}") from None
+    if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) for v in pads):
+        raise TypeError(f"{fname}: pad must be a tuple of ints, got {pad!r}")
+    pads = tuple(int(v) for v in pads)
+    k = len(pads) // 2
+    if len(pads) % 2 or k > len(shape):
+        raise ValueError(f"{fname}: pad must have an even length of at most 2 * input.ndim = "
+                         f"{2 * len(shape)}, got {pad!r}")
+    widths = [(pads[2 * i], pads[2 * i + 1]) for i in range(k)][::-1]
+    dims = list(range(len(shape) - k, len(shape)))
+    if mode == "constant":
+        for d, (lo, hi) in zip(dims, widths):
+            if shape[d] + lo + hi < 0:
+                raise ValueError(f"{fname}: dim {d} of size {shape[d]} padded by {(lo, hi)} "
+                                 f"would have a negative size")
+        return dims, widths
+    if not 1 <= k <= 3 or len(shape) not in (k + 1, k + 2):
+        raise ValueError(f"{fname}: mode {mode!r} pads the last 1 to 3 dims of a batched or "
+                         f"unbatched input ((N, C, *spatial) or (C, *spatial)): got pad {pad!r} "
+                         f"for input of shape {tuple(shape)}")
+    for d, (lo, hi) in zip(dims, widths):
+        n = shape[d]
+        if lo < 0 or hi < 0:
+            raise ValueError(f"{fname}: mode {mode!r} needs non-negative pads, got {pad!r}")
+        if mode == "reflect" and max(lo, hi) >= n:
+            raise ValueError(f"{fname}: reflect padding must be smaller than the dim it pads: "
+                             f"dim {d} of size {n}, pad {(lo, hi)}")
+        if mode == "circular" and max(lo, hi) > n:
+            raise ValueError(f"{fname}: circular padding must be at most the dim it pads: "
+                             f"dim {d} of size {n}, pad {(lo, hi)}")
+        if mode == "replicate" and n == 0 and (lo or hi):
+            raise ValueError(f"{fname}: replicate padding of the empty dim {d}")
+    return dims, widths
+
+
+def _crop_slices(shape, dims, widths):
+    """Matching slices of the unpadded (src) and padded (dst) arrays for constant mode."""
+    src = [slice(None)] * len(shape)
+    dst = [slice(None)] * len(shape)
+    for d, (lo, hi) in zip(dims, widths):
+        n = shape[d]
+        s0, s1 = max(0, -lo), n - max(0, -hi)
+        if s1 <= s0:
+            return None
+        src[d] = slice(s0, s1)
+        dst[d] = slice(max(0, lo), max(0, lo) + s1 - s0)
+    return tuple(src), tuple(dst)
+
+
+def pad(input, pad, mode="constant", value=0.0):
+    """Pad (or, with negative constant pads, crop), as ``torch.nn.functional.pad``.
+
+    ``pad = (left_last, right_last, left_second_last, right_second_last, ...)``: pairs for the
+    last dim first. Modes: 'constant' (fill with ``value``; any number of dims; negative pads
+    crop), 'reflect' (mirror without repeating the edge; pad < size), 'replicate' (repeat the
+    edge), 'circular' (wrap around; pad <= size); the last three pad 1 to 3 trailing dims of
+    (N, C, *spatial) or (C, *spatial) inputs.
+    """
+    fname = "pad"
+    x = as_array(fname, "input", input)
+    dims, widths = _pad_widths(fname, x.shape, pad, mode)
+    dtype = float_dtype(x)
+    x = np.asarray(x, dtype=dtype)
+    if mode != "constant":
+        full = [(0, 0)] * (x.ndim - len(dims)) + widths
+        return np.pad(x, full, mode=_PAD_MODES[mode])
+    value = _real(fname, "value", value)
+    shape = list(x.shape)
+    for d, (lo, hi) in zip(dims, widths):
+        shape[d] += lo + hi
+    out = np.full(shape, value, dtype=dtype)
+    sl = _crop_slices(x.shape, dims, widths)
+    if sl is not None:
+        out[sl[1]] = x[sl[0]]
+    return out
+
+
+def pad_backward(grad_output, input_shape, pad, mode="constant"):
+    """Gradient of :func:`pad`: dL/dx of shape ``input_shape``.
+
+    constant: the interior of grad_output (zeros where the forward cropped). Other modes: each
+    padded cell's gradient is added back to the input cell it copied (axis by axis).
+    """
+    fname = "pad_backward"
+    dy = _float(fname, "grad_output", grad_output)
+    shape = tuple(operator.index(v) for v in input_shape)
+    dims, widths = _pad_widths(fname, shape, pad, mode)
+    expected = list(shape)
+    for d, (lo, hi) in zip(dims, widths):
+        expected[d] += lo + hi
+    if dy.shape != tuple(expected):
+        raise ValueError(f"{fname}: grad_output must have the padded shape {tuple(expected)}, "
+                         f"got {dy.shape}")
+    if mode == "constant":
+        gx = np.zeros(shape, dtype=dy.dtype)
+        sl = _crop_slices(shape, dims, widths)
+        if sl is not None:
+            gx[sl[0]] = dy[sl[1]]
+        return gx
+    g = dy
+    for d, (lo, hi) in zip(dims, widths):
+        n = shape[d]
+        g = np.moveaxis(g, d, 0)
+        new = g[lo:lo + n].copy()           # the interior maps onto itself in every mode
+        src = np.pad(np.arange(n), (lo, hi), mode=_PAD_MODES[mode])
+        edge = np.r_[0:lo, lo + n:lo + n + hi]
+        np.add.at(new, src[edge], g[edge])
+        g = np.moveaxis(new, 0, d)
+    return np.ascontiguousarray(g)
