@@ -1,0 +1,146 @@
+"""Cross-entropy over class logits, forward (per-position losses) and backward, fused with the
+log-softmax so that neither the probabilities nor the log-probabilities are ever stored.
+
+Logits are (N, C, inner) (inner = prod of the extra dims d1, ...), targets (N, inner) class
+indices, w the class weights (ones when the caller gave none), W = sum_c w_c, eps the label
+smoothing. Per position, with lse = max + log(sum_c exp(x_c - max)) (never overflows):
+
+    loss   = (1 - eps) * w_t * (lse - x_t) + (eps / C) * sum_c w_c * (lse - x_c)
+    dx_c   = g * ((1 - eps) * w_t * (p_c - [c == t]) + (eps / C) * (W * p_c - w_c))
+
+where p = softmax(x) and g the upstream gradient of this position's loss. A target equal to
+``ignore_index`` (or, defensively, outside [0, C): the Python layer has already refused those)
+gives loss 0 and dx 0. As in activation.pyx, a task is one sample and a block of up to BLOCK
+positions swept row by row; sums are in double in a fixed order.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport exp, log
+from libc.stdint cimport int64_t
+
+cdef enum:
+    BLOCK = 128    # positions per task (per-position accumulators live on the stack)
+
+
+cdef void _lse_block(const floating* x, Py_ssize_t C, Py_ssize_t inner, Py_ssize_t nb,
+                     double* lse) noexcept nogil:
+    """lse[i] = log-sum-exp over classes of column i of the (C, inner) slab at x."""
+    cdef double sm[BLOCK]
+    cdef Py_ssize_t c, i
+    cdef const floating* row
+    for i in range(nb):
+        lse[i] = x[i]
+        sm[i] = 0.0
+    for c in range(1, C):
+        row = x + c * inner
+        for i in range(nb):
+            if row[i] > lse[i]:
+                lse[i] = row[i]
+    for c in range(C):
+        row = x + c * inner
+        for i in range(nb):
+            sm[i] += exp(row[i] - lse[i])
+    for i in range(nb):
+        lse[i] = lse[i] + log(sm[i])
+
+
+cdef void _ce_forward_block(const floating* x, const int64_t* t, const double* w,
+                            double wsum, Py_ssize_t C, Py_ssize_t inner, Py_ssize_t nb,
+                            int64_t ignore_index, double eps, double* loss,
+                            double* wt) noexcept nogil:
+    cdef double lse[BLOCK]
+    cdef double swx[BLOCK]
+    cdef Py_ssize_t c, i
+    cdef int64_t k
+    cdef const floating* row
+    _lse_block(x, C, inner, nb, lse)
+    if eps != 0.0:
+        for i in range(nb):
+            swx[i] = 0.0
+        for c in range(C):
+            row = x + c * inner
+            for i in range(nb):
+                swx[i] += w[c] * row[i]
+    for i in range(nb):
+        k = t[i]
+        if k == ignore_index or k < 0 or k >= C:
+            loss[i] = 0.0
+            wt[i] = 0.0
+            continue
+        loss[i] = (1.0 - eps) * w[k] * (lse[i] - x[k * inner + i])
+        if eps != 0.0:
+            loss[i] += eps / C * (wsum * lse[i] - swx[i])
+        wt[i] = w[k]
+
+
+cdef void _ce_backward_block(const floating* x, const int64_t* t, const double* w,
+                             double wsum, const double* g, Py_ssize_t C, Py_ssize_t inner,
+                             Py_ssize_t nb, int64_t ignore_index, double eps,
+                             floating* dx) noexcept nogil:
+    cdef double lse[BLOCK]
+    cdef double coef[BLOCK]       # multiplies p_c
+    cdef Py_ssize_t c, i
+    cdef int64_t k
+    cdef bint valid
+    cdef const floating* row
+    cdef floating* out
+    _lse_block(x, C, inner, nb, lse)
+    for i in range(nb):
+        k = t[i]
+        valid = not (k == ignore_index or k < 0 or k >= C)
+        coef[i] = g[i] * ((1.0 - eps) * w[k] + eps / C * wsum) if valid else 0.0
+    for c in range(C):
+        row = x + c * inner
+        out = dx + c * inner
+        for i in range(nb):
+            out[i] = <floating> (coef[i] * exp(row[i] - lse[i]) - g[i] * eps / C * w[c])
+    for i in range(nb):      # the target's own term; ignored positions get no gradient
+        k = t[i]
+        if k == ignore_index or k < 0 or k >= C:
+            for c in range(C):
+                dx[c * inner + i] = 0
+        else:
+            dx[k * inner + i] = <floating> (dx[k * inner + i] - g[i] * (1.0 - eps) * w[k])
+
+
+def cross_entropy_forward(const floating[:, :, ::1] x, const int64_t[:, ::1] target,
+                          const double[::1] weight, int64_t ignore_index, double eps,
+                          double[:, ::1] loss, double[:, ::1] target_weight, int num_threads):
+    """loss[n, i] per position and target_weight[n, i] = w[target] (0 where ignored)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], inner = x.shape[2]
+    cdef Py_ssize_t nblocks = (inner + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t task, n, i0, nb, c
+    cdef double wsum = 0.0
+    for c in range(C):
+        wsum += weight[c]
+    if C == 0 or inner == 0:
+        return
+    with nogil:
+        for task in prange(N * nblocks, schedule='static', num_threads=num_threads):
+            n = task // nblocks
+            i0 = (task % nblocks) * BLOCK
+            nb = inner - i0 if inner - i0 < BLOCK else BLOCK
+            _ce_forward_block(&x[n, 0, i0], &target[n, i0], &weight[0], wsum, C, inner, nb,
+                              ignore_index, eps, &loss[n, i0], &target_weight[n, i0])
+
+
+def cross_entropy_backward(const floating[:, :, ::1] x, const int64_t[:, ::1] target,
+                           const double[::1] weight, int64_t ignore_index, double eps,
+                           const double[:, ::1] grad, floating[:, :, ::1] dx,
+                           int num_threads):
+    """dx (N, C, inner) from the per-position upstream gradients grad (N, inner)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], inner = x.shape[2]
+    cdef Py_ssize_t nblocks = (inner + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t task, n, i0, nb, c
+    cdef double wsum = 0.0
+    for c in range(C):
+        wsum += weight[c]
+    if C == 0 or inner == 0:
+        return
+    with nogil:
+        for task in prange(N * nblocks, schedule='static', num_threads=num_threads):
+            n = task // nblocks
+            i0 = (task % nblocks) * BLOCK
+            nb = inner - i0 if inner - i0 < BLOCK else BLOCK
+            _ce_backward_block(&x[n, 0, i0], &target[n, i0], &weight[0], wsum, &grad[n, i0],
+                               C, inner, nb, ignore_index, eps, &dx[n, 0, i0])
