@@ -34,58 +34,128 @@ from libc.math cimport sqrt
 
 # ---- helpers --------------------------------------------------------------------------------
 
-cdef inline void _shifted_sums(const floating* p, Py_ssize_t n, double shift,
-                               double* s1, double* s2) noexcept nogil:
-    """s1 += sum (p - shift), s2 += sum (p - shift)^2, in a fixed order."""
-    cdef double a0 = 0, a1 = 0, a2 = 0, a3 = 0, q0 = 0, q1 = 0, q2 = 0, q3 = 0
-    cdef double d0, d1, d2, d3
-    cdef Py_ssize_t i = 0
-    while i + 4 <= n:
-        d0 = p[i] - shift
-        d1 = p[i + 1] - shift
-        d2 = p[i + 2] - shift
-        d3 = p[i + 3] - shift
-        a0 += d0
-        a1 += d1
-        a2 += d2
-        a3 += d3
-        q0 += d0 * d0
-        q1 += d1 * d1
-        q2 += d2 * d2
-        q3 += d3 * d3
-        i += 4
+cdef enum:
+    LANES = 8      # independent partial sums (vectorizable, a fixed order)
+    FLUSH = 64     # elements per block: lane partials are added to the double total per block
+
+
+cdef inline double _lane_total(const floating* a) noexcept nogil:
+    return (((<double> a[0] + a[1]) + (<double> a[2] + a[3]))
+            + ((<double> a[4] + a[5]) + (<double> a[6] + a[7])))
+
+
+cdef inline double _sum_shifted(const floating* p, Py_ssize_t n, floating shift) noexcept nogil:
+    """sum (p - shift), in double across blocks of FLUSH elements.
+
+    Within a block each of the LANES lanes adds FLUSH/LANES values in the input precision (so
+    the loop vectorizes); the values are shifted near zero, so these short sums lose nothing
+    that matters, and the long sum over blocks is in double. Fixed order: same bits always.
+    """
+    cdef floating a[LANES]
+    cdef double total = 0.0
+    cdef Py_ssize_t i = 0, j, end
     while i < n:
-        d0 = p[i] - shift
-        a0 += d0
-        q0 += d0 * d0
-        i += 1
-    s1[0] += (a0 + a1) + (a2 + a3)
-    s2[0] += (q0 + q1) + (q2 + q3)
+        end = i + FLUSH if i + FLUSH < n else n
+        for j in range(LANES):
+            a[j] = 0
+        while i + LANES <= end:
+            for j in range(LANES):
+                a[j] += p[i + j] - shift
+            i += LANES
+        j = 0
+        while i < end:
+            a[j] += p[i] - shift
+            i += 1
+            j += 1
+        total += _lane_total(a)
+    return total
+
+
+cdef inline double _sum_sq_dev(const floating* p, Py_ssize_t n, double mean) noexcept nogil:
+    """sum (p - mean)^2 (non-negative terms: short lane sums are accurate), double total."""
+    cdef floating a[LANES]
+    cdef floating m_hi = <floating> mean
+    cdef floating m_lo = <floating> (mean - <double> m_hi)
+    cdef floating d
+    cdef double total = 0.0
+    cdef Py_ssize_t i = 0, j, end
+    while i < n:
+        end = i + FLUSH if i + FLUSH < n else n
+        for j in range(LANES):
+            a[j] = 0
+        while i + LANES <= end:
+            for j in range(LANES):
+                d = (p[i + j] - m_hi) - m_lo
+                a[j] += d * d
+            i += LANES
+        j = 0
+        while i < end:
+            d = (p[i] - m_hi) - m_lo
+            a[j] += d * d
+            i += 1
+            j += 1
+        total += _lane_total(a)
+    return total
 
 
 cdef inline void _grad_sums(const floating* dy, const floating* x, Py_ssize_t n,
                             double mean, double* sdy, double* sdyx) noexcept nogil:
-    """sdy += sum dy, sdyx += sum dy * (x - mean), in a fixed order."""
+    """sdy += sum dy, sdyx += sum dy * (x - mean); lanes and blocks as _sum_shifted."""
+    cdef floating a[LANES]
+    cdef floating q[LANES]
     cdef floating m_hi = <floating> mean
     cdef floating m_lo = <floating> (mean - <double> m_hi)
-    cdef double a0 = 0, a1 = 0, a2 = 0, a3 = 0, q0 = 0, q1 = 0, q2 = 0, q3 = 0
-    cdef Py_ssize_t i = 0
-    while i + 4 <= n:
-        a0 += dy[i]
-        a1 += dy[i + 1]
-        a2 += dy[i + 2]
-        a3 += dy[i + 3]
-        q0 += <double> dy[i] * ((x[i] - m_hi) - m_lo)
-        q1 += <double> dy[i + 1] * ((x[i + 1] - m_hi) - m_lo)
-        q2 += <double> dy[i + 2] * ((x[i + 2] - m_hi) - m_lo)
-        q3 += <double> dy[i + 3] * ((x[i + 3] - m_hi) - m_lo)
-        i += 4
+    cdef double ta = 0.0, tq = 0.0
+    cdef Py_ssize_t i = 0, j, end
     while i < n:
-        a0 += dy[i]
-        q0 += <double> dy[i] * ((x[i] - m_hi) - m_lo)
-        i += 1
-    sdy[0] += (a0 + a1) + (a2 + a3)
-    sdyx[0] += (q0 + q1) + (q2 + q3)
+        end = i + FLUSH if i + FLUSH < n else n
+        for j in range(LANES):
+            a[j] = 0
+            q[j] = 0
+        while i + LANES <= end:
+            for j in range(LANES):
+                a[j] += dy[i + j]
+                q[j] += dy[i + j] * ((x[i + j] - m_hi) - m_lo)
+            i += LANES
+        j = 0
+        while i < end:
+            a[j] += dy[i]
+            q[j] += dy[i] * ((x[i] - m_hi) - m_lo)
+            i += 1
+            j += 1
+        ta += _lane_total(a)
+        tq += _lane_total(q)
+    sdy[0] += ta
+    sdyx[0] += tq
+
+
+cdef inline double _channel_mean(const floating[:, :, ::1] x, Py_ssize_t c) noexcept nogil:
+    """Mean of channel c of x (N, C, S): shifted by its first value (no cancellation)."""
+    cdef Py_ssize_t N = x.shape[0], S = x.shape[2], n
+    cdef floating shift = x[0, c, 0]
+    cdef double s = 0.0
+    for n in range(N):
+        s += _sum_shifted(&x[n, c, 0], S, shift)
+    return shift + s / (N * S)
+
+
+cdef inline double _channel_var(const floating[:, :, ::1] x, Py_ssize_t c,
+                                double mean) noexcept nogil:
+    """Biased variance of channel c about its mean: a second pass (the channel is in cache)."""
+    cdef Py_ssize_t N = x.shape[0], S = x.shape[2], n
+    cdef double s = 0.0
+    for n in range(N):
+        s += _sum_sq_dev(&x[n, c, 0], S, mean)
+    return s / (N * S)
+
+
+cdef inline void _row_moments(const floating* p, Py_ssize_t M, double* mean,
+                              double* var) noexcept nogil:
+    """Mean (shifted by the first value) and biased variance (second pass) of a row."""
+    cdef floating shift = p[0]
+    cdef double m = shift + _sum_shifted(p, M, shift) / M
+    mean[0] = m
+    var[0] = _sum_sq_dev(p, M, m) / M
 
 
 cdef inline void _affine(const floating* x, floating* y, Py_ssize_t n, double mean,
@@ -112,22 +182,15 @@ cdef inline void _grad_apply(const floating* dy, const floating* x, floating* dx
 
 def channel_stats(const floating[:, :, ::1] x, double[::1] mean, double[::1] var,
                   int num_threads):
-    """mean[c] and biased var[c] of x (N, C, S) over N and S, in double (N*S > 0)."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
-    cdef Py_ssize_t c, n
-    cdef double shift, s1, s2, m, v
-    cdef double M = <double> (N * S)
+    """mean[c] and biased var[c] of x (N, C, S) over N and S (N*S > 0)."""
+    cdef Py_ssize_t C = x.shape[1]
+    cdef Py_ssize_t c
+    cdef double m
     with nogil:
         for c in prange(C, schedule='static', num_threads=num_threads):
-            shift = x[0, c, 0]
-            s1 = 0.0
-            s2 = 0.0
-            for n in range(N):
-                _shifted_sums(&x[n, c, 0], S, shift, &s1, &s2)
-            m = s1 / M
-            v = s2 / M - m * m
-            mean[c] = shift + m
-            var[c] = v if v > 0.0 else 0.0
+            m = _channel_mean(x, c)
+            mean[c] = m
+            var[c] = _channel_var(x, c, m)
 
 
 def channel_affine(const floating[:, :, ::1] x, const double[::1] mean,
@@ -139,7 +202,8 @@ def channel_affine(const floating[:, :, ::1] x, const double[::1] mean,
     with nogil:
         for c in prange(C, schedule='static', num_threads=num_threads):
             for n in range(N):
-                _affine(&x[n, c, 0], &out[n, c, 0], S, mean[c], <floating> scale[c], <floating> shift[c])
+                _affine(&x[n, c, 0], &out[n, c, 0], S, mean[c], <floating> scale[c],
+                        <floating> shift[c])
 
 
 def channel_grad_sums(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
@@ -168,128 +232,12 @@ def channel_grad_apply(const floating[:, :, ::1] dy, const floating[:, :, ::1] x
     with nogil:
         for c in prange(C, schedule='static', num_threads=num_threads):
             for n in range(N):
-                _grad_apply(&dy[n, c, 0], &x[n, c, 0], &dx[n, c, 0], S,
-                            mean[c], <floating> a[c],
-                            <floating> b[c], <floating> k[c])
+                _grad_apply(&dy[n, c, 0], &x[n, c, 0], &dx[n, c, 0], S, mean[c],
+                            <floating> a[c], <floating> b[c], <floating> k[c])
 
 
-# ---- row norms (layer / group / instance): one row per task ----------------------------------
-
-def rows_forward(const floating[:, ::1] x, const floating[::1] weight,
-                 const floating[::1] bias, Py_ssize_t G, Py_ssize_t K, double eps,
-                 floating[:, ::1] out, double[::1] mean, double[::1] rstd, int num_threads):
-    """Normalize each row of x (R, K*S) over its M = K*S values; row r belongs to group r % G.
-
-    out[r, k*S + s] = (x - mean_r) * rstd_r * weight[g*K + k] + bias[g*K + k]; weight and bias
-    may be empty (1 and 0). Also writes mean[r] and rstd[r] = 1/sqrt(var_r + eps) (biased var).
-    """
-    cdef Py_ssize_t R = x.shape[0], M = x.shape[1]
-    cdef Py_ssize_t S = M // K if K > 0 else 0
-    cdef bint has_w = weight.shape[0] > 0, has_b = bias.shape[0] > 0
-    cdef Py_ssize_t r, k, g
-    cdef double shift, s1, s2, m, v, rs, scale, sh
-    if M == 0:
-        return
-    with nogil:
-        for r in prange(R, schedule='static', num_threads=num_threads):
-            shift = x[r, 0]
-            s1 = 0.0
-            s2 = 0.0
-            _shifted_sums(&x[r, 0], M, shift, &s1, &s2)
-            m = s1 / M
-            v = s2 / M - m * m
-            if v < 0.0:
-                v = 0.0
-            m = shift + m
-            rs = 1.0 / sqrt(v + eps)
-            mean[r] = m
-            rstd[r] = rs
-            g = r % G
-            for k in range(K):
-                scale = rs * (weight[g * K + k] if has_w else 1.0)
-                sh = bias[g * K + k] if has_b else 0.0
-                _affine(&x[r, k * S], &out[r, k * S], S, m,
-                        <floating> scale, <floating> sh)
-
-
-def rows_backward(const floating[:, ::1] dy, const floating[:, ::1] x, const double[::1] mean,
-                  const double[::1] rstd, const floating[::1] weight, Py_ssize_t G,
-                  Py_ssize_t K, floating[:, ::1] dx, double[:, ::1] gw_parts,
-                  double[:, ::1] gb_parts, int num_threads):
-    """Gradients of rows_forward.
-
-    With xhat = (x - mean_r) * rstd_r and dxhat = dy * weight (per k), per row of M values:
-
-        dx = rstd_r * (dxhat - sum(dxhat)/M - xhat * sum(dxhat * xhat)/M)
-
-    dx may be empty (not wanted). gw_parts and gb_parts (J, G*K), or empty, receive one partial
-    affine gradient per chunk of rows (chunk j: rows [j*R//J, (j+1)*R//J)); summed over j in
-    order they are sum dy*xhat and sum dy per channel. J depends on R only: same bits for any
-    number of threads.
-    """
-    cdef Py_ssize_t R = x.shape[0], M = x.shape[1]
-    cdef Py_ssize_t S = M // K if K > 0 else 0
-    cdef bint has_w = weight.shape[0] > 0
-    cdef bint need_x = dx.shape[0] > 0, need_p = gw_parts.shape[0] > 0
-    cdef Py_ssize_t J = gw_parts.shape[0] if need_p else R
-    cdef Py_ssize_t j, r, k, g, gk
-    cdef double sdy, sdyx, a, b, w, rs, m, c1, c2
-    if M == 0 or R == 0:
-        return
-    with nogil:
-        for j in prange(J, schedule='static', num_threads=num_threads):
-            for r in range(j * R // J, (j + 1) * R // J):
-                m = mean[r]
-                rs = rstd[r]
-                g = r % G
-                sdy = 0.0
-                sdyx = 0.0
-                for k in range(K):
-                    gk = g * K + k
-                    a = 0.0
-                    b = 0.0
-                    _grad_sums(&dy[r, k * S], &x[r, k * S], S, m, &a, &b)
-                    b = b * rs     # sum dy * xhat over this k
-                    if need_p:
-                        gb_parts[j, gk] += a
-                        gw_parts[j, gk] += b
-                    w = weight[gk] if has_w else 1.0
-                    sdy = sdy + w * a
-                    sdyx = sdyx + w * b
-                if need_x:
-                    c1 = -rs * sdy / M                 # constant term
-                    c2 = -rs * rs * sdyx / M           # times (x - mean)
-                    for k in range(K):
-                        w = weight[g * K + k] if has_w else 1.0
-                        _grad_apply(&dy[r, k * S], &x[r, k * S], &dx[r, k * S], S, m,
-                                    <floating> (rs * w), <floating> c2, <floating> c1)
-
-
-def rows_stats(const floating[:, ::1] x, double eps, double[::1] mean, double[::1] rstd,
-               int num_threads):
-    """mean[r] and rstd[r] = 1/sqrt(var_r + eps) of each row of x (R, M), M > 0 (biased var)."""
-    cdef Py_ssize_t R = x.shape[0], M = x.shape[1]
-    cdef Py_ssize_t r
-    cdef double shift, s1, s2, m, v
-    if M == 0:
-        return
-    with nogil:
-        for r in prange(R, schedule='static', num_threads=num_threads):
-            shift = x[r, 0]
-            s1 = 0.0
-            s2 = 0.0
-            _shifted_sums(&x[r, 0], M, shift, &s1, &s2)
-            m = s1 / M
-            v = s2 / M - m * m
-            if v < 0.0:
-                v = 0.0
-            mean[r] = shift + m
-            rstd[r] = 1.0 / sqrt(v + eps)
-
-
-# ---- batch norm, fused per channel ----------------------------------------------------------
-# A channel's N*S values are read twice in a row (statistics, then output): done by the same
-# thread back to back, the second read mostly hits the cache instead of memory.
+# A channel's N*S values are read again right after its statistics, by the same thread: the
+# later passes hit the cache, and one kernel does the whole channel.
 
 def channel_train_forward(const floating[:, :, ::1] x, const double[::1] weight,
                           const double[::1] bias, double eps, floating[:, :, ::1] out,
@@ -300,20 +248,11 @@ def channel_train_forward(const floating[:, :, ::1] x, const double[::1] weight,
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef bint has_w = weight.shape[0] > 0, has_b = bias.shape[0] > 0
     cdef Py_ssize_t c, n
-    cdef double shift, s1, s2, m, v, rs, scale, sh
-    cdef double M = <double> (N * S)
+    cdef double m, v, rs, scale, sh
     with nogil:
         for c in prange(C, schedule='static', num_threads=num_threads):
-            shift = x[0, c, 0]
-            s1 = 0.0
-            s2 = 0.0
-            for n in range(N):
-                _shifted_sums(&x[n, c, 0], S, shift, &s1, &s2)
-            m = s1 / M
-            v = s2 / M - m * m
-            if v < 0.0:
-                v = 0.0
-            m = shift + m
+            m = _channel_mean(x, c)
+            v = _channel_var(x, c, m)
             rs = 1.0 / sqrt(v + eps)
             mean[c] = m
             var[c] = v
@@ -354,3 +293,182 @@ def channel_train_backward(const floating[:, :, ::1] dy, const floating[:, :, ::
             for n in range(N):
                 _grad_apply(&dy[n, c, 0], &x[n, c, 0], &dx[n, c, 0], S, m, <floating> ca,
                             <floating> cb, <floating> ck)
+
+
+# ---- row norms (layer / group / instance): one row per task ----------------------------------
+
+cdef inline void _affine_vec(const floating* x, floating* y, Py_ssize_t n, double mean,
+                             floating rs, const floating* w, const floating* b) noexcept nogil:
+    """y[k] = (x[k] - mean) * rs * w[k] + b[k] (w, b may be NULL): layer norm's S == 1 case."""
+    cdef floating m_hi = <floating> mean
+    cdef floating m_lo = <floating> (mean - <double> m_hi)
+    cdef Py_ssize_t k
+    if w != NULL and b != NULL:
+        for k in range(n):
+            y[k] = ((x[k] - m_hi) - m_lo) * rs * w[k] + b[k]
+    elif w != NULL:
+        for k in range(n):
+            y[k] = ((x[k] - m_hi) - m_lo) * rs * w[k]
+    elif b != NULL:
+        for k in range(n):
+            y[k] = ((x[k] - m_hi) - m_lo) * rs + b[k]
+    else:
+        for k in range(n):
+            y[k] = ((x[k] - m_hi) - m_lo) * rs
+
+
+def rows_stats(const floating[:, ::1] x, double eps, double[::1] mean, double[::1] rstd,
+               int num_threads):
+    """mean[r] and rstd[r] = 1/sqrt(var_r + eps) of each row of x (R, M), M > 0 (biased var)."""
+    cdef Py_ssize_t R = x.shape[0], M = x.shape[1]
+    cdef Py_ssize_t r
+    cdef double m, v
+    if M == 0:
+        return
+    with nogil:
+        for r in prange(R, schedule='static', num_threads=num_threads):
+            m = 0.0        # assigned here, so private to the thread (only written via &m below)
+            v = 0.0
+            _row_moments(&x[r, 0], M, &m, &v)
+            mean[r] = m
+            rstd[r] = 1.0 / sqrt(v + eps)
+
+
+def rows_forward(const floating[:, ::1] x, const floating[::1] weight,
+                 const floating[::1] bias, Py_ssize_t G, Py_ssize_t K, double eps,
+                 floating[:, ::1] out, double[::1] mean, double[::1] rstd, int num_threads):
+    """Normalize each row of x (R, K*S) over its M = K*S values; row r belongs to group r % G.
+
+    out[r, k*S + s] = (x - mean_r) * rstd_r * weight[g*K + k] + bias[g*K + k]; weight and bias
+    may be empty (1 and 0). Also writes mean[r] and rstd[r] = 1/sqrt(var_r + eps) (biased var).
+    """
+    cdef Py_ssize_t R = x.shape[0], M = x.shape[1]
+    cdef Py_ssize_t S = M // K if K > 0 else 0
+    cdef bint has_w = weight.shape[0] > 0, has_b = bias.shape[0] > 0
+    cdef const floating* wp = &weight[0] if has_w else NULL
+    cdef const floating* bp = &bias[0] if has_b else NULL
+    cdef Py_ssize_t r, k, g
+    cdef double m, v, rs, scale, sh
+    if M == 0:
+        return
+    with nogil:
+        for r in prange(R, schedule='static', num_threads=num_threads):
+            m = 0.0        # assigned here, so private to the thread (only written via &m below)
+            v = 0.0
+            _row_moments(&x[r, 0], M, &m, &v)
+            rs = 1.0 / sqrt(v + eps)
+            mean[r] = m
+            rstd[r] = rs
+            if S == 1 and G == 1:
+                _affine_vec(&x[r, 0], &out[r, 0], M, m, <floating> rs, wp, bp)
+                continue
+            g = r % G
+            for k in range(K):
+                scale = rs * (weight[g * K + k] if has_w else 1.0)
+                sh = bias[g * K + k] if has_b else 0.0
+                _affine(&x[r, k * S], &out[r, k * S], S, m, <floating> scale, <floating> sh)
+
+
+cdef inline void _vec_grad_row(const floating* dy, const floating* x, floating* dx,
+                               Py_ssize_t M, double mean, double rs, const floating* w,
+                               double* gw, double* gb) noexcept nogil:
+    """Layer norm's S == 1 row: affine partials gw[k] += dy*xhat, gb[k] += dy (if gw is not
+    NULL), then dx (if not NULL) from the row sums of g = dy * w."""
+    cdef floating m_hi = <floating> mean
+    cdef floating m_lo = <floating> (mean - <double> m_hi)
+    cdef floating frs = <floating> rs
+    cdef floating xh, gk
+    cdef double sg = 0.0, sgx = 0.0, c1, c2
+    cdef Py_ssize_t k
+    cdef floating a[LANES]
+    cdef floating q[LANES]
+    cdef Py_ssize_t i = 0, j, end
+    if gw != NULL:
+        for k in range(M):
+            xh = ((x[k] - m_hi) - m_lo) * frs
+            gw[k] += dy[k] * xh
+            gb[k] += dy[k]
+    if dx == NULL:
+        return
+    while i < M:      # sums of g and g * xhat: lanes and blocks as in _sum_shifted
+        end = i + FLUSH if i + FLUSH < M else M
+        for j in range(LANES):
+            a[j] = 0
+            q[j] = 0
+        while i < end:
+            for j in range(LANES):
+                if i + j < end:
+                    gk = dy[i + j] * (w[i + j] if w != NULL else 1)
+                    a[j] += gk
+                    q[j] += gk * ((x[i + j] - m_hi) - m_lo)
+            i += LANES
+        i = end
+        sg += _lane_total(a)
+        sgx += _lane_total(q)
+    c1 = -rs * sg / M
+    c2 = -rs * rs * rs * sgx / M
+    if w != NULL:
+        for k in range(M):
+            dx[k] = dy[k] * w[k] * frs + ((x[k] - m_hi) - m_lo) * <floating> c2 + <floating> c1
+    else:
+        for k in range(M):
+            dx[k] = dy[k] * frs + ((x[k] - m_hi) - m_lo) * <floating> c2 + <floating> c1
+
+
+def rows_backward(const floating[:, ::1] dy, const floating[:, ::1] x, const double[::1] mean,
+                  const double[::1] rstd, const floating[::1] weight, Py_ssize_t G,
+                  Py_ssize_t K, floating[:, ::1] dx, double[:, ::1] gw_parts,
+                  double[:, ::1] gb_parts, int num_threads):
+    """Gradients of rows_forward.
+
+    With xhat = (x - mean_r) * rstd_r and g = dy * weight (per k), per row of M values:
+
+        dx = rstd_r * (g - sum(g)/M - xhat * sum(g * xhat)/M)
+
+    dx may be empty (not wanted). gw_parts and gb_parts (J, G*K), or empty, receive one partial
+    affine gradient per chunk of rows (chunk j: rows [j*R//J, (j+1)*R//J)); summed over j in
+    order they are sum dy*xhat and sum dy per channel. J depends on R only: same bits for any
+    number of threads.
+    """
+    cdef Py_ssize_t R = x.shape[0], M = x.shape[1]
+    cdef Py_ssize_t S = M // K if K > 0 else 0
+    cdef bint has_w = weight.shape[0] > 0
+    cdef bint need_x = dx.shape[0] > 0, need_p = gw_parts.shape[0] > 0
+    cdef const floating* wp = &weight[0] if has_w else NULL
+    cdef Py_ssize_t J = gw_parts.shape[0] if need_p else R
+    cdef Py_ssize_t j, r, k, g, gk
+    cdef double sdy, sdyx, a, b, w, rs, m, c1, c2
+    if M == 0 or R == 0:
+        return
+    with nogil:
+        for j in prange(J, schedule='static', num_threads=num_threads):
+            for r in range(j * R // J, (j + 1) * R // J):
+                m = mean[r]
+                rs = rstd[r]
+                if S == 1 and G == 1:
+                    _vec_grad_row(&dy[r, 0], &x[r, 0], &dx[r, 0] if need_x else NULL, M, m, rs,
+                                  wp, &gw_parts[j, 0] if need_p else NULL,
+                                  &gb_parts[j, 0] if need_p else NULL)
+                    continue
+                g = r % G
+                sdy = 0.0
+                sdyx = 0.0
+                for k in range(K):
+                    gk = g * K + k
+                    a = 0.0
+                    b = 0.0
+                    _grad_sums(&dy[r, k * S], &x[r, k * S], S, m, &a, &b)
+                    b = b * rs     # sum dy * xhat over this k
+                    if need_p:
+                        gb_parts[j, gk] += a
+                        gw_parts[j, gk] += b
+                    w = weight[gk] if has_w else 1.0
+                    sdy = sdy + w * a
+                    sdyx = sdyx + w * b
+                if need_x:
+                    c1 = -rs * sdy / M                 # constant term
+                    c2 = -rs * rs * sdyx / M           # times (x - mean)
+                    for k in range(K):
+                        w = weight[g * K + k] if has_w else 1.0
+                        _grad_apply(&dy[r, k * S], &x[r, k * S], &dx[r, k * S], S, m,
+                                    <floating> (rs * w), <floating> c2, <floating> c1)
