@@ -15,7 +15,15 @@ any number of threads.
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport exp, log
+from libc.math cimport exp, expf, log
+
+
+cdef inline double _exp(floating v) noexcept nogil:
+    """exp in the input's precision (expf is much cheaper; the sums stay in double)."""
+    if floating is float:
+        return expf(v)
+    else:
+        return exp(v)
 
 cdef enum:
     BLOCK = 256    # inner columns per task (per-column accumulators live on the stack)
@@ -42,7 +50,7 @@ cdef void _forward_block(const floating* x, floating* y, Py_ssize_t D, Py_ssize_
         row = x + d * inner
         out = y + d * inner
         for i in range(nb):
-            e = exp(row[i] - mx[i])
+            e = _exp(<floating> (row[i] - mx[i]))
             sm[i] += e
             if not take_log:
                 out[i] = <floating> e
@@ -69,7 +77,7 @@ cdef void _forward_row(const floating* x, floating* y, Py_ssize_t D,
         if x[d] > mx:
             mx = x[d]
     for d in range(D):
-        e = exp(x[d] - mx)
+        e = _exp(<floating> (x[d] - mx))
         sm += e
         if not take_log:
             y[d] = <floating> e
@@ -100,7 +108,7 @@ cdef void _backward_block(const floating* dy, const floating* y, floating* dx, P
         off = d * inner
         for i in range(nb):
             if take_log:
-                dx[off + i] = <floating> (dy[off + i] - exp(y[off + i]) * sm[i])
+                dx[off + i] = <floating> (dy[off + i] - _exp(y[off + i]) * sm[i])
             else:
                 dx[off + i] = <floating> (y[off + i] * (dy[off + i] - sm[i]))
 

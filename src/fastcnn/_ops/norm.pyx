@@ -3,7 +3,7 @@ instance norm: statistics per row of contiguous elements), forward and backward.
 
 Batch norm sees x as (N, C, S), S the spatial size, M = N*S values per channel c:
 
-    mean_c = sum x / M          var_c = sum (x - mean_c)^2 / M        invstd_c = 1/sqrt(var_c + eps)
+    mean_c = sum x / M       var_c = sum (x - mean_c)^2 / M       invstd_c = 1/sqrt(var_c + eps)
     y      = (x - mean_c) * scale_c + shift_c          (scale = w*invstd, shift = b in training)
     dx     = (x - mean_c) * B_c + dy * A_c + K_c       (coefficients from the two sums
                                                         sum dy and sum dy*(x - mean_c))
@@ -12,16 +12,18 @@ The row norms see x as R = N*G rows, each (K, S) and contiguous, M = K*S values 
 affine parameters are indexed by g*K + k (the channel) and broadcast over S:
 
     layer norm     R = prod(leading dims), G = 1, K = prod(normalized_shape), S = 1
+                   (without weight and bias: K = 1, S = prod(normalized_shape))
     group norm     R = N*G, K = C/G, S = spatial size
     instance norm  R = N*C, G = C, K = 1, S = spatial size
 
-Statistics are accumulated in double from values shifted by the first element of the channel
-or row (the "shifted data" algorithm): one pass gives sum and sum of squares without the
-cancellation of E[x^2] - E[x]^2 when the mean is large against the spread (1e4 + noise).
-Sums use four independent accumulators (instruction-level parallelism; the same four-way order
-every call), so a channel or row always gives the same bits. Parallelism is over channels
-(batch norm) or rows (row norms, in fixed chunks for the affine-gradient partials), never
-inside a reduction: results do not depend on the number of threads.
+Statistics take two passes over a channel or row, the second from the cache: the mean of the
+values shifted by the first one (no cancellation when the mean is large against the spread,
+1e4 + noise), then the sum of squared deviations from that mean (non-negative terms). Each sum
+runs in LANES independent partial sums in the input precision over blocks of FLUSH elements
+(so the loops vectorize), each block's total added to a double accumulator; the order is fixed,
+so a channel or row always gives the same bits. Parallelism is over channels (batch norm) or
+rows (row norms, in fixed chunks for the affine-gradient partials), never inside a reduction:
+results do not depend on the number of threads.
 
 In float32, ``x - mean`` is computed as ``(x - mean_hi) - mean_lo`` with mean = mean_hi + mean_lo
 split into two floats: the first difference is exact when x is near the mean (Sterbenz), so a
