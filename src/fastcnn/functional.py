@@ -3,7 +3,15 @@
 Names, argument names, defaults, weight layouts and output sizes are those of
 ``torch.nn.functional``. Each differentiable op ``f`` has ``f_backward`` beside it, taking the
 gradient of the loss with respect to ``f``'s output and returning the gradients with respect to
-its inputs.
+its inputs (a tuple when there are several, None for the ones not asked for or not present).
+A backward takes what the forward saw -- the input, or the output where that is the cheap form
+(sigmoid, tanh, softmax, log_softmax); each docstring says which. Losses return a numpy scalar
+(or an array for reduction='none') and their backward takes dL/dloss.
+
+Sections: convolution, unfold/fold, normalization (batch, layer, group, instance; kernels in
+_ops/norm.pyx), linear, activations (softmax kernels in _ops/activation.pyx), dropout, padding,
+losses (cross-entropy kernel in _ops/loss.pyx) and batch-norm folding. Running statistics and
+counters passed to the norms are the caller's numpy arrays, updated in place.
 
 Arrays are NCL / NCHW / NCDHW. Inputs may be any real dtype and memory layout: float32 and float64
 are computed as they are (float64 wins when mixed); ints, bools and float16 are computed in

@@ -112,21 +112,31 @@ cdef inline void _grad_sums(const floating* dy, const floating* x, Py_ssize_t n,
     cdef floating m_hi = <floating> mean
     cdef double m_lo = mean - <double> m_hi
     cdef double ta = 0.0, tq = 0.0
-    cdef Py_ssize_t i = 0, j, end
+    cdef Py_ssize_t i = 0, i0, j, end
     while i < n:
         end = i + FLUSH if i + FLUSH < n else n
+        i0 = i
         for j in range(LANES):
             a[j] = 0
             q[j] = 0
+        # two sweeps of the block (the second from L1): one reduction per loop vectorizes,
+        # two interleaved ones do not (gcc)
         while i + LANES <= end:
             for j in range(LANES):
                 a[j] += dy[i + j]
+            i += LANES
+        j = 0
+        while i < end:
+            a[j] += dy[i]
+            i += 1
+            j += 1
+        i = i0
+        while i + LANES <= end:
             for j in range(LANES):
                 q[j] += dy[i + j] * (x[i + j] - m_hi)
             i += LANES
         j = 0
         while i < end:
-            a[j] += dy[i]
             q[j] += dy[i] * (x[i] - m_hi)
             i += 1
             j += 1
@@ -384,12 +394,12 @@ cdef inline void _vec_grad_row(const floating* dy, const floating* x, floating* 
     cdef floating m_hi = <floating> mean
     cdef floating m_lo = <floating> (mean - <double> m_hi)
     cdef floating frs = <floating> rs
-    cdef floating xh, gk
+    cdef floating xh
     cdef double sg = 0.0, sgx = 0.0, c1, c2
     cdef Py_ssize_t k
     cdef floating a[LANES]
     cdef floating q[LANES]
-    cdef Py_ssize_t i = 0, j, end
+    cdef Py_ssize_t i = 0, i0, j, end
     if gw != NULL:
         for k in range(M):
             xh = ((x[k] - m_hi) - m_lo) * frs
@@ -397,26 +407,36 @@ cdef inline void _vec_grad_row(const floating* dy, const floating* x, floating* 
             gb[k] += dy[k]
     if dx == NULL:
         return
-    while i < M:      # sums of g and g * (x - mean): lanes and blocks as in _sum_shifted
-        end = i + FLUSH if i + FLUSH < M else M
-        for j in range(LANES):
-            a[j] = 0
-            q[j] = 0
-        while i + LANES <= end:
+    if w == NULL:     # sums of g = dy * w and g * (x - mean), as in _grad_sums
+        _grad_sums(dy, x, M, mean, &sg, &sgx)
+    else:
+        while i < M:  # lanes and blocks as in _grad_sums, one reduction per sweep
+            end = i + FLUSH if i + FLUSH < M else M
+            i0 = i
             for j in range(LANES):
-                gk = dy[i + j] * w[i + j] if w != NULL else dy[i + j]
-                a[j] += gk
-                q[j] += gk * ((x[i + j] - m_hi) - m_lo)
-            i += LANES
-        j = 0
-        while i < end:
-            gk = dy[i] * w[i] if w != NULL else dy[i]
-            a[j] += gk
-            q[j] += gk * ((x[i] - m_hi) - m_lo)
-            i += 1
-            j += 1
-        sg += _lane_total(a)
-        sgx += _lane_total(q)
+                a[j] = 0
+                q[j] = 0
+            while i + LANES <= end:
+                for j in range(LANES):
+                    a[j] += dy[i + j] * w[i + j]
+                i += LANES
+            j = 0
+            while i < end:
+                a[j] += dy[i] * w[i]
+                i += 1
+                j += 1
+            i = i0
+            while i + LANES <= end:
+                for j in range(LANES):
+                    q[j] += dy[i + j] * w[i + j] * ((x[i + j] - m_hi) - m_lo)
+                i += LANES
+            j = 0
+            while i < end:
+                q[j] += dy[i] * w[i] * ((x[i] - m_hi) - m_lo)
+                i += 1
+                j += 1
+            sg += _lane_total(a)
+            sgx += _lane_total(q)
     c1 = -rs * sg / M
     c2 = -rs * rs * rs * sgx / M
     if w != NULL:
