@@ -1013,7 +1013,7 @@ def relu(input):
 def relu_backward(grad_output, input):
     """``dx = dy where x > 0 else 0``; takes relu's input (its output works as well)."""
     dy, x = _grad_pair("relu_backward", grad_output, input, "input")
-    return np.where(x > 0, dy, dy.dtype.type(0))
+    return np.where(x > 0, dy, dy.dtype.type(0))     # where, not dy * mask: inf * 0 is nan
 
 
 def leaky_relu(input, negative_slope=0.01):
@@ -1115,7 +1115,10 @@ def sigmoid(input):
 def sigmoid_backward(grad_output, output):
     """``dx = dy * y * (1 - y)``; takes sigmoid's OUTPUT y."""
     dy, y = _grad_pair("sigmoid_backward", grad_output, output, "output")
-    return dy * y * (1 - y)
+    dx = np.subtract(1, y, dtype=y.dtype)
+    dx *= y
+    dx *= dy
+    return dx
 
 
 def tanh(input):
@@ -1126,7 +1129,10 @@ def tanh(input):
 def tanh_backward(grad_output, output):
     """``dx = dy * (1 - y^2)``; takes tanh's OUTPUT y."""
     dy, y = _grad_pair("tanh_backward", grad_output, output, "output")
-    return dy * (1 - y * y)
+    dx = np.multiply(y, y)
+    np.subtract(1, dx, out=dx)
+    dx *= dy
+    return dx
 
 
 def _prelu_weight(fname, x, weight, dtype):
