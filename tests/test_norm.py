@@ -379,3 +379,37 @@ def test_read_only_running_stats_rejected_in_training():
     with pytest.raises(ValueError, match="running_mean must be writable"):
         F.batch_norm(X, rm, np.ones(4, np.float32), training=True)
     F.batch_norm(X, rm, np.ones(4, np.float32), training=False)   # eval only reads them
+
+
+def test_read_only_and_strided_inputs_everywhere(rng):
+    """Kernels take const views: read-only arrays work; strided views are copied first."""
+    x = rng.standard_normal((3, 4, 5, 6))
+    dy = rng.standard_normal(x.shape)
+    w, b = rng.standard_normal(4), rng.standard_normal(4)
+    rm, rv = rng.standard_normal(4), rng.random(4) + 0.5
+    t = rng.integers(0, 4, (3, 5, 6))
+    calls = [
+        lambda x, dy: F.batch_norm(x, None, None, w, b, training=True),
+        lambda x, dy: F.batch_norm(x, rm, rv, w, b),
+        lambda x, dy: F.batch_norm_backward(dy, x, w)[0],
+        lambda x, dy: F.batch_norm_backward(dy, x, w, rm, rv, training=False)[0],
+        lambda x, dy: F.layer_norm(x, (5, 6)),
+        lambda x, dy: F.layer_norm_backward(dy, x, (5, 6), x[0, 0], x[0, 1])[0],
+        lambda x, dy: F.group_norm_backward(dy, x, 2, w, b)[0],
+        lambda x, dy: F.instance_norm_backward(dy, x, None, None, w, b)[0],
+        lambda x, dy: F.softmax_backward(dy, F.softmax(x, 1), 1),
+        lambda x, dy: F.log_softmax(x, -1),
+        lambda x, dy: F.cross_entropy(x, t, reduction="none"),
+        lambda x, dy: F.cross_entropy_backward(1.0, x, t, label_smoothing=0.1),
+    ]
+    ro_x, ro_dy = x.copy(), dy.copy()
+    ro_x.flags.writeable = ro_dy.flags.writeable = False
+    big_x = np.zeros((3, 8, 5, 12))
+    big_x[:, ::2, :, ::2] = x
+    big_dy = np.zeros((3, 8, 5, 12))
+    big_dy[:, ::2, :, ::2] = dy
+    for call in calls:
+        ref = call(x, dy)
+        np.testing.assert_array_equal(call(ro_x, ro_dy), ref)
+        np.testing.assert_array_equal(call(big_x[:, ::2, :, ::2], big_dy[:, ::2, :, ::2]), ref)
+        np.testing.assert_array_equal(call(np.asfortranarray(x), np.asfortranarray(dy)), ref)
