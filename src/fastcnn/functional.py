@@ -856,17 +856,18 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
         if use_input_stats:
             _writable(fname, "running_mean", running_mean)
             _writable(fname, "running_var", running_var)
+    dtype = float_dtype(x)
+    w = _affine_vector(fname, "weight", weight, (c,), dtype)
+    b = _affine_vector(fname, "bias", bias, (c,), dtype)
     if not use_input_stats:
         if running_mean is None:
             raise ValueError(f"{fname}: running_mean and running_var are required when "
                              f"use_input_stats=False")
+        # every plane normalized with the channel's running statistics: eval batch norm
         return batch_norm(x, running_mean, running_var, weight, bias, training=False, eps=eps)
     if s <= 1:
         raise ValueError(f"{fname}: expected more than 1 spatial element per channel, got "
                          f"input of shape {x.shape}")
-    dtype = float_dtype(x)
-    w = _affine_vector(fname, "weight", weight, (c,), dtype)
-    b = _affine_vector(fname, "bias", bias, (c,), dtype)
     out, mean, rstd = _rows_forward(fname, x, n * c, c, 1, w, b, eps)
     if running_mean is not None and n:
         var = (1.0 / (rstd * rstd) - eps) * (s / (s - 1))
@@ -900,6 +901,8 @@ def instance_norm_backward(grad_output, input, running_mean=None, running_var=No
         if running_mean is None or running_var is None:
             raise ValueError(f"{fname}: running_mean and running_var are required when "
                              f"use_input_stats=False")
+        _affine_vector(fname, "running_mean", running_mean, (c,), np.float64)
+        _affine_vector(fname, "running_var", running_var, (c,), np.float64)
         gx, gw, gb = batch_norm_backward(dy, x, weight if weight is not None else np.ones(c),
                                          running_mean, running_var, training=False, eps=eps,
                                          output_mask=(need_x, need_w, need_b))
