@@ -136,6 +136,84 @@ def _upsample_case(name, shape, factor, mode):
     return setup
 
 
+def _norm_case(name, shape, kind, groups=None):
+    """Training forward, and forward + backward (input, weight and bias gradients), of a norm."""
+    def setup(torch):
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal(shape, dtype=np.float32)
+        dy = rng.standard_normal(shape, dtype=np.float32)
+        c = shape[1] if kind != "layer" else shape[-1]
+        w, b = np.ones(c, np.float32), np.zeros(c, np.float32)
+        rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
+        tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+        trm, trv, tdy = torch.tensor(rm), torch.tensor(rv), torch.tensor(dy)
+        tf = torch.nn.functional
+        if kind == "batch":
+            def ours_fwd():
+                return F.batch_norm(x, rm, rv, w, b, training=True)
+
+            def ours_both():
+                y, mean, invstd = F.batch_norm(x, rm, rv, w, b, training=True,
+                                               return_stats=True)
+                return F.batch_norm_backward(dy, x, w, training=True, save_mean=mean,
+                                             save_invstd=invstd)
+
+            def theirs(*args):
+                return tf.batch_norm(*args, running_mean=trm, running_var=trv, weight=tw,
+                                     bias=tb, training=True)
+        elif kind == "group":
+            def ours_fwd():
+                return F.group_norm(x, groups, w, b)
+
+            def ours_both():
+                F.group_norm(x, groups, w, b)
+                return F.group_norm_backward(dy, x, groups, w, b)
+
+            def theirs(t):
+                return tf.group_norm(t, groups, tw, tb)
+        else:
+            def ours_fwd():
+                return F.layer_norm(x, c, w, b)
+
+            def ours_both():
+                F.layer_norm(x, c, w, b)
+                return F.layer_norm_backward(dy, x, c, w, b)
+
+            def theirs(t):
+                return tf.layer_norm(t, (c,), tw, tb)
+
+        def torch_fwd():
+            with torch.no_grad():
+                return theirs(tx)
+
+        def torch_both():
+            tx.grad = tw.grad = tb.grad = None
+            theirs(tx).backward(tdy)
+
+        return [(f"{name} fwd", ours_fwd, torch_fwd, 0),
+                (f"{name} fwd+bwd", ours_both, torch_both, 0)]
+    return setup
+
+
+def _cross_entropy_case(name, n, c):
+    """Mean cross-entropy loss and its gradient (fused log-softmax)."""
+    def setup(torch):
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((n, c), dtype=np.float32)
+        t = rng.integers(0, c, n)
+        tx, tt = torch.tensor(x, requires_grad=True), torch.tensor(t)
+
+        def ours():
+            F.cross_entropy(x, t)
+            return F.cross_entropy_backward(1.0, x, t)
+
+        def theirs():
+            tx.grad = None
+            torch.nn.functional.cross_entropy(tx, tt).backward()
+        return [(f"{name} fwd+bwd", ours, theirs, 0)]
+    return setup
+
+
 CASES = {
     "conv lenet1 64x1x28x28 ->6 k5 s1 p2": _conv_case("conv lenet1", 64, 1, 28, 28, 6, 5, 1, 2),
     "conv lenet2 64x6x14x14 ->16 k5 s1 p0": _conv_case("conv lenet2", 64, 6, 14, 14, 16, 5, 1, 0),
@@ -153,6 +231,12 @@ CASES = {
         _upsample_case("bilinear x2", (16, 64, 32, 32), 2, "bilinear"),
     "resample nearest x2 16x64x32x32":
         _upsample_case("nearest x2", (16, 64, 32, 32), 2, "nearest"),
+    "norm batch_norm train 32x64x32x32": _norm_case("batch_norm 32x64x32x32", (32, 64, 32, 32),
+                                                    "batch"),
+    "norm group_norm 32 groups 16x64x28x28": _norm_case("group_norm G32 16x64x28x28",
+                                                        (16, 64, 28, 28), "group", groups=32),
+    "norm layer_norm 8192x512": _norm_case("layer_norm 8192x512", (8192, 512), "layer"),
+    "loss cross_entropy 256x1000": _cross_entropy_case("cross_entropy 256x1000", 256, 1000),
 }
 
 

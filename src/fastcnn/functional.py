@@ -3,7 +3,15 @@
 Names, argument names, defaults, weight layouts and output sizes are those of
 ``torch.nn.functional``. Each differentiable op ``f`` has ``f_backward`` beside it, taking the
 gradient of the loss with respect to ``f``'s output and returning the gradients with respect to
-its inputs.
+its inputs (a tuple when there are several, None for the ones not asked for or not present).
+A backward takes what the forward saw -- the input, or the output where that is the cheap form
+(sigmoid, tanh, softmax, log_softmax); each docstring says which. Losses return a numpy scalar
+(or an array for reduction='none') and their backward takes dL/dloss.
+
+Sections: convolution, unfold/fold, normalization (batch, layer, group, instance; kernels in
+_ops/norm.pyx), linear, activations (softmax kernels in _ops/activation.pyx), dropout, padding,
+losses (cross-entropy kernel in _ops/loss.pyx) and batch-norm folding. Running statistics and
+counters passed to the norms are the caller's numpy arrays, updated in place.
 
 Arrays are NCL / NCHW / NCDHW. Inputs may be any real dtype and memory layout: float32 and float64
 are computed as they are (float64 wins when mixed); ints, bools and float16 are computed in
@@ -13,6 +21,8 @@ arrays (max pooling's ``return_indices``, unpooling) are int64 flat positions in
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +33,9 @@ from fastcnn._ops import conv as _conv
 from fastcnn._ops import im2col as _im2col
 from fastcnn._ops import pool as _pool
 from fastcnn._ops import resample as _resample
+from fastcnn._ops import activation as _act
+from fastcnn._ops import loss as _loss
+from fastcnn._ops import norm as _norm
 from fastcnn._threads import get_num_threads, single_threaded_blas
 from fastcnn._workspace import scratch
 
@@ -34,6 +47,18 @@ __all__ = [
     "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
     "conv_transpose1d_backward", "conv_transpose2d_backward", "conv_transpose3d_backward",
     "conv_transpose_output_size",
+    "batch_norm", "batch_norm_backward", "layer_norm", "layer_norm_backward",
+    "group_norm", "group_norm_backward", "instance_norm", "instance_norm_backward",
+    "linear", "linear_backward",
+    "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "elu", "elu_backward",
+    "selu", "selu_backward", "gelu", "gelu_backward", "sigmoid", "sigmoid_backward",
+    "tanh", "tanh_backward", "prelu", "prelu_backward", "softmax", "softmax_backward",
+    "log_softmax", "log_softmax_backward",
+    "dropout", "dropout2d", "dropout_backward", "pad", "pad_backward",
+    "cross_entropy", "cross_entropy_backward", "nll_loss", "nll_loss_backward",
+    "mse_loss", "mse_loss_backward", "l1_loss", "l1_loss_backward",
+    "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_backward",
+    "fuse_conv_bn",
 ]
 
 # Samples are split into at most this many fixed chunks for the weight gradient (see conv.pyx):
@@ -1267,3 +1292,1355 @@ def interpolate_backward(grad_output, input_size, size=None, scale_factor=None, 
 
 
 __all__ += ["interpolate", "interpolate_backward"]
+
+
+# --------------------------------------------------------------------------------------------
+# Normalization (kernels in _ops/norm.pyx)
+# --------------------------------------------------------------------------------------------
+
+# Rows are cut into at most this many fixed chunks for the affine-gradient partials of the row
+# norms (see norm.pyx): a function of the row count only, so any thread count gives the same bits.
+_NORM_GRAD_CHUNKS = 16
+
+
+def _positive_float(fname, name, value) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{fname}: {name} must be a float > 0, got {_checks._describe(value)}")
+    value = float(value)
+    if not value > 0 or not math.isfinite(value):
+        raise ValueError(f"{fname}: {name} must be a finite float > 0, got {value!r}")
+    return value
+
+
+def _unit_float(fname, name, value) -> float:
+    """A float in [0, 1] (momentum, dropout probability)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{fname}: {name} must be a float in [0, 1], got "
+                        f"{_checks._describe(value)}")
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{fname}: {name} must be in [0, 1], got {value!r}")
+    return value
+
+
+def _running_stat(fname, name, value, channels):
+    """A caller-owned buffer updated in place: a writable float ndarray of shape (channels,)."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{fname}: {name} must be a numpy array (it is updated in place), got "
+                        f"{_checks._describe(value)}")
+    if value.dtype not in _checks.FLOAT_DTYPES:
+        raise TypeError(f"{fname}: {name} must be float32 or float64 (it is updated in place), "
+                        f"got dtype {value.dtype}")
+    if value.shape != (channels,):
+        raise ValueError(f"{fname}: {name} must have shape ({channels},) (one entry per "
+                         f"channel), got {value.shape}")
+    return value
+
+
+def _writable(fname, name, value):
+    if not value.flags.writeable:
+        raise ValueError(f"{fname}: {name} must be writable (it is updated in place in "
+                         f"training), got a read-only array")
+
+
+def _affine_vector(fname, name, value, shape, dtype):
+    """weight/bias of a norm: None, or an array of ``shape`` -> flat contiguous (or empty)."""
+    if value is None:
+        return np.empty(0, dtype=dtype)
+    arr = as_array(fname, name, value)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{fname}: {name} must have shape {tuple(shape)}, got {arr.shape}")
+    return contiguous(arr, dtype).reshape(-1)
+
+
+def _mask3(fname, output_mask):
+    try:
+        flags = tuple(bool(m) for m in output_mask)
+    except TypeError:
+        flags = ()
+    if len(flags) != 3:
+        raise TypeError(f"{fname}: output_mask must be 3 booleans (input, weight, bias), "
+                        f"got {output_mask!r}")
+    return flags
+
+
+def _grad_like(fname, grad_output, x):
+    dy = as_array(fname, "grad_output", grad_output)
+    if dy.shape != x.shape:
+        raise ValueError(f"{fname}: grad_output must have the input's shape {x.shape}, got "
+                         f"{dy.shape}")
+    return dy
+
+
+def _update_running(running, batch_value, factor):
+    """running = (1 - factor) * running + factor * batch_value, in place in running's dtype."""
+    new = (1.0 - factor) * running.astype(np.float64) + factor * batch_value
+    running[...] = new
+
+
+def _momentum_factor(fname, momentum, num_batches_tracked, training):
+    """torch's exponential_average_factor; increments num_batches_tracked in training."""
+    if num_batches_tracked is not None:
+        if (not isinstance(num_batches_tracked, np.ndarray)
+                or num_batches_tracked.dtype.kind not in "iu" or num_batches_tracked.size != 1):
+            raise TypeError(f"{fname}: num_batches_tracked must be an integer numpy array of "
+                            f"one element (updated in place), got "
+                            f"{_checks._describe(num_batches_tracked)}")
+        _writable(fname, "num_batches_tracked", num_batches_tracked)
+    if momentum is None:
+        if training and num_batches_tracked is None:
+            raise ValueError(f"{fname}: momentum=None (cumulative moving average) needs "
+                             f"num_batches_tracked, an integer array counting the batches seen")
+        if training:
+            num_batches_tracked += 1
+            return 1.0 / float(num_batches_tracked.reshape(-1)[0])
+        return 0.0
+    momentum = _unit_float(fname, "momentum", momentum)
+    if training and num_batches_tracked is not None:
+        num_batches_tracked += 1
+    return momentum
+
+
+def _bn_layout(fname, x):
+    check_ndim(fname, "input", x, (2, 3, 4, 5), "(N, C), (N, C, L), (N, C, H, W) or "
+                                                "(N, C, D, H, W)")
+    n, c = x.shape[:2]
+    return n, c, math.prod(x.shape[2:])
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5, *, num_batches_tracked=None, return_stats=False):
+    """Batch normalization over the channel axis 1, as ``torch.nn.functional.batch_norm``.
+
+    input (N, C), (N, C, L), (N, C, H, W) or (N, C, D, H, W); running_mean, running_var,
+    weight, bias (C,). With M = N * prod(spatial) values per channel c:
+
+        y = (x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c
+
+    training=True: mean_c and the biased var_c are the batch's (accumulated in double, stable
+    for a large mean), and the running statistics, when given, are updated IN PLACE (they are
+    the caller's float arrays) with torch's convention
+
+        running_mean = (1 - momentum) * running_mean + momentum * mean_c
+        running_var  = (1 - momentum) * running_var  + momentum * var_c * M / (M - 1)  (unbiased)
+
+    momentum=None uses a cumulative moving average, factor 1/num_batches_tracked: pass the
+    counter as keyword-only ``num_batches_tracked`` (an integer numpy array of one element, as
+    torch's buffer), which training increments in place (also when momentum is a float).
+    training=False normalizes with running_mean and running_var (both required).
+
+    ``return_stats=True`` (keyword-only) returns ``(y, save_mean, save_invstd)``: float64 (C,)
+    arrays of the statistics used, which :func:`batch_norm_backward` accepts to skip a pass.
+    """
+    fname = "batch_norm"
+    x = as_array(fname, "input", input)
+    n, c, s = _bn_layout(fname, x)
+    eps = _positive_float(fname, "eps", eps)
+    training = bool(training)
+    factor = _momentum_factor(fname, momentum, num_batches_tracked, training)
+    if running_mean is not None:
+        _running_stat(fname, "running_mean", running_mean, c)
+    if running_var is not None:
+        _running_stat(fname, "running_var", running_var, c)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{fname}: running_mean and running_var must be both given or both "
+                         f"None")
+    if not training and running_mean is None:
+        raise ValueError(f"{fname}: running_mean and running_var are required when "
+                         f"training=False (evaluation normalizes with them)")
+    if training and running_mean is not None:
+        _writable(fname, "running_mean", running_mean)
+        _writable(fname, "running_var", running_var)
+    dtype = float_dtype(x)
+    w = _affine_vector(fname, "weight", weight, (c,), np.float64)
+    b = _affine_vector(fname, "bias", bias, (c,), np.float64)
+    m = n * s
+    if training and m <= 1:
+        raise ValueError(f"{fname}: expected more than 1 value per channel when training, got "
+                         f"input of shape {x.shape}")
+    x3 = contiguous(x, dtype).reshape(n, c, s)
+    out = np.empty(x.shape, dtype=dtype)
+    threads = get_num_threads()
+    if training:
+        mean, var, invstd = np.empty(c), np.empty(c), np.empty(c)
+        _norm.channel_train_forward(x3, w, b, eps, out.reshape(n, c, s), mean, var, invstd,
+                                    threads)
+    else:
+        mean = running_mean.astype(np.float64)
+        invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
+        scale = invstd * w if w.size else invstd
+        shift = b if b.size else np.zeros(c)
+        if m:
+            _norm.channel_affine(x3, mean, scale, shift, out.reshape(n, c, s), threads)
+    if training and running_mean is not None:
+        _update_running(running_mean, mean, factor)
+        _update_running(running_var, var * (m / (m - 1)), factor)
+    if return_stats:
+        return out, mean, invstd
+    return out
+
+
+def batch_norm_backward(grad_output, input, weight=None, running_mean=None, running_var=None,
+                        training=True, eps=1e-5, *, save_mean=None, save_invstd=None,
+                        output_mask=(True, True, True)):
+    """Gradients of :func:`batch_norm`: ``(grad_input, grad_weight, grad_bias)``.
+
+    grad_output is dL/dy (the input's shape). Per channel, with M values, xhat the normalized
+    input and invstd = 1/sqrt(var + eps):
+
+        training:  dx = (invstd / M) * (M * dy * w - sum(dy) * w - xhat * sum(dy * xhat) * w)
+        eval:      dx = dy * w * invstd_running          (the statistics are constants)
+        grad_weight = sum(dy * xhat),   grad_bias = sum(dy)
+
+    (w = 1 without weight). In training the batch statistics are recomputed from ``input``
+    unless keyword-only ``save_mean`` and ``save_invstd`` (from ``batch_norm(...,
+    return_stats=True)``) are given; in eval running_mean and running_var are required.
+    grad_weight and grad_bias are None when weight is None (no affine transform), and any
+    entry is None when its ``output_mask`` flag is False.
+    """
+    fname = "batch_norm_backward"
+    x = as_array(fname, "input", input)
+    n, c, s = _bn_layout(fname, x)
+    dy = _grad_like(fname, grad_output, x)
+    eps = _positive_float(fname, "eps", eps)
+    need_x, need_w, need_b = _mask3(fname, output_mask)
+    if weight is None:
+        need_w = need_b = False
+    w = _affine_vector(fname, "weight", weight, (c,), np.float64)
+    dtype = float_dtype(x, dy)
+    x3 = contiguous(x, dtype).reshape(n, c, s)
+    dy3 = contiguous(dy, dtype).reshape(n, c, s)
+    m = n * s
+    threads = get_num_threads()
+    if training:
+        if (save_mean is None) != (save_invstd is None):
+            raise ValueError(f"{fname}: save_mean and save_invstd must be both given or both "
+                             f"None")
+        if save_mean is not None:
+            mean = _affine_vector(fname, "save_mean", save_mean, (c,), np.float64)
+            invstd = _affine_vector(fname, "save_invstd", save_invstd, (c,), np.float64)
+        else:
+            if m <= 1:
+                raise ValueError(f"{fname}: expected more than 1 value per channel when "
+                                 f"training, got input of shape {x.shape}")
+            mean, var = np.empty(c), np.empty(c)
+            _norm.channel_stats(x3, mean, var, threads)
+            invstd = 1.0 / np.sqrt(var + eps)
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError(f"{fname}: running_mean and running_var are required when "
+                             f"training=False")
+        mean = _affine_vector(fname, "running_mean", running_mean, (c,), np.float64)
+        var = _affine_vector(fname, "running_var", running_var, (c,), np.float64)
+        invstd = 1.0 / np.sqrt(var + eps)
+    wv = w if w.size else np.ones(c)
+    sum_dy = np.zeros(c)
+    sum_dy_xmu = np.zeros(c)
+    grad_x = None
+    if training and need_x:
+        # one fused kernel: the sums, then dx, channel by channel (cache-friendly)
+        grad_x = np.empty(x.shape, dtype=dtype)
+        if m:
+            _norm.channel_train_backward(dy3, x3, mean, invstd, w, grad_x.reshape(n, c, s),
+                                         sum_dy, sum_dy_xmu, threads)
+        need_x = False
+    elif m and (need_w or need_b):
+        _norm.channel_grad_sums(dy3, x3, mean, sum_dy, sum_dy_xmu, threads)
+    if need_x:
+        # eval: the statistics are constants, dx = dy * w * invstd
+        grad_x = np.empty(x.shape, dtype=dtype)
+        zeros = np.zeros(c)
+        if m:
+            _norm.channel_grad_apply(dy3, x3, mean, wv * invstd, zeros, zeros,
+                                     grad_x.reshape(n, c, s), threads)
+    grad_w = (sum_dy_xmu * invstd).astype(dtype) if need_w else None
+    grad_b = sum_dy.astype(dtype) if need_b else None
+    return grad_x, grad_w, grad_b
+
+
+def _rows_forward(fname, x, rows, groups, k, weight, bias, eps):
+    """out, mean, rstd of the row norm of x viewed as (rows, M); affine indexed by g*k + kk."""
+    dtype = float_dtype(x)
+    x2 = contiguous(x, dtype).reshape(rows, -1 if rows else 0)
+    out = np.empty(x.shape, dtype=dtype)
+    mean = np.empty(rows)
+    rstd = np.empty(rows)
+    if x.size:
+        _norm.rows_forward(x2, contiguous(weight, dtype), contiguous(bias, dtype), groups, k,
+                           eps, out.reshape(x2.shape), mean, rstd, get_num_threads())
+    return out, mean, rstd
+
+
+def _rows_backward(fname, dy, x, rows, groups, k, weight, eps, need_x, need_wb, affine_shape):
+    """(grad_input, sum dy*xhat, sum dy) of the row norm; the sums reshaped to affine_shape."""
+    dtype = float_dtype(x, dy)
+    x2 = contiguous(x, dtype).reshape(rows, -1 if rows else 0)
+    dy2 = contiguous(dy, dtype).reshape(x2.shape)
+    threads = get_num_threads()
+    mean = np.empty(rows)
+    rstd = np.empty(rows)
+    gx = np.empty(x.shape, dtype=dtype) if need_x else None
+    chunks = max(1, min(rows, _NORM_GRAD_CHUNKS))
+    width = groups * k
+    gw_parts = np.zeros((chunks, width) if need_wb else (0, 0))
+    gb_parts = np.zeros((chunks, width) if need_wb else (0, 0))
+    if x.size:
+        _norm.rows_stats(x2, eps, mean, rstd, threads)
+        _norm.rows_backward(dy2, x2, mean, rstd, contiguous(weight, dtype), groups, k,
+                            gx.reshape(x2.shape) if need_x else np.empty((0, 0), dtype),
+                            gw_parts, gb_parts, threads)
+    elif need_x:
+        gx[...] = 0
+    sums = None
+    if need_wb:
+        # partials added in chunk order: the same bits for any number of threads
+        sums = (gw_parts.sum(axis=0).astype(dtype).reshape(affine_shape),
+                gb_parts.sum(axis=0).astype(dtype).reshape(affine_shape))
+    return gx, sums
+
+
+def _normalized_shape(fname, x, normalized_shape):
+    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
+        shape = (int(normalized_shape),)
+    else:
+        try:
+            shape = tuple(operator.index(v) for v in normalized_shape)
+        except TypeError:
+            raise TypeError(f"{fname}: normalized_shape must be an int or a tuple of ints, got "
+                            f"{normalized_shape!r}") from None
+    if not shape or any(v < 1 for v in shape):
+        raise ValueError(f"{fname}: normalized_shape must be non-empty with positive sizes, got "
+                         f"{normalized_shape!r}")
+    if x.ndim < len(shape) or tuple(x.shape[x.ndim - len(shape):]) != shape:
+        raise ValueError(f"{fname}: normalized_shape {shape} must match the trailing dims of "
+                         f"input, got input of shape {x.shape}")
+    return shape
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Layer normalization over the trailing dims, as ``torch.nn.functional.layer_norm``.
+
+    input (*, *normalized_shape); weight, bias of shape normalized_shape. Each of the
+    R = prod(*) rows of M = prod(normalized_shape) values is normalized on its own:
+
+        y = (x - mean_row) / sqrt(var_row + eps) * weight + bias      (biased variance)
+    """
+    fname = "layer_norm"
+    x = as_array(fname, "input", input)
+    shape = _normalized_shape(fname, x, normalized_shape)
+    eps = _positive_float(fname, "eps", eps)
+    dtype = float_dtype(x)
+    w = _affine_vector(fname, "weight", weight, shape, dtype)
+    b = _affine_vector(fname, "bias", bias, shape, dtype)
+    m = math.prod(shape)
+    rows = x.size // m
+    # without an affine transform, a row is one "channel" of m values (one tight loop)
+    k = m if (w.size or b.size) else 1
+    return _rows_forward(fname, x, rows, 1, k, w, b, eps)[0]
+
+
+def layer_norm_backward(grad_output, input, normalized_shape, weight=None, bias=None,
+                        eps=1e-5, output_mask=(True, True, True)):
+    """Gradients of :func:`layer_norm`: ``(grad_input, grad_weight, grad_bias)``.
+
+    Per row of M values, with xhat the normalized input and g = grad_output * weight:
+
+        dx = invstd / M * (M * g - sum(g) - xhat * sum(g * xhat))
+        grad_weight = sum over rows of grad_output * xhat,   grad_bias = sum of grad_output
+
+    grad_weight is None when weight is None, grad_bias when bias is None (and any entry whose
+    output_mask flag is False).
+    """
+    fname = "layer_norm_backward"
+    x = as_array(fname, "input", input)
+    shape = _normalized_shape(fname, x, normalized_shape)
+    dy = _grad_like(fname, grad_output, x)
+    eps = _positive_float(fname, "eps", eps)
+    need_x, need_w, need_b = _mask3(fname, output_mask)
+    dtype = float_dtype(x, dy)
+    w = _affine_vector(fname, "weight", weight, shape, dtype)
+    _affine_vector(fname, "bias", bias, shape, dtype)
+    need_w = need_w and weight is not None
+    need_b = need_b and bias is not None
+    m = math.prod(shape)
+    rows = x.size // m
+    gx, sums = _rows_backward(fname, dy, x, rows, 1, m, w, eps, need_x, need_w or need_b,
+                              shape)
+    return gx, sums[0] if need_w else None, sums[1] if need_b else None
+
+
+def _group_layout(fname, x, num_groups):
+    check_ndim(fname, "input", x, tuple(range(2, 33)), "(N, C, *spatial)")
+    n, c = x.shape[:2]
+    g = as_int(fname, "num_groups", num_groups, minimum=1)
+    if c % g:
+        raise ValueError(f"{fname}: num_groups = {g} must divide the number of channels "
+                         f"C = {c} (input shape {x.shape})")
+    return n, c, g
+
+
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
+    """Group normalization, as ``torch.nn.functional.group_norm``.
+
+    input (N, C, *spatial), C divisible by num_groups = G; weight, bias (C,). Each sample's
+    channels are split into G groups of C/G consecutive channels; each group's
+    M = C/G * prod(spatial) values are normalized together, then scaled per channel:
+
+        y[n, c] = (x[n, c] - mean_{n,g}) / sqrt(var_{n,g} + eps) * weight[c] + bias[c]
+    """
+    fname = "group_norm"
+    x = as_array(fname, "input", input)
+    n, c, g = _group_layout(fname, x, num_groups)
+    eps = _positive_float(fname, "eps", eps)
+    dtype = float_dtype(x)
+    w = _affine_vector(fname, "weight", weight, (c,), dtype)
+    b = _affine_vector(fname, "bias", bias, (c,), dtype)
+    return _rows_forward(fname, x, n * g, g, c // g, w, b, eps)[0]
+
+
+def group_norm_backward(grad_output, input, num_groups, weight=None, bias=None, eps=1e-5,
+                        output_mask=(True, True, True)):
+    """Gradients of :func:`group_norm`: ``(grad_input, grad_weight, grad_bias)``.
+
+    The layer-norm formula per (sample, group) of M values, with g = grad_output * weight[c]:
+    dx = invstd / M * (M * g - sum(g) - xhat * sum(g * xhat)); grad_weight[c] and grad_bias[c]
+    sum grad_output * xhat and grad_output over the batch and spatial axes. grad_weight is None
+    when weight is None, grad_bias when bias is None.
+    """
+    fname = "group_norm_backward"
+    x = as_array(fname, "input", input)
+    n, c, g = _group_layout(fname, x, num_groups)
+    dy = _grad_like(fname, grad_output, x)
+    eps = _positive_float(fname, "eps", eps)
+    need_x, need_w, need_b = _mask3(fname, output_mask)
+    dtype = float_dtype(x, dy)
+    w = _affine_vector(fname, "weight", weight, (c,), dtype)
+    _affine_vector(fname, "bias", bias, (c,), dtype)
+    need_w = need_w and weight is not None
+    need_b = need_b and bias is not None
+    gx, sums = _rows_backward(fname, dy, x, n * g, g, c // g, w, eps, need_x,
+                              need_w or need_b, (c,))
+    return gx, sums[0] if need_w else None, sums[1] if need_b else None
+
+
+def _instance_layout(fname, x):
+    check_ndim(fname, "input", x, (3, 4, 5), "(N, C, L), (N, C, H, W) or (N, C, D, H, W)")
+    n, c = x.shape[:2]
+    return n, c, math.prod(x.shape[2:])
+
+
+def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,
+                  use_input_stats=True, momentum=0.1, eps=1e-5):
+    """Instance normalization, as ``torch.nn.functional.instance_norm``.
+
+    input (N, C, *spatial) with 1 to 3 spatial dims; running_mean, running_var, weight, bias
+    (C,). use_input_stats=True: each (sample, channel) plane of S = prod(spatial) values is
+    normalized with its own mean and biased variance,
+
+        y[n, c] = (x[n, c] - mean_{n,c}) / sqrt(var_{n,c} + eps) * weight[c] + bias[c]
+
+    and the running statistics, when given, are updated in place with the batch average of the
+    plane statistics (unbiased variance), torch's momentum convention:
+    running = (1 - momentum) * running + momentum * mean_n(stat_{n,c}).
+    use_input_stats=False normalizes every plane with running_mean and running_var (required).
+    """
+    fname = "instance_norm"
+    x = as_array(fname, "input", input)
+    n, c, s = _instance_layout(fname, x)
+    eps = _positive_float(fname, "eps", eps)
+    momentum = _unit_float(fname, "momentum", momentum)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{fname}: running_mean and running_var must be both given or both "
+                         f"None")
+    if running_mean is not None:
+        _running_stat(fname, "running_mean", running_mean, c)
+        _running_stat(fname, "running_var", running_var, c)
+        if use_input_stats:
+            _writable(fname, "running_mean", running_mean)
+            _writable(fname, "running_var", running_var)
+    dtype = float_dtype(x)
+    w = _affine_vector(fname, "weight", weight, (c,), dtype)
+    b = _affine_vector(fname, "bias", bias, (c,), dtype)
+    if not use_input_stats:
+        if running_mean is None:
+            raise ValueError(f"{fname}: running_mean and running_var are required when "
+                             f"use_input_stats=False")
+        # every plane normalized with the channel's running statistics: eval batch norm
+        return batch_norm(x, running_mean, running_var, weight, bias, training=False, eps=eps)
+    if s <= 1:
+        raise ValueError(f"{fname}: expected more than 1 spatial element per channel, got "
+                         f"input of shape {x.shape}")
+    out, mean, rstd = _rows_forward(fname, x, n * c, c, 1, w, b, eps)
+    if running_mean is not None and n:
+        var = (1.0 / (rstd * rstd) - eps) * (s / (s - 1))
+        _update_running(running_mean, mean.reshape(n, c).mean(axis=0), momentum)
+        _update_running(running_var, var.reshape(n, c).mean(axis=0), momentum)
+    return out
+
+
+def instance_norm_backward(grad_output, input, running_mean=None, running_var=None,
+                           weight=None, bias=None, use_input_stats=True, eps=1e-5,
+                           output_mask=(True, True, True)):
+    """Gradients of :func:`instance_norm`: ``(grad_input, grad_weight, grad_bias)``.
+
+    use_input_stats=True: the layer-norm formula per (sample, channel) plane;
+    use_input_stats=False: dx = grad_output * weight / sqrt(running_var + eps). grad_weight and
+    grad_bias sum grad_output * xhat and grad_output over batch and space; None when weight
+    (resp. bias) is None.
+    """
+    fname = "instance_norm_backward"
+    x = as_array(fname, "input", input)
+    n, c, s = _instance_layout(fname, x)
+    dy = _grad_like(fname, grad_output, x)
+    eps = _positive_float(fname, "eps", eps)
+    need_x, need_w, need_b = _mask3(fname, output_mask)
+    dtype = float_dtype(x, dy)
+    w = _affine_vector(fname, "weight", weight, (c,), dtype)
+    _affine_vector(fname, "bias", bias, (c,), dtype)
+    need_w = need_w and weight is not None
+    need_b = need_b and bias is not None
+    if not use_input_stats:
+        if running_mean is None or running_var is None:
+            raise ValueError(f"{fname}: running_mean and running_var are required when "
+                             f"use_input_stats=False")
+        _affine_vector(fname, "running_mean", running_mean, (c,), np.float64)
+        _affine_vector(fname, "running_var", running_var, (c,), np.float64)
+        gx, gw, gb = batch_norm_backward(dy, x, weight if weight is not None else np.ones(c),
+                                         running_mean, running_var, training=False, eps=eps,
+                                         output_mask=(need_x, need_w, need_b))
+        return gx, gw, gb
+    if s <= 1:
+        raise ValueError(f"{fname}: expected more than 1 spatial element per channel, got "
+                         f"input of shape {x.shape}")
+    gx, sums = _rows_backward(fname, dy, x, n * c, c, 1, w, eps, need_x, need_w or need_b,
+                              (c,))
+    return gx, sums[0] if need_w else None, sums[1] if need_b else None
+
+
+# --------------------------------------------------------------------------------------------
+# Linear
+# --------------------------------------------------------------------------------------------
+
+def _linear_args(fname, input, weight):
+    x = as_array(fname, "input", input)
+    w = as_array(fname, "weight", weight)
+    check_ndim(fname, "weight", w, (2,), "(out_features, in_features)")
+    if x.ndim < 1 or x.shape[-1] != w.shape[1]:
+        raise ValueError(f"{fname}: input must have in_features = weight.shape[1] = {w.shape[1]} "
+                         f"as its last dim, got input of shape {x.shape}")
+    return x, w
+
+
+def linear(input, weight, bias=None):
+    """``y = x @ weight.T + bias``, as ``torch.nn.functional.linear``.
+
+    input (*, in_features), weight (out_features, in_features), bias (out_features,) ->
+    (*, out_features). One BLAS GEMM (numpy's matmul) over all leading dims at once.
+    """
+    fname = "linear"
+    x, w = _linear_args(fname, input, weight)
+    b = None if bias is None else as_array(fname, "bias", bias)
+    dtype = float_dtype(x, w, b)
+    out_f, in_f = w.shape
+    x2 = contiguous(x, dtype).reshape(-1, in_f)
+    out = np.matmul(x2, contiguous(w, dtype).T)
+    if b is not None:
+        out += _checks.optional_vector(fname, "bias", b, out_f, dtype)
+    return out.reshape(x.shape[:-1] + (out_f,))
+
+
+def linear_backward(grad_output, input, weight, output_mask=(True, True, True)):
+    """Gradients of :func:`linear`: ``(grad_input, grad_weight, grad_bias)``.
+
+    With the leading dims flattened (x2 (B, in), dy2 (B, out)):
+    grad_input = dy @ weight, grad_weight = dy2.T @ x2, grad_bias = dy2.sum(0). Entries whose
+    output_mask flag is False are None.
+    """
+    fname = "linear_backward"
+    x, w = _linear_args(fname, input, weight)
+    dy = as_array(fname, "grad_output", grad_output)
+    out_f, in_f = w.shape
+    if dy.shape != x.shape[:-1] + (out_f,):
+        raise ValueError(f"{fname}: grad_output must have shape {x.shape[:-1] + (out_f,)}, got "
+                         f"{dy.shape}")
+    need_x, need_w, need_b = _mask3(fname, output_mask)
+    dtype = float_dtype(x, w, dy)
+    dy2 = contiguous(dy, dtype).reshape(-1, out_f)
+    gx = gw = gb = None
+    if need_x:
+        gx = np.matmul(dy2, contiguous(w, dtype)).reshape(x.shape)
+    if need_w:
+        gw = np.matmul(dy2.T, contiguous(x, dtype).reshape(-1, in_f))
+    if need_b:
+        gb = dy2.sum(axis=0)
+    return gx, gw, gb
+
+
+# --------------------------------------------------------------------------------------------
+# Activations (elementwise ones are single numpy expressions: already at memory speed;
+# softmax / log_softmax reduce, kernels in _ops/activation.pyx)
+# --------------------------------------------------------------------------------------------
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def _float(fname, name, value, *others):
+    """``value`` as a float array (ints -> float32, float64 wins when mixed with ``others``)."""
+    arr = as_array(fname, name, value)
+    return np.asarray(arr, dtype=float_dtype(arr, *others))
+
+
+def _grad_pair(fname, grad_output, saved, saved_name):
+    """(dy, saved) as arrays of one float dtype, same shape."""
+    dy = as_array(fname, "grad_output", grad_output)
+    s = as_array(fname, saved_name, saved)
+    if dy.shape != s.shape:
+        raise ValueError(f"{fname}: grad_output must have the shape of {saved_name} {s.shape}, "
+                         f"got {dy.shape}")
+    dtype = float_dtype(dy, s)
+    return np.asarray(dy, dtype=dtype), np.asarray(s, dtype=dtype)
+
+
+def _real(fname, name, value) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{fname}: {name} must be a real number, got "
+                        f"{_checks._describe(value)}")
+    return float(value)
+
+
+def relu(input):
+    """``max(x, 0)`` elementwise (NaN stays NaN)."""
+    x = _float("relu", "input", input)
+    return np.maximum(x, 0, dtype=x.dtype)
+
+
+def relu_backward(grad_output, input):
+    """``dx = dy where x > 0 else 0``; takes relu's input (its output works as well)."""
+    dy, x = _grad_pair("relu_backward", grad_output, input, "input")
+    return np.where(x > 0, dy, dy.dtype.type(0))     # where, not dy * mask: inf * 0 is nan
+
+
+def leaky_relu(input, negative_slope=0.01):
+    """``x if x > 0 else negative_slope * x``."""
+    x = _float("leaky_relu", "input", input)
+    s = _real("leaky_relu", "negative_slope", negative_slope)
+    return np.where(x > 0, x, x * x.dtype.type(s))
+
+
+def leaky_relu_backward(grad_output, input, negative_slope=0.01):
+    """``dx = dy if x > 0 else negative_slope * dy``; takes the input."""
+    dy, x = _grad_pair("leaky_relu_backward", grad_output, input, "input")
+    s = _real("leaky_relu_backward", "negative_slope", negative_slope)
+    return np.where(x > 0, dy, dy * dy.dtype.type(s))
+
+
+def elu(input, alpha=1.0):
+    """``x if x > 0 else alpha * (exp(x) - 1)`` (expm1: exact near 0)."""
+    x = _float("elu", "input", input)
+    a = _real("elu", "alpha", alpha)
+    neg = np.expm1(np.minimum(x, 0))       # min: no overflow warning for large positive x
+    neg *= x.dtype.type(a)
+    return np.where(x > 0, x, neg)
+
+
+def elu_backward(grad_output, input, alpha=1.0):
+    """``dx = dy if x > 0 else dy * alpha * exp(x)``; takes the input."""
+    dy, x = _grad_pair("elu_backward", grad_output, input, "input")
+    a = _real("elu_backward", "alpha", alpha)
+    neg = np.exp(np.minimum(x, 0))
+    neg *= dy
+    neg *= dy.dtype.type(a)
+    return np.where(x > 0, dy, neg)
+
+
+def selu(input):
+    """``scale * elu(x, alpha)`` with torch's constants alpha = 1.6732632..., scale = 1.0507009..."""
+    y = elu(input, _SELU_ALPHA)
+    y *= y.dtype.type(_SELU_SCALE)
+    return y
+
+
+def selu_backward(grad_output, input):
+    """``scale * elu_backward(dy, x, alpha)``; takes the input."""
+    dx = elu_backward(grad_output, input, _SELU_ALPHA)
+    dx *= dx.dtype.type(_SELU_SCALE)
+    return dx
+
+
+def _approximate(fname, approximate):
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"{fname}: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return approximate
+
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def gelu(input, approximate="none"):
+    """GELU, as torch: ``x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))``, or with
+    approximate='tanh' ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``."""
+    from scipy.special import erf
+    x = _float("gelu", "input", input)
+    if _approximate("gelu", approximate) == "none":
+        y = erf(x * x.dtype.type(1 / math.sqrt(2.0)))
+    else:
+        y = np.tanh(x.dtype.type(_SQRT_2_OVER_PI) * (x + x.dtype.type(0.044715) * x * x * x))
+    y += 1
+    y *= x
+    y *= x.dtype.type(0.5)
+    return y
+
+
+def gelu_backward(grad_output, input, approximate="none"):
+    """Takes the input. ``dx = dy * (Phi(x) + x * phi(x))`` (phi the normal density), or for
+    'tanh' with t = tanh(u), u = sqrt(2/pi)(x + 0.044715 x^3):
+    ``dx = dy * (0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3*0.044715 x^2))``."""
+    from scipy.special import erf
+    fname = "gelu_backward"
+    dy, x = _grad_pair(fname, grad_output, input, "input")
+    f = x.dtype.type
+    if _approximate(fname, approximate) == "none":
+        cdf = 0.5 * (1 + erf(x * f(1 / math.sqrt(2.0))))
+        pdf = np.exp(-0.5 * x * x) * f(1 / math.sqrt(2 * math.pi))
+        return dy * (cdf + x * pdf)
+    x2 = x * x
+    t = np.tanh(f(_SQRT_2_OVER_PI) * (x + f(0.044715) * x2 * x))
+    d = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * f(_SQRT_2_OVER_PI) * (1 + f(3 * 0.044715) * x2)
+    return dy * d
+
+
+def sigmoid(input):
+    """``1 / (1 + exp(-x))``, computed without overflow (scipy's expit)."""
+    from scipy.special import expit
+    x = _float("sigmoid", "input", input)
+    return expit(x)
+
+
+def sigmoid_backward(grad_output, output):
+    """``dx = dy * y * (1 - y)``; takes sigmoid's OUTPUT y."""
+    dy, y = _grad_pair("sigmoid_backward", grad_output, output, "output")
+    dx = np.subtract(1, y, dtype=y.dtype)
+    dx *= y
+    dx *= dy
+    return dx
+
+
+def tanh(input):
+    """``tanh(x)``."""
+    return np.tanh(_float("tanh", "input", input))
+
+
+def tanh_backward(grad_output, output):
+    """``dx = dy * (1 - y^2)``; takes tanh's OUTPUT y."""
+    dy, y = _grad_pair("tanh_backward", grad_output, output, "output")
+    dx = np.multiply(y, y)
+    np.subtract(1, dx, out=dx)
+    dx *= dy
+    return dx
+
+
+def _prelu_weight(fname, x, weight, dtype):
+    w = as_array(fname, "weight", weight)
+    channels = x.shape[1] if x.ndim >= 2 else 1
+    if w.ndim != 1 or w.shape[0] not in (1, channels):
+        raise ValueError(f"{fname}: weight must have shape (1,) or (C,) = ({channels},) (C the "
+                         f"channels on dim 1 of input {x.shape}), got {w.shape}")
+    w = np.asarray(w, dtype=dtype)
+    if w.shape[0] == 1 or x.ndim < 2:
+        return w.reshape(()) if w.shape[0] == 1 else w
+    return w.reshape((channels,) + (1,) * (x.ndim - 2))
+
+
+def prelu(input, weight):
+    """``x if x > 0 else weight * x``, as torch: weight (1,) shared, or (C,) per channel on
+    dim 1 (inputs with fewer than 2 dims have one channel)."""
+    x = as_array("prelu", "input", input)
+    dtype = float_dtype(x, as_array("prelu", "weight", weight))
+    x = np.asarray(x, dtype=dtype)
+    w = _prelu_weight("prelu", x, weight, dtype)
+    return np.where(x > 0, x, w * x)
+
+
+def prelu_backward(grad_output, input, weight):
+    """Gradients of :func:`prelu`: ``(grad_input, grad_weight)``; takes the input.
+
+    grad_input = dy if x > 0 else weight * dy; grad_weight sums dy * x over x <= 0, over all
+    dims but the channel dim (over everything for a single weight), weight's shape.
+    """
+    fname = "prelu_backward"
+    dy, x = _grad_pair(fname, grad_output, input, "input")
+    wa = as_array(fname, "weight", weight)
+    dtype = float_dtype(dy, x, wa)
+    dy, x = dy.astype(dtype, copy=False), x.astype(dtype, copy=False)
+    w = _prelu_weight(fname, x, weight, dtype)
+    pos = x > 0
+    gx = np.where(pos, dy, w * dy)
+    contrib = np.where(pos, dtype.type(0), dy * x)
+    if wa.shape[0] == 1 or x.ndim < 2:
+        gw = contrib.sum(dtype=np.float64).reshape(1)
+    else:
+        gw = contrib.sum(axis=(0,) + tuple(range(2, x.ndim)), dtype=np.float64)
+    return gx, gw.astype(dtype)
+
+
+def _softmax_view(fname, x, dim):
+    if x.ndim == 0:
+        raise ValueError(f"{fname}: input must have at least 1 dim, got a 0-d array")
+    dim = as_int(fname, "dim", dim)
+    if not -x.ndim <= dim < x.ndim:
+        raise ValueError(f"{fname}: dim must be in [{-x.ndim}, {x.ndim - 1}] for input of "
+                         f"shape {x.shape}, got {dim}")
+    dim %= x.ndim
+    return (math.prod(x.shape[:dim]), x.shape[dim], math.prod(x.shape[dim + 1:]))
+
+
+def _softmax(fname, input, dim, take_log):
+    x = as_array(fname, "input", input)
+    view = _softmax_view(fname, x, dim)
+    dtype = float_dtype(x)
+    out = np.empty(x.shape, dtype=dtype)
+    if x.size:
+        _act.softmax_forward(contiguous(x, dtype).reshape(view), out.reshape(view), take_log,
+                             get_num_threads())
+    return out
+
+
+def _softmax_back(fname, grad_output, output, dim, take_log):
+    dy, y = _grad_pair(fname, grad_output, output, "output")
+    view = _softmax_view(fname, y, dim)
+    dtype = y.dtype
+    dx = np.empty(y.shape, dtype=dtype)
+    if y.size:
+        _act.softmax_backward(contiguous(dy, dtype).reshape(view),
+                              contiguous(y, dtype).reshape(view), dx.reshape(view), take_log,
+                              get_num_threads())
+    return dx
+
+
+def softmax(input, dim):
+    """``exp(x - max) / sum(exp(x - max))`` along ``dim`` (any axis; the max is subtracted,
+    so huge logits do not overflow)."""
+    return _softmax("softmax", input, dim, False)
+
+
+def log_softmax(input, dim):
+    """``x - max - log(sum(exp(x - max)))`` along ``dim`` (finite for logits of +-1e4)."""
+    return _softmax("log_softmax", input, dim, True)
+
+
+def softmax_backward(grad_output, output, dim):
+    """``dx = y * (dy - sum(dy * y, dim))``; takes softmax's OUTPUT y."""
+    return _softmax_back("softmax_backward", grad_output, output, dim, False)
+
+
+def log_softmax_backward(grad_output, output, dim):
+    """``dx = dy - exp(y) * sum(dy, dim)``; takes log_softmax's OUTPUT y."""
+    return _softmax_back("log_softmax_backward", grad_output, output, dim, True)
+
+
+# --------------------------------------------------------------------------------------------
+# Dropout
+# --------------------------------------------------------------------------------------------
+
+def _dropout(fname, input, p, training, rng, return_mask, mask_shape_of):
+    x = as_array(fname, "input", input)
+    p = _unit_float(fname, "p", p)
+    if rng is None:
+        rng = np.random.default_rng()
+    elif not isinstance(rng, np.random.Generator):
+        raise TypeError(f"{fname}: rng must be a numpy.random.Generator or None, got "
+                        f"{_checks._describe(rng)}")
+    dtype = float_dtype(x)
+    x = np.asarray(x, dtype=dtype)
+    if not training:
+        return (x, None) if return_mask else x
+    mask = rng.random(mask_shape_of(x), dtype=np.float32) >= p   # keep with probability 1-p
+    out = np.multiply(x, mask, dtype=dtype)
+    if p < 1.0:
+        out *= dtype.type(1.0 / (1.0 - p))
+    return (out, mask) if return_mask else out
+
+
+def dropout(input, p=0.5, training=True, rng=None, *, return_mask=False):
+    """Zero each element with probability p, scale the others by 1/(1-p) (inverted dropout).
+
+    ``rng`` is a numpy.random.Generator (None: a fresh unseeded one). training=False returns
+    the input unchanged (as a float array). p=1 gives zeros. With keyword-only
+    ``return_mask=True`` returns ``(output, mask)``, mask a bool array of the input's shape
+    (None when not training), for :func:`dropout_backward`.
+    """
+    return _dropout("dropout", input, p, training, rng, return_mask, lambda x: x.shape)
+
+
+def dropout2d(input, p=0.5, training=True, rng=None, *, return_mask=False):
+    """Channel dropout: zero whole (H, W) planes with probability p, scale the others by
+    1/(1-p). input (N, C, H, W) or (C, H, W); the mask is (N, C, 1, 1) or (C, 1, 1) and
+    broadcasts in :func:`dropout_backward`."""
+    x = as_array("dropout2d", "input", input)
+    check_ndim("dropout2d", "input", x, (3, 4), "(N, C, H, W) or (C, H, W)")
+    return _dropout("dropout2d", x, p, training, rng, return_mask,
+                    lambda a: a.shape[:-2] + (1, 1))
+
+
+def dropout_backward(grad_output, mask, p):
+    """``dx = dy * mask / (1 - p)`` (zeros for p = 1); mask from ``dropout(..., return_mask=True)``
+    (or dropout2d's, broadcast); mask None (not training) passes dy through."""
+    fname = "dropout_backward"
+    dy = _float(fname, "grad_output", grad_output)
+    p = _unit_float(fname, "p", p)
+    if mask is None:
+        return dy
+    m = np.asarray(mask)
+    try:
+        ok = np.broadcast_shapes(m.shape, dy.shape) == dy.shape
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{fname}: mask of shape {m.shape} does not broadcast to grad_output's "
+                         f"shape {dy.shape}")
+    out = np.multiply(dy, m, dtype=dy.dtype)
+    if p < 1.0:
+        out *= dy.dtype.type(1.0 / (1.0 - p))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Padding
+# --------------------------------------------------------------------------------------------
+
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge",
+              "circular": "wrap"}
+
+
+def _pad_widths(fname, shape, pad, mode):
+    """[(before, after)] for the last len(pad)//2 dims, first dim first (pad lists last dim
+    first, as torch)."""
+    if mode not in _PAD_MODES:
+        raise ValueError(f"{fname}: mode must be one of {sorted(_PAD_MODES)}, got {mode!r}")
+    try:
+        pads = tuple(pad)
+    except TypeError:
+        raise TypeError(f"{fname}: pad must be a tuple of ints, got {pad!r}") from None
+    if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) for v in pads):
+        raise TypeError(f"{fname}: pad must be a tuple of ints, got {pad!r}")
+    pads = tuple(int(v) for v in pads)
+    k = len(pads) // 2
+    if len(pads) % 2 or k > len(shape):
+        raise ValueError(f"{fname}: pad must have an even length of at most 2 * input.ndim = "
+                         f"{2 * len(shape)}, got {pad!r}")
+    widths = [(pads[2 * i], pads[2 * i + 1]) for i in range(k)][::-1]
+    dims = list(range(len(shape) - k, len(shape)))
+    if mode == "constant":
+        for d, (lo, hi) in zip(dims, widths):
+            if shape[d] + lo + hi < 0:
+                raise ValueError(f"{fname}: dim {d} of size {shape[d]} padded by {(lo, hi)} "
+                                 f"would have a negative size")
+        return dims, widths
+    if not 1 <= k <= 3 or len(shape) not in (k + 1, k + 2):
+        raise ValueError(f"{fname}: mode {mode!r} pads the last 1 to 3 dims of a batched or "
+                         f"unbatched input ((N, C, *spatial) or (C, *spatial)): got pad {pad!r} "
+                         f"for input of shape {tuple(shape)}")
+    for d, (lo, hi) in zip(dims, widths):
+        n = shape[d]
+        if lo < 0 or hi < 0:
+            raise ValueError(f"{fname}: mode {mode!r} needs non-negative pads, got {pad!r}")
+        if mode == "reflect" and max(lo, hi) >= n:
+            raise ValueError(f"{fname}: reflect padding must be smaller than the dim it pads: "
+                             f"dim {d} of size {n}, pad {(lo, hi)}")
+        if mode == "circular" and max(lo, hi) > n:
+            raise ValueError(f"{fname}: circular padding must be at most the dim it pads: "
+                             f"dim {d} of size {n}, pad {(lo, hi)}")
+        if mode == "replicate" and n == 0 and (lo or hi):
+            raise ValueError(f"{fname}: replicate padding of the empty dim {d}")
+    return dims, widths
+
+
+def _crop_slices(shape, dims, widths):
+    """Matching slices of the unpadded (src) and padded (dst) arrays for constant mode."""
+    src = [slice(None)] * len(shape)
+    dst = [slice(None)] * len(shape)
+    for d, (lo, hi) in zip(dims, widths):
+        n = shape[d]
+        s0, s1 = max(0, -lo), n - max(0, -hi)
+        if s1 <= s0:
+            return None
+        src[d] = slice(s0, s1)
+        dst[d] = slice(max(0, lo), max(0, lo) + s1 - s0)
+    return tuple(src), tuple(dst)
+
+
+def pad(input, pad, mode="constant", value=0.0):
+    """Pad (or, with negative constant pads, crop), as ``torch.nn.functional.pad``.
+
+    ``pad = (left_last, right_last, left_second_last, right_second_last, ...)``: pairs for the
+    last dim first. Modes: 'constant' (fill with ``value``; any number of dims; negative pads
+    crop), 'reflect' (mirror without repeating the edge; pad < size), 'replicate' (repeat the
+    edge), 'circular' (wrap around; pad <= size); the last three pad 1 to 3 trailing dims of
+    (N, C, *spatial) or (C, *spatial) inputs.
+    """
+    fname = "pad"
+    x = as_array(fname, "input", input)
+    dims, widths = _pad_widths(fname, x.shape, pad, mode)
+    dtype = float_dtype(x)
+    x = np.asarray(x, dtype=dtype)
+    if mode != "constant":
+        full = [(0, 0)] * (x.ndim - len(dims)) + widths
+        return np.pad(x, full, mode=_PAD_MODES[mode])
+    value = _real(fname, "value", value)
+    shape = list(x.shape)
+    for d, (lo, hi) in zip(dims, widths):
+        shape[d] += lo + hi
+    out = np.full(shape, value, dtype=dtype)
+    sl = _crop_slices(x.shape, dims, widths)
+    if sl is not None:
+        out[sl[1]] = x[sl[0]]
+    return out
+
+
+def pad_backward(grad_output, input_shape, pad, mode="constant"):
+    """Gradient of :func:`pad`: dL/dx of shape ``input_shape``.
+
+    constant: the interior of grad_output (zeros where the forward cropped). Other modes: each
+    padded cell's gradient is added back to the input cell it copied (axis by axis).
+    """
+    fname = "pad_backward"
+    dy = _float(fname, "grad_output", grad_output)
+    shape = tuple(operator.index(v) for v in input_shape)
+    dims, widths = _pad_widths(fname, shape, pad, mode)
+    expected = list(shape)
+    for d, (lo, hi) in zip(dims, widths):
+        expected[d] += lo + hi
+    if dy.shape != tuple(expected):
+        raise ValueError(f"{fname}: grad_output must have the padded shape {tuple(expected)}, "
+                         f"got {dy.shape}")
+    if mode == "constant":
+        gx = np.zeros(shape, dtype=dy.dtype)
+        sl = _crop_slices(shape, dims, widths)
+        if sl is not None:
+            gx[sl[0]] = dy[sl[1]]
+        return gx
+    g = dy
+    for d, (lo, hi) in zip(dims, widths):
+        n = shape[d]
+        g = np.moveaxis(g, d, 0)
+        new = g[lo:lo + n].copy()           # the interior maps onto itself in every mode
+        src = np.pad(np.arange(n), (lo, hi), mode=_PAD_MODES[mode])
+        edge = np.r_[0:lo, lo + n:lo + n + hi]
+        np.add.at(new, src[edge], g[edge])
+        g = np.moveaxis(new, 0, d)
+    return np.ascontiguousarray(g)
+
+
+# --------------------------------------------------------------------------------------------
+# Losses (cross-entropy fused with its log-softmax in _ops/loss.pyx; the others are numpy
+# expressions). A loss returns a numpy scalar of the input's float dtype ('mean', 'sum') or an
+# array ('none'); its backward takes grad_output = dL/dloss (1.0 for a scalar loss) and
+# returns dL/dinput.
+# --------------------------------------------------------------------------------------------
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _reduction(fname, reduction):
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{fname}: reduction must be 'mean', 'sum' or 'none', got "
+                         f"{reduction!r}")
+    return reduction
+
+
+def _class_problem(fname, input, target, weight, ignore_index):
+    """Checked (x3 (N, C, inner), t2 (N, inner) int64, w (C,) float64, out_shape, dtype)."""
+    x = as_array(fname, "input", input)
+    if x.ndim < 1:
+        raise ValueError(f"{fname}: input must be (C,), (N, C) or (N, C, d1, ...), got a 0-d "
+                         f"array")
+    t = np.asarray(target)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"{fname}: target must hold integer class indices, got dtype "
+                        f"{t.dtype} (probability targets are not supported)")
+    batched = x.ndim >= 2
+    c = x.shape[1] if batched else x.shape[0]
+    expected = (x.shape[:1] + x.shape[2:]) if batched else ()
+    if t.shape != expected:
+        raise ValueError(f"{fname}: target must have shape {expected} (input's shape without "
+                         f"the class dim 1), got {t.shape} for input {x.shape}")
+    ignore_index = as_int(fname, "ignore_index", ignore_index)
+    bad = ((t < 0) | (t >= c)) & (t != ignore_index)
+    if bad.any():
+        value = t[bad].reshape(-1)[0]
+        raise ValueError(f"{fname}: target values must be class indices in [0, {c}) or "
+                         f"ignore_index={ignore_index}, got {value}")
+    if weight is None:
+        w = np.ones(c)
+    else:
+        w = np.asarray(_checks.optional_vector(fname, "weight", weight, c, np.float64))
+    dtype = float_dtype(x)
+    n = x.shape[0] if batched else 1
+    inner = math.prod(x.shape[2:]) if batched else 1
+    x3 = contiguous(x, dtype).reshape(n, c, inner)
+    t2 = np.ascontiguousarray(t, dtype=np.int64).reshape(n, inner)
+    return x3, t2, w, expected, dtype, ignore_index
+
+
+def _grad_per_item(fname, grad_output, reduction, shape, denom):
+    """dL/d(per-item loss) as float64 of ``shape``: grad_output (scalar for mean/sum, an
+    array of ``shape`` for 'none'), divided by ``denom`` for 'mean'."""
+    g = np.asarray(as_array(fname, "grad_output", grad_output), dtype=np.float64)
+    if reduction == "none":
+        if g.shape != tuple(shape):
+            raise ValueError(f"{fname}: grad_output must have the loss's shape {tuple(shape)} "
+                             f"for reduction='none', got {g.shape}")
+        return g
+    if g.size != 1:
+        raise ValueError(f"{fname}: grad_output must be a scalar for reduction={reduction!r}, "
+                         f"got shape {g.shape}")
+    value = float(g.reshape(-1)[0])
+    if reduction == "mean":
+        value = value / denom if denom else math.nan
+    return np.full(shape, value)
+
+
+def _reduce(per_item, reduction, dtype, denom=None):
+    if reduction == "none":
+        return per_item.astype(dtype)
+    total = per_item.sum()
+    if reduction == "mean":
+        total = total / denom if denom else math.nan   # torch: nan when nothing counts
+    return dtype.type(total)
+
+
+def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0):
+    """Cross-entropy of class logits, as ``torch.nn.functional.cross_entropy`` (class-index
+    targets).
+
+    input (N, C), (N, C, d1, ...) or (C,); target (N,), (N, d1, ...) or () integers in [0, C)
+    or ignore_index; weight (C,) per-class weights. With log p = log_softmax(input, 1), eps the
+    label smoothing and w_t the target's weight, each non-ignored position contributes
+
+        l = (1 - eps) * w_t * (-log p_t) + (eps / C) * sum_c w_c * (-log p_c)
+
+    reduction 'none' -> l per position (0 where ignored), 'sum' -> sum l, 'mean' -> sum l /
+    sum of w_t over non-ignored positions (torch's weighted mean; nan if all are ignored).
+    Logits of +-1e4 give finite results (log-sum-exp after subtracting the max).
+    """
+    fname = "cross_entropy"
+    reduction = _reduction(fname, reduction)
+    eps = _unit_float(fname, "label_smoothing", label_smoothing)
+    x3, t2, w, shape, dtype, ignore_index = _class_problem(fname, input, target, weight,
+                                                           ignore_index)
+    loss = np.zeros(t2.shape)
+    wt = np.zeros(t2.shape)
+    _loss.cross_entropy_forward(x3, t2, w, ignore_index, eps, loss, wt, get_num_threads())
+    return _reduce(loss.reshape(shape), reduction, dtype, wt.sum())
+
+
+def cross_entropy_backward(grad_output, input, target, weight=None, ignore_index=-100,
+                           reduction="mean", label_smoothing=0.0):
+    """dL/dinput of :func:`cross_entropy` (input's shape), grad_output = dL/dloss.
+
+    With p = softmax(input, 1), W = sum_c w_c and g the gradient reaching a position's loss
+    (grad_output, divided by sum w_t for 'mean'):
+
+        dx_c = g * ((1 - eps) * w_t * (p_c - [c == t]) + (eps / C) * (W * p_c - w_c))
+
+    and 0 at ignored positions.
+    """
+    fname = "cross_entropy_backward"
+    reduction = _reduction(fname, reduction)
+    eps = _unit_float(fname, "label_smoothing", label_smoothing)
+    x3, t2, w, shape, dtype, ignore_index = _class_problem(fname, input, target, weight,
+                                                           ignore_index)
+    valid = t2 != ignore_index
+    denom = w[np.where(valid, t2, 0)][valid].sum() if reduction == "mean" else None
+    g = _grad_per_item(fname, grad_output, reduction, shape, denom)
+    dx = np.empty(x3.shape, dtype=dtype)
+    _loss.cross_entropy_backward(x3, t2, w, ignore_index, eps,
+                                 np.ascontiguousarray(g).reshape(t2.shape), dx,
+                                 get_num_threads())
+    return dx.reshape(np.shape(input))
+
+
+def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
+    """Negative log-likelihood of log-probabilities, as ``torch.nn.functional.nll_loss``.
+
+    Shapes as :func:`cross_entropy`; per position ``l = -w_t * input[t]`` (0 where ignored);
+    'mean' divides the sum by the sum of w_t over non-ignored positions.
+    """
+    fname = "nll_loss"
+    reduction = _reduction(fname, reduction)
+    x3, t2, w, shape, dtype, ignore_index = _class_problem(fname, input, target, weight,
+                                                           ignore_index)
+    valid = t2 != ignore_index
+    safe = np.where(valid, t2, 0)
+    picked = np.take_along_axis(x3, safe[:, None, :], axis=1)[:, 0, :].astype(np.float64)
+    wt = np.where(valid, w[safe], 0.0)
+    loss = -wt * picked
+    return _reduce(loss.reshape(shape), reduction, dtype, wt.sum())
+
+
+def nll_loss_backward(grad_output, input, target, weight=None, ignore_index=-100,
+                      reduction="mean"):
+    """dL/dinput of :func:`nll_loss`: ``-g * w_t`` at each target class, 0 elsewhere."""
+    fname = "nll_loss_backward"
+    reduction = _reduction(fname, reduction)
+    x3, t2, w, shape, dtype, ignore_index = _class_problem(fname, input, target, weight,
+                                                           ignore_index)
+    valid = t2 != ignore_index
+    safe = np.where(valid, t2, 0)
+    wt = np.where(valid, w[safe], 0.0)
+    g = _grad_per_item(fname, grad_output, reduction, shape, wt.sum()).reshape(t2.shape)
+    dx = np.zeros(x3.shape, dtype=dtype)
+    np.put_along_axis(dx, safe[:, None, :], (-g * wt)[:, None, :].astype(dtype), axis=1)
+    return dx.reshape(np.shape(input))
+
+
+def _pair(fname, input, target):
+    x = as_array(fname, "input", input)
+    t = as_array(fname, "target", target)
+    if x.shape != t.shape:
+        raise ValueError(f"{fname}: target must have the input's shape {x.shape}, got {t.shape}")
+    dtype = float_dtype(x, t)
+    return np.asarray(x, dtype=dtype), np.asarray(t, dtype=dtype), dtype
+
+
+def mse_loss(input, target, reduction="mean"):
+    """``(input - target)^2``, averaged / summed / per element (input and target same shape)."""
+    fname = "mse_loss"
+    reduction = _reduction(fname, reduction)
+    x, t, dtype = _pair(fname, input, target)
+    d = x - t
+    d *= d
+    return _reduce(d.astype(np.float64, copy=False) if reduction != "none" else d, reduction,
+                   dtype, x.size)
+
+
+def mse_loss_backward(grad_output, input, target, reduction="mean"):
+    """``dx = 2 * (input - target) * g`` (g = grad_output, / numel for 'mean')."""
+    fname = "mse_loss_backward"
+    reduction = _reduction(fname, reduction)
+    x, t, dtype = _pair(fname, input, target)
+    g = _grad_per_item(fname, grad_output, reduction, x.shape, x.size)
+    return (2.0 * (x - t) * g).astype(dtype)
+
+
+def l1_loss(input, target, reduction="mean"):
+    """``|input - target|``, averaged / summed / per element."""
+    fname = "l1_loss"
+    reduction = _reduction(fname, reduction)
+    x, t, dtype = _pair(fname, input, target)
+    d = np.abs(x - t)
+    return _reduce(d.astype(np.float64, copy=False) if reduction != "none" else d, reduction,
+                   dtype, x.size)
+
+
+def l1_loss_backward(grad_output, input, target, reduction="mean"):
+    """``dx = sign(input - target) * g`` (0 where equal, as torch)."""
+    fname = "l1_loss_backward"
+    reduction = _reduction(fname, reduction)
+    x, t, dtype = _pair(fname, input, target)
+    g = _grad_per_item(fname, grad_output, reduction, x.shape, x.size)
+    return (np.sign(x - t) * g).astype(dtype)
+
+
+def _bce_args(fname, input, target, weight, pos_weight):
+    x, t, dtype = _pair(fname, input, target)
+    extra = []
+    for name, value in (("weight", weight), ("pos_weight", pos_weight)):
+        if value is None:
+            extra.append(None)
+            continue
+        arr = as_array(fname, name, value)
+        try:
+            ok = np.broadcast_shapes(arr.shape, x.shape) == x.shape
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{fname}: {name} of shape {arr.shape} must broadcast to the "
+                             f"input's shape {x.shape}")
+        extra.append(np.asarray(arr, dtype=np.float64))
+    return x.astype(np.float64), t.astype(np.float64), dtype, extra[0], extra[1]
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean",
+                                     pos_weight=None):
+    """Sigmoid + binary cross-entropy in one stable expression, as torch's.
+
+    With lw = 1 + (pos_weight - 1) * target (lw = 1 without pos_weight) and
+    softplus(z) = log(1 + exp(z)) computed as max(z, 0) + log1p(exp(-|z|)):
+
+        l = weight * ((1 - target) * x + lw * softplus(-x))
+
+    (= -weight * (pos_weight * t * log sigmoid(x) + (1 - t) * log(1 - sigmoid(x)))). weight
+    broadcasts to the input; pos_weight too (typically (C,) along the last dim).
+    """
+    fname = "binary_cross_entropy_with_logits"
+    reduction = _reduction(fname, reduction)
+    x, t, dtype, w, pw = _bce_args(fname, input, target, weight, pos_weight)
+    softplus_neg = np.maximum(-x, 0) + np.log1p(np.exp(-np.abs(x)))
+    lw = 1.0 if pw is None else 1.0 + (pw - 1.0) * t
+    loss = (1.0 - t) * x + lw * softplus_neg
+    if w is not None:
+        loss = loss * w
+    return _reduce(loss, reduction, dtype, x.size)
+
+
+def binary_cross_entropy_with_logits_backward(grad_output, input, target, weight=None,
+                                              reduction="mean", pos_weight=None):
+    """``dx = g * weight * ((1 - target) - lw * sigmoid(-x))`` (= g * weight * (sigmoid(x) -
+    target) without pos_weight); g = grad_output, / numel for 'mean'."""
+    from scipy.special import expit
+    fname = "binary_cross_entropy_with_logits_backward"
+    reduction = _reduction(fname, reduction)
+    x, t, dtype, w, pw = _bce_args(fname, input, target, weight, pos_weight)
+    g = _grad_per_item(fname, grad_output, reduction, x.shape, x.size)
+    lw = 1.0 if pw is None else 1.0 + (pw - 1.0) * t
+    dx = (1.0 - t) - lw * expit(-x)
+    if w is not None:
+        dx = dx * w
+    return (dx * g).astype(dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Batch-norm folding (inference)
+# --------------------------------------------------------------------------------------------
+
+def fuse_conv_bn(weight, bias, running_mean, running_var, bn_weight=None, bn_bias=None,
+                 eps=1e-5):
+    """Fold an eval-mode batch norm into the conv or linear layer before it.
+
+    weight (C_out, ...) (conv (C_out, C_in/groups, *kernel) or linear (out, in)), bias (C_out,)
+    or None; the batch norm's running statistics and affine parameters (C_out,). With
+    s = bn_weight / sqrt(running_var + eps):
+
+        fused_weight = weight * s (per output channel)
+        fused_bias   = (bias - running_mean) * s + bn_bias
+
+    so that ``conv(x, fused_weight, fused_bias) == batch_norm(conv(x, weight, bias), ...)``
+    in eval mode. Returns ``(fused_weight, fused_bias)`` in weight's float dtype.
+    """
+    fname = "fuse_conv_bn"
+    w = as_array(fname, "weight", weight)
+    if w.ndim < 2:
+        raise ValueError(f"{fname}: weight must be (C_out, ...) with at least 2 dims, got shape "
+                         f"{w.shape}")
+    c = w.shape[0]
+    eps = _positive_float(fname, "eps", eps)
+    dtype = float_dtype(w)
+    vec = {}
+    for name, value, default in (("bias", bias, 0.0), ("running_mean", running_mean, None),
+                                 ("running_var", running_var, None),
+                                 ("bn_weight", bn_weight, 1.0), ("bn_bias", bn_bias, 0.0)):
+        if value is None:
+            if default is None:
+                raise TypeError(f"{fname}: {name} must be an array, got None")
+            vec[name] = np.full(c, default)
+        else:
+            vec[name] = np.asarray(_checks.optional_vector(fname, name, value, c, np.float64))
+    if (vec["running_var"] < 0).any():
+        raise ValueError(f"{fname}: running_var must be non-negative")
+    s = vec["bn_weight"] / np.sqrt(vec["running_var"] + eps)
+    fused_w = (w.astype(np.float64) * s.reshape((c,) + (1,) * (w.ndim - 1))).astype(dtype)
+    fused_b = ((vec["bias"] - vec["running_mean"]) * s + vec["bn_bias"]).astype(dtype)
+    return fused_w, fused_b

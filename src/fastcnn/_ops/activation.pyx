@@ -1,0 +1,150 @@
+"""softmax / log_softmax along one axis, forward and backward.
+
+The array is seen as (outer, D, inner): the reduction runs over D, whose consecutive entries are
+``inner`` elements apart. For the last axis (inner == 1) each task is one contiguous row; for
+other axes a task is one outer index and a block of up to BLOCK consecutive inner columns, which
+are swept together row by row (contiguous reads, per-column accumulators on the stack).
+
+    softmax          y = exp(x - max) / sum exp(x - max)
+    log_softmax      y = x - max - log(sum exp(x - max))         (max: over D; never overflows)
+    softmax'         dx = y * (dy - sum(dy * y))
+    log_softmax'     dx = dy - exp(y) * sum(dy)
+
+Sums are accumulated in double, each column by one task in a fixed order: the same bits for
+any number of threads.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport exp, expf, log
+
+
+cdef inline double _exp(floating v) noexcept nogil:
+    """exp in the input's precision (expf is much cheaper; the sums stay in double)."""
+    if floating is float:
+        return expf(v)
+    else:
+        return exp(v)
+
+cdef enum:
+    BLOCK = 256    # inner columns per task (per-column accumulators live on the stack)
+
+
+cdef void _forward_block(const floating* x, floating* y, Py_ssize_t D, Py_ssize_t inner,
+                         Py_ssize_t nb, bint take_log) noexcept nogil:
+    """Columns [0, nb) of the (D, inner) slab at x (stride inner between rows)."""
+    cdef double mx[BLOCK]
+    cdef double sm[BLOCK]
+    cdef Py_ssize_t d, i
+    cdef const floating* row
+    cdef floating* out
+    cdef double e
+    for i in range(nb):
+        mx[i] = x[i]
+        sm[i] = 0.0
+    for d in range(1, D):
+        row = x + d * inner
+        for i in range(nb):
+            if row[i] > mx[i]:
+                mx[i] = row[i]
+    for d in range(D):
+        row = x + d * inner
+        out = y + d * inner
+        for i in range(nb):
+            e = _exp(<floating> (row[i] - mx[i]))
+            sm[i] += e
+            if not take_log:
+                out[i] = <floating> e
+    for i in range(nb):
+        if take_log:
+            sm[i] = mx[i] + log(sm[i])        # the log-sum-exp
+        else:
+            sm[i] = 1.0 / sm[i]
+    for d in range(D):
+        row = x + d * inner
+        out = y + d * inner
+        for i in range(nb):
+            if take_log:
+                out[i] = <floating> (row[i] - sm[i])
+            else:
+                out[i] = <floating> (out[i] * sm[i])
+
+
+cdef void _forward_row(const floating* x, floating* y, Py_ssize_t D,
+                       bint take_log) noexcept nogil:
+    cdef Py_ssize_t d
+    cdef double mx = x[0], sm = 0.0, e
+    for d in range(1, D):
+        if x[d] > mx:
+            mx = x[d]
+    for d in range(D):
+        e = _exp(<floating> (x[d] - mx))
+        sm += e
+        if not take_log:
+            y[d] = <floating> e
+    if take_log:
+        sm = mx + log(sm)
+        for d in range(D):
+            y[d] = <floating> (x[d] - sm)
+    else:
+        sm = 1.0 / sm
+        for d in range(D):
+            y[d] = <floating> (y[d] * sm)
+
+
+cdef void _backward_block(const floating* dy, const floating* y, floating* dx, Py_ssize_t D,
+                          Py_ssize_t inner, Py_ssize_t nb, bint take_log) noexcept nogil:
+    cdef double sm[BLOCK]
+    cdef Py_ssize_t d, i, off
+    for i in range(nb):
+        sm[i] = 0.0
+    for d in range(D):
+        off = d * inner
+        for i in range(nb):
+            if take_log:
+                sm[i] += dy[off + i]
+            else:
+                sm[i] += <double> dy[off + i] * y[off + i]
+    for d in range(D):
+        off = d * inner
+        for i in range(nb):
+            if take_log:
+                dx[off + i] = <floating> (dy[off + i] - _exp(y[off + i]) * sm[i])
+            else:
+                dx[off + i] = <floating> (y[off + i] * (dy[off + i] - sm[i]))
+
+
+def softmax_forward(const floating[:, :, ::1] x, floating[:, :, ::1] out, bint take_log,
+                    int num_threads):
+    """out = softmax or log_softmax of x (outer, D, inner) over axis 1 (D > 0)."""
+    cdef Py_ssize_t outer = x.shape[0], D = x.shape[1], inner = x.shape[2]
+    cdef Py_ssize_t nblocks = (inner + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t t, o, i0, nb
+    if D == 0 or inner == 0:
+        return
+    with nogil:
+        if inner == 1:
+            for o in prange(outer, schedule='static', num_threads=num_threads):
+                _forward_row(&x[o, 0, 0], &out[o, 0, 0], D, take_log)
+        else:
+            for t in prange(outer * nblocks, schedule='static', num_threads=num_threads):
+                o = t // nblocks
+                i0 = (t % nblocks) * BLOCK
+                nb = inner - i0 if inner - i0 < BLOCK else BLOCK
+                _forward_block(&x[o, 0, i0], &out[o, 0, i0], D, inner, nb, take_log)
+
+
+def softmax_backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] y,
+                     floating[:, :, ::1] dx, bint take_log, int num_threads):
+    """dx from dy and the forward output y, all (outer, D, inner), reduction over axis 1."""
+    cdef Py_ssize_t outer = y.shape[0], D = y.shape[1], inner = y.shape[2]
+    cdef Py_ssize_t nblocks = (inner + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t t, o, i0, nb
+    if D == 0 or inner == 0:
+        return
+    with nogil:
+        for t in prange(outer * nblocks, schedule='static', num_threads=num_threads):
+            o = t // nblocks
+            i0 = (t % nblocks) * BLOCK
+            nb = inner - i0 if inner - i0 < BLOCK else BLOCK
+            _backward_block(&dy[o, 0, i0], &y[o, 0, i0], &dx[o, 0, i0], D, inner, nb,
+                            take_log)
