@@ -58,7 +58,7 @@ def _cmd_eval(args):
         print(f"fastcnn eval: {args.checkpoint} holds no training config (saved by fastcnn.save, "
               f"not by a training run); nothing to evaluate it on", file=sys.stderr)
         return 2
-    splits = datamod.load_dataset(train_config["data"])
+    splits = datamod.load_dataset(train_config["data"], seed=train_config["train"]["seed"])
     if splits.test is None:
         print("fastcnn eval: the dataset has no test split", file=sys.stderr)
         return 2

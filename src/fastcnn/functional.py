@@ -30,6 +30,7 @@ import numpy as np
 from fastcnn import _checks
 from fastcnn._checks import as_array, as_int, check_ndim, contiguous, float_dtype, lift3, ntuple
 from fastcnn._ops import conv as _conv
+from fastcnn._ops import gemm as _gemm
 from fastcnn._ops import im2col as _im2col
 from fastcnn._ops import pool as _pool
 from fastcnn._ops import resample as _resample
@@ -1831,11 +1832,22 @@ def _linear_args(fname, input, weight):
     return x, w
 
 
+def _matmul(a, b, trans_a, trans_b):
+    """op(a) @ op(b) for C-contiguous 2-D arrays of one float dtype, on the OpenMP team."""
+    m = a.shape[1] if trans_a else a.shape[0]
+    n = b.shape[0] if trans_b else b.shape[1]
+    out = np.empty((m, n), dtype=a.dtype)
+    with single_threaded_blas:
+        _gemm.matmul(a, b, out, trans_a, trans_b, get_num_threads())
+    return out
+
+
 def linear(input, weight, bias=None):
     """``y = x @ weight.T + bias``, as ``torch.nn.functional.linear``.
 
     input (*, in_features), weight (out_features, in_features), bias (out_features,) ->
-    (*, out_features). One BLAS GEMM (numpy's matmul) over all leading dims at once.
+    (*, out_features). One GEMM over all leading dims at once, split over the OpenMP team
+    (_ops/gemm.pyx).
     """
     fname = "linear"
     x, w = _linear_args(fname, input, weight)
@@ -1843,7 +1855,7 @@ def linear(input, weight, bias=None):
     dtype = float_dtype(x, w, b)
     out_f, in_f = w.shape
     x2 = contiguous(x, dtype).reshape(-1, in_f)
-    out = np.matmul(x2, contiguous(w, dtype).T)
+    out = _matmul(x2, contiguous(w, dtype), trans_a=False, trans_b=True)
     if b is not None:
         out += _checks.optional_vector(fname, "bias", b, out_f, dtype)
     return out.reshape(x.shape[:-1] + (out_f,))
@@ -1868,9 +1880,9 @@ def linear_backward(grad_output, input, weight, output_mask=(True, True, True)):
     dy2 = contiguous(dy, dtype).reshape(-1, out_f)
     gx = gw = gb = None
     if need_x:
-        gx = np.matmul(dy2, contiguous(w, dtype)).reshape(x.shape)
+        gx = _matmul(dy2, contiguous(w, dtype), trans_a=False, trans_b=False).reshape(x.shape)
     if need_w:
-        gw = np.matmul(dy2.T, contiguous(x, dtype).reshape(-1, in_f))
+        gw = _matmul(dy2, contiguous(x, dtype).reshape(-1, in_f), trans_a=True, trans_b=False)
     if need_b:
         gb = dy2.sum(axis=0)
     return gx, gw, gb
