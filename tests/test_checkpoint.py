@@ -87,3 +87,11 @@ def test_damaged_and_foreign_files(tmp_path):
         fastcnn.load(pickled)
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         fastcnn.load(tmp_path / "missing.fcnn")
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    model, *_ = _trained()
+    fastcnn.save(model, tmp_path / "m.fcnn")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "m.fcnn").stat().st_mode & 0o777 == 0o666 & ~mask

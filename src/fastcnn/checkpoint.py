@@ -37,6 +37,16 @@ def _json_default(value):
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by their owner only; a run's files get the usual permissions.
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
 def atomic_write(path, write) -> None:
     """Call ``write(fileobj)`` on a temp file beside ``path``, fsync it, rename it over
     ``path``. On any failure the temp file is removed and ``path`` is untouched."""
@@ -48,6 +58,7 @@ def atomic_write(path, write) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         try:
