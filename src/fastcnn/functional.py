@@ -1373,9 +1373,9 @@ def pad(input, pad, mode="constant", value=0.0):
 
     ``pad = (left_last, right_last, left_second_last, right_second_last, ...)``: pairs for the
     last dim first. Modes: 'constant' (fill with ``value``; any number of dims; negative pads
-    crop), 'reflect' (mirror without repeating the edge; pad < size), 'replicate' (repeat the
-    edge), 'circular' (wrap around; pad <= size); the last three pad 1 to 3 trailing dims of
-    (N, C, *spatial) or (C, *spatial) inputs.
+    crop; value None means 0), 'reflect' (mirror without repeating the edge; pad < size),
+    'replicate' (repeat the edge), 'circular' (wrap around; pad <= size); the last three pad 1
+    to 3 trailing dims of (N, C, *spatial) or (C, *spatial) inputs.
     """
     fname = "pad"
     x = as_array(fname, "input", input)
@@ -1385,7 +1385,7 @@ def pad(input, pad, mode="constant", value=0.0):
     if mode != "constant":
         full = [(0, 0)] * (x.ndim - len(dims)) + widths
         return np.pad(x, full, mode=_PAD_MODES[mode])
-    value = _real(fname, "value", value)
+    value = 0.0 if value is None else _real(fname, "value", value)   # torch's default is None
     shape = list(x.shape)
     for d, (lo, hi) in zip(dims, widths):
         shape[d] += lo + hi
