@@ -5,7 +5,8 @@
 
 Each case is timed as the median of ``--repeat`` calls after warm-up, alternating fastcnn and torch
 in rounds so that both see the same machine state. ratio = fastcnn ms / torch ms (below 1: fastcnn
-is faster). GFLOP/s is fastcnn's, counting a multiply-add as 2 FLOPs. Both libraries use the same
+is faster). GFLOP/s is fastcnn's, counting a multiply-add as 2 FLOPs (nan for the memory-bound
+norms and losses, which have no meaningful FLOP count). Both libraries use the same
 number of threads. numpy's sgemm rate on this machine is printed for scale.
 """
 from __future__ import annotations
