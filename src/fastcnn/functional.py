@@ -870,7 +870,8 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
                          f"input of shape {x.shape}")
     out, mean, rstd = _rows_forward(fname, x, n * c, c, 1, w, b, eps)
     if running_mean is not None and n:
-        var = (1.0 / (rstd * rstd) - eps) * (s / (s - 1))
+        # the plane variances back from rstd (exact to ~1e-16 * eps, clamped: never < 0)
+        var = np.maximum(1.0 / (rstd * rstd) - eps, 0.0) * (s / (s - 1))
         _update_running(running_mean, mean.reshape(n, c).mean(axis=0), momentum)
         _update_running(running_var, var.reshape(n, c).mean(axis=0), momentum)
     return out
