@@ -675,16 +675,13 @@ def _rows_backward(fname, dy, x, rows, groups, k, weight, eps, need_x, need_wb, 
     x2 = contiguous(x, dtype).reshape(rows, -1 if rows else 0)
     dy2 = contiguous(dy, dtype).reshape(x2.shape)
     threads = get_num_threads()
-    mean = np.empty(rows)
-    rstd = np.empty(rows)
     gx = np.empty(x.shape, dtype=dtype) if need_x else None
     chunks = max(1, min(rows, _NORM_GRAD_CHUNKS))
     width = groups * k
     gw_parts = np.zeros((chunks, width) if need_wb else (0, 0))
     gb_parts = np.zeros((chunks, width) if need_wb else (0, 0))
     if x.size:
-        _norm.rows_stats(x2, eps, mean, rstd, threads)
-        _norm.rows_backward(dy2, x2, mean, rstd, contiguous(weight, dtype), groups, k,
+        _norm.rows_backward(dy2, x2, eps, contiguous(weight, dtype), groups, k,
                             gx.reshape(x2.shape) if need_x else np.empty((0, 0), dtype),
                             gw_parts, gb_parts, threads)
     elif need_x:
