@@ -515,9 +515,10 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 
         y = (x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c
 
-    training=True: mean_c and the biased var_c are the batch's (accumulated in double, stable
-    for a large mean), and the running statistics, when given, are updated IN PLACE (they are
-    the caller's float arrays) with torch's convention
+    training=True: mean_c and the biased var_c are the batch's (two passes -- shifted mean, then
+    squared deviations -- with block sums carried in double: stable for a large mean), and the
+    running statistics, when given, are updated IN PLACE (they are the caller's float arrays)
+    with torch's convention
 
         running_mean = (1 - momentum) * running_mean + momentum * mean_c
         running_var  = (1 - momentum) * running_var  + momentum * var_c * M / (M - 1)  (unbiased)
