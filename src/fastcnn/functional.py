@@ -660,7 +660,7 @@ def batch_norm_backward(grad_output, input, weight=None, running_mean=None, runn
 def _rows_forward(fname, x, rows, groups, k, weight, bias, eps):
     """out, mean, rstd of the row norm of x viewed as (rows, M); affine indexed by g*k + kk."""
     dtype = float_dtype(x)
-    x2 = contiguous(x, dtype).reshape(rows, -1 if rows else 0)
+    x2 = _rows(contiguous(x, dtype), rows)
     out = np.empty(x.shape, dtype=dtype)
     mean = np.empty(rows)
     rstd = np.empty(rows)
@@ -673,7 +673,7 @@ def _rows_forward(fname, x, rows, groups, k, weight, bias, eps):
 def _rows_backward(fname, dy, x, rows, groups, k, weight, eps, need_x, need_wb, affine_shape):
     """(grad_input, sum dy*xhat, sum dy) of the row norm; the sums reshaped to affine_shape."""
     dtype = float_dtype(x, dy)
-    x2 = contiguous(x, dtype).reshape(rows, -1 if rows else 0)
+    x2 = _rows(contiguous(x, dtype), rows)
     dy2 = contiguous(dy, dtype).reshape(x2.shape)
     threads = get_num_threads()
     gx = np.empty(x.shape, dtype=dtype) if need_x else None
