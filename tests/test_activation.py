@@ -252,6 +252,7 @@ def test_pad_matches_torch(th, rng, mode, shape, pads):
 @pytest.mark.parametrize("pads", [(-1, 2), (-2, -1, 1, 0), (0, 0, 0, 0, 1, 1), (-2, -3)])
 def test_pad_constant_negative_crops(th, rng, pads):
     x = rng.standard_normal((2, 4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(F.pad(x, pads, value=None), F.pad(x, pads))
     y = F.pad(x, pads, value=-1.0)
     y_ref = th.nn.functional.pad(th.tensor(x), pads, value=-1.0).numpy()
     np.testing.assert_array_equal(y, y_ref)

@@ -272,3 +272,18 @@ def test_fuse_linear_bn(rng):
         F.fuse_conv_bn(w, b, np.zeros(4), rv)
     with pytest.raises(TypeError, match=r"running_var must be an array"):
         F.fuse_conv_bn(w, b, rm, None)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 20, 15), (1, 4, 257)])
+def test_cross_entropy_many_positions_per_sample(th, rng, shape):
+    """More positions than one kernel task holds (blocks of 128): every block right."""
+    x = rng.standard_normal(shape)
+    t = rng.integers(0, shape[1], (shape[0],) + shape[2:])
+    t[..., ::7] = -100
+    w = rng.random(shape[1]) + 0.5
+    up = rng.standard_normal(t.shape)
+    kw = dict(weight=w, reduction="none", label_smoothing=0.2)
+    ref, gref = _torch_loss(th, th.nn.functional.cross_entropy, x, up, th.tensor(t),
+                            **dict(kw, weight=th.tensor(w)))
+    np.testing.assert_allclose(F.cross_entropy(x, t, **kw), ref, **TOL[np.float64])
+    np.testing.assert_allclose(F.cross_entropy_backward(up, x, t, **kw), gref, **TOL[np.float64])

@@ -298,6 +298,10 @@ def test_unusual_layouts_and_dtypes(rng):
 
 
 def test_empty_batch_row_norms():
+    for empty in (np.zeros((2, 4, 0), np.float32), np.zeros((2, 4, 0, 3))):
+        assert F.group_norm(empty, 2).shape == empty.shape
+        assert F.group_norm_backward(empty, empty, 2)[0].shape == empty.shape
+        assert F.batch_norm(empty, np.zeros(4), np.ones(4)).shape == empty.shape
     x = np.zeros((0, 4, 3), np.float32)
     assert F.layer_norm(x, 3).shape == x.shape
     assert F.group_norm(x, 2).shape == x.shape

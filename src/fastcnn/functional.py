@@ -1418,9 +1418,10 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 
         y = (x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c
 
-    training=True: mean_c and the biased var_c are the batch's (accumulated in double, stable
-    for a large mean), and the running statistics, when given, are updated IN PLACE (they are
-    the caller's float arrays) with torch's convention
+    training=True: mean_c and the biased var_c are the batch's (two passes -- shifted mean, then
+    squared deviations -- with block sums carried in double: stable for a large mean), and the
+    running statistics, when given, are updated IN PLACE (they are the caller's float arrays)
+    with torch's convention
 
         running_mean = (1 - momentum) * running_mean + momentum * mean_c
         running_var  = (1 - momentum) * running_var  + momentum * var_c * M / (M - 1)  (unbiased)
@@ -1562,7 +1563,7 @@ def batch_norm_backward(grad_output, input, weight=None, running_mean=None, runn
 def _rows_forward(fname, x, rows, groups, k, weight, bias, eps):
     """out, mean, rstd of the row norm of x viewed as (rows, M); affine indexed by g*k + kk."""
     dtype = float_dtype(x)
-    x2 = contiguous(x, dtype).reshape(rows, -1 if rows else 0)
+    x2 = _rows(contiguous(x, dtype), rows)
     out = np.empty(x.shape, dtype=dtype)
     mean = np.empty(rows)
     rstd = np.empty(rows)
@@ -1575,19 +1576,16 @@ def _rows_forward(fname, x, rows, groups, k, weight, bias, eps):
 def _rows_backward(fname, dy, x, rows, groups, k, weight, eps, need_x, need_wb, affine_shape):
     """(grad_input, sum dy*xhat, sum dy) of the row norm; the sums reshaped to affine_shape."""
     dtype = float_dtype(x, dy)
-    x2 = contiguous(x, dtype).reshape(rows, -1 if rows else 0)
+    x2 = _rows(contiguous(x, dtype), rows)
     dy2 = contiguous(dy, dtype).reshape(x2.shape)
     threads = get_num_threads()
-    mean = np.empty(rows)
-    rstd = np.empty(rows)
     gx = np.empty(x.shape, dtype=dtype) if need_x else None
     chunks = max(1, min(rows, _NORM_GRAD_CHUNKS))
     width = groups * k
     gw_parts = np.zeros((chunks, width) if need_wb else (0, 0))
     gb_parts = np.zeros((chunks, width) if need_wb else (0, 0))
     if x.size:
-        _norm.rows_stats(x2, eps, mean, rstd, threads)
-        _norm.rows_backward(dy2, x2, mean, rstd, contiguous(weight, dtype), groups, k,
+        _norm.rows_backward(dy2, x2, eps, contiguous(weight, dtype), groups, k,
                             gx.reshape(x2.shape) if need_x else np.empty((0, 0), dtype),
                             gw_parts, gb_parts, threads)
     elif need_x:
@@ -1773,7 +1771,8 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
                          f"input of shape {x.shape}")
     out, mean, rstd = _rows_forward(fname, x, n * c, c, 1, w, b, eps)
     if running_mean is not None and n:
-        var = (1.0 / (rstd * rstd) - eps) * (s / (s - 1))
+        # the plane variances back from rstd (exact to ~1e-16 * eps, clamped: never < 0)
+        var = np.maximum(1.0 / (rstd * rstd) - eps, 0.0) * (s / (s - 1))
         _update_running(running_mean, mean.reshape(n, c).mean(axis=0), momentum)
         _update_running(running_var, var.reshape(n, c).mean(axis=0), momentum)
     return out
@@ -2287,9 +2286,9 @@ def pad(input, pad, mode="constant", value=0.0):
 
     ``pad = (left_last, right_last, left_second_last, right_second_last, ...)``: pairs for the
     last dim first. Modes: 'constant' (fill with ``value``; any number of dims; negative pads
-    crop), 'reflect' (mirror without repeating the edge; pad < size), 'replicate' (repeat the
-    edge), 'circular' (wrap around; pad <= size); the last three pad 1 to 3 trailing dims of
-    (N, C, *spatial) or (C, *spatial) inputs.
+    crop; value None means 0), 'reflect' (mirror without repeating the edge; pad < size),
+    'replicate' (repeat the edge), 'circular' (wrap around; pad <= size); the last three pad 1
+    to 3 trailing dims of (N, C, *spatial) or (C, *spatial) inputs.
     """
     fname = "pad"
     x = as_array(fname, "input", input)
@@ -2299,7 +2298,7 @@ def pad(input, pad, mode="constant", value=0.0):
     if mode != "constant":
         full = [(0, 0)] * (x.ndim - len(dims)) + widths
         return np.pad(x, full, mode=_PAD_MODES[mode])
-    value = _real(fname, "value", value)
+    value = 0.0 if value is None else _real(fname, "value", value)   # torch's default is None
     shape = list(x.shape)
     for d, (lo, hi) in zip(dims, widths):
         shape[d] += lo + hi

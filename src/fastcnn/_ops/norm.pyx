@@ -334,23 +334,6 @@ cdef inline void _affine_vec(const floating* x, floating* y, Py_ssize_t n, doubl
             y[k] = ((x[k] - m_hi) - m_lo) * rs
 
 
-def rows_stats(const floating[:, ::1] x, double eps, double[::1] mean, double[::1] rstd,
-               int num_threads):
-    """mean[r] and rstd[r] = 1/sqrt(var_r + eps) of each row of x (R, M), M > 0 (biased var)."""
-    cdef Py_ssize_t R = x.shape[0], M = x.shape[1]
-    cdef Py_ssize_t r
-    cdef double m, v
-    if M == 0:
-        return
-    with nogil:
-        for r in prange(R, schedule='static', num_threads=num_threads):
-            m = 0.0        # assigned here, so private to the thread (only written via &m below)
-            v = 0.0
-            _row_moments(&x[r, 0], M, &m, &v)
-            mean[r] = m
-            rstd[r] = 1.0 / sqrt(v + eps)
-
-
 def rows_forward(const floating[:, ::1] x, const floating[::1] weight,
                  const floating[::1] bias, Py_ssize_t G, Py_ssize_t K, double eps,
                  floating[:, ::1] out, double[::1] mean, double[::1] rstd, int num_threads):
@@ -447,13 +430,15 @@ cdef inline void _vec_grad_row(const floating* dy, const floating* x, floating* 
             dx[k] = dy[k] * frs + ((x[k] - m_hi) - m_lo) * <floating> c2 + <floating> c1
 
 
-def rows_backward(const floating[:, ::1] dy, const floating[:, ::1] x, const double[::1] mean,
-                  const double[::1] rstd, const floating[::1] weight, Py_ssize_t G,
-                  Py_ssize_t K, floating[:, ::1] dx, double[:, ::1] gw_parts,
-                  double[:, ::1] gb_parts, int num_threads):
+def rows_backward(const floating[:, ::1] dy, const floating[:, ::1] x, double eps,
+                  const floating[::1] weight, Py_ssize_t G, Py_ssize_t K,
+                  floating[:, ::1] dx, double[:, ::1] gw_parts, double[:, ::1] gb_parts,
+                  int num_threads):
     """Gradients of rows_forward.
 
-    With xhat = (x - mean_r) * rstd_r and g = dy * weight (per k), per row of M values:
+    Each row's statistics are recomputed first (as rows_forward: the row is then in the cache
+    for the gradient sweeps, so x is read from memory once). With xhat = (x - mean_r) * rstd_r
+    and g = dy * weight (per k), per row of M values:
 
         dx = rstd_r * (g - sum(g)/M - xhat * sum(g * xhat)/M)
 
@@ -469,14 +454,16 @@ def rows_backward(const floating[:, ::1] dy, const floating[:, ::1] x, const dou
     cdef const floating* wp = &weight[0] if has_w else NULL
     cdef Py_ssize_t J = gw_parts.shape[0] if need_p else R
     cdef Py_ssize_t j, r, k, g, gk
-    cdef double sdy, sdyx, a, b, w, rs, m, c1, c2
+    cdef double sdy, sdyx, a, b, w, rs, m, v, c1, c2
     if M == 0 or R == 0:
         return
     with nogil:
         for j in prange(J, schedule='static', num_threads=num_threads):
             for r in range(j * R // J, (j + 1) * R // J):
-                m = mean[r]
-                rs = rstd[r]
+                m = 0.0        # assigned here, so private to the thread (only written via &m)
+                v = 0.0
+                _row_moments(&x[r, 0], M, &m, &v)
+                rs = 1.0 / sqrt(v + eps)
                 if S == 1 and G == 1:
                     _vec_grad_row(&dy[r, 0], &x[r, 0], &dx[r, 0] if need_x else NULL, M, m, rs,
                                   wp, &gw_parts[j, 0] if need_p else NULL,
