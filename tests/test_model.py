@@ -237,3 +237,48 @@ def test_config_file_errors(tmp_path):
     bad.write_text("{nope")
     with pytest.raises(ValueError, match="not valid JSON"):
         fastcnn.build_model(str(bad))
+
+
+def test_plugin_layers_load_lazily_from_entry_points(monkeypatch):
+    from importlib import metadata
+
+    from fastcnn.registry import Registry
+
+    class FakeEntryPoint:
+        name = "doubler"
+
+        def load(self):
+            class Doubler(fastcnn.Layer):
+                def __init__(self):
+                    pass
+
+                def forward(self, x):
+                    self.save_for_backward(True)
+                    return 2 * x
+
+                def backward(self, grad):
+                    self.saved()
+                    return 2 * grad
+            return Doubler
+
+    calls = []
+
+    def entry_points(group):
+        calls.append(group)
+        return [FakeEntryPoint()] if group == "fastcnn.test_layers" else []
+
+    monkeypatch.setattr(metadata, "entry_points", entry_points)
+    registry = Registry("layer", "fastcnn.test_layers")
+    registry.register("identity", fastcnn.layers.Identity)
+    assert "identity" in registry and calls == []            # nothing loaded until needed
+    cls = registry.get("doubler")
+    assert calls == ["fastcnn.test_layers"] and cls().forward(np.ones(2)).tolist() == [2, 2]
+    registry.get("doubler")
+    assert calls == ["fastcnn.test_layers"]                   # loaded once
+
+
+def test_yaml_config(tmp_path):
+    yaml = pytest.importorskip("yaml")
+    path = tmp_path / "model.yaml"
+    path.write_text(yaml.safe_dump(RESIDUAL))
+    assert fastcnn.build_model(str(path)).to_config() == fastcnn.build_model(RESIDUAL).to_config()

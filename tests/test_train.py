@@ -127,3 +127,26 @@ def test_bundled_models_build_and_backpropagate(name, shape):
     dx = model.backward(np.ones_like(y))
     assert dx.shape == x.shape and np.isfinite(dx).all()
     assert model.to_config()["layers"] == fastcnn.build_model(model.to_config()).to_config()["layers"]
+
+
+def test_ctrl_c_keeps_the_last_completed_epoch(tmp_path, monkeypatch):
+    original = Trainer._train_epoch
+
+    def interrupted(self, epoch):
+        if epoch == 3:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", interrupted)
+    messages = []
+    metrics = Trainer(TINY, tmp_path / "run", log=messages.append, progress=False).fit()
+    assert metrics["interrupted"] is True and metrics["epochs_run"] == 2
+    assert any("--resume" in m for m in messages)
+    assert fastcnn.load_checkpoint(tmp_path / "run" / "last.fcnn").extra["epoch"] == 2
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    Trainer(TINY, tmp_path / "run", resume=True, log=_quiet, progress=False).fit()
+    Trainer(TINY, tmp_path / "full", log=_quiet, progress=False).fit()
+    a = fastcnn.load(tmp_path / "run" / "last.fcnn").state_dict()
+    b = fastcnn.load(tmp_path / "full" / "last.fcnn").state_dict()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
