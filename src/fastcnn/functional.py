@@ -1923,13 +1923,19 @@ def _real(fname, name, value) -> float:
 def relu(input):
     """``max(x, 0)`` elementwise (NaN stays NaN)."""
     x = _float("relu", "input", input)
-    return np.maximum(x, 0, dtype=x.dtype)
+    x = contiguous(x, x.dtype)
+    out = np.empty_like(x)
+    _act.relu_forward(x.reshape(-1), out.reshape(-1), get_num_threads())
+    return out
 
 
 def relu_backward(grad_output, input):
     """``dx = dy where x > 0 else 0``; takes relu's input (its output works as well)."""
     dy, x = _grad_pair("relu_backward", grad_output, input, "input")
-    return np.where(x > 0, dy, dy.dtype.type(0))     # where, not dy * mask: inf * 0 is nan
+    dy, x = contiguous(dy, dy.dtype), contiguous(x, x.dtype)
+    out = np.empty_like(dy)
+    _act.relu_backward(dy.reshape(-1), x.reshape(-1), out.reshape(-1), get_num_threads())
+    return out
 
 
 def leaky_relu(input, negative_slope=0.01):

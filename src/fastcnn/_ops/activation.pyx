@@ -148,3 +148,49 @@ def softmax_backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] y,
             nb = inner - i0 if inner - i0 < BLOCK else BLOCK
             _backward_block(&dy[o, 0, i0], &y[o, 0, i0], &dx[o, 0, i0], D, inner, nb,
                             take_log)
+
+
+# ReLU: one pass, split over the team in fixed chunks. numpy's ``where(x > 0, dy, 0)`` makes a
+# boolean temporary and runs on one thread (1.1 ms on a LeNet activation of 300k values). Both
+# operands are loaded before the select so that gcc if-converts and vectorizes the loop: a
+# branch on the sign of random data mispredicts half the time (0.56 ms with the branch).
+
+cdef enum:
+    CHUNK = 16384    # elements per task
+
+
+cdef void _relu_chunk(const floating* x, floating* y, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating v
+    for i in range(n):
+        v = x[i]
+        y[i] = v if not (v <= 0) else 0          # NaN fails both tests: copied through
+
+
+cdef void _relu_grad_chunk(const floating* dy, const floating* x, floating* dx,
+                           Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating g, v
+    for i in range(n):
+        g = dy[i]
+        v = x[i]
+        dx[i] = g if v > 0 else 0                # a select: inf * 0 would be NaN
+
+
+def relu_forward(const floating[::1] x, floating[::1] y, int num_threads):
+    """y = max(x, 0), NaN kept."""
+    cdef Py_ssize_t n = x.shape[0], chunks = (n + CHUNK - 1) // CHUNK, j, start
+    with nogil:
+        for j in prange(chunks, schedule='static', num_threads=num_threads):
+            start = j * CHUNK
+            _relu_chunk(&x[start], &y[start], min(CHUNK, n - start))
+
+
+def relu_backward(const floating[::1] dy, const floating[::1] x, floating[::1] dx,
+                  int num_threads):
+    """dx = dy where x > 0 else 0."""
+    cdef Py_ssize_t n = x.shape[0], chunks = (n + CHUNK - 1) // CHUNK, j, start
+    with nogil:
+        for j in prange(chunks, schedule='static', num_threads=num_threads):
+            start = j * CHUNK
+            _relu_grad_chunk(&dy[start], &x[start], &dx[start], min(CHUNK, n - start))
