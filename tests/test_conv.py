@@ -286,3 +286,11 @@ def test_conv_backward_invalid_arguments():
         F.conv2d_backward(np.zeros((2, 6, 5, 5)), X, W)
     with pytest.raises(TypeError, match=r"output_mask must be 3 booleans"):
         F.conv2d_backward(np.zeros((2, 6, 6, 6)), X, W, output_mask=True)
+
+
+@pytest.mark.parametrize("n,size,groups", [(13, (5, 6), 2), (64, (4, 4), 1), (7, (1, 1), 3)])
+def test_many_small_samples_share_a_gemm(th, rng, n, size, groups):
+    """Small outputs put several samples' columns side by side in one GEMM (conv.pyx
+    sample_block); batch sizes that do not divide evenly into blocks and chunks included."""
+    check_against_torch(th, rng, 2, n, 3 * groups, 2 * groups, size, (3, 3), np.float64,
+                        padding=1, groups=groups)

@@ -158,6 +158,15 @@ def _conv_geometry(fname, nd, x, w, stride, padding, dilation, groups) -> _ConvG
     return geom
 
 
+def _conv_scratch(geom, args, threads, dtype):
+    """This thread's scratch for a conv kernel call, and the samples per GEMM."""
+    pointwise = _conv.is_pointwise(args[1], args[2], args[3])
+    block = _conv.sample_block(geom.n, math.prod(geom.out_size), pointwise)
+    per_thread = _conv.workspace_size(geom.in_channels, geom.out_channels, args[1], args[2],
+                                      args[3], args[5], block)
+    return scratch(per_thread * threads, dtype), block
+
+
 def _conv_forward(fname, nd, input, weight, bias, stride, padding, dilation, groups):
     x = as_array(fname, "input", input)
     w = as_array(fname, "weight", weight)
@@ -171,10 +180,9 @@ def _conv_forward(fname, nd, input, weight, bias, stride, padding, dilation, gro
     if geom.n:
         threads = get_num_threads()
         args = geom.kernel_args()
-        per_thread = _conv.workspace_size(geom.in_channels, args[1], args[2], args[3], args[5])
-        ws = scratch(per_thread * threads, dtype)
+        ws, block = _conv_scratch(geom, args, threads, dtype)
         with single_threaded_blas:
-            _conv.conv_forward(x2, w2, b1, _rows(out, geom.n), ws, geom.groups, *args,
+            _conv.conv_forward(x2, w2, b1, _rows(out, geom.n), ws, geom.groups, *args, block,
                                threads)
     return out if geom.batched else out[0]
 
@@ -207,13 +215,12 @@ def _conv_backward(fname, nd, grad_output, input, weight, stride, padding, dilat
         parts = np.zeros((chunks, w2.size), dtype=dtype)
     if (need_x or need_w) and n:
         args = geom.kernel_args()
-        per_thread = _conv.workspace_size(geom.in_channels, args[1], args[2], args[3], args[5])
-        ws = scratch(per_thread * threads, dtype)
+        ws, block = _conv_scratch(geom, args, threads, dtype)
         gx = _rows(grad_x, n) if need_x else np.empty((0, 0), dtype=dtype)
         gw = parts if need_w else np.empty((0, 0), dtype=dtype)
         with single_threaded_blas:
             _conv.conv_backward(x2, w2, _rows(dy3, n), gx, gw, ws, need_x, need_w,
-                                geom.groups, *args, threads)
+                                geom.groups, *args, block, threads)
     if need_w:
         # Partials added in chunk order: the same bits for any number of threads.
         grad_w = parts[0].copy() if parts.shape[0] == 1 else parts.sum(axis=0)

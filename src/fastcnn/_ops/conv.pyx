@@ -20,37 +20,58 @@ partial, and the caller adds the partials in chunk order.
 """
 from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from fastcnn._ops._blas cimport gemm
 from fastcnn._ops.im2col cimport Geom, make_geom, im2col_plane, col2im_plane
 
 
 cdef inline void _im2col_sample(const floating* x, floating* cols, Py_ssize_t C,
-                                Py_ssize_t plane_in, Py_ssize_t plane_cols,
+                                Py_ssize_t plane_in, Py_ssize_t ld,
                                 const Geom* g) noexcept nogil:
-    cdef Py_ssize_t c
+    """Columns of one sample, channel after channel; rows ``ld`` apart."""
+    cdef Py_ssize_t c, kk = g.kD * g.kH * g.kW
     for c in range(C):
-        im2col_plane(x + c * plane_in, cols + c * plane_cols, g)
+        im2col_plane(x + c * plane_in, cols + c * kk * ld, g, ld)
 
 
 cdef inline void _col2im_sample(const floating* cols, floating* x, Py_ssize_t C,
-                                Py_ssize_t plane_in, Py_ssize_t plane_cols,
+                                Py_ssize_t plane_in, Py_ssize_t ld,
                                 const Geom* g) noexcept nogil:
-    cdef Py_ssize_t c
+    """x (C planes) = col2im of one sample's columns (rows ``ld`` apart); x is overwritten."""
+    cdef Py_ssize_t c, kk = g.kD * g.kH * g.kW
     memset(x, 0, C * plane_in * sizeof(floating))
     for c in range(C):
-        col2im_plane(cols + c * plane_cols, x + c * plane_in, g)
+        col2im_plane(cols + c * kk * ld, x + c * plane_in, g, ld)
 
 
-def workspace_size(Py_ssize_t channels, tuple kernel, tuple stride, tuple padding,
-                   tuple out_size):
-    """Elements of scratch one thread needs: the (C*kD*kH*kW, L) columns, or 0 for a 1x1 conv."""
+# Samples per GEMM: small outputs (LeNet's second conv has L = 100 positions) make per-sample
+# GEMMs too thin for BLAS, so the columns of `block` samples sit side by side, (K, block*L),
+# and one GEMM serves them all. A function of L only: the result does not depend on threads.
+DEF BLOCK_COLUMNS = 384
+
+
+def sample_block(Py_ssize_t n, Py_ssize_t out_positions, bint pointwise):
+    """How many samples share one GEMM (1 for a 1x1 convolution, whose columns are x itself)."""
+    if pointwise or out_positions == 0:
+        return 1
+    return max(1, min(n, BLOCK_COLUMNS // out_positions))
+
+
+def workspace_size(Py_ssize_t channels, Py_ssize_t out_channels, tuple kernel, tuple stride,
+                   tuple padding, tuple out_size, Py_ssize_t block):
+    """Elements of scratch one thread needs: the (C*kD*kH*kW, block*L) columns, and when
+    block > 1 the (C_out, block*L) GEMM output (forward) or gathered grad_output (backward)."""
     if _is_pointwise(kernel, stride, padding):
         return 0
     kD, kH, kW = kernel
     oD, oH, oW = out_size
-    return channels * kD * kH * kW * oD * oH * oW
+    L = oD * oH * oW
+    return (channels * kD * kH * kW + (out_channels if block > 1 else 0)) * block * L
+
+
+def is_pointwise(tuple kernel, tuple stride, tuple padding):
+    return _is_pointwise(kernel, stride, padding)
 
 
 cdef bint _is_pointwise(tuple kernel, tuple stride, tuple padding):
@@ -60,10 +81,11 @@ cdef bint _is_pointwise(tuple kernel, tuple stride, tuple padding):
 def conv_forward(const floating[:, ::1] x, const floating[:, ::1] weight,
                  const floating[::1] bias, floating[:, ::1] out, floating[::1] workspace,
                  Py_ssize_t groups, tuple in_size, tuple kernel, tuple stride, tuple padding,
-                 tuple dilation, tuple out_size, int num_threads):
+                 tuple dilation, tuple out_size, Py_ssize_t block, int num_threads):
     """out (N, C_out*L) = conv(x (N, C_in*S), weight (C_out, K)) + bias (C_out or empty).
 
-    ``workspace`` holds num_threads * workspace_size(...) elements (may be empty for 1x1).
+    Samples go ``block`` at a time (see sample_block); ``workspace`` holds num_threads *
+    workspace_size(...) elements (may be empty for 1x1).
     """
     cdef Geom g = make_geom(in_size, kernel, stride, padding, dilation, out_size)
     cdef Py_ssize_t N = x.shape[0], C_out = weight.shape[0], K = weight.shape[1]
@@ -71,38 +93,51 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] weight,
     cdef Py_ssize_t Cg = K // kk, C = Cg * groups, Cog = C_out // groups
     cdef Py_ssize_t S = g.D * g.H * g.W, L = g.oD * g.oH * g.oW
     cdef bint pointwise = _is_pointwise(kernel, stride, padding)
-    cdef Py_ssize_t ws_stride = 0 if pointwise else C * kk * L
+    cdef Py_ssize_t cols_size = 0 if pointwise else C * kk * block * L
+    cdef Py_ssize_t ws_stride = 0 if pointwise else cols_size + (C_out * block * L if block > 1 else 0)
+    cdef Py_ssize_t blocks = (N + block - 1) // block
     cdef bint has_bias = bias.shape[0] > 0
     cdef floating* ws = &workspace[0] if workspace.shape[0] > 0 else NULL
-    cdef const floating* xn
     cdef const floating* cols
-    cdef floating* yn
+    cdef floating* cols_w
+    cdef floating* dst
     cdef floating* row
     cdef floating b
-    cdef Py_ssize_t n, gi, co, l
+    cdef Py_ssize_t j, n0, nb, ld, s_, n, gi, co, l
     cdef int tid
     if N == 0 or L == 0:
         return
     with nogil, parallel(num_threads=num_threads):
-        for n in prange(N, schedule='static'):
+        for j in prange(blocks, schedule='static'):
             tid = threadid()
-            xn = &x[n, 0]
-            yn = &out[n, 0]
+            n0 = j * block
+            nb = block if n0 + block <= N else N - n0
+            ld = nb * L
             if pointwise:
-                cols = xn
+                cols = &x[n0, 0]                    # nb == 1: the columns are the sample
             else:
-                _im2col_sample(xn, ws + tid * ws_stride, C, S, kk * L, &g)
-                cols = ws + tid * ws_stride
+                cols_w = ws + tid * ws_stride
+                for s_ in range(nb):
+                    _im2col_sample(&x[n0 + s_, 0], cols_w + s_ * L, C, S, ld, &g)
+                cols = cols_w
+            # one sample: straight into out[n0]; several: into scratch, then to each sample
+            dst = &out[n0, 0] if nb == 1 else ws + tid * ws_stride + cols_size
             for gi in range(groups):
-                gemm(False, False, <int> Cog, <int> L, <int> K, <floating> 1.0,
-                     &weight[gi * Cog, 0], <int> K, cols + gi * K * L, <int> L,
-                     <floating> 0.0, yn + gi * Cog * L, <int> L)
-            if has_bias:
+                gemm(False, False, <int> Cog, <int> ld, <int> K, <floating> 1.0,
+                     &weight[gi * Cog, 0], <int> K, cols + gi * K * ld, <int> ld,
+                     <floating> 0.0, dst + gi * Cog * ld, <int> ld)
+            for s_ in range(nb):
+                n = n0 + s_
                 for co in range(C_out):
-                    b = bias[co]
-                    row = yn + co * L
-                    for l in range(L):
-                        row[l] = row[l] + b
+                    b = bias[co] if has_bias else 0
+                    row = &out[n, co * L]
+                    if nb == 1:
+                        if has_bias:
+                            for l in range(L):
+                                row[l] = row[l] + b
+                    else:
+                        for l in range(L):
+                            row[l] = dst[co * ld + s_ * L + l] + b
 
 
 def conv_backward(const floating[:, ::1] x, const floating[:, ::1] weight,
@@ -110,12 +145,13 @@ def conv_backward(const floating[:, ::1] x, const floating[:, ::1] weight,
                   floating[:, ::1] grad_w_parts, floating[::1] workspace,
                   bint need_x, bint need_w,
                   Py_ssize_t groups, tuple in_size, tuple kernel, tuple stride, tuple padding,
-                  tuple dilation, tuple out_size, int num_threads):
+                  tuple dilation, tuple out_size, Py_ssize_t block, int num_threads):
     """Gradients of conv_forward with respect to its input and weight.
 
     grad_out (N, C_out*L). If need_x, grad_x (N, C_in*S) is overwritten with dL/dx. If need_w,
     grad_w_parts (n_chunks, C_out*K) receives one partial weight gradient per chunk of samples
     (chunk j covers samples [j*N//n_chunks, (j+1)*N//n_chunks)); their sum in order is dL/dW.
+    Within a chunk, samples go ``block`` at a time as in conv_forward.
     """
     cdef Geom g = make_geom(in_size, kernel, stride, padding, dilation, out_size)
     cdef Py_ssize_t N = x.shape[0], C_out = weight.shape[0], K = weight.shape[1]
@@ -123,15 +159,16 @@ def conv_backward(const floating[:, ::1] x, const floating[:, ::1] weight,
     cdef Py_ssize_t Cg = K // kk, C = Cg * groups, Cog = C_out // groups
     cdef Py_ssize_t S = g.D * g.H * g.W, L = g.oD * g.oH * g.oW
     cdef bint pointwise = _is_pointwise(kernel, stride, padding)
-    cdef Py_ssize_t ws_stride = 0 if pointwise else C * kk * L
+    cdef Py_ssize_t cols_size = 0 if pointwise else C * kk * block * L
+    cdef Py_ssize_t ws_stride = 0 if pointwise else cols_size + (C_out * block * L if block > 1 else 0)
     cdef Py_ssize_t n_chunks = grad_w_parts.shape[0] if need_w else N
     cdef floating* ws = &workspace[0] if workspace.shape[0] > 0 else NULL
     cdef floating* cols
+    cdef floating* dyb
     cdef floating* dwp
-    cdef const floating* xn
-    cdef const floating* dyn
+    cdef const floating* dy
     cdef floating* dxn
-    cdef Py_ssize_t j, n, n0, n1, gi
+    cdef Py_ssize_t j, n0, n1, m0, nb, ld, s_, co, gi
     cdef int tid
     if N == 0:
         return
@@ -146,36 +183,50 @@ def conv_backward(const floating[:, ::1] x, const floating[:, ::1] weight,
             tid = threadid()
             n0 = j * N // n_chunks
             n1 = (j + 1) * N // n_chunks
-            cols = ws + tid * ws_stride
             if need_w:
                 dwp = &grad_w_parts[j, 0]
-            for n in range(n0, n1):
-                xn = &x[n, 0]
-                dyn = &grad_out[n, 0]
+            m0 = n0
+            while m0 < n1:
+                nb = block if m0 + block <= n1 else n1 - m0
+                ld = nb * L
+                # grad_output of the block as one (C_out, nb*L) matrix
+                if nb == 1:
+                    dy = &grad_out[m0, 0]
+                else:
+                    dyb = ws + tid * ws_stride + cols_size
+                    for s_ in range(nb):
+                        for co in range(C_out):
+                            memcpy(dyb + co * ld + s_ * L, &grad_out[m0 + s_, co * L],
+                                   L * sizeof(floating))
+                    dy = dyb
                 if need_w:
                     if pointwise:
-                        cols = <floating*> xn   # read only below
+                        cols = <floating*> &x[m0, 0]     # nb == 1; read only below
                     else:
-                        _im2col_sample(xn, cols, C, S, kk * L, &g)
+                        cols = ws + tid * ws_stride
+                        for s_ in range(nb):
+                            _im2col_sample(&x[m0 + s_, 0], cols + s_ * L, C, S, ld, &g)
                     for gi in range(groups):
-                        gemm(False, True, <int> Cog, <int> K, <int> L, <floating> 1.0,
-                             dyn + gi * Cog * L, <int> L, cols + gi * K * L, <int> L,
-                             <floating> (1.0 if n > n0 else 0.0), dwp + gi * Cog * K, <int> K)
+                        gemm(False, True, <int> Cog, <int> K, <int> ld, <floating> 1.0,
+                             dy + gi * Cog * ld, <int> ld, cols + gi * K * ld, <int> ld,
+                             <floating> (1.0 if m0 > n0 else 0.0), dwp + gi * Cog * K, <int> K)
                 if need_x:
-                    dxn = &grad_x[n, 0]
                     if pointwise:
                         # K == Cg: dx[n, group g] = W[g]^T dy[n, group g], written in place.
+                        dxn = &grad_x[m0, 0]
                         for gi in range(groups):
                             gemm(True, False, <int> K, <int> L, <int> Cog, <floating> 1.0,
-                                 &weight[gi * Cog, 0], <int> K, dyn + gi * Cog * L, <int> L,
+                                 &weight[gi * Cog, 0], <int> K, dy + gi * Cog * L, <int> L,
                                  <floating> 0.0, dxn + gi * K * L, <int> L)
                     else:
                         cols = ws + tid * ws_stride
                         for gi in range(groups):
-                            gemm(True, False, <int> K, <int> L, <int> Cog, <floating> 1.0,
-                                 &weight[gi * Cog, 0], <int> K, dyn + gi * Cog * L, <int> L,
-                                 <floating> 0.0, cols + gi * K * L, <int> L)
-                        _col2im_sample(cols, dxn, C, S, kk * L, &g)
+                            gemm(True, False, <int> K, <int> ld, <int> Cog, <floating> 1.0,
+                                 &weight[gi * Cog, 0], <int> K, dy + gi * Cog * ld, <int> ld,
+                                 <floating> 0.0, cols + gi * K * ld, <int> ld)
+                        for s_ in range(nb):
+                            _col2im_sample(cols + s_ * L, &grad_x[m0 + s_, 0], C, S, ld, &g)
+                m0 = m0 + nb
 
 
 def bias_backward(const floating[:, :, ::1] grad_out, floating[::1] grad_b, int num_threads):
@@ -261,7 +312,7 @@ def conv_transpose_forward(const floating[:, ::1] x, const floating[:, ::1] weig
                      &weight[gi * Cg, 0], <int> M, &x[n, gi * Cg * L], <int> L,
                      <floating> 0.0, cols + gi * M * L, <int> L)
             if not pointwise:
-                _col2im_sample(cols, yn, C_out, S, kk * L, &g)
+                _col2im_sample(cols, yn, C_out, S, L, &g)
             if has_bias:
                 for co in range(C_out):
                     b = bias[co]
@@ -313,7 +364,7 @@ def conv_transpose_backward(const floating[:, ::1] x, const floating[:, ::1] wei
                     cols = <floating*> dyn      # read only below
                 else:
                     cols = ws + tid * ws_stride
-                    _im2col_sample(dyn, cols, C_out, S, kk * L, &g)
+                    _im2col_sample(dyn, cols, C_out, S, L, &g)
                 for gi in range(groups):
                     if need_w:
                         gemm(False, True, <int> Cg, <int> M, <int> L, <floating> 1.0,

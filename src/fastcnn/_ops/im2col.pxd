@@ -13,5 +13,7 @@ ctypedef struct Geom:
 cdef Geom make_geom(tuple in_size, tuple kernel, tuple stride, tuple padding,
                     tuple dilation, tuple out_size) except *
 
-cdef void im2col_plane(const floating* x, floating* cols, const Geom* g) noexcept nogil
-cdef void col2im_plane(const floating* cols, floating* x, const Geom* g) noexcept nogil
+cdef void im2col_plane(const floating* x, floating* cols, const Geom* g,
+                       Py_ssize_t ld) noexcept nogil
+cdef void col2im_plane(const floating* cols, floating* x, const Geom* g,
+                       Py_ssize_t ld) noexcept nogil

@@ -52,11 +52,12 @@ cdef inline void _valid_range(Py_ssize_t start, Py_ssize_t step, Py_ssize_t size
     hi[0] = last
 
 
-cdef void im2col_plane(const floating* x, floating* cols, const Geom* g) noexcept nogil:
-    """Write the (kD*kH*kW, oD*oH*oW) columns of one input plane x (D, H, W)."""
+cdef void im2col_plane(const floating* x, floating* cols, const Geom* g,
+                       Py_ssize_t ld) noexcept nogil:
+    """Write the (kD*kH*kW, oD*oH*oW) columns of one input plane x (D, H, W); consecutive
+    rows of ``cols`` are ``ld`` (>= oD*oH*oW) elements apart."""
     cdef Py_ssize_t a, b, e, od, oh, ow, id_, ih, iw0, lo, hi
     cdef Py_ssize_t plane_out = g.oH * g.oW
-    cdef Py_ssize_t L = g.oD * plane_out
     cdef floating* row = cols
     cdef floating* dst
     cdef const floating* src
@@ -86,14 +87,15 @@ cdef void im2col_plane(const floating* x, floating* cols, const Geom* g) noexcep
                                 dst[ow] = src[iw0 + ow * g.sW]
                         if hi < g.oW:
                             memset(dst + hi, 0, (g.oW - hi) * sizeof(floating))
-                row += L
+                row += ld
 
 
-cdef void col2im_plane(const floating* cols, floating* x, const Geom* g) noexcept nogil:
-    """Add the (kD*kH*kW, oD*oH*oW) columns back into one plane x (D, H, W) (x is not zeroed)."""
+cdef void col2im_plane(const floating* cols, floating* x, const Geom* g,
+                       Py_ssize_t ld) noexcept nogil:
+    """Add the (kD*kH*kW, oD*oH*oW) columns (rows ``ld`` apart) back into one plane x
+    (D, H, W) (x is not zeroed)."""
     cdef Py_ssize_t a, b, e, od, oh, ow, id_, ih, iw0, lo, hi
     cdef Py_ssize_t plane_out = g.oH * g.oW
-    cdef Py_ssize_t L = g.oD * plane_out
     cdef const floating* row = cols
     cdef const floating* src
     cdef floating* dst
@@ -118,7 +120,7 @@ cdef void col2im_plane(const floating* cols, floating* x, const Geom* g) noexcep
                         else:
                             for ow in range(lo, hi):
                                 dst[iw0 + ow * g.sW] += src[ow]
-                row += L
+                row += ld
 
 
 def unfold(const floating[:, ::1] x, floating[:, ::1] cols, Py_ssize_t channels,
@@ -136,7 +138,8 @@ def unfold(const floating[:, ::1] x, floating[:, ::1] cols, Py_ssize_t channels,
         for job in prange(N * C, schedule='static', num_threads=num_threads):
             n = job // C
             c = job - n * C
-            im2col_plane(&x[n, c * plane_in], &cols[n, c * plane_cols], &g)
+            im2col_plane(&x[n, c * plane_in], &cols[n, c * plane_cols], &g,
+                         g.oD * g.oH * g.oW)
 
 
 def fold(const floating[:, ::1] cols, floating[:, ::1] x, Py_ssize_t channels,
@@ -156,4 +159,5 @@ def fold(const floating[:, ::1] cols, floating[:, ::1] x, Py_ssize_t channels,
             c = job - n * C
             memset(&x[n, c * plane_in], 0, plane_in * sizeof(floating))
             if plane_cols > 0:
-                col2im_plane(&cols[n, c * plane_cols], &x[n, c * plane_in], &g)
+                col2im_plane(&cols[n, c * plane_cols], &x[n, c * plane_in], &g,
+                             g.oD * g.oH * g.oW)
