@@ -25,16 +25,18 @@ def check_padding(fname, padding, nd, stride=None):
     return ntuple(fname, "padding", padding, nd, minimum=0)
 
 
-class _ConvNd(Layer):
+class _ConvBase(Layer):
+    """What convolution and transposed convolution layers share: arguments, input checks,
+    weight and bias, and forward/backward through ``F.<name>`` / ``F.<name>_backward``."""
     nd = 2
+    op = "conv"
 
-    def __init__(self, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, in_channels=None, weight_init=None, bias_init=None):
+    def _init_common(self, out_channels, kernel_size, stride, dilation, groups, bias,
+                     in_channels, weight_init, bias_init):
         fname = self.type_name
         self.out_channels = as_int(fname, "out_channels", out_channels, minimum=1)
         self.kernel_size = ntuple(fname, "kernel_size", kernel_size, self.nd, minimum=1)
         self.stride = ntuple(fname, "stride", stride, self.nd, minimum=1)
-        self.padding = check_padding(fname, padding, self.nd, self.stride)
         self.dilation = ntuple(fname, "dilation", dilation, self.nd, minimum=1)
         self.groups = as_int(fname, "groups", groups, minimum=1)
         if self.out_channels % self.groups:
@@ -46,10 +48,11 @@ class _ConvNd(Layer):
         self.in_channels = (None if in_channels is None else
                             as_int(fname, "in_channels", in_channels, minimum=1))
         self.weight_init, self.bias_init = weight_init, bias_init
-        self._forward = getattr(F, f"conv{self.nd}d")
-        self._backward = getattr(F, f"conv{self.nd}d_backward")
+        self._forward = getattr(F, f"{self.op}{self.nd}d")
+        self._backward = getattr(F, f"{self.op}{self.nd}d_backward")
 
-    def build(self, input_shape):
+    def _build_parameters(self, input_shape, weight_shape_of):
+        """Check the input, infer in_channels, create weight (weight_shape_of(C_in)) and bias."""
         if len(input_shape) != self.nd + 1:
             raise ValueError(f"{self.where()}: expects per-sample input (C, {self.nd} spatial "
                              f"axes), got shape {tuple(input_shape)}")
@@ -61,12 +64,41 @@ class _ConvNd(Layer):
             raise ValueError(f"{self.where()}: the input's {c} channels are not divisible by "
                              f"groups={self.groups}")
         self.in_channels = c
-        self.weight = self.add_parameter(
-            "weight", (self.out_channels, c // self.groups) + self.kernel_size,
-            DEFAULT_WEIGHT_INIT, init=self.weight_init)
+        self.weight = self.add_parameter("weight", weight_shape_of(c), DEFAULT_WEIGHT_INIT,
+                                         init=self.weight_init)
         self.bias = (self.add_parameter("bias", (self.out_channels,), DEFAULT_BIAS_INIT,
                                         init=self.bias_init, weight_decay=False)
                      if self.use_bias else None)
+
+    def _args(self):
+        raise NotImplementedError
+
+    def forward(self, x):
+        self.save_for_backward(x)
+        return self._forward(x, self.weight.data, None if self.bias is None else self.bias.data,
+                             **self._args())
+
+    def backward(self, grad):
+        (x,) = self.saved()
+        need_x = getattr(self, "needs_input_grad", True)
+        gx, gw, gb = self._backward(grad, x, self.weight.data, **self._args(),
+                                    output_mask=(need_x, True, self.bias is not None))
+        self.weight.grad += gw
+        if self.bias is not None:
+            self.bias.grad += gb
+        return gx
+
+
+class _ConvNd(_ConvBase):
+    def __init__(self, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, in_channels=None, weight_init=None, bias_init=None):
+        self._init_common(out_channels, kernel_size, stride, dilation, groups, bias, in_channels,
+                          weight_init, bias_init)
+        self.padding = check_padding(self.type_name, padding, self.nd, self.stride)
+
+    def build(self, input_shape):
+        self._build_parameters(input_shape, lambda c: (self.out_channels, c // self.groups)
+                               + self.kernel_size)
         spatial = tuple(input_shape[1:])
         if self.padding == "same":
             out = spatial
@@ -83,21 +115,6 @@ class _ConvNd(Layer):
     def _args(self):
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
                     groups=self.groups)
-
-    def forward(self, x):
-        self.save_for_backward(x)
-        return self._forward(x, self.weight.data, None if self.bias is None else self.bias.data,
-                             **self._args())
-
-    def backward(self, grad):
-        (x,) = self.saved()
-        need_x = getattr(self, "needs_input_grad", True)
-        gx, gw, gb = self._backward(grad, x, self.weight.data, **self._args(),
-                                    output_mask=(need_x, True, self.bias is not None))
-        self.weight.grad += gw
-        if self.bias is not None:
-            self.bias.grad += gb
-        return gx
 
     def flops(self):
         per_output = 2 * (self.in_channels // self.groups) * math.prod(self.kernel_size)
@@ -122,55 +139,26 @@ class Conv3d(_ConvNd):
     nd = 3
 
 
-class _ConvTransposeNd(Layer):
-    nd = 2
+class _ConvTransposeNd(_ConvBase):
+    op = "conv_transpose"
 
     def __init__(self, out_channels, kernel_size, stride=1, padding=0, output_padding=0,
                  groups=1, bias=True, dilation=1, in_channels=None, weight_init=None,
                  bias_init=None):
+        self._init_common(out_channels, kernel_size, stride, dilation, groups, bias, in_channels,
+                          weight_init, bias_init)
         fname = self.type_name
-        self.out_channels = as_int(fname, "out_channels", out_channels, minimum=1)
-        self.kernel_size = ntuple(fname, "kernel_size", kernel_size, self.nd, minimum=1)
-        self.stride = ntuple(fname, "stride", stride, self.nd, minimum=1)
         self.padding = ntuple(fname, "padding", padding, self.nd, minimum=0)
         self.output_padding = ntuple(fname, "output_padding", output_padding, self.nd, minimum=0)
-        self.dilation = ntuple(fname, "dilation", dilation, self.nd, minimum=1)
-        self.groups = as_int(fname, "groups", groups, minimum=1)
         for op, s, d in zip(self.output_padding, self.stride, self.dilation):
             if op >= s and op >= d:
                 raise ValueError(f"{fname}: output_padding {self.output_padding} must be smaller "
                                  f"than stride {self.stride} or dilation {self.dilation}")
-        if self.out_channels % self.groups:
-            raise ValueError(f"{fname}: out_channels={out_channels} must be divisible by "
-                             f"groups={groups}")
-        if not isinstance(bias, bool):
-            raise TypeError(f"{fname}: bias must be True or False, got {bias!r}")
-        self.use_bias = bias
-        self.in_channels = (None if in_channels is None else
-                            as_int(fname, "in_channels", in_channels, minimum=1))
-        self.weight_init, self.bias_init = weight_init, bias_init
-        self._forward = getattr(F, f"conv_transpose{self.nd}d")
-        self._backward = getattr(F, f"conv_transpose{self.nd}d_backward")
 
     def build(self, input_shape):
-        if len(input_shape) != self.nd + 1:
-            raise ValueError(f"{self.where()}: expects per-sample input (C, {self.nd} spatial "
-                             f"axes), got shape {tuple(input_shape)}")
-        c = input_shape[0]
-        if self.in_channels is not None and self.in_channels != c:
-            raise ValueError(f"{self.where()}: in_channels={self.in_channels} but the input has "
-                             f"{c} channels")
-        if c % self.groups:
-            raise ValueError(f"{self.where()}: the input's {c} channels are not divisible by "
-                             f"groups={self.groups}")
-        self.in_channels = c
         # torch's layout (C_in, C_out/groups, *k); fans are computed from it as torch does.
-        self.weight = self.add_parameter(
-            "weight", (c, self.out_channels // self.groups) + self.kernel_size,
-            DEFAULT_WEIGHT_INIT, init=self.weight_init)
-        self.bias = (self.add_parameter("bias", (self.out_channels,), DEFAULT_BIAS_INIT,
-                                        init=self.bias_init, weight_decay=False)
-                     if self.use_bias else None)
+        self._build_parameters(input_shape, lambda c: (c, self.out_channels // self.groups)
+                               + self.kernel_size)
         out = tuple((i - 1) * s - 2 * p + d * (k - 1) + op + 1 for i, s, p, d, k, op in
                     zip(input_shape[1:], self.stride, self.padding, self.dilation,
                         self.kernel_size, self.output_padding))
@@ -182,21 +170,6 @@ class _ConvTransposeNd(Layer):
     def _args(self):
         return dict(stride=self.stride, padding=self.padding, output_padding=self.output_padding,
                     groups=self.groups, dilation=self.dilation)
-
-    def forward(self, x):
-        self.save_for_backward(x)
-        return self._forward(x, self.weight.data, None if self.bias is None else self.bias.data,
-                             **self._args())
-
-    def backward(self, grad):
-        (x,) = self.saved()
-        need_x = getattr(self, "needs_input_grad", True)
-        gx, gw, gb = self._backward(grad, x, self.weight.data, **self._args(),
-                                    output_mask=(need_x, True, self.bias is not None))
-        self.weight.grad += gw
-        if self.bias is not None:
-            self.bias.grad += gb
-        return gx
 
     def flops(self):
         per_input = 2 * (self.out_channels // self.groups) * math.prod(self.kernel_size)

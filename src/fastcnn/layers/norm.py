@@ -23,7 +23,27 @@ def _check_eps_momentum(name, eps, momentum):
         raise ValueError(f"{name}: momentum must be in [0, 1] or None, got {momentum!r}")
 
 
-class _BatchNorm(Layer):
+class _Affine(Layer):
+    """Normalization layers' optional learned scale (ones) and shift (zeros): never decayed,
+    never initialized from the model-wide ``init``."""
+
+    def _add_affine(self, shape):
+        self.weight = self.add_parameter("weight", shape, "ones", use_model_default=False,
+                                         weight_decay=False)
+        self.bias = self.add_parameter("bias", shape, "zeros", use_model_default=False,
+                                       weight_decay=False)
+
+    def _affine(self):
+        return (None if self.weight is None else self.weight.data,
+                None if self.bias is None else self.bias.data)
+
+    def _accumulate(self, grad_weight, grad_bias):
+        if self.weight is not None:
+            self.weight.grad += grad_weight
+            self.bias.grad += grad_bias
+
+
+class _BatchNorm(_Affine):
     nd = 2
     spatial_ranks = (2,)
 
@@ -49,10 +69,7 @@ class _BatchNorm(Layer):
         dtype = self._init_context.dtype
         self.weight = self.bias = None
         if self.affine:
-            self.weight = self.add_parameter("weight", (c,), "ones", use_model_default=False,
-                                             weight_decay=False)
-            self.bias = self.add_parameter("bias", (c,), "zeros", use_model_default=False,
-                                           weight_decay=False)
+            self._add_affine((c,))
         self.running_mean = self.running_var = self.num_batches_tracked = None
         if self.track_running_stats:
             self.running_mean = self.add_buffer("running_mean", np.zeros(c, dtype))
@@ -60,10 +77,6 @@ class _BatchNorm(Layer):
             self.num_batches_tracked = self.add_buffer("num_batches_tracked",
                                                        np.zeros((), np.int64))
         return tuple(input_shape)
-
-    def _affine(self):
-        return (None if self.weight is None else self.weight.data,
-                None if self.bias is None else self.bias.data)
 
     def forward(self, x):
         w, b = self._affine()
@@ -84,9 +97,7 @@ class _BatchNorm(Layer):
         w, _ = self._affine()
         gx, gw, gb = F.batch_norm_backward(grad, x, w, training=True, eps=self.eps,
                                            save_mean=mean, save_invstd=invstd)
-        if self.weight is not None:
-            self.weight.grad += gw
-            self.bias.grad += gb
+        self._accumulate(gw, gb)
         return gx
 
     def fold_scale_shift(self):
@@ -123,7 +134,7 @@ class BatchNorm3d(_BatchNorm):
 
 
 @register_layer("layer_norm", aliases=("LayerNorm",))
-class LayerNorm(Layer):
+class LayerNorm(_Affine):
     """Normalize over the trailing ``normalized_shape`` axes of each sample (default: all of
     them), with elementwise affine parameters of that shape."""
 
@@ -142,15 +153,8 @@ class LayerNorm(Layer):
         self.normalized_shape = shape
         self.weight = self.bias = None
         if self.elementwise_affine:
-            self.weight = self.add_parameter("weight", shape, "ones", use_model_default=False,
-                                             weight_decay=False)
-            self.bias = self.add_parameter("bias", shape, "zeros", use_model_default=False,
-                                           weight_decay=False)
+            self._add_affine(shape)
         return tuple(input_shape)
-
-    def _affine(self):
-        return (None if self.weight is None else self.weight.data,
-                None if self.bias is None else self.bias.data)
 
     def forward(self, x):
         self.save_for_backward(x)
@@ -160,14 +164,12 @@ class LayerNorm(Layer):
         (x,) = self.saved()
         gx, gw, gb = F.layer_norm_backward(grad, x, self.normalized_shape, *self._affine(),
                                            eps=self.eps)
-        if self.weight is not None:
-            self.weight.grad += gw
-            self.bias.grad += gb
+        self._accumulate(gw, gb)
         return gx
 
 
 @register_layer("group_norm", aliases=("GroupNorm",))
-class GroupNorm(Layer):
+class GroupNorm(_Affine):
     """Normalize each sample over groups of num_channels/num_groups channels, with per-channel
     affine parameters."""
 
@@ -189,15 +191,8 @@ class GroupNorm(Layer):
         self.num_channels = c
         self.weight = self.bias = None
         if self.affine:
-            self.weight = self.add_parameter("weight", (c,), "ones", use_model_default=False,
-                                             weight_decay=False)
-            self.bias = self.add_parameter("bias", (c,), "zeros", use_model_default=False,
-                                           weight_decay=False)
+            self._add_affine((c,))
         return tuple(input_shape)
-
-    def _affine(self):
-        return (None if self.weight is None else self.weight.data,
-                None if self.bias is None else self.bias.data)
 
     def forward(self, x):
         self.save_for_backward(x)
@@ -207,13 +202,11 @@ class GroupNorm(Layer):
         (x,) = self.saved()
         gx, gw, gb = F.group_norm_backward(grad, x, self.num_groups, *self._affine(),
                                            eps=self.eps)
-        if self.weight is not None:
-            self.weight.grad += gw
-            self.bias.grad += gb
+        self._accumulate(gw, gb)
         return gx
 
 
-class _InstanceNorm(Layer):
+class _InstanceNorm(_Affine):
     nd = 2
 
     def __init__(self, num_features=None, eps=1e-5, momentum=0.1, affine=False,
@@ -237,10 +230,7 @@ class _InstanceNorm(Layer):
         dtype = self._init_context.dtype
         self.weight = self.bias = None
         if self.affine:
-            self.weight = self.add_parameter("weight", (c,), "ones", use_model_default=False,
-                                             weight_decay=False)
-            self.bias = self.add_parameter("bias", (c,), "zeros", use_model_default=False,
-                                           weight_decay=False)
+            self._add_affine((c,))
         self.running_mean = self.running_var = None
         if self.track_running_stats:
             self.running_mean = self.add_buffer("running_mean", np.zeros(c, dtype))
@@ -264,9 +254,7 @@ class _InstanceNorm(Layer):
         args = self._args()
         args.pop("momentum")
         gx, gw, gb = F.instance_norm_backward(grad, x, **args)
-        if self.weight is not None:
-            self.weight.grad += gw
-            self.bias.grad += gb
+        self._accumulate(gw, gb)
         return gx
 
 
