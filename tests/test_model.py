@@ -282,3 +282,30 @@ def test_yaml_config(tmp_path):
     path = tmp_path / "model.yaml"
     path.write_text(yaml.safe_dump(RESIDUAL))
     assert fastcnn.build_model(str(path)).to_config() == fastcnn.build_model(RESIDUAL).to_config()
+
+
+@pytest.mark.parametrize("name,shape", [("resnet_small", (3, 16, 16)), ("unet_small", (1, 16, 16)),
+                                        ("vgg_small", (3, 32, 32))])
+def test_whole_bundled_networks_match_torch(th, name, shape):
+    """Residual additions, concatenations, transposed convolutions and batch norms together:
+    outputs, input gradient and every parameter gradient against the same torch graph."""
+    from fastcnn.benchmarks import to_torch
+    from fastcnn.train import bundled_config
+
+    config = dict(bundled_config(name), input_shape=list(shape), dtype="float64", seed=0)
+    config["layers"] = [dict(l, p=0.0) if l["type"] == "dropout" else l for l in config["layers"]]
+    model = fastcnn.build_model(config)
+    ref = to_torch(model, th).double()
+    x = np.random.default_rng(0).standard_normal((2,) + shape)
+    tx = th.tensor(x, requires_grad=True)
+    ty = ref(tx)
+    y = model(x)
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-9, atol=1e-9)
+    dy = np.random.default_rng(1).standard_normal(y.shape)
+    ty.backward(th.tensor(dy))
+    dx = model.backward(dy)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-8, atol=1e-9)
+    grads = dict(model.named_parameters())
+    for pname, param in ref.named_parameters():
+        np.testing.assert_allclose(grads[pname].grad, param.grad.numpy(), rtol=1e-7, atol=1e-9,
+                                   err_msg=pname)

@@ -262,7 +262,7 @@ def to_torch(model, torch):
                     values[name] = getattr(self, name)(args[0])
             return values[model.outputs[0]]
 
-    graph = Graph()
+    graph = Graph().to(torch.float64 if model.dtype == np.float64 else torch.float32)
     graph.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
     return graph
 
