@@ -323,3 +323,16 @@ def test_int_inputs_are_float32():
         assert f(x).dtype == np.float32
     assert F.softmax(x, 0).dtype == np.float32
     assert F.linear(np.ones((2, 3), int), np.ones((4, 3), np.float32)).dtype == np.float32
+
+
+def test_relu_inplace_as_torch():
+    import fastcnn.functional as F
+    x = np.array([[-1.0, 2.0], [np.nan, -0.0]], dtype=np.float32)
+    y = F.relu(x, inplace=True)
+    assert y is x and np.isnan(x[1, 0]) and x[0, 0] == 0 and x[0, 1] == 2
+    view = np.arange(-3.0, 3.0)[::2]                 # not contiguous: a new array, input kept
+    out = F.relu(view, inplace=True)
+    assert out is not view and view[0] == -3.0 and out[0] == 0
+    frozen = np.array([-1.0, 1.0])
+    frozen.flags.writeable = False
+    assert F.relu(frozen, inplace=True).tolist() == [0.0, 1.0] and frozen[0] == -1.0

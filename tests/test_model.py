@@ -309,3 +309,30 @@ def test_whole_bundled_networks_match_torch(th, name, shape):
     for pname, param in ref.named_parameters():
         np.testing.assert_allclose(grads[pname].grad, param.grad.numpy(), rtol=1e-7, atol=1e-9,
                                    err_msg=pname)
+
+
+def test_in_place_relu_never_overwrites_what_others_read():
+    """relu overwrites its input only when that array is private to it: the same results as
+    relu on a copy, for shared outputs, views (identity, flatten) and the model input."""
+    config = {"input_shape": [2, 5, 5], "dtype": "float64", "seed": 0, "layers": [
+        {"type": "conv2d", "name": "c", "out_channels": 3, "kernel_size": 3, "padding": 1},
+        {"type": "identity", "name": "same", "inputs": ["c"]},
+        {"type": "relu", "name": "r1", "inputs": ["same"]},
+        {"type": "relu", "name": "r2", "inputs": ["c"]},
+        {"type": "add", "name": "sum", "inputs": ["r1", "r2", "c"]},
+        {"type": "conv2d", "name": "d", "out_channels": 3, "kernel_size": 1},
+        {"type": "relu", "name": "r3"},
+        {"type": "relu", "name": "r4", "inputs": ["input"]},
+        {"type": "flatten", "name": "f", "inputs": ["r3"]},
+    ], "outputs": ["f", "r4"]}
+    model = fastcnn.build_model(config)
+    assert [model[n].may_overwrite_input for n in ("r1", "r2", "r3", "r4")] == [False, False, True, False]
+    x = np.random.default_rng(0).standard_normal((2, 2, 5, 5))
+    x_before = x.copy()
+    c = fastcnn.functional.conv2d(x, model["c"].weight.data, model["c"].bias.data, padding=1)
+    s = np.maximum(c, 0) * 2 + c
+    d = fastcnn.functional.conv2d(s, model["d"].weight.data, model["d"].bias.data)
+    f, r4 = model(x)
+    np.testing.assert_allclose(f, np.maximum(d, 0).reshape(2, -1), rtol=1e-12)
+    np.testing.assert_array_equal(r4, np.maximum(x_before, 0))
+    np.testing.assert_array_equal(x, x_before)

@@ -1927,11 +1927,15 @@ def _real(fname, name, value) -> float:
     return float(value)
 
 
-def relu(input):
-    """``max(x, 0)`` elementwise (NaN stays NaN)."""
+def relu(input, inplace=False):
+    """``max(x, 0)`` elementwise (NaN stays NaN). With ``inplace=True`` (as torch) the result
+    overwrites ``input`` when it is a writable C-contiguous float32/float64 array, and is
+    returned; otherwise a new array is returned as without it."""
     x = _float("relu", "input", input)
+    writable_here = (inplace and x is input and x.flags.c_contiguous and x.flags.writeable
+                     and x.flags.aligned)
     x = contiguous(x, x.dtype)
-    out = np.empty_like(x)
+    out = x if writable_here else np.empty_like(x)
     _act.relu_forward(x.reshape(-1), out.reshape(-1), get_num_threads())
     return out
 

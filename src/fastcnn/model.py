@@ -214,6 +214,20 @@ class Model:
         self._release_after = {i: [n for n, last in last_use.items()
                                    if last == i and n not in self.outputs]
                                for i in range(len(nodes))}
+        # A layer may overwrite its input when that input is another layer's output that no one
+        # else reads, that is not a model output, and that its producer declares private (a new
+        # array, not kept for its backward, no view of its own input). The model input (the
+        # caller's array) is never overwritten.
+        readers = {}
+        for node in nodes:
+            for ref in node.inputs:
+                readers[ref] = readers.get(ref, 0) + 1
+        producers = {node.name: node.layer for node in nodes}
+        for node in nodes:
+            ref = node.inputs[0]
+            node.layer.may_overwrite_input = (
+                len(node.inputs) == 1 and ref in producers and readers[ref] == 1
+                and ref not in self.outputs and producers[ref].output_is_private)
 
     # -- structure --------------------------------------------------------------------------
     @property

@@ -20,6 +20,10 @@ class _Activation(Layer):
     fn = ""
     uses_output = False
 
+    @property
+    def output_is_private(self):
+        return not self.uses_output
+
     def __init__(self):
         pass
 
@@ -41,8 +45,16 @@ class _Activation(Layer):
 
 @register_layer("relu", aliases=("ReLU",))
 class ReLU(_Activation):
-    """max(x, 0)."""
+    """max(x, 0). Overwrites its input when the model says nobody else reads it (the usual
+    conv -> relu): no new activation-sized array, and its backward reads its output (y > 0
+    exactly where x > 0)."""
     fn = "relu"
+    uses_output = True
+
+    def forward(self, x):
+        y = F.relu(x, inplace=self.may_overwrite_input)
+        self.save_for_backward(y)
+        return y
 
 
 @register_layer("leaky_relu", aliases=("LeakyReLU",))

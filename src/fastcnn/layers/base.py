@@ -58,6 +58,10 @@ class Layer:
 
     #: How many inputs ``forward`` takes: 1, or None for merge layers (2 or more).
     num_inputs = 1
+    #: True when forward returns a new array that this layer does not keep (for its backward)
+    #: and that is no view of its input: the next layer may then overwrite it in place. False by
+    #: default, so that a user's layer is never surprised.
+    output_is_private = False
 
     def __new__(cls, *args, **kwargs):
         self = super().__new__(cls)
@@ -83,6 +87,8 @@ class Layer:
         self._buffers: dict[str, np.ndarray] = {}
         self._saved = None
         self._init_context = _InitContext()
+        # Set by the model: this layer's input is read by nobody else, so it may be overwritten.
+        self.may_overwrite_input = False
         return self
 
     # -- building ---------------------------------------------------------------------------

@@ -28,6 +28,7 @@ def check_padding(fname, padding, nd, stride=None):
 class _ConvBase(Layer):
     """What convolution and transposed convolution layers share: arguments, input checks,
     weight and bias, and forward/backward through ``F.<name>`` / ``F.<name>_backward``."""
+    output_is_private = True      # a new array, not kept, no view of the input
     nd = 2
     op = "conv"
 

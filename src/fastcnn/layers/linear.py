@@ -17,6 +17,7 @@ __all__ = ["Linear", "Dropout", "Dropout2d"]
 @register_layer("linear", aliases=("Linear", "dense"))
 class Linear(Layer):
     """y = x @ W^T + b over the last axis; W (out_features, in_features) as torch.nn.Linear."""
+    output_is_private = True      # a new array, not kept, no view of the input
 
     def __init__(self, out_features, bias=True, in_features=None, weight_init=None,
                  bias_init=None):

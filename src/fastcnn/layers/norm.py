@@ -26,6 +26,7 @@ def _check_eps_momentum(name, eps, momentum):
 class _Affine(Layer):
     """Normalization layers' optional learned scale (ones) and shift (zeros): never decayed,
     never initialized from the model-wide ``init``."""
+    output_is_private = True      # a new array, not kept, no view of the input
 
     def _add_affine(self, shape):
         self.weight = self.add_parameter("weight", shape, "ones", use_model_default=False,

@@ -13,6 +13,7 @@ __all__ = ["MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "Avg
 
 
 class _Pool(Layer):
+    output_is_private = True      # a new array, not kept, no view of the input
     nd = 2
 
     def build(self, input_shape):

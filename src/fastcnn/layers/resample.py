@@ -12,6 +12,7 @@ __all__ = ["Upsample"]
 class Upsample(Layer):
     """Resize the spatial axes to ``size`` or by ``scale_factor`` (torch.nn.Upsample); modes
     "nearest" and "bilinear" (and "linear" for 1-D)."""
+    output_is_private = True      # a new array, not kept, no view of the input
 
     def __init__(self, size=None, scale_factor=None, mode="nearest", align_corners=None):
         if (size is None) == (scale_factor is None):

@@ -60,6 +60,7 @@ class Flatten(Layer):
 
 
 class _Merge(Layer):
+    output_is_private = True      # a new array, not kept, no view of the input
     num_inputs = None
 
 
