@@ -294,3 +294,42 @@ def test_many_small_samples_share_a_gemm(th, rng, n, size, groups):
     sample_block); batch sizes that do not divide evenly into blocks and chunks included."""
     check_against_torch(th, rng, 2, n, 3 * groups, 2 * groups, size, (3, 3), np.float64,
                         padding=1, groups=groups)
+
+
+# ---- Winograd F(2x2, 3x3): 3x3 stride-1 convolutions with >= 16 channels --------------------
+
+@pytest.mark.parametrize("n,c_in,c_out,size,padding", [
+    (3, 16, 20, (9, 7), 1), (2, 17, 16, (8, 8), 0), (5, 32, 16, (5, 6), 2), (1, 16, 16, (1, 1), 1),
+    (9, 16, 24, (3, 4), "same"), (2, 24, 16, (2, 2), 2),
+])
+def test_winograd_shapes_match_torch(th, rng, n, c_in, c_out, size, padding):
+    assert F._winograd_ok(F._conv_geometry("t", 2, np.zeros((n, c_in) + size),
+                                           np.zeros((c_out, c_in, 3, 3)), 1, padding, 1, 1), 2)
+    check_against_torch(th, rng, 2, n, c_in, c_out, size, (3, 3), np.float64, padding=padding)
+    check_against_torch(th, rng, 2, n, c_in, c_out, size, (3, 3), np.float32, padding=padding)
+
+
+def test_winograd_float32_error_is_measured_and_small(rng):
+    """Relative error of the float32 Winograd result against float64, next to im2col's."""
+    x = rng.standard_normal((4, 64, 16, 16))
+    w = rng.standard_normal((64, 64, 3, 3)) * 0.05
+    exact = F.conv2d(x, w, padding=1)
+    wino = F.conv2d(x.astype(np.float32), w.astype(np.float32), padding=1)
+    cols = F.unfold(x.astype(np.float32), 3, padding=1)
+    im2col = np.einsum("ok,nkl->nol", w.reshape(64, -1).astype(np.float32), cols).reshape(exact.shape)
+    scale = np.abs(exact).max()
+    err_wino = np.abs(wino - exact).max() / scale
+    err_im2col = np.abs(im2col - exact).max() / scale
+    assert err_wino < 1e-5 and err_wino < 20 * max(err_im2col, 1e-7)
+
+
+def test_winograd_bit_identical_for_1_and_2_threads(rng, threads):
+    x = rng.standard_normal((7, 16, 10, 9)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    out = []
+    for t in (1, 2):
+        threads(t)
+        y = F.conv2d(x, w, padding=1)
+        out.append((y,) + F.conv2d_backward(np.cos(y), x, w, padding=1)[:2])
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)

@@ -31,6 +31,7 @@ from fastcnn import _checks
 from fastcnn._checks import as_array, as_int, check_ndim, contiguous, float_dtype, lift3, ntuple
 from fastcnn._ops import conv as _conv
 from fastcnn._ops import gemm as _gemm
+from fastcnn._ops import winograd as _winograd
 from fastcnn._ops import im2col as _im2col
 from fastcnn._ops import pool as _pool
 from fastcnn._ops import resample as _resample
@@ -167,6 +168,34 @@ def _conv_scratch(geom, args, threads, dtype):
     return scratch(per_thread * threads, dtype), block
 
 
+# Winograd F(2x2, 3x3) (_ops/winograd.pyx) for 3x3 stride-1 convolutions: 2.25x fewer
+# multiplications than im2col + GEMM. Below this many channels its transforms cost more than
+# they save (measured on LeNet/VGG shapes), and the first layer of a network is such a case.
+_WINOGRAD_MIN_CHANNELS = 16
+_WINOGRAD_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+
+
+def _winograd_ok(geom, nd):
+    return (nd == 2 and geom.kernel == (1, 3, 3) and geom.stride == (1, 1, 1)
+            and geom.dilation == (1, 1, 1) and geom.groups == 1
+            and geom.padding[1] == geom.padding[2] <= 2
+            and min(geom.in_channels, geom.out_channels) >= _WINOGRAD_MIN_CHANNELS)
+
+
+def _winograd_conv2d(x2, w, bias, out2, in_size, pad, out_size, dtype):
+    """out2 (N, C_out*OH*OW) = 3x3 stride-1 convolution of x2 (N, C*H*W) by w (C_out, C, 3, 3)."""
+    n, k, c = x2.shape[0], w.shape[0], w.shape[1]
+    u = np.einsum("ai,kcij,bj->abkc", _WINOGRAD_G, w.astype(np.float64), _WINOGRAD_G)
+    u = np.ascontiguousarray(u.reshape(16, k, c), dtype=dtype)
+    tiles = ((out_size[0] + 1) // 2) * ((out_size[1] + 1) // 2)
+    threads = get_num_threads()
+    block = _winograd.block_size(n, tiles)
+    ws = scratch(_winograd.workspace_size(c, k, tiles, block) * threads, dtype)
+    with single_threaded_blas:
+        _winograd.forward(x2, u, bias, out2, ws, in_size[0], in_size[1], pad, out_size[0],
+                          out_size[1], block, threads)
+
+
 def _conv_forward(fname, nd, input, weight, bias, stride, padding, dilation, groups):
     x = as_array(fname, "input", input)
     w = as_array(fname, "weight", weight)
@@ -177,7 +206,10 @@ def _conv_forward(fname, nd, input, weight, bias, stride, padding, dilation, gro
     b1 = _checks.optional_vector(fname, "bias", b, geom.out_channels, dtype)
     x2 = _rows(contiguous(x, dtype), geom.n)
     out = np.empty((geom.n, geom.out_channels) + geom.out_size, dtype=dtype)
-    if geom.n:
+    if geom.n and _winograd_ok(geom, nd):
+        _winograd_conv2d(x2, w2.reshape(w.shape), b1, _rows(out, geom.n), geom.in_size,
+                         geom.padding[1], geom.out_size, dtype)
+    elif geom.n:
         threads = get_num_threads()
         args = geom.kernel_args()
         ws, block = _conv_scratch(geom, args, threads, dtype)
@@ -213,6 +245,12 @@ def _conv_backward(fname, nd, grad_output, input, weight, stride, padding, dilat
     if need_w:
         chunks = max(1, min(n, _WEIGHT_GRAD_CHUNKS))
         parts = np.zeros((chunks, w2.size), dtype=dtype)
+    if need_x and n and _winograd_ok(geom, nd) and geom.padding[1] <= 2:
+        # dL/dx is the convolution of dy with the kernels flipped and transposed, padded 2 - p
+        flipped = np.ascontiguousarray(w2.reshape(w.shape)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        _winograd_conv2d(_rows(dy3, n), flipped, np.empty(0, dtype), _rows(grad_x, n),
+                         geom.out_size, 2 - geom.padding[1], geom.in_size, dtype)
+        need_x = False
     if (need_x or need_w) and n:
         args = geom.kernel_args()
         ws, block = _conv_scratch(geom, args, threads, dtype)

@@ -1,0 +1,156 @@
+"""Winograd F(2x2, 3x3) convolution: 3x3 kernels, stride 1, no dilation, one group.
+
+Each 2x2 block of outputs is computed from a 4x4 input tile d with 16 multiplications per
+(input, output) channel pair instead of 36 (Lavin & Gray, 2015):
+
+    V = B^T d B          (input tile, 4x4)        B^T = [1  0 -1  0]
+    U = G g G^T          (3x3 kernel -> 4x4)            [0  1  1  0]
+    M = sum_c U . V      (elementwise, per pair)        [0 -1  1  0]
+    Y = A^T M A          (2x2 outputs)                  [0  1  0 -1]
+
+    G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1],  A^T = [1 1 1 0; 0 1 -1 -1].
+
+The sum over channels is 16 GEMMs, one per tile position xi: M[xi] (C_out, T) =
+U[xi] (C_out, C) @ V[xi] (C, T), T being the tiles of a block of samples. The input gradient of
+such a convolution is one too (dy convolved with the flipped, transposed kernels, padding 2 - p),
+so functional.py uses this kernel for both. The weight transform
+is done once per call in Python (functional.py); here are the input and output transforms and
+the GEMMs. Samples go in fixed blocks (a function of the shapes), each block on one thread with
+single-threaded BLAS: the result does not depend on the number of threads.
+"""
+from cython cimport floating
+from cython.parallel cimport prange, parallel, threadid
+
+from fastcnn._ops._blas cimport gemm
+
+
+cdef void _input_transform(const floating* x, floating* v, Py_ssize_t C, Py_ssize_t H,
+                           Py_ssize_t W, Py_ssize_t pad, Py_ssize_t tiles_h,
+                           Py_ssize_t tiles_w, Py_ssize_t ld, Py_ssize_t xi_stride) noexcept nogil:
+    """V for one sample: v[xi * xi_stride + c * ld + tile] (tile = ti * tiles_w + tj)."""
+    cdef Py_ssize_t c, ti, tj, r, s, row0, col0, ih, iw, tile
+    cdef floating d[4][4]
+    cdef floating t[4][4]
+    cdef const floating* plane
+    cdef floating* dst
+    cdef bint inside
+    for c in range(C):
+        plane = x + c * H * W
+        for ti in range(tiles_h):
+            row0 = 2 * ti - pad
+            for tj in range(tiles_w):
+                col0 = 2 * tj - pad
+                inside = row0 >= 0 and col0 >= 0 and row0 + 4 <= H and col0 + 4 <= W
+                for r in range(4):
+                    ih = row0 + r
+                    for s in range(4):
+                        iw = col0 + s
+                        if inside or (0 <= ih < H and 0 <= iw < W):
+                            d[r][s] = plane[ih * W + iw]
+                        else:
+                            d[r][s] = 0
+                for s in range(4):          # B^T d: combine rows
+                    t[0][s] = d[0][s] - d[2][s]
+                    t[1][s] = d[1][s] + d[2][s]
+                    t[2][s] = d[2][s] - d[1][s]
+                    t[3][s] = d[1][s] - d[3][s]
+                tile = ti * tiles_w + tj
+                dst = v + c * ld + tile
+                for r in range(4):          # (B^T d) B: combine columns
+                    dst[(4 * r + 0) * xi_stride] = t[r][0] - t[r][2]
+                    dst[(4 * r + 1) * xi_stride] = t[r][1] + t[r][2]
+                    dst[(4 * r + 2) * xi_stride] = t[r][2] - t[r][1]
+                    dst[(4 * r + 3) * xi_stride] = t[r][1] - t[r][3]
+
+
+cdef void _output_transform(const floating* m, floating* y, Py_ssize_t K, Py_ssize_t OH,
+                            Py_ssize_t OW, Py_ssize_t tiles_h, Py_ssize_t tiles_w,
+                            Py_ssize_t ld, Py_ssize_t xi_stride, const floating* bias,
+                            bint has_bias) noexcept nogil:
+    """y (K, OH, OW) of one sample from m[xi * xi_stride + k * ld + tile]."""
+    cdef Py_ssize_t k, ti, tj, r, a, b, tile, oh, ow
+    cdef floating q[4][4]
+    cdef floating u[2][4]
+    cdef floating out[2][2]
+    cdef floating bk
+    cdef const floating* src
+    for k in range(K):
+        bk = bias[k] if has_bias else 0
+        for ti in range(tiles_h):
+            for tj in range(tiles_w):
+                tile = ti * tiles_w + tj
+                src = m + k * ld + tile
+                for r in range(4):
+                    for a in range(4):
+                        q[r][a] = src[(4 * r + a) * xi_stride]
+                for a in range(4):          # A^T q: combine rows
+                    u[0][a] = q[0][a] + q[1][a] + q[2][a]
+                    u[1][a] = q[1][a] - q[2][a] - q[3][a]
+                for r in range(2):          # (A^T q) A: combine columns
+                    out[r][0] = u[r][0] + u[r][1] + u[r][2]
+                    out[r][1] = u[r][1] - u[r][2] - u[r][3]
+                for a in range(2):
+                    oh = 2 * ti + a
+                    if oh >= OH:
+                        break
+                    for b in range(2):
+                        ow = 2 * tj + b
+                        if ow < OW:
+                            y[(k * OH + oh) * OW + ow] = out[a][b] + bk
+
+
+# The 16 matrices of V (and of M) are written (read) together, tile by tile: at a distance of a
+# power of two they would all fall in the same cache sets. A small skew spreads them.
+DEF SKEW = 16
+
+
+def block_size(Py_ssize_t n, Py_ssize_t tiles):
+    """Samples per GEMM block: enough tiles for efficient GEMMs (a function of shapes only)."""
+    return max(1, min(n, 128 // tiles)) if tiles < 128 else 1
+
+
+def workspace_size(Py_ssize_t channels, Py_ssize_t out_channels, Py_ssize_t tiles,
+                   Py_ssize_t block):
+    """Per-thread scratch: V (16, C, block*T) and M (16, C_out, block*T), each of the 16
+    matrices padded by SKEW elements."""
+    return 16 * ((channels + out_channels) * block * tiles + 2 * SKEW)
+
+
+def forward(const floating[:, ::1] x, const floating[:, :, ::1] u, const floating[::1] bias,
+            floating[:, ::1] out, floating[::1] workspace, Py_ssize_t height, Py_ssize_t width,
+            Py_ssize_t pad, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t block,
+            int num_threads):
+    """out (N, C_out*OH*OW) = conv3x3(x (N, C*H*W), pad) with u (16, C_out, C) = G g G^T."""
+    cdef Py_ssize_t N = x.shape[0], K = u.shape[1], C = u.shape[2]
+    cdef Py_ssize_t tiles_h = (out_h + 1) // 2, tiles_w = (out_w + 1) // 2
+    cdef Py_ssize_t T = tiles_h * tiles_w
+    cdef Py_ssize_t span = block * T
+    cdef Py_ssize_t ws_stride = 16 * ((C + K) * span + 2 * SKEW)
+    cdef Py_ssize_t blocks = (N + block - 1) // block
+    cdef bint has_bias = bias.shape[0] > 0
+    cdef floating* ws = &workspace[0]
+    cdef const floating* pbias = &bias[0] if has_bias else NULL
+    cdef floating* v
+    cdef floating* m
+    cdef Py_ssize_t j, n0, nb, ld, s_, xi
+    cdef int tid
+    if N == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        for j in prange(blocks, schedule='static'):
+            tid = threadid()
+            n0 = j * block
+            nb = block if n0 + block <= N else N - n0
+            ld = nb * T
+            v = ws + tid * ws_stride
+            m = v + 16 * (C * span + SKEW)
+            for s_ in range(nb):
+                _input_transform(&x[n0 + s_, 0], v + s_ * T, C, height, width, pad, tiles_h,
+                                 tiles_w, ld, C * ld + SKEW)
+            for xi in range(16):
+                gemm(False, False, <int> K, <int> ld, <int> C, <floating> 1.0,
+                     &u[xi, 0, 0], <int> C, v + xi * (C * ld + SKEW), <int> ld,
+                     <floating> 0.0, m + xi * (K * ld + SKEW), <int> ld)
+            for s_ in range(nb):
+                _output_transform(m + s_ * T, &out[n0 + s_, 0], K, out_h, out_w, tiles_h,
+                                  tiles_w, ld, K * ld + SKEW, pbias, has_bias)
