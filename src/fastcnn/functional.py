@@ -185,8 +185,9 @@ def _winograd_ok(geom, nd):
 def _winograd_conv2d(x2, w, bias, out2, in_size, pad, out_size, dtype):
     """out2 (N, C_out*OH*OW) = 3x3 stride-1 convolution of x2 (N, C*H*W) by w (C_out, C, 3, 3)."""
     n, k, c = x2.shape[0], w.shape[0], w.shape[1]
-    u = np.einsum("ai,kcij,bj->abkc", _WINOGRAD_G, w.astype(np.float64), _WINOGRAD_G)
-    u = np.ascontiguousarray(u.reshape(16, k, c), dtype=dtype)
+    g = _WINOGRAD_G.astype(dtype)                   # entries 0, 1/2, 1: exact in float32
+    u = (g @ w @ g.T).reshape(k, c, 16)             # U = G w G^T per (k, c)
+    u = np.ascontiguousarray(u.transpose(2, 0, 1))  # (16, C_out, C): one GEMM operand per xi
     tiles = ((out_size[0] + 1) // 2) * ((out_size[1] + 1) // 2)
     threads = get_num_threads()
     block = _winograd.block_size(n, tiles)
