@@ -35,7 +35,6 @@ def _conv_case(name, n, c_in, h, w, c_out, k, s, p):
         dy = np.ones_like(y)
         tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, wt, b))
         tdy = torch.tensor(dy)
-        ty = torch.nn.functional.conv2d(tx, tw, tb, s, p).detach().requires_grad_()
 
         def torch_backward():
             # torch's backward alone: re-run the graph node's backward only.

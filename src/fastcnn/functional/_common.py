@@ -1,0 +1,23 @@
+"""What several op families share: batch-size chunking, per-sample rows, output sizes."""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = []
+
+
+# Samples are split into at most this many fixed chunks for the weight gradient (see conv.pyx):
+# a function of the batch size only, so the result is the same for any number of threads.
+_WEIGHT_GRAD_CHUNKS = 8
+_INT32_MAX = 2**31 - 1
+
+
+def _rows(arr: np.ndarray, n: int) -> np.ndarray:
+    """``arr`` viewed as (n, -1): one row per sample (also when n == 0)."""
+    return arr.reshape(n, arr.size // n if n else 0)
+
+
+def conv_output_size(size: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                     dilation: int = 1) -> int:
+    """``floor((size + 2*padding - dilation*(kernel_size-1) - 1) / stride) + 1``."""
+    return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1

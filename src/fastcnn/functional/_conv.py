@@ -1,0 +1,386 @@
+"""Convolution (1-D/2-D/3-D, Winograd for 3x3) and unfold / fold (im2col / col2im)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastcnn import _checks
+from fastcnn._checks import as_array, as_int, check_ndim, contiguous, float_dtype, lift3, ntuple
+from fastcnn._ops import conv as _conv
+from fastcnn._ops import im2col as _im2col
+from fastcnn._ops import winograd as _winograd
+from fastcnn._threads import get_num_threads, single_threaded_blas
+from fastcnn._workspace import scratch
+from fastcnn.functional._common import _INT32_MAX, _WEIGHT_GRAD_CHUNKS, _rows, conv_output_size
+
+__all__ = [
+    "conv1d", "conv1d_backward", "conv2d", "conv2d_backward", "conv3d", "conv3d_backward",
+    "unfold", "fold", "unfold_backward", "fold_backward",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Convolution
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _ConvGeometry:
+    """A checked convolution problem, with per-axis tuples lifted to 3 axes for the kernels."""
+    batched: bool
+    n: int
+    in_channels: int
+    out_channels: int
+    groups: int
+    in_size: tuple       # spatial, nd entries
+    out_size: tuple      # spatial, nd entries
+    kernel: tuple        # the following are lifted to 3 entries
+    stride: tuple
+    padding: tuple       # before each axis
+    dilation: tuple
+
+    def kernel_args(self):
+        return (lift3(self.in_size, 1), self.kernel, self.stride, self.padding, self.dilation,
+                lift3(self.out_size, 1))
+
+
+def _conv_geometry(fname, nd, x, w, stride, padding, dilation, groups) -> _ConvGeometry:
+    check_ndim(fname, "weight", w, (nd + 2,), "(out_channels, in_channels/groups, *kernel_size)")
+    check_ndim(fname, "input", x, (nd + 1, nd + 2),
+               "(N, C, *spatial), or (C, *spatial) for one unbatched sample")
+    batched = x.ndim == nd + 2
+    n = x.shape[0] if batched else 1
+    c_in = x.shape[1] if batched else x.shape[0]
+    in_size = tuple(x.shape[-nd:])
+    groups = as_int(fname, "groups", groups, minimum=1)
+    c_out, c_per_group = w.shape[:2]
+    kernel = tuple(w.shape[2:])
+    if c_out == 0 or c_per_group == 0 or 0 in kernel:
+        raise ValueError(f"{fname}: weight must have no zero-size axis, got shape {w.shape}")
+    if c_out % groups:
+        raise ValueError(f"{fname}: out_channels (weight.shape[0] = {c_out}) must be divisible "
+                         f"by groups = {groups}")
+    if c_in != c_per_group * groups:
+        raise ValueError(
+            f"{fname}: input has {c_in} channels but weight {w.shape} with groups={groups} "
+            f"expects {c_per_group * groups} (weight.shape[1] * groups)")
+    stride = ntuple(fname, "stride", stride, nd, minimum=1)
+    dilation = ntuple(fname, "dilation", dilation, nd, minimum=1)
+    span = tuple(d * (k - 1) for d, k in zip(dilation, kernel))   # dilated kernel extent - 1
+    if isinstance(padding, str):
+        if padding == "valid":
+            pad_before = (0,) * nd
+            out_size = tuple((i - s_ - 1) // st + 1 for i, s_, st in zip(in_size, span, stride))
+        elif padding == "same":
+            if any(s != 1 for s in stride):
+                raise ValueError(f"{fname}: padding='same' needs stride 1 (as torch), "
+                                 f"got stride={stride}")
+            # torch pads total//2 before and the rest after (one more after when odd).
+            pad_before = tuple(s_ // 2 for s_ in span)
+            out_size = in_size
+        else:
+            raise ValueError(f"{fname}: padding must be 'same', 'valid', an int or a tuple of "
+                             f"{nd} ints, got {padding!r}")
+    else:
+        pad_before = ntuple(fname, "padding", padding, nd, minimum=0)
+        out_size = tuple(conv_output_size(i, k, s, p, d) for i, k, s, p, d in
+                         zip(in_size, kernel, stride, pad_before, dilation))
+    if any(o < 1 for o in out_size):
+        raise ValueError(
+            f"{fname}: input spatial size {in_size} with padding {padding!r} is smaller than the "
+            f"dilated kernel {tuple(s_ + 1 for s_ in span)}: the output size would be {out_size}")
+    geom = _ConvGeometry(batched, n, c_in, c_out, groups, in_size, out_size,
+                         lift3(kernel, 1), lift3(stride, 1), lift3(pad_before, 0),
+                         lift3(dilation, 1))
+    k_rows = c_in * math.prod(kernel)
+    if max(k_rows, math.prod(out_size), c_out) > _INT32_MAX:
+        raise ValueError(f"{fname}: a per-sample matrix dimension exceeds 2**31-1 (BLAS uses "
+                         f"32-bit sizes): input {x.shape}, weight {w.shape}")
+    return geom
+
+
+def _conv_scratch(geom, args, threads, dtype):
+    """This thread's scratch for a conv kernel call, and the samples per GEMM."""
+    pointwise = _conv.is_pointwise(args[1], args[2], args[3])
+    block = _conv.sample_block(geom.n, math.prod(geom.out_size), pointwise)
+    per_thread = _conv.workspace_size(geom.in_channels, geom.out_channels, args[1], args[2],
+                                      args[3], args[5], block)
+    return scratch(per_thread * threads, dtype), block
+
+
+# Winograd F(2x2, 3x3) (_ops/winograd.pyx) for 3x3 stride-1 convolutions: 2.25x fewer
+# multiplications than im2col + GEMM. Below this many channels its transforms cost more than
+# they save (measured on LeNet/VGG shapes), and the first layer of a network is such a case.
+_WINOGRAD_MIN_CHANNELS = 16
+_WINOGRAD_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+
+
+def _winograd_ok(geom, nd):
+    return (nd == 2 and geom.kernel == (1, 3, 3) and geom.stride == (1, 1, 1)
+            and geom.dilation == (1, 1, 1) and geom.groups == 1
+            and geom.padding[1] == geom.padding[2] <= 2
+            and min(geom.in_channels, geom.out_channels) >= _WINOGRAD_MIN_CHANNELS)
+
+
+def _winograd_conv2d(x2, w, bias, out2, in_size, pad, out_size, dtype):
+    """out2 (N, C_out*OH*OW) = 3x3 stride-1 convolution of x2 (N, C*H*W) by w (C_out, C, 3, 3)."""
+    n, k, c = x2.shape[0], w.shape[0], w.shape[1]
+    g = _WINOGRAD_G.astype(dtype)                   # entries 0, 1/2, 1: exact in float32
+    u = (g @ w @ g.T).reshape(k, c, 16)             # U = G w G^T per (k, c)
+    u = np.ascontiguousarray(u.transpose(2, 0, 1))  # (16, C_out, C): one GEMM operand per xi
+    tiles = ((out_size[0] + 1) // 2) * ((out_size[1] + 1) // 2)
+    threads = get_num_threads()
+    block = _winograd.block_size(n, tiles)
+    ws = scratch(_winograd.workspace_size(c, k, tiles, block) * threads, dtype)
+    with single_threaded_blas:
+        _winograd.forward(x2, u, bias, out2, ws, in_size[0], in_size[1], pad, out_size[0],
+                          out_size[1], block, threads)
+
+
+def _conv_forward(fname, nd, input, weight, bias, stride, padding, dilation, groups):
+    x = as_array(fname, "input", input)
+    w = as_array(fname, "weight", weight)
+    b = None if bias is None else as_array(fname, "bias", bias)
+    geom = _conv_geometry(fname, nd, x, w, stride, padding, dilation, groups)
+    dtype = float_dtype(x, w, b)
+    w2 = contiguous(w, dtype).reshape(geom.out_channels, -1)
+    b1 = _checks.optional_vector(fname, "bias", b, geom.out_channels, dtype)
+    x2 = _rows(contiguous(x, dtype), geom.n)
+    out = np.empty((geom.n, geom.out_channels) + geom.out_size, dtype=dtype)
+    if geom.n and _winograd_ok(geom, nd):
+        _winograd_conv2d(x2, w2.reshape(w.shape), b1, _rows(out, geom.n), geom.in_size,
+                         geom.padding[1], geom.out_size, dtype)
+    elif geom.n:
+        threads = get_num_threads()
+        args = geom.kernel_args()
+        ws, block = _conv_scratch(geom, args, threads, dtype)
+        with single_threaded_blas:
+            _conv.conv_forward(x2, w2, b1, _rows(out, geom.n), ws, geom.groups, *args, block,
+                               threads)
+    return out if geom.batched else out[0]
+
+
+def _conv_backward(fname, nd, grad_output, input, weight, stride, padding, dilation, groups,
+                   output_mask):
+    x = as_array(fname, "input", input)
+    w = as_array(fname, "weight", weight)
+    dy = as_array(fname, "grad_output", grad_output)
+    geom = _conv_geometry(fname, nd, x, w, stride, padding, dilation, groups)
+    try:
+        need_x, need_w, need_b = (bool(m) for m in output_mask)
+    except (TypeError, ValueError):
+        raise TypeError(f"{fname}: output_mask must be 3 booleans (input, weight, bias), "
+                        f"got {output_mask!r}") from None
+    expected = ((geom.n,) if geom.batched else ()) + (geom.out_channels,) + geom.out_size
+    if dy.shape != expected:
+        raise ValueError(f"{fname}: grad_output must have the forward output's shape "
+                         f"{expected}, got {dy.shape}")
+    dtype = float_dtype(x, w, dy)
+    n = geom.n
+    x2 = _rows(contiguous(x, dtype), n)
+    w2 = contiguous(w, dtype).reshape(geom.out_channels, -1)
+    dy3 = contiguous(dy, dtype).reshape(n, geom.out_channels, math.prod(geom.out_size))
+    grad_x = np.empty((n, geom.in_channels) + geom.in_size, dtype=dtype) if need_x else None
+    grad_w = None
+    threads = get_num_threads()
+    if need_w:
+        chunks = max(1, min(n, _WEIGHT_GRAD_CHUNKS))
+        parts = np.zeros((chunks, w2.size), dtype=dtype)
+    if need_x and n and _winograd_ok(geom, nd) and geom.padding[1] <= 2:
+        # dL/dx is the convolution of dy with the kernels flipped and transposed, padded 2 - p
+        flipped = np.ascontiguousarray(w2.reshape(w.shape)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        _winograd_conv2d(_rows(dy3, n), flipped, np.empty(0, dtype), _rows(grad_x, n),
+                         geom.out_size, 2 - geom.padding[1], geom.in_size, dtype)
+        need_x = False
+    if (need_x or need_w) and n:
+        args = geom.kernel_args()
+        ws, block = _conv_scratch(geom, args, threads, dtype)
+        gx = _rows(grad_x, n) if need_x else np.empty((0, 0), dtype=dtype)
+        gw = parts if need_w else np.empty((0, 0), dtype=dtype)
+        with single_threaded_blas:
+            _conv.conv_backward(x2, w2, _rows(dy3, n), gx, gw, ws, need_x, need_w,
+                                geom.groups, *args, block, threads)
+    if need_w:
+        # Partials added in chunk order: the same bits for any number of threads.
+        grad_w = parts[0].copy() if parts.shape[0] == 1 else parts.sum(axis=0)
+        grad_w = grad_w.reshape(w.shape)
+    grad_b = None
+    if need_b:
+        grad_b = np.empty(geom.out_channels, dtype=dtype)
+        _conv.bias_backward(dy3, grad_b, threads)
+    if grad_x is not None and not geom.batched:
+        grad_x = grad_x[0]
+    return grad_x, grad_w, grad_b
+
+
+_CONV_DOC = """{nd}-D convolution (cross-correlation, as every deep-learning library), as
+    ``torch.nn.functional.conv{nd}d``.
+
+    Parameters
+    ----------
+    input : array (N, C_in, {spatial}) or (C_in, {spatial})
+    weight : array (C_out, C_in/groups, {kernel})
+    bias : array (C_out,) or None
+    stride, dilation : int or tuple of {nd} ints, >= 1
+    padding : int or tuple of {nd} ints >= 0 (zeros on both sides), or "valid" (none) or
+        "same" (output size = input size; needs stride 1; odd totals put the extra zero after)
+    groups : int; C_in and C_out must be divisible by it (groups = C_in: depthwise)
+
+    Returns
+    -------
+    array (N, C_out, {out}) with
+    ``out = floor((in + 2*padding - dilation*(kernel-1) - 1) / stride) + 1`` per axis and
+
+        y[n, g*C_out/groups + o] = bias[o] + sum over c, offsets of
+                                   weight[o, c, offset] * x_padded[n, g*C_in/groups + c,
+                                                                   out*stride + offset*dilation]
+    """
+
+_CONV_BACKWARD_DOC = """Gradients of :func:`conv{nd}d`.
+
+    ``grad_output`` is dL/dy, shaped as conv{nd}d's output; the other arguments are those of the
+    forward call. Returns ``(grad_input, grad_weight, grad_bias)``, with None for the entries
+    whose ``output_mask`` flag is False:
+
+        grad_input  = col2im(W^T @ dy)       (the transposed convolution of dy)
+        grad_weight = sum_n dy[n] @ im2col(x[n])^T
+        grad_bias   = dy summed over the batch and spatial axes
+    """
+
+
+def _make_conv(nd, spatial, kernel, out):
+    def conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+        return _conv_forward(f"conv{nd}d", nd, input, weight, bias, stride, padding, dilation,
+                             groups)
+
+    def conv_backward(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1,
+                      output_mask=(True, True, True)):
+        return _conv_backward(f"conv{nd}d_backward", nd, grad_output, input, weight, stride,
+                              padding, dilation, groups, output_mask)
+
+    conv.__name__ = conv.__qualname__ = f"conv{nd}d"
+    conv_backward.__name__ = conv_backward.__qualname__ = f"conv{nd}d_backward"
+    conv.__doc__ = _CONV_DOC.format(nd=nd, spatial=spatial, kernel=kernel, out=out)
+    conv_backward.__doc__ = _CONV_BACKWARD_DOC.format(nd=nd)
+    conv.__module__ = conv_backward.__module__ = __name__
+    return conv, conv_backward
+
+
+conv1d, conv1d_backward = _make_conv(1, "L", "kL", "L_out")
+conv2d, conv2d_backward = _make_conv(2, "H, W", "kH, kW", "H_out, W_out")
+conv3d, conv3d_backward = _make_conv(3, "D, H, W", "kD, kH, kW", "D_out, H_out, W_out")
+
+
+# --------------------------------------------------------------------------------------------
+# unfold / fold (im2col / col2im)
+# --------------------------------------------------------------------------------------------
+
+def _spatial_rank(*per_axis_args) -> int:
+    """1, 2 or 3 from the first tuple argument's length; 2 when all are ints (as torch)."""
+    for value in per_axis_args:
+        if isinstance(value, (tuple, list)) and len(value) in (1, 2, 3):
+            return len(value)
+    return 2
+
+
+def _window_args(fname, nd, kernel_size, dilation, padding, stride):
+    return (ntuple(fname, "kernel_size", kernel_size, nd, minimum=1),
+            ntuple(fname, "dilation", dilation, nd, minimum=1),
+            ntuple(fname, "padding", padding, nd, minimum=0),
+            ntuple(fname, "stride", stride, nd, minimum=1))
+
+
+def _blocks(fname, in_size, kernel, dilation, padding, stride):
+    blocks = tuple(conv_output_size(i, k, s, p, d) for i, k, s, p, d in
+                   zip(in_size, kernel, stride, padding, dilation))
+    if any(b < 1 for b in blocks):
+        raise ValueError(f"{fname}: spatial size {in_size} with kernel_size {kernel}, dilation "
+                         f"{dilation}, padding {padding}, stride {stride} gives no sliding "
+                         f"block (blocks per axis: {blocks})")
+    return blocks
+
+
+def unfold(input, kernel_size, dilation=1, padding=0, stride=1):
+    """Extract sliding blocks (im2col), as ``torch.nn.functional.unfold``.
+
+    input (N, C, *spatial) or unbatched (C, *spatial) -> (N, C * prod(kernel_size), L) or
+    (C * prod(kernel_size), L), where L is the number of blocks
+    ``prod(floor((in + 2*padding - dilation*(kernel-1) - 1) / stride) + 1)``. Row
+    ``c*prod(kernel_size) + offset`` holds channel c at one kernel offset, column l one block.
+    2-D unless ``kernel_size`` (or another argument) is a tuple of 1 or 3 entries.
+    """
+    fname = "unfold"
+    nd = _spatial_rank(kernel_size, dilation, padding, stride)
+    x = as_array(fname, "input", input)
+    check_ndim(fname, "input", x, (nd + 1, nd + 2), f"(N, C, *spatial) or (C, *spatial) for "
+                                                    f"{nd}-D blocks")
+    kernel, dilation, padding, stride = _window_args(fname, nd, kernel_size, dilation, padding,
+                                                     stride)
+    batched = x.ndim == nd + 2
+    xb = x if batched else x[None]
+    n, c = xb.shape[:2]
+    in_size = tuple(xb.shape[2:])
+    blocks = _blocks(fname, in_size, kernel, dilation, padding, stride)
+    dtype = float_dtype(x)
+    rows, L = c * math.prod(kernel), math.prod(blocks)
+    cols = np.empty((n, rows, L), dtype=dtype)
+    if n and c:
+        _im2col.unfold(contiguous(xb, dtype).reshape(n, -1), cols.reshape(n, -1), c,
+                       lift3(in_size, 1), lift3(kernel, 1), lift3(stride, 1),
+                       lift3(padding, 0), lift3(dilation, 1), lift3(blocks, 1),
+                       get_num_threads())
+    return cols if batched else cols[0]
+
+
+def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
+    """Sum sliding blocks back into an array (col2im), as ``torch.nn.functional.fold``.
+
+    input (N, C * prod(kernel_size), L) or (C * prod(kernel_size), L) -> (N, C, *output_size)
+    or (C, *output_size). Overlapping blocks add up; ``fold(unfold(x))`` multiplies each element
+    by the number of blocks that cover it. The adjoint of :func:`unfold`.
+    """
+    fname = "fold"
+    nd = _spatial_rank(output_size, kernel_size, dilation, padding, stride)
+    cols = as_array(fname, "input", input)
+    check_ndim(fname, "input", cols, (2, 3), "(N, C*prod(kernel_size), L) or "
+                                             "(C*prod(kernel_size), L)")
+    out_size = ntuple(fname, "output_size", output_size, nd, minimum=1)
+    kernel, dilation, padding, stride = _window_args(fname, nd, kernel_size, dilation, padding,
+                                                     stride)
+    batched = cols.ndim == 3
+    cb = cols if batched else cols[None]
+    n, rows, L = cb.shape
+    kk = math.prod(kernel)
+    if rows % kk:
+        raise ValueError(f"{fname}: input.shape[-2] = {rows} must be divisible by "
+                         f"prod(kernel_size) = {kk} (kernel_size={kernel})")
+    blocks = _blocks(fname, out_size, kernel, dilation, padding, stride)
+    if L != math.prod(blocks):
+        raise ValueError(f"{fname}: input.shape[-1] = {L} must equal the number of sliding "
+                         f"blocks {math.prod(blocks)} (blocks per axis {blocks} for "
+                         f"output_size={out_size})")
+    c = rows // kk
+    dtype = float_dtype(cols)
+    out = np.empty((n, c) + out_size, dtype=dtype)
+    if n and c:
+        _im2col.fold(contiguous(cb, dtype).reshape(n, -1), out.reshape(n, -1), c,
+                     lift3(out_size, 1), lift3(kernel, 1), lift3(stride, 1),
+                     lift3(padding, 0), lift3(dilation, 1), lift3(blocks, 1),
+                     get_num_threads())
+    return out if batched else out[0]
+
+
+def unfold_backward(grad_output, input_size, kernel_size, dilation=1, padding=0, stride=1):
+    """Gradient of :func:`unfold`: ``fold(grad_output, input_size[-nd:], ...)``.
+
+    ``input_size`` is the shape of unfold's input (or just its spatial size).
+    """
+    nd = _spatial_rank(kernel_size, dilation, padding, stride)
+    size = tuple(input_size)
+    return fold(grad_output, size[len(size) - nd:], kernel_size, dilation, padding, stride)
+
+
+def fold_backward(grad_output, kernel_size, dilation=1, padding=0, stride=1):
+    """Gradient of :func:`fold`: ``unfold(grad_output, ...)``."""
+    return unfold(grad_output, kernel_size, dilation, padding, stride)

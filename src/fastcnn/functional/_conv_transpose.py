@@ -1,0 +1,225 @@
+"""Transposed convolution (1-D/2-D/3-D)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fastcnn import _checks
+from fastcnn._checks import as_array, as_int, check_ndim, contiguous, float_dtype, lift3, ntuple
+from fastcnn._ops import conv as _conv
+from fastcnn._threads import get_num_threads, single_threaded_blas
+from fastcnn._workspace import scratch
+from fastcnn.functional._common import _INT32_MAX, _WEIGHT_GRAD_CHUNKS, _rows
+from fastcnn.functional._conv import _ConvGeometry
+
+__all__ = [
+    "conv_transpose_output_size", "conv_transpose1d", "conv_transpose1d_backward",
+    "conv_transpose2d", "conv_transpose2d_backward", "conv_transpose3d",
+    "conv_transpose3d_backward",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Transposed convolution
+# --------------------------------------------------------------------------------------------
+
+def conv_transpose_output_size(size: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                               output_padding: int = 0, dilation: int = 1) -> int:
+    """``(size-1)*stride - 2*padding + dilation*(kernel_size-1) + output_padding + 1``."""
+    return (size - 1) * stride - 2 * padding + dilation * (kernel_size - 1) + output_padding + 1
+
+
+def _conv_transpose_geometry(fname, nd, x, w, stride, padding, output_padding, groups,
+                             dilation) -> _ConvGeometry:
+    check_ndim(fname, "weight", w, (nd + 2,),
+               "(in_channels, out_channels/groups, *kernel_size)")
+    check_ndim(fname, "input", x, (nd + 1, nd + 2),
+               "(N, C, *spatial), or (C, *spatial) for one unbatched sample")
+    batched = x.ndim == nd + 2
+    n = x.shape[0] if batched else 1
+    c_in = x.shape[1] if batched else x.shape[0]
+    in_size = tuple(x.shape[-nd:])
+    groups = as_int(fname, "groups", groups, minimum=1)
+    w_in, c_out_per_group = w.shape[:2]
+    kernel = tuple(w.shape[2:])
+    if w_in == 0 or c_out_per_group == 0 or 0 in kernel:
+        raise ValueError(f"{fname}: weight must have no zero-size axis, got shape {w.shape}")
+    if w_in % groups:
+        raise ValueError(f"{fname}: in_channels (weight.shape[0] = {w_in}) must be divisible "
+                         f"by groups = {groups}")
+    if c_in != w_in:
+        raise ValueError(f"{fname}: input has {c_in} channels but weight {w.shape} expects "
+                         f"{w_in} (weight.shape[0])")
+    stride = ntuple(fname, "stride", stride, nd, minimum=1)
+    padding = ntuple(fname, "padding", padding, nd, minimum=0)
+    output_padding = ntuple(fname, "output_padding", output_padding, nd, minimum=0)
+    dilation = ntuple(fname, "dilation", dilation, nd, minimum=1)
+    for op, s, d in zip(output_padding, stride, dilation):
+        if op >= s and op >= d:
+            raise ValueError(f"{fname}: output_padding must be smaller than either stride or "
+                             f"dilation on each axis (as torch), got output_padding="
+                             f"{output_padding}, stride={stride}, dilation={dilation}")
+    out_size = tuple(conv_transpose_output_size(i, k, s, p, op, d) for i, k, s, p, op, d in
+                     zip(in_size, kernel, stride, padding, output_padding, dilation))
+    if any(o < 1 for o in out_size):
+        raise ValueError(f"{fname}: input spatial size {in_size} with kernel {kernel}, stride "
+                         f"{stride}, padding {padding}, output_padding {output_padding}, "
+                         f"dilation {dilation} gives output size {out_size}: must be >= 1")
+    c_out = c_out_per_group * groups
+    geom = _ConvGeometry(batched, n, c_in, c_out, groups, in_size, out_size,
+                         lift3(kernel, 1), lift3(stride, 1), lift3(padding, 0),
+                         lift3(dilation, 1))
+    if max(c_out_per_group * math.prod(kernel), math.prod(in_size), c_in) > _INT32_MAX:
+        raise ValueError(f"{fname}: a per-sample matrix dimension exceeds 2**31-1 (BLAS uses "
+                         f"32-bit sizes): input {x.shape}, weight {w.shape}")
+    return geom
+
+
+def _conv_transpose_args(geom):
+    """The kernels' geometry: the forward convolution from the output back to the input."""
+    return (lift3(geom.out_size, 1), geom.kernel, geom.stride, geom.padding, geom.dilation,
+            lift3(geom.in_size, 1))
+
+
+def _conv_transpose_forward(fname, nd, input, weight, bias, stride, padding, output_padding,
+                            groups, dilation):
+    x = as_array(fname, "input", input)
+    w = as_array(fname, "weight", weight)
+    b = None if bias is None else as_array(fname, "bias", bias)
+    geom = _conv_transpose_geometry(fname, nd, x, w, stride, padding, output_padding, groups,
+                                    dilation)
+    dtype = float_dtype(x, w, b)
+    w2 = contiguous(w, dtype).reshape(geom.in_channels, -1)
+    b1 = _checks.optional_vector(fname, "bias", b, geom.out_channels, dtype)
+    x2 = _rows(contiguous(x, dtype), geom.n)
+    out = np.empty((geom.n, geom.out_channels) + geom.out_size, dtype=dtype)
+    if geom.n:
+        threads = get_num_threads()
+        args = _conv_transpose_args(geom)
+        per_thread = _conv.conv_transpose_workspace_size(geom.out_channels, *args[1:4],
+                                                         args[0], args[5])
+        ws = scratch(per_thread * threads, dtype)
+        with single_threaded_blas:
+            _conv.conv_transpose_forward(x2, w2, b1, _rows(out, geom.n), ws, geom.groups, *args,
+                                         threads)
+    return out if geom.batched else out[0]
+
+
+def _conv_transpose_backward(fname, nd, grad_output, input, weight, stride, padding,
+                             output_padding, groups, dilation, output_mask):
+    x = as_array(fname, "input", input)
+    w = as_array(fname, "weight", weight)
+    dy = as_array(fname, "grad_output", grad_output)
+    geom = _conv_transpose_geometry(fname, nd, x, w, stride, padding, output_padding, groups,
+                                    dilation)
+    try:
+        need_x, need_w, need_b = (bool(m) for m in output_mask)
+    except (TypeError, ValueError):
+        raise TypeError(f"{fname}: output_mask must be 3 booleans (input, weight, bias), "
+                        f"got {output_mask!r}") from None
+    expected = ((geom.n,) if geom.batched else ()) + (geom.out_channels,) + geom.out_size
+    if dy.shape != expected:
+        raise ValueError(f"{fname}: grad_output must have the forward output's shape "
+                         f"{expected}, got {dy.shape}")
+    dtype = float_dtype(x, w, dy)
+    n = geom.n
+    x2 = _rows(contiguous(x, dtype), n)
+    w2 = contiguous(w, dtype).reshape(geom.in_channels, -1)
+    dy3 = contiguous(dy, dtype).reshape(n, geom.out_channels, math.prod(geom.out_size))
+    grad_x = np.empty((n, geom.in_channels) + geom.in_size, dtype=dtype) if need_x else None
+    grad_w = None
+    threads = get_num_threads()
+    if need_w:
+        chunks = max(1, min(n, _WEIGHT_GRAD_CHUNKS))
+        parts = np.zeros((chunks, w2.size), dtype=dtype)
+    if (need_x or need_w) and n:
+        args = _conv_transpose_args(geom)
+        per_thread = _conv.conv_transpose_workspace_size(geom.out_channels, *args[1:4],
+                                                         args[0], args[5])
+        ws = scratch(per_thread * threads, dtype)
+        gx = _rows(grad_x, n) if need_x else np.empty((0, 0), dtype=dtype)
+        gw = parts if need_w else np.empty((0, 0), dtype=dtype)
+        with single_threaded_blas:
+            _conv.conv_transpose_backward(x2, w2, _rows(dy3, n), gx, gw, ws, need_x, need_w,
+                                          geom.groups, *args, threads)
+    if need_w:
+        # Partials added in chunk order: the same bits for any number of threads.
+        grad_w = parts[0].copy() if parts.shape[0] == 1 else parts.sum(axis=0)
+        grad_w = grad_w.reshape(w.shape)
+    grad_b = None
+    if need_b:
+        grad_b = np.empty(geom.out_channels, dtype=dtype)
+        _conv.bias_backward(dy3, grad_b, threads)
+    if grad_x is not None and not geom.batched:
+        grad_x = grad_x[0]
+    return grad_x, grad_w, grad_b
+
+
+_CONV_TRANSPOSE_DOC = """{nd}-D transposed convolution (the input gradient of conv{nd}d, sometimes
+    called deconvolution), as ``torch.nn.functional.conv_transpose{nd}d``.
+
+    Parameters
+    ----------
+    input : array (N, C_in, {spatial}) or (C_in, {spatial})
+    weight : array (C_in, C_out/groups, {kernel})
+    bias : array (C_out,) or None
+    stride, dilation : int or tuple of {nd} ints, >= 1
+    padding : int or tuple of {nd} ints >= 0: ``dilation*(kernel-1) - padding`` zeros are
+        implicitly added to both sides of the input (padding crops the output)
+    output_padding : int or tuple of {nd} ints >= 0, smaller than stride or dilation per axis:
+        extra size added to one side of the output (picks among the input sizes that a strided
+        convolution maps to the same output size)
+    groups : int; C_in must be divisible by it
+
+    Returns
+    -------
+    array (N, C_out, {out}) with, per axis,
+    ``out = (in-1)*stride - 2*padding + dilation*(kernel-1) + output_padding + 1`` and
+
+        y[n, g*C_out/groups + o, i*stride - padding + offset*dilation] +=
+            x[n, g*C_in/groups + c, i] * weight[g*C_in/groups + c, o, offset]   (+ bias[o])
+
+    computed per sample as ``col2im(W^T @ x)`` (a GEMM, then col2im), never by zero-upsampling.
+    """
+
+_CONV_TRANSPOSE_BACKWARD_DOC = """Gradients of :func:`conv_transpose{nd}d`.
+
+    ``grad_output`` is dL/dy, shaped as conv_transpose{nd}d's output; the other arguments are
+    those of the forward call. Returns ``(grad_input, grad_weight, grad_bias)``, None where
+    ``output_mask`` is False:
+
+        grad_input  = W @ im2col(dy)           (the convolution of dy with the same weight)
+        grad_weight = sum_n x[n] @ im2col(dy[n])^T
+        grad_bias   = dy summed over the batch and spatial axes
+    """
+
+
+def _make_conv_transpose(nd, spatial, kernel, out):
+    def conv_transpose(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                       dilation=1):
+        return _conv_transpose_forward(f"conv_transpose{nd}d", nd, input, weight, bias, stride,
+                                       padding, output_padding, groups, dilation)
+
+    def conv_transpose_backward(grad_output, input, weight, stride=1, padding=0,
+                                output_padding=0, groups=1, dilation=1,
+                                output_mask=(True, True, True)):
+        return _conv_transpose_backward(f"conv_transpose{nd}d_backward", nd, grad_output, input,
+                                        weight, stride, padding, output_padding, groups,
+                                        dilation, output_mask)
+
+    name = f"conv_transpose{nd}d"
+    conv_transpose.__name__ = conv_transpose.__qualname__ = name
+    conv_transpose_backward.__name__ = conv_transpose_backward.__qualname__ = name + "_backward"
+    conv_transpose.__doc__ = _CONV_TRANSPOSE_DOC.format(nd=nd, spatial=spatial, kernel=kernel,
+                                                        out=out)
+    conv_transpose_backward.__doc__ = _CONV_TRANSPOSE_BACKWARD_DOC.format(nd=nd)
+    conv_transpose.__module__ = conv_transpose_backward.__module__ = __name__
+    return conv_transpose, conv_transpose_backward
+
+
+conv_transpose1d, conv_transpose1d_backward = _make_conv_transpose(1, "L", "kL", "L_out")
+conv_transpose2d, conv_transpose2d_backward = _make_conv_transpose(2, "H, W", "kH, kW",
+                                                                   "H_out, W_out")
+conv_transpose3d, conv_transpose3d_backward = _make_conv_transpose(3, "D, H, W", "kD, kH, kW",
+                                                                   "D_out, H_out, W_out")

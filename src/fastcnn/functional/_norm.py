@@ -1,0 +1,541 @@
+"""Normalization: batch, layer, group and instance norm."""
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+
+import numpy as np
+
+from fastcnn import _checks
+from fastcnn._checks import as_array, as_int, check_ndim, contiguous, float_dtype
+from fastcnn._ops import norm as _norm
+from fastcnn._threads import get_num_threads
+from fastcnn.functional._common import _rows
+
+__all__ = [
+    "batch_norm", "batch_norm_backward", "layer_norm", "layer_norm_backward", "group_norm",
+    "group_norm_backward", "instance_norm", "instance_norm_backward",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Normalization (kernels in _ops/norm.pyx)
+# --------------------------------------------------------------------------------------------
+
+# Rows are cut into at most this many fixed chunks for the affine-gradient partials of the row
+# norms (see norm.pyx): a function of the row count only, so any thread count gives the same bits.
+_NORM_GRAD_CHUNKS = 16
+
+
+def _positive_float(fname, name, value) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{fname}: {name} must be a float > 0, got {_checks._describe(value)}")
+    value = float(value)
+    if not value > 0 or not math.isfinite(value):
+        raise ValueError(f"{fname}: {name} must be a finite float > 0, got {value!r}")
+    return value
+
+
+def _unit_float(fname, name, value) -> float:
+    """A float in [0, 1] (momentum, dropout probability)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{fname}: {name} must be a float in [0, 1], got "
+                        f"{_checks._describe(value)}")
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{fname}: {name} must be in [0, 1], got {value!r}")
+    return value
+
+
+def _running_stat(fname, name, value, channels):
+    """A caller-owned buffer updated in place: a writable float ndarray of shape (channels,)."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{fname}: {name} must be a numpy array (it is updated in place), got "
+                        f"{_checks._describe(value)}")
+    if value.dtype not in _checks.FLOAT_DTYPES:
+        raise TypeError(f"{fname}: {name} must be float32 or float64 (it is updated in place), "
+                        f"got dtype {value.dtype}")
+    if value.shape != (channels,):
+        raise ValueError(f"{fname}: {name} must have shape ({channels},) (one entry per "
+                         f"channel), got {value.shape}")
+    return value
+
+
+def _writable(fname, name, value):
+    if not value.flags.writeable:
+        raise ValueError(f"{fname}: {name} must be writable (it is updated in place in "
+                         f"training), got a read-only array")
+
+
+def _affine_vector(fname, name, value, shape, dtype):
+    """weight/bias of a norm: None, or an array of ``shape`` -> flat contiguous (or empty)."""
+    if value is None:
+        return np.empty(0, dtype=dtype)
+    arr = as_array(fname, name, value)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{fname}: {name} must have shape {tuple(shape)}, got {arr.shape}")
+    return contiguous(arr, dtype).reshape(-1)
+
+
+def _mask3(fname, output_mask):
+    try:
+        flags = tuple(bool(m) for m in output_mask)
+    except TypeError:
+        flags = ()
+    if len(flags) != 3:
+        raise TypeError(f"{fname}: output_mask must be 3 booleans (input, weight, bias), "
+                        f"got {output_mask!r}")
+    return flags
+
+
+def _grad_like(fname, grad_output, x):
+    dy = as_array(fname, "grad_output", grad_output)
+    if dy.shape != x.shape:
+        raise ValueError(f"{fname}: grad_output must have the input's shape {x.shape}, got "
+                         f"{dy.shape}")
+    return dy
+
+
+def _update_running(running, batch_value, factor):
+    """running = (1 - factor) * running + factor * batch_value, in place in running's dtype."""
+    new = (1.0 - factor) * running.astype(np.float64) + factor * batch_value
+    running[...] = new
+
+
+def _momentum_factor(fname, momentum, num_batches_tracked, training):
+    """torch's exponential_average_factor; increments num_batches_tracked in training."""
+    if num_batches_tracked is not None:
+        if (not isinstance(num_batches_tracked, np.ndarray)
+                or num_batches_tracked.dtype.kind not in "iu" or num_batches_tracked.size != 1):
+            raise TypeError(f"{fname}: num_batches_tracked must be an integer numpy array of "
+                            f"one element (updated in place), got "
+                            f"{_checks._describe(num_batches_tracked)}")
+        _writable(fname, "num_batches_tracked", num_batches_tracked)
+    if momentum is None:
+        if training and num_batches_tracked is None:
+            raise ValueError(f"{fname}: momentum=None (cumulative moving average) needs "
+                             f"num_batches_tracked, an integer array counting the batches seen")
+        if training:
+            num_batches_tracked += 1
+            return 1.0 / float(num_batches_tracked.reshape(-1)[0])
+        return 0.0
+    momentum = _unit_float(fname, "momentum", momentum)
+    if training and num_batches_tracked is not None:
+        num_batches_tracked += 1
+    return momentum
+
+
+def _bn_layout(fname, x):
+    check_ndim(fname, "input", x, (2, 3, 4, 5), "(N, C), (N, C, L), (N, C, H, W) or "
+                                                "(N, C, D, H, W)")
+    n, c = x.shape[:2]
+    return n, c, math.prod(x.shape[2:])
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5, *, num_batches_tracked=None, return_stats=False):
+    """Batch normalization over the channel axis 1, as ``torch.nn.functional.batch_norm``.
+
+    input (N, C), (N, C, L), (N, C, H, W) or (N, C, D, H, W); running_mean, running_var,
+    weight, bias (C,). With M = N * prod(spatial) values per channel c:
+
+        y = (x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c
+
+    training=True: mean_c and the biased var_c are the batch's (two passes -- shifted mean, then
+    squared deviations -- with block sums carried in double: stable for a large mean), and the
+    running statistics, when given, are updated IN PLACE (they are the caller's float arrays)
+    with torch's convention
+
+        running_mean = (1 - momentum) * running_mean + momentum * mean_c
+        running_var  = (1 - momentum) * running_var  + momentum * var_c * M / (M - 1)  (unbiased)
+
+    momentum=None uses a cumulative moving average, factor 1/num_batches_tracked: pass the
+    counter as keyword-only ``num_batches_tracked`` (an integer numpy array of one element, as
+    torch's buffer), which training increments in place (also when momentum is a float).
+    training=False normalizes with running_mean and running_var (both required).
+
+    ``return_stats=True`` (keyword-only) returns ``(y, save_mean, save_invstd)``: float64 (C,)
+    arrays of the statistics used, which :func:`batch_norm_backward` accepts to skip a pass.
+    """
+    fname = "batch_norm"
+    x = as_array(fname, "input", input)
+    n, c, s = _bn_layout(fname, x)
+    eps = _positive_float(fname, "eps", eps)
+    training = bool(training)
+    factor = _momentum_factor(fname, momentum, num_batches_tracked, training)
+    if running_mean is not None:
+        _running_stat(fname, "running_mean", running_mean, c)
+    if running_var is not None:
+        _running_stat(fname, "running_var", running_var, c)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{fname}: running_mean and running_var must be both given or both "
+                         f"None")
+    if not training and running_mean is None:
+        raise ValueError(f"{fname}: running_mean and running_var are required when "
+                         f"training=False (evaluation normalizes with them)")
+    if training and running_mean is not None:
+        _writable(fname, "running_mean", running_mean)
+        _writable(fname, "running_var", running_var)
+    dtype = float_dtype(x)
+    w = _affine_vector(fname, "weight", weight, (c,), np.float64)
+    b = _affine_vector(fname, "bias", bias, (c,), np.float64)
+    m = n * s
+    if training and m <= 1:
+        raise ValueError(f"{fname}: expected more than 1 value per channel when training, got "
+                         f"input of shape {x.shape}")
+    x3 = contiguous(x, dtype).reshape(n, c, s)
+    out = np.empty(x.shape, dtype=dtype)
+    threads = get_num_threads()
+    if training:
+        mean, var, invstd = np.empty(c), np.empty(c), np.empty(c)
+        _norm.channel_train_forward(x3, w, b, eps, out.reshape(n, c, s), mean, var, invstd,
+                                    threads)
+    else:
+        mean = running_mean.astype(np.float64)
+        invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
+        scale = invstd * w if w.size else invstd
+        shift = b if b.size else np.zeros(c)
+        if m:
+            _norm.channel_affine(x3, mean, scale, shift, out.reshape(n, c, s), threads)
+    if training and running_mean is not None:
+        _update_running(running_mean, mean, factor)
+        _update_running(running_var, var * (m / (m - 1)), factor)
+    if return_stats:
+        return out, mean, invstd
+    return out
+
+
+def batch_norm_backward(grad_output, input, weight=None, running_mean=None, running_var=None,
+                        training=True, eps=1e-5, *, save_mean=None, save_invstd=None,
+                        output_mask=(True, True, True)):
+    """Gradients of :func:`batch_norm`: ``(grad_input, grad_weight, grad_bias)``.
+
+    grad_output is dL/dy (the input's shape). Per channel, with M values, xhat the normalized
+    input and invstd = 1/sqrt(var + eps):
+
+        training:  dx = (invstd / M) * (M * dy * w - sum(dy) * w - xhat * sum(dy * xhat) * w)
+        eval:      dx = dy * w * invstd_running          (the statistics are constants)
+        grad_weight = sum(dy * xhat),   grad_bias = sum(dy)
+
+    (w = 1 without weight). In training the batch statistics are recomputed from ``input``
+    unless keyword-only ``save_mean`` and ``save_invstd`` (from ``batch_norm(...,
+    return_stats=True)``) are given; in eval running_mean and running_var are required.
+    grad_weight and grad_bias are None when weight is None (no affine transform), and any
+    entry is None when its ``output_mask`` flag is False.
+    """
+    fname = "batch_norm_backward"
+    x = as_array(fname, "input", input)
+    n, c, s = _bn_layout(fname, x)
+    dy = _grad_like(fname, grad_output, x)
+    eps = _positive_float(fname, "eps", eps)
+    need_x, need_w, need_b = _mask3(fname, output_mask)
+    if weight is None:
+        need_w = need_b = False
+    w = _affine_vector(fname, "weight", weight, (c,), np.float64)
+    dtype = float_dtype(x, dy)
+    x3 = contiguous(x, dtype).reshape(n, c, s)
+    dy3 = contiguous(dy, dtype).reshape(n, c, s)
+    m = n * s
+    threads = get_num_threads()
+    if training:
+        if (save_mean is None) != (save_invstd is None):
+            raise ValueError(f"{fname}: save_mean and save_invstd must be both given or both "
+                             f"None")
+        if save_mean is not None:
+            mean = _affine_vector(fname, "save_mean", save_mean, (c,), np.float64)
+            invstd = _affine_vector(fname, "save_invstd", save_invstd, (c,), np.float64)
+        else:
+            if m <= 1:
+                raise ValueError(f"{fname}: expected more than 1 value per channel when "
+                                 f"training, got input of shape {x.shape}")
+            mean, var = np.empty(c), np.empty(c)
+            _norm.channel_stats(x3, mean, var, threads)
+            invstd = 1.0 / np.sqrt(var + eps)
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError(f"{fname}: running_mean and running_var are required when "
+                             f"training=False")
+        mean = _affine_vector(fname, "running_mean", running_mean, (c,), np.float64)
+        var = _affine_vector(fname, "running_var", running_var, (c,), np.float64)
+        invstd = 1.0 / np.sqrt(var + eps)
+    wv = w if w.size else np.ones(c)
+    sum_dy = np.zeros(c)
+    sum_dy_xmu = np.zeros(c)
+    grad_x = None
+    if training and need_x:
+        # one fused kernel: the sums, then dx, channel by channel (cache-friendly)
+        grad_x = np.empty(x.shape, dtype=dtype)
+        if m:
+            _norm.channel_train_backward(dy3, x3, mean, invstd, w, grad_x.reshape(n, c, s),
+                                         sum_dy, sum_dy_xmu, threads)
+        need_x = False
+    elif m and (need_w or need_b):
+        _norm.channel_grad_sums(dy3, x3, mean, sum_dy, sum_dy_xmu, threads)
+    if need_x:
+        # eval: the statistics are constants, dx = dy * w * invstd
+        grad_x = np.empty(x.shape, dtype=dtype)
+        zeros = np.zeros(c)
+        if m:
+            _norm.channel_grad_apply(dy3, x3, mean, wv * invstd, zeros, zeros,
+                                     grad_x.reshape(n, c, s), threads)
+    grad_w = (sum_dy_xmu * invstd).astype(dtype) if need_w else None
+    grad_b = sum_dy.astype(dtype) if need_b else None
+    return grad_x, grad_w, grad_b
+
+
+def _rows_forward(fname, x, rows, groups, k, weight, bias, eps):
+    """out, mean, rstd of the row norm of x viewed as (rows, M); affine indexed by g*k + kk."""
+    dtype = float_dtype(x)
+    x2 = _rows(contiguous(x, dtype), rows)
+    out = np.empty(x.shape, dtype=dtype)
+    mean = np.empty(rows)
+    rstd = np.empty(rows)
+    if x.size:
+        _norm.rows_forward(x2, contiguous(weight, dtype), contiguous(bias, dtype), groups, k,
+                           eps, out.reshape(x2.shape), mean, rstd, get_num_threads())
+    return out, mean, rstd
+
+
+def _rows_backward(fname, dy, x, rows, groups, k, weight, eps, need_x, need_wb, affine_shape):
+    """(grad_input, sum dy*xhat, sum dy) of the row norm; the sums reshaped to affine_shape."""
+    dtype = float_dtype(x, dy)
+    x2 = _rows(contiguous(x, dtype), rows)
+    dy2 = contiguous(dy, dtype).reshape(x2.shape)
+    threads = get_num_threads()
+    gx = np.empty(x.shape, dtype=dtype) if need_x else None
+    chunks = max(1, min(rows, _NORM_GRAD_CHUNKS))
+    width = groups * k
+    gw_parts = np.zeros((chunks, width) if need_wb else (0, 0))
+    gb_parts = np.zeros((chunks, width) if need_wb else (0, 0))
+    if x.size:
+        _norm.rows_backward(dy2, x2, eps, contiguous(weight, dtype), groups, k,
+                            gx.reshape(x2.shape) if need_x else np.empty((0, 0), dtype),
+                            gw_parts, gb_parts, threads)
+    elif need_x:
+        gx[...] = 0
+    sums = None
+    if need_wb:
+        # partials added in chunk order: the same bits for any number of threads
+        sums = (gw_parts.sum(axis=0).astype(dtype).reshape(affine_shape),
+                gb_parts.sum(axis=0).astype(dtype).reshape(affine_shape))
+    return gx, sums
+
+
+def _normalized_shape(fname, x, normalized_shape):
+    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
+        shape = (int(normalized_shape),)
+    else:
+        try:
+            shape = tuple(operator.index(v) for v in normalized_shape)
+        except TypeError:
+            raise TypeError(f"{fname}: normalized_shape must be an int or a tuple of ints, got "
+                            f"{normalized_shape!r}") from None
+    if not shape or any(v < 1 for v in shape):
+        raise ValueError(f"{fname}: normalized_shape must be non-empty with positive sizes, got "
+                         f"{normalized_shape!r}")
+    if x.ndim < len(shape) or tuple(x.shape[x.ndim - len(shape):]) != shape:
+        raise ValueError(f"{fname}: normalized_shape {shape} must match the trailing dims of "
+                         f"input, got input of shape {x.shape}")
+    return shape
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Layer normalization over the trailing dims, as ``torch.nn.functional.layer_norm``.
+
+    input (*, *normalized_shape); weight, bias of shape normalized_shape. Each of the
+    R = prod(*) rows of M = prod(normalized_shape) values is normalized on its own:
+
+        y = (x - mean_row) / sqrt(var_row + eps) * weight + bias      (biased variance)
+    """
+    fname = "layer_norm"
+    x = as_array(fname, "input", input)
+    shape = _normalized_shape(fname, x, normalized_shape)
+    eps = _positive_float(fname, "eps", eps)
+    dtype = float_dtype(x)
+    w = _affine_vector(fname, "weight", weight, shape, dtype)
+    b = _affine_vector(fname, "bias", bias, shape, dtype)
+    m = math.prod(shape)
+    rows = x.size // m
+    # without an affine transform, a row is one "channel" of m values (one tight loop)
+    k = m if (w.size or b.size) else 1
+    return _rows_forward(fname, x, rows, 1, k, w, b, eps)[0]
+
+
+def layer_norm_backward(grad_output, input, normalized_shape, weight=None, bias=None,
+                        eps=1e-5, output_mask=(True, True, True)):
+    """Gradients of :func:`layer_norm`: ``(grad_input, grad_weight, grad_bias)``.
+
+    Per row of M values, with xhat the normalized input and g = grad_output * weight:
+
+        dx = invstd / M * (M * g - sum(g) - xhat * sum(g * xhat))
+        grad_weight = sum over rows of grad_output * xhat,   grad_bias = sum of grad_output
+
+    grad_weight is None when weight is None, grad_bias when bias is None (and any entry whose
+    output_mask flag is False).
+    """
+    fname = "layer_norm_backward"
+    x = as_array(fname, "input", input)
+    shape = _normalized_shape(fname, x, normalized_shape)
+    dy = _grad_like(fname, grad_output, x)
+    eps = _positive_float(fname, "eps", eps)
+    need_x, need_w, need_b = _mask3(fname, output_mask)
+    dtype = float_dtype(x, dy)
+    w = _affine_vector(fname, "weight", weight, shape, dtype)
+    _affine_vector(fname, "bias", bias, shape, dtype)
+    need_w = need_w and weight is not None
+    need_b = need_b and bias is not None
+    m = math.prod(shape)
+    rows = x.size // m
+    gx, sums = _rows_backward(fname, dy, x, rows, 1, m, w, eps, need_x, need_w or need_b,
+                              shape)
+    return gx, sums[0] if need_w else None, sums[1] if need_b else None
+
+
+def _group_layout(fname, x, num_groups):
+    check_ndim(fname, "input", x, tuple(range(2, 33)), "(N, C, *spatial)")
+    n, c = x.shape[:2]
+    g = as_int(fname, "num_groups", num_groups, minimum=1)
+    if c % g:
+        raise ValueError(f"{fname}: num_groups = {g} must divide the number of channels "
+                         f"C = {c} (input shape {x.shape})")
+    return n, c, g
+
+
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
+    """Group normalization, as ``torch.nn.functional.group_norm``.
+
+    input (N, C, *spatial), C divisible by num_groups = G; weight, bias (C,). Each sample's
+    channels are split into G groups of C/G consecutive channels; each group's
+    M = C/G * prod(spatial) values are normalized together, then scaled per channel:
+
+        y[n, c] = (x[n, c] - mean_{n,g}) / sqrt(var_{n,g} + eps) * weight[c] + bias[c]
+    """
+    fname = "group_norm"
+    x = as_array(fname, "input", input)
+    n, c, g = _group_layout(fname, x, num_groups)
+    eps = _positive_float(fname, "eps", eps)
+    dtype = float_dtype(x)
+    w = _affine_vector(fname, "weight", weight, (c,), dtype)
+    b = _affine_vector(fname, "bias", bias, (c,), dtype)
+    return _rows_forward(fname, x, n * g, g, c // g, w, b, eps)[0]
+
+
+def group_norm_backward(grad_output, input, num_groups, weight=None, bias=None, eps=1e-5,
+                        output_mask=(True, True, True)):
+    """Gradients of :func:`group_norm`: ``(grad_input, grad_weight, grad_bias)``.
+
+    The layer-norm formula per (sample, group) of M values, with g = grad_output * weight[c]:
+    dx = invstd / M * (M * g - sum(g) - xhat * sum(g * xhat)); grad_weight[c] and grad_bias[c]
+    sum grad_output * xhat and grad_output over the batch and spatial axes. grad_weight is None
+    when weight is None, grad_bias when bias is None.
+    """
+    fname = "group_norm_backward"
+    x = as_array(fname, "input", input)
+    n, c, g = _group_layout(fname, x, num_groups)
+    dy = _grad_like(fname, grad_output, x)
+    eps = _positive_float(fname, "eps", eps)
+    need_x, need_w, need_b = _mask3(fname, output_mask)
+    dtype = float_dtype(x, dy)
+    w = _affine_vector(fname, "weight", weight, (c,), dtype)
+    _affine_vector(fname, "bias", bias, (c,), dtype)
+    need_w = need_w and weight is not None
+    need_b = need_b and bias is not None
+    gx, sums = _rows_backward(fname, dy, x, n * g, g, c // g, w, eps, need_x,
+                              need_w or need_b, (c,))
+    return gx, sums[0] if need_w else None, sums[1] if need_b else None
+
+
+def _instance_layout(fname, x):
+    check_ndim(fname, "input", x, (3, 4, 5), "(N, C, L), (N, C, H, W) or (N, C, D, H, W)")
+    n, c = x.shape[:2]
+    return n, c, math.prod(x.shape[2:])
+
+
+def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,
+                  use_input_stats=True, momentum=0.1, eps=1e-5):
+    """Instance normalization, as ``torch.nn.functional.instance_norm``.
+
+    input (N, C, *spatial) with 1 to 3 spatial dims; running_mean, running_var, weight, bias
+    (C,). use_input_stats=True: each (sample, channel) plane of S = prod(spatial) values is
+    normalized with its own mean and biased variance,
+
+        y[n, c] = (x[n, c] - mean_{n,c}) / sqrt(var_{n,c} + eps) * weight[c] + bias[c]
+
+    and the running statistics, when given, are updated in place with the batch average of the
+    plane statistics (unbiased variance), torch's momentum convention:
+    running = (1 - momentum) * running + momentum * mean_n(stat_{n,c}).
+    use_input_stats=False normalizes every plane with running_mean and running_var (required).
+    """
+    fname = "instance_norm"
+    x = as_array(fname, "input", input)
+    n, c, s = _instance_layout(fname, x)
+    eps = _positive_float(fname, "eps", eps)
+    momentum = _unit_float(fname, "momentum", momentum)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{fname}: running_mean and running_var must be both given or both "
+                         f"None")
+    if running_mean is not None:
+        _running_stat(fname, "running_mean", running_mean, c)
+        _running_stat(fname, "running_var", running_var, c)
+        if use_input_stats:
+            _writable(fname, "running_mean", running_mean)
+            _writable(fname, "running_var", running_var)
+    dtype = float_dtype(x)
+    w = _affine_vector(fname, "weight", weight, (c,), dtype)
+    b = _affine_vector(fname, "bias", bias, (c,), dtype)
+    if not use_input_stats:
+        if running_mean is None:
+            raise ValueError(f"{fname}: running_mean and running_var are required when "
+                             f"use_input_stats=False")
+        # every plane normalized with the channel's running statistics: eval batch norm
+        return batch_norm(x, running_mean, running_var, weight, bias, training=False, eps=eps)
+    if s <= 1:
+        raise ValueError(f"{fname}: expected more than 1 spatial element per channel, got "
+                         f"input of shape {x.shape}")
+    out, mean, rstd = _rows_forward(fname, x, n * c, c, 1, w, b, eps)
+    if running_mean is not None and n:
+        # the plane variances back from rstd (exact to ~1e-16 * eps, clamped: never < 0)
+        var = np.maximum(1.0 / (rstd * rstd) - eps, 0.0) * (s / (s - 1))
+        _update_running(running_mean, mean.reshape(n, c).mean(axis=0), momentum)
+        _update_running(running_var, var.reshape(n, c).mean(axis=0), momentum)
+    return out
+
+
+def instance_norm_backward(grad_output, input, running_mean=None, running_var=None,
+                           weight=None, bias=None, use_input_stats=True, eps=1e-5,
+                           output_mask=(True, True, True)):
+    """Gradients of :func:`instance_norm`: ``(grad_input, grad_weight, grad_bias)``.
+
+    use_input_stats=True: the layer-norm formula per (sample, channel) plane;
+    use_input_stats=False: dx = grad_output * weight / sqrt(running_var + eps). grad_weight and
+    grad_bias sum grad_output * xhat and grad_output over batch and space; None when weight
+    (resp. bias) is None.
+    """
+    fname = "instance_norm_backward"
+    x = as_array(fname, "input", input)
+    n, c, s = _instance_layout(fname, x)
+    dy = _grad_like(fname, grad_output, x)
+    eps = _positive_float(fname, "eps", eps)
+    need_x, need_w, need_b = _mask3(fname, output_mask)
+    dtype = float_dtype(x, dy)
+    w = _affine_vector(fname, "weight", weight, (c,), dtype)
+    _affine_vector(fname, "bias", bias, (c,), dtype)
+    need_w = need_w and weight is not None
+    need_b = need_b and bias is not None
+    if not use_input_stats:
+        if running_mean is None or running_var is None:
+            raise ValueError(f"{fname}: running_mean and running_var are required when "
+                             f"use_input_stats=False")
+        _affine_vector(fname, "running_mean", running_mean, (c,), np.float64)
+        _affine_vector(fname, "running_var", running_var, (c,), np.float64)
+        gx, gw, gb = batch_norm_backward(dy, x, weight if weight is not None else np.ones(c),
+                                         running_mean, running_var, training=False, eps=eps,
+                                         output_mask=(need_x, need_w, need_b))
+        return gx, gw, gb
+    if s <= 1:
+        raise ValueError(f"{fname}: expected more than 1 spatial element per channel, got "
+                         f"input of shape {x.shape}")
+    gx, sums = _rows_backward(fname, dy, x, n * c, c, 1, w, eps, need_x, need_w or need_b,
+                              (c,))
+    return gx, sums[0] if need_w else None, sums[1] if need_b else None
