@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
 
-import fastcnn
 import fastcnn.functional as F
 from conftest import TOL
 from gradcheck import numerical_grad, assert_grad_close

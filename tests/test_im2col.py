@@ -10,7 +10,6 @@ import fastcnn.functional as F
 
 def reference_unfold(x, kernel, dilation, padding, stride):
     """Direct loops over (n, c, offset, block) on an explicitly zero-padded copy."""
-    nd = len(kernel)
     pad = [(0, 0), (0, 0)] + [(p, p) for p in padding]
     xp = np.pad(x, pad)
     blocks = [F.conv_output_size(i, k, s, p, d) for i, k, s, p, d in

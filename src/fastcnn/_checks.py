@@ -5,12 +5,14 @@ or TypeError naming the function, the argument, the value and what was expected.
 """
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+INT32_MAX = 2**31 - 1
 
 
 def _describe(value) -> str:
@@ -19,14 +21,19 @@ def _describe(value) -> str:
     return repr(value)
 
 
+def to_array(fname: str, name: str, value) -> np.ndarray:
+    """``np.asarray(value)`` (any dtype), or a TypeError naming the function and argument."""
+    try:
+        return np.asarray(value)
+    except Exception as exc:  # ragged nested lists and the like
+        raise TypeError(f"{fname}: {name} could not be converted to an array ({exc})") from None
+
+
 def as_array(fname: str, name: str, value) -> np.ndarray:
     """``value`` as an ndarray of a numeric real dtype (no copy yet), or TypeError."""
     if value is None:
         raise TypeError(f"{fname}: {name} must be an array, got None")
-    try:
-        arr = np.asarray(value)
-    except Exception as exc:  # ragged nested lists and the like
-        raise TypeError(f"{fname}: {name} could not be converted to an array ({exc})") from None
+    arr = to_array(fname, name, value)
     if arr.dtype.kind not in "biuf":
         raise TypeError(
             f"{fname}: {name} must hold real numbers (float32/float64; ints and bools are cast), "
@@ -82,6 +89,10 @@ def ntuple(fname: str, name: str, value, n: int, minimum: int) -> tuple:
         raise TypeError(f"{fname}: {name} must be {expected}, got {_describe(value)}")
     if any(v < minimum for v in items):
         raise ValueError(f"{fname}: {name} must be {expected}, got {value!r}")
+    if any(v > INT32_MAX for v in items):
+        # A per-axis size, stride, padding or dilation beyond 2**31-1 makes the kernels' index
+        # arithmetic (start + stride, padding + ...) overflow 64 bits: refused here.
+        raise ValueError(f"{fname}: {name} must be at most 2**31-1 on each axis, got {value!r}")
     return items
 
 
@@ -98,3 +109,14 @@ def optional_vector(fname: str, name: str, value, size: int, dtype) -> np.ndarra
     if arr.shape != (size,):
         raise ValueError(f"{fname}: {name} must have shape ({size},), got {arr.shape}")
     return contiguous(arr, dtype)
+
+
+
+def check_extent(fname: str, what: str, sizes) -> None:
+    """Refuse a size tuple whose product (cells per plane, rows of a matrix) exceeds 2**31-1:
+    the kernels' flat indices and BLAS take 32-bit sizes. Called before anything is
+    allocated, so a huge request is a ValueError, never a MemoryError or a crash."""
+    sizes = tuple(sizes)
+    if math.prod(sizes) > INT32_MAX:
+        raise ValueError(f"{fname}: {what} {sizes} has {math.prod(sizes)} elements, which "
+                         f"exceeds 2**31-1 (32-bit indices and BLAS sizes)")

@@ -125,12 +125,21 @@ def load_checkpoint(path) -> Checkpoint:
             json.JSONDecodeError, KeyError) as exc:
         raise ValueError(f"{path}: not a fastcnn checkpoint, or truncated/corrupted "
                          f"({type(exc).__name__}: {exc})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: not a fastcnn checkpoint (the header is a JSON "
+                         f"{type(header).__name__}, not an object)")
     if header.get("format") != FORMAT:
         raise ValueError(f"{path}: not a fastcnn checkpoint (format {header.get('format')!r})")
-    if header.get("version", 0) > VERSION:
+    version = header.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"{path}: not a fastcnn checkpoint (format version {version!r})")
+    if version > VERSION:
         raise ValueError(f"{path}: written by a newer fastcnn (format version "
                          f"{header['version']}, this one reads {VERSION})")
-    model = build_model(header["config"])
+    try:
+        model = build_model(header.get("config"))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: the checkpoint's model config is invalid ({exc})") from None
     model.load_state_dict({k[len("model/"):]: v for k, v in arrays.items()
                            if k.startswith("model/")})
     optimizer_state = None

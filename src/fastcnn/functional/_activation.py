@@ -8,6 +8,7 @@ import numpy as np
 
 from fastcnn import _checks
 from fastcnn._checks import as_array, as_int, contiguous, float_dtype
+from fastcnn.functional._common import _delegate
 from fastcnn._ops import activation as _act
 from fastcnn._threads import get_num_threads
 
@@ -109,14 +110,14 @@ def elu_backward(grad_output, input, alpha=1.0):
 
 def selu(input):
     """``scale * elu(x, alpha)`` with torch's constants alpha = 1.6732632..., scale = 1.0507009..."""
-    y = elu(input, _SELU_ALPHA)
+    y = _delegate("selu", elu, input, _SELU_ALPHA)
     y *= y.dtype.type(_SELU_SCALE)
     return y
 
 
 def selu_backward(grad_output, input):
     """``scale * elu_backward(dy, x, alpha)``; takes the input."""
-    dx = elu_backward(grad_output, input, _SELU_ALPHA)
+    dx = _delegate("selu_backward", elu_backward, grad_output, input, _SELU_ALPHA)
     dx *= dx.dtype.type(_SELU_SCALE)
     return dx
 
@@ -187,7 +188,7 @@ def tanh(input):
 def tanh_backward(grad_output, output):
     """``dx = dy * (1 - y^2)``; takes tanh's OUTPUT y."""
     dy, y = _grad_pair("tanh_backward", grad_output, output, "output")
-    dx = np.multiply(y, y)
+    dx = np.multiply(y, y, out=np.empty_like(y))    # an array even for 0-d inputs
     np.subtract(1, dx, out=dx)
     dx *= dy
     return dx

@@ -17,6 +17,19 @@ def _rows(arr: np.ndarray, n: int) -> np.ndarray:
     return arr.reshape(n, arr.size // n if n else 0)
 
 
+def _delegate(fname, func, *args):
+    """``func(*args)`` for a public function implemented by another one: its errors are
+    re-raised under ``fname`` (the name the user called), e.g. selu -> elu."""
+    try:
+        return func(*args)
+    except (ValueError, TypeError) as exc:
+        msg = str(exc)
+        inner, sep, rest = msg.partition(": ")
+        if not sep or " " in inner:
+            raise
+        raise type(exc)(f"{fname}: {rest}") from None
+
+
 def conv_output_size(size: int, kernel_size: int, stride: int = 1, padding: int = 0,
                      dilation: int = 1) -> int:
     """``floor((size + 2*padding - dilation*(kernel_size-1) - 1) / stride) + 1``."""

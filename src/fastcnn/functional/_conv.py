@@ -13,7 +13,7 @@ from fastcnn._ops import im2col as _im2col
 from fastcnn._ops import winograd as _winograd
 from fastcnn._threads import get_num_threads, single_threaded_blas
 from fastcnn._workspace import scratch
-from fastcnn.functional._common import _INT32_MAX, _WEIGHT_GRAD_CHUNKS, _rows, conv_output_size
+from fastcnn.functional._common import _INT32_MAX, _WEIGHT_GRAD_CHUNKS, _delegate, _rows, conv_output_size
 
 __all__ = [
     "conv1d", "conv1d_backward", "conv2d", "conv2d_backward", "conv3d", "conv3d_backward",
@@ -53,6 +53,9 @@ def _conv_geometry(fname, nd, x, w, stride, padding, dilation, groups) -> _ConvG
     n = x.shape[0] if batched else 1
     c_in = x.shape[1] if batched else x.shape[0]
     in_size = tuple(x.shape[-nd:])
+    if 0 in in_size:     # as torch: an all-padding output would index an empty input row
+        raise ValueError(f"{fname}: input must have non-zero spatial sizes (only the batch may "
+                         f"be empty), got shape {x.shape}")
     groups = as_int(fname, "groups", groups, minimum=1)
     c_out, c_per_group = w.shape[:2]
     kernel = tuple(w.shape[2:])
@@ -324,6 +327,8 @@ def unfold(input, kernel_size, dilation=1, padding=0, stride=1):
     blocks = _blocks(fname, in_size, kernel, dilation, padding, stride)
     dtype = float_dtype(x)
     rows, L = c * math.prod(kernel), math.prod(blocks)
+    _checks.check_extent(fname, "output (rows, blocks)", (rows, L))
+    _checks.check_extent(fname, "input spatial size", (c,) + in_size)
     cols = np.empty((n, rows, L), dtype=dtype)
     if n and c:
         _im2col.unfold(contiguous(xb, dtype).reshape(n, -1), cols.reshape(n, -1), c,
@@ -346,6 +351,7 @@ def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
     check_ndim(fname, "input", cols, (2, 3), "(N, C*prod(kernel_size), L) or "
                                              "(C*prod(kernel_size), L)")
     out_size = ntuple(fname, "output_size", output_size, nd, minimum=1)
+    _checks.check_extent(fname, "output_size", out_size)
     kernel, dilation, padding, stride = _window_args(fname, nd, kernel_size, dilation, padding,
                                                      stride)
     batched = cols.ndim == 3
@@ -361,6 +367,8 @@ def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
                          f"blocks {math.prod(blocks)} (blocks per axis {blocks} for "
                          f"output_size={out_size})")
     c = rows // kk
+    _checks.check_extent(fname, "input (rows, blocks)", (rows, L))
+    _checks.check_extent(fname, "output (channels, *output_size)", (c,) + out_size)
     dtype = float_dtype(cols)
     out = np.empty((n, c) + out_size, dtype=dtype)
     if n and c:
@@ -377,10 +385,15 @@ def unfold_backward(grad_output, input_size, kernel_size, dilation=1, padding=0,
     ``input_size`` is the shape of unfold's input (or just its spatial size).
     """
     nd = _spatial_rank(kernel_size, dilation, padding, stride)
+    if not isinstance(input_size, (tuple, list, np.ndarray)):
+        raise TypeError(f"unfold_backward: input_size must be a tuple of ints, got "
+                        f"{_checks._describe(input_size)}")
     size = tuple(input_size)
-    return fold(grad_output, size[len(size) - nd:], kernel_size, dilation, padding, stride)
+    return _delegate("unfold_backward", fold, grad_output, size[len(size) - nd:], kernel_size,
+                     dilation, padding, stride)
 
 
 def fold_backward(grad_output, kernel_size, dilation=1, padding=0, stride=1):
     """Gradient of :func:`fold`: ``unfold(grad_output, ...)``."""
-    return unfold(grad_output, kernel_size, dilation, padding, stride)
+    return _delegate("fold_backward", unfold, grad_output, kernel_size, dilation, padding,
+                     stride)

@@ -40,6 +40,9 @@ def _conv_transpose_geometry(fname, nd, x, w, stride, padding, output_padding, g
     n = x.shape[0] if batched else 1
     c_in = x.shape[1] if batched else x.shape[0]
     in_size = tuple(x.shape[-nd:])
+    if 0 in in_size:     # as torch: an all-padding output would index an empty input row
+        raise ValueError(f"{fname}: input must have non-zero spatial sizes (only the batch may "
+                         f"be empty), got shape {x.shape}")
     groups = as_int(fname, "groups", groups, minimum=1)
     w_in, c_out_per_group = w.shape[:2]
     kernel = tuple(w.shape[2:])
@@ -66,6 +69,7 @@ def _conv_transpose_geometry(fname, nd, x, w, stride, padding, output_padding, g
         raise ValueError(f"{fname}: input spatial size {in_size} with kernel {kernel}, stride "
                          f"{stride}, padding {padding}, output_padding {output_padding}, "
                          f"dilation {dilation} gives output size {out_size}: must be >= 1")
+    _checks.check_extent(fname, "output spatial size", out_size)
     c_out = c_out_per_group * groups
     geom = _ConvGeometry(batched, n, c_in, c_out, groups, in_size, out_size,
                          lift3(kernel, 1), lift3(stride, 1), lift3(padding, 0),

@@ -63,7 +63,7 @@ def dropout_backward(grad_output, mask, p):
     p = _unit_float(fname, "p", p)
     if mask is None:
         return dy
-    m = np.asarray(mask)
+    m = _checks.to_array(fname, "mask", mask)
     try:
         ok = np.broadcast_shapes(m.shape, dy.shape) == dy.shape
     except ValueError:

@@ -1,6 +1,8 @@
 """Linear (fully connected) layer op."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from fastcnn import _checks
@@ -23,6 +25,9 @@ def _linear_args(fname, input, weight):
     if x.ndim < 1 or x.shape[-1] != w.shape[1]:
         raise ValueError(f"{fname}: input must have in_features = weight.shape[1] = {w.shape[1]} "
                          f"as its last dim, got input of shape {x.shape}")
+    _checks.check_extent(fname, "weight shape", w.shape)
+    _checks.check_extent(fname, "input rows x in_features", (x.size // max(x.shape[-1], 1),
+                                                           x.shape[-1]))
     return x, w
 
 
@@ -48,7 +53,8 @@ def linear(input, weight, bias=None):
     b = None if bias is None else as_array(fname, "bias", bias)
     dtype = float_dtype(x, w, b)
     out_f, in_f = w.shape
-    x2 = contiguous(x, dtype).reshape(-1, in_f)
+    rows = math.prod(x.shape[:-1])       # explicit: reshape(-1, 0) is ambiguous
+    x2 = contiguous(x, dtype).reshape(rows, in_f)
     out = _matmul(x2, contiguous(w, dtype), trans_a=False, trans_b=True)
     if b is not None:
         out += _checks.optional_vector(fname, "bias", b, out_f, dtype)
@@ -71,12 +77,14 @@ def linear_backward(grad_output, input, weight, output_mask=(True, True, True)):
                          f"{dy.shape}")
     need_x, need_w, need_b = _mask3(fname, output_mask)
     dtype = float_dtype(x, w, dy)
-    dy2 = contiguous(dy, dtype).reshape(-1, out_f)
+    rows = math.prod(x.shape[:-1])       # explicit: reshape(-1, 0) is ambiguous
+    dy2 = contiguous(dy, dtype).reshape(rows, out_f)
     gx = gw = gb = None
     if need_x:
         gx = _matmul(dy2, contiguous(w, dtype), trans_a=False, trans_b=False).reshape(x.shape)
     if need_w:
-        gw = _matmul(dy2, contiguous(x, dtype).reshape(-1, in_f), trans_a=True, trans_b=False)
+        gw = _matmul(dy2, contiguous(x, dtype).reshape(rows, in_f), trans_a=True,
+                     trans_b=False)
     if need_b:
         gb = dy2.sum(axis=0)
     return gx, gw, gb

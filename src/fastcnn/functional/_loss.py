@@ -41,7 +41,7 @@ def _class_problem(fname, input, target, weight, ignore_index):
     if x.ndim < 1:
         raise ValueError(f"{fname}: input must be (C,), (N, C) or (N, C, d1, ...), got a 0-d "
                          f"array")
-    t = np.asarray(target)
+    t = _checks.to_array(fname, "target", target)
     if t.dtype.kind not in "iu":
         raise TypeError(f"{fname}: target must hold integer class indices, got dtype "
                         f"{t.dtype} (probability targets are not supported)")

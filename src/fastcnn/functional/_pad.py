@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import numbers
-import operator
 
 import numpy as np
 
-from fastcnn._checks import as_array, float_dtype
+from fastcnn import _checks
+from fastcnn._checks import as_array, float_dtype, ntuple
 from fastcnn.functional._activation import _float, _real
 
 __all__ = ["pad", "pad_backward"]
@@ -23,7 +23,7 @@ _PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge",
 def _pad_widths(fname, shape, pad, mode):
     """[(before, after)] for the last len(pad)//2 dims, first dim first (pad lists last dim
     first, as torch)."""
-    if mode not in _PAD_MODES:
+    if not isinstance(mode, str) or mode not in _PAD_MODES:
         raise ValueError(f"{fname}: mode must be one of {sorted(_PAD_MODES)}, got {mode!r}")
     try:
         pads = tuple(pad)
@@ -92,12 +92,15 @@ def pad(input, pad, mode="constant", value=0.0):
     dtype = float_dtype(x)
     x = np.asarray(x, dtype=dtype)
     if mode != "constant":
+        _checks.check_extent(fname, "output shape", [
+            n + sum(widths[dims.index(d)]) if d in dims else n for d, n in enumerate(x.shape)])
         full = [(0, 0)] * (x.ndim - len(dims)) + widths
         return np.pad(x, full, mode=_PAD_MODES[mode])
     value = 0.0 if value is None else _real(fname, "value", value)   # torch's default is None
     shape = list(x.shape)
     for d, (lo, hi) in zip(dims, widths):
         shape[d] += lo + hi
+    _checks.check_extent(fname, "output shape", shape)
     out = np.full(shape, value, dtype=dtype)
     sl = _crop_slices(x.shape, dims, widths)
     if sl is not None:
@@ -113,7 +116,10 @@ def pad_backward(grad_output, input_shape, pad, mode="constant"):
     """
     fname = "pad_backward"
     dy = _float(fname, "grad_output", grad_output)
-    shape = tuple(operator.index(v) for v in input_shape)
+    if not isinstance(input_shape, (tuple, list)):
+        raise TypeError(f"{fname}: input_shape must be a tuple of non-negative ints, got "
+                        f"{_checks._describe(input_shape)}")
+    shape = ntuple(fname, "input_shape", input_shape, len(input_shape), minimum=0)
     dims, widths = _pad_widths(fname, shape, pad, mode)
     expected = list(shape)
     for d, (lo, hi) in zip(dims, widths):

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 
+from fastcnn import _checks
 from fastcnn._checks import as_array, as_int, check_ndim, contiguous, float_dtype, lift3, ntuple
 from fastcnn._ops import pool as _pool
 from fastcnn._threads import get_num_threads
@@ -42,6 +43,7 @@ def _pool_input(fname, nd, input):
     if 0 in x.shape[x.ndim - nd - 1:]:
         raise ValueError(f"{fname}: input must have non-zero channel and spatial sizes (only "
                          f"the batch may be empty), got shape {x.shape}")
+    _checks.check_extent(fname, "input spatial size", x.shape[x.ndim - nd:])
     return x, x.shape[:x.ndim - nd], tuple(x.shape[x.ndim - nd:])
 
 
@@ -62,7 +64,7 @@ def _check_grad(fname, dy, expected):
 def _check_indices(fname, indices, expected, what="the forward output's"):
     if indices is None:
         raise TypeError(f"{fname}: indices must be an int64 array, got None")
-    idx = np.asarray(indices)
+    idx = _checks.to_array(fname, "indices", indices)
     if idx.dtype.kind not in "iu":
         raise TypeError(f"{fname}: indices must hold integers (int64, as returned with "
                         f"return_indices=True), got dtype {idx.dtype}")
@@ -142,6 +144,7 @@ def _pool_args(fname, nd, in_size, kernel_size, stride, padding, dilation, ceil_
         raise ValueError(f"{fname}: input spatial size {in_size} is too small for kernel_size "
                          f"{kernel}, stride {stride}, padding {padding}, dilation {dilation}: "
                          f"the output size would be {out_size}")
+    _checks.check_extent(fname, "output spatial size", out_size)
     return kernel, stride, padding, dilation, out_size
 
 
@@ -227,7 +230,9 @@ def _adaptive_size(fname, nd, output_size, in_size):
     """output_size as a tuple of nd ints >= 1; None entries keep the input's size (as torch)."""
     if isinstance(output_size, (tuple, list)) and len(output_size) == nd:
         output_size = tuple(i if o is None else o for o, i in zip(output_size, in_size))
-    return ntuple(fname, "output_size", output_size, nd, minimum=1)
+    out_size = ntuple(fname, "output_size", output_size, nd, minimum=1)
+    _checks.check_extent(fname, "output_size", out_size)
+    return out_size
 
 
 def _adaptive_avg_pool(fname, nd, input, output_size, grad_output=None):
@@ -284,6 +289,7 @@ def _unpool_size(fname, nd, in_size, kernel_size, stride, padding, output_size):
     if any(o < 1 for o in out_size):
         raise ValueError(f"{fname}: kernel_size {kernel}, stride {stride}, padding {padding} "
                          f"give output size {out_size} for input size {in_size}: must be >= 1")
+    _checks.check_extent(fname, "output size", out_size)
     return out_size
 
 

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 
+from fastcnn import _checks
 from fastcnn._checks import as_array, check_ndim, float_dtype, lift3, ntuple
 from fastcnn._ops import resample as _resample
 from fastcnn._threads import get_num_threads
@@ -107,6 +108,8 @@ def _interp_args(fname, x, size, scale_factor, mode, align_corners, recompute_sc
             raise ValueError(f"{fname}: input size {in_size} times scale_factor "
                              f"{scale_factor!r} gives output size {out_size}: must be >= 1")
         scales = (None,) * nd if recompute_scale_factor else tuple(float(v) for v in items)
+    _checks.check_extent(fname, "input size", in_size)
+    _checks.check_extent(fname, "output size", out_size)
     return nd, in_size, out_size, scales, bool(align_corners)
 
 

@@ -1,0 +1,29 @@
+"""A short run through every kernel family (forward and backward, float32 and float64) for
+valgrind memcheck; see docs/sanitizers.md. Not a pytest module."""
+import numpy as np
+import fastcnn.functional as F
+rng = np.random.default_rng(0)
+for dt in (np.float32, np.float64):
+    x = rng.standard_normal((2, 4, 9, 7)).astype(dt)
+    w = rng.standard_normal((6, 2, 3, 3)).astype(dt)
+    y = F.conv2d(x, w, stride=2, padding=1, dilation=2, groups=2)
+    F.conv2d_backward(np.ones_like(y), x, w, stride=2, padding=1, dilation=2, groups=2)
+    wt = rng.standard_normal((4, 3, 3, 3)).astype(dt)
+    y = F.conv_transpose2d(x, wt, stride=2, padding=1, output_padding=1)
+    F.conv_transpose2d_backward(np.ones_like(y), x, wt, stride=2, padding=1, output_padding=1)
+    F.fold(F.unfold(x, 3, padding=1, stride=2), (9, 7), 3, padding=1, stride=2)
+    y, i = F.max_pool2d(x, 3, 2, 1, ceil_mode=True, return_indices=True)
+    F.max_pool2d_backward(np.ones_like(y), x, i, 3, 2, 1, ceil_mode=True)
+    F.max_unpool2d(y, i, 3, 2, 1, output_size=(9, 7))
+    y = F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False)
+    F.avg_pool2d_backward(np.ones_like(y), x, 3, 2, 1, ceil_mode=True, count_include_pad=False)
+    F.adaptive_avg_pool2d(x, (4, 5)); F.adaptive_max_pool2d(x, (4, 5))
+    F.interpolate(x, scale_factor=1.7, mode="bilinear"); F.interpolate(x, size=(5, 11))
+    F.batch_norm(x, np.zeros(4, dt), np.ones(4, dt), training=True)
+    F.batch_norm_backward(np.ones_like(x), x, training=True)
+    F.layer_norm_backward(np.ones_like(x), x, (9, 7))
+    F.group_norm_backward(np.ones_like(x), x, 2)
+    F.softmax_backward(np.ones_like(x), F.softmax(x, 1), 1)
+    t = rng.integers(0, 4, (2, 9, 7))
+    F.cross_entropy_backward(np.ones((), dt), x, t, label_smoothing=0.1)
+print("ok")
