@@ -28,7 +28,3 @@ def scratch(size: int, dtype) -> np.ndarray:
         buffers[dtype] = buf
     return buf[:size]
 
-
-def release() -> None:
-    """Free this thread's scratch buffers (they are re-created on demand)."""
-    _local.buffers = {}

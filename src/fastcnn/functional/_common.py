@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from fastcnn import _checks
+
 __all__ = []
 
 
 # Samples are split into at most this many fixed chunks for the weight gradient (see conv.pyx):
 # a function of the batch size only, so the result is the same for any number of threads.
 _WEIGHT_GRAD_CHUNKS = 8
-_INT32_MAX = 2**31 - 1
+_INT32_MAX = _checks.INT32_MAX          # BLAS and the kernels take 32-bit sizes
 
 
 def _rows(arr: np.ndarray, n: int) -> np.ndarray:

@@ -13,7 +13,8 @@ from fastcnn._ops import im2col as _im2col
 from fastcnn._ops import winograd as _winograd
 from fastcnn._threads import get_num_threads, single_threaded_blas
 from fastcnn._workspace import scratch
-from fastcnn.functional._common import _INT32_MAX, _WEIGHT_GRAD_CHUNKS, _delegate, _rows, conv_output_size
+from fastcnn.functional._common import (_INT32_MAX, _WEIGHT_GRAD_CHUNKS, _delegate, _rows,
+                                        conv_output_size)
 
 __all__ = [
     "conv1d", "conv1d_backward", "conv2d", "conv2d_backward", "conv3d", "conv3d_backward",

@@ -12,7 +12,6 @@ automatically, so ``to_config()`` needs no code in subclasses.
 from __future__ import annotations
 
 import inspect
-import math
 
 import numpy as np
 
@@ -222,7 +221,3 @@ def _jsonable(value):
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def numel(shape) -> int:
-    return math.prod(shape)

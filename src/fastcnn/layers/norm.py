@@ -101,14 +101,6 @@ class _BatchNorm(_Affine):
         self._accumulate(gw, gb)
         return gx
 
-    def fold_scale_shift(self):
-        """(scale, shift) with eval-mode y = x * scale + shift per channel (for model.fuse)."""
-        invstd = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
-        w, b = self._affine()
-        scale = invstd * (1.0 if w is None else w)
-        shift = (0.0 if b is None else b) - self.running_mean * scale
-        return scale, shift
-
     def flops(self):
         return 2 * math.prod(self.output_shape)
 
