@@ -10,8 +10,9 @@ A backward takes what the forward saw -- the input, or the output where that is 
 
 Families, one private module each: _conv (convolution, Winograd, unfold/fold), _conv_transpose,
 _pool, _resample, _norm (batch, layer, group, instance), _linear, _activation, _dropout, _pad,
-_loss and _fuse (batch-norm folding); their kernels are the same-named modules of fastcnn._ops. Running statistics and
-counters passed to the norms are the caller's numpy arrays, updated in place.
+_loss and _fuse (batch-norm folding); their kernels are the same-named modules of
+fastcnn._ops (winograd and gemm serve _conv and _linear). Running statistics and counters passed
+to the norms are the caller's numpy arrays, updated in place.
 
 Arrays are NCL / NCHW / NCDHW. Inputs may be any real dtype and memory layout: float32 and float64
 are computed as they are (float64 wins when mixed); ints, bools and float16 are computed in
@@ -23,18 +24,18 @@ the checks, docstring and backward of an op are there, its kernel in ``fastcnn/_
 """
 import sys as _sys
 
+from fastcnn.functional._activation import *  # noqa: F401,F403
 from fastcnn.functional._common import conv_output_size
 from fastcnn.functional._conv import *  # noqa: F401,F403
 from fastcnn.functional._conv_transpose import *  # noqa: F401,F403
+from fastcnn.functional._dropout import *  # noqa: F401,F403
+from fastcnn.functional._fuse import *  # noqa: F401,F403
+from fastcnn.functional._linear import *  # noqa: F401,F403
+from fastcnn.functional._loss import *  # noqa: F401,F403
+from fastcnn.functional._norm import *  # noqa: F401,F403
+from fastcnn.functional._pad import *  # noqa: F401,F403
 from fastcnn.functional._pool import *  # noqa: F401,F403
 from fastcnn.functional._resample import *  # noqa: F401,F403
-from fastcnn.functional._norm import *  # noqa: F401,F403
-from fastcnn.functional._linear import *  # noqa: F401,F403
-from fastcnn.functional._activation import *  # noqa: F401,F403
-from fastcnn.functional._dropout import *  # noqa: F401,F403
-from fastcnn.functional._pad import *  # noqa: F401,F403
-from fastcnn.functional._loss import *  # noqa: F401,F403
-from fastcnn.functional._fuse import *  # noqa: F401,F403
 
 __all__ = ["conv_output_size"]
 for _family in (

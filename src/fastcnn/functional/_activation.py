@@ -8,9 +8,9 @@ import numpy as np
 
 from fastcnn import _checks
 from fastcnn._checks import as_array, as_int, contiguous, float_dtype
-from fastcnn.functional._common import _delegate
 from fastcnn._ops import activation as _act
 from fastcnn._threads import get_num_threads
+from fastcnn.functional._common import _delegate
 
 __all__ = [
     "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "elu", "elu_backward",
@@ -109,7 +109,7 @@ def elu_backward(grad_output, input, alpha=1.0):
 
 
 def selu(input):
-    """``scale * elu(x, alpha)`` with torch's constants alpha = 1.6732632..., scale = 1.0507009..."""
+    """``scale * elu(x, alpha)``, torch's constants alpha = 1.6732632..., scale = 1.0507009..."""
     y = _delegate("selu", elu, input, _SELU_ALPHA)
     y *= y.dtype.type(_SELU_SCALE)
     return y

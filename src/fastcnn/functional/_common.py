@@ -36,3 +36,15 @@ def conv_output_size(size: int, kernel_size: int, stride: int = 1, padding: int 
                      dilation: int = 1) -> int:
     """``floor((size + 2*padding - dilation*(kernel_size-1) - 1) / stride) + 1``."""
     return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
+
+
+def _mask3(fname, output_mask):
+    """A backward's ``output_mask``: which of (input, weight, bias) gradients to compute."""
+    try:
+        flags = tuple(bool(m) for m in output_mask)
+    except TypeError:
+        flags = ()
+    if len(flags) != 3:
+        raise TypeError(f"{fname}: output_mask must be 3 booleans (input, weight, bias), "
+                        f"got {output_mask!r}")
+    return flags

@@ -13,8 +13,14 @@ from fastcnn._ops import im2col as _im2col
 from fastcnn._ops import winograd as _winograd
 from fastcnn._threads import get_num_threads, single_threaded_blas
 from fastcnn._workspace import scratch
-from fastcnn.functional._common import (_INT32_MAX, _WEIGHT_GRAD_CHUNKS, _delegate, _rows,
-                                        conv_output_size)
+from fastcnn.functional._common import (
+    _INT32_MAX,
+    _WEIGHT_GRAD_CHUNKS,
+    _delegate,
+    _mask3,
+    _rows,
+    conv_output_size,
+)
 
 __all__ = [
     "conv1d", "conv1d_backward", "conv2d", "conv2d_backward", "conv3d", "conv3d_backward",
@@ -171,11 +177,7 @@ def _conv_backward(fname, nd, grad_output, input, weight, stride, padding, dilat
     w = as_array(fname, "weight", weight)
     dy = as_array(fname, "grad_output", grad_output)
     geom = _conv_geometry(fname, nd, x, w, stride, padding, dilation, groups)
-    try:
-        need_x, need_w, need_b = (bool(m) for m in output_mask)
-    except (TypeError, ValueError):
-        raise TypeError(f"{fname}: output_mask must be 3 booleans (input, weight, bias), "
-                        f"got {output_mask!r}") from None
+    need_x, need_w, need_b = _mask3(fname, output_mask)
     expected = ((geom.n,) if geom.batched else ()) + (geom.out_channels,) + geom.out_size
     if dy.shape != expected:
         raise ValueError(f"{fname}: grad_output must have the forward output's shape "

@@ -10,7 +10,7 @@ from fastcnn._checks import as_array, as_int, check_ndim, contiguous, float_dtyp
 from fastcnn._ops import conv as _conv
 from fastcnn._threads import get_num_threads, single_threaded_blas
 from fastcnn._workspace import scratch
-from fastcnn.functional._common import _INT32_MAX, _WEIGHT_GRAD_CHUNKS, _rows
+from fastcnn.functional._common import _INT32_MAX, _WEIGHT_GRAD_CHUNKS, _mask3, _rows
 from fastcnn.functional._conv import _ConvGeometry
 
 __all__ = [
@@ -117,11 +117,7 @@ def _conv_transpose_backward(fname, nd, grad_output, input, weight, stride, padd
     dy = as_array(fname, "grad_output", grad_output)
     geom = _conv_transpose_geometry(fname, nd, x, w, stride, padding, output_padding, groups,
                                     dilation)
-    try:
-        need_x, need_w, need_b = (bool(m) for m in output_mask)
-    except (TypeError, ValueError):
-        raise TypeError(f"{fname}: output_mask must be 3 booleans (input, weight, bias), "
-                        f"got {output_mask!r}") from None
+    need_x, need_w, need_b = _mask3(fname, output_mask)
     expected = ((geom.n,) if geom.batched else ()) + (geom.out_channels,) + geom.out_size
     if dy.shape != expected:
         raise ValueError(f"{fname}: grad_output must have the forward output's shape "

@@ -9,7 +9,7 @@ from fastcnn import _checks
 from fastcnn._checks import as_array, check_ndim, contiguous, float_dtype
 from fastcnn._ops import gemm as _gemm
 from fastcnn._threads import get_num_threads, single_threaded_blas
-from fastcnn.functional._norm import _mask3
+from fastcnn.functional._common import _mask3
 
 __all__ = ["linear", "linear_backward"]
 

@@ -11,7 +11,7 @@ from fastcnn import _checks
 from fastcnn._checks import as_array, as_int, check_ndim, contiguous, float_dtype
 from fastcnn._ops import norm as _norm
 from fastcnn._threads import get_num_threads
-from fastcnn.functional._common import _rows
+from fastcnn.functional._common import _mask3, _rows
 
 __all__ = [
     "batch_norm", "batch_norm_backward", "layer_norm", "layer_norm_backward", "group_norm",
@@ -76,17 +76,6 @@ def _affine_vector(fname, name, value, shape, dtype):
     if arr.shape != tuple(shape):
         raise ValueError(f"{fname}: {name} must have shape {tuple(shape)}, got {arr.shape}")
     return contiguous(arr, dtype).reshape(-1)
-
-
-def _mask3(fname, output_mask):
-    try:
-        flags = tuple(bool(m) for m in output_mask)
-    except TypeError:
-        flags = ()
-    if len(flags) != 3:
-        raise TypeError(f"{fname}: output_mask must be 3 booleans (input, weight, bias), "
-                        f"got {output_mask!r}")
-    return flags
 
 
 def _grad_like(fname, grad_output, x):
