@@ -333,3 +333,32 @@ def test_winograd_bit_identical_for_1_and_2_threads(rng, threads):
         out.append((y,) + F.conv2d_backward(np.cos(y), x, w, padding=1)[:2])
     for a, b in zip(*out):
         np.testing.assert_array_equal(a, b)
+
+
+def test_autotune_picks_per_shape_and_keeps_results(rng, monkeypatch):
+    """With autotuning on, the first call of a shape times Winograd against im2col, caches the
+    choice, and both choices give the same answer (to rounding)."""
+    from fastcnn.functional import _conv
+    monkeypatch.setattr(_conv, "_tuned", {})
+    x = rng.standard_normal((4, 8, 9, 9))                 # 8 channels: the rule says im2col
+    w = rng.standard_normal((8, 8, 3, 3))
+    reference = F.conv2d(x, w, padding=1)
+    dy = rng.standard_normal(reference.shape)
+    ref_grads = F.conv2d_backward(dy, x, w, padding=1)
+    fastcnn_set = __import__("fastcnn").set_conv_autotune
+    try:
+        fastcnn_set(True)
+        y = F.conv2d(x, w, padding=1)
+        grads = F.conv2d_backward(dy, x, w, padding=1)
+        assert {k[0] for k in _conv._tuned} == {"forward", "input gradient"}
+        for key in _conv._tuned:                           # force the other choice: same answer
+            _conv._tuned[key] = not _conv._tuned[key]
+        y2 = F.conv2d(x, w, padding=1)
+        grads2 = F.conv2d_backward(dy, x, w, padding=1)
+    finally:
+        fastcnn_set(False)
+    for a, b in [(y, reference), (y2, reference)] + list(zip(grads, ref_grads)) + list(
+            zip(grads2, ref_grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+    with pytest.raises(TypeError, match="set_conv_autotune: enabled must be True or False"):
+        fastcnn_set("yes")

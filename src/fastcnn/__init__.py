@@ -9,6 +9,7 @@ from fastcnn import functional
 from fastcnn import layers  # noqa: F401  (registers the built-in layers)
 from fastcnn import init
 from fastcnn._threads import get_num_threads, set_num_threads
+from fastcnn.functional import set_conv_autotune
 from fastcnn.checkpoint import load, load_checkpoint, save
 from fastcnn.layers.base import Layer, Parameter
 from fastcnn.model import Model, build_model, load_config
@@ -22,9 +23,10 @@ from fastcnn.train import Trainer, train
 __version__ = "0.1.0"
 
 __all__ = [
-    "data", "functional", "init", "build_loss", "Trainer", "train", "Layer", "Parameter", "Model", "build_model", "load_config",
-    "build_optimizer", "build_scheduler", "clip_grad_norm", "clip_grad_value",
-    "save", "load", "load_checkpoint", "set_num_threads", "get_num_threads",
+    "data", "functional", "init", "Layer", "Parameter", "Model", "build_model", "load_config",
+    "build_loss", "build_optimizer", "build_scheduler", "clip_grad_norm", "clip_grad_value",
+    "Trainer", "train", "save", "load", "load_checkpoint",
+    "set_num_threads", "get_num_threads", "set_conv_autotune",
     "register_layer", "register_initializer", "register_optimizer", "register_scheduler",
     "register_loss", "register_dataset", "__version__",
 ]

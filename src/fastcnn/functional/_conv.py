@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import math
+import os
+import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +27,7 @@ from fastcnn.functional._common import (
 
 __all__ = [
     "conv1d", "conv1d_backward", "conv2d", "conv2d_backward", "conv3d", "conv3d_backward",
-    "unfold", "fold", "unfold_backward", "fold_backward",
+    "unfold", "fold", "unfold_backward", "fold_backward", "set_conv_autotune",
 ]
 
 
@@ -126,11 +129,58 @@ _WINOGRAD_MIN_CHANNELS = 16
 _WINOGRAD_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
 
-def _winograd_ok(geom, nd):
+def _winograd_possible(geom, nd):
+    """A 2-D 3x3 stride-1 convolution without dilation or groups, padding <= 2 on both axes."""
     return (nd == 2 and geom.kernel == (1, 3, 3) and geom.stride == (1, 1, 1)
             and geom.dilation == (1, 1, 1) and geom.groups == 1
-            and geom.padding[1] == geom.padding[2] <= 2
+            and geom.padding[1] == geom.padding[2] <= 2)
+
+
+def _winograd_ok(geom, nd):
+    """The default rule: Winograd where possible and both channel counts reach the minimum."""
+    return (_winograd_possible(geom, nd)
             and min(geom.in_channels, geom.out_channels) >= _WINOGRAD_MIN_CHANNELS)
+
+
+# Autotuning (as torch.backends.cudnn.benchmark): with it on, the first call of each shape
+# times both algorithms and the faster one is kept for that shape.
+_autotune = {"enabled": os.environ.get("FASTCNN_AUTOTUNE", "") not in ("", "0")}
+_tuned: dict = {}
+_tuned_lock = threading.Lock()
+
+
+def set_conv_autotune(enabled: bool = True) -> None:
+    """Choose between Winograd and im2col + GEMM for each 3x3 stride-1 convolution shape by
+    timing both on its first call (forward and input gradient separately), instead of the
+    channel-count rule. Off by default; ``FASTCNN_AUTOTUNE=1`` turns it on at import. The
+    results of both algorithms agree to rounding; the choice is cached per shape, dtype and
+    thread count for the life of the process."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"set_conv_autotune: enabled must be True or False, got {enabled!r}")
+    _autotune["enabled"] = enabled
+
+
+def _pick_winograd(direction, geom, nd, dtype, run_winograd, run_im2col):
+    """Whether to use Winograd; while tuning, both candidates run once more and are timed."""
+    if not _winograd_possible(geom, nd):
+        return False
+    if not _autotune["enabled"]:
+        return _winograd_ok(geom, nd)
+    key = (direction, geom.n, geom.in_channels, geom.out_channels, geom.in_size, geom.padding,
+           np.dtype(dtype).name, get_num_threads())
+    with _tuned_lock:
+        choice = _tuned.get(key)
+    if choice is None:
+        timings = {}
+        for use_winograd, run in ((True, run_winograd), (False, run_im2col)):
+            run()                                   # warm: workspaces, caches
+            start = time.perf_counter()
+            run()
+            timings[use_winograd] = time.perf_counter() - start
+        choice = timings[True] < timings[False]
+        with _tuned_lock:
+            _tuned[key] = choice
+    return choice
 
 
 def _winograd_conv2d(x2, w, bias, out2, in_size, pad, out_size, dtype):
@@ -158,16 +208,25 @@ def _conv_forward(fname, nd, input, weight, bias, stride, padding, dilation, gro
     b1 = _checks.optional_vector(fname, "bias", b, geom.out_channels, dtype)
     x2 = _rows(contiguous(x, dtype), geom.n)
     out = np.empty((geom.n, geom.out_channels) + geom.out_size, dtype=dtype)
-    if geom.n and _winograd_ok(geom, nd):
+    if geom.n == 0:
+        return out if geom.batched else out[0]
+
+    def run_winograd():
         _winograd_conv2d(x2, w2.reshape(w.shape), b1, _rows(out, geom.n), geom.in_size,
                          geom.padding[1], geom.out_size, dtype)
-    elif geom.n:
+
+    def run_im2col():
         threads = get_num_threads()
         args = geom.kernel_args()
         ws, block = _conv_scratch(geom, args, threads, dtype)
         with single_threaded_blas:
             _conv.conv_forward(x2, w2, b1, _rows(out, geom.n), ws, geom.groups, *args, block,
                                threads)
+
+    if _pick_winograd("forward", geom, nd, dtype, run_winograd, run_im2col):
+        run_winograd()
+    else:
+        run_im2col()
     return out if geom.batched else out[0]
 
 
@@ -193,20 +252,28 @@ def _conv_backward(fname, nd, grad_output, input, weight, stride, padding, dilat
     if need_w:
         chunks = max(1, min(n, _WEIGHT_GRAD_CHUNKS))
         parts = np.zeros((chunks, w2.size), dtype=dtype)
-    if need_x and n and _winograd_ok(geom, nd) and geom.padding[1] <= 2:
+    empty = np.empty((0, 0), dtype=dtype)
+
+    def run_im2col(with_x, with_w):
+        args = geom.kernel_args()
+        ws, block = _conv_scratch(geom, args, threads, dtype)
+        with single_threaded_blas:
+            _conv.conv_backward(x2, w2, _rows(dy3, n), _rows(grad_x, n) if with_x else empty,
+                                parts if with_w else empty, ws, with_x, with_w, geom.groups,
+                                *args, block, threads)
+
+    def run_winograd():
         # dL/dx is the convolution of dy with the kernels flipped and transposed, padded 2 - p
         flipped = np.ascontiguousarray(w2.reshape(w.shape)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
         _winograd_conv2d(_rows(dy3, n), flipped, np.empty(0, dtype), _rows(grad_x, n),
                          geom.out_size, 2 - geom.padding[1], geom.in_size, dtype)
+
+    if need_x and n and _pick_winograd("input gradient", geom, nd, dtype, run_winograd,
+                                       lambda: run_im2col(True, False)):
+        run_winograd()
         need_x = False
     if (need_x or need_w) and n:
-        args = geom.kernel_args()
-        ws, block = _conv_scratch(geom, args, threads, dtype)
-        gx = _rows(grad_x, n) if need_x else np.empty((0, 0), dtype=dtype)
-        gw = parts if need_w else np.empty((0, 0), dtype=dtype)
-        with single_threaded_blas:
-            _conv.conv_backward(x2, w2, _rows(dy3, n), gx, gw, ws, need_x, need_w,
-                                geom.groups, *args, block, threads)
+        run_im2col(need_x, need_w)
     if need_w:
         # Partials added in chunk order: the same bits for any number of threads.
         grad_w = parts[0].copy() if parts.shape[0] == 1 else parts.sum(axis=0)
