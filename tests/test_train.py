@@ -150,3 +150,19 @@ def test_ctrl_c_keeps_the_last_completed_epoch(tmp_path, monkeypatch):
     b = fastcnn.load(tmp_path / "full" / "last.fcnn").state_dict()
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_evaluate_restores_the_model_mode_and_keeps_no_loss_state():
+    from fastcnn.train import evaluate
+    model = fastcnn.build_model({"input_shape": [4], "seed": 0, "layers": [
+        {"type": "linear", "out_features": 3}]})
+    loss = fastcnn.build_loss("cross_entropy")
+    x = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32)
+    y = np.arange(10) % 3
+    for mode in (True, False):
+        model.train(mode)
+        value, acc, preds = evaluate(model, loss, x, y, batch_size=4)
+        assert model.training is mode and preds.shape == (10,) and 0 <= acc <= 1
+        assert value == pytest.approx(float(loss.value(model(x), y)), rel=1e-6)
+    with pytest.raises(RuntimeError, match="needs a call first"):
+        loss.backward()

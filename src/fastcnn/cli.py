@@ -50,7 +50,8 @@ def _checkpoint_and_data(path):
 
 
 def _cmd_eval(args):
-    from fastcnn.train import Trainer
+    from fastcnn.losses import build_loss
+    from fastcnn.train import evaluate
 
     ck, datamod, norm = _checkpoint_and_data(args.checkpoint)
     train_config = ck.extra.get("train_config")
@@ -65,11 +66,8 @@ def _cmd_eval(args):
     x, y = splits.test
     if norm:
         x = datamod.normalize(x, np.array(norm["mean"]), np.array(norm["std"]))
-    trainer = Trainer.__new__(Trainer)          # reuse evaluate() without building a run
-    trainer.model, trainer.tcfg = ck.model, {"eval_batch_size": 500}
-    from fastcnn.losses import build_loss
-    trainer.loss = build_loss(train_config.get("loss", "cross_entropy"))
-    loss, acc, _ = trainer.evaluate(x, y)
+    loss, acc, _ = evaluate(ck.model, build_loss(train_config.get("loss", "cross_entropy")),
+                            x, y)
     print(json.dumps({"checkpoint": os.fspath(args.checkpoint), "test_loss": loss,
                       "test_accuracy": acc, "samples": int(len(y))}))
     return 0

@@ -31,9 +31,14 @@ class Loss:
         self._saved = None
 
     def __call__(self, output, target):
-        value = getattr(F, self.fn)(output, target, **self.options)
+        """The loss, keeping (output, target) for :meth:`backward`."""
+        value = self.value(output, target)
         self._saved = (output, target)
         return value
+
+    def value(self, output, target):
+        """The loss alone (evaluation): nothing is kept for a backward."""
+        return getattr(F, self.fn)(output, target, **self.options)
 
     def backward(self, grad=1.0):
         """dL/d(output) of the last call (``grad`` = dL/d(value), 1 for a scalar loss)."""

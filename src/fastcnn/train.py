@@ -31,7 +31,7 @@ from fastcnn.model import build_model, load_config
 from fastcnn.optim import build_optimizer, clip_grad_norm, clip_grad_value
 from fastcnn.schedulers import ReduceLROnPlateau, build_scheduler
 
-__all__ = ["Trainer", "train", "resolve_config", "apply_overrides", "bundled_config",
+__all__ = ["Trainer", "train", "evaluate", "resolve_config", "apply_overrides", "bundled_config",
            "TrainingDiverged"]
 
 TRAIN_DEFAULTS = {"epochs": 10, "batch_size": 64, "seed": 0, "early_stopping": None, "clip_grad_norm": None, "clip_grad_value": None,
@@ -150,6 +150,26 @@ class _Progress:
             self.bar.close()
 
 
+def evaluate(model, loss, x, y, batch_size=500):
+    """(mean loss, accuracy, predictions) of ``model`` on (x, y), in eval mode and in batches;
+    the model's mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    total, correct, preds = 0.0, 0, []
+    try:
+        for start in range(0, len(x), batch_size):
+            logits = model(x[start:start + batch_size])
+            yb = y[start:start + batch_size]
+            total += float(loss.value(logits, yb)) * len(yb)
+            p = logits.argmax(axis=1)
+            preds.append(p)
+            correct += int((p == yb).sum())
+    finally:
+        model.train(was_training)
+    n = max(len(x), 1)
+    return total / n, correct / n, np.concatenate(preds) if preds else np.zeros(0, int)
+
+
 class Trainer:
     """Trains the model of a training config; :meth:`fit` runs it and returns the metrics."""
 
@@ -210,21 +230,8 @@ class Trainer:
                 layer.rng = self.rng
 
     def evaluate(self, x, y):
-        """(mean loss, accuracy, predictions) in eval mode, in batches."""
-        self.model.eval()
-        total, correct, preds = 0.0, 0, []
-        bs = self.tcfg["eval_batch_size"]
-        for start in range(0, len(x), bs):
-            logits = self.model(x[start:start + bs])
-            yb = y[start:start + bs]
-            total += float(self.loss(logits, yb)) * len(yb)
-            self.loss._saved = None
-            p = logits.argmax(axis=1)
-            preds.append(p)
-            correct += int((p == yb).sum())
-        self.model.train()
-        n = max(len(x), 1)
-        return total / n, correct / n, np.concatenate(preds) if preds else np.zeros(0, int)
+        """(mean loss, accuracy, predictions) of the model on (x, y); see :func:`evaluate`."""
+        return evaluate(self.model, self.loss, x, y, self.tcfg["eval_batch_size"])
 
     def _train_epoch(self, epoch):
         x, y = self.train_set
