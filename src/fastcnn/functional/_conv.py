@@ -55,8 +55,10 @@ class _ConvGeometry:
                 lift3(self.out_size, 1))
 
 
-def _conv_geometry(fname, nd, x, w, stride, padding, dilation, groups) -> _ConvGeometry:
-    check_ndim(fname, "weight", w, (nd + 2,), "(out_channels, in_channels/groups, *kernel_size)")
+def _split_operands(fname, nd, x, w, weight_layout):
+    """What convolution and transposed convolution check alike about input and weight:
+    (batched, n, c_in, in_size, kernel)."""
+    check_ndim(fname, "weight", w, (nd + 2,), weight_layout)
     check_ndim(fname, "input", x, (nd + 1, nd + 2),
                "(N, C, *spatial), or (C, *spatial) for one unbatched sample")
     batched = x.ndim == nd + 2
@@ -66,11 +68,17 @@ def _conv_geometry(fname, nd, x, w, stride, padding, dilation, groups) -> _ConvG
     if 0 in in_size:     # as torch: an all-padding output would index an empty input row
         raise ValueError(f"{fname}: input must have non-zero spatial sizes (only the batch may "
                          f"be empty), got shape {x.shape}")
+    kernel = tuple(w.shape[2:])
+    if 0 in w.shape:
+        raise ValueError(f"{fname}: weight must have no zero-size axis, got shape {w.shape}")
+    return batched, n, c_in, in_size, kernel
+
+
+def _conv_geometry(fname, nd, x, w, stride, padding, dilation, groups) -> _ConvGeometry:
+    batched, n, c_in, in_size, kernel = _split_operands(
+        fname, nd, x, w, "(out_channels, in_channels/groups, *kernel_size)")
     groups = as_int(fname, "groups", groups, minimum=1)
     c_out, c_per_group = w.shape[:2]
-    kernel = tuple(w.shape[2:])
-    if c_out == 0 or c_per_group == 0 or 0 in kernel:
-        raise ValueError(f"{fname}: weight must have no zero-size axis, got shape {w.shape}")
     if c_out % groups:
         raise ValueError(f"{fname}: out_channels (weight.shape[0] = {c_out}) must be divisible "
                          f"by groups = {groups}")
@@ -236,22 +244,10 @@ def _conv_backward(fname, nd, grad_output, input, weight, stride, padding, dilat
     w = as_array(fname, "weight", weight)
     dy = as_array(fname, "grad_output", grad_output)
     geom = _conv_geometry(fname, nd, x, w, stride, padding, dilation, groups)
-    need_x, need_w, need_b = _mask3(fname, output_mask)
-    expected = ((geom.n,) if geom.batched else ()) + (geom.out_channels,) + geom.out_size
-    if dy.shape != expected:
-        raise ValueError(f"{fname}: grad_output must have the forward output's shape "
-                         f"{expected}, got {dy.shape}")
-    dtype = float_dtype(x, w, dy)
-    n = geom.n
-    x2 = _rows(contiguous(x, dtype), n)
-    w2 = contiguous(w, dtype).reshape(geom.out_channels, -1)
-    dy3 = contiguous(dy, dtype).reshape(n, geom.out_channels, math.prod(geom.out_size))
-    grad_x = np.empty((n, geom.in_channels) + geom.in_size, dtype=dtype) if need_x else None
-    grad_w = None
-    threads = get_num_threads()
-    if need_w:
-        chunks = max(1, min(n, _WEIGHT_GRAD_CHUNKS))
-        parts = np.zeros((chunks, w2.size), dtype=dtype)
+    b = _BackwardOperands(fname, geom, x, w, dy, output_mask)
+    need_x, need_w = b.need_x, b.need_w
+    dtype, n, threads = b.dtype, geom.n, b.threads
+    x2, w2, dy3, grad_x, parts = b.x2, b.w2, b.dy3, b.grad_x, b.parts
     empty = np.empty((0, 0), dtype=dtype)
 
     def run_im2col(with_x, with_w):
@@ -274,17 +270,50 @@ def _conv_backward(fname, nd, grad_output, input, weight, stride, padding, dilat
         need_x = False
     if (need_x or need_w) and n:
         run_im2col(need_x, need_w)
-    if need_w:
-        # Partials added in chunk order: the same bits for any number of threads.
-        grad_w = parts[0].copy() if parts.shape[0] == 1 else parts.sum(axis=0)
-        grad_w = grad_w.reshape(w.shape)
-    grad_b = None
-    if need_b:
-        grad_b = np.empty(geom.out_channels, dtype=dtype)
-        _conv.bias_backward(dy3, grad_b, threads)
-    if grad_x is not None and not geom.batched:
-        grad_x = grad_x[0]
-    return grad_x, grad_w, grad_b
+    return b.gradients()
+
+
+class _BackwardOperands:
+    """What the backward of convolution and of transposed convolution share: the checked
+    grad_output, the operands as contiguous (rows, ...) arrays of one dtype, the output
+    buffers, and the final reduction (weight partials in chunk order, bias sums)."""
+
+    def __init__(self, fname, geom, x, w, dy, output_mask):
+        self.need_x, self.need_w, self.need_b = _mask3(fname, output_mask)
+        expected = ((geom.n,) if geom.batched else ()) + (geom.out_channels,) + geom.out_size
+        if dy.shape != expected:
+            raise ValueError(f"{fname}: grad_output must have the forward output's shape "
+                             f"{expected}, got {dy.shape}")
+        self.geom, self.weight_shape = geom, w.shape
+        self.dtype = dtype = float_dtype(x, w, dy)
+        n = geom.n
+        self.threads = get_num_threads()
+        self.x2 = _rows(contiguous(x, dtype), n)
+        self.w2 = contiguous(w, dtype).reshape(w.shape[0], -1)
+        self.dy3 = contiguous(dy, dtype).reshape(n, geom.out_channels, math.prod(geom.out_size))
+        self.grad_x = (np.empty((n, geom.in_channels) + geom.in_size, dtype=dtype)
+                       if self.need_x else None)
+        # one weight-gradient partial per fixed chunk of the batch, each fully written by
+        # the kernel (the first sample of a chunk overwrites); an empty batch runs no kernel
+        alloc = np.empty if n else np.zeros
+        self.parts = (alloc((max(1, min(n, _WEIGHT_GRAD_CHUNKS)), self.w2.size), dtype=dtype)
+                      if self.need_w else None)
+
+    def gradients(self):
+        """(grad_input, grad_weight, grad_bias), None where not asked for."""
+        grad_w = grad_b = None
+        if self.need_w:
+            # partials added in chunk order: the same bits for any number of threads
+            parts = self.parts
+            grad_w = (parts[0].copy() if parts.shape[0] == 1 else parts.sum(axis=0))
+            grad_w = grad_w.reshape(self.weight_shape)
+        if self.need_b:
+            grad_b = np.empty(self.geom.out_channels, dtype=self.dtype)
+            _conv.bias_backward(self.dy3, grad_b, self.threads)
+        grad_x = self.grad_x
+        if grad_x is not None and not self.geom.batched:
+            grad_x = grad_x[0]
+        return grad_x, grad_w, grad_b
 
 
 _CONV_DOC = """{nd}-D convolution (cross-correlation, as every deep-learning library), as

@@ -6,12 +6,12 @@ import math
 import numpy as np
 
 from fastcnn import _checks
-from fastcnn._checks import as_array, as_int, check_ndim, contiguous, float_dtype, lift3, ntuple
+from fastcnn._checks import as_array, as_int, contiguous, float_dtype, lift3, ntuple
 from fastcnn._ops import conv as _conv
 from fastcnn._threads import get_num_threads, single_threaded_blas
 from fastcnn._workspace import scratch
-from fastcnn.functional._common import _INT32_MAX, _WEIGHT_GRAD_CHUNKS, _mask3, _rows
-from fastcnn.functional._conv import _ConvGeometry
+from fastcnn.functional._common import _INT32_MAX, _rows
+from fastcnn.functional._conv import _BackwardOperands, _ConvGeometry, _split_operands
 
 __all__ = [
     "conv_transpose_output_size", "conv_transpose1d", "conv_transpose1d_backward",
@@ -32,22 +32,10 @@ def conv_transpose_output_size(size: int, kernel_size: int, stride: int = 1, pad
 
 def _conv_transpose_geometry(fname, nd, x, w, stride, padding, output_padding, groups,
                              dilation) -> _ConvGeometry:
-    check_ndim(fname, "weight", w, (nd + 2,),
-               "(in_channels, out_channels/groups, *kernel_size)")
-    check_ndim(fname, "input", x, (nd + 1, nd + 2),
-               "(N, C, *spatial), or (C, *spatial) for one unbatched sample")
-    batched = x.ndim == nd + 2
-    n = x.shape[0] if batched else 1
-    c_in = x.shape[1] if batched else x.shape[0]
-    in_size = tuple(x.shape[-nd:])
-    if 0 in in_size:     # as torch: an all-padding output would index an empty input row
-        raise ValueError(f"{fname}: input must have non-zero spatial sizes (only the batch may "
-                         f"be empty), got shape {x.shape}")
+    batched, n, c_in, in_size, kernel = _split_operands(
+        fname, nd, x, w, "(in_channels, out_channels/groups, *kernel_size)")
     groups = as_int(fname, "groups", groups, minimum=1)
     w_in, c_out_per_group = w.shape[:2]
-    kernel = tuple(w.shape[2:])
-    if w_in == 0 or c_out_per_group == 0 or 0 in kernel:
-        raise ValueError(f"{fname}: weight must have no zero-size axis, got shape {w.shape}")
     if w_in % groups:
         raise ValueError(f"{fname}: in_channels (weight.shape[0] = {w_in}) must be divisible "
                          f"by groups = {groups}")
@@ -117,43 +105,19 @@ def _conv_transpose_backward(fname, nd, grad_output, input, weight, stride, padd
     dy = as_array(fname, "grad_output", grad_output)
     geom = _conv_transpose_geometry(fname, nd, x, w, stride, padding, output_padding, groups,
                                     dilation)
-    need_x, need_w, need_b = _mask3(fname, output_mask)
-    expected = ((geom.n,) if geom.batched else ()) + (geom.out_channels,) + geom.out_size
-    if dy.shape != expected:
-        raise ValueError(f"{fname}: grad_output must have the forward output's shape "
-                         f"{expected}, got {dy.shape}")
-    dtype = float_dtype(x, w, dy)
-    n = geom.n
-    x2 = _rows(contiguous(x, dtype), n)
-    w2 = contiguous(w, dtype).reshape(geom.in_channels, -1)
-    dy3 = contiguous(dy, dtype).reshape(n, geom.out_channels, math.prod(geom.out_size))
-    grad_x = np.empty((n, geom.in_channels) + geom.in_size, dtype=dtype) if need_x else None
-    grad_w = None
-    threads = get_num_threads()
-    if need_w:
-        chunks = max(1, min(n, _WEIGHT_GRAD_CHUNKS))
-        parts = np.zeros((chunks, w2.size), dtype=dtype)
+    b = _BackwardOperands(fname, geom, x, w, dy, output_mask)
+    need_x, need_w, dtype, n, threads = b.need_x, b.need_w, b.dtype, geom.n, b.threads
     if (need_x or need_w) and n:
         args = _conv_transpose_args(geom)
         per_thread = _conv.conv_transpose_workspace_size(geom.out_channels, *args[1:4],
                                                          args[0], args[5])
         ws = scratch(per_thread * threads, dtype)
-        gx = _rows(grad_x, n) if need_x else np.empty((0, 0), dtype=dtype)
-        gw = parts if need_w else np.empty((0, 0), dtype=dtype)
+        gx = _rows(b.grad_x, n) if need_x else np.empty((0, 0), dtype=dtype)
+        gw = b.parts if need_w else np.empty((0, 0), dtype=dtype)
         with single_threaded_blas:
-            _conv.conv_transpose_backward(x2, w2, _rows(dy3, n), gx, gw, ws, need_x, need_w,
-                                          geom.groups, *args, threads)
-    if need_w:
-        # Partials added in chunk order: the same bits for any number of threads.
-        grad_w = parts[0].copy() if parts.shape[0] == 1 else parts.sum(axis=0)
-        grad_w = grad_w.reshape(w.shape)
-    grad_b = None
-    if need_b:
-        grad_b = np.empty(geom.out_channels, dtype=dtype)
-        _conv.bias_backward(dy3, grad_b, threads)
-    if grad_x is not None and not geom.batched:
-        grad_x = grad_x[0]
-    return grad_x, grad_w, grad_b
+            _conv.conv_transpose_backward(b.x2, b.w2, _rows(b.dy3, n), gx, gw, ws, need_x,
+                                          need_w, geom.groups, *args, threads)
+    return b.gradients()
 
 
 _CONV_TRANSPOSE_DOC = """{nd}-D transposed convolution (the input gradient of conv{nd}d, sometimes
