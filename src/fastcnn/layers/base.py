@@ -100,7 +100,9 @@ class Layer:
         placed = self.__dict__.get("_where")
         if placed:
             return placed
-        return f"layer {self.name!r} ({self.type_name})" if self.name is not None else self.type_name
+        if self.name is None:
+            return self.type_name
+        return f"layer {self.name!r} ({self.type_name})"
 
     def build(self, input_shape):
         """Create parameters for a per-sample ``input_shape`` (batch excluded); return the
@@ -127,6 +129,20 @@ class Layer:
         self.output_shape = tuple(int(s) for s in out)
         self.built = True
         return self.output_shape
+
+    def input_channels(self, input_shape, ranks=None, declared=None, name="in_channels") -> int:
+        """C of a per-sample input (C, *spatial), after checking its number of axes against
+        ``ranks`` and C against a count the config ``declared`` under ``name``."""
+        shape = tuple(input_shape)
+        if not shape or (ranks is not None and len(shape) not in ranks):
+            want = " or ".join(str(r) for r in ranks) if ranks else "at least 1"
+            raise ValueError(f"{self.where()}: expects a per-sample input (C, *spatial) with "
+                             f"{want} axes, got shape {shape}")
+        c = shape[0]
+        if declared is not None and declared != c:
+            raise ValueError(f"{self.where()}: {name}={declared} but the input has {c} channels "
+                             f"(shape {shape})")
+        return c
 
     def add_parameter(self, name: str, shape, default_init, *, init=None,
                       use_model_default: bool = True, weight_decay: bool = True) -> Parameter:

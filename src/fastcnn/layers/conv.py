@@ -54,13 +54,7 @@ class _ConvBase(Layer):
 
     def _build_parameters(self, input_shape, weight_shape_of):
         """Check the input, infer in_channels, create weight (weight_shape_of(C_in)) and bias."""
-        if len(input_shape) != self.nd + 1:
-            raise ValueError(f"{self.where()}: expects per-sample input (C, {self.nd} spatial "
-                             f"axes), got shape {tuple(input_shape)}")
-        c = input_shape[0]
-        if self.in_channels is not None and self.in_channels != c:
-            raise ValueError(f"{self.where()}: in_channels={self.in_channels} but the input has "
-                             f"{c} channels (shape {tuple(input_shape)})")
+        c = self.input_channels(input_shape, (self.nd + 1,), self.in_channels)
         if c % self.groups:
             raise ValueError(f"{self.where()}: the input's {c} channels are not divisible by "
                              f"groups={self.groups}")

@@ -18,8 +18,8 @@ __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm"
 def _check_eps_momentum(name, eps, momentum):
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
         raise ValueError(f"{name}: eps must be > 0, got {eps!r}")
-    if momentum is not None and (isinstance(momentum, bool) or not isinstance(momentum, (int, float))
-                                 or not 0.0 <= momentum <= 1.0):
+    is_number = isinstance(momentum, (int, float)) and not isinstance(momentum, bool)
+    if momentum is not None and (not is_number or not 0.0 <= momentum <= 1.0):
         raise ValueError(f"{name}: momentum must be in [0, 1] or None, got {momentum!r}")
 
 
@@ -44,13 +44,14 @@ class _Affine(Layer):
             self.bias.grad += grad_bias
 
 
-class _BatchNorm(_Affine):
-    nd = 2
-    spatial_ranks = (2,)
+class _RunningStats(_Affine):
+    """Batch and instance norm: per-channel affine parameters and, when tracked, the running
+    mean and variance with torch's buffer names."""
+    kind = "batch_norm"
+    ranks = (3,)              # accepted numbers of per-sample axes, channels first
 
-    def __init__(self, num_features=None, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True):
-        name = f"batch_norm{self.nd}d"
+    def _init_stats(self, num_features, eps, momentum, affine, track_running_stats):
+        name = f"{self.kind}{self.nd}d"
         self.num_features = (None if num_features is None else
                              as_int(name, "num_features", num_features, minimum=1))
         _check_eps_momentum(name, eps, momentum)
@@ -58,15 +59,8 @@ class _BatchNorm(_Affine):
         self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
 
     def build(self, input_shape):
-        if len(input_shape) not in self.spatial_ranks:
-            want = " or ".join(str(r) for r in self.spatial_ranks)
-            raise ValueError(f"{self.where()}: expects a per-sample input with {want} axes "
-                             f"(C first), got shape {tuple(input_shape)}")
-        c = input_shape[0]
-        if self.num_features is not None and self.num_features != c:
-            raise ValueError(f"{self.where()}: num_features={self.num_features} but the input "
-                             f"has {c} channels")
-        self.num_features = c
+        c = self.num_features = self.input_channels(input_shape, self.ranks, self.num_features,
+                                                    "num_features")
         dtype = self._init_context.dtype
         self.weight = self.bias = None
         if self.affine:
@@ -78,6 +72,14 @@ class _BatchNorm(_Affine):
             self.num_batches_tracked = self.add_buffer("num_batches_tracked",
                                                        np.zeros((), np.int64))
         return tuple(input_shape)
+
+
+class _BatchNorm(_RunningStats):
+    nd = 2
+
+    def __init__(self, num_features=None, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True):
+        self._init_stats(num_features, eps, momentum, affine, track_running_stats)
 
     def forward(self, x):
         w, b = self._affine()
@@ -109,21 +111,21 @@ class _BatchNorm(_Affine):
 class BatchNorm1d(_BatchNorm):
     """Batch norm over (C,) or (C, L) samples."""
     nd = 1
-    spatial_ranks = (1, 2)
+    ranks = (1, 2)
 
 
 @register_layer("batch_norm2d", aliases=("BatchNorm2d", "batch_norm"))
 class BatchNorm2d(_BatchNorm):
     """Batch norm over (C, H, W) samples."""
     nd = 2
-    spatial_ranks = (3,)
+    ranks = (3,)
 
 
 @register_layer("batch_norm3d", aliases=("BatchNorm3d",))
 class BatchNorm3d(_BatchNorm):
     """Batch norm over (C, D, H, W) samples."""
     nd = 3
-    spatial_ranks = (4,)
+    ranks = (4,)
 
 
 @register_layer("layer_norm", aliases=("LayerNorm",))
@@ -140,7 +142,8 @@ class LayerNorm(_Affine):
 
     def build(self, input_shape):
         shape = tuple(input_shape) if self.normalized_shape is None else self.normalized_shape
-        if len(shape) > len(input_shape) or tuple(input_shape[len(input_shape) - len(shape):]) != shape:
+        trailing = tuple(input_shape[len(input_shape) - len(shape):])
+        if len(shape) > len(input_shape) or trailing != shape:
             raise ValueError(f"{self.where()}: normalized_shape {shape} must be the trailing axes "
                              f"of the per-sample input {tuple(input_shape)}")
         self.normalized_shape = shape
@@ -174,10 +177,7 @@ class GroupNorm(_Affine):
         self.eps, self.affine = float(eps), bool(affine)
 
     def build(self, input_shape):
-        c = input_shape[0]
-        if self.num_channels is not None and self.num_channels != c:
-            raise ValueError(f"{self.where()}: num_channels={self.num_channels} but the input "
-                             f"has {c} channels")
+        c = self.input_channels(input_shape, declared=self.num_channels, name="num_channels")
         if c % self.num_groups:
             raise ValueError(f"{self.where()}: {c} channels are not divisible by "
                              f"num_groups={self.num_groups}")
@@ -199,37 +199,16 @@ class GroupNorm(_Affine):
         return gx
 
 
-class _InstanceNorm(_Affine):
-    nd = 2
+class _InstanceNorm(_RunningStats):
+    kind = "instance_norm"
+
+    @property
+    def ranks(self):
+        return (self.nd + 1,)
 
     def __init__(self, num_features=None, eps=1e-5, momentum=0.1, affine=False,
                  track_running_stats=False):
-        name = f"instance_norm{self.nd}d"
-        self.num_features = (None if num_features is None else
-                             as_int(name, "num_features", num_features, minimum=1))
-        _check_eps_momentum(name, eps, momentum)
-        self.eps, self.momentum = float(eps), momentum
-        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
-
-    def build(self, input_shape):
-        if len(input_shape) != self.nd + 1:
-            raise ValueError(f"{self.where()}: expects per-sample input (C, {self.nd} spatial "
-                             f"axes), got shape {tuple(input_shape)}")
-        c = input_shape[0]
-        if self.num_features is not None and self.num_features != c:
-            raise ValueError(f"{self.where()}: num_features={self.num_features} but the input "
-                             f"has {c} channels")
-        self.num_features = c
-        dtype = self._init_context.dtype
-        self.weight = self.bias = None
-        if self.affine:
-            self._add_affine((c,))
-        self.running_mean = self.running_var = None
-        if self.track_running_stats:
-            self.running_mean = self.add_buffer("running_mean", np.zeros(c, dtype))
-            self.running_var = self.add_buffer("running_var", np.ones(c, dtype))
-            self.add_buffer("num_batches_tracked", np.zeros((), np.int64))
-        return tuple(input_shape)
+        self._init_stats(num_features, eps, momentum, affine, track_running_stats)
 
     def _args(self):
         return dict(running_mean=self.running_mean, running_var=self.running_var,

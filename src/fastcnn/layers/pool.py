@@ -17,9 +17,7 @@ class _Pool(Layer):
     nd = 2
 
     def build(self, input_shape):
-        if len(input_shape) != self.nd + 1:
-            raise ValueError(f"{self.where()}: expects per-sample input (C, {self.nd} spatial "
-                             f"axes), got shape {tuple(input_shape)}")
+        self.input_channels(input_shape, (self.nd + 1,))
         return self.probe_output_shape(input_shape)
 
     def flops(self):

@@ -111,7 +111,8 @@ class Concat(_Merge):
         ref = list(input_shapes[0])
         for i, shape in enumerate(input_shapes[1:], 1):
             other = list(shape)
-            if len(other) != len(ref) or other[:axis - 1] + other[axis:] != ref[:axis - 1] + ref[axis:]:
+            rest_other, rest_ref = other[:axis - 1] + other[axis:], ref[:axis - 1] + ref[axis:]
+            if len(other) != len(ref) or rest_other != rest_ref:
                 raise ValueError(f"{self.where()}: inputs must match except along dim {self.dim}, "
                                  f"got {tuple(input_shapes[0])} (input 0) and {tuple(shape)} "
                                  f"(input {i})")
