@@ -15,15 +15,9 @@ any number of threads.
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport exp, expf, log
 
+from fastcnn._ops._softmax cimport block_lse, fexp, row_lse
 
-cdef inline double _exp(floating v) noexcept nogil:
-    """exp in the input's precision (expf is much cheaper; the sums stay in double)."""
-    if floating is float:
-        return expf(v)
-    else:
-        return exp(v)
 
 cdef enum:
     BLOCK = 256    # inner columns per task (per-column accumulators live on the stack)
@@ -38,6 +32,14 @@ cdef void _forward_block(const floating* x, floating* y, Py_ssize_t D, Py_ssize_
     cdef const floating* row
     cdef floating* out
     cdef double e
+    if take_log:
+        block_lse(x, D, inner, nb, mx, sm)        # mx receives the log-sum-exp
+        for d in range(D):
+            row = x + d * inner
+            out = y + d * inner
+            for i in range(nb):
+                out[i] = <floating> (row[i] - mx[i])
+        return
     for i in range(nb):
         mx[i] = x[i]
         sm[i] = 0.0
@@ -50,45 +52,36 @@ cdef void _forward_block(const floating* x, floating* y, Py_ssize_t D, Py_ssize_
         row = x + d * inner
         out = y + d * inner
         for i in range(nb):
-            e = _exp(<floating> (row[i] - mx[i]))
+            e = fexp(<floating> (row[i] - mx[i]))
             sm[i] += e
-            if not take_log:
-                out[i] = <floating> e
+            out[i] = <floating> e
     for i in range(nb):
-        if take_log:
-            sm[i] = mx[i] + log(sm[i])        # the log-sum-exp
-        else:
-            sm[i] = 1.0 / sm[i]
+        sm[i] = 1.0 / sm[i]
     for d in range(D):
-        row = x + d * inner
         out = y + d * inner
         for i in range(nb):
-            if take_log:
-                out[i] = <floating> (row[i] - sm[i])
-            else:
-                out[i] = <floating> (out[i] * sm[i])
+            out[i] = <floating> (out[i] * sm[i])
 
 
 cdef void _forward_row(const floating* x, floating* y, Py_ssize_t D,
                        bint take_log) noexcept nogil:
     cdef Py_ssize_t d
     cdef double mx = x[0], sm = 0.0, e
+    if take_log:
+        sm = row_lse(x, D)
+        for d in range(D):
+            y[d] = <floating> (x[d] - sm)
+        return
     for d in range(1, D):
         if x[d] > mx:
             mx = x[d]
     for d in range(D):
-        e = _exp(<floating> (x[d] - mx))
+        e = fexp(<floating> (x[d] - mx))
         sm += e
-        if not take_log:
-            y[d] = <floating> e
-    if take_log:
-        sm = mx + log(sm)
-        for d in range(D):
-            y[d] = <floating> (x[d] - sm)
-    else:
-        sm = 1.0 / sm
-        for d in range(D):
-            y[d] = <floating> (y[d] * sm)
+        y[d] = <floating> e
+    sm = 1.0 / sm
+    for d in range(D):
+        y[d] = <floating> (y[d] * sm)
 
 
 cdef void _backward_block(const floating* dy, const floating* y, floating* dx, Py_ssize_t D,
@@ -108,7 +101,7 @@ cdef void _backward_block(const floating* dy, const floating* y, floating* dx, P
         off = d * inner
         for i in range(nb):
             if take_log:
-                dx[off + i] = <floating> (dy[off + i] - _exp(y[off + i]) * sm[i])
+                dx[off + i] = <floating> (dy[off + i] - fexp(y[off + i]) * sm[i])
             else:
                 dx[off + i] = <floating> (y[off + i] * (dy[off + i] - sm[i]))
 

@@ -17,41 +17,13 @@ sums are in double in a fixed order.
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport exp, expf, log
+from libc.math cimport log
 from libc.stdint cimport int64_t
 
-cdef inline double _exp(floating v) noexcept nogil:
-    """exp in the input's precision (expf is much cheaper; the sums stay in double)."""
-    if floating is float:
-        return expf(v)
-    else:
-        return exp(v)
-
+from fastcnn._ops._softmax cimport block_lse, fexp, row_lse
 
 cdef enum:
     BLOCK = 128    # positions per task (per-position accumulators live on the stack)
-
-
-cdef void _lse_block(const floating* x, Py_ssize_t C, Py_ssize_t inner, Py_ssize_t nb,
-                     double* lse) noexcept nogil:
-    """lse[i] = log-sum-exp over classes of column i of the (C, inner) slab at x."""
-    cdef double sm[BLOCK]
-    cdef Py_ssize_t c, i
-    cdef const floating* row
-    for i in range(nb):
-        lse[i] = x[i]
-        sm[i] = 0.0
-    for c in range(1, C):
-        row = x + c * inner
-        for i in range(nb):
-            if row[i] > lse[i]:
-                lse[i] = row[i]
-    for c in range(C):
-        row = x + c * inner
-        for i in range(nb):
-            sm[i] += _exp(<floating> (row[i] - lse[i]))
-    for i in range(nb):
-        lse[i] = lse[i] + log(sm[i])
 
 
 cdef void _ce_forward_block(const floating* x, const int64_t* t, const double* w,
@@ -63,7 +35,7 @@ cdef void _ce_forward_block(const floating* x, const int64_t* t, const double* w
     cdef Py_ssize_t c, i
     cdef int64_t k
     cdef const floating* row
-    _lse_block(x, C, inner, nb, lse)
+    block_lse(x, C, inner, nb, lse, swx)      # swx serves as the sums' scratch first
     if eps != 0.0:
         for i in range(nb):
             swx[i] = 0.0
@@ -108,7 +80,7 @@ cdef void _ce_backward_block(const floating* x, const int64_t* t, const double* 
         row = x + c * inner
         out = dx + c * inner
         for i in range(nb):
-            e = _exp(<floating> (row[i] - mx[i]))
+            e = fexp(<floating> (row[i] - mx[i]))
             sm[i] += e
             out[i] = <floating> e
     for i in range(nb):
@@ -142,18 +114,13 @@ cdef void _ce_forward_row(const floating* x, int64_t k, const double* w, double 
                           Py_ssize_t C, int64_t ignore_index, double eps, double* loss,
                           double* wt) noexcept nogil:
     """One (C,) row of logits (inner == 1: the usual (N, C) case), contiguous loops."""
-    cdef double mx, sm = 0.0, swx = 0.0, lse
-    cdef floating fmx
+    cdef double swx = 0.0, lse
     cdef Py_ssize_t c
     if k == ignore_index or k < 0 or k >= C:
         loss[0] = 0.0
         wt[0] = 0.0
         return
-    mx = _row_max(x, C)
-    fmx = <floating> mx
-    for c in range(C):
-        sm += _exp(<floating> (x[c] - fmx))
-    lse = mx + log(sm)
+    lse = row_lse(x, C)
     loss[0] = (1.0 - eps) * w[k] * (lse - x[k])
     if eps != 0.0:
         for c in range(C):
@@ -174,7 +141,7 @@ cdef void _ce_backward_row(const floating* x, int64_t k, const double* w, double
         return
     fmx = <floating> _row_max(x, C)
     for c in range(C):           # exp once, kept in dx, rescaled below
-        e = _exp(<floating> (x[c] - fmx))
+        e = fexp(<floating> (x[c] - fmx))
         sm += e
         dx[c] = <floating> e
     coef = g * ((1.0 - eps) * w[k] + eps / C * wsum) / sm
