@@ -8,6 +8,7 @@ from fastcnn import data  # noqa: F401  (registers the datasets)
 from fastcnn import functional
 from fastcnn import layers  # noqa: F401  (registers the built-in layers)
 from fastcnn import init
+from fastcnn._memory import memory_stats, release_memory, set_memory_limit
 from fastcnn._threads import get_num_threads, set_num_threads
 from fastcnn.functional import set_conv_autotune
 from fastcnn.checkpoint import load, load_checkpoint, save
@@ -27,6 +28,7 @@ __all__ = [
     "build_loss", "build_optimizer", "build_scheduler", "clip_grad_norm", "clip_grad_value",
     "Trainer", "train", "save", "load", "load_checkpoint",
     "set_num_threads", "get_num_threads", "set_conv_autotune",
+    "release_memory", "set_memory_limit", "memory_stats",
     "register_layer", "register_initializer", "register_optimizer", "register_scheduler",
     "register_loss", "register_dataset", "__version__",
 ]

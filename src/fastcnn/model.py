@@ -22,6 +22,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from fastcnn import _memory
 from fastcnn.layers.base import Layer, _InitContext
 from fastcnn.registry import LAYERS
 
@@ -296,7 +297,11 @@ class Model:
             for ref, gi in zip(node.inputs, backs):
                 if gi is None or (ref == "input" and not input_grad):
                     continue
-                grads[ref] = grads[ref] + gi if ref in grads else gi
+                if ref in grads:        # fan-out: the gradients of every use add up
+                    acc = grads[ref]
+                    grads[ref] = np.add(acc, gi, out=_memory.empty(acc.shape, acc.dtype))
+                else:
+                    grads[ref] = gi
         return grads.get("input") if input_grad else None
 
     def train(self, mode: bool = True):

@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from fastcnn import _checks
+from fastcnn import _checks, _memory
 from fastcnn._checks import as_array, as_int, contiguous, float_dtype
 from fastcnn._ops import activation as _act
 from fastcnn._threads import get_num_threads
@@ -61,7 +61,7 @@ def relu(input, inplace=False):
     writable_here = (inplace and x is input and x.flags.c_contiguous and x.flags.writeable
                      and x.flags.aligned)
     x = contiguous(x, x.dtype)
-    out = x if writable_here else np.empty_like(x)
+    out = x if writable_here else _memory.empty(x.shape, x.dtype)
     _act.relu_forward(x.reshape(-1), out.reshape(-1), get_num_threads())
     return out
 
@@ -70,7 +70,7 @@ def relu_backward(grad_output, input):
     """``dx = dy where x > 0 else 0``; takes relu's input (its output works as well)."""
     dy, x = _grad_pair("relu_backward", grad_output, input, "input")
     dy, x = contiguous(dy, dy.dtype), contiguous(x, x.dtype)
-    out = np.empty_like(dy)
+    out = _memory.empty(dy.shape, dy.dtype)
     _act.relu_backward(dy.reshape(-1), x.reshape(-1), out.reshape(-1), get_num_threads())
     return out
 
@@ -253,7 +253,7 @@ def _softmax(fname, input, dim, take_log):
     x = as_array(fname, "input", input)
     view = _softmax_view(fname, x, dim)
     dtype = float_dtype(x)
-    out = np.empty(x.shape, dtype=dtype)
+    out = _memory.empty(x.shape, dtype)
     if x.size:
         _act.softmax_forward(contiguous(x, dtype).reshape(view), out.reshape(view), take_log,
                              get_num_threads())
@@ -264,7 +264,7 @@ def _softmax_back(fname, grad_output, output, dim, take_log):
     dy, y = _grad_pair(fname, grad_output, output, "output")
     view = _softmax_view(fname, y, dim)
     dtype = y.dtype
-    dx = np.empty(y.shape, dtype=dtype)
+    dx = _memory.empty(y.shape, dtype)
     if y.size:
         _act.softmax_backward(contiguous(dy, dtype).reshape(view),
                               contiguous(y, dtype).reshape(view), dx.reshape(view), take_log,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastcnn import _checks
+from fastcnn import _checks, _memory
 from fastcnn._checks import as_array, as_int, check_ndim, contiguous, float_dtype, lift3, ntuple
 from fastcnn._ops import conv as _conv
 from fastcnn._ops import im2col as _im2col
@@ -215,7 +215,7 @@ def _conv_forward(fname, nd, input, weight, bias, stride, padding, dilation, gro
     w2 = contiguous(w, dtype).reshape(geom.out_channels, -1)
     b1 = _checks.optional_vector(fname, "bias", b, geom.out_channels, dtype)
     x2 = _rows(contiguous(x, dtype), geom.n)
-    out = np.empty((geom.n, geom.out_channels) + geom.out_size, dtype=dtype)
+    out = _memory.empty((geom.n, geom.out_channels) + geom.out_size, dtype)
     if geom.n == 0:
         return out if geom.batched else out[0]
 
@@ -291,7 +291,7 @@ class _BackwardOperands:
         self.x2 = _rows(contiguous(x, dtype), n)
         self.w2 = contiguous(w, dtype).reshape(w.shape[0], -1)
         self.dy3 = contiguous(dy, dtype).reshape(n, geom.out_channels, math.prod(geom.out_size))
-        self.grad_x = (np.empty((n, geom.in_channels) + geom.in_size, dtype=dtype)
+        self.grad_x = (_memory.empty((n, geom.in_channels) + geom.in_size, dtype)
                        if self.need_x else None)
         # one weight-gradient partial per fixed chunk of the batch, each fully written by
         # the kernel (the first sample of a chunk overwrites); an empty batch runs no kernel
@@ -428,7 +428,7 @@ def unfold(input, kernel_size, dilation=1, padding=0, stride=1):
     rows, L = c * math.prod(kernel), math.prod(blocks)
     _checks.check_extent(fname, "output (rows, blocks)", (rows, L))
     _checks.check_extent(fname, "input spatial size", (c,) + in_size)
-    cols = np.empty((n, rows, L), dtype=dtype)
+    cols = _memory.empty((n, rows, L), dtype)
     if n and c:
         _im2col.unfold(contiguous(xb, dtype).reshape(n, -1), cols.reshape(n, -1), c,
                        lift3(in_size, 1), lift3(kernel, 1), lift3(stride, 1),
@@ -469,7 +469,7 @@ def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
     _checks.check_extent(fname, "input (rows, blocks)", (rows, L))
     _checks.check_extent(fname, "output (channels, *output_size)", (c,) + out_size)
     dtype = float_dtype(cols)
-    out = np.empty((n, c) + out_size, dtype=dtype)
+    out = _memory.empty((n, c) + out_size, dtype)
     if n and c:
         _im2col.fold(contiguous(cb, dtype).reshape(n, -1), out.reshape(n, -1), c,
                      lift3(out_size, 1), lift3(kernel, 1), lift3(stride, 1),

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from fastcnn import _checks
+from fastcnn import _checks, _memory
 from fastcnn._checks import as_array, as_int, contiguous, float_dtype, lift3, ntuple
 from fastcnn._ops import conv as _conv
 from fastcnn._threads import get_num_threads, single_threaded_blas
@@ -85,7 +85,7 @@ def _conv_transpose_forward(fname, nd, input, weight, bias, stride, padding, out
     w2 = contiguous(w, dtype).reshape(geom.in_channels, -1)
     b1 = _checks.optional_vector(fname, "bias", b, geom.out_channels, dtype)
     x2 = _rows(contiguous(x, dtype), geom.n)
-    out = np.empty((geom.n, geom.out_channels) + geom.out_size, dtype=dtype)
+    out = _memory.empty((geom.n, geom.out_channels) + geom.out_size, dtype)
     if geom.n:
         threads = get_num_threads()
         args = _conv_transpose_args(geom)

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
-from fastcnn import _checks
+from fastcnn import _checks, _memory
 from fastcnn._checks import as_array, check_ndim, contiguous, float_dtype
 from fastcnn._ops import gemm as _gemm
 from fastcnn._threads import get_num_threads, single_threaded_blas
@@ -35,7 +33,7 @@ def _matmul(a, b, trans_a, trans_b):
     """op(a) @ op(b) for C-contiguous 2-D arrays of one float dtype, on the OpenMP team."""
     m = a.shape[1] if trans_a else a.shape[0]
     n = b.shape[0] if trans_b else b.shape[1]
-    out = np.empty((m, n), dtype=a.dtype)
+    out = _memory.empty((m, n), a.dtype)
     with single_threaded_blas:
         _gemm.matmul(a, b, out, trans_a, trans_b, get_num_threads())
     return out

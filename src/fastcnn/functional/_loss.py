@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from fastcnn import _checks
+from fastcnn import _checks, _memory
 from fastcnn._checks import as_array, as_int, contiguous, float_dtype
 from fastcnn._ops import loss as _loss
 from fastcnn._threads import get_num_threads
@@ -141,7 +141,7 @@ def cross_entropy_backward(grad_output, input, target, weight=None, ignore_index
     valid = t2 != ignore_index
     denom = w[np.where(valid, t2, 0)][valid].sum() if reduction == "mean" else None
     g = _grad_per_item(fname, grad_output, reduction, shape, denom)
-    dx = np.empty(x3.shape, dtype=dtype)
+    dx = _memory.empty(x3.shape, dtype)
     _loss.cross_entropy_backward(x3, t2, w, ignore_index, eps,
                                  np.ascontiguousarray(g).reshape(t2.shape), dx,
                                  get_num_threads())
@@ -177,7 +177,7 @@ def nll_loss_backward(grad_output, input, target, weight=None, ignore_index=-100
     safe = np.where(valid, t2, 0)
     wt = np.where(valid, w[safe], 0.0)
     g = _grad_per_item(fname, grad_output, reduction, shape, wt.sum()).reshape(t2.shape)
-    dx = np.zeros(x3.shape, dtype=dtype)
+    dx = _memory.zeros(x3.shape, dtype)
     np.put_along_axis(dx, safe[:, None, :], (-g * wt)[:, None, :].astype(dtype), axis=1)
     return dx.reshape(np.shape(input))
 

@@ -7,7 +7,7 @@ import operator
 
 import numpy as np
 
-from fastcnn import _checks
+from fastcnn import _checks, _memory
 from fastcnn._checks import as_array, as_int, check_ndim, contiguous, float_dtype
 from fastcnn._ops import norm as _norm
 from fastcnn._threads import get_num_threads
@@ -174,7 +174,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         raise ValueError(f"{fname}: expected more than 1 value per channel when training, got "
                          f"input of shape {x.shape}")
     x3 = contiguous(x, dtype).reshape(n, c, s)
-    out = np.empty(x.shape, dtype=dtype)
+    out = _memory.empty(x.shape, dtype)
     threads = get_num_threads()
     if training:
         mean, var, invstd = np.empty(c), np.empty(c), np.empty(c)
@@ -254,7 +254,7 @@ def batch_norm_backward(grad_output, input, weight=None, running_mean=None, runn
     grad_x = None
     if training and need_x:
         # one fused kernel: the sums, then dx, channel by channel (cache-friendly)
-        grad_x = np.empty(x.shape, dtype=dtype)
+        grad_x = _memory.empty(x.shape, dtype)
         if m:
             _norm.channel_train_backward(dy3, x3, mean, invstd, w, grad_x.reshape(n, c, s),
                                          sum_dy, sum_dy_xmu, threads)
@@ -263,7 +263,7 @@ def batch_norm_backward(grad_output, input, weight=None, running_mean=None, runn
         _norm.channel_grad_sums(dy3, x3, mean, sum_dy, sum_dy_xmu, threads)
     if need_x:
         # eval: the statistics are constants, dx = dy * w * invstd
-        grad_x = np.empty(x.shape, dtype=dtype)
+        grad_x = _memory.empty(x.shape, dtype)
         zeros = np.zeros(c)
         if m:
             _norm.channel_grad_apply(dy3, x3, mean, wv * invstd, zeros, zeros,
@@ -277,7 +277,7 @@ def _rows_forward(fname, x, rows, groups, k, weight, bias, eps):
     """out, mean, rstd of the row norm of x viewed as (rows, M); affine indexed by g*k + kk."""
     dtype = float_dtype(x)
     x2 = _rows(contiguous(x, dtype), rows)
-    out = np.empty(x.shape, dtype=dtype)
+    out = _memory.empty(x.shape, dtype)
     mean = np.empty(rows)
     rstd = np.empty(rows)
     if x.size:
@@ -292,7 +292,7 @@ def _rows_backward(fname, dy, x, rows, groups, k, weight, eps, need_x, need_wb, 
     x2 = _rows(contiguous(x, dtype), rows)
     dy2 = contiguous(dy, dtype).reshape(x2.shape)
     threads = get_num_threads()
-    gx = np.empty(x.shape, dtype=dtype) if need_x else None
+    gx = _memory.empty(x.shape, dtype) if need_x else None
     chunks = max(1, min(rows, _NORM_GRAD_CHUNKS))
     width = groups * k
     gw_parts = np.zeros((chunks, width) if need_wb else (0, 0))

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from fastcnn import _checks
+from fastcnn import _checks, _memory
 from fastcnn._checks import as_array, as_int, check_ndim, contiguous, float_dtype, lift3, ntuple
 from fastcnn._ops import pool as _pool
 from fastcnn._threads import get_num_threads
@@ -155,9 +155,9 @@ def _max_pool(fname, nd, input, kernel_size, stride, padding, dilation, ceil_mod
         fname, nd, in_size, kernel_size, stride, padding, dilation, ceil_mode)
     dtype = float_dtype(x)
     starts, counts, _ = _fixed_windows(in_size, kernel, stride, padding, dilation, out_size)
-    out = np.empty(lead + out_size, dtype=dtype)
+    out = _memory.empty(lead + out_size, dtype)
     p = math.prod(lead)
-    ind = np.empty(lead + out_size if return_indices else (0, 0), dtype=np.int64)
+    ind = _memory.empty(lead + out_size if return_indices else (0, 0), np.int64)
     if p:
         _pool.max_pool_forward(_planes(x, lead, dtype), out.reshape(p, -1),
                                ind.reshape(p, -1) if return_indices else ind,
@@ -182,7 +182,7 @@ def _max_pool_backward(fname, nd, grad_output, input, indices, kernel_size, stri
 
 def _scatter_add(fname, dy, x, lead, in_size, idx, strict=True):
     dtype = float_dtype(x, dy)
-    grad = np.empty(lead + in_size, dtype=dtype)
+    grad = _memory.empty(lead + in_size, dtype)
     p = math.prod(lead)
     if p:
         bad = _pool.scatter_add(_planes(dy, lead, dtype), _planes(idx, lead, np.int64),
@@ -214,13 +214,13 @@ def _avg_kernel(fname, x, lead, in_size, out_size, starts, counts, spans, diviso
             lift3(out_size, 1), interior, get_num_threads())
     if grad_output is None:
         dtype = float_dtype(x)
-        out = np.empty(lead + out_size, dtype=dtype)
+        out = _memory.empty(lead + out_size, dtype)
         if p:
             _pool.avg_pool_forward(_planes(x, lead, dtype), out.reshape(p, -1), *args)
         return out
     dy = _check_grad(fname, grad_output, lead + out_size)
     dtype = float_dtype(x, dy)
-    grad = np.empty(lead + in_size, dtype=dtype)
+    grad = _memory.empty(lead + in_size, dtype)
     if p:
         _pool.avg_pool_backward(_planes(dy, lead, dtype), grad.reshape(p, -1), *args)
     return grad
@@ -249,8 +249,8 @@ def _adaptive_max_pool(fname, nd, input, output_size, return_indices):
     starts, counts, _ = _adaptive_windows(in_size, out_size)
     dtype = float_dtype(x)
     p = math.prod(lead)
-    out = np.empty(lead + out_size, dtype=dtype)
-    ind = np.empty(lead + out_size if return_indices else (0, 0), dtype=np.int64)
+    out = _memory.empty(lead + out_size, dtype)
+    ind = _memory.empty(lead + out_size if return_indices else (0, 0), np.int64)
     if p:
         _pool.max_pool_forward(_planes(x, lead, dtype), out.reshape(p, -1),
                                ind.reshape(p, -1) if return_indices else ind,
@@ -298,7 +298,7 @@ def _max_unpool(fname, nd, input, indices, kernel_size, stride, padding, output_
     idx = _check_indices(fname, indices, x.shape, what="the input's")
     out_size = _unpool_size(fname, nd, in_size, kernel_size, stride, padding, output_size)
     dtype = float_dtype(x)
-    out = np.empty(lead + out_size, dtype=dtype)
+    out = _memory.empty(lead + out_size, dtype)
     p = math.prod(lead)
     if p:
         bad = _pool.scatter(_planes(x, lead, dtype), _planes(idx, lead, np.int64),
@@ -314,7 +314,7 @@ def _max_unpool_backward(fname, nd, grad_output, input, indices, kernel_size, st
     out_size = _unpool_size(fname, nd, in_size, kernel_size, stride, padding, output_size)
     dy = _check_grad(fname, grad_output, lead + out_size)
     dtype = float_dtype(x, dy)
-    grad = np.empty(x.shape, dtype=dtype)
+    grad = _memory.empty(x.shape, dtype)
     p = math.prod(lead)
     if p:
         bad = _pool.gather(_planes(dy, lead, dtype), _planes(idx, lead, np.int64),

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from fastcnn import _checks
+from fastcnn import _checks, _memory
 from fastcnn._checks import as_array, check_ndim, float_dtype, lift3, ntuple
 from fastcnn._ops import resample as _resample
 from fastcnn._threads import get_num_threads
@@ -128,12 +128,12 @@ def _interpolate(fname, input, size, scale_factor, mode, align_corners, recomput
     if grad_output is None:
         dtype = float_dtype(x)
         src = _planes(x, lead, dtype)
-        res = np.empty(lead + out_size, dtype=dtype)
+        res = _memory.empty(lead + out_size, dtype)
     else:
         dy = _check_grad(fname, grad_output, lead + out_size)
         dtype = np.dtype(float_dtype(dy))
         src = _planes(dy, lead, dtype)
-        res = np.empty(lead + in_size, dtype=dtype)
+        res = _memory.empty(lead + in_size, dtype)
     if not p:
         return res
     in3, out3 = lift3(in_size, 1), lift3(out_size, 1)

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 
+from fastcnn import _memory
 from fastcnn._checks import as_int
 from fastcnn.layers.base import Layer
 from fastcnn.registry import register_layer
@@ -81,7 +82,7 @@ class Add(_Merge):
 
     def forward(self, *xs):
         self.save_for_backward(len(xs))
-        out = np.add(xs[0], xs[1])
+        out = np.add(xs[0], xs[1], out=_memory.empty(xs[0].shape, np.result_type(*xs)))
         for x in xs[2:]:
             out += x
         return out
