@@ -323,6 +323,20 @@ def test_winograd_float32_error_is_measured_and_small(rng):
     assert err_wino < 1e-5 and err_wino < 20 * max(err_im2col, 1e-7)
 
 
+def test_winograd_weight_gradient_float32_error_is_small(rng):
+    """dW = G^T (sum over tiles of dM . V) G in float32, against float64 (VGG-like sizes: long
+    sums over 32 samples x 256 tiles)."""
+    x = rng.standard_normal((32, 16, 32, 32))
+    w = rng.standard_normal((16, 16, 3, 3))
+    dy = rng.standard_normal((32, 16, 32, 32))
+    mask = (False, True, False)
+    exact = F.conv2d_backward(dy, x, w, padding=1, output_mask=mask)[1]
+    single = F.conv2d_backward(dy.astype(np.float32), x.astype(np.float32),
+                               w.astype(np.float32), padding=1, output_mask=mask)[1]
+    assert single.dtype == np.float32
+    assert np.abs(single - exact).max() / np.abs(exact).max() < 1e-5
+
+
 def test_winograd_bit_identical_for_1_and_2_threads(rng, threads):
     x = rng.standard_normal((7, 16, 10, 9)).astype(np.float32)
     w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
@@ -350,7 +364,7 @@ def test_autotune_picks_per_shape_and_keeps_results(rng, monkeypatch):
         fastcnn_set(True)
         y = F.conv2d(x, w, padding=1)
         grads = F.conv2d_backward(dy, x, w, padding=1)
-        assert {k[0] for k in _conv._tuned} == {"forward", "input gradient"}
+        assert {k[0] for k in _conv._tuned} == {"forward", "input gradient", "weight gradient"}
         for key in _conv._tuned:                           # force the other choice: same answer
             _conv._tuned[key] = not _conv._tuned[key]
         y2 = F.conv2d(x, w, padding=1)

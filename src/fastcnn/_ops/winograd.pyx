@@ -17,6 +17,16 @@ so functional.py uses this kernel for both. The weight transform
 is done once per call in Python (functional.py); here are the input and output transforms and
 the GEMMs. Samples go in fixed blocks (a function of the shapes), each block on one thread with
 single-threaded BLAS: the result does not depend on the number of threads.
+
+The weight gradient goes back through the same algebra. With Y = A^T M A, dM = A dY A^T (the
+2x2 output gradient of a tile spread to 4x4), and since M = sum_c U . V elementwise,
+
+    dU[xi] (C_out, C) = sum over tiles dM[xi] (C_out, T) @ V[xi]^T (T, C)       dW = G^T dU G
+
+16 GEMMs whose inner dimension is the number of tiles (long: efficient), on 2.25x fewer
+products than im2col's dW = dy @ cols^T and without the 9x larger columns matrix. Tiles past an
+odd output size get zero gradient, so they add nothing. As conv.pyx's weight gradient, samples
+are cut into fixed chunks, each summed in order into its own dU partial.
 """
 from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
@@ -99,6 +109,35 @@ cdef void _output_transform(const floating* m, floating* y, Py_ssize_t K, Py_ssi
                             y[(k * OH + oh) * OW + ow] = out[a][b] + bk
 
 
+cdef void _grad_output_transform(const floating* dy, floating* m, Py_ssize_t K, Py_ssize_t OH,
+                                 Py_ssize_t OW, Py_ssize_t tiles_h, Py_ssize_t tiles_w,
+                                 Py_ssize_t ld, Py_ssize_t xi_stride) noexcept nogil:
+    """dM = A dY A^T for one sample's dy (K, OH, OW): m[xi * xi_stride + k * ld + tile]."""
+    cdef Py_ssize_t k, ti, tj, a, b, oh, ow, r
+    cdef floating y[2][2]
+    cdef floating q[4][2]
+    cdef floating* dst
+    for k in range(K):
+        for ti in range(tiles_h):
+            for tj in range(tiles_w):
+                for a in range(2):
+                    oh = 2 * ti + a
+                    for b in range(2):
+                        ow = 2 * tj + b
+                        y[a][b] = dy[(k * OH + oh) * OW + ow] if oh < OH and ow < OW else 0
+                for b in range(2):          # A y: spread rows
+                    q[0][b] = y[0][b]
+                    q[1][b] = y[0][b] + y[1][b]
+                    q[2][b] = y[0][b] - y[1][b]
+                    q[3][b] = -y[1][b]
+                dst = m + k * ld + ti * tiles_w + tj
+                for r in range(4):          # (A y) A^T: spread columns
+                    dst[(4 * r + 0) * xi_stride] = q[r][0]
+                    dst[(4 * r + 1) * xi_stride] = q[r][0] + q[r][1]
+                    dst[(4 * r + 2) * xi_stride] = q[r][0] - q[r][1]
+                    dst[(4 * r + 3) * xi_stride] = -q[r][1]
+
+
 # The 16 matrices of V (and of M) are written (read) together, tile by tile: at a distance of a
 # power of two they would all fall in the same cache sets. A small skew spreads them.
 DEF SKEW = 16
@@ -154,3 +193,48 @@ def forward(const floating[:, ::1] x, const floating[:, :, ::1] u, const floatin
             for s_ in range(nb):
                 _output_transform(m + s_ * T, &out[n0 + s_, 0], K, out_h, out_w, tiles_h,
                                   tiles_w, ld, K * ld + SKEW, pbias, has_bias)
+
+
+def weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy, floating[:, :, ::1] parts,
+                floating[::1] workspace, Py_ssize_t height, Py_ssize_t width, Py_ssize_t pad,
+                Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t block, int num_threads):
+    """parts (n_chunks, 16, C_out*C): dU partials of the 3x3 weight gradient (see module doc).
+
+    x (N, C*H*W), dy (N, C_out*OH*OW). Chunk j sums samples [j*N//n_chunks, (j+1)*N//n_chunks)
+    in order, ``block`` at a time; adding the partials in chunk order and applying
+    dW = G^T dU G is the caller's. The workspace is as for ``forward``, per thread.
+    """
+    cdef Py_ssize_t N = x.shape[0], n_chunks = parts.shape[0]
+    cdef Py_ssize_t K = dy.shape[1] // (out_h * out_w), C = x.shape[1] // (height * width)
+    cdef Py_ssize_t tiles_h = (out_h + 1) // 2, tiles_w = (out_w + 1) // 2
+    cdef Py_ssize_t T = tiles_h * tiles_w
+    cdef Py_ssize_t span = block * T
+    cdef Py_ssize_t ws_stride = 16 * ((C + K) * span + 2 * SKEW)
+    cdef floating* ws = &workspace[0]
+    cdef floating* v
+    cdef floating* m
+    cdef Py_ssize_t j, n0, n1, m0, nb, ld, s_, xi
+    cdef int tid
+    if N == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        for j in prange(n_chunks, schedule='dynamic'):
+            tid = threadid()
+            n0 = j * N // n_chunks
+            n1 = (j + 1) * N // n_chunks
+            v = ws + tid * ws_stride
+            m = v + 16 * (C * span + SKEW)
+            m0 = n0
+            while m0 < n1:
+                nb = block if m0 + block <= n1 else n1 - m0
+                ld = nb * T
+                for s_ in range(nb):
+                    _input_transform(&x[m0 + s_, 0], v + s_ * T, C, height, width, pad,
+                                     tiles_h, tiles_w, ld, C * ld + SKEW)
+                    _grad_output_transform(&dy[m0 + s_, 0], m + s_ * T, K, out_h, out_w,
+                                           tiles_h, tiles_w, ld, K * ld + SKEW)
+                for xi in range(16):
+                    gemm(False, True, <int> K, <int> C, <int> ld, <floating> 1.0,
+                         m + xi * (K * ld + SKEW), <int> ld, v + xi * (C * ld + SKEW), <int> ld,
+                         <floating> (1.0 if m0 > n0 else 0.0), &parts[j, xi, 0], <int> C)
+                m0 = m0 + nb

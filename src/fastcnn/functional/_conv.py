@@ -206,6 +206,24 @@ def _winograd_conv2d(x2, w, bias, out2, in_size, pad, out_size, dtype):
                           out_size[1], block, threads)
 
 
+def _winograd_weight_grad(x2, dy2, geom, chunks, dtype):
+    """dW (C_out, C, 3, 3) of a 3x3 stride-1 convolution: the dU partials of ``chunks`` fixed
+    sample ranges from the kernel, added in chunk order, then dW = G^T dU G."""
+    n, c, k = geom.n, geom.in_channels, geom.out_channels
+    (h, w), (oh, ow) = geom.in_size, geom.out_size
+    tiles = ((oh + 1) // 2) * ((ow + 1) // 2)
+    threads = get_num_threads()
+    block = _winograd.block_size(n, tiles)
+    ws = scratch(_winograd.workspace_size(c, k, tiles, block) * threads, dtype)
+    du = _memory.empty((chunks, 16, k * c), dtype)
+    with single_threaded_blas:
+        _winograd.weight_grad(x2, dy2, du, ws, h, w, geom.padding[1], oh, ow, block, threads)
+    total = du[0] if chunks == 1 else du.sum(axis=0)
+    total = total.reshape(4, 4, k, c).transpose(2, 3, 0, 1)        # (C_out, C, 4, 4)
+    g = _WINOGRAD_G.astype(dtype)
+    return np.ascontiguousarray(g.T @ total @ g)
+
+
 def _conv_forward(fname, nd, input, weight, bias, stride, padding, dilation, groups):
     x = as_array(fname, "input", input)
     w = as_array(fname, "weight", weight)
@@ -264,10 +282,17 @@ def _conv_backward(fname, nd, grad_output, input, weight, stride, padding, dilat
         _winograd_conv2d(_rows(dy3, n), flipped, np.empty(0, dtype), _rows(grad_x, n),
                          geom.out_size, 2 - geom.padding[1], geom.in_size, dtype)
 
+    def run_winograd_weight():
+        b.grad_w = _winograd_weight_grad(x2, _rows(dy3, n), geom, parts.shape[0], dtype)
+
     if need_x and n and _pick_winograd("input gradient", geom, nd, dtype, run_winograd,
                                        lambda: run_im2col(True, False)):
         run_winograd()
         need_x = False
+    if need_w and n and _pick_winograd("weight gradient", geom, nd, dtype, run_winograd_weight,
+                                       lambda: run_im2col(False, True)):
+        run_winograd_weight()
+        need_w = False
     if (need_x or need_w) and n:
         run_im2col(need_x, need_w)
     return b.gradients()
@@ -296,13 +321,16 @@ class _BackwardOperands:
         # one weight-gradient partial per fixed chunk of the batch, each fully written by
         # the kernel (the first sample of a chunk overwrites); an empty batch runs no kernel
         alloc = np.empty if n else np.zeros
+        self.grad_w = None          # set instead of the partials by the Winograd path
         self.parts = (alloc((max(1, min(n, _WEIGHT_GRAD_CHUNKS)), self.w2.size), dtype=dtype)
                       if self.need_w else None)
 
     def gradients(self):
         """(grad_input, grad_weight, grad_bias), None where not asked for."""
         grad_w = grad_b = None
-        if self.need_w:
+        if self.need_w and self.grad_w is not None:
+            grad_w = self.grad_w.reshape(self.weight_shape)
+        elif self.need_w:
             # partials added in chunk order: the same bits for any number of threads
             parts = self.parts
             grad_w = (parts[0].copy() if parts.shape[0] == 1 else parts.sum(axis=0))
