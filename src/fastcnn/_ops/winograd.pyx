@@ -31,46 +31,68 @@ are cut into fixed chunks, each summed in order into its own dU partial.
 from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
 
+from libc.string cimport memcpy, memset
+
 from fastcnn._ops._blas cimport gemm
 
 
-cdef void _input_transform(const floating* x, floating* v, Py_ssize_t C, Py_ssize_t H,
-                           Py_ssize_t W, Py_ssize_t pad, Py_ssize_t tiles_h,
+cdef void _pad_plane(const floating* plane, floating* pb, Py_ssize_t H, Py_ssize_t W,
+                     Py_ssize_t pad, Py_ssize_t Hp, Py_ssize_t Wp) noexcept nogil:
+    """pb (Hp, Wp) = the plane (H, W) with ``pad`` zero rows and columns before it and zeros
+    after, up to Hp x Wp (>= H + pad, W + pad)."""
+    cdef Py_ssize_t r, ih
+    cdef floating* row
+    for r in range(Hp):
+        row = pb + r * Wp
+        ih = r - pad
+        if ih < 0 or ih >= H:
+            memset(row, 0, Wp * sizeof(floating))
+        else:
+            memset(row, 0, pad * sizeof(floating))
+            memcpy(row + pad, plane + ih * W, W * sizeof(floating))
+            memset(row + pad + W, 0, (Wp - pad - W) * sizeof(floating))
+
+
+cdef void _input_transform(const floating* x, floating* v, floating* pb, Py_ssize_t C,
+                           Py_ssize_t H, Py_ssize_t W, Py_ssize_t pad, Py_ssize_t tiles_h,
                            Py_ssize_t tiles_w, Py_ssize_t ld, Py_ssize_t xi_stride) noexcept nogil:
-    """V for one sample: v[xi * xi_stride + c * ld + tile] (tile = ti * tiles_w + tj)."""
-    cdef Py_ssize_t c, ti, tj, r, s, row0, col0, ih, iw, tile
-    cdef floating d[4][4]
+    """V for one sample: v[xi * xi_stride + c * ld + tile] (tile = ti * tiles_w + tj).
+
+    Each channel is first copied into the zero-bordered plane ``pb`` (padded_plane_size
+    elements), so that every tile reads 4x4 values without bounds checks (a third of the
+    tiles touch the border on an 8x8 map)."""
+    cdef Py_ssize_t Hp = 2 * tiles_h + 2, Wp = 2 * tiles_w + 2
+    cdef Py_ssize_t c, ti, tj, k
     cdef floating t[4][4]
-    cdef const floating* plane
+    cdef const floating* r0
+    cdef const floating* r1
+    cdef const floating* r2
+    cdef const floating* r3
     cdef floating* dst
-    cdef bint inside
     for c in range(C):
-        plane = x + c * H * W
+        _pad_plane(x + c * H * W, pb, H, W, pad, Hp, Wp)
         for ti in range(tiles_h):
-            row0 = 2 * ti - pad
+            r0 = pb + 2 * ti * Wp
+            r1 = r0 + Wp
+            r2 = r1 + Wp
+            r3 = r2 + Wp
+            dst = v + c * ld + ti * tiles_w
             for tj in range(tiles_w):
-                col0 = 2 * tj - pad
-                inside = row0 >= 0 and col0 >= 0 and row0 + 4 <= H and col0 + 4 <= W
-                for r in range(4):
-                    ih = row0 + r
-                    for s in range(4):
-                        iw = col0 + s
-                        if inside or (0 <= ih < H and 0 <= iw < W):
-                            d[r][s] = plane[ih * W + iw]
-                        else:
-                            d[r][s] = 0
-                for s in range(4):          # B^T d: combine rows
-                    t[0][s] = d[0][s] - d[2][s]
-                    t[1][s] = d[1][s] + d[2][s]
-                    t[2][s] = d[2][s] - d[1][s]
-                    t[3][s] = d[1][s] - d[3][s]
-                tile = ti * tiles_w + tj
-                dst = v + c * ld + tile
-                for r in range(4):          # (B^T d) B: combine columns
-                    dst[(4 * r + 0) * xi_stride] = t[r][0] - t[r][2]
-                    dst[(4 * r + 1) * xi_stride] = t[r][1] + t[r][2]
-                    dst[(4 * r + 2) * xi_stride] = t[r][2] - t[r][1]
-                    dst[(4 * r + 3) * xi_stride] = t[r][1] - t[r][3]
+                for k in range(4):          # B^T d: combine rows
+                    t[0][k] = r0[2 * tj + k] - r2[2 * tj + k]
+                    t[1][k] = r1[2 * tj + k] + r2[2 * tj + k]
+                    t[2][k] = r2[2 * tj + k] - r1[2 * tj + k]
+                    t[3][k] = r1[2 * tj + k] - r3[2 * tj + k]
+                for k in range(4):          # (B^T d) B: combine columns
+                    dst[(4 * k + 0) * xi_stride + tj] = t[k][0] - t[k][2]
+                    dst[(4 * k + 1) * xi_stride + tj] = t[k][1] + t[k][2]
+                    dst[(4 * k + 2) * xi_stride + tj] = t[k][2] - t[k][1]
+                    dst[(4 * k + 3) * xi_stride + tj] = t[k][1] - t[k][3]
+
+
+def padded_plane_size(Py_ssize_t out_h, Py_ssize_t out_w):
+    """Elements of the zero-bordered copy of one input plane the input transform reads."""
+    return (2 * ((out_h + 1) // 2) + 2) * (2 * ((out_w + 1) // 2) + 2)
 
 
 cdef void _output_transform(const floating* m, floating* y, Py_ssize_t K, Py_ssize_t OH,
@@ -99,14 +121,20 @@ cdef void _output_transform(const floating* m, floating* y, Py_ssize_t K, Py_ssi
                 for r in range(2):          # (A^T q) A: combine columns
                     out[r][0] = u[r][0] + u[r][1] + u[r][2]
                     out[r][1] = u[r][1] - u[r][2] - u[r][3]
+                oh = 2 * ti
+                ow = 2 * tj
+                if oh + 1 < OH and ow + 1 < OW:      # all but the last row/column of odd maps
+                    y[(k * OH + oh) * OW + ow] = out[0][0] + bk
+                    y[(k * OH + oh) * OW + ow + 1] = out[0][1] + bk
+                    y[(k * OH + oh + 1) * OW + ow] = out[1][0] + bk
+                    y[(k * OH + oh + 1) * OW + ow + 1] = out[1][1] + bk
+                    continue
                 for a in range(2):
-                    oh = 2 * ti + a
-                    if oh >= OH:
+                    if oh + a >= OH:
                         break
                     for b in range(2):
-                        ow = 2 * tj + b
-                        if ow < OW:
-                            y[(k * OH + oh) * OW + ow] = out[a][b] + bk
+                        if ow + b < OW:
+                            y[(k * OH + oh + a) * OW + ow + b] = out[a][b] + bk
 
 
 cdef void _grad_output_transform(const floating* dy, floating* m, Py_ssize_t K, Py_ssize_t OH,
@@ -120,11 +148,18 @@ cdef void _grad_output_transform(const floating* dy, floating* m, Py_ssize_t K, 
     for k in range(K):
         for ti in range(tiles_h):
             for tj in range(tiles_w):
-                for a in range(2):
-                    oh = 2 * ti + a
-                    for b in range(2):
-                        ow = 2 * tj + b
-                        y[a][b] = dy[(k * OH + oh) * OW + ow] if oh < OH and ow < OW else 0
+                oh = 2 * ti
+                ow = 2 * tj
+                if oh + 1 < OH and ow + 1 < OW:      # all but the last row/column of odd maps
+                    y[0][0] = dy[(k * OH + oh) * OW + ow]
+                    y[0][1] = dy[(k * OH + oh) * OW + ow + 1]
+                    y[1][0] = dy[(k * OH + oh + 1) * OW + ow]
+                    y[1][1] = dy[(k * OH + oh + 1) * OW + ow + 1]
+                else:
+                    for a in range(2):
+                        for b in range(2):
+                            y[a][b] = (dy[(k * OH + oh + a) * OW + ow + b]
+                                       if oh + a < OH and ow + b < OW else 0)
                 for b in range(2):          # A y: spread rows
                     q[0][b] = y[0][b]
                     q[1][b] = y[0][b] + y[1][b]
@@ -148,11 +183,12 @@ def block_size(Py_ssize_t n, Py_ssize_t tiles):
     return max(1, min(n, 128 // tiles)) if tiles < 128 else 1
 
 
-def workspace_size(Py_ssize_t channels, Py_ssize_t out_channels, Py_ssize_t tiles,
-                   Py_ssize_t block):
+def workspace_size(Py_ssize_t channels, Py_ssize_t out_channels, Py_ssize_t out_h,
+                   Py_ssize_t out_w, Py_ssize_t block):
     """Per-thread scratch: V (16, C, block*T) and M (16, C_out, block*T), each of the 16
-    matrices padded by SKEW elements."""
-    return 16 * ((channels + out_channels) * block * tiles + 2 * SKEW)
+    matrices padded by SKEW elements, and one zero-bordered input plane."""
+    cdef Py_ssize_t tiles = ((out_h + 1) // 2) * ((out_w + 1) // 2)
+    return 16 * ((channels + out_channels) * block * tiles + 2 * SKEW) + padded_plane_size(out_h, out_w)
 
 
 def forward(const floating[:, ::1] x, const floating[:, :, ::1] u, const floating[::1] bias,
@@ -164,13 +200,15 @@ def forward(const floating[:, ::1] x, const floating[:, :, ::1] u, const floatin
     cdef Py_ssize_t tiles_h = (out_h + 1) // 2, tiles_w = (out_w + 1) // 2
     cdef Py_ssize_t T = tiles_h * tiles_w
     cdef Py_ssize_t span = block * T
-    cdef Py_ssize_t ws_stride = 16 * ((C + K) * span + 2 * SKEW)
+    cdef Py_ssize_t ws_stride = (16 * ((C + K) * span + 2 * SKEW)
+                                 + padded_plane_size(out_h, out_w))
     cdef Py_ssize_t blocks = (N + block - 1) // block
     cdef bint has_bias = bias.shape[0] > 0
     cdef floating* ws = &workspace[0]
     cdef const floating* pbias = &bias[0] if has_bias else NULL
     cdef floating* v
     cdef floating* m
+    cdef floating* pb
     cdef Py_ssize_t j, n0, nb, ld, s_, xi
     cdef int tid
     if N == 0:
@@ -183,8 +221,9 @@ def forward(const floating[:, ::1] x, const floating[:, :, ::1] u, const floatin
             ld = nb * T
             v = ws + tid * ws_stride
             m = v + 16 * (C * span + SKEW)
+            pb = m + 16 * (K * span + SKEW)
             for s_ in range(nb):
-                _input_transform(&x[n0 + s_, 0], v + s_ * T, C, height, width, pad, tiles_h,
+                _input_transform(&x[n0 + s_, 0], v + s_ * T, pb, C, height, width, pad, tiles_h,
                                  tiles_w, ld, C * ld + SKEW)
             for xi in range(16):
                 gemm(False, False, <int> K, <int> ld, <int> C, <floating> 1.0,
@@ -209,10 +248,12 @@ def weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy, floating[:,
     cdef Py_ssize_t tiles_h = (out_h + 1) // 2, tiles_w = (out_w + 1) // 2
     cdef Py_ssize_t T = tiles_h * tiles_w
     cdef Py_ssize_t span = block * T
-    cdef Py_ssize_t ws_stride = 16 * ((C + K) * span + 2 * SKEW)
+    cdef Py_ssize_t ws_stride = (16 * ((C + K) * span + 2 * SKEW)
+                                 + padded_plane_size(out_h, out_w))
     cdef floating* ws = &workspace[0]
     cdef floating* v
     cdef floating* m
+    cdef floating* pb
     cdef Py_ssize_t j, n0, n1, m0, nb, ld, s_, xi
     cdef int tid
     if N == 0:
@@ -224,12 +265,13 @@ def weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy, floating[:,
             n1 = (j + 1) * N // n_chunks
             v = ws + tid * ws_stride
             m = v + 16 * (C * span + SKEW)
+            pb = m + 16 * (K * span + SKEW)
             m0 = n0
             while m0 < n1:
                 nb = block if m0 + block <= n1 else n1 - m0
                 ld = nb * T
                 for s_ in range(nb):
-                    _input_transform(&x[m0 + s_, 0], v + s_ * T, C, height, width, pad,
+                    _input_transform(&x[m0 + s_, 0], v + s_ * T, pb, C, height, width, pad,
                                      tiles_h, tiles_w, ld, C * ld + SKEW)
                     _grad_output_transform(&dy[m0 + s_, 0], m + s_ * T, K, out_h, out_w,
                                            tiles_h, tiles_w, ld, K * ld + SKEW)

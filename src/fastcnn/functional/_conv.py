@@ -124,7 +124,7 @@ def _conv_geometry(fname, nd, x, w, stride, padding, dilation, groups) -> _ConvG
 def _conv_scratch(geom, args, threads, dtype):
     """This thread's scratch for a conv kernel call, and the samples per GEMM."""
     pointwise = _conv.is_pointwise(args[1], args[2], args[3])
-    block = _conv.sample_block(geom.n, math.prod(geom.out_size), pointwise)
+    block = _conv.sample_block(geom.n, math.prod(geom.out_size), pointwise, int(os.environ.get('FCB', '384')))
     per_thread = _conv.workspace_size(geom.in_channels, geom.out_channels, args[1], args[2],
                                       args[3], args[5], block)
     return scratch(per_thread * threads, dtype), block
@@ -200,7 +200,8 @@ def _winograd_conv2d(x2, w, bias, out2, in_size, pad, out_size, dtype):
     tiles = ((out_size[0] + 1) // 2) * ((out_size[1] + 1) // 2)
     threads = get_num_threads()
     block = _winograd.block_size(n, tiles)
-    ws = scratch(_winograd.workspace_size(c, k, tiles, block) * threads, dtype)
+    ws = scratch(_winograd.workspace_size(c, k, out_size[0], out_size[1], block) * threads,
+                 dtype)
     with single_threaded_blas:
         _winograd.forward(x2, u, bias, out2, ws, in_size[0], in_size[1], pad, out_size[0],
                           out_size[1], block, threads)
@@ -214,7 +215,7 @@ def _winograd_weight_grad(x2, dy2, geom, chunks, dtype):
     tiles = ((oh + 1) // 2) * ((ow + 1) // 2)
     threads = get_num_threads()
     block = _winograd.block_size(n, tiles)
-    ws = scratch(_winograd.workspace_size(c, k, tiles, block) * threads, dtype)
+    ws = scratch(_winograd.workspace_size(c, k, oh, ow, block) * threads, dtype)
     du = _memory.empty((chunks, 16, k * c), dtype)
     with single_threaded_blas:
         _winograd.weight_grad(x2, dy2, du, ws, h, w, geom.padding[1], oh, ow, block, threads)
