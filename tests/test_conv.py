@@ -309,6 +309,30 @@ def test_winograd_shapes_match_torch(th, rng, n, c_in, c_out, size, padding):
     check_against_torch(th, rng, 2, n, c_in, c_out, size, (3, 3), np.float32, padding=padding)
 
 
+def test_winograd_on_every_possible_shape_matches_im2col(monkeypatch):
+    """Winograd forced onto random small shapes (few channels, odd and tiny maps, padding 0-2):
+    output, input and weight gradients equal im2col's. Caught a race in the weight transform
+    that the >= 16-channel shapes above missed."""
+    from fastcnn.functional import _conv
+    rng = np.random.default_rng(7)
+    cases = 0
+    while cases < 60:
+        n, c, k = (int(v) for v in rng.integers(1, 20, 3))
+        h, w_, p = int(rng.integers(1, 12)), int(rng.integers(1, 12)), int(rng.integers(0, 3))
+        if min(h, w_) + 2 * p < 3:
+            continue
+        cases += 1
+        x = rng.standard_normal((n % 5 + 1, c, h, w_))
+        w = rng.standard_normal((k, c, 3, 3))
+        results = []
+        for minimum in (1, 10**9):                    # Winograd everywhere, then nowhere
+            monkeypatch.setattr(_conv, "_WINOGRAD_MIN_CHANNELS", minimum)
+            y = F.conv2d(x, w, padding=p)
+            results.append((y,) + F.conv2d_backward(np.cos(y), x, w, padding=p)[:2])
+        for a, b in zip(*results):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
 def test_winograd_float32_error_is_measured_and_small(rng):
     """Relative error of the float32 Winograd result against float64, next to im2col's."""
     x = rng.standard_normal((4, 64, 16, 16))

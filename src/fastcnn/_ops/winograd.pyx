@@ -173,6 +173,74 @@ cdef void _grad_output_transform(const floating* dy, floating* m, Py_ssize_t K, 
                     dst[(4 * r + 3) * xi_stride] = -q[r][1]
 
 
+cdef inline void _kernel_transform(const floating* g, Py_ssize_t row, Py_ssize_t col,
+                                   floating* u, Py_ssize_t xi_stride) noexcept nogil:
+    """u[xi * xi_stride] = (G g G^T)[xi] for the 3x3 kernel g[r*row + q*col]."""
+    cdef floating t[4][3]
+    cdef Py_ssize_t r, q
+    for q in range(3):                      # G g: combine rows
+        t[0][q] = g[q * col]
+        t[1][q] = (g[q * col] + g[row + q * col] + g[2 * row + q * col]) * <floating> 0.5
+        t[2][q] = (g[q * col] - g[row + q * col] + g[2 * row + q * col]) * <floating> 0.5
+        t[3][q] = g[2 * row + q * col]
+    for r in range(4):                      # (G g) G^T: combine columns
+        u[(4 * r + 0) * xi_stride] = t[r][0]
+        u[(4 * r + 1) * xi_stride] = (t[r][0] + t[r][1] + t[r][2]) * <floating> 0.5
+        u[(4 * r + 2) * xi_stride] = (t[r][0] - t[r][1] + t[r][2]) * <floating> 0.5
+        u[(4 * r + 3) * xi_stride] = t[r][2]
+
+
+cdef inline void _kernel_grad_transform(const floating* parts, Py_ssize_t n_chunks,
+                                        Py_ssize_t chunk_stride, Py_ssize_t xi_stride,
+                                        floating* dw) noexcept nogil:
+    """dw (3x3) = G^T dU G, dU[xi] = the sum over chunks j, in order, of
+    parts[j * chunk_stride + xi * xi_stride]."""
+    cdef floating d[16]
+    cdef floating p[3][4]
+    cdef Py_ssize_t j, xi, r, q
+    for xi in range(16):
+        d[xi] = parts[xi * xi_stride]
+        for j in range(1, n_chunks):
+            d[xi] = d[xi] + parts[j * chunk_stride + xi * xi_stride]
+    for q in range(4):                      # G^T dU: combine rows
+        p[0][q] = d[q] + (d[4 + q] + d[8 + q]) * <floating> 0.5
+        p[1][q] = (d[4 + q] - d[8 + q]) * <floating> 0.5
+        p[2][q] = (d[4 + q] + d[8 + q]) * <floating> 0.5 + d[12 + q]
+    for r in range(3):                      # (G^T dU) G: combine columns
+        dw[3 * r + 0] = p[r][0] + (p[r][1] + p[r][2]) * <floating> 0.5
+        dw[3 * r + 1] = (p[r][1] - p[r][2]) * <floating> 0.5
+        dw[3 * r + 2] = (p[r][1] + p[r][2]) * <floating> 0.5 + p[r][3]
+
+
+def weight_transform(const floating[:, :, :, ::1] w, floating[:, :, ::1] u, bint flip,
+                     int num_threads):
+    """u (16, K, C) = G g G^T for every 3x3 kernel g of w (K, C, 3, 3); with ``flip``, of the
+    input gradient's kernels instead: w (C, K, 3, 3) read transposed and rotated by 180
+    degrees, g[k, c] = w[c, k, ::-1, ::-1]. G's entries are 0, 1/2 and 1: exact."""
+    cdef Py_ssize_t K = u.shape[1], C = u.shape[2], KC = K * C
+    cdef Py_ssize_t k, c
+    with nogil:
+        for k in prange(K, schedule='static', num_threads=num_threads):
+            for c in range(C):
+                if flip:                    # start at [c, k, 2, 2] and walk backwards
+                    _kernel_transform(&w[c, k, 2, 2], -3, -1, &u[0, k, c], KC)
+                else:
+                    _kernel_transform(&w[k, c, 0, 0], 3, 1, &u[0, k, c], KC)
+
+
+def weight_grad_finish(const floating[:, :, ::1] parts, floating[:, :, :, ::1] dw,
+                       int num_threads):
+    """dw (K, C, 3, 3) = G^T dU G with dU (16, K*C) the sum of the chunk partials parts
+    (n_chunks, 16, K*C), added in chunk order (the same bits for any number of threads)."""
+    cdef Py_ssize_t n_chunks = parts.shape[0], K = dw.shape[0], C = dw.shape[1], KC = K * C
+    cdef Py_ssize_t k, c
+    with nogil:
+        for k in prange(K, schedule='static', num_threads=num_threads):
+            for c in range(C):
+                _kernel_grad_transform(&parts[0, 0, k * C + c], n_chunks, 16 * KC, KC,
+                                       &dw[k, c, 0, 0])
+
+
 # The 16 matrices of V (and of M) are written (read) together, tile by tile: at a distance of a
 # power of two they would all fall in the same cache sets. A small skew spreads them.
 DEF SKEW = 16

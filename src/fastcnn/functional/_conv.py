@@ -134,7 +134,6 @@ def _conv_scratch(geom, args, threads, dtype):
 # multiplications than im2col + GEMM. Below this many channels its transforms cost more than
 # they save (measured on LeNet/VGG shapes), and the first layer of a network is such a case.
 _WINOGRAD_MIN_CHANNELS = 16
-_WINOGRAD_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
 
 def _winograd_possible(geom, nd):
@@ -191,14 +190,16 @@ def _pick_winograd(direction, geom, nd, dtype, run_winograd, run_im2col):
     return choice
 
 
-def _winograd_conv2d(x2, w, bias, out2, in_size, pad, out_size, dtype):
-    """out2 (N, C_out*OH*OW) = 3x3 stride-1 convolution of x2 (N, C*H*W) by w (C_out, C, 3, 3)."""
-    n, k, c = x2.shape[0], w.shape[0], w.shape[1]
-    g = _WINOGRAD_G.astype(dtype)                   # entries 0, 1/2, 1: exact in float32
-    u = (g @ w @ g.T).reshape(k, c, 16)             # U = G w G^T per (k, c)
-    u = np.ascontiguousarray(u.transpose(2, 0, 1))  # (16, C_out, C): one GEMM operand per xi
-    tiles = ((out_size[0] + 1) // 2) * ((out_size[1] + 1) // 2)
+def _winograd_conv2d(x2, w, bias, out2, in_size, pad, out_size, dtype, flip=False):
+    """out2 (N, C_out*OH*OW) = 3x3 stride-1 convolution of x2 (N, C*H*W) by w (C_out, C, 3, 3),
+    or with ``flip`` by the kernels of w (C, C_out, 3, 3) transposed and rotated (the input
+    gradient's)."""
+    n = x2.shape[0]
+    k, c = (w.shape[1], w.shape[0]) if flip else (w.shape[0], w.shape[1])
     threads = get_num_threads()
+    u = np.empty((16, k, c), dtype=dtype)                # U = G g G^T, one GEMM operand per xi
+    _winograd.weight_transform(w, u, flip, threads)
+    tiles = ((out_size[0] + 1) // 2) * ((out_size[1] + 1) // 2)
     block = _winograd.block_size(n, tiles)
     ws = scratch(_winograd.workspace_size(c, k, out_size[0], out_size[1], block) * threads,
                  dtype)
@@ -219,10 +220,9 @@ def _winograd_weight_grad(x2, dy2, geom, chunks, dtype):
     du = _memory.empty((chunks, 16, k * c), dtype)
     with single_threaded_blas:
         _winograd.weight_grad(x2, dy2, du, ws, h, w, geom.padding[1], oh, ow, block, threads)
-    total = du[0] if chunks == 1 else du.sum(axis=0)
-    total = total.reshape(4, 4, k, c).transpose(2, 3, 0, 1)        # (C_out, C, 4, 4)
-    g = _WINOGRAD_G.astype(dtype)
-    return np.ascontiguousarray(g.T @ total @ g)
+    grad_w = np.empty((k, c, 3, 3), dtype=dtype)
+    _winograd.weight_grad_finish(du, grad_w, threads)
+    return grad_w
 
 
 def _conv_forward(fname, nd, input, weight, bias, stride, padding, dilation, groups):
@@ -279,9 +279,9 @@ def _conv_backward(fname, nd, grad_output, input, weight, stride, padding, dilat
 
     def run_winograd():
         # dL/dx is the convolution of dy with the kernels flipped and transposed, padded 2 - p
-        flipped = np.ascontiguousarray(w2.reshape(w.shape)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-        _winograd_conv2d(_rows(dy3, n), flipped, np.empty(0, dtype), _rows(grad_x, n),
-                         geom.out_size, 2 - geom.padding[1], geom.in_size, dtype)
+        _winograd_conv2d(_rows(dy3, n), w2.reshape(w.shape), np.empty(0, dtype),
+                         _rows(grad_x, n), geom.out_size, 2 - geom.padding[1], geom.in_size,
+                         dtype, flip=True)
 
     def run_winograd_weight():
         b.grad_w = _winograd_weight_grad(x2, _rows(dy3, n), geom, parts.shape[0], dtype)
