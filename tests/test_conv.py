@@ -373,6 +373,21 @@ def test_winograd_bit_identical_for_1_and_2_threads(rng, threads):
         np.testing.assert_array_equal(a, b)
 
 
+def test_winograd_weight_gradient_phases_do_not_race(rng, threads):
+    """The weight gradient's threads transform a block of samples, then share its 16 GEMMs
+    (barriers between the phases): repeated 2-thread runs over many blocks equal 1 thread's."""
+    x = rng.standard_normal((24, 16, 12, 12)).astype(np.float32)    # 36 tiles each, 14 per block
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((24, 16, 12, 12)).astype(np.float32)
+    mask = (False, True, False)
+    threads(1)
+    expected = F.conv2d_backward(dy, x, w, padding=1, output_mask=mask)[1]
+    threads(2)
+    for _ in range(20):
+        np.testing.assert_array_equal(
+            F.conv2d_backward(dy, x, w, padding=1, output_mask=mask)[1], expected)
+
+
 def test_autotune_picks_per_shape_and_keeps_results(rng, monkeypatch):
     """With autotuning on, the first call of a shape times Winograd against im2col, caches the
     choice, and both choices give the same answer (to rounding)."""

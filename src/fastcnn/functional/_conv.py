@@ -208,16 +208,21 @@ def _winograd_conv2d(x2, w, bias, out2, in_size, pad, out_size, dtype, flip=Fals
                           out_size[1], block, threads)
 
 
-def _winograd_weight_grad(x2, dy2, geom, chunks, dtype):
-    """dW (C_out, C, 3, 3) of a 3x3 stride-1 convolution: the dU partials of ``chunks`` fixed
-    sample ranges from the kernel, added in chunk order, then dW = G^T dU G."""
+# Tiles per block of the Winograd weight gradient: its GEMMs' inner dimension (long is
+# efficient; the block's V and M, 16*(C+C_out)*tiles values, stay in the last-level cache).
+_WINOGRAD_WEIGHT_TILES = 512
+
+
+def _winograd_weight_grad(x2, dy2, geom, dtype):
+    """dW (C_out, C, 3, 3) of a 3x3 stride-1 convolution: dU from the kernel, then
+    dW = G^T dU G."""
     n, c, k = geom.n, geom.in_channels, geom.out_channels
     (h, w), (oh, ow) = geom.in_size, geom.out_size
     tiles = ((oh + 1) // 2) * ((ow + 1) // 2)
     threads = get_num_threads()
-    block = _winograd.block_size(n, tiles)
-    ws = scratch(_winograd.workspace_size(c, k, oh, ow, block) * threads, dtype)
-    du = _memory.empty((chunks, 16, k * c), dtype)
+    block = max(1, min(n, _WINOGRAD_WEIGHT_TILES // tiles))
+    ws = scratch(_winograd.weight_grad_workspace_size(c, k, oh, ow, block, threads), dtype)
+    du = _memory.empty((16, k * c), dtype)
     with single_threaded_blas:
         _winograd.weight_grad(x2, dy2, du, ws, h, w, geom.padding[1], oh, ow, block, threads)
     grad_w = np.empty((k, c, 3, 3), dtype=dtype)
@@ -284,7 +289,7 @@ def _conv_backward(fname, nd, grad_output, input, weight, stride, padding, dilat
                          dtype, flip=True)
 
     def run_winograd_weight():
-        b.grad_w = _winograd_weight_grad(x2, _rows(dy3, n), geom, parts.shape[0], dtype)
+        b.grad_w = _winograd_weight_grad(x2, _rows(dy3, n), geom, dtype)
 
     if need_x and n and _pick_winograd("input gradient", geom, nd, dtype, run_winograd,
                                        lambda: run_im2col(True, False)):
