@@ -17,11 +17,29 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
 import fastcnn
 import fastcnn.functional as F
+
+
+class Case(NamedTuple):
+    """One timed call: fastcnn's and torch's callables (``theirs`` is None when the case was
+    set up without torch) and the work it does: ``flops`` (0: not counted)."""
+    label: str
+    ours: Callable
+    theirs: Callable | None
+    flops: int = 0
+
+
+def _cases(torch, ours, reference):
+    """Cases from fastcnn's side, ``[(label, callable, flops), ...]``, and ``reference``, which
+    makes torch's callables in the same order (not called without torch)."""
+    theirs = reference(torch) if torch is not None else [None] * len(ours)
+    return [Case(label, fn, ref, *work) for (label, fn, *work), ref in zip(ours, theirs)]
 
 
 def _conv_case(name, n, c_in, h, w, c_out, k, s, p):
@@ -33,22 +51,23 @@ def _conv_case(name, n, c_in, h, w, c_out, k, s, p):
         b = np.zeros(c_out, np.float32)
         y = F.conv2d(x, wt, b, s, p)
         dy = np.ones_like(y)
-        tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, wt, b))
-        tdy = torch.tensor(dy)
 
-        def torch_backward():
-            # torch's backward alone: re-run the graph node's backward only.
-            return torch.ops.aten.convolution_backward(
-                tdy, tx, tw, [c_out], [s, s], [p, p], [1, 1], False, [0, 0], 1,
-                [True, True, True])
+        def reference(torch):
+            tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, wt, b))
+            tdy = torch.tensor(dy)
+
+            def torch_backward():
+                # torch's backward alone: re-run the graph node's backward only.
+                return torch.ops.aten.convolution_backward(
+                    tdy, tx, tw, [c_out], [s, s], [p, p], [1, 1], False, [0, 0], 1,
+                    [True, True, True])
+            return [lambda: torch.nn.functional.conv2d(tx, tw, tb, s, p), torch_backward]
 
         flops = 2 * n * c_out * c_in * k * k * y.shape[2] * y.shape[3]
-        return [
-            (f"{name} fwd", lambda: F.conv2d(x, wt, b, s, p),
-             lambda: torch.nn.functional.conv2d(tx, tw, tb, s, p), flops),
-            (f"{name} bwd", lambda: F.conv2d_backward(dy, x, wt, s, p),
-             torch_backward, 2 * flops),
-        ]
+        return _cases(torch, [
+            (f"{name} fwd", lambda: F.conv2d(x, wt, b, s, p), flops),
+            (f"{name} bwd", lambda: F.conv2d_backward(dy, x, wt, s, p), 2 * flops),
+        ], reference)
     return setup
 
 
@@ -61,21 +80,23 @@ def _conv_transpose_case(name, n, c_in, h, w, c_out, k, s, p):
         b = np.zeros(c_out, np.float32)
         y = F.conv_transpose2d(x, wt, b, s, p)
         dy = np.ones_like(y)
-        tx, tw, tb = (torch.tensor(a) for a in (x, wt, b))
-        tdy = torch.tensor(dy)
 
-        def torch_backward():
-            return torch.ops.aten.convolution_backward(
-                tdy, tx, tw, [c_out], [s, s], [p, p], [1, 1], True, [0, 0], 1,
-                [True, True, True])
+        def reference(torch):
+            tx, tw, tb = (torch.tensor(a) for a in (x, wt, b))
+            tdy = torch.tensor(dy)
+
+            def torch_backward():
+                return torch.ops.aten.convolution_backward(
+                    tdy, tx, tw, [c_out], [s, s], [p, p], [1, 1], True, [0, 0], 1,
+                    [True, True, True])
+            return [lambda: torch.nn.functional.conv_transpose2d(tx, tw, tb, s, p),
+                    torch_backward]
 
         flops = 2 * n * c_in * c_out * k * k * h * w
-        return [
-            (f"{name} fwd", lambda: F.conv_transpose2d(x, wt, b, s, p),
-             lambda: torch.nn.functional.conv_transpose2d(tx, tw, tb, s, p), flops),
-            (f"{name} bwd", lambda: F.conv_transpose2d_backward(dy, x, wt, s, p),
-             torch_backward, 2 * flops),
-        ]
+        return _cases(torch, [
+            (f"{name} fwd", lambda: F.conv_transpose2d(x, wt, b, s, p), flops),
+            (f"{name} bwd", lambda: F.conv_transpose2d_backward(dy, x, wt, s, p), 2 * flops),
+        ], reference)
     return setup
 
 
@@ -85,15 +106,18 @@ def _max_pool_case(name, shape, k, s, p):
         x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
         y, ind = F.max_pool2d(x, k, s, p, return_indices=True)
         dy = np.ones_like(y)
-        tx, tdy = torch.tensor(x), torch.tensor(dy)
-        _, tind = torch.nn.functional.max_pool2d(tx, k, s, p, return_indices=True)
-        return [
-            (f"{name} fwd", lambda: F.max_pool2d(x, k, s, p, return_indices=True),
-             lambda: torch.nn.functional.max_pool2d(tx, k, s, p, return_indices=True), 0),
-            (f"{name} bwd", lambda: F.max_pool2d_backward(dy, x, ind, k, s, p),
-             lambda: torch.ops.aten.max_pool2d_with_indices_backward(
-                 tdy, tx, [k, k], [s, s], [p, p], [1, 1], False, tind), 0),
-        ]
+
+        def reference(torch):
+            tx, tdy = torch.tensor(x), torch.tensor(dy)
+            _, tind = torch.nn.functional.max_pool2d(tx, k, s, p, return_indices=True)
+            return [lambda: torch.nn.functional.max_pool2d(tx, k, s, p, return_indices=True),
+                    lambda: torch.ops.aten.max_pool2d_with_indices_backward(
+                        tdy, tx, [k, k], [s, s], [p, p], [1, 1], False, tind)]
+
+        return _cases(torch, [
+            (f"{name} fwd", lambda: F.max_pool2d(x, k, s, p, return_indices=True)),
+            (f"{name} bwd", lambda: F.max_pool2d_backward(dy, x, ind, k, s, p)),
+        ], reference)
     return setup
 
 
@@ -101,14 +125,17 @@ def _avg_pool_case(name, shape, k, s, p):
     def setup(torch):
         x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
         dy = np.ones_like(F.avg_pool2d(x, k, s, p))
-        tx, tdy = torch.tensor(x), torch.tensor(dy)
-        return [
-            (f"{name} fwd", lambda: F.avg_pool2d(x, k, s, p),
-             lambda: torch.nn.functional.avg_pool2d(tx, k, s, p), 0),
-            (f"{name} bwd", lambda: F.avg_pool2d_backward(dy, x, k, s, p),
-             lambda: torch.ops.aten.avg_pool2d_backward(tdy, tx, [k, k], [s, s], [p, p], False,
-                                                        True, None), 0),
-        ]
+
+        def reference(torch):
+            tx, tdy = torch.tensor(x), torch.tensor(dy)
+            return [lambda: torch.nn.functional.avg_pool2d(tx, k, s, p),
+                    lambda: torch.ops.aten.avg_pool2d_backward(
+                        tdy, tx, [k, k], [s, s], [p, p], False, True, None)]
+
+        return _cases(torch, [
+            (f"{name} fwd", lambda: F.avg_pool2d(x, k, s, p)),
+            (f"{name} bwd", lambda: F.avg_pool2d_backward(dy, x, k, s, p)),
+        ], reference)
     return setup
 
 
@@ -117,23 +144,26 @@ def _upsample_case(name, shape, factor, mode):
         x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
         y = F.interpolate(x, scale_factor=factor, mode=mode)
         dy = np.ones_like(y)
-        tx, tdy = torch.tensor(x), torch.tensor(dy)
-        out, size = list(y.shape[2:]), list(x.shape)
-        if mode == "bilinear":
-            def torch_backward():
-                return torch.ops.aten.upsample_bilinear2d_backward(
-                    tdy, out, size, False, float(factor), float(factor))
-        else:
-            def torch_backward():
-                return torch.ops.aten.upsample_nearest2d_backward(
-                    tdy, out, size, float(factor), float(factor))
-        return [
-            (f"{name} fwd", lambda: F.interpolate(x, scale_factor=factor, mode=mode),
-             lambda: torch.nn.functional.interpolate(tx, scale_factor=factor, mode=mode), 0),
-            (f"{name} bwd", lambda: F.interpolate_backward(dy, x.shape, scale_factor=factor,
-                                                           mode=mode),
-             torch_backward, 0),
-        ]
+
+        def reference(torch):
+            tx, tdy = torch.tensor(x), torch.tensor(dy)
+            out, size = list(y.shape[2:]), list(x.shape)
+            if mode == "bilinear":
+                def torch_backward():
+                    return torch.ops.aten.upsample_bilinear2d_backward(
+                        tdy, out, size, False, float(factor), float(factor))
+            else:
+                def torch_backward():
+                    return torch.ops.aten.upsample_nearest2d_backward(
+                        tdy, out, size, float(factor), float(factor))
+            return [lambda: torch.nn.functional.interpolate(tx, scale_factor=factor, mode=mode),
+                    torch_backward]
+
+        return _cases(torch, [
+            (f"{name} fwd", lambda: F.interpolate(x, scale_factor=factor, mode=mode)),
+            (f"{name} bwd",
+             lambda: F.interpolate_backward(dy, x.shape, scale_factor=factor, mode=mode)),
+        ], reference)
     return setup
 
 
@@ -146,22 +176,15 @@ def _norm_case(name, shape, kind, groups=None):
         c = shape[1] if kind != "layer" else shape[-1]
         w, b = np.ones(c, np.float32), np.zeros(c, np.float32)
         rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
-        tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
-        trm, trv, tdy = torch.tensor(rm), torch.tensor(rv), torch.tensor(dy)
-        tf = torch.nn.functional
         if kind == "batch":
             def ours_fwd():
                 return F.batch_norm(x, rm, rv, w, b, training=True)
 
             def ours_both():
-                y, mean, invstd = F.batch_norm(x, rm, rv, w, b, training=True,
+                _, mean, invstd = F.batch_norm(x, rm, rv, w, b, training=True,
                                                return_stats=True)
                 return F.batch_norm_backward(dy, x, w, training=True, save_mean=mean,
                                              save_invstd=invstd)
-
-            def theirs(*args):
-                return tf.batch_norm(*args, running_mean=trm, running_var=trv, weight=tw,
-                                     bias=tb, training=True)
         elif kind == "group":
             def ours_fwd():
                 return F.group_norm(x, groups, w, b)
@@ -169,9 +192,6 @@ def _norm_case(name, shape, kind, groups=None):
             def ours_both():
                 F.group_norm(x, groups, w, b)
                 return F.group_norm_backward(dy, x, groups, w, b)
-
-            def theirs(t):
-                return tf.group_norm(t, groups, tw, tb)
         else:
             def ours_fwd():
                 return F.layer_norm(x, c, w, b)
@@ -180,19 +200,32 @@ def _norm_case(name, shape, kind, groups=None):
                 F.layer_norm(x, c, w, b)
                 return F.layer_norm_backward(dy, x, c, w, b)
 
-            def theirs(t):
-                return tf.layer_norm(t, (c,), tw, tb)
+        def reference(torch):
+            tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+            trm, trv, tdy = torch.tensor(rm), torch.tensor(rv), torch.tensor(dy)
+            tf = torch.nn.functional
+            if kind == "batch":
+                def theirs(t):
+                    return tf.batch_norm(t, running_mean=trm, running_var=trv, weight=tw,
+                                         bias=tb, training=True)
+            elif kind == "group":
+                def theirs(t):
+                    return tf.group_norm(t, groups, tw, tb)
+            else:
+                def theirs(t):
+                    return tf.layer_norm(t, (c,), tw, tb)
 
-        def torch_fwd():
-            with torch.no_grad():
-                return theirs(tx)
+            def torch_fwd():
+                with torch.no_grad():
+                    return theirs(tx)
 
-        def torch_both():
-            tx.grad = tw.grad = tb.grad = None
-            theirs(tx).backward(tdy)
+            def torch_both():
+                tx.grad = tw.grad = tb.grad = None
+                theirs(tx).backward(tdy)
+            return [torch_fwd, torch_both]
 
-        return [(f"{name} fwd", ours_fwd, torch_fwd, 0),
-                (f"{name} fwd+bwd", ours_both, torch_both, 0)]
+        return _cases(torch, [(f"{name} fwd", ours_fwd), (f"{name} fwd+bwd", ours_both)],
+                      reference)
     return setup
 
 
@@ -202,16 +235,20 @@ def _cross_entropy_case(name, n, c):
         rng = np.random.default_rng(0)
         x = rng.standard_normal((n, c), dtype=np.float32)
         t = rng.integers(0, c, n)
-        tx, tt = torch.tensor(x, requires_grad=True), torch.tensor(t)
 
         def ours():
             F.cross_entropy(x, t)
             return F.cross_entropy_backward(1.0, x, t)
 
-        def theirs():
-            tx.grad = None
-            torch.nn.functional.cross_entropy(tx, tt).backward()
-        return [(f"{name} fwd+bwd", ours, theirs, 0)]
+        def reference(torch):
+            tx, tt = torch.tensor(x, requires_grad=True), torch.tensor(t)
+
+            def theirs():
+                tx.grad = None
+                torch.nn.functional.cross_entropy(tx, tt).backward()
+            return [theirs]
+
+        return _cases(torch, [(f"{name} fwd+bwd", ours)], reference)
     return setup
 
 
@@ -266,21 +303,24 @@ def to_torch(model, torch):
     return graph
 
 
+def train_setup(config, batch):
+    """What a train-step case runs: the model built from ``config`` (a bundled name or a dict),
+    a random batch ``x`` and labels ``y``, cross-entropy, and SGD (lr 0.01, momentum 0.9)."""
+    from fastcnn.train import bundled_config
+    model = fastcnn.build_model(bundled_config(config) if isinstance(config, str) else config)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch,) + model.input_shape, dtype=np.float32)
+    y = rng.integers(0, model.output_shape[-1], batch)
+    loss = fastcnn.build_loss("cross_entropy")
+    opt = fastcnn.build_optimizer({"type": "sgd", "lr": 0.01, "momentum": 0.9},
+                                  model.parameters())
+    return model, x, y, loss, opt
+
+
 def _train_step_case(name, config, batch):
     """One SGD training step (forward, cross-entropy, backward, update) of a whole model."""
     def setup(torch):
-        from fastcnn.train import bundled_config
-        cfg = bundled_config(config) if isinstance(config, str) else config
-        model = fastcnn.build_model(cfg)
-        ref = to_torch(model, torch)
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((batch,) + model.input_shape, dtype=np.float32)
-        y = rng.integers(0, model.output_shape[-1], batch)
-        loss = fastcnn.build_loss("cross_entropy")
-        opt = fastcnn.build_optimizer({"type": "sgd", "lr": 0.01, "momentum": 0.9},
-                                      model.parameters())
-        tx, ty = torch.tensor(x), torch.tensor(y)
-        topt = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9)
+        model, x, y, loss, opt = train_setup(config, batch)
 
         def ours():
             loss(model(x), y)
@@ -288,13 +328,19 @@ def _train_step_case(name, config, batch):
             model.backward(loss.backward(), input_grad=False)
             opt.step()
 
-        def theirs():
-            topt.zero_grad()
-            torch.nn.functional.cross_entropy(ref(tx), ty).backward()
-            topt.step()
+        def reference(torch):
+            ref = to_torch(model, torch)
+            tx, ty = torch.tensor(x), torch.tensor(y)
+            topt = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9)
+
+            def theirs():
+                topt.zero_grad()
+                torch.nn.functional.cross_entropy(ref(tx), ty).backward()
+                topt.step()
+            return [theirs]
 
         flops = 3 * model_flops(model) * batch        # forward + two backward products
-        return [(f"{name} train step", ours, theirs, flops)]
+        return _cases(torch, [(f"{name} train step", ours, flops)], reference)
     return setup
 
 
@@ -325,10 +371,13 @@ CASES = {
                                                         (16, 64, 28, 28), "group", groups=32),
     "norm layer_norm 8192x512": _norm_case("layer_norm 8192x512", (8192, 512), "layer"),
     "loss cross_entropy 256x1000": _cross_entropy_case("cross_entropy 256x1000", 256, 1000),
-    "train lenet5 64x1x28x28": _train_step_case("lenet5 b64", "lenet5", 64),
-    "train vgg_small (batch norm) 64x3x32x32": _train_step_case("vgg_small+bn b64", "vgg_small", 64),
-    "train resnet_small 32x3x32x32": _train_step_case("resnet_small b32", "resnet_small", 32),
 }
+TRAIN_STEPS = {  # case key: (label, bundled config, batch)
+    "train lenet5 64x1x28x28": ("lenet5 b64", "lenet5", 64),
+    "train vgg_small (batch norm) 64x3x32x32": ("vgg_small+bn b64", "vgg_small", 64),
+    "train resnet_small 32x3x32x32": ("resnet_small b32", "resnet_small", 32),
+}
+CASES.update((key, _train_step_case(*spec)) for key, spec in TRAIN_STEPS.items())
 
 
 def _median_ms(fn, repeat):
