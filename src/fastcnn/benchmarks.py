@@ -7,12 +7,20 @@ Needs torch (``pip install torch==2.13.0``): it is the reference, never a depend
 
 Each case is timed as the median of ``--repeat`` calls after warm-up, alternating fastcnn and torch
 in rounds so that both see the same machine state. ratio = fastcnn ms / torch ms (below 1: fastcnn
-is faster). GFLOP/s is fastcnn's, counting a multiply-add as 2 FLOPs. Both libraries use the same
-number of threads. numpy's sgemm rate on this machine is printed for scale.
+is faster). Both libraries use the same number of threads.
+
+The header prints two references measured in the same run: numpy's sgemm rate and numpy's copy
+bandwidth (:func:`copy_gbs`). Compute-bound cases (convolutions, train steps) report fastcnn's
+GFLOP/s, counting a multiply-add as 2 FLOPs, and its share of the sgemm rate. Memory-bound cases
+(pooling, resampling, norms, the loss) report fastcnn's GB/s: the bytes the call must move at
+minimum (:func:`nbytes` gives the counting rule) over its time, and its share of the copy
+bandwidth -- above 100% when the working set stays in the caches.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import math
 import os
 import statistics
@@ -28,16 +36,37 @@ import fastcnn.functional as F
 
 class Case(NamedTuple):
     """One timed call: fastcnn's and torch's callables (``theirs`` is None when the case was
-    set up without torch) and the work it does: ``flops`` (0: not counted)."""
+    set up without torch) and the work it does: ``flops`` for compute-bound ops, ``nbytes``
+    (see :func:`nbytes`) for memory-bound ones; 0 means not counted."""
     label: str
     ours: Callable
     theirs: Callable | None
     flops: int = 0
+    nbytes: int = 0
+
+
+def nbytes(*values):
+    """The bytes a call must move at minimum, given the arrays it reads and those it writes.
+
+    Counting rule: every array whose values the op needs is read once, and every array it
+    returns or updates in place is written once, at its own itemsize (float32 data, int64
+    indices and targets). So max pooling forward reads x and writes y and the int64 indices it
+    returns; its backward reads dy and the indices (x only gives the shape) and writes dx; a
+    training batch norm also reads and writes its running statistics; a loss writes its scalar.
+    A case that calls several ops (forward + backward) adds up their counts, even where they
+    read the same array. Not counted: re-reads (a norm's second pass over x), workspaces and
+    intermediate arrays, and the read-for-ownership a cache does before writing. The GB/s
+    derived from it is therefore a lower bound on the traffic, comparable with the copy
+    bandwidth (bytes read + written) printed in the header.
+    """
+    return sum(nbytes(*v) if isinstance(v, (tuple, list)) else v.nbytes
+               for v in values if isinstance(v, (tuple, list, np.ndarray, np.generic)))
 
 
 def _cases(torch, ours, reference):
-    """Cases from fastcnn's side, ``[(label, callable, flops), ...]``, and ``reference``, which
-    makes torch's callables in the same order (not called without torch)."""
+    """Cases from fastcnn's side, ``[(label, callable, flops, nbytes), ...]`` (the counts
+    optional), and ``reference``, which makes torch's callables in the same order (not called
+    without torch)."""
     theirs = reference(torch) if torch is not None else [None] * len(ours)
     return [Case(label, fn, ref, *work) for (label, fn, *work), ref in zip(ours, theirs)]
 
@@ -114,9 +143,12 @@ def _max_pool_case(name, shape, k, s, p):
                     lambda: torch.ops.aten.max_pool2d_with_indices_backward(
                         tdy, tx, [k, k], [s, s], [p, p], [1, 1], False, tind)]
 
+        dx = F.max_pool2d_backward(dy, x, ind, k, s, p)
         return _cases(torch, [
-            (f"{name} fwd", lambda: F.max_pool2d(x, k, s, p, return_indices=True)),
-            (f"{name} bwd", lambda: F.max_pool2d_backward(dy, x, ind, k, s, p)),
+            (f"{name} fwd", lambda: F.max_pool2d(x, k, s, p, return_indices=True),
+             0, nbytes(x, y, ind)),
+            (f"{name} bwd", lambda: F.max_pool2d_backward(dy, x, ind, k, s, p),
+             0, nbytes(dy, ind, dx)),
         ], reference)
     return setup
 
@@ -124,7 +156,8 @@ def _max_pool_case(name, shape, k, s, p):
 def _avg_pool_case(name, shape, k, s, p):
     def setup(torch):
         x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-        dy = np.ones_like(F.avg_pool2d(x, k, s, p))
+        y = F.avg_pool2d(x, k, s, p)
+        dy = np.ones_like(y)
 
         def reference(torch):
             tx, tdy = torch.tensor(x), torch.tensor(dy)
@@ -132,9 +165,10 @@ def _avg_pool_case(name, shape, k, s, p):
                     lambda: torch.ops.aten.avg_pool2d_backward(
                         tdy, tx, [k, k], [s, s], [p, p], False, True, None)]
 
+        dx = F.avg_pool2d_backward(dy, x, k, s, p)
         return _cases(torch, [
-            (f"{name} fwd", lambda: F.avg_pool2d(x, k, s, p)),
-            (f"{name} bwd", lambda: F.avg_pool2d_backward(dy, x, k, s, p)),
+            (f"{name} fwd", lambda: F.avg_pool2d(x, k, s, p), 0, nbytes(x, y)),
+            (f"{name} bwd", lambda: F.avg_pool2d_backward(dy, x, k, s, p), 0, nbytes(dy, dx)),
         ], reference)
     return setup
 
@@ -159,10 +193,13 @@ def _upsample_case(name, shape, factor, mode):
             return [lambda: torch.nn.functional.interpolate(tx, scale_factor=factor, mode=mode),
                     torch_backward]
 
+        dx = F.interpolate_backward(dy, x.shape, scale_factor=factor, mode=mode)
         return _cases(torch, [
-            (f"{name} fwd", lambda: F.interpolate(x, scale_factor=factor, mode=mode)),
+            (f"{name} fwd", lambda: F.interpolate(x, scale_factor=factor, mode=mode),
+             0, nbytes(x, y)),
             (f"{name} bwd",
-             lambda: F.interpolate_backward(dy, x.shape, scale_factor=factor, mode=mode)),
+             lambda: F.interpolate_backward(dy, x.shape, scale_factor=factor, mode=mode),
+             0, nbytes(dy, dx)),
         ], reference)
     return setup
 
@@ -224,7 +261,20 @@ def _norm_case(name, shape, kind, groups=None):
                 theirs(tx).backward(tdy)
             return [torch_fwd, torch_both]
 
-        return _cases(torch, [(f"{name} fwd", ours_fwd), (f"{name} fwd+bwd", ours_both)],
+        # bytes: forward reads x, weight, bias (and a batch norm's running statistics, which
+        # it updates) and writes y (and, with return_stats, the saved mean and invstd); the
+        # backward reads dy, x, weight (and the saved statistics) and writes the gradients.
+        stats = (rm, rv) if kind == "batch" else ()
+        fwd_bytes = nbytes(x, w, b, *stats) + nbytes(ours_fwd(), *stats)
+        if kind == "batch":
+            _, mean, invstd = F.batch_norm(x, rm, rv, w, b, training=True, return_stats=True)
+            fwd_both = fwd_bytes + nbytes(mean, invstd)
+            bwd_bytes = nbytes(dy, x, w, mean, invstd, ours_both())
+        else:
+            fwd_both = fwd_bytes
+            bwd_bytes = nbytes(dy, x, w, ours_both())
+        return _cases(torch, [(f"{name} fwd", ours_fwd, 0, fwd_bytes),
+                              (f"{name} fwd+bwd", ours_both, 0, fwd_both + bwd_bytes)],
                       reference)
     return setup
 
@@ -248,7 +298,10 @@ def _cross_entropy_case(name, n, c):
                 torch.nn.functional.cross_entropy(tx, tt).backward()
             return [theirs]
 
-        return _cases(torch, [(f"{name} fwd+bwd", ours)], reference)
+        # the loss reads x and the int64 targets and writes a scalar; its gradient reads them
+        # again and writes dx
+        moved = nbytes(x, t, F.cross_entropy(x, t)) + nbytes(x, t, ours())
+        return _cases(torch, [(f"{name} fwd+bwd", ours, 0, moved)], reference)
     return setup
 
 
@@ -405,24 +458,95 @@ def sgemm_gflops(threads, size=1024, repeat=10):
     return 2 * size**3 / ms / 1e6
 
 
+def copy_gbs(threads, mib=256, repeat=5):
+    """Reference memory bandwidth: ``np.copyto`` of a ``mib`` MiB float32 array, in ``threads``
+    contiguous chunks copied by as many Python threads (numpy releases the GIL while it
+    copies); bytes read + bytes written (2 x the size) over the best of ``repeat`` copies."""
+    from concurrent.futures import ThreadPoolExecutor
+    n = mib * 2**20 // 4
+    src, dst = np.ones(n, np.float32), np.zeros(n, np.float32)   # pages touched before timing
+    bounds = [n * i // threads for i in range(threads + 1)]
+    parts = [(dst[a:b], src[a:b]) for a, b in itertools.pairwise(bounds)]
+    with ThreadPoolExecutor(threads) as pool:
+        def copy():
+            for _ in pool.map(lambda part: np.copyto(*part), parts):
+                pass
+        copy()
+        best = min(_timed_s(copy) for _ in range(repeat))
+    return 2 * src.nbytes / best / 1e9
+
+
+def _timed_s(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+class Row(NamedTuple):
+    """A case's result: fastcnn's and torch's times (ms) and the case's counts."""
+    label: str
+    ms: float
+    torch_ms: float
+    flops: int
+    nbytes: int
+
+
+@contextlib.contextmanager
+def _threads(n, torch=None):
+    """fastcnn (and torch, if given) on ``n`` threads inside the block; restored after."""
+    before = fastcnn.get_num_threads(), torch.get_num_threads() if torch else None
+    fastcnn.set_num_threads(n)
+    if torch:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        fastcnn.set_num_threads(before[0])
+        if torch:
+            torch.set_num_threads(before[1])
+
+
+def _selected(pattern, torch, keys=None):
+    for key in keys or CASES:
+        if not pattern or pattern in key:
+            yield from CASES[key](torch)
+
+
 def run(threads, repeat, rounds, pattern):
+    """Time fastcnn against torch on the cases whose key contains ``pattern``: a Row each."""
     import torch
-    torch.set_num_threads(threads)
-    fastcnn.set_num_threads(threads)
     rows = []
-    for key, setup in CASES.items():
-        if pattern and pattern not in key:
-            continue
-        for label, ours, theirs, flops in setup(torch):
+    with _threads(threads, torch):
+        for label, ours, theirs, flops, moved in _selected(pattern, torch):
             for fn in (ours, theirs):      # warm-up: workspaces, caches, thread pools
                 fn(), fn()
             mine, ref = [], []
             for _ in range(rounds):
                 mine.append(_median_ms(ours, repeat))
                 ref.append(_median_ms(theirs, repeat))
-            a, b = min(mine), min(ref)
-            rows.append((label, a, b, a / b, flops / a / 1e6 if flops else float("nan")))
+            rows.append(Row(label, min(mine), min(ref), flops, moved))
     return rows
+
+
+def _cell(value, fmt):
+    return "-" if value is None else format(value, fmt)
+
+
+def table(rows, sgemm=None, copy=None):
+    """The markdown table of ``rows``. fastcnn GFLOP/s for the cases that count FLOPs, with
+    its share of the ``sgemm`` rate; GB/s for those that count bytes, with its share of the
+    ``copy`` bandwidth; "-" where a column does not apply."""
+    lines = [("| case | fastcnn ms | torch ms | ratio | fastcnn GFLOP/s | % sgemm "
+              "| fastcnn GB/s | % copy |"), "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        gflops = r.flops / r.ms / 1e6 if r.flops else None
+        gbs = r.nbytes / r.ms / 1e6 if r.nbytes else None
+        share = [None if v is None or not ref else 100 * v / ref
+                 for v, ref in ((gflops, sgemm), (gbs, copy))]
+        lines.append(f"| {r.label} | {r.ms:.3f} | {r.torch_ms:.3f} | {r.ms / r.torch_ms:.2f} | "
+                     f"{_cell(gflops, '.1f')} | {_cell(share[0], '.0f')} | "
+                     f"{_cell(gbs, '.1f')} | {_cell(share[1], '.0f')} |")
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -434,15 +558,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     import torch
     rows = run(args.threads, args.repeat, args.rounds, args.filter)
+    sgemm, copy = sgemm_gflops(args.threads), copy_gbs(args.threads)
     print(f"fastcnn {fastcnn.__version__}, torch {torch.__version__}, numpy {np.__version__}; "
-          f"{args.threads} thread(s); numpy sgemm 1024^3: "
-          f"{sgemm_gflops(args.threads):.0f} GFLOP/s\n")
-    print("| case | fastcnn ms | torch ms | ratio | fastcnn GFLOP/s |")
-    print("|---|---:|---:|---:|---:|")
-    for label, a, b, r, gf in rows:
-        gflops = "-" if math.isnan(gf) else f"{gf:.1f}"      # memory-bound ops: no FLOP rate
-        print(f"| {label} | {a:.3f} | {b:.3f} | {r:.2f} | {gflops} |")
-    geo = math.exp(sum(math.log(r[3]) for r in rows) / len(rows))
+          f"{args.threads} thread(s); numpy sgemm 1024^3: {sgemm:.0f} GFLOP/s; "
+          f"numpy copy 256 MiB: {copy:.1f} GB/s\n")
+    print(table(rows, sgemm, copy))
+    geo = math.exp(sum(math.log(r.ms / r.torch_ms) for r in rows) / len(rows))
     print(f"\ngeometric mean ratio: {geo:.2f} over {len(rows)} cases")
 
 

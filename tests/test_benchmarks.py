@@ -1,0 +1,49 @@
+"""The benchmark runner's bookkeeping (fastcnn.benchmarks): byte counts, the table, the thread
+scaling mode and the step profiler. Nothing here asserts on a timing."""
+import numpy as np
+
+from fastcnn import benchmarks as B
+
+MiB = 2**20
+
+
+def _case(key, label):
+    return next(c for c in B.CASES[key](None) if c.label == label)
+
+
+def test_nbytes_counts_arrays_tuples_and_scalars_only():
+    a, i = np.zeros((4, 8), np.float32), np.zeros(8, np.int64)
+    assert B.nbytes(a, (i, None), np.float32(1), 2.0, None) == 128 + 64 + 4
+
+
+def test_max_pool_bytes_count_input_output_and_indices():
+    # 32x64x32x32 float32 in, 16x16 out: x 8 MiB, y 2 MiB, int64 indices 4 MiB
+    key = "max pool 2x2 32x64x32x32"
+    fwd, bwd = _case(key, "max pool 2x2 fwd"), _case(key, "max pool 2x2 bwd")
+    assert fwd.nbytes == (8 + 2 + 4) * MiB and fwd.flops == 0
+    assert bwd.nbytes == (2 + 4 + 8) * MiB          # dy and indices read, dx written
+    assert fwd.theirs is None                       # set up without torch
+
+
+def test_norm_and_loss_bytes():
+    fwd = _case("norm layer_norm 8192x512", "layer_norm 8192x512 fwd")
+    both = _case("norm layer_norm 8192x512", "layer_norm 8192x512 fwd+bwd")
+    vec = 512 * 4                                   # weight or bias
+    assert fwd.nbytes == 2 * 16 * MiB + 2 * vec     # x and y, weight and bias
+    # + backward: dy, x, weight read; dx, grad_weight, grad_bias written
+    assert both.nbytes == fwd.nbytes + 3 * 16 * MiB + 3 * vec
+    ce = _case("loss cross_entropy 256x1000", "cross_entropy 256x1000 fwd+bwd")
+    logits, targets = 256 * 1000 * 4, 256 * 8
+    assert ce.nbytes == 3 * logits + 2 * targets + 4
+
+
+def test_conv_cases_count_flops_not_bytes():
+    fwd = _case("conv lenet1 64x1x28x28 ->6 k5 s1 p2", "conv lenet1 fwd")
+    assert fwd.flops == 2 * 64 * 6 * 1 * 25 * 28 * 28 and fwd.nbytes == 0
+
+
+def test_table_shows_a_dash_where_a_rate_does_not_apply():
+    rows = [B.Row("conv", 2.0, 1.0, 4_000_000, 0), B.Row("pool", 1.0, 2.0, 0, 3_000_000)]
+    lines = B.table(rows, sgemm=4.0, copy=6.0).splitlines()
+    assert lines[2] == "| conv | 2.000 | 1.000 | 2.00 | 2.0 | 50 | - | - |"
+    assert lines[3] == "| pool | 1.000 | 2.000 | 0.50 | - | - | 3.0 | 50 |"
