@@ -2,6 +2,7 @@
 scaling mode and the step profiler. Nothing here asserts on a timing."""
 import numpy as np
 
+import fastcnn
 from fastcnn import benchmarks as B
 
 MiB = 2**20
@@ -47,3 +48,13 @@ def test_table_shows_a_dash_where_a_rate_does_not_apply():
     lines = B.table(rows, sgemm=4.0, copy=6.0).splitlines()
     assert lines[2] == "| conv | 2.000 | 1.000 | 2.00 | 2.0 | 50 | - | - |"
     assert lines[3] == "| pool | 1.000 | 2.000 | 0.50 | - | - | 3.0 | 50 |"
+
+
+def test_scaling_mode_runs_and_restores_the_thread_count(threads, capsys):
+    threads(3)
+    B.main(["--scaling", "--threads", "2", "--filter", "cross_entropy", "--repeat", "1",
+            "--rounds", "1"])
+    out = capsys.readouterr().out
+    assert "| case | 1 thread ms | 2 threads ms | speed-up |" in out
+    assert "| cross_entropy 256x1000 fwd+bwd |" in out
+    assert fastcnn.get_num_threads() == 3

@@ -549,13 +549,51 @@ def table(rows, sgemm=None, copy=None):
     return "\n".join(lines)
 
 
+def scaling(threads, repeat, rounds, pattern):
+    """fastcnn alone, at 1 thread and at ``threads``, on the cases whose key contains
+    ``pattern`` (torch is not needed): ``(label, ms at 1 thread, ms at threads)`` each, timed in
+    alternating rounds like :func:`run`. fastcnn's thread count is restored afterwards."""
+    counts = (1, threads)
+    rows = []
+    with _threads(threads):
+        for case in _selected(pattern, None):
+            for n in counts:                # warm-up at both counts
+                fastcnn.set_num_threads(n)
+                case.ours(), case.ours()
+            best = [math.inf, math.inf]
+            for _ in range(rounds):
+                for i, n in enumerate(counts):
+                    fastcnn.set_num_threads(n)
+                    best[i] = min(best[i], _median_ms(case.ours, repeat))
+            rows.append((case.label, *best))
+    return rows
+
+
+def scaling_table(rows, threads):
+    """The markdown table of :func:`scaling`'s rows, speed-up = t(1 thread) / t(threads)."""
+    lines = [f"| case | 1 thread ms | {threads} threads ms | speed-up |", "|---|---:|---:|---:|"]
+    lines += [f"| {label} | {t1:.3f} | {tn:.3f} | {t1 / tn:.2f} |" for label, t1, tn in rows]
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastcnn bench", description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeat", type=int, default=7, help="calls per timing (median)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (best kept)")
     parser.add_argument("--filter", default="", help="only cases whose key contains this")
+    parser.add_argument("--scaling", action="store_true",
+                        help="fastcnn alone at 1 thread and at --threads: speed-up per case")
     args = parser.parse_args(argv)
+    if args.scaling:
+        rows = scaling(args.threads, args.repeat, args.rounds, args.filter)
+        print(f"fastcnn {fastcnn.__version__}, numpy {np.__version__}; fastcnn alone, 1 thread "
+              f"against {args.threads} ({os.cpu_count()} cores)\n")
+        print(scaling_table(rows, args.threads))
+        if rows:
+            geo = math.exp(sum(math.log(t1 / tn) for _, t1, tn in rows) / len(rows))
+            print(f"\ngeometric mean speed-up: {geo:.2f} over {len(rows)} cases")
+        return
     import torch
     rows = run(args.threads, args.repeat, args.rounds, args.filter)
     sgemm, copy = sgemm_gflops(args.threads), copy_gbs(args.threads)
