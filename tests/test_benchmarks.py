@@ -1,6 +1,7 @@
 """The benchmark runner's bookkeeping (fastcnn.benchmarks): byte counts, the table, the thread
 scaling mode and the step profiler. Nothing here asserts on a timing."""
 import numpy as np
+import pytest
 
 import fastcnn
 from fastcnn import benchmarks as B
@@ -58,3 +59,33 @@ def test_scaling_mode_runs_and_restores_the_thread_count(threads, capsys):
     assert "| case | 1 thread ms | 2 threads ms | speed-up |" in out
     assert "| cross_entropy 256x1000 fwd+bwd |" in out
     assert fastcnn.get_num_threads() == 3
+
+
+def test_profile_step_gives_one_entry_per_layer_and_restores_the_methods():
+    model, x, y, loss, opt = B.train_setup("lenet5", 2)
+    first = model._nodes[0].layer
+    own = first.forward                      # an instance attribute of the user's: kept as is
+    first.forward = own
+    prof = B.profile_step(model, x, y, loss, opt, steps=2, warmup=1)
+    assert [e["name"] for e in prof["layers"]] == [node.name for node in model._nodes]
+    assert prof["layers_ms"] == sum(e["fwd_ms"] + e["bwd_ms"] for e in prof["layers"])
+    assert prof["overhead_ms"] == prof["step_ms"] - prof["layers_ms"]
+    assert first.__dict__["forward"] is own
+    for node in model._nodes[1:]:
+        assert "forward" not in node.layer.__dict__ and "backward" not in node.layer.__dict__
+    rows = [line for line in B.profile_report("lenet5", prof, top=3).splitlines()
+            if line.startswith("| ") and not line.startswith("| layer")]
+    assert len(rows) == 3
+
+
+def test_profile_step_restores_the_methods_after_an_error():
+    model, x, y, _, _ = B.train_setup("lenet5", 2)
+    with pytest.raises(ValueError, match="input must have shape"):
+        B.profile_step(model, x[:, :, :5], y, steps=1, warmup=0)
+    assert all("forward" not in n.layer.__dict__ for n in model._nodes)
+
+
+def test_profile_mode_prints_the_overhead(capsys):
+    B.main(["--profile", "lenet5", "--repeat", "1", "--top", "2", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "lenet5 b64 train step: top 2 of" in out and "overhead" in out

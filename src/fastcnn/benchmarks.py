@@ -576,15 +576,161 @@ def scaling_table(rows, threads):
     return "\n".join(lines)
 
 
+def _timer(fn, spent, slot):
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent[slot] += time.perf_counter() - t0
+    return timed
+
+
+@contextlib.contextmanager
+def _timed_layers(model):
+    """Each node's layer.forward/backward timed into ``spent[name] = [fwd s, bwd s]`` (yielded)
+    while the block runs, by instance attributes that are removed (or put back) afterwards."""
+    spent, saved = {}, []
+    try:
+        for node in model._nodes:
+            layer, times = node.layer, spent.setdefault(node.name, [0.0, 0.0])
+            saved.append((layer, {k: layer.__dict__[k] for k in ("forward", "backward")
+                                  if k in layer.__dict__}))
+            layer.forward = _timer(layer.forward, times, 0)
+            layer.backward = _timer(layer.backward, times, 1)
+        yield spent
+    finally:
+        for layer, own in saved:
+            for key in ("forward", "backward"):
+                if key in own:
+                    setattr(layer, key, own[key])
+                else:
+                    layer.__dict__.pop(key, None)
+
+
+def profile_step(model, x, y, loss=None, optimizer=None, steps=7, warmup=2):
+    """Where a training step's time goes: each layer's forward and backward against the step.
+
+    Runs ``warmup`` + ``steps`` SGD steps as the train-step cases do (``loss`` defaults to
+    cross-entropy, ``optimizer`` to SGD with lr 0.01 and momentum 0.9; the model's parameters
+    change), with every layer's ``forward``/``backward`` wrapped in a timer for the measured
+    steps only; the layers' methods are restored afterwards, also on error. Returns means, in
+    ms, over the fastest half of the measured steps (so that the parts add up)::
+
+        {"step_ms", "forward_ms", "backward_ms",   # model(x) and model.backward(...)
+         "loss_ms",                                # loss and its gradient
+         "update_ms",                              # zero_grad and optimizer.step()
+         "layers": [{"name", "type", "fwd_ms", "bwd_ms"}, ...],   # one per layer, model order
+         "layers_ms",                              # the sum over the layers
+         "overhead_ms"}                            # step_ms - layers_ms
+
+    The overhead holds the loss, the update and the model's own Python around the layers
+    (graph bookkeeping, gradient sums at branches) -- and the timers' own small cost.
+    """
+    if loss is None:
+        loss = fastcnn.build_loss("cross_entropy")
+    if optimizer is None:
+        optimizer = fastcnn.build_optimizer({"type": "sgd", "lr": 0.01, "momentum": 0.9},
+                                            model.parameters())
+    clock = time.perf_counter
+
+    def step():
+        t0 = clock()
+        out = model(x)
+        t1 = clock()
+        loss(out, y)
+        t2 = clock()
+        model.zero_grad()
+        t3 = clock()
+        grad = loss.backward()
+        t4 = clock()
+        model.backward(grad, input_grad=False)
+        t5 = clock()
+        optimizer.step()
+        t6 = clock()
+        return {"step_ms": t6 - t0, "forward_ms": t1 - t0, "backward_ms": t5 - t4,
+                "loss_ms": (t2 - t1) + (t4 - t3), "update_ms": (t3 - t2) + (t6 - t5)}
+
+    for _ in range(warmup):
+        step()
+    phases, per_layer = [], []
+    with _timed_layers(model) as spent:
+        for _ in range(steps):
+            for times in spent.values():
+                times[:] = [0.0, 0.0]
+            phases.append(step())
+            per_layer.append({name: tuple(times) for name, times in spent.items()})
+    # Means over the fastest half of the steps: the parts then add up to the step (medians
+    # taken part by part would not), and steps slowed down by another process are left out.
+    kept = sorted(range(steps), key=lambda i: phases[i]["step_ms"])[:(steps + 1) // 2]
+
+    def ms(seconds):
+        return 1e3 * statistics.fmean(seconds[i] for i in kept)
+
+    result = {key: ms([p[key] for p in phases]) for key in phases[0]}
+    result["layers"] = [
+        {"name": node.name, "type": node.layer.type_name,
+         "fwd_ms": ms([s[node.name][0] for s in per_layer]),
+         "bwd_ms": ms([s[node.name][1] for s in per_layer])} for node in model._nodes]
+    result["layers_ms"] = sum(e["fwd_ms"] + e["bwd_ms"] for e in result["layers"])
+    result["overhead_ms"] = result["step_ms"] - result["layers_ms"]
+    return result
+
+
+def profile_report(label, prof, top=10):
+    """A profile from :func:`profile_step` as text: the ``top`` layers by forward + backward
+    time, then the step against the sum of the layers."""
+    step = prof["step_ms"]
+    fwd = sum(e["fwd_ms"] for e in prof["layers"])
+    bwd = sum(e["bwd_ms"] for e in prof["layers"])
+    glue_fwd, glue_bwd = prof["forward_ms"] - fwd, prof["backward_ms"] - bwd
+    ranked = sorted(prof["layers"], key=lambda e: -(e["fwd_ms"] + e["bwd_ms"]))[:top]
+    lines = [f"{label}: top {len(ranked)} of {len(prof['layers'])} layers", "",
+             "| layer | type | fwd ms | bwd ms | % of step |", "|---|---|---:|---:|---:|"]
+    lines += [f"| {e['name']} | {e['type']} | {e['fwd_ms']:.3f} | {e['bwd_ms']:.3f} | "
+              f"{100 * (e['fwd_ms'] + e['bwd_ms']) / step:.1f} |" for e in ranked]
+    rows = [("step", step, ""),
+            ("sum of layers", prof["layers_ms"], f"forward {fwd:.2f}, backward {bwd:.2f}"),
+            ("overhead", prof["overhead_ms"],
+             f"= step - sum of layers, {100 * prof['overhead_ms'] / step:.0f}% of the step"),
+            ("  loss", prof["loss_ms"], "forward and gradient"),
+            ("  zero_grad + update", prof["update_ms"], ""),
+            ("  model code", glue_fwd + glue_bwd,
+             f"around the layers: forward {glue_fwd:.2f}, backward {glue_bwd:.2f}")]
+    lines.append("")
+    lines += [f"{name:<21}{value:8.2f} ms   {note}".rstrip() for name, value, note in rows]
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastcnn bench", description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeat", type=int, default=7, help="calls per timing (median)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (best kept)")
     parser.add_argument("--filter", default="", help="only cases whose key contains this")
-    parser.add_argument("--scaling", action="store_true",
-                        help="fastcnn alone at 1 thread and at --threads: speed-up per case")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--scaling", action="store_true",
+                      help="fastcnn alone at 1 thread and at --threads: speed-up per case")
+    mode.add_argument("--profile", nargs="?", const="train", metavar="FILTER",
+                      help="per-layer times and overhead of the train-step cases whose key "
+                           "contains FILTER (all three without it), over --repeat steps")
+    parser.add_argument("--top", type=int, default=10, help="layers listed by --profile")
     args = parser.parse_args(argv)
+    if args.profile is not None:
+        keys = [key for key in TRAIN_STEPS if args.profile in key]
+        if not keys:
+            parser.error(f"--profile {args.profile!r} matches no train-step case "
+                         f"({'; '.join(TRAIN_STEPS)})")
+        print(f"fastcnn {fastcnn.__version__}, numpy {np.__version__}; {args.threads} "
+              f"thread(s); means over the fastest half of "
+              f"{args.repeat} steps")
+        with _threads(args.threads):
+            for key in keys:
+                label, config, batch = TRAIN_STEPS[key]
+                model, x, y, loss, opt = train_setup(config, batch)
+                prof = profile_step(model, x, y, loss, opt, steps=args.repeat)
+                print("\n" + profile_report(f"{label} train step", prof, args.top))
+        return
     if args.scaling:
         rows = scaling(args.threads, args.repeat, args.rounds, args.filter)
         print(f"fastcnn {fastcnn.__version__}, numpy {np.__version__}; fastcnn alone, 1 thread "

@@ -4,7 +4,7 @@
     fastcnn eval CHECKPOINT
     fastcnn predict CHECKPOINT INPUT [--top K]
     fastcnn summary CONFIG
-    fastcnn bench [--threads N] [--filter TEXT] [--scaling]
+    fastcnn bench [--threads N] [--filter TEXT] [--scaling | --profile [FILTER]]
 """
 from __future__ import annotations
 
@@ -142,6 +142,8 @@ def _cmd_bench(args):
         forwarded += ["--filter", args.filter]
     if args.scaling:
         forwarded.append("--scaling")
+    if args.profile is not None:
+        forwarded += ["--profile", args.profile]
     return benchmarks.main(forwarded) or 0
 
 
@@ -176,6 +178,8 @@ def build_parser():
     p.add_argument("--filter")
     p.add_argument("--scaling", action="store_true",
                    help="fastcnn alone at 1 thread and at --threads: speed-up per case")
+    p.add_argument("--profile", nargs="?", const="train", metavar="FILTER",
+                   help="per-layer times and overhead of the train-step cases (matching FILTER)")
     p.set_defaults(func=_cmd_bench)
     return parser
 
