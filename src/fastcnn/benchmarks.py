@@ -2,8 +2,11 @@
 
     fastcnn bench                                 # all cases, all cores, markdown table
     python bench/compare_torch.py --threads 1 --filter conv     # the same, from a clone
+    fastcnn bench --scaling                       # fastcnn alone: 1 thread against all cores
+    fastcnn bench --profile resnet                # where a train step's time goes, per layer
 
-Needs torch (``pip install torch==2.13.0``): it is the reference, never a dependency.
+The comparison needs torch (``pip install torch==2.13.0``): it is the reference, never a
+dependency. ``--scaling`` (:func:`scaling`) and ``--profile`` (:func:`profile_step`) do not.
 
 Each case is timed as the median of ``--repeat`` calls after warm-up, alternating fastcnn and torch
 in rounds so that both see the same machine state. ratio = fastcnn ms / torch ms (below 1: fastcnn

@@ -144,6 +144,8 @@ def _cmd_bench(args):
         forwarded.append("--scaling")
     if args.profile is not None:
         forwarded += ["--profile", args.profile]
+    if args.top:
+        forwarded += ["--top", str(args.top)]
     return benchmarks.main(forwarded) or 0
 
 
@@ -180,6 +182,7 @@ def build_parser():
                    help="fastcnn alone at 1 thread and at --threads: speed-up per case")
     p.add_argument("--profile", nargs="?", const="train", metavar="FILTER",
                    help="per-layer times and overhead of the train-step cases (matching FILTER)")
+    p.add_argument("--top", type=int, help="layers listed by --profile (default 10)")
     p.set_defaults(func=_cmd_bench)
     return parser
 
