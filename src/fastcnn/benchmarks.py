@@ -359,6 +359,9 @@ def to_torch(model, torch):
     return graph
 
 
+_SGD = {"type": "sgd", "lr": 0.01, "momentum": 0.9}    # the train steps; torch gets the same SGD
+
+
 def train_setup(config, batch):
     """What a train-step case runs: the model built from ``config`` (a bundled name or a dict),
     a random batch ``x`` and labels ``y``, cross-entropy, and SGD (lr 0.01, momentum 0.9)."""
@@ -368,9 +371,7 @@ def train_setup(config, batch):
     x = rng.standard_normal((batch,) + model.input_shape, dtype=np.float32)
     y = rng.integers(0, model.output_shape[-1], batch)
     loss = fastcnn.build_loss("cross_entropy")
-    opt = fastcnn.build_optimizer({"type": "sgd", "lr": 0.01, "momentum": 0.9},
-                                  model.parameters())
-    return model, x, y, loss, opt
+    return model, x, y, loss, fastcnn.build_optimizer(_SGD, model.parameters())
 
 
 def _train_step_case(name, config, batch):
@@ -461,6 +462,12 @@ def sgemm_gflops(threads, size=1024, repeat=10):
     return 2 * size**3 / ms / 1e6
 
 
+def _timed_s(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def copy_gbs(threads, mib=256, repeat=5):
     """Reference memory bandwidth: ``np.copyto`` of a ``mib`` MiB float32 array, in ``threads``
     contiguous chunks copied by as many Python threads (numpy releases the GIL while it
@@ -477,12 +484,6 @@ def copy_gbs(threads, mib=256, repeat=5):
         copy()
         best = min(_timed_s(copy) for _ in range(repeat))
     return 2 * src.nbytes / best / 1e9
-
-
-def _timed_s(fn):
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 class Row(NamedTuple):
@@ -509,10 +510,10 @@ def _threads(n, torch=None):
             torch.set_num_threads(before[1])
 
 
-def _selected(pattern, torch, keys=None):
-    for key in keys or CASES:
+def _selected(pattern, torch):
+    for key, setup in CASES.items():
         if not pattern or pattern in key:
-            yield from CASES[key](torch)
+            yield from setup(torch)
 
 
 def run(threads, repeat, rounds, pattern):
@@ -633,11 +634,10 @@ def profile_step(model, x, y, loss=None, optimizer=None, steps=7, warmup=2):
     if loss is None:
         loss = fastcnn.build_loss("cross_entropy")
     if optimizer is None:
-        optimizer = fastcnn.build_optimizer({"type": "sgd", "lr": 0.01, "momentum": 0.9},
-                                            model.parameters())
+        optimizer = fastcnn.build_optimizer(_SGD, model.parameters())
     clock = time.perf_counter
 
-    def step():
+    def step():                 # the train-step case's step, with the time after each part (s)
         t0 = clock()
         out = model(x)
         t1 = clock()
@@ -725,8 +725,7 @@ def main(argv=None):
             parser.error(f"--profile {args.profile!r} matches no train-step case "
                          f"({'; '.join(TRAIN_STEPS)})")
         print(f"fastcnn {fastcnn.__version__}, numpy {np.__version__}; {args.threads} "
-              f"thread(s); means over the fastest half of "
-              f"{args.repeat} steps")
+              f"thread(s); means over the fastest half of {args.repeat} steps")
         with _threads(args.threads):
             for key in keys:
                 label, config, batch = TRAIN_STEPS[key]
