@@ -4,7 +4,7 @@
     fastcnn eval CHECKPOINT
     fastcnn predict CHECKPOINT INPUT [--top K]
     fastcnn summary CONFIG
-    fastcnn bench [--threads N] [--filter TEXT]
+    fastcnn bench [--threads N] [--filter TEXT] [--scaling | --profile [FILTER]]
 """
 from __future__ import annotations
 
@@ -140,6 +140,12 @@ def _cmd_bench(args):
         forwarded += ["--threads", str(args.threads)]
     if args.filter:
         forwarded += ["--filter", args.filter]
+    if args.scaling:
+        forwarded.append("--scaling")
+    if args.profile is not None:
+        forwarded += ["--profile", args.profile]
+    if args.top:
+        forwarded += ["--top", str(args.top)]
     return benchmarks.main(forwarded) or 0
 
 
@@ -172,6 +178,11 @@ def build_parser():
     p = sub.add_parser("bench", help="time fastcnn against torch (needs torch installed)")
     p.add_argument("--threads", type=int)
     p.add_argument("--filter")
+    p.add_argument("--scaling", action="store_true",
+                   help="fastcnn alone at 1 thread and at --threads: speed-up per case")
+    p.add_argument("--profile", nargs="?", const="train", metavar="FILTER",
+                   help="per-layer times and overhead of the train-step cases (matching FILTER)")
+    p.add_argument("--top", type=int, help="layers listed by --profile (default 10)")
     p.set_defaults(func=_cmd_bench)
     return parser
 
