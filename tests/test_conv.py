@@ -373,10 +373,10 @@ def test_winograd_bit_identical_for_1_and_2_threads(rng, threads):
         np.testing.assert_array_equal(a, b)
 
 
-def test_winograd_weight_gradient_phases_do_not_race(rng, threads):
-    """The weight gradient's threads transform a block of samples, then share its 16 GEMMs
-    (barriers between the phases): repeated 2-thread runs over many blocks equal 1 thread's."""
-    x = rng.standard_normal((24, 16, 12, 12)).astype(np.float32)    # 36 tiles each, 14 per block
+def test_winograd_weight_gradient_is_bit_identical_for_1_and_2_threads(rng, threads):
+    """Sample chunks (a function of the shapes) each sum their own dU partial, added in chunk
+    order: repeated 2-thread runs over several chunks and blocks equal 1 thread's."""
+    x = rng.standard_normal((24, 16, 12, 12)).astype(np.float32)    # 36 tiles each: 7 per block
     w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
     dy = rng.standard_normal((24, 16, 12, 12)).astype(np.float32)
     mask = (False, True, False)

@@ -8,15 +8,6 @@ cdef extern from *:
     #define FASTCNN_OPENMP 0
     static int omp_get_max_threads(void) { return 1; }
     #endif
-    /* An orphaned barrier: binds to the enclosing parallel region. Cython's prange inside a
-       parallel block is "omp for nowait", so phases that read what another thread wrote
-       need this between them. Every thread of the team must reach it. */
-    static inline void fastcnn_barrier(void) {
-    #ifdef _OPENMP
-        #pragma omp barrier
-    #endif
-    }
     """
     bint FASTCNN_OPENMP
     int omp_get_max_threads() noexcept nogil
-    void fastcnn_barrier() noexcept nogil

@@ -51,12 +51,11 @@ cdef inline void _col2im_sample(const floating* cols, floating* x, Py_ssize_t C,
 DEF BLOCK_COLUMNS = 384
 
 
-def sample_block(Py_ssize_t n, Py_ssize_t out_positions, bint pointwise,
-                 Py_ssize_t columns=BLOCK_COLUMNS):
+def sample_block(Py_ssize_t n, Py_ssize_t out_positions, bint pointwise):
     """How many samples share one GEMM (1 for a 1x1 convolution, whose columns are x itself)."""
     if pointwise or out_positions == 0:
         return 1
-    return max(1, min(n, columns // out_positions))
+    return max(1, min(n, BLOCK_COLUMNS // out_positions))
 
 
 def workspace_size(Py_ssize_t channels, Py_ssize_t out_channels, tuple kernel, tuple stride,

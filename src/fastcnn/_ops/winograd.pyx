@@ -25,8 +25,8 @@ The weight gradient goes back through the same algebra. With Y = A^T M A, dM = A
 
 16 GEMMs whose inner dimension is the number of tiles (long: efficient), on 2.25x fewer
 products than im2col's dW = dy @ cols^T and without the 9x larger columns matrix. Tiles past an
-odd output size get zero gradient, so they add nothing. Each dU[xi] is summed by one thread over
-blocks of samples in order, so the result does not depend on the number of threads.
+odd output size get zero gradient, so they add nothing. As conv.pyx's weight gradient, samples
+are cut into fixed chunks, each summed in order into its own dU partial.
 """
 from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
@@ -34,7 +34,6 @@ from cython.parallel cimport prange, parallel, threadid
 from libc.string cimport memcpy, memset
 
 from fastcnn._ops._blas cimport gemm
-from fastcnn._ops._openmp cimport fastcnn_barrier
 
 
 cdef void _pad_plane(const floating* plane, floating* pb, Py_ssize_t H, Py_ssize_t W,
@@ -191,14 +190,18 @@ cdef inline void _kernel_transform(const floating* g, Py_ssize_t row, Py_ssize_t
         u[(4 * r + 3) * xi_stride] = t[r][2]
 
 
-cdef inline void _kernel_grad_transform(const floating* du, Py_ssize_t xi_stride,
+cdef inline void _kernel_grad_transform(const floating* parts, Py_ssize_t n_chunks,
+                                        Py_ssize_t chunk_stride, Py_ssize_t xi_stride,
                                         floating* dw) noexcept nogil:
-    """dw (3x3) = G^T dU G, dU[xi] = du[xi * xi_stride]."""
+    """dw (3x3) = G^T dU G, dU[xi] = the sum over chunks j, in order, of
+    parts[j * chunk_stride + xi * xi_stride]."""
     cdef floating d[16]
     cdef floating p[3][4]
-    cdef Py_ssize_t xi, r, q
+    cdef Py_ssize_t j, xi, r, q
     for xi in range(16):
-        d[xi] = du[xi * xi_stride]
+        d[xi] = parts[xi * xi_stride]
+        for j in range(1, n_chunks):
+            d[xi] = d[xi] + parts[j * chunk_stride + xi * xi_stride]
     for q in range(4):                      # G^T dU: combine rows
         p[0][q] = d[q] + (d[4 + q] + d[8 + q]) * <floating> 0.5
         p[1][q] = (d[4 + q] - d[8 + q]) * <floating> 0.5
@@ -225,14 +228,17 @@ def weight_transform(const floating[:, :, :, ::1] w, floating[:, :, ::1] u, bint
                     _kernel_transform(&w[k, c, 0, 0], 3, 1, &u[0, k, c], KC)
 
 
-def weight_grad_finish(const floating[:, ::1] du, floating[:, :, :, ::1] dw, int num_threads):
-    """dw (K, C, 3, 3) = G^T dU G for dU (16, K*C)."""
-    cdef Py_ssize_t K = dw.shape[0], C = dw.shape[1], KC = K * C
+def weight_grad_finish(const floating[:, :, ::1] parts, floating[:, :, :, ::1] dw,
+                       int num_threads):
+    """dw (K, C, 3, 3) = G^T dU G with dU (16, K*C) the sum of the chunk partials parts
+    (n_chunks, 16, K*C), added in chunk order (the same bits for any number of threads)."""
+    cdef Py_ssize_t n_chunks = parts.shape[0], K = dw.shape[0], C = dw.shape[1], KC = K * C
     cdef Py_ssize_t k, c
     with nogil:
         for k in prange(K, schedule='static', num_threads=num_threads):
             for c in range(C):
-                _kernel_grad_transform(&du[0, k * C + c], KC, &dw[k, c, 0, 0])
+                _kernel_grad_transform(&parts[0, 0, k * C + c], n_chunks, 16 * KC, KC,
+                                       &dw[k, c, 0, 0])
 
 
 # The 16 matrices of V (and of M) are written (read) together, tile by tile: at a distance of a
@@ -296,52 +302,49 @@ def forward(const floating[:, ::1] x, const floating[:, :, ::1] u, const floatin
                                   tiles_w, ld, K * ld + SKEW, pbias, has_bias)
 
 
-def weight_grad_workspace_size(Py_ssize_t channels, Py_ssize_t out_channels,
-                               Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t block,
-                               int num_threads):
-    """Scratch of ``weight_grad``: V and M of one block of samples, shared by the threads, and
-    one zero-bordered input plane per thread."""
-    cdef Py_ssize_t tiles = ((out_h + 1) // 2) * ((out_w + 1) // 2)
-    return (16 * ((channels + out_channels) * block * tiles + 2 * SKEW)
-            + num_threads * padded_plane_size(out_h, out_w))
-
-
-def weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy, floating[:, ::1] du,
+def weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy, floating[:, :, ::1] parts,
                 floating[::1] workspace, Py_ssize_t height, Py_ssize_t width, Py_ssize_t pad,
                 Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t block, int num_threads):
-    """du (16, C_out*C) = dU of the 3x3 weight gradient (see module doc); dW = G^T dU G is
-    ``weight_grad_finish``'s.
+    """parts (n_chunks, 16, C_out*C): dU partials of the 3x3 weight gradient (see module doc).
 
-    x (N, C*H*W), dy (N, C_out*OH*OW). Samples go ``block`` at a time: the threads transform
-    the block's samples, then share out the 16 GEMMs, each adding its block into dU[xi]. Every
-    dU[xi] is one thread's sum over the blocks in order: the same bits for any number of
-    threads, and GEMMs whose inner dimension is the whole block (block*T tiles).
+    x (N, C*H*W), dy (N, C_out*OH*OW). Chunk j sums samples [j*N//n_chunks, (j+1)*N//n_chunks)
+    in order, ``block`` at a time; adding the partials in chunk order and applying
+    dW = G^T dU G is the caller's. The workspace is as for ``forward``, per thread.
     """
-    cdef Py_ssize_t N = x.shape[0], K = dy.shape[1] // (out_h * out_w)
-    cdef Py_ssize_t C = x.shape[1] // (height * width)
+    cdef Py_ssize_t N = x.shape[0], n_chunks = parts.shape[0]
+    cdef Py_ssize_t K = dy.shape[1] // (out_h * out_w), C = x.shape[1] // (height * width)
     cdef Py_ssize_t tiles_h = (out_h + 1) // 2, tiles_w = (out_w + 1) // 2
     cdef Py_ssize_t T = tiles_h * tiles_w
-    cdef Py_ssize_t span = block * T, plane = padded_plane_size(out_h, out_w)
-    cdef Py_ssize_t blocks = (N + block - 1) // block
-    cdef floating* v = &workspace[0]
-    cdef floating* m = v + 16 * (C * span + SKEW)
-    cdef floating* planes = m + 16 * (K * span + SKEW)
-    cdef Py_ssize_t j, n0, nb, ld, s_, xi
+    cdef Py_ssize_t span = block * T
+    cdef Py_ssize_t ws_stride = (16 * ((C + K) * span + 2 * SKEW)
+                                 + padded_plane_size(out_h, out_w))
+    cdef floating* ws = &workspace[0]
+    cdef floating* v
+    cdef floating* m
+    cdef floating* pb
+    cdef Py_ssize_t j, n0, n1, m0, nb, ld, s_, xi
+    cdef int tid
     if N == 0:
         return
     with nogil, parallel(num_threads=num_threads):
-        for j in range(blocks):
-            n0 = j * block
-            nb = block if n0 + block <= N else N - n0
-            ld = nb * T
-            for s_ in prange(nb, schedule='static'):
-                _input_transform(&x[n0 + s_, 0], v + s_ * T, planes + threadid() * plane, C,
-                                 height, width, pad, tiles_h, tiles_w, ld, C * ld + SKEW)
-                _grad_output_transform(&dy[n0 + s_, 0], m + s_ * T, K, out_h, out_w,
-                                       tiles_h, tiles_w, ld, K * ld + SKEW)
-            fastcnn_barrier()               # V and M of the block complete
-            for xi in prange(16, schedule='static'):
-                gemm(False, True, <int> K, <int> C, <int> ld, <floating> 1.0,
-                     m + xi * (K * ld + SKEW), <int> ld, v + xi * (C * ld + SKEW), <int> ld,
-                     <floating> (1.0 if j > 0 else 0.0), &du[xi, 0], <int> C)
-            fastcnn_barrier()               # GEMMs done before the next block overwrites V, M
+        for j in prange(n_chunks, schedule='dynamic'):
+            tid = threadid()
+            n0 = j * N // n_chunks
+            n1 = (j + 1) * N // n_chunks
+            v = ws + tid * ws_stride
+            m = v + 16 * (C * span + SKEW)
+            pb = m + 16 * (K * span + SKEW)
+            m0 = n0
+            while m0 < n1:
+                nb = block if m0 + block <= n1 else n1 - m0
+                ld = nb * T
+                for s_ in range(nb):
+                    _input_transform(&x[m0 + s_, 0], v + s_ * T, pb, C, height, width, pad,
+                                     tiles_h, tiles_w, ld, C * ld + SKEW)
+                    _grad_output_transform(&dy[m0 + s_, 0], m + s_ * T, K, out_h, out_w,
+                                           tiles_h, tiles_w, ld, K * ld + SKEW)
+                for xi in range(16):
+                    gemm(False, True, <int> K, <int> C, <int> ld, <floating> 1.0,
+                         m + xi * (K * ld + SKEW), <int> ld, v + xi * (C * ld + SKEW), <int> ld,
+                         <floating> (1.0 if m0 > n0 else 0.0), &parts[j, xi, 0], <int> C)
+                m0 = m0 + nb

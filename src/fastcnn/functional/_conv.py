@@ -124,7 +124,7 @@ def _conv_geometry(fname, nd, x, w, stride, padding, dilation, groups) -> _ConvG
 def _conv_scratch(geom, args, threads, dtype):
     """This thread's scratch for a conv kernel call, and the samples per GEMM."""
     pointwise = _conv.is_pointwise(args[1], args[2], args[3])
-    block = _conv.sample_block(geom.n, math.prod(geom.out_size), pointwise, int(os.environ.get('FCB', '384')))
+    block = _conv.sample_block(geom.n, math.prod(geom.out_size), pointwise)
     per_thread = _conv.workspace_size(geom.in_channels, geom.out_channels, args[1], args[2],
                                       args[3], args[5], block)
     return scratch(per_thread * threads, dtype), block
@@ -208,21 +208,27 @@ def _winograd_conv2d(x2, w, bias, out2, in_size, pad, out_size, dtype, flip=Fals
                           out_size[1], block, threads)
 
 
-# Tiles per block of the Winograd weight gradient: its GEMMs' inner dimension (long is
-# efficient; the block's V and M, 16*(C+C_out)*tiles values, stay in the last-level cache).
-_WINOGRAD_WEIGHT_TILES = 512
+# The Winograd weight gradient sums over samples in fixed chunks (one dU partial each, added in
+# chunk order: the same bits for any number of threads). Each chunk gets at least about this
+# many tiles, at least 2 and at most _WEIGHT_GRAD_CHUNKS chunks: on small maps, 8 chunks of a
+# batch of 32 left GEMMs too short (8x8 maps: 64 tiles; 2 chunks ran 1.43 -> 0.81 ms).
+_WINOGRAD_TILES_PER_CHUNK = 2048
+# Tiles per GEMM within a chunk: the GEMMs' inner dimension (longer than the forward's 128,
+# measured: VGG 32-channel dW 6.1 -> 5.7 ms).
+_WINOGRAD_WEIGHT_BLOCK_TILES = 256
 
 
 def _winograd_weight_grad(x2, dy2, geom, dtype):
-    """dW (C_out, C, 3, 3) of a 3x3 stride-1 convolution: dU from the kernel, then
-    dW = G^T dU G."""
+    """dW (C_out, C, 3, 3) of a 3x3 stride-1 convolution: the dU partials of fixed sample
+    chunks from the kernel, added in chunk order, then dW = G^T dU G."""
     n, c, k = geom.n, geom.in_channels, geom.out_channels
     (h, w), (oh, ow) = geom.in_size, geom.out_size
     tiles = ((oh + 1) // 2) * ((ow + 1) // 2)
+    chunks = min(n, _WEIGHT_GRAD_CHUNKS, max(2, n * tiles // _WINOGRAD_TILES_PER_CHUNK))
     threads = get_num_threads()
-    block = max(1, min(n, _WINOGRAD_WEIGHT_TILES // tiles))
-    ws = scratch(_winograd.weight_grad_workspace_size(c, k, oh, ow, block, threads), dtype)
-    du = _memory.empty((16, k * c), dtype)
+    block = max(1, min(n, _WINOGRAD_WEIGHT_BLOCK_TILES // tiles))
+    ws = scratch(_winograd.workspace_size(c, k, oh, ow, block) * threads, dtype)
+    du = _memory.empty((chunks, 16, k * c), dtype)
     with single_threaded_blas:
         _winograd.weight_grad(x2, dy2, du, ws, h, w, geom.padding[1], oh, ow, block, threads)
     grad_w = np.empty((k, c, 3, 3), dtype=dtype)
