@@ -136,6 +136,62 @@ def test_conv3d_hypothesis(th, problem):
     check_against_torch(th, np.random.default_rng(0), 3, n, c_in, c_out, size, kernel, **kw)
 
 
+# ---- depthwise (groups = C_in): direct loops, _ops/depthwise.pyx ------------------------------
+
+@st.composite
+def depthwise_problems(draw, nd):
+    c_in = draw(st.integers(2, 5))
+    multiplier = draw(st.integers(1, 3))
+    kernel = tuple(draw(st.integers(1, 5)) for _ in range(nd))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    dilation = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    padding = tuple(draw(st.integers(0, 3)) for _ in range(nd))
+    size = tuple(max(1, d * (k - 1) + 1 - 2 * p) + draw(st.integers(0, 6 if nd < 3 else 3))
+                 for k, d, p in zip(kernel, dilation, padding))
+    n = draw(st.integers(1, 3))
+    return n, c_in, c_in * multiplier, size, kernel, dict(
+        stride=stride, padding=padding, dilation=dilation, groups=c_in)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(nd=st.sampled_from([1, 2, 2, 3]), data=st.data(),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_depthwise_hypothesis(th, nd, data, dtype):
+    n, c_in, c_out, size, kernel, kw = data.draw(depthwise_problems(nd))
+    check_against_torch(th, np.random.default_rng(0), nd, n, c_in, c_out, size, kernel, dtype,
+                        **kw)
+
+
+@pytest.mark.parametrize("padding", [1, "same", "valid"])
+def test_depthwise_mobilenet_shapes_match_torch(th, rng, padding):
+    check_against_torch(th, rng, 2, 4, 32, 32, (14, 13), (3, 3), np.float32, padding=padding,
+                        groups=32)
+    check_against_torch(th, rng, 2, 2, 16, 16, (15, 15), (3, 3), np.float64, padding=1,
+                        stride=2, groups=16)
+
+
+def test_depthwise_gradients_by_finite_differences(rng):
+    x = rng.standard_normal((2, 3, 6, 5))
+    w = rng.standard_normal((6, 1, 3, 2))
+    kw = dict(stride=(2, 1), padding=(1, 1), dilation=(1, 2), groups=3)
+    dy = rng.standard_normal(F.conv2d(x, w, **kw).shape)
+    gx, gw, _ = F.conv2d_backward(dy, x, w, **kw)
+    assert_grad_close(gx, numerical_grad(lambda v: F.conv2d(v, w, **kw), x, dy))
+    assert_grad_close(gw, numerical_grad(lambda v: F.conv2d(x, v, **kw), w, dy))
+
+
+def test_depthwise_bit_identical_for_1_and_2_threads(rng, threads):
+    x = rng.standard_normal((5, 8, 11, 9)).astype(np.float32)
+    w = rng.standard_normal((16, 1, 3, 3)).astype(np.float32)
+    out = []
+    for t in (1, 2):
+        threads(t)
+        y = F.conv2d(x, w, padding=1, groups=8)
+        out.append((y,) + F.conv2d_backward(np.cos(y), x, w, padding=1, groups=8)[:2])
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)
+
+
 # ---- finite differences (no torch needed) -----------------------------------------------------
 
 @pytest.mark.parametrize("nd,size,kernel,kw", [

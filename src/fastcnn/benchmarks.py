@@ -74,14 +74,14 @@ def _cases(torch, ours, reference):
     return [Case(label, fn, ref, *work) for (label, fn, *work), ref in zip(ours, theirs)]
 
 
-def _conv_case(name, n, c_in, h, w, c_out, k, s, p):
+def _conv_case(name, n, c_in, h, w, c_out, k, s, p, groups=1):
     """Forward and backward (input, weight and bias gradients) of a 2-D convolution."""
     def setup(torch):
         rng = np.random.default_rng(0)
         x = rng.standard_normal((n, c_in, h, w), dtype=np.float32)
-        wt = rng.standard_normal((c_out, c_in, k, k), dtype=np.float32) * 0.1
+        wt = rng.standard_normal((c_out, c_in // groups, k, k), dtype=np.float32) * 0.1
         b = np.zeros(c_out, np.float32)
-        y = F.conv2d(x, wt, b, s, p)
+        y = F.conv2d(x, wt, b, s, p, groups=groups)
         dy = np.ones_like(y)
 
         def reference(torch):
@@ -91,14 +91,15 @@ def _conv_case(name, n, c_in, h, w, c_out, k, s, p):
             def torch_backward():
                 # torch's backward alone: re-run the graph node's backward only.
                 return torch.ops.aten.convolution_backward(
-                    tdy, tx, tw, [c_out], [s, s], [p, p], [1, 1], False, [0, 0], 1,
+                    tdy, tx, tw, [c_out], [s, s], [p, p], [1, 1], False, [0, 0], groups,
                     [True, True, True])
-            return [lambda: torch.nn.functional.conv2d(tx, tw, tb, s, p), torch_backward]
+            return [lambda: torch.nn.functional.conv2d(tx, tw, tb, s, p, groups=groups),
+                    torch_backward]
 
-        flops = 2 * n * c_out * c_in * k * k * y.shape[2] * y.shape[3]
+        flops = 2 * n * c_out * (c_in // groups) * k * k * y.shape[2] * y.shape[3]
         return _cases(torch, [
-            (f"{name} fwd", lambda: F.conv2d(x, wt, b, s, p), flops),
-            (f"{name} bwd", lambda: F.conv2d_backward(dy, x, wt, s, p), 2 * flops),
+            (f"{name} fwd", lambda: F.conv2d(x, wt, b, s, p, groups=groups), flops),
+            (f"{name} bwd", lambda: F.conv2d_backward(dy, x, wt, s, p, groups=groups), 2 * flops),
         ], reference)
     return setup
 
@@ -412,6 +413,8 @@ CASES = {
     "conv resnet 16x128x28x28 ->128 k3 s1 p1": _conv_case("conv resnet3x3", 16, 128, 28, 28, 128, 3, 1, 1),
     "conv strided 16x64x56x56 ->128 k3 s2 p1": _conv_case("conv strided", 16, 64, 56, 56, 128, 3, 2, 1),
     "conv pointwise 16x256x14x14 ->64 k1": _conv_case("conv pointwise", 16, 256, 14, 14, 64, 1, 1, 0),
+    "conv depthwise 16x128x56x56 k3 p1": _conv_case("conv depthwise", 16, 128, 56, 56, 128, 3, 1,
+                                                    1, groups=128),
     "conv_transpose 16x64x16x16 ->32 k4 s2 p1":
         _conv_transpose_case("conv_transpose k4s2", 16, 64, 16, 16, 32, 4, 2, 1),
     "max pool 2x2 32x64x32x32": _max_pool_case("max pool 2x2", (32, 64, 32, 32), 2, 2, 0),

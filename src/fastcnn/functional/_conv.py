@@ -12,6 +12,7 @@ import numpy as np
 from fastcnn import _checks, _memory
 from fastcnn._checks import as_array, as_int, check_ndim, contiguous, float_dtype, lift3, ntuple
 from fastcnn._ops import conv as _conv
+from fastcnn._ops import depthwise as _depthwise
 from fastcnn._ops import im2col as _im2col
 from fastcnn._ops import winograd as _winograd
 from fastcnn._threads import get_num_threads, single_threaded_blas
@@ -134,6 +135,12 @@ def _conv_scratch(geom, args, threads, dtype):
 # multiplications than im2col + GEMM. Below this many channels its transforms cost more than
 # they save (measured on LeNet/VGG shapes), and the first layer of a network is such a case.
 _WINOGRAD_MIN_CHANNELS = 16
+
+
+def _is_depthwise(geom):
+    """One group per input channel (each convolved with its own C_out/C_in kernels): direct
+    loops (_ops/depthwise.pyx) instead of C_in one-row GEMMs."""
+    return geom.groups == geom.in_channels > 1
 
 
 def _winograd_possible(geom, nd):
@@ -261,7 +268,11 @@ def _conv_forward(fname, nd, input, weight, bias, stride, padding, dilation, gro
             _conv.conv_forward(x2, w2, b1, _rows(out, geom.n), ws, geom.groups, *args, block,
                                threads)
 
-    if _pick_winograd("forward", geom, nd, dtype, run_winograd, run_im2col):
+    if _is_depthwise(geom):
+        _depthwise.forward(x2.reshape(geom.n, geom.in_channels, -1), w2, b1,
+                           out.reshape(geom.n, geom.out_channels, -1), *geom.kernel_args(),
+                           get_num_threads())
+    elif _pick_winograd("forward", geom, nd, dtype, run_winograd, run_im2col):
         run_winograd()
     else:
         run_im2col()
@@ -297,6 +308,16 @@ def _conv_backward(fname, nd, grad_output, input, weight, stride, padding, dilat
     def run_winograd_weight():
         b.grad_w = _winograd_weight_grad(x2, _rows(dy3, n), geom, dtype)
 
+    if n and _is_depthwise(geom):
+        x3 = x2.reshape(n, geom.in_channels, -1)
+        if need_x:
+            _depthwise.grad_input(dy3, w2, grad_x.reshape(n, geom.in_channels, -1),
+                                  *geom.kernel_args(), threads)
+        if need_w:
+            acc = np.empty(w2.shape)
+            _depthwise.grad_weight(dy3, x3, acc, *geom.kernel_args(), threads)
+            b.grad_w = acc.astype(dtype, copy=False)
+        return b.gradients()
     if need_x and n and _pick_winograd("input gradient", geom, nd, dtype, run_winograd,
                                        lambda: run_im2col(True, False)):
         run_winograd()
