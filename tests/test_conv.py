@@ -136,6 +136,43 @@ def test_conv3d_hypothesis(th, problem):
     check_against_torch(th, np.random.default_rng(0), 3, n, c_in, c_out, size, kernel, **kw)
 
 
+# ---- direct convolution for small layers (_conv_direct.h) -----------------------------------
+
+def test_direct_convolution_matches_im2col_on_random_shapes(monkeypatch):
+    """The direct kernel, forced onto random stride-1 shapes (channel counts that are not a
+    multiple of its 16-channel blocks, odd maps, dilation, uneven 'same' padding), equals
+    im2col + GEMM; float64 and float32."""
+    from fastcnn.functional import _conv
+    if not _conv._direct_vector:
+        pytest.skip("no vector clone of the direct kernel on this CPU/build")
+    rng = np.random.default_rng(3)
+    for case in range(40):
+        c_in, c_out = int(rng.integers(1, 9)), int(rng.integers(1, 40))
+        kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        dh, dw = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+        padding = "same" if case % 5 == 0 else (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
+        h = dh * (kh - 1) + int(rng.integers(1, 12))
+        w_ = dw * (kw - 1) + int(rng.integers(1, 12))
+        dtype = np.float64 if case % 2 else np.float32
+        x = rng.standard_normal((int(rng.integers(1, 4)), c_in, h, w_)).astype(dtype)
+        w = rng.standard_normal((c_out, c_in, kh, kw)).astype(dtype)
+        b = rng.standard_normal(c_out).astype(dtype)
+        results = []
+        for forced in (True, False):
+            monkeypatch.setattr(_conv, "_direct_ok", lambda geom, nd, f=forced: f)
+            results.append(F.conv2d(x, w, b, padding=padding, dilation=(dh, dw)))
+        np.testing.assert_allclose(results[0], results[1], **TOL[dtype])
+
+
+def test_direct_convolution_is_used_for_lenet_and_agrees_with_torch(th, rng):
+    from fastcnn.functional import _conv
+    geom = _conv._conv_geometry("t", 2, np.zeros((2, 6, 14, 14)), np.zeros((16, 6, 5, 5)),
+                                1, 0, 1, 1)
+    assert _conv._direct_ok(geom, 2) == _conv._direct_vector
+    check_against_torch(th, rng, 2, 5, 6, 16, (14, 14), (5, 5), np.float32)
+    check_against_torch(th, rng, 2, 3, 6, 20, (11, 9), (5, 3), np.float64, padding=(2, 1))
+
+
 # ---- depthwise (groups = C_in): direct loops, _ops/depthwise.pyx ------------------------------
 
 @st.composite

@@ -1,0 +1,79 @@
+/* Direct convolution for small layers (LeNet's): stride 1, one group, few output channels.
+ *
+ * im2col + GEMM spends most of such a layer in im2col (LeNet's second convolution: 1,500
+ * ten-element row copies per sample, more time than the GEMM) and the GEMM, 16 rows high, is too
+ * thin for BLAS. Here each output is computed in place from a zero-bordered copy of the sample:
+ *
+ *     y[co, oh, ow] = bias[co] + sum_k wt[k, co] * xp[off[k] + oh * Wp + ow]
+ *
+ * with k = (ci, kh, kw) and off[k] = ci*Hp*Wp + kh*dH*Wp + kw*dW. The innermost loop runs over
+ * FC_CO output channels (one AVX-512 vector of floats, two of AVX2), four output positions at a
+ * time share each weight load, and the accumulators stay in registers. The kernel is compiled
+ * per x86-64 level by _simd.h's dispatch; functional/_conv.py uses it only where a vector clone
+ * runs. The sum over k runs in a fixed order: the result does not depend on threads.
+ */
+#ifndef FASTCNN_CONV_DIRECT_H
+#define FASTCNN_CONV_DIRECT_H
+
+#include "_simd.h"
+
+#define FC_CO 16        /* output channels per block; wt and bias are padded to a multiple */
+#define FC_POS 4        /* output positions per block along a row */
+
+/* y (cout, oh_n*ow_n) of one sample from its padded planes xp; wt (K, cpad), bias (cpad).
+ * xp must hold one row and FC_POS - 1 elements past the last plane (the tail blocks read them).
+ * The FC_CO channels are one GCC vector (zmm registers in the AVX-512 clone, ymm pairs in the
+ * AVX2 one): written as vectors, not left to the auto-vectorizer, which kept the accumulators
+ * in memory. */
+#define FC_DIRECT_CONV(T, sfx)                                                               \
+typedef T fc_vec_##sfx __attribute__((vector_size(FC_CO * sizeof(T))));                     \
+FC_KERNEL_VOID(fc_direct_conv_##sfx,                                                         \
+    (const T *xp, const T *wt, const T *bias, T *y, const ptrdiff_t *off, ptrdiff_t K,       \
+     ptrdiff_t cout, ptrdiff_t cpad, ptrdiff_t oh_n, ptrdiff_t ow_n, ptrdiff_t wp),          \
+    (xp, wt, bias, y, off, K, cout, cpad, oh_n, ow_n, wp),                                   \
+{                                                                                            \
+    ptrdiff_t co0, oh, ow, k, c, j, r, L = oh_n * ow_n;                                      \
+    for (co0 = 0; co0 < cout; co0 += FC_CO) {                                                \
+        ptrdiff_t nc = cout - co0 < FC_CO ? cout - co0 : FC_CO;                              \
+        fc_vec_##sfx b;                                                                      \
+        memcpy(&b, bias + co0, sizeof b);                                                    \
+        for (oh = 0; oh < oh_n; oh += 2) {                                                   \
+            /* two rows of FC_POS outputs: 8 independent accumulators hide the FMA latency;  \
+               an odd last row reads the zero row below it (xp has it) and is not stored */ \
+            for (ow = 0; ow < ow_n; ow += FC_POS) {                                          \
+                fc_vec_##sfx a0 = b, a1 = b, a2 = b, a3 = b, a4 = b, a5 = b, a6 = b, a7 = b, w;\
+                T out[2 * FC_POS][FC_CO];                                                    \
+                const T *base = xp + oh * wp + ow;                                           \
+                for (k = 0; k < K; k++) {                                                    \
+                    const T *x0 = base + off[k], *x1 = x0 + wp;                              \
+                    memcpy(&w, wt + k * cpad + co0, sizeof w);                               \
+                    a0 += x0[0] * w;                                                         \
+                    a1 += x0[1] * w;                                                         \
+                    a2 += x0[2] * w;                                                         \
+                    a3 += x0[3] * w;                                                         \
+                    a4 += x1[0] * w;                                                         \
+                    a5 += x1[1] * w;                                                         \
+                    a6 += x1[2] * w;                                                         \
+                    a7 += x1[3] * w;                                                         \
+                }                                                                            \
+                memcpy(out[0], &a0, sizeof a0);                                              \
+                memcpy(out[1], &a1, sizeof a1);                                              \
+                memcpy(out[2], &a2, sizeof a2);                                              \
+                memcpy(out[3], &a3, sizeof a3);                                              \
+                memcpy(out[4], &a4, sizeof a4);                                              \
+                memcpy(out[5], &a5, sizeof a5);                                              \
+                memcpy(out[6], &a6, sizeof a6);                                              \
+                memcpy(out[7], &a7, sizeof a7);                                              \
+                for (r = 0; r < 2 && oh + r < oh_n; r++)                                     \
+                    for (j = 0; j < FC_POS && ow + j < ow_n; j++)                            \
+                        for (c = 0; c < nc; c++)                                             \
+                            y[(co0 + c) * L + (oh + r) * ow_n + ow + j] = out[r * FC_POS + j][c];\
+            }                                                                                \
+        }                                                                                    \
+    }                                                                                        \
+})
+
+FC_DIRECT_CONV(float, f)
+FC_DIRECT_CONV(double, d)
+
+#endif
