@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 
 import fastcnn.functional as F
-from fastcnn._ops import simd as _simd
+from fastcnn._ops import activation as _act
+from fastcnn._ops import parallel as _par
 
 F32 = np.finfo(np.float32)
 
 
 def _vexp(x):
     out = np.empty_like(x)
-    _simd.vector_exp(x, out)
+    _act.vector_exp(x, out)
     return out
 
 
@@ -82,9 +83,9 @@ def test_exp_float64_accuracy(rng):
 
 
 def test_exp_both_dtypes_on_empty_and_mismatched():
-    _simd.vector_exp(np.empty(0, np.float32), np.empty(0, np.float32))
+    _act.vector_exp(np.empty(0, np.float32), np.empty(0, np.float32))
     with pytest.raises(ValueError, match="out has"):
-        _simd.vector_exp(np.zeros(3), np.zeros(2))
+        _act.vector_exp(np.zeros(3), np.zeros(2))
 
 
 # ---- dispatch ----------------------------------------------------------------------------------
@@ -101,7 +102,7 @@ def _cpu_flags():
 
 
 def test_simd_path_matches_the_cpu():
-    path = _simd.simd_path()
+    path = _par.simd_path()
     assert path in ("x86-64-v4", "x86-64-v3", "baseline", "portable")
     flags = _cpu_flags()
     if path == "portable" or flags is None or platform.machine() != "x86_64":
@@ -118,7 +119,8 @@ _OPS_SCRIPT = r"""
 import json, sys
 import numpy as np
 import fastcnn.functional as F
-from fastcnn._ops import simd as _simd
+from fastcnn._ops import activation as _act
+from fastcnn._ops import parallel as _par
 
 def ops(dtype):
     rng = np.random.default_rng(7)
@@ -142,10 +144,10 @@ def ops(dtype):
            F.instance_norm(z, None, None, w, b)]
     e = np.linspace(-110, 90, 100_001).astype(dtype)
     ve = np.empty_like(e)
-    _simd.vector_exp(e, ve)
+    _act.vector_exp(e, ve)
     return [np.asarray(a, np.float64).tolist() for a in out] + [ve.astype(np.float64).tolist()]
 
-json.dump({"path": _simd.simd_path(), "float32": ops(np.float32), "float64": ops(np.float64)},
+json.dump({"path": _par.simd_path(), "float32": ops(np.float32), "float64": ops(np.float64)},
           sys.stdout)
 """
 
@@ -167,7 +169,7 @@ def test_baseline_clone_gives_the_same_results_within_rounding():
     base = _run_ops("baseline")
     best = _run_ops(None)
     assert base["path"] == "baseline"
-    assert best["path"] == _simd.simd_path() or os.environ.get("FASTCNN_SIMD") == "baseline"
+    assert best["path"] == _par.simd_path() or os.environ.get("FASTCNN_SIMD") == "baseline"
     tol = {"float32": {"rtol": 2e-5, "atol": 2e-6}, "float64": {"rtol": 1e-12, "atol": 1e-13}}
     for dtype in ("float32", "float64"):
         for i, (a, b) in enumerate(zip(base[dtype], best[dtype])):

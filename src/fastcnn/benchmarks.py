@@ -385,7 +385,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     import torch
     rows = run(args.threads, args.repeat, args.rounds, args.filter)
-    from fastcnn._ops.simd import simd_path
+    from fastcnn._ops.parallel import simd_path
     print(f"fastcnn {fastcnn.__version__}, torch {torch.__version__}, numpy {np.__version__}; "
           f"{args.threads} thread(s); vector loops: {simd_path()}; numpy sgemm 1024^3: "
           f"{sgemm_gflops(args.threads):.0f} GFLOP/s\n")

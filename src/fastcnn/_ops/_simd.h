@@ -336,6 +336,13 @@ FC_KERNEL(double, fc_sum_sq_dev_##S, (const T *x, ptrdiff_t n, T hi, T lo),     
     return total - (double) n * lo * lo;                                                   \
 })                                                                                         \
                                                                                            \
+/* sum a * b */                                                                            \
+FC_KERNEL(double, fc_dot_##S, (const T *a, const T *b, ptrdiff_t n), (a, b, n), {          \
+    double total = 0.0;                                                                    \
+    FC_LANE_SUM(T, S, total, n, k, a[k] * b[k]);                                           \
+    return total;                                                                          \
+})                                                                                         \
+                                                                                           \
 /* sum exp(x - shift) */                                                                   \
 FC_KERNEL(double, fc_sum_exp_##S, (const T *x, ptrdiff_t n, T shift), (x, n, shift), {     \
     double total = 0.0;                                                                    \

@@ -20,6 +20,8 @@ cdef extern from "_simd.h" nogil:
     void fc_moments_d(const double* x, Py_ssize_t n, double shift, double* s1, double* s2)
     double fc_sum_sq_dev_f(const float* x, Py_ssize_t n, float hi, float lo)
     double fc_sum_sq_dev_d(const double* x, Py_ssize_t n, double hi, double lo)
+    double fc_dot_f(const float* a, const float* b, Py_ssize_t n)
+    double fc_dot_d(const double* a, const double* b, Py_ssize_t n)
     double fc_sum_exp_f(const float* x, Py_ssize_t n, float shift)
     double fc_sum_exp_d(const double* x, Py_ssize_t n, double shift)
     double fc_exp_store_f(const float* x, float* y, Py_ssize_t n, float shift)
@@ -109,6 +111,14 @@ cdef inline double sum_sq_dev(const floating* x, Py_ssize_t n, floating hi,
         return fc_sum_sq_dev_f(x, n, hi, lo)
     else:
         return fc_sum_sq_dev_d(x, n, hi, lo)
+
+
+cdef inline double dot(const floating* a, const floating* b, Py_ssize_t n) noexcept nogil:
+    """sum a * b."""
+    if floating is float:
+        return fc_dot_f(a, b, n)
+    else:
+        return fc_dot_d(a, b, n)
 
 
 cdef inline double sum_exp(const floating* x, Py_ssize_t n, floating shift) noexcept nogil:

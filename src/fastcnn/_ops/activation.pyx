@@ -19,8 +19,8 @@ row or column by one task in a fixed order: the same bits for any number of thre
 from cython cimport floating
 from cython.parallel cimport prange
 
-from fastcnn._ops._simd cimport (affine, exp_acc, exp_store, grad_sums, low_part, max_cols,
-                                 mul_sub, row_max, scale, sub_exp, sub_exp_cols, sum_shifted)
+from fastcnn._ops._simd cimport (affine, dot, exp_acc, exp_store, low_part, max_cols, mul_sub,
+                                 row_max, scale, sub_exp, sub_exp_cols, sum_shifted)
 from fastcnn._ops._softmax cimport block_lse, row_lse
 
 
@@ -74,12 +74,10 @@ cdef void _forward_row(const floating* x, floating* y, Py_ssize_t D,
 
 cdef void _backward_row(const floating* dy, const floating* y, floating* dx, Py_ssize_t D,
                         bint take_log) noexcept nogil:
-    cdef double s = 0.0, sdy = 0.0
     if take_log:
         sub_exp(dy, y, dx, D, <floating> sum_shifted(dy, D, 0))
     else:
-        grad_sums(dy, NULL, y, D, 0, 0.0, &sdy, &s)       # s = sum dy * y
-        mul_sub(y, dy, dx, D, <floating> s)
+        mul_sub(y, dy, dx, D, <floating> dot(dy, y, D))
 
 
 cdef void _backward_block(const floating* dy, const floating* y, floating* dx, Py_ssize_t D,
@@ -147,6 +145,17 @@ def softmax_backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] y,
                 nb = inner - i0 if inner - i0 < BLOCK else BLOCK
                 _backward_block(&dy[o, 0, i0], &y[o, 0, i0], &dx[o, 0, i0], D, inner, nb,
                                 take_log)
+
+
+def vector_exp(const floating[::1] x, floating[::1] out):
+    """out = exp(x) with the softmax loops' vector exp (_simd.h), for tests."""
+    cdef Py_ssize_t n = x.shape[0]
+    if out.shape[0] != n:
+        raise ValueError(f"vector_exp: out has {out.shape[0]} values, x has {n}")
+    if n == 0:
+        return
+    with nogil:
+        exp_store(&x[0], &out[0], n, 0)
 
 
 # ReLU: one pass, split over the team in fixed chunks. numpy's ``where(x > 0, dy, 0)`` makes a
