@@ -419,9 +419,10 @@ FC_KERNEL_VOID(fc_grad_apply_##S, (const T *dy, const T *w, const T *x, T *dx,  
 })                                                                                         \
                                                                                            \
 /* per-element affine-gradient partials: gw += dy * xhat, gb += dy, with                   \
- * xhat = (x - (hi + lo)) * rs = (x - hi) * rs + c */                                      \
+ * xhat = (x - (hi + lo)) * rs = (x - hi) * rs + c; gw and gb alias nothing else           \
+ * (restrict: in double, GCC would otherwise give up on the alias checks) */               \
 FC_KERNEL_VOID(fc_affine_grads_##S, (const T *dy, const T *x, ptrdiff_t n, T hi, T lo,     \
-                                     T rs, double *gw, double *gb),                        \
+                                     T rs, double *restrict gw, double *restrict gb),      \
                (dy, x, n, hi, lo, rs, gw, gb), {                                           \
     const T c = (T) (-(double) lo * rs);                                                   \
     ptrdiff_t i;                                                                           \
@@ -434,8 +435,8 @@ FC_KERNEL_VOID(fc_affine_grads_##S, (const T *dy, const T *x, ptrdiff_t n, T hi,
 /* the same for 4 rows ld apart, with their own hi, lo, rs: the 4 rows' terms are added in \
  * the input precision first, then once to gw and gb (a quarter of the double traffic) */  \
 FC_KERNEL_VOID(fc_affine_grads4_##S, (const T *dy, const T *x, ptrdiff_t ld, ptrdiff_t n,  \
-                                      const T *hi, const T *lo, const T *rs, double *gw,   \
-                                      double *gb),                                         \
+                                      const T *hi, const T *lo, const T *rs,               \
+                                      double *restrict gw, double *restrict gb),           \
                (dy, x, ld, n, hi, lo, rs, gw, gb), {                                       \
     const T h0 = hi[0], h1 = hi[1], h2 = hi[2], h3 = hi[3];                                \
     const T r0 = rs[0], r1 = rs[1], r2 = rs[2], r3 = rs[3];                                \
