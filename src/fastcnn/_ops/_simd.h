@@ -13,21 +13,23 @@
  * way to test or rule out the vector paths on any machine. Elsewhere (other compilers or
  * architectures, musl, -DFASTCNN_NO_DISPATCH) the kernels are plain functions.
  *
- * Determinism. Reductions use explicit lane accumulators (FC_LANES_f / FC_LANES_d partial sums,
- * added in a fixed tree) over blocks of FC_BLOCK elements whose totals go into a double: the
- * order never depends on the thread count or the data, so a row gives the same bits on every
- * call with the same clone. Clones may differ from each other in the last bits (the FMA
- * clones contract a*b + c).
+ * Determinism. Reductions use explicit lane accumulators (FC_LANES_f / FC_LANES_d partial sums
+ * in the input precision, over blocks of FC_BLOCK elements, then one double per lane, added in a
+ * fixed tree at the end): the order never depends on the thread count or the data, so a row
+ * gives the same bits on every call. It is also the same in every clone; clones may still differ
+ * in the last bits because the FMA clones round a*b + c once.
  *
  * exp. fc_exp_f / fc_exp_d: x = k*ln2 + r with |r| <= ln2/2 (k by the round-to-nearest
  * shifter, ln2 split in two so that k*ln2_hi is exact), exp(r) by a minimax polynomial of
  * degree 6 (float) or 11 (double) fitted to relative error (3.1e-9 and 3.6e-18 before
  * rounding), then 2^k applied as two exact power-of-two factors so that subnormal results are
- * rounded once. Measured over every float32 input against numpy's float64 exp: max relative
- * error 1.2e-7 (2.0 ulp of 2^-23; 1.1e-7 in the baseline clone) for normal results; inputs below
- * -103.97 (and -inf) give 0, above 88.72 (and +inf) give +inf, NaN gives NaN. float64
- * (1e8 random inputs against long double expl): max relative error 2.3e-16 (~1 ulp).
- * See tests/test_simd.py.
+ * rounded once. Measured over every float32 input against numpy's float64 exp: normal results
+ * within 0.91 ulp (relative error 7.7e-8) in the FMA clones, 1.17 ulp (9.9e-8) in the
+ * baseline; subnormal results within 0.86 of the smallest subnormal; inputs below -103.97 (and
+ * -inf) give 0, above 88.72 (and +inf) give +inf, NaN gives NaN. float64, 1e8 random inputs
+ * against long double: within 0.92 ulp (FMA clones) and 1.2 ulp (baseline). tests/test_simd.py
+ * checks a dense sample of the float32 range and the edges. The baseline (SSE2) clone of the
+ * double exp stays scalar: GCC cannot select 64-bit masks from double compares without SSE4.
  */
 #ifndef FASTCNN_SIMD_H
 #define FASTCNN_SIMD_H
@@ -99,16 +101,6 @@ static FC_UNUSED const char *fc_simd_path(void)
 #else
     return "portable";
 #endif
-}
-
-static FC_UNUSED inline void fc_prefetch(const void *p, ptrdiff_t bytes, int write)
-{
-    const char *c = (const char *) p;
-    ptrdiff_t i;
-    if (write)
-        for (i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 1, 3);
-    else
-        for (i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 0, 3);
 }
 
 /* ---- exp: branch-free scalar code that the loops below vectorize ---------------------- */
@@ -344,6 +336,13 @@ FC_KERNEL(double, fc_sum_sq_dev_##S, (const T *x, ptrdiff_t n, T hi, T lo),     
     return total - (double) n * lo * lo;                                                   \
 })                                                                                         \
                                                                                            \
+/* sum a * b */                                                                            \
+FC_KERNEL(double, fc_dot_##S, (const T *a, const T *b, ptrdiff_t n), (a, b, n), {          \
+    double total = 0.0;                                                                    \
+    FC_LANE_SUM(T, S, total, n, k, a[k] * b[k]);                                           \
+    return total;                                                                          \
+})                                                                                         \
+                                                                                           \
 /* sum exp(x - shift) */                                                                   \
 FC_KERNEL(double, fc_sum_exp_##S, (const T *x, ptrdiff_t n, T shift), (x, n, shift), {     \
     double total = 0.0;                                                                    \
@@ -420,9 +419,10 @@ FC_KERNEL_VOID(fc_grad_apply_##S, (const T *dy, const T *w, const T *x, T *dx,  
 })                                                                                         \
                                                                                            \
 /* per-element affine-gradient partials: gw += dy * xhat, gb += dy, with                   \
- * xhat = (x - (hi + lo)) * rs = (x - hi) * rs + c */                                      \
+ * xhat = (x - (hi + lo)) * rs = (x - hi) * rs + c; gw and gb alias nothing else           \
+ * (restrict: in double, GCC would otherwise give up on the alias checks) */               \
 FC_KERNEL_VOID(fc_affine_grads_##S, (const T *dy, const T *x, ptrdiff_t n, T hi, T lo,     \
-                                     T rs, double *gw, double *gb),                        \
+                                     T rs, double *restrict gw, double *restrict gb),      \
                (dy, x, n, hi, lo, rs, gw, gb), {                                           \
     const T c = (T) (-(double) lo * rs);                                                   \
     ptrdiff_t i;                                                                           \
@@ -435,8 +435,8 @@ FC_KERNEL_VOID(fc_affine_grads_##S, (const T *dy, const T *x, ptrdiff_t n, T hi,
 /* the same for 4 rows ld apart, with their own hi, lo, rs: the 4 rows' terms are added in \
  * the input precision first, then once to gw and gb (a quarter of the double traffic) */  \
 FC_KERNEL_VOID(fc_affine_grads4_##S, (const T *dy, const T *x, ptrdiff_t ld, ptrdiff_t n,  \
-                                      const T *hi, const T *lo, const T *rs, double *gw,   \
-                                      double *gb),                                         \
+                                      const T *hi, const T *lo, const T *rs,               \
+                                      double *restrict gw, double *restrict gb),           \
                (dy, x, ld, n, hi, lo, rs, gw, gb), {                                       \
     const T h0 = hi[0], h1 = hi[1], h2 = hi[2], h3 = hi[3];                                \
     const T r0 = rs[0], r1 = rs[1], r2 = rs[2], r3 = rs[3];                                \

@@ -1,47 +1,30 @@
-# The exponential and the log-sum-exp that softmax, log_softmax (activation.pyx) and the fused
-# cross-entropy (loss.pyx) share: lse = max + log(sum exp(x - max)), which never overflows.
-# Sums are in double, in a fixed order.
+# The log-sum-exp that softmax, log_softmax (activation.pyx) and the fused cross-entropy
+# (loss.pyx) share: lse = max + log(sum exp(x - max)), which never overflows. The exp and the
+# sums are the vector loops of _simd.h (via _simd.pxd); sums come back in double, in a fixed
+# order.
 from cython cimport floating
-from libc.math cimport exp, expf, log
+from libc.math cimport log
 
-
-cdef inline double fexp(floating v) noexcept nogil:
-    """exp in the input's precision (expf is much cheaper; the sums stay in double)."""
-    if floating is float:
-        return expf(v)
-    else:
-        return exp(v)
+from fastcnn._ops._simd cimport exp_acc, max_cols, row_max, sum_exp
 
 
 cdef inline double row_lse(const floating* x, Py_ssize_t n) noexcept nogil:
-    """log-sum-exp of n contiguous values."""
-    cdef double mx = x[0], sm = 0.0
-    cdef Py_ssize_t i
-    for i in range(1, n):
-        if x[i] > mx:
-            mx = x[i]
-    for i in range(n):
-        sm += fexp(<floating> (x[i] - mx))
-    return mx + log(sm)
+    """log-sum-exp of n >= 1 contiguous values."""
+    cdef floating mx = row_max(x, n)
+    return mx + log(sum_exp(x, n, mx))
 
 
 cdef inline void block_lse(const floating* x, Py_ssize_t D, Py_ssize_t inner, Py_ssize_t nb,
-                           double* lse, double* sm) noexcept nogil:
-    """lse[i] = log-sum-exp over the D rows (``inner`` apart) of column i < nb; ``sm`` is
-    scratch of nb doubles. Columns are swept together row by row (contiguous reads)."""
+                           floating* mx, double* lse) noexcept nogil:
+    """lse[i] = log-sum-exp over the D rows (``inner`` apart) of column i < nb, and mx[i] their
+    max. Columns are swept together row by row (contiguous reads)."""
     cdef Py_ssize_t d, i
-    cdef const floating* row
     for i in range(nb):
-        lse[i] = x[i]
-        sm[i] = 0.0
+        mx[i] = x[i]
+        lse[i] = 0.0
     for d in range(1, D):
-        row = x + d * inner
-        for i in range(nb):
-            if row[i] > lse[i]:
-                lse[i] = row[i]
+        max_cols(mx, x + d * inner, nb)
     for d in range(D):
-        row = x + d * inner
-        for i in range(nb):
-            sm[i] += fexp(<floating> (row[i] - lse[i]))
+        exp_acc(x + d * inner, mx, NULL, lse, nb)
     for i in range(nb):
-        lse[i] = lse[i] + log(sm[i])
+        lse[i] = mx[i] + log(lse[i])

@@ -10,13 +10,18 @@ are swept together row by row (contiguous reads, per-column accumulators on the 
     softmax'         dx = y * (dy - sum(dy * y))
     log_softmax'     dx = dy - exp(y) * sum(dy)
 
-Sums are accumulated in double, each column by one task in a fixed order: the same bits for
-any number of threads.
+The loops over a row (or over a block's columns) are the vector code of _simd.h, through
+_simd.pxd: a polynomial exp instead of libm's scalar one, compiled for AVX-512, AVX2 and the
+baseline and picked per CPU at load time (the wheel targets baseline x86-64). This module keeps
+the structure: which sums, in which order, over which rows. Sums are accumulated in double, each
+row or column by one task in a fixed order: the same bits for any number of threads.
 """
 from cython cimport floating
 from cython.parallel cimport prange
 
-from fastcnn._ops._softmax cimport block_lse, fexp, row_lse
+from fastcnn._ops._simd cimport (affine, dot, exp_acc, exp_store, low_part, max_cols, mul_sub,
+                                 row_max, scale, sub_exp, sub_exp_cols, sum_shifted)
+from fastcnn._ops._softmax cimport block_lse, row_lse
 
 
 cdef enum:
@@ -26,84 +31,79 @@ cdef enum:
 cdef void _forward_block(const floating* x, floating* y, Py_ssize_t D, Py_ssize_t inner,
                          Py_ssize_t nb, bint take_log) noexcept nogil:
     """Columns [0, nb) of the (D, inner) slab at x (stride inner between rows)."""
-    cdef double mx[BLOCK]
+    cdef floating mx[BLOCK]
     cdef double sm[BLOCK]
+    cdef floating inv[BLOCK]
     cdef Py_ssize_t d, i
     cdef const floating* row
     cdef floating* out
-    cdef double e
     if take_log:
-        block_lse(x, D, inner, nb, mx, sm)        # mx receives the log-sum-exp
+        block_lse(x, D, inner, nb, mx, sm)        # sm receives the log-sum-exp
         for d in range(D):
             row = x + d * inner
             out = y + d * inner
             for i in range(nb):
-                out[i] = <floating> (row[i] - mx[i])
+                out[i] = <floating> (row[i] - sm[i])
         return
     for i in range(nb):
         mx[i] = x[i]
         sm[i] = 0.0
     for d in range(1, D):
-        row = x + d * inner
-        for i in range(nb):
-            if row[i] > mx[i]:
-                mx[i] = row[i]
+        max_cols(mx, x + d * inner, nb)
     for d in range(D):
-        row = x + d * inner
-        out = y + d * inner
-        for i in range(nb):
-            e = fexp(<floating> (row[i] - mx[i]))
-            sm[i] += e
-            out[i] = <floating> e
+        exp_acc(x + d * inner, mx, y + d * inner, sm, nb)
     for i in range(nb):
-        sm[i] = 1.0 / sm[i]
+        inv[i] = <floating> (1.0 / sm[i])
     for d in range(D):
         out = y + d * inner
         for i in range(nb):
-            out[i] = <floating> (out[i] * sm[i])
+            out[i] = out[i] * inv[i]
 
 
 cdef void _forward_row(const floating* x, floating* y, Py_ssize_t D,
                        bint take_log) noexcept nogil:
-    cdef Py_ssize_t d
-    cdef double mx = x[0], sm = 0.0, e
+    cdef double lse
+    cdef floating hi
     if take_log:
-        sm = row_lse(x, D)
-        for d in range(D):
-            y[d] = <floating> (x[d] - sm)
+        lse = row_lse(x, D)
+        hi = <floating> lse
+        affine(x, y, D, hi, low_part(lse, hi), 1, 0)        # y = x - lse
         return
-    for d in range(1, D):
-        if x[d] > mx:
-            mx = x[d]
-    for d in range(D):
-        e = fexp(<floating> (x[d] - mx))
-        sm += e
-        y[d] = <floating> e
-    sm = 1.0 / sm
-    for d in range(D):
-        y[d] = <floating> (y[d] * sm)
+    scale(y, D, <floating> (1.0 / exp_store(x, y, D, row_max(x, D))))
+
+
+cdef void _backward_row(const floating* dy, const floating* y, floating* dx, Py_ssize_t D,
+                        bint take_log) noexcept nogil:
+    if take_log:
+        sub_exp(dy, y, dx, D, <floating> sum_shifted(dy, D, 0))
+    else:
+        mul_sub(y, dy, dx, D, <floating> dot(dy, y, D))
 
 
 cdef void _backward_block(const floating* dy, const floating* y, floating* dx, Py_ssize_t D,
                           Py_ssize_t inner, Py_ssize_t nb, bint take_log) noexcept nogil:
     cdef double sm[BLOCK]
+    cdef floating s[BLOCK]
     cdef Py_ssize_t d, i, off
     for i in range(nb):
         sm[i] = 0.0
     for d in range(D):
         off = d * inner
-        for i in range(nb):
-            if take_log:
+        if take_log:
+            for i in range(nb):
                 sm[i] += dy[off + i]
-            else:
+        else:
+            for i in range(nb):
                 sm[i] += <double> dy[off + i] * y[off + i]
+    for i in range(nb):
+        s[i] = <floating> sm[i]
     for d in range(D):
         off = d * inner
-        for i in range(nb):
-            if take_log:
-                dx[off + i] = <floating> (dy[off + i] - fexp(y[off + i]) * sm[i])
-            else:
-                dx[off + i] = <floating> (y[off + i] * (dy[off + i] - sm[i]))
+        if take_log:
+            sub_exp_cols(dy + off, y + off, dx + off, s, nb)
+        else:
+            for i in range(nb):
+                dx[off + i] = y[off + i] * (dy[off + i] - s[i])
 
 
 def softmax_forward(const floating[:, :, ::1] x, floating[:, :, ::1] out, bint take_log,
@@ -135,12 +135,27 @@ def softmax_backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] y,
     if D == 0 or inner == 0:
         return
     with nogil:
-        for t in prange(outer * nblocks, schedule='static', num_threads=num_threads):
-            o = t // nblocks
-            i0 = (t % nblocks) * BLOCK
-            nb = inner - i0 if inner - i0 < BLOCK else BLOCK
-            _backward_block(&dy[o, 0, i0], &y[o, 0, i0], &dx[o, 0, i0], D, inner, nb,
-                            take_log)
+        if inner == 1:
+            for o in prange(outer, schedule='static', num_threads=num_threads):
+                _backward_row(&dy[o, 0, 0], &y[o, 0, 0], &dx[o, 0, 0], D, take_log)
+        else:
+            for t in prange(outer * nblocks, schedule='static', num_threads=num_threads):
+                o = t // nblocks
+                i0 = (t % nblocks) * BLOCK
+                nb = inner - i0 if inner - i0 < BLOCK else BLOCK
+                _backward_block(&dy[o, 0, i0], &y[o, 0, i0], &dx[o, 0, i0], D, inner, nb,
+                                take_log)
+
+
+def vector_exp(const floating[::1] x, floating[::1] out):
+    """out = exp(x) with the softmax loops' vector exp (_simd.h), for tests."""
+    cdef Py_ssize_t n = x.shape[0]
+    if out.shape[0] != n:
+        raise ValueError(f"vector_exp: out has {out.shape[0]} values, x has {n}")
+    if n == 0:
+        return
+    with nogil:
+        exp_store(&x[0], &out[0], n, 0)
 
 
 # ReLU: one pass, split over the team in fixed chunks. numpy's ``where(x > 0, dy, 0)`` makes a

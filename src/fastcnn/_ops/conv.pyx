@@ -382,19 +382,12 @@ def conv_transpose_backward(const floating[:, ::1] x, const floating[:, ::1] wei
 # ------------------------------------------------------------------------------------------------
 
 cdef extern from "_conv_direct.h" nogil:
-    const char* fc_simd_path()
     void fc_direct_conv_f(const float* xp, const float* wt, const float* bias, float* y,
                           const Py_ssize_t* off, Py_ssize_t K, Py_ssize_t cout, Py_ssize_t cpad,
                           Py_ssize_t oh_n, Py_ssize_t ow_n, Py_ssize_t wp)
     void fc_direct_conv_d(const double* xp, const double* wt, const double* bias, double* y,
                           const Py_ssize_t* off, Py_ssize_t K, Py_ssize_t cout, Py_ssize_t cpad,
                           Py_ssize_t oh_n, Py_ssize_t ow_n, Py_ssize_t wp)
-
-
-def simd_path():
-    """Which clone of the vector kernels runs here: "x86-64-v4", "x86-64-v3", "baseline" or
-    "portable" (see _simd.h)."""
-    return fc_simd_path().decode()
 
 
 def direct_workspace_size(Py_ssize_t channels, Py_ssize_t padded_h, Py_ssize_t padded_w):

@@ -13,14 +13,17 @@ where p = softmax(x) and g the upstream gradient of this position's loss. A targ
 gives loss 0 and dx 0. For (N, C) logits a task is one contiguous row; otherwise, as in
 activation.pyx, one sample and a block of up to BLOCK positions swept class by class. Each
 exponential is computed once per pass that needs it (the backward keeps them in dx and rescales);
-sums are in double in a fixed order.
+sums are in double in a fixed order. The exp, max and sums over a row (or a block's columns) are
+the vector loops of _simd.h (through _simd.pxd and the log-sum-exp of _softmax.pxd), dispatched
+per CPU; this module keeps the op's structure.
 """
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport log
 from libc.stdint cimport int64_t
 
-from fastcnn._ops._softmax cimport block_lse, fexp, row_lse
+from fastcnn._ops._simd cimport exp_acc, exp_store, max_cols, row_max, scale
+from fastcnn._ops._softmax cimport block_lse, row_lse
 
 cdef enum:
     BLOCK = 128    # positions per task (per-position accumulators live on the stack)
@@ -32,10 +35,11 @@ cdef void _ce_forward_block(const floating* x, const int64_t* t, const double* w
                             double* wt) noexcept nogil:
     cdef double lse[BLOCK]
     cdef double swx[BLOCK]
+    cdef floating mx[BLOCK]
     cdef Py_ssize_t c, i
     cdef int64_t k
     cdef const floating* row
-    block_lse(x, C, inner, nb, lse, swx)      # swx serves as the sums' scratch first
+    block_lse(x, C, inner, nb, mx, lse)
     if eps != 0.0:
         for i in range(nb):
             swx[i] = 0.0
@@ -59,30 +63,20 @@ cdef void _ce_backward_block(const floating* x, const int64_t* t, const double* 
                              double wsum, const double* g, Py_ssize_t C, Py_ssize_t inner,
                              Py_ssize_t nb, int64_t ignore_index, double eps,
                              floating* dx) noexcept nogil:
-    cdef double mx[BLOCK]
+    cdef floating mx[BLOCK]
     cdef double sm[BLOCK]
     cdef double coef[BLOCK]       # multiplies exp(x_c - max): the p_c terms
     cdef double konst[BLOCK]      # g * eps / C (times w_c)
     cdef Py_ssize_t c, i
     cdef int64_t k
-    cdef double e
-    cdef const floating* row
     cdef floating* out
     for i in range(nb):
         mx[i] = x[i]
         sm[i] = 0.0
     for c in range(1, C):
-        row = x + c * inner
-        for i in range(nb):
-            if row[i] > mx[i]:
-                mx[i] = row[i]
+        max_cols(mx, x + c * inner, nb)
     for c in range(C):           # exp once, kept in dx, rescaled below
-        row = x + c * inner
-        out = dx + c * inner
-        for i in range(nb):
-            e = fexp(<floating> (row[i] - mx[i]))
-            sm[i] += e
-            out[i] = <floating> e
+        exp_acc(x + c * inner, mx, dx + c * inner, sm, nb)
     for i in range(nb):
         k = t[i]
         if k == ignore_index or k < 0 or k >= C:
@@ -99,15 +93,6 @@ cdef void _ce_backward_block(const floating* x, const int64_t* t, const double* 
         k = t[i]
         if not (k == ignore_index or k < 0 or k >= C):
             dx[k * inner + i] = <floating> (dx[k * inner + i] - g[i] * (1.0 - eps) * w[k])
-
-
-cdef inline double _row_max(const floating* x, Py_ssize_t C) noexcept nogil:
-    cdef double mx = x[0]
-    cdef Py_ssize_t c
-    for c in range(1, C):
-        if x[c] > mx:
-            mx = x[c]
-    return mx
 
 
 cdef void _ce_forward_row(const floating* x, int64_t k, const double* w, double wsum,
@@ -132,26 +117,20 @@ cdef void _ce_forward_row(const floating* x, int64_t k, const double* w, double 
 cdef void _ce_backward_row(const floating* x, int64_t k, const double* w, double wsum,
                            double g, Py_ssize_t C, int64_t ignore_index, double eps,
                            floating* dx) noexcept nogil:
-    cdef double sm = 0.0, e, coef, konst
-    cdef floating fmx
+    cdef double sm, coef, konst
     cdef Py_ssize_t c
     if k == ignore_index or k < 0 or k >= C:
         for c in range(C):
             dx[c] = 0
         return
-    fmx = <floating> _row_max(x, C)
-    for c in range(C):           # exp once, kept in dx, rescaled below
-        e = fexp(<floating> (x[c] - fmx))
-        sm += e
-        dx[c] = <floating> e
+    sm = exp_store(x, dx, C, row_max(x, C))   # exp once, kept in dx, rescaled below
     coef = g * ((1.0 - eps) * w[k] + eps / C * wsum) / sm
     konst = g * eps / C
     if konst != 0.0:
         for c in range(C):
             dx[c] = <floating> (coef * dx[c] - konst * w[c])
     else:
-        for c in range(C):
-            dx[c] = <floating> (coef * dx[c])
+        scale(dx, C, <floating> coef)
     dx[k] = <floating> (dx[k] - g * (1.0 - eps) * w[k])
 
 

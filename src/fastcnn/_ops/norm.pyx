@@ -16,183 +16,95 @@ affine parameters are indexed by g*K + k (the channel) and broadcast over S:
     group norm     R = N*G, K = C/G, S = spatial size
     instance norm  R = N*C, G = C, K = 1, S = spatial size
 
-Statistics take two passes over a channel or row, the second from the cache: the mean of the
-values shifted by the first one (no cancellation when the mean is large against the spread,
-1e4 + noise), then the sum of squared deviations from that mean (non-negative terms). Each sum
-runs in LANES independent partial sums in the input precision over blocks of FLUSH elements
-(so the loops vectorize), each block's total added to a double accumulator; the order is fixed,
-so a channel or row always gives the same bits. Parallelism is over channels (batch norm) or
-rows (row norms, in fixed chunks for the affine-gradient partials), never inside a reduction:
-results do not depend on the number of threads.
+Statistics: one sweep sums d = x - shift and d^2, the shift being the mean of the first 8 values
+of the channel or row (so d is small: no cancellation when the mean is large against the spread,
+1e4 + noise); then mean = shift + sum d / M and var = sum d^2 / M - (sum d / M)^2. That
+difference loses at most a factor 2 of the sums' precision while (sum d / M)^2 <= sum d^2 / 2M,
+i.e. while the shift is within one standard deviation of the mean; otherwise (outliers among the
+first values, a trend along the row) the variance is recomputed in a second pass about the mean,
+from the cache, as sum (x - mean)^2 (non-negative terms).
 
-In float32, ``x - mean`` is computed as ``(x - mean_hi) - mean_lo`` with mean = mean_hi + mean_lo
-split into two floats: the first difference is exact when x is near the mean (Sterbenz), so a
-large mean costs no accuracy, and the loop stays in single precision.
+The loops over contiguous elements (these sums, the affine sweeps, the gradient sums) are the
+vector code of _simd.h, through _simd.pxd: each is compiled for AVX-512, AVX2 and the baseline
+and picked per CPU at load time, since the wheel itself targets baseline x86-64; this module
+keeps the structure (which sums, coefficients, rows, chunks). Each sum runs in lane partial sums
+in the input precision over fixed blocks, each block's partials added to double accumulators;
+the order is fixed, so a channel or row always gives the same bits. Parallelism is over channels
+(batch norm) or rows (row norms, in fixed chunks for the affine-gradient partials), never inside
+a reduction: results do not depend on the number of threads.
+
+In float32 the mean is split into two floats, mean = mean_hi + mean_lo: the loops subtract
+mean_hi, which is exact when x is near the mean (Sterbenz), and mean_lo enters the per-row
+constants computed in double (y = (x - mean_hi) * a + (b - mean_lo * a)), so a large mean costs
+no accuracy and the loops stay in single precision.
 """
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 
+from fastcnn._ops._simd cimport (affine, affine_grads, affine_grads4, affine_vec, grad_apply,
+                                 grad_sums, low_part, moments, sum_sq_dev)
+
 
 # ---- helpers --------------------------------------------------------------------------------
 
 cdef enum:
-    LANES = 8      # independent partial sums (vectorizable, a fixed order)
-    FLUSH = 64     # elements per block: lane partials are added to the double total per block
+    SHIFT_SAMPLES = 8      # leading values averaged into the statistics' shift
 
 
-cdef inline double _lane_total(const floating* a) noexcept nogil:
-    return (((<double> a[0] + a[1]) + (<double> a[2] + a[3]))
-            + ((<double> a[4] + a[5]) + (<double> a[6] + a[7])))
+cdef inline floating _shift(const floating* p, Py_ssize_t n) noexcept nogil:
+    """Mean of the first min(n, SHIFT_SAMPLES) values, n > 0 (values the sweep reads first:
+    no other cache line is touched)."""
+    cdef Py_ssize_t i, k = n if n < SHIFT_SAMPLES else SHIFT_SAMPLES
+    cdef double t = 0.0
+    for i in range(k):
+        t += p[i]
+    return <floating> (t / k)
 
 
-cdef inline double _sum_shifted(const floating* p, Py_ssize_t n, floating shift) noexcept nogil:
-    """sum (p - shift), in double across blocks of FLUSH elements.
-
-    Within a block each of the LANES lanes adds FLUSH/LANES values in the input precision (so
-    the loop vectorizes); the values are shifted near zero, so these short sums lose nothing
-    that matters, and the long sum over blocks is in double. Fixed order: same bits always.
-    """
-    cdef floating a[LANES]
-    cdef double total = 0.0
-    cdef Py_ssize_t i = 0, j, end
-    while i < n:
-        end = i + FLUSH if i + FLUSH < n else n
-        for j in range(LANES):
-            a[j] = 0
-        while i + LANES <= end:
-            for j in range(LANES):
-                a[j] += p[i + j] - shift
-            i += LANES
-        j = 0
-        while i < end:
-            a[j] += p[i] - shift
-            i += 1
-            j += 1
-        total += _lane_total(a)
-    return total
-
-
-cdef inline double _sum_sq_dev(const floating* p, Py_ssize_t n, double mean) noexcept nogil:
-    """sum (p - mean)^2 (non-negative terms: short lane sums are accurate), double total."""
-    cdef floating a[LANES]
-    cdef floating m_hi = <floating> mean
-    cdef floating m_lo = <floating> (mean - <double> m_hi)
-    cdef floating d
-    cdef double total = 0.0
-    cdef Py_ssize_t i = 0, j, end
-    while i < n:
-        end = i + FLUSH if i + FLUSH < n else n
-        for j in range(LANES):
-            a[j] = 0
-        while i + LANES <= end:
-            for j in range(LANES):
-                d = (p[i + j] - m_hi) - m_lo
-                a[j] += d * d
-            i += LANES
-        j = 0
-        while i < end:
-            d = (p[i] - m_hi) - m_lo
-            a[j] += d * d
-            i += 1
-            j += 1
-        total += _lane_total(a)
-    return total
-
-
-cdef inline void _grad_sums(const floating* dy, const floating* x, Py_ssize_t n,
-                            double mean, double* sdy, double* sdyx) noexcept nogil:
-    """sdy += sum dy, sdyx += sum dy * (x - mean); lanes and blocks as _sum_shifted.
-
-    The loop subtracts only mean_hi; sum dy * mean_lo is taken off the total afterwards (exact
-    enough: mean_lo is below half an ulp of the mean).
-    """
-    cdef floating a[LANES]
-    cdef floating q[LANES]
-    cdef floating m_hi = <floating> mean
-    cdef double m_lo = mean - <double> m_hi
-    cdef double ta = 0.0, tq = 0.0
-    cdef Py_ssize_t i = 0, i0, j, end
-    while i < n:
-        end = i + FLUSH if i + FLUSH < n else n
-        i0 = i
-        for j in range(LANES):
-            a[j] = 0
-            q[j] = 0
-        # two sweeps of the block (the second from L1): one reduction per loop vectorizes,
-        # two interleaved ones do not (gcc)
-        while i + LANES <= end:
-            for j in range(LANES):
-                a[j] += dy[i + j]
-            i += LANES
-        j = 0
-        while i < end:
-            a[j] += dy[i]
-            i += 1
-            j += 1
-        i = i0
-        while i + LANES <= end:
-            for j in range(LANES):
-                q[j] += dy[i + j] * (x[i + j] - m_hi)
-            i += LANES
-        j = 0
-        while i < end:
-            q[j] += dy[i] * (x[i] - m_hi)
-            i += 1
-            j += 1
-        ta += _lane_total(a)
-        tq += _lane_total(q)
-    sdy[0] += ta
-    sdyx[0] += tq - ta * m_lo
-
-
-cdef inline double _channel_mean(const floating[:, :, ::1] x, Py_ssize_t c) noexcept nogil:
-    """Mean of channel c of x (N, C, S): shifted by its first value (no cancellation)."""
-    cdef Py_ssize_t N = x.shape[0], S = x.shape[2], n
-    cdef floating shift = x[0, c, 0]
-    cdef double s = 0.0
-    for n in range(N):
-        s += _sum_shifted(&x[n, c, 0], S, shift)
-    return shift + s / (N * S)
-
-
-cdef inline double _channel_var(const floating[:, :, ::1] x, Py_ssize_t c,
-                                double mean) noexcept nogil:
-    """Biased variance of channel c about its mean: a second pass (the channel is in cache)."""
-    cdef Py_ssize_t N = x.shape[0], S = x.shape[2], n
-    cdef double s = 0.0
-    for n in range(N):
-        s += _sum_sq_dev(&x[n, c, 0], S, mean)
-    return s / (N * S)
+cdef inline double _var_from_sums(double s1, double s2, Py_ssize_t M, bint* ok) noexcept nogil:
+    """Biased variance from s1 = sum d, s2 = sum d^2 (d = x - shift); ok = 0 when the shift is
+    more than one standard deviation from the mean (then a second pass is needed)."""
+    cdef double md = s1 / M, ms = s2 / M
+    ok[0] = not (md * md > 0.5 * ms)        # NaN sums: kept (the result is NaN either way)
+    return ms - md * md
 
 
 cdef inline void _row_moments(const floating* p, Py_ssize_t M, double* mean,
                               double* var) noexcept nogil:
-    """Mean (shifted by the first value) and biased variance (second pass) of a row."""
-    cdef floating shift = p[0]
-    cdef double m = shift + _sum_shifted(p, M, shift) / M
+    """Mean and biased variance of a row of M > 0 values (see the module docstring)."""
+    cdef double s1 = 0.0, s2 = 0.0, m
+    cdef floating shift = _shift(p, M), hi
+    cdef bint ok
+    moments(p, M, shift, &s1, &s2)
+    m = shift + s1 / M
     mean[0] = m
-    var[0] = _sum_sq_dev(p, M, m) / M
+    var[0] = _var_from_sums(s1, s2, M, &ok)
+    if not ok:
+        hi = <floating> m
+        var[0] = sum_sq_dev(p, M, hi, low_part(m, hi)) / M
 
 
-cdef inline void _affine(const floating* x, floating* y, Py_ssize_t n, double mean,
-                         floating scale, floating shift) noexcept nogil:
-    """y = (x - mean) * scale + shift."""
-    cdef floating m_hi = <floating> mean
-    cdef floating m_lo = <floating> (mean - <double> m_hi)
-    cdef Py_ssize_t i
-    for i in range(n):
-        y[i] = ((x[i] - m_hi) - m_lo) * scale + shift
-
-
-cdef inline void _grad_apply(const floating* dy, const floating* x, floating* dx, Py_ssize_t n,
-                             double mean, floating a, floating b, floating k) noexcept nogil:
-    """dx = dy * a + (x - mean) * b + k."""
-    cdef floating m_hi = <floating> mean
-    cdef floating m_lo = <floating> (mean - <double> m_hi)
-    cdef Py_ssize_t i
-    for i in range(n):
-        dx[i] = dy[i] * a + ((x[i] - m_hi) - m_lo) * b + k
+cdef inline void _channel_moments(const floating[:, :, ::1] x, Py_ssize_t c, double* mean,
+                                  double* var) noexcept nogil:
+    """Mean and biased variance of channel c of x (N, C, S), N*S > 0: as _row_moments over the
+    N segments of S values (the second pass, when needed, hits the cache)."""
+    cdef Py_ssize_t N = x.shape[0], S = x.shape[2], n
+    cdef double s1 = 0.0, s2 = 0.0, m, M = <double> (N * S)
+    cdef floating shift = _shift(&x[0, c, 0], S), hi, lo
+    cdef bint ok
+    for n in range(N):
+        moments(&x[n, c, 0], S, shift, &s1, &s2)
+    m = shift + s1 / M
+    mean[0] = m
+    var[0] = _var_from_sums(s1, s2, N * S, &ok)
+    if not ok:
+        hi = <floating> m
+        lo = low_part(m, hi)
+        s2 = 0.0
+        for n in range(N):
+            s2 += sum_sq_dev(&x[n, c, 0], S, hi, lo)
+        var[0] = s2 / M
 
 
 # ---- batch norm: one channel per task -------------------------------------------------------
@@ -202,12 +114,9 @@ def channel_stats(const floating[:, :, ::1] x, double[::1] mean, double[::1] var
     """mean[c] and biased var[c] of x (N, C, S) over N and S (N*S > 0)."""
     cdef Py_ssize_t C = x.shape[1]
     cdef Py_ssize_t c
-    cdef double m
     with nogil:
         for c in prange(C, schedule='static', num_threads=num_threads):
-            m = _channel_mean(x, c)
-            mean[c] = m
-            var[c] = _channel_var(x, c, m)
+            _channel_moments(x, c, &mean[c], &var[c])
 
 
 def channel_affine(const floating[:, :, ::1] x, const double[::1] mean,
@@ -216,11 +125,14 @@ def channel_affine(const floating[:, :, ::1] x, const double[::1] mean,
     """out[n, c, s] = (x[n, c, s] - mean[c]) * scale[c] + shift[c]."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef Py_ssize_t c, n
+    cdef floating hi, lo
     with nogil:
         for c in prange(C, schedule='static', num_threads=num_threads):
+            hi = <floating> mean[c]
+            lo = low_part(mean[c], hi)
             for n in range(N):
-                _affine(&x[n, c, 0], &out[n, c, 0], S, mean[c], <floating> scale[c],
-                        <floating> shift[c])
+                affine(&x[n, c, 0], &out[n, c, 0], S, hi, lo, <floating> scale[c],
+                       <floating> shift[c])
 
 
 def channel_grad_sums(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
@@ -230,12 +142,15 @@ def channel_grad_sums(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef Py_ssize_t c, n
     cdef double a, b
+    cdef floating hi, lo
     with nogil:
         for c in prange(C, schedule='static', num_threads=num_threads):
             a = 0.0
             b = 0.0
+            hi = <floating> mean[c]
+            lo = low_part(mean[c], hi)
             for n in range(N):
-                _grad_sums(&dy[n, c, 0], &x[n, c, 0], S, mean[c], &a, &b)
+                grad_sums(&dy[n, c, 0], NULL, &x[n, c, 0], S, hi, lo, &a, &b)
             sum_dy[c] = a
             sum_dy_xmu[c] = b
 
@@ -246,11 +161,14 @@ def channel_grad_apply(const floating[:, :, ::1] dy, const floating[:, :, ::1] x
     """dx[n, c, s] = dy * a[c] + (x - mean[c]) * b[c] + k[c]."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef Py_ssize_t c, n
+    cdef floating hi, lo
     with nogil:
         for c in prange(C, schedule='static', num_threads=num_threads):
+            hi = <floating> mean[c]
+            lo = low_part(mean[c], hi)
             for n in range(N):
-                _grad_apply(&dy[n, c, 0], &x[n, c, 0], &dx[n, c, 0], S, mean[c],
-                            <floating> a[c], <floating> b[c], <floating> k[c])
+                grad_apply(&dy[n, c, 0], NULL, &x[n, c, 0], &dx[n, c, 0], S, hi, lo,
+                           <floating> a[c], <floating> b[c], <floating> k[c])
 
 
 # A channel's N*S values are read again right after its statistics, by the same thread: the
@@ -266,18 +184,22 @@ def channel_train_forward(const floating[:, :, ::1] x, const double[::1] weight,
     cdef bint has_w = weight.shape[0] > 0, has_b = bias.shape[0] > 0
     cdef Py_ssize_t c, n
     cdef double m, v, rs, scale, sh
+    cdef floating hi, lo
     with nogil:
         for c in prange(C, schedule='static', num_threads=num_threads):
-            m = _channel_mean(x, c)
-            v = _channel_var(x, c, m)
+            m = 0.0        # assigned here, so private to the thread (only written via &m below)
+            v = 0.0
+            _channel_moments(x, c, &m, &v)
             rs = 1.0 / sqrt(v + eps)
             mean[c] = m
             var[c] = v
             invstd[c] = rs
             scale = rs * (weight[c] if has_w else 1.0)
             sh = bias[c] if has_b else 0.0
+            hi = <floating> m
+            lo = low_part(m, hi)
             for n in range(N):
-                _affine(&x[n, c, 0], &out[n, c, 0], S, m, <floating> scale, <floating> sh)
+                affine(&x[n, c, 0], &out[n, c, 0], S, hi, lo, <floating> scale, <floating> sh)
 
 
 def channel_train_backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
@@ -291,15 +213,17 @@ def channel_train_backward(const floating[:, :, ::1] dy, const floating[:, :, ::
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef bint has_w = weight.shape[0] > 0
     cdef Py_ssize_t c, n
-    cdef double a, b, m, rs, w, ca, cb, ck
+    cdef double a, b, rs, w, ca, cb, ck
     cdef double M = <double> (N * S)
+    cdef floating hi, lo
     with nogil:
         for c in prange(C, schedule='static', num_threads=num_threads):
             a = 0.0
             b = 0.0
-            m = mean[c]
+            hi = <floating> mean[c]
+            lo = low_part(mean[c], hi)
             for n in range(N):
-                _grad_sums(&dy[n, c, 0], &x[n, c, 0], S, m, &a, &b)
+                grad_sums(&dy[n, c, 0], NULL, &x[n, c, 0], S, hi, lo, &a, &b)
             sum_dy[c] = a
             sum_dy_xmu[c] = b
             rs = invstd[c]
@@ -308,31 +232,11 @@ def channel_train_backward(const floating[:, :, ::1] dy, const floating[:, :, ::
             cb = -ca * rs * rs * b / M
             ck = -ca * a / M
             for n in range(N):
-                _grad_apply(&dy[n, c, 0], &x[n, c, 0], &dx[n, c, 0], S, m, <floating> ca,
-                            <floating> cb, <floating> ck)
+                grad_apply(&dy[n, c, 0], NULL, &x[n, c, 0], &dx[n, c, 0], S, hi, lo,
+                           <floating> ca, <floating> cb, <floating> ck)
 
 
 # ---- row norms (layer / group / instance): one row per task ----------------------------------
-
-cdef inline void _affine_vec(const floating* x, floating* y, Py_ssize_t n, double mean,
-                             floating rs, const floating* w, const floating* b) noexcept nogil:
-    """y[k] = (x[k] - mean) * rs * w[k] + b[k] (w, b may be NULL): layer norm's S == 1 case."""
-    cdef floating m_hi = <floating> mean
-    cdef floating m_lo = <floating> (mean - <double> m_hi)
-    cdef Py_ssize_t k
-    if w != NULL and b != NULL:
-        for k in range(n):
-            y[k] = ((x[k] - m_hi) - m_lo) * rs * w[k] + b[k]
-    elif w != NULL:
-        for k in range(n):
-            y[k] = ((x[k] - m_hi) - m_lo) * rs * w[k]
-    elif b != NULL:
-        for k in range(n):
-            y[k] = ((x[k] - m_hi) - m_lo) * rs + b[k]
-    else:
-        for k in range(n):
-            y[k] = ((x[k] - m_hi) - m_lo) * rs
-
 
 def rows_forward(const floating[:, ::1] x, const floating[::1] weight,
                  const floating[::1] bias, Py_ssize_t G, Py_ssize_t K, double eps,
@@ -349,6 +253,7 @@ def rows_forward(const floating[:, ::1] x, const floating[::1] weight,
     cdef const floating* bp = &bias[0] if has_b else NULL
     cdef Py_ssize_t r, k, g
     cdef double m, v, rs, scale, sh
+    cdef floating hi, lo
     if M == 0:
         return
     with nogil:
@@ -359,75 +264,58 @@ def rows_forward(const floating[:, ::1] x, const floating[::1] weight,
             rs = 1.0 / sqrt(v + eps)
             mean[r] = m
             rstd[r] = rs
-            if S == 1 and G == 1:
-                _affine_vec(&x[r, 0], &out[r, 0], M, m, <floating> rs, wp, bp)
+            hi = <floating> m
+            lo = low_part(m, hi)
+            if S == 1 and G == 1:     # layer norm: weight and bias per element
+                affine_vec(&x[r, 0], &out[r, 0], M, hi, lo, <floating> rs, wp, bp)
                 continue
             g = r % G
             for k in range(K):
                 scale = rs * (weight[g * K + k] if has_w else 1.0)
                 sh = bias[g * K + k] if has_b else 0.0
-                _affine(&x[r, k * S], &out[r, k * S], S, m, <floating> scale, <floating> sh)
+                affine(&x[r, k * S], &out[r, k * S], S, hi, lo, <floating> scale,
+                       <floating> sh)
 
 
-cdef inline void _vec_grad_row(const floating* dy, const floating* x, floating* dx,
-                               Py_ssize_t M, double mean, double rs, const floating* w,
+cdef enum:
+    ROW_GROUP = 4          # layer-norm rows whose affine partials are added together
+
+
+cdef void _layer_rows_backward(const floating* dy, const floating* x, floating* dx,
+                               Py_ssize_t nrows, Py_ssize_t M, double eps, const floating* w,
                                double* gw, double* gb) noexcept nogil:
-    """Layer norm's S == 1 row: affine partials gw[k] += dy*xhat, gb[k] += dy (if gw is not
-    NULL), then dx (if not NULL) from the row sums of g = dy * w."""
-    cdef floating m_hi = <floating> mean
-    cdef floating m_lo = <floating> (mean - <double> m_hi)
-    cdef floating frs = <floating> rs
-    cdef floating xh
-    cdef double sg = 0.0, sgx = 0.0, c1, c2
-    cdef Py_ssize_t k
-    cdef floating a[LANES]
-    cdef floating q[LANES]
-    cdef Py_ssize_t i = 0, i0, j, end
-    if gw != NULL:
-        for k in range(M):
-            xh = ((x[k] - m_hi) - m_lo) * frs
-            gw[k] += dy[k] * xh
-            gb[k] += dy[k]
-    if dx == NULL:
-        return
-    if w == NULL:     # sums of g = dy * w and g * (x - mean), as in _grad_sums
-        _grad_sums(dy, x, M, mean, &sg, &sgx)
-    else:
-        while i < M:  # lanes and blocks as in _grad_sums, one reduction per sweep
-            end = i + FLUSH if i + FLUSH < M else M
-            i0 = i
-            for j in range(LANES):
-                a[j] = 0
-                q[j] = 0
-            while i + LANES <= end:
-                for j in range(LANES):
-                    a[j] += dy[i + j] * w[i + j]
-                i += LANES
-            j = 0
-            while i < end:
-                a[j] += dy[i] * w[i]
-                i += 1
-                j += 1
-            i = i0
-            while i + LANES <= end:
-                for j in range(LANES):
-                    q[j] += dy[i + j] * w[i + j] * ((x[i + j] - m_hi) - m_lo)
-                i += LANES
-            j = 0
-            while i < end:
-                q[j] += dy[i] * w[i] * ((x[i] - m_hi) - m_lo)
-                i += 1
-                j += 1
-            sg += _lane_total(a)
-            sgx += _lane_total(q)
-    c1 = -rs * sg / M
-    c2 = -rs * rs * rs * sgx / M
-    if w != NULL:
-        for k in range(M):
-            dx[k] = dy[k] * w[k] * frs + ((x[k] - m_hi) - m_lo) * <floating> c2 + <floating> c1
-    else:
-        for k in range(M):
-            dx[k] = dy[k] * frs + ((x[k] - m_hi) - m_lo) * <floating> c2 + <floating> c1
+    """Layer norm's rows (S == 1: weight per element) of one chunk, ROW_GROUP at a time. Per
+    row: its statistics, then dx (if not NULL) from the row sums of g = dy * w; then, the group's
+    rows being in L1, the affine partials gw[k] += sum dy*xhat, gb[k] += sum dy (if gw is not
+    NULL), the group's terms added together first."""
+    cdef floating hi[ROW_GROUP]
+    cdef floating lo[ROW_GROUP]
+    cdef floating frs[ROW_GROUP]
+    cdef double m, v, rs, sg, sgx
+    cdef Py_ssize_t r = 0, q, nq, off
+    while r < nrows:
+        nq = nrows - r if nrows - r < ROW_GROUP else ROW_GROUP
+        for q in range(nq):
+            off = (r + q) * M
+            _row_moments(x + off, M, &m, &v)
+            rs = 1.0 / sqrt(v + eps)
+            hi[q] = <floating> m
+            lo[q] = low_part(m, hi[q])
+            frs[q] = <floating> rs
+            if dx != NULL:
+                sg = 0.0
+                sgx = 0.0
+                grad_sums(dy + off, w, x + off, M, hi[q], lo[q], &sg, &sgx)
+                grad_apply(dy + off, w, x + off, dx + off, M, hi[q], lo[q], frs[q],
+                           <floating> (-rs * rs * rs * sgx / M), <floating> (-rs * sg / M))
+        if gw != NULL:
+            if nq == ROW_GROUP:
+                affine_grads4(dy + r * M, x + r * M, M, M, hi, lo, frs, gw, gb)
+            else:
+                for q in range(nq):
+                    affine_grads(dy + (r + q) * M, x + (r + q) * M, M, hi[q], lo[q], frs[q],
+                                 gw, gb)
+        r += nq
 
 
 def rows_backward(const floating[:, ::1] dy, const floating[:, ::1] x, double eps,
@@ -453,22 +341,27 @@ def rows_backward(const floating[:, ::1] dy, const floating[:, ::1] x, double ep
     cdef bint need_x = dx.shape[0] > 0, need_p = gw_parts.shape[0] > 0
     cdef const floating* wp = &weight[0] if has_w else NULL
     cdef Py_ssize_t J = gw_parts.shape[0] if need_p else R
-    cdef Py_ssize_t j, r, k, g, gk
+    cdef Py_ssize_t j, r, r0, k, g, gk
     cdef double sdy, sdyx, a, b, w, rs, m, v, c1, c2
+    cdef floating hi, lo
     if M == 0 or R == 0:
         return
     with nogil:
         for j in prange(J, schedule='static', num_threads=num_threads):
-            for r in range(j * R // J, (j + 1) * R // J):
+            r0 = j * R // J
+            if S == 1 and G == 1:      # layer norm: weight per element, rows in groups
+                _layer_rows_backward(&dy[r0, 0], &x[r0, 0], &dx[r0, 0] if need_x else NULL,
+                                     (j + 1) * R // J - r0, M, eps, wp,
+                                     &gw_parts[j, 0] if need_p else NULL,
+                                     &gb_parts[j, 0] if need_p else NULL)
+                continue
+            for r in range(r0, (j + 1) * R // J):
                 m = 0.0        # assigned here, so private to the thread (only written via &m)
                 v = 0.0
                 _row_moments(&x[r, 0], M, &m, &v)
                 rs = 1.0 / sqrt(v + eps)
-                if S == 1 and G == 1:
-                    _vec_grad_row(&dy[r, 0], &x[r, 0], &dx[r, 0] if need_x else NULL, M, m, rs,
-                                  wp, &gw_parts[j, 0] if need_p else NULL,
-                                  &gb_parts[j, 0] if need_p else NULL)
-                    continue
+                hi = <floating> m
+                lo = low_part(m, hi)
                 g = r % G
                 sdy = 0.0
                 sdyx = 0.0
@@ -476,7 +369,7 @@ def rows_backward(const floating[:, ::1] dy, const floating[:, ::1] x, double ep
                     gk = g * K + k
                     a = 0.0
                     b = 0.0
-                    _grad_sums(&dy[r, k * S], &x[r, k * S], S, m, &a, &b)
+                    grad_sums(&dy[r, k * S], NULL, &x[r, k * S], S, hi, lo, &a, &b)
                     b = b * rs     # sum dy * xhat over this k
                     if need_p:
                         gb_parts[j, gk] += a
@@ -489,5 +382,5 @@ def rows_backward(const floating[:, ::1] dy, const floating[:, ::1] x, double ep
                     c2 = -rs * rs * sdyx / M           # times (x - mean)
                     for k in range(K):
                         w = weight[g * K + k] if has_w else 1.0
-                        _grad_apply(&dy[r, k * S], &x[r, k * S], &dx[r, k * S], S, m,
-                                    <floating> (rs * w), <floating> c2, <floating> c1)
+                        grad_apply(&dy[r, k * S], NULL, &x[r, k * S], &dx[r, k * S], S, hi, lo,
+                                   <floating> (rs * w), <floating> c2, <floating> c1)

@@ -16,6 +16,7 @@ from fastcnn._ops import conv as _conv
 from fastcnn._ops import depthwise as _depthwise
 from fastcnn._ops import im2col as _im2col
 from fastcnn._ops import winograd as _winograd
+from fastcnn._ops.parallel import simd_path
 from fastcnn._threads import get_num_threads, single_threaded_blas
 from fastcnn._workspace import scratch
 from fastcnn.functional._common import (
@@ -152,7 +153,7 @@ def _is_depthwise(geom):
 _DIRECT_MAX_OUT_CHANNELS = 32
 _DIRECT_MAX_TAPS = 512
 _DIRECT_MAX_POSITIONS = 256
-_direct_vector = _conv.simd_path() in ("x86-64-v4", "x86-64-v3")
+_direct_vector = simd_path() in ("x86-64-v4", "x86-64-v3")
 
 
 def _direct_ok(geom, nd):
