@@ -139,14 +139,14 @@ def test_conv3d_hypothesis(th, problem):
 # ---- direct convolution for small layers (_conv_direct.h) -----------------------------------
 
 def test_direct_convolution_matches_im2col_on_random_shapes(monkeypatch):
-    """The direct kernel, forced onto random stride-1 shapes (channel counts that are not a
-    multiple of its 16-channel blocks, odd maps, dilation, uneven 'same' padding), equals
+    """The direct kernel, forced onto random shapes (channel counts that are not a multiple of
+    its 16-channel blocks, odd maps, strides, dilation, uneven 'same' padding), equals
     im2col + GEMM; float64 and float32."""
     from fastcnn.functional import _conv
     if not _conv._direct_vector:
         pytest.skip("no vector clone of the direct kernel on this CPU/build")
     rng = np.random.default_rng(3)
-    for case in range(40):
+    for case in range(60):
         c_in, c_out = int(rng.integers(1, 9)), int(rng.integers(1, 40))
         kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
         dh, dw = int(rng.integers(1, 3)), int(rng.integers(1, 3))
@@ -157,10 +157,11 @@ def test_direct_convolution_matches_im2col_on_random_shapes(monkeypatch):
         x = rng.standard_normal((int(rng.integers(1, 4)), c_in, h, w_)).astype(dtype)
         w = rng.standard_normal((c_out, c_in, kh, kw)).astype(dtype)
         b = rng.standard_normal(c_out).astype(dtype)
+        stride = 1 if padding == "same" else (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
         results = []
         for forced in (True, False):
             monkeypatch.setattr(_conv, "_direct_ok", lambda geom, nd, f=forced: f)
-            results.append(F.conv2d(x, w, b, padding=padding, dilation=(dh, dw)))
+            results.append(F.conv2d(x, w, b, stride, padding=padding, dilation=(dh, dw)))
         np.testing.assert_allclose(results[0], results[1], **TOL[dtype])
 
 

@@ -1,10 +1,10 @@
-/* Direct convolution for small layers (LeNet's): stride 1, one group, few output channels.
+/* Direct convolution for small layers (LeNet's, strided ones): one group, few output channels.
  *
  * im2col + GEMM spends most of such a layer in im2col (LeNet's second convolution: 1,500
  * ten-element row copies per sample, more time than the GEMM) and the GEMM, 16 rows high, is too
  * thin for BLAS. Here each output is computed in place from a zero-bordered copy of the sample:
  *
- *     y[co, oh, ow] = bias[co] + sum_k wt[k, co] * xp[off[k] + oh * Wp + ow]
+ *     y[co, oh, ow] = bias[co] + sum_k wt[k, co] * xp[off[k] + oh*sH * Wp + ow*sW]
  *
  * with k = (ci, kh, kw) and off[k] = ci*Hp*Wp + kh*dH*Wp + kw*dW. The innermost loop runs over
  * FC_CO output channels (one AVX-512 vector of floats, two of AVX2), four output positions at a
@@ -21,7 +21,8 @@
 #define FC_POS 4        /* output positions per block along a row */
 
 /* y (cout, oh_n*ow_n) of one sample from its padded planes xp; wt (K, cpad), bias (cpad).
- * xp must hold one row and FC_POS - 1 elements past the last plane (the tail blocks read them).
+ * xp must hold sh rows and (FC_POS - 1) * sw elements past the last plane (the tail blocks
+ * read them). Strides sh, sw: output (oh, ow) reads the planes from (oh*sh, ow*sw).
  * The FC_CO channels are one GCC vector (zmm registers in the AVX-512 clone, ymm pairs in the
  * AVX2 one): written as vectors, not left to the auto-vectorizer, which kept the accumulators
  * in memory. */
@@ -29,8 +30,9 @@
 typedef T fc_vec_##sfx __attribute__((vector_size(FC_CO * sizeof(T))));                     \
 FC_KERNEL_VOID(fc_direct_conv_##sfx,                                                         \
     (const T *xp, const T *wt, const T *bias, T *y, const ptrdiff_t *off, ptrdiff_t K,       \
-     ptrdiff_t cout, ptrdiff_t cpad, ptrdiff_t oh_n, ptrdiff_t ow_n, ptrdiff_t wp),          \
-    (xp, wt, bias, y, off, K, cout, cpad, oh_n, ow_n, wp),                                   \
+     ptrdiff_t cout, ptrdiff_t cpad, ptrdiff_t oh_n, ptrdiff_t ow_n, ptrdiff_t wp,           \
+     ptrdiff_t sh, ptrdiff_t sw),                                                            \
+    (xp, wt, bias, y, off, K, cout, cpad, oh_n, ow_n, wp, sh, sw),                           \
 {                                                                                            \
     ptrdiff_t co0, oh, ow, k, c, j, r, L = oh_n * ow_n;                                      \
     for (co0 = 0; co0 < cout; co0 += FC_CO) {                                                \
@@ -43,18 +45,18 @@ FC_KERNEL_VOID(fc_direct_conv_##sfx,                                            
             for (ow = 0; ow < ow_n; ow += FC_POS) {                                          \
                 fc_vec_##sfx a0 = b, a1 = b, a2 = b, a3 = b, a4 = b, a5 = b, a6 = b, a7 = b, w;\
                 T out[2 * FC_POS][FC_CO];                                                    \
-                const T *base = xp + oh * wp + ow;                                           \
+                const T *base = xp + oh * sh * wp + ow * sw;                                 \
                 for (k = 0; k < K; k++) {                                                    \
-                    const T *x0 = base + off[k], *x1 = x0 + wp;                              \
+                    const T *x0 = base + off[k], *x1 = x0 + sh * wp;                         \
                     memcpy(&w, wt + k * cpad + co0, sizeof w);                               \
-                    a0 += x0[0] * w;                                                         \
-                    a1 += x0[1] * w;                                                         \
-                    a2 += x0[2] * w;                                                         \
-                    a3 += x0[3] * w;                                                         \
-                    a4 += x1[0] * w;                                                         \
-                    a5 += x1[1] * w;                                                         \
-                    a6 += x1[2] * w;                                                         \
-                    a7 += x1[3] * w;                                                         \
+                    a0 += x0[0 * sw] * w;                                                         \
+                    a1 += x0[1 * sw] * w;                                                         \
+                    a2 += x0[2 * sw] * w;                                                         \
+                    a3 += x0[3 * sw] * w;                                                         \
+                    a4 += x1[0 * sw] * w;                                                         \
+                    a5 += x1[1 * sw] * w;                                                         \
+                    a6 += x1[2 * sw] * w;                                                         \
+                    a7 += x1[3 * sw] * w;                                                         \
                 }                                                                            \
                 memcpy(out[0], &a0, sizeof a0);                                              \
                 memcpy(out[1], &a1, sizeof a1);                                              \

@@ -384,30 +384,34 @@ def conv_transpose_backward(const floating[:, ::1] x, const floating[:, ::1] wei
 cdef extern from "_conv_direct.h" nogil:
     void fc_direct_conv_f(const float* xp, const float* wt, const float* bias, float* y,
                           const Py_ssize_t* off, Py_ssize_t K, Py_ssize_t cout, Py_ssize_t cpad,
-                          Py_ssize_t oh_n, Py_ssize_t ow_n, Py_ssize_t wp)
+                          Py_ssize_t oh_n, Py_ssize_t ow_n, Py_ssize_t wp, Py_ssize_t sh,
+                          Py_ssize_t sw)
     void fc_direct_conv_d(const double* xp, const double* wt, const double* bias, double* y,
                           const Py_ssize_t* off, Py_ssize_t K, Py_ssize_t cout, Py_ssize_t cpad,
-                          Py_ssize_t oh_n, Py_ssize_t ow_n, Py_ssize_t wp)
+                          Py_ssize_t oh_n, Py_ssize_t ow_n, Py_ssize_t wp, Py_ssize_t sh,
+                          Py_ssize_t sw)
 
 
-def direct_workspace_size(Py_ssize_t channels, Py_ssize_t padded_h, Py_ssize_t padded_w):
-    """Per-thread scratch of direct_forward: one zero-bordered sample and a tail of a row and
-    4 elements (the kernel's last blocks read into it)."""
-    return channels * padded_h * padded_w + padded_w + 4
+def direct_workspace_size(Py_ssize_t channels, Py_ssize_t padded_h, Py_ssize_t padded_w,
+                          Py_ssize_t stride_h, Py_ssize_t stride_w):
+    """Per-thread scratch of direct_forward: one zero-bordered sample and a tail that the
+    kernel's last blocks read into (stride_h + 1 rows and 4 strides)."""
+    return channels * padded_h * padded_w + (stride_h + 1) * padded_w + 4 * stride_w
 
 
 def direct_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
                    const floating[::1] bias, floating[:, ::1] out, floating[::1] workspace,
                    const Py_ssize_t[::1] offsets, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                    Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t Hp, Py_ssize_t Wp,
-                   Py_ssize_t out_h, Py_ssize_t out_w, int num_threads):
-    """out (N, C_out*oH*oW) = stride-1 convolution of x (N, C*H*W) with wt (K, cpad) (the
+                   Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
+                   int num_threads):
+    """out (N, C_out*oH*oW) = the convolution of x (N, C*H*W) with wt (K, cpad) (the
     weight transposed, C_out padded to cpad) and bias (cpad). Each sample is copied into its
     thread's workspace as C zero-bordered planes of Hp x Wp, the input at (pad_h, pad_w);
     ``offsets`` (K,) are the taps' positions in those planes (see _conv_direct.h)."""
     cdef Py_ssize_t N = x.shape[0], K = wt.shape[0], cpad = wt.shape[1]
     cdef Py_ssize_t C_out = out.shape[1] // (out_h * out_w)
-    cdef Py_ssize_t stride = C * Hp * Wp + Wp + 4
+    cdef Py_ssize_t stride = C * Hp * Wp + (stride_h + 1) * Wp + 4 * stride_w
     cdef Py_ssize_t rows = min(H, Hp - pad_h), cols = min(W, Wp - pad_w)
     cdef Py_ssize_t n, c, r
     cdef floating* xp
@@ -423,7 +427,7 @@ def direct_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
                            cols * sizeof(floating))
             if floating is float:
                 fc_direct_conv_f(xp, &wt[0, 0], &bias[0], &out[n, 0], &offsets[0], K, C_out,
-                                 cpad, out_h, out_w, Wp)
+                                 cpad, out_h, out_w, Wp, stride_h, stride_w)
             else:
                 fc_direct_conv_d(xp, &wt[0, 0], &bias[0], &out[n, 0], &offsets[0], K, C_out,
-                                 cpad, out_h, out_w, Wp)
+                                 cpad, out_h, out_w, Wp, stride_h, stride_w)
