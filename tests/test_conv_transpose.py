@@ -63,6 +63,20 @@ def test_conv_transpose2d_common_shapes(th, rng, dtype, kernel, kw):
     check_against_torch(th, rng, 2, 2, 4, 6, (5, 7), kernel, dtype, **kw)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kw", [dict(stride=2, padding=1), dict(stride=2, padding=1,
+                                                                output_padding=1),
+                                dict(stride=1, padding=1, dilation=2)])
+def test_conv_transpose2d_input_gradient_by_the_direct_convolution(th, rng, dtype, kw):
+    """U-Net-sized layers: the input gradient is the convolution of dy by the same weight,
+    small enough for the direct kernel where it runs (16 x 16 taps, 8 output channels)."""
+    from fastcnn.functional import _conv
+    check_against_torch(th, rng, 2, 3, 8, 16, (7, 6), (4, 4), dtype, **kw)
+    dy = np.zeros((3, 16, 14, 12))
+    geom = _conv._conv_geometry("t", 2, dy, np.zeros((8, 16, 4, 4)), 2, 1, 1, 1)
+    assert _conv._direct_ok(geom, 2) == _conv._direct_vector
+
+
 @pytest.mark.parametrize("kw", [dict(), dict(stride=3, padding=1, output_padding=2, groups=2),
                                 dict(dilation=3, padding=2)])
 def test_conv_transpose1d_matches_torch(th, rng, kw):

@@ -11,7 +11,14 @@ from fastcnn._ops import conv as _conv
 from fastcnn._threads import get_num_threads, single_threaded_blas
 from fastcnn._workspace import scratch
 from fastcnn.functional._common import _INT32_MAX, _rows
-from fastcnn.functional._conv import _BackwardOperands, _ConvGeometry, _split_operands
+from fastcnn.functional._conv import (
+    _BackwardOperands,
+    _conv_forward,
+    _conv_geometry,
+    _ConvGeometry,
+    _direct_ok,
+    _split_operands,
+)
 
 __all__ = [
     "conv_transpose_output_size", "conv_transpose1d", "conv_transpose1d_backward",
@@ -107,6 +114,18 @@ def _conv_transpose_backward(fname, nd, grad_output, input, weight, stride, padd
                                     dilation)
     b = _BackwardOperands(fname, geom, x, w, dy, output_mask)
     need_x, need_w, dtype, n, threads = b.need_x, b.need_w, b.dtype, geom.n, b.threads
+    if need_x and n and nd == 2:
+        # dL/dx is the convolution of dy by the same weight, stride and padding; where that
+        # convolution is small enough for the direct kernel, it beats the GEMM + im2col below
+        # (U-Net's k4 s2 upsampling: 64 -> 32 channels on 16x16)
+        dy4 = b.dy3.reshape((n, geom.out_channels) + geom.out_size)
+        w4 = b.w2.reshape(w.shape)
+        as_conv = _conv_geometry(fname, nd, dy4, w4, geom.stride[1:], geom.padding[1:],
+                                 geom.dilation[1:], geom.groups)
+        if _direct_ok(as_conv, nd) and as_conv.out_size == geom.in_size:
+            b.grad_x = _conv_forward(fname, nd, dy4, w4, None, geom.stride[1:],
+                                     geom.padding[1:], geom.dilation[1:], geom.groups)
+            need_x = False
     if (need_x or need_w) and n:
         args = _conv_transpose_args(geom)
         per_thread = _conv.conv_transpose_workspace_size(geom.out_channels, *args[1:4],
