@@ -7,8 +7,8 @@
  *     y[co, oh, ow] = bias[co] + sum_k wt[k, co] * xp[off[k] + oh*sH * Wp + ow*sW]
  *
  * with k = (ci, kh, kw) and off[k] = ci*Hp*Wp + kh*dH*Wp + kw*dW. The innermost loop runs over
- * FC_CO output channels (one AVX-512 vector of floats, two of AVX2), four output positions at a
- * time share each weight load, and the accumulators stay in registers. The kernel is compiled
+ * FC_CO output channels (one AVX-512 vector of floats, two of AVX2), eight outputs (2 rows x
+ * FC_POS) share each weight load, and their accumulators stay in registers. The kernel is compiled
  * per x86-64 level by _simd.h's dispatch; functional/_conv.py uses it only where a vector clone
  * runs. The sum over k runs in a fixed order: the result does not depend on threads.
  */
@@ -21,8 +21,8 @@
 #define FC_POS 4        /* output positions per block along a row */
 
 /* y (cout, oh_n*ow_n) of one sample from its padded planes xp; wt (K, cpad), bias (cpad).
- * xp must hold sh rows and (FC_POS - 1) * sw elements past the last plane (the tail blocks
- * read them). Strides sh, sw: output (oh, ow) reads the planes from (oh*sh, ow*sw).
+ * xp must hold sh + 1 rows and FC_POS * sw elements past the last plane (the tail blocks
+ * read them; conv.pyx's direct_workspace_size). Strides sh, sw: output (oh, ow) reads the planes from (oh*sh, ow*sw).
  * The FC_CO channels are one GCC vector (zmm registers in the AVX-512 clone, ymm pairs in the
  * AVX2 one): written as vectors, not left to the auto-vectorizer, which kept the accumulators
  * in memory. */
@@ -49,14 +49,14 @@ FC_KERNEL_VOID(fc_direct_conv_##sfx,                                            
                 for (k = 0; k < K; k++) {                                                    \
                     const T *x0 = base + off[k], *x1 = x0 + sh * wp;                         \
                     memcpy(&w, wt + k * cpad + co0, sizeof w);                               \
-                    a0 += x0[0 * sw] * w;                                                         \
-                    a1 += x0[1 * sw] * w;                                                         \
-                    a2 += x0[2 * sw] * w;                                                         \
-                    a3 += x0[3 * sw] * w;                                                         \
-                    a4 += x1[0 * sw] * w;                                                         \
-                    a5 += x1[1 * sw] * w;                                                         \
-                    a6 += x1[2 * sw] * w;                                                         \
-                    a7 += x1[3 * sw] * w;                                                         \
+                    a0 += x0[0 * sw] * w;                                                    \
+                    a1 += x0[1 * sw] * w;                                                    \
+                    a2 += x0[2 * sw] * w;                                                    \
+                    a3 += x0[3 * sw] * w;                                                    \
+                    a4 += x1[0 * sw] * w;                                                    \
+                    a5 += x1[1 * sw] * w;                                                    \
+                    a6 += x1[2 * sw] * w;                                                    \
+                    a7 += x1[3 * sw] * w;                                                    \
                 }                                                                            \
                 memcpy(out[0], &a0, sizeof a0);                                              \
                 memcpy(out[1], &a1, sizeof a1);                                              \
