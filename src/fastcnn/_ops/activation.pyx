@@ -19,9 +19,9 @@ row or column by one task in a fixed order: the same bits for any number of thre
 from cython cimport floating
 from cython.parallel cimport prange
 
-from fastcnn._ops._simd cimport (affine, dot, exp_acc, exp_store, low_part, max_cols, mul_sub,
+from fastcnn._ops._simd cimport (affine, dot, exp_store, low_part, mul_sub,
                                  row_max, scale, sub_exp, sub_exp_cols, sum_shifted)
-from fastcnn._ops._softmax cimport block_lse, row_lse
+from fastcnn._ops._softmax cimport block_exp_sums, block_lse, row_lse
 
 
 cdef enum:
@@ -45,13 +45,7 @@ cdef void _forward_block(const floating* x, floating* y, Py_ssize_t D, Py_ssize_
             for i in range(nb):
                 out[i] = <floating> (row[i] - sm[i])
         return
-    for i in range(nb):
-        mx[i] = x[i]
-        sm[i] = 0.0
-    for d in range(1, D):
-        max_cols(mx, x + d * inner, nb)
-    for d in range(D):
-        exp_acc(x + d * inner, mx, y + d * inner, sm, nb)
+    block_exp_sums(x, D, inner, nb, mx, sm, y)
     for i in range(nb):
         inv[i] = <floating> (1.0 / sm[i])
     for d in range(D):

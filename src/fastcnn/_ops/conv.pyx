@@ -17,6 +17,10 @@ own slice of the workspace and single-threaded BLAS calls. The weight gradient s
 to give the same bits whatever the number of threads, samples are cut into ``n_chunks`` fixed
 ranges (a function of N only), each chunk sums its samples in order into its own (C_out, K)
 partial, and the caller adds the partials in chunk order.
+
+The last section drives the direct convolution of _conv_direct.h (small layers, where im2col
+costs more than the GEMM it feeds): the GEMM-free forward path functional/_conv.py picks by
+its rule (_direct_ok).
 """
 from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid

@@ -20,101 +20,29 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.string cimport memset
 
-from fastcnn._ops.im2col cimport Geom, make_geom
+import numpy as np
+
+from fastcnn._ops.im2col cimport Geom, make_geom, valid_range
 
 
-cdef inline void _ow_range(Py_ssize_t iw0, const Geom* g, Py_ssize_t* lo,
-                           Py_ssize_t* hi) noexcept nogil:
-    """Outputs ow in [lo, hi) read input column iw0 + ow*sW inside [0, W)."""
-    cdef Py_ssize_t first = 0, last
-    if iw0 < 0:
-        first = (-iw0 + g.sW - 1) // g.sW
-    if g.W - 1 - iw0 < 0:
-        last = 0
-    else:
-        last = (g.W - 1 - iw0) // g.sW + 1
-    if last > g.oW:
-        last = g.oW
-    if first > last:
-        first = last
-    lo[0] = first
-    hi[0] = last
+cdef enum Sweep:
+    FORWARD         # out row += w[t] * input row under tap t
+    GRAD_INPUT      # input row under tap t += w[t] * out row
+    GRAD_WEIGHT     # acc[t] += out row . input row under tap t
 
 
-cdef void _forward_plane(const floating* x, const floating* w, floating bias, floating* y,
-                         const Geom* g) noexcept nogil:
-    """y (oD, oH, oW) = bias + the taps w (kD*kH*kW) over x (D, H, W)."""
-    cdef Py_ssize_t od, oh, ow, a, b, e, id_, ih, iw0, lo, hi, sW = g.sW
-    cdef floating wt
-    cdef floating* yr
-    cdef const floating* xr
+cdef void _sweep(Sweep mode, floating* out, floating* inp, const floating* w, double* acc,
+                 const Py_ssize_t* cols, const Geom* g) noexcept nogil:
+    """One pass over every (output row, tap) pair of a plane pair: ``out`` (oD, oH, oW) and
+    ``inp`` (D, H, W); ``cols`` holds (lo, hi) per kernel column e (tap_columns). The three
+    modes share the window arithmetic and differ in the row operation only."""
+    cdef Py_ssize_t od, oh, ow, a, b, e, t, id_, ih, lo, hi, sW = g.sW
+    cdef floating wt, s
+    cdef floating* orow
+    cdef floating* irow
     for od in range(g.oD):
         for oh in range(g.oH):
-            yr = y + (od * g.oH + oh) * g.oW
-            for ow in range(g.oW):
-                yr[ow] = bias
-            for a in range(g.kD):
-                id_ = od * g.sD + a * g.dD - g.pD
-                if id_ < 0 or id_ >= g.D:
-                    continue
-                for b in range(g.kH):
-                    ih = oh * g.sH + b * g.dH - g.pH
-                    if ih < 0 or ih >= g.H:
-                        continue
-                    for e in range(g.kW):
-                        wt = w[(a * g.kH + b) * g.kW + e]
-                        iw0 = e * g.dW - g.pW
-                        _ow_range(iw0, g, &lo, &hi)
-                        xr = x + (id_ * g.H + ih) * g.W + iw0
-                        if sW == 1:
-                            for ow in range(lo, hi):
-                                yr[ow] = yr[ow] + wt * xr[ow]
-                        else:
-                            for ow in range(lo, hi):
-                                yr[ow] = yr[ow] + wt * xr[ow * sW]
-
-
-cdef void _grad_input_plane(const floating* dy, const floating* w, floating* dx,
-                            const Geom* g) noexcept nogil:
-    """dx (D, H, W) += the adjoint of _forward_plane for one output plane dy and taps w."""
-    cdef Py_ssize_t od, oh, ow, a, b, e, id_, ih, iw0, lo, hi, sW = g.sW
-    cdef floating wt
-    cdef const floating* dyr
-    cdef floating* xr
-    for od in range(g.oD):
-        for oh in range(g.oH):
-            dyr = dy + (od * g.oH + oh) * g.oW
-            for a in range(g.kD):
-                id_ = od * g.sD + a * g.dD - g.pD
-                if id_ < 0 or id_ >= g.D:
-                    continue
-                for b in range(g.kH):
-                    ih = oh * g.sH + b * g.dH - g.pH
-                    if ih < 0 or ih >= g.H:
-                        continue
-                    for e in range(g.kW):
-                        wt = w[(a * g.kH + b) * g.kW + e]
-                        iw0 = e * g.dW - g.pW
-                        _ow_range(iw0, g, &lo, &hi)
-                        xr = dx + (id_ * g.H + ih) * g.W + iw0
-                        if sW == 1:
-                            for ow in range(lo, hi):
-                                xr[ow] = xr[ow] + wt * dyr[ow]
-                        else:
-                            for ow in range(lo, hi):
-                                xr[ow * sW] = xr[ow * sW] + wt * dyr[ow]
-
-
-cdef void _grad_weight_plane(const floating* dy, const floating* x, double* acc,
-                             const Geom* g) noexcept nogil:
-    """acc[t] += sum over the plane of dy * (x under tap t), one output plane dy."""
-    cdef Py_ssize_t od, oh, ow, a, b, e, id_, ih, iw0, lo, hi, sW = g.sW, t
-    cdef floating s
-    cdef const floating* dyr
-    cdef const floating* xr
-    for od in range(g.oD):
-        for oh in range(g.oH):
-            dyr = dy + (od * g.oH + oh) * g.oW
+            orow = out + (od * g.oH + oh) * g.oW
             for a in range(g.kD):
                 id_ = od * g.sD + a * g.dD - g.pD
                 if id_ < 0 or id_ >= g.D:
@@ -125,17 +53,44 @@ cdef void _grad_weight_plane(const floating* dy, const floating* x, double* acc,
                         continue
                     for e in range(g.kW):
                         t = (a * g.kH + b) * g.kW + e
-                        iw0 = e * g.dW - g.pW
-                        _ow_range(iw0, g, &lo, &hi)
-                        xr = x + (id_ * g.H + ih) * g.W + iw0
-                        s = 0
-                        if sW == 1:
-                            for ow in range(lo, hi):
-                                s = s + dyr[ow] * xr[ow]
+                        lo = cols[2 * e]
+                        hi = cols[2 * e + 1]
+                        irow = inp + (id_ * g.H + ih) * g.W + e * g.dW - g.pW
+                        wt = w[t] if mode != GRAD_WEIGHT else 0
+                        if mode == FORWARD:
+                            if sW == 1:
+                                for ow in range(lo, hi):
+                                    orow[ow] = orow[ow] + wt * irow[ow]
+                            else:
+                                for ow in range(lo, hi):
+                                    orow[ow] = orow[ow] + wt * irow[ow * sW]
+                        elif mode == GRAD_INPUT:
+                            if sW == 1:
+                                for ow in range(lo, hi):
+                                    irow[ow] = irow[ow] + wt * orow[ow]
+                            else:
+                                for ow in range(lo, hi):
+                                    irow[ow * sW] = irow[ow * sW] + wt * orow[ow]
                         else:
-                            for ow in range(lo, hi):
-                                s = s + dyr[ow] * xr[ow * sW]
-                        acc[t] += s         # a row's sum in the input precision, rows in double
+                            s = 0
+                            if sW == 1:
+                                for ow in range(lo, hi):
+                                    s = s + orow[ow] * irow[ow]
+                            else:
+                                for ow in range(lo, hi):
+                                    s = s + orow[ow] * irow[ow * sW]
+                            acc[t] += s     # a row's sum in the input precision, rows in double
+
+
+cdef object tap_columns(const Geom* g):
+    """(lo, hi) per kernel column e: the outputs whose tap e falls inside the input's width,
+    computed once per call rather than per row."""
+    cols = np.empty(2 * g.kW, dtype=np.intp)
+    cdef Py_ssize_t[::1] c = cols
+    cdef Py_ssize_t e
+    for e in range(g.kW):
+        valid_range(e * g.dW - g.pW, g.sW, g.W, g.oW, &c[2 * e], &c[2 * e + 1])
+    return cols
 
 
 def forward(const floating[:, :, ::1] x, const floating[:, ::1] weight,
@@ -145,15 +100,21 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] weight,
     cdef Geom g = make_geom(in_size, kernel, stride, padding, dilation, out_size)
     cdef Py_ssize_t N = out.shape[0], C_out = out.shape[1], C_in = x.shape[1]
     cdef Py_ssize_t M = C_out // C_in, planes = N * C_out, p, n, co
+    cdef Py_ssize_t L = out.shape[2], l
     cdef bint has_bias = bias.shape[0] > 0
-    if planes == 0 or out.shape[2] == 0:
+    cdef const Py_ssize_t[::1] cols = tap_columns(&g)
+    cdef floating* y
+    if planes == 0 or L == 0:
         return
     with nogil:
         for p in prange(planes, schedule='static', num_threads=num_threads):
             n = p // C_out
             co = p % C_out
-            _forward_plane(&x[n, co // M, 0], &weight[co, 0],
-                           bias[co] if has_bias else <floating> 0, &out[n, co, 0], &g)
+            y = &out[n, co, 0]
+            for l in range(L):
+                y[l] = bias[co] if has_bias else 0
+            _sweep(FORWARD, y, <floating*> &x[n, co // M, 0], &weight[co, 0], NULL, &cols[0],
+                   &g)
 
 
 def grad_input(const floating[:, :, ::1] grad_out, const floating[:, ::1] weight,
@@ -163,6 +124,7 @@ def grad_input(const floating[:, :, ::1] grad_out, const floating[:, ::1] weight
     cdef Geom g = make_geom(in_size, kernel, stride, padding, dilation, out_size)
     cdef Py_ssize_t N = grad_x.shape[0], C_in = grad_x.shape[1], S = grad_x.shape[2]
     cdef Py_ssize_t M = grad_out.shape[1] // C_in, planes = N * C_in, p, n, c, j
+    cdef const Py_ssize_t[::1] cols = tap_columns(&g)
     if planes == 0 or S == 0:
         return
     with nogil:
@@ -173,8 +135,8 @@ def grad_input(const floating[:, :, ::1] grad_out, const floating[:, ::1] weight
             if grad_out.shape[2] == 0:
                 continue
             for j in range(M):
-                _grad_input_plane(&grad_out[n, c * M + j, 0], &weight[c * M + j, 0],
-                                  &grad_x[n, c, 0], &g)
+                _sweep(GRAD_INPUT, <floating*> &grad_out[n, c * M + j, 0], &grad_x[n, c, 0],
+                       &weight[c * M + j, 0], NULL, &cols[0], &g)
 
 
 def grad_weight(const floating[:, :, ::1] grad_out, const floating[:, :, ::1] x,
@@ -184,6 +146,7 @@ def grad_weight(const floating[:, :, ::1] grad_out, const floating[:, :, ::1] x,
     cdef Geom g = make_geom(in_size, kernel, stride, padding, dilation, out_size)
     cdef Py_ssize_t N = grad_out.shape[0], C_out = grad_out.shape[1], C_in = x.shape[1]
     cdef Py_ssize_t M = C_out // C_in, kk = acc.shape[1], co, n
+    cdef const Py_ssize_t[::1] cols = tap_columns(&g)
     if C_out == 0:
         return
     with nogil:
@@ -192,4 +155,5 @@ def grad_weight(const floating[:, :, ::1] grad_out, const floating[:, :, ::1] x,
             if grad_out.shape[2] == 0:
                 continue
             for n in range(N):
-                _grad_weight_plane(&grad_out[n, co, 0], &x[n, co // M, 0], &acc[co, 0], &g)
+                _sweep(GRAD_WEIGHT, <floating*> &grad_out[n, co, 0],
+                       <floating*> &x[n, co // M, 0], NULL, &acc[co, 0], &cols[0], &g)

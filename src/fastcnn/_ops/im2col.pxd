@@ -10,6 +10,27 @@ ctypedef struct Geom:
     Py_ssize_t dD, dH, dW       # dilation
     Py_ssize_t oD, oH, oW       # output spatial size
 
+cdef inline void valid_range(Py_ssize_t start, Py_ssize_t step, Py_ssize_t size,
+                             Py_ssize_t count, Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    """Outputs o in [lo, hi) are those with 0 <= start + o*step < size (step > 0).
+
+    Only non-negative numerators are divided: with cdivision, C division truncates toward zero.
+    """
+    cdef Py_ssize_t first = 0, last
+    if start < 0:
+        first = (-start + step - 1) // step
+    if size - 1 - start < 0:
+        last = 0
+    else:
+        last = (size - 1 - start) // step + 1
+    if last > count:
+        last = count
+    if first > last:
+        first = last
+    lo[0] = first
+    hi[0] = last
+
+
 cdef Geom make_geom(tuple in_size, tuple kernel, tuple stride, tuple padding,
                     tuple dilation, tuple out_size) except *
 

@@ -31,27 +31,6 @@ cdef Geom make_geom(tuple in_size, tuple kernel, tuple stride, tuple padding,
     return g
 
 
-cdef inline void _valid_range(Py_ssize_t start, Py_ssize_t step, Py_ssize_t size,
-                              Py_ssize_t count, Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
-    """Outputs o in [lo, hi) are those with 0 <= start + o*step < size (step > 0).
-
-    Only non-negative numerators are divided: with cdivision, C division truncates toward zero.
-    """
-    cdef Py_ssize_t first = 0, last
-    if start < 0:
-        first = (-start + step - 1) // step
-    if size - 1 - start < 0:
-        last = 0
-    else:
-        last = (size - 1 - start) // step + 1
-    if last > count:
-        last = count
-    if first > last:
-        first = last
-    lo[0] = first
-    hi[0] = last
-
-
 cdef void im2col_plane(const floating* x, floating* cols, const Geom* g,
                        Py_ssize_t ld) noexcept nogil:
     """Write the (kD*kH*kW, oD*oH*oW) columns of one input plane x (D, H, W); consecutive
@@ -65,7 +44,7 @@ cdef void im2col_plane(const floating* x, floating* cols, const Geom* g,
         for b in range(g.kH):
             for e in range(g.kW):
                 iw0 = e * g.dW - g.pW
-                _valid_range(iw0, g.sW, g.W, g.oW, &lo, &hi)
+                valid_range(iw0, g.sW, g.W, g.oW, &lo, &hi)
                 for od in range(g.oD):
                     id_ = od * g.sD - g.pD + a * g.dD
                     if id_ < 0 or id_ >= g.D:
@@ -103,7 +82,7 @@ cdef void col2im_plane(const floating* cols, floating* x, const Geom* g,
         for b in range(g.kH):
             for e in range(g.kW):
                 iw0 = e * g.dW - g.pW
-                _valid_range(iw0, g.sW, g.W, g.oW, &lo, &hi)
+                valid_range(iw0, g.sW, g.W, g.oW, &lo, &hi)
                 for od in range(g.oD):
                     id_ = od * g.sD - g.pD + a * g.dD
                     if id_ < 0 or id_ >= g.D:

@@ -13,10 +13,10 @@ Each 2x2 block of outputs is computed from a 4x4 input tile d with 16 multiplica
 The sum over channels is 16 GEMMs, one per tile position xi: M[xi] (C_out, T) =
 U[xi] (C_out, C) @ V[xi] (C, T), T being the tiles of a block of samples. The input gradient of
 such a convolution is one too (dy convolved with the flipped, transposed kernels, padding 2 - p),
-so functional.py uses this kernel for both. The weight transform
-is done once per call in Python (functional.py); here are the input and output transforms and
-the GEMMs. Samples go in fixed blocks (a function of the shapes), each block on one thread with
-single-threaded BLAS: the result does not depend on the number of threads.
+so functional.py uses this kernel for both. The weight transform (weight_transform) is done
+once per call; then come the input transform, the GEMMs and the output transform. Samples go
+in fixed blocks (a function of the shapes), each block on one thread with single-threaded
+BLAS: the result does not depend on the number of threads.
 
 The weight gradient goes back through the same algebra. With Y = A^T M A, dM = A dY A^T (the
 2x2 output gradient of a tile spread to 4x4), and since M = sum_c U . V elementwise,
@@ -90,7 +90,7 @@ cdef void _input_transform(const floating* x, floating* v, floating* pb, Py_ssiz
                     dst[(4 * k + 3) * xi_stride + tj] = t[k][1] - t[k][3]
 
 
-def padded_plane_size(Py_ssize_t out_h, Py_ssize_t out_w):
+cdef Py_ssize_t padded_plane_size(Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil:
     """Elements of the zero-bordered copy of one input plane the input transform reads."""
     return (2 * ((out_h + 1) // 2) + 2) * (2 * ((out_w + 1) // 2) + 2)
 
@@ -251,12 +251,27 @@ def block_size(Py_ssize_t n, Py_ssize_t tiles):
     return max(1, min(n, 128 // tiles)) if tiles < 128 else 1
 
 
+cdef Py_ssize_t _thread_scratch(Py_ssize_t C, Py_ssize_t K, Py_ssize_t span, Py_ssize_t out_h,
+                                Py_ssize_t out_w) noexcept nogil:
+    """One thread's scratch: V (16, C, span) and M (16, K, span), each of the 16 matrices
+    padded by SKEW elements, then the zero-bordered input plane. forward and weight_grad carve
+    it up the same way (_after)."""
+    return 16 * ((C + K) * span + 2 * SKEW) + padded_plane_size(out_h, out_w)
+
+
+cdef inline floating* _after(floating* matrices, Py_ssize_t rows,
+                             Py_ssize_t span) noexcept nogil:
+    """Where the scratch continues after 16 skewed (rows, span) matrices starting at
+    ``matrices``: V -> M -> the input plane. (Assigned directly in the prange loops, so that
+    Cython makes the pointers thread-private.)"""
+    return matrices + 16 * (rows * span + SKEW)
+
+
 def workspace_size(Py_ssize_t channels, Py_ssize_t out_channels, Py_ssize_t out_h,
                    Py_ssize_t out_w, Py_ssize_t block):
-    """Per-thread scratch: V (16, C, block*T) and M (16, C_out, block*T), each of the 16
-    matrices padded by SKEW elements, and one zero-bordered input plane."""
+    """Per-thread scratch of forward and weight_grad, for ``block`` samples per GEMM."""
     cdef Py_ssize_t tiles = ((out_h + 1) // 2) * ((out_w + 1) // 2)
-    return 16 * ((channels + out_channels) * block * tiles + 2 * SKEW) + padded_plane_size(out_h, out_w)
+    return _thread_scratch(channels, out_channels, block * tiles, out_h, out_w)
 
 
 def forward(const floating[:, ::1] x, const floating[:, :, ::1] u, const floating[::1] bias,
@@ -268,8 +283,7 @@ def forward(const floating[:, ::1] x, const floating[:, :, ::1] u, const floatin
     cdef Py_ssize_t tiles_h = (out_h + 1) // 2, tiles_w = (out_w + 1) // 2
     cdef Py_ssize_t T = tiles_h * tiles_w
     cdef Py_ssize_t span = block * T
-    cdef Py_ssize_t ws_stride = (16 * ((C + K) * span + 2 * SKEW)
-                                 + padded_plane_size(out_h, out_w))
+    cdef Py_ssize_t ws_stride = _thread_scratch(C, K, span, out_h, out_w)
     cdef Py_ssize_t blocks = (N + block - 1) // block
     cdef bint has_bias = bias.shape[0] > 0
     cdef floating* ws = &workspace[0]
@@ -288,8 +302,8 @@ def forward(const floating[:, ::1] x, const floating[:, :, ::1] u, const floatin
             nb = block if n0 + block <= N else N - n0
             ld = nb * T
             v = ws + tid * ws_stride
-            m = v + 16 * (C * span + SKEW)
-            pb = m + 16 * (K * span + SKEW)
+            m = _after(v, C, span)
+            pb = _after(m, K, span)
             for s_ in range(nb):
                 _input_transform(&x[n0 + s_, 0], v + s_ * T, pb, C, height, width, pad, tiles_h,
                                  tiles_w, ld, C * ld + SKEW)
@@ -316,8 +330,7 @@ def weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy, floating[:,
     cdef Py_ssize_t tiles_h = (out_h + 1) // 2, tiles_w = (out_w + 1) // 2
     cdef Py_ssize_t T = tiles_h * tiles_w
     cdef Py_ssize_t span = block * T
-    cdef Py_ssize_t ws_stride = (16 * ((C + K) * span + 2 * SKEW)
-                                 + padded_plane_size(out_h, out_w))
+    cdef Py_ssize_t ws_stride = _thread_scratch(C, K, span, out_h, out_w)
     cdef floating* ws = &workspace[0]
     cdef floating* v
     cdef floating* m
@@ -332,8 +345,8 @@ def weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy, floating[:,
             n0 = j * N // n_chunks
             n1 = (j + 1) * N // n_chunks
             v = ws + tid * ws_stride
-            m = v + 16 * (C * span + SKEW)
-            pb = m + 16 * (K * span + SKEW)
+            m = _after(v, C, span)
+            pb = _after(m, K, span)
             m0 = n0
             while m0 < n1:
                 nb = block if m0 + block <= n1 else n1 - m0

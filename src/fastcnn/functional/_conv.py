@@ -217,11 +217,12 @@ _tuned_lock = threading.Lock()
 
 
 def set_conv_autotune(enabled: bool = True) -> None:
-    """Choose between Winograd and im2col + GEMM for each 3x3 stride-1 convolution shape by
-    timing both on its first call (forward and input gradient separately), instead of the
-    channel-count rule. Off by default; ``FASTCNN_AUTOTUNE=1`` turns it on at import. The
-    results of both algorithms agree to rounding; the choice is cached per shape, dtype and
-    thread count for the life of the process."""
+    """Choose between Winograd and the other path (im2col + GEMM, or the direct kernel) for
+    each 3x3 stride-1 convolution shape by timing both on its first call (forward, input
+    gradient and weight gradient separately), instead of the channel-count rule. Off by
+    default; ``FASTCNN_AUTOTUNE=1`` turns it on at import. The results of both algorithms agree
+    to rounding; the choice is cached per shape, dtype and thread count for the life of the
+    process."""
     if not isinstance(enabled, bool):
         raise TypeError(f"set_conv_autotune: enabled must be True or False, got {enabled!r}")
     _autotune["enabled"] = enabled
@@ -345,7 +346,7 @@ def _conv_backward(fname, nd, grad_output, input, weight, stride, padding, dilat
     b = _BackwardOperands(fname, geom, x, w, dy, output_mask)
     need_x, need_w = b.need_x, b.need_w
     dtype, n, threads = b.dtype, geom.n, b.threads
-    x2, w2, dy3, grad_x, parts = b.x2, b.w2, b.dy3, b.grad_x, b.parts
+    x2, w2, dy3, grad_x = b.x2, b.w2, b.dy3, b.grad_x
     empty = np.empty((0, 0), dtype=dtype)
 
     def run_im2col(with_x, with_w):
@@ -353,7 +354,7 @@ def _conv_backward(fname, nd, grad_output, input, weight, stride, padding, dilat
         ws, block = _conv_scratch(geom, args, threads, dtype)
         with single_threaded_blas:
             _conv.conv_backward(x2, w2, _rows(dy3, n), _rows(grad_x, n) if with_x else empty,
-                                parts if with_w else empty, ws, with_x, with_w, geom.groups,
+                                b.parts if with_w else empty, ws, with_x, with_w, geom.groups,
                                 *args, block, threads)
 
     def run_winograd():
@@ -408,12 +409,16 @@ class _BackwardOperands:
         self.dy3 = contiguous(dy, dtype).reshape(n, geom.out_channels, math.prod(geom.out_size))
         self.grad_x = (_memory.empty((n, geom.in_channels) + geom.in_size, dtype)
                        if self.need_x else None)
-        # one weight-gradient partial per fixed chunk of the batch, each fully written by
-        # the kernel (the first sample of a chunk overwrites); an empty batch runs no kernel
+        self.grad_w = None      # set instead of the partials by the Winograd and depthwise paths
+
+    @functools.cached_property
+    def parts(self):
+        """One weight-gradient partial per fixed chunk of the batch, each fully written by the
+        im2col kernels (the first sample of a chunk overwrites); an empty batch runs no kernel.
+        Made only when those kernels run."""
+        n = self.geom.n
         alloc = np.empty if n else np.zeros
-        self.grad_w = None          # set instead of the partials by the Winograd path
-        self.parts = (alloc((max(1, min(n, _WEIGHT_GRAD_CHUNKS)), self.w2.size), dtype=dtype)
-                      if self.need_w else None)
+        return alloc((max(1, min(n, _WEIGHT_GRAD_CHUNKS)), self.w2.size), dtype=self.dtype)
 
     def gradients(self):
         """(grad_input, grad_weight, grad_bias), None where not asked for."""
