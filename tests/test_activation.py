@@ -336,3 +336,19 @@ def test_relu_inplace_as_torch():
     frozen = np.array([-1.0, 1.0])
     frozen.flags.writeable = False
     assert F.relu(frozen, inplace=True).tolist() == [0.0, 1.0] and frozen[0] == -1.0
+
+
+def test_add_relu_is_relu_of_the_sum(rng):
+    a = rng.standard_normal((3, 4, 50, 70)).astype(np.float32)
+    b = rng.standard_normal(a.shape).astype(np.float32)
+    a[0, 0, 0, :3] = (np.nan, -0.0, 0.0)
+    b[0, 0, 0, :3] = 0.0
+    y = F.add_relu(a, b)
+    np.testing.assert_array_equal(y, F.relu(a + b))
+    assert np.isnan(y[0, 0, 0, 0]) and not np.signbit(y[0, 0, 0, 1])
+    np.testing.assert_array_equal(F.add_relu(a[..., ::2], b[..., ::2].astype(np.float64)),
+                                  np.maximum(a[..., ::2] + b[..., ::2].astype(np.float64), 0))
+    with pytest.raises(ValueError, match=r"add_relu: other must have the shape of input"):
+        F.add_relu(a, b[0])
+    with pytest.raises(TypeError, match=r"add_relu: other must hold real numbers"):
+        F.add_relu(a, b.astype(np.complex64))

@@ -336,3 +336,67 @@ def test_in_place_relu_never_overwrites_what_others_read():
     np.testing.assert_allclose(f, np.maximum(d, 0).reshape(2, -1), rtol=1e-12)
     np.testing.assert_array_equal(r4, np.maximum(x_before, 0))
     np.testing.assert_array_equal(x, x_before)
+
+
+def _train_step_results(model, x, dy):
+    model.zero_grad()
+    y = model(x)
+    dx = model.backward(dy)
+    return [y, dx] + [p.grad.copy() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("name", ["resnet_small", "vgg_small"])
+def test_activation_fusion_changes_no_bit(name):
+    """ReLUs fused into the batch norms and residual adds before them: the same bits as the
+    layers run one by one, in train mode (outputs, every gradient, running statistics) and in
+    eval mode."""
+    from fastcnn.train import bundled_config
+
+    config = dict(bundled_config(name), input_shape=[3, 16, 16], seed=0)
+    config["layers"] = [dict(l, p=0.0) if l["type"] == "dropout" else l for l in config["layers"]]
+    fused, plain = fastcnn.build_model(config), fastcnn.build_model(config)
+    plain.set_activation_fusion(False)
+    names = list(fused.layers)
+    relus = [n for i, n in enumerate(names) if fused[n].type_name == "relu"
+             and fused[names[i - 1]].type_name in ("batch_norm2d", "add")]
+    assert len(relus) >= 5 and all(fused[n].fused_into for n in relus)
+    assert not any(plain[n].fused_into for n in relus)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 16, 16)).astype(np.float32)
+    dy = rng.standard_normal((4,) + fused.output_shape).astype(np.float32)
+    for _ in range(2):
+        for a, b in zip(_train_step_results(fused, x, dy), _train_step_results(plain, x, dy)):
+            np.testing.assert_array_equal(a, b)
+    for key, value in fused.state_dict().items():
+        np.testing.assert_array_equal(value, plain.state_dict()[key], err_msg=key)
+    np.testing.assert_array_equal(fused.eval()(x), plain.eval()(x))
+
+
+def test_activation_fusion_only_where_nothing_else_reads_the_pre_activation():
+    config = {"input_shape": [2, 5, 5], "dtype": "float64", "seed": 0, "layers": [
+        {"type": "conv2d", "name": "c", "out_channels": 3, "kernel_size": 3, "padding": 1},
+        {"type": "batch_norm2d", "name": "bn1"},
+        {"type": "relu", "name": "r1"},                              # fused
+        {"type": "batch_norm2d", "name": "bn2"},
+        {"type": "relu", "name": "r2"},                              # bn2 also read by sum
+        {"type": "add", "name": "sum", "inputs": ["r2", "bn2"]},
+        {"type": "relu", "name": "r3"},                              # fused
+        {"type": "batch_norm2d", "name": "bn3"},
+        {"type": "relu", "name": "r4"},                              # bn3 is a model output
+        {"type": "conv2d", "name": "d", "out_channels": 3, "kernel_size": 1, "inputs": ["r3"]},
+        {"type": "relu", "name": "r5"},                              # a conv: not fusable
+    ], "outputs": ["r4", "bn3", "r5"]}
+    model = fastcnn.build_model(config)
+    assert {n: model[n].fused_into for n in ("r1", "r2", "r3", "r4", "r5")} == {
+        "r1": "bn1", "r2": None, "r3": "sum", "r4": None, "r5": None}
+    assert model["bn1"].fused_activation == "relu" and model["bn2"].fused_activation is None
+    assert model["sum"].output_is_private is False      # kept: its backward's mask
+    x = np.random.default_rng(1).standard_normal((3, 2, 5, 5))
+    outputs = model(x)
+    dys = [np.random.default_rng(i).standard_normal(o.shape) for i, o in enumerate(outputs)]
+    dx = model.backward(tuple(dys))
+    def loss(v):
+        return sum(np.sum(o * d) for o, d in zip(model(v), dys))
+    np.testing.assert_allclose(dx, numerical_grad(loss, x, 1.0), rtol=1e-6, atol=1e-7)
+    with pytest.raises(TypeError, match="enabled must be True or False"):
+        model.set_activation_fusion("yes")

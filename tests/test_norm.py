@@ -123,6 +123,84 @@ def test_batch_norm_finite_differences(rng, training):
     assert_grad_close(gb, numerical_grad(lambda v: f(bv=v), b, dy))
 
 
+# ---- batch norm with a fused ReLU ------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("shape", [(4, 5, 7, 6), (3, 6), (2, 3, 9), (2, 4, 3, 2, 5)])
+def test_batch_norm_relu_is_relu_of_batch_norm_bit_for_bit(rng, dtype, training, affine, shape):
+    """activation="relu": the same bits as batch norm then relu, forward and every gradient
+    (the mask recomputed from x in the backward agrees exactly with the forward's y > 0)."""
+    c = shape[1]
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    w = rng.standard_normal(c).astype(dtype) if affine else None
+    b = rng.standard_normal(c).astype(dtype) if affine else None
+    rm, rv = rng.standard_normal(c).astype(dtype), (rng.random(c) + 0.5).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    y, mean, invstd = F.batch_norm(x, rm.copy(), rv.copy(), w, b, training=training,
+                                   return_stats=True, activation="relu")
+    z = F.batch_norm(x, rm.copy(), rv.copy(), w, b, training=training)
+    np.testing.assert_array_equal(y, F.relu(z))
+    saved = dict(save_mean=mean, save_invstd=invstd) if training else {}
+    fused = F.batch_norm_backward(dy, x, w, rm, rv, training=training, bias=b,
+                                  activation="relu", **saved)
+    plain = F.batch_norm_backward(F.relu_backward(dy, z), x, w, rm, rv, training=training,
+                                  **saved)
+    for got, want in zip(fused, plain):
+        if want is None:
+            assert got is None
+        else:
+            np.testing.assert_array_equal(got, want)
+    only_w = F.batch_norm_backward(dy, x, w, rm, rv, training=training, bias=b,
+                                   activation="relu", output_mask=(False, True, True), **saved)
+    for got, want in zip(only_w[1:], plain[1:]):
+        if want is not None:
+            np.testing.assert_array_equal(got, want)
+
+
+def test_batch_norm_relu_matches_torch(th, rng):
+    x = rng.standard_normal((4, 3, 5, 5)).astype(np.float32)
+    w, b = rng.standard_normal(3).astype(np.float32), rng.standard_normal(3).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    tx = th.tensor(x, requires_grad=True)
+    tw, tb = th.tensor(w, requires_grad=True), th.tensor(b, requires_grad=True)
+    ty = th.relu(th.nn.functional.batch_norm(tx, None, None, tw, tb, training=True))
+    ty.backward(th.tensor(dy))
+    y, mean, invstd = F.batch_norm(x, None, None, w, b, training=True, return_stats=True,
+                                   activation="relu")
+    gx, gw, gb = F.batch_norm_backward(dy, x, w, save_mean=mean, save_invstd=invstd, bias=b,
+                                       activation="relu")
+    np.testing.assert_allclose(y, ty.detach().numpy(), **TOL[np.float32])
+    for got, want in ((gx, tx.grad), (gw, tw.grad), (gb, tb.grad)):
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_relu_finite_differences(rng, training):
+    x = rng.standard_normal((3, 2, 3, 2))
+    w, b = rng.standard_normal(2), rng.standard_normal(2)
+    rm, rv = rng.standard_normal(2), rng.random(2) + 0.5
+    dy = rng.standard_normal(x.shape)
+
+    def f(xv=x, wv=w, bv=b):
+        return F.batch_norm(xv, rm.copy(), rv.copy(), wv, bv, training=training,
+                            activation="relu")
+
+    gx, gw, gb = F.batch_norm_backward(dy, x, w, rm, rv, training=training, bias=b,
+                                       activation="relu")
+    assert_grad_close(gx, numerical_grad(lambda v: f(xv=v), x, dy))
+    assert_grad_close(gw, numerical_grad(lambda v: f(wv=v), w, dy))
+    assert_grad_close(gb, numerical_grad(lambda v: f(bv=v), b, dy))
+
+
+def test_batch_norm_relu_keeps_nan():
+    x = np.ones((2, 1, 3), np.float32)
+    x[0, 0, 1] = np.nan
+    y = F.batch_norm(x, np.zeros(1, np.float32), np.ones(1, np.float32), activation="relu")
+    assert np.isnan(y[0, 0, 1]) and not np.isnan(y[1]).any()
+
+
 # ---- layer / group / instance norm --------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -322,6 +400,8 @@ def test_bit_identical_for_1_and_2_threads(rng, threads, n):
         out = [F.batch_norm(x, rm, rv, w, b, training=True), rm, rv,
                *F.batch_norm_backward(dy, x, w),
                *F.batch_norm_backward(dy, x, w, rm, rv, training=False),
+               F.batch_norm(x, None, None, w, b, training=True, activation="relu"),
+               *F.batch_norm_backward(dy, x, w, bias=b, activation="relu"),
                F.layer_norm(x, (9, 7)), *F.layer_norm_backward(dy, x, (9, 7), x[0, 0], x[0, 1]),
                F.group_norm(x, 4, w, b), *F.group_norm_backward(dy, x, 4, w, b),
                F.instance_norm(x, None, None, w, b),
@@ -374,6 +454,12 @@ C4 = np.zeros(4, np.float32)
     (lambda: F.batch_norm_backward(np.zeros((2, 4)), X), ValueError,
      r"grad_output must have the input's shape"),
     (lambda: F.batch_norm_backward(X, X, training=False), ValueError, r"required when"),
+    (lambda: F.batch_norm(X, C4, C4, activation="gelu"), ValueError,
+     r"batch_norm: activation must be None or 'relu', got 'gelu'"),
+    (lambda: F.batch_norm_backward(X, X, activation="tanh"), ValueError,
+     r"batch_norm_backward: activation must be None or 'relu'"),
+    (lambda: F.batch_norm_backward(X, X, C4, bias=np.ones(3), activation="relu"), ValueError,
+     r"batch_norm_backward: bias must have shape \(4,\)"),
     (lambda: F.layer_norm_backward(X, X, 3, output_mask=True), TypeError, r"output_mask"),
 ])
 def test_invalid_arguments(call, exc, match):

@@ -215,20 +215,47 @@ class Model:
         self._release_after = {i: [n for n, last in last_use.items()
                                    if last == i and n not in self.outputs]
                                for i in range(len(nodes))}
+        self.set_activation_fusion(True)
+
+    def set_activation_fusion(self, enabled: bool = True) -> "Model":
+        """Fuse each ReLU layer into the layer before it when that layer can apply it in its
+        own pass (batch norm, add) and nothing else reads the value before the ReLU: the
+        activation is then not read and written once more, and the ReLU's backward happens
+        inside the other layer's (batch norm recomputes the mask from its input). On by
+        default; results are the same bits either way. The ReLU layer stays in the graph
+        (names, summary, state) and passes its argument through."""
+        if not isinstance(enabled, bool):
+            raise TypeError(f"set_activation_fusion: enabled must be True or False, got "
+                            f"{enabled!r}")
+        from fastcnn.layers.activation import ReLU
+
+        readers = {}
+        for node in self._nodes:
+            for ref in node.inputs:
+                readers[ref] = readers.get(ref, 0) + 1
+        producers = {node.name: node.layer for node in self._nodes}
+        for node in self._nodes:
+            node.layer.fused_activation = None
+            if type(node.layer) is ReLU:
+                node.layer.fused_into = None
+        for node in self._nodes if enabled else ():
+            ref = node.inputs[0]
+            if (type(node.layer) is ReLU and ref in producers and readers[ref] == 1
+                    and ref not in self.outputs
+                    and "relu" in producers[ref].fusable_activations
+                    and producers[ref].fused_activation is None):
+                producers[ref].fused_activation = "relu"
+                node.layer.fused_into = ref
         # A layer may overwrite its input when that input is another layer's output that no one
         # else reads, that is not a model output, and that its producer declares private (a new
         # array, not kept for its backward, no view of its own input). The model input (the
         # caller's array) is never overwritten.
-        readers = {}
-        for node in nodes:
-            for ref in node.inputs:
-                readers[ref] = readers.get(ref, 0) + 1
-        producers = {node.name: node.layer for node in nodes}
-        for node in nodes:
+        for node in self._nodes:
             ref = node.inputs[0]
             node.layer.may_overwrite_input = (
                 len(node.inputs) == 1 and ref in producers and readers[ref] == 1
                 and ref not in self.outputs and producers[ref].output_is_private)
+        return self
 
     # -- structure --------------------------------------------------------------------------
     @property

@@ -241,6 +241,9 @@ FC_INLINE double fc_total_d(const double *a)
     } while (0)
 
 /* t1 += sum TERM1, t2 += sum TERM2 in one sweep, each as FC_LANE_SUM. */
+/* batch norm's value before a fused ReLU (see fc_affine_relu) */
+#define FC_BN_VALUE(x, hi, a, c) (((x) - (hi)) * (a) + (c))
+
 #define FC_LANE_SUM2(T, S, t1, t2, n, k, TERM1, TERM2)                                     \
     do {                                                                                   \
         T a_[FC_LANES_##S], q_[FC_LANES_##S];                                              \
@@ -379,7 +382,50 @@ FC_KERNEL_VOID(fc_affine_##S, (const T *x, T *y, ptrdiff_t n, T hi, T lo, T a, T
     const T c = (T) ((double) b - (double) lo * a);                                        \
     ptrdiff_t i;                                                                           \
     for (i = 0; i < n; i++)                                                                \
-        y[i] = (x[i] - hi) * a + c;                                                        \
+        y[i] = FC_BN_VALUE(x[i], hi, a, c);                                                \
+})                                                                                         \
+                                                                                           \
+/* Batch norm followed by ReLU, fused (the ReLU's own read and write of the activation       \
+ * saved). FC_BN_VALUE is the normalized value before the ReLU, formed as in fc_affine; the  \
+ * gradient kernels recompute it from x with the same expression in the same clone (the      \
+ * same contraction into FMA or not), so that their mask is exactly y > 0. */               \
+FC_KERNEL_VOID(fc_affine_relu_##S, (const T *x, T *y, ptrdiff_t n, T hi, T lo, T a, T b),  \
+               (x, y, n, hi, lo, a, b), {                                                  \
+    const T c = (T) ((double) b - (double) lo * a);                                        \
+    ptrdiff_t i;                                                                           \
+    T v;                                                                                   \
+    for (i = 0; i < n; i++) {                                                              \
+        v = FC_BN_VALUE(x[i], hi, a, c);                                                   \
+        y[i] = !(v <= 0) ? v : 0;           /* NaN kept, -0 -> 0: as relu */               \
+    }                                                                                      \
+})                                                                                         \
+                                                                                           \
+/* grad_sums of g = dy masked by relu's y > 0, y = FC_BN_VALUE(x, hi, fa, fb - lo * fa)    \
+ * (fa, fb: the forward's scale and shift) */                                              \
+FC_KERNEL_VOID(fc_grad_sums_relu_##S, (const T *dy, const T *x, ptrdiff_t n, T hi, T lo,   \
+                                       T fa, T fb, double *s1, double *s2),                \
+               (dy, x, n, hi, lo, fa, fb, s1, s2), {                                       \
+    const T fc = (T) ((double) fb - (double) lo * fa);                                     \
+    double g = 0.0, gx = 0.0;                                                              \
+    FC_LANE_SUM2(T, S, g, gx, n, k,                                                        \
+                 FC_BN_VALUE(x[k], hi, fa, fc) > 0 ? dy[k] : 0,                            \
+                 (FC_BN_VALUE(x[k], hi, fa, fc) > 0 ? dy[k] : 0) * (x[k] - hi));           \
+    *s1 += g;                                                                              \
+    *s2 += gx - g * (double) lo;                                                           \
+})                                                                                         \
+                                                                                           \
+/* grad_apply of the masked g (as fc_grad_sums_relu) */                                    \
+FC_KERNEL_VOID(fc_grad_apply_relu_##S, (const T *dy, const T *x, T *dx, ptrdiff_t n, T hi, \
+                                        T lo, T a, T b, T k, T fa, T fb),                  \
+               (dy, x, dx, n, hi, lo, a, b, k, fa, fb), {                                  \
+    const T c = (T) ((double) k - (double) lo * b);                                        \
+    const T fc = (T) ((double) fb - (double) lo * fa);                                     \
+    ptrdiff_t i;                                                                           \
+    T g;                                                                                   \
+    for (i = 0; i < n; i++) {                                                              \
+        g = FC_BN_VALUE(x[i], hi, fa, fc) > 0 ? dy[i] : 0;                                 \
+        dx[i] = g * a + ((x[i] - hi) * b + c);                                             \
+    }                                                                                      \
 })                                                                                         \
                                                                                            \
 /* y = xhat * w + b with xhat = (x - (hi + lo)) * rs = (x - hi) * rs + c, c = -lo * rs;    \

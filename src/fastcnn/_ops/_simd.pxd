@@ -34,6 +34,19 @@ cdef extern from "_simd.h" nogil:
                      float b)
     void fc_affine_d(const double* x, double* y, Py_ssize_t n, double hi, double lo, double a,
                      double b)
+    void fc_affine_relu_f(const float* x, float* y, Py_ssize_t n, float hi, float lo, float a,
+                          float b)
+    void fc_affine_relu_d(const double* x, double* y, Py_ssize_t n, double hi, double lo,
+                          double a, double b)
+    void fc_grad_sums_relu_f(const float* dy, const float* x, Py_ssize_t n, float hi, float lo,
+                             float fa, float fb, double* s1, double* s2)
+    void fc_grad_sums_relu_d(const double* dy, const double* x, Py_ssize_t n, double hi,
+                             double lo, double fa, double fb, double* s1, double* s2)
+    void fc_grad_apply_relu_f(const float* dy, const float* x, float* dx, Py_ssize_t n,
+                              float hi, float lo, float a, float b, float k, float fa, float fb)
+    void fc_grad_apply_relu_d(const double* dy, const double* x, double* dx, Py_ssize_t n,
+                              double hi, double lo, double a, double b, double k, double fa,
+                              double fb)
     void fc_affine_vec_f(const float* x, float* y, Py_ssize_t n, float hi, float lo, float rs,
                          const float* w, const float* b)
     void fc_affine_vec_d(const double* x, double* y, Py_ssize_t n, double hi, double lo,
@@ -157,6 +170,35 @@ cdef inline void affine(const floating* x, floating* y, Py_ssize_t n, floating h
         fc_affine_f(x, y, n, hi, lo, a, b)
     else:
         fc_affine_d(x, y, n, hi, lo, a, b)
+
+
+cdef inline void affine_relu(const floating* x, floating* y, Py_ssize_t n, floating hi,
+                             floating lo, floating a, floating b) noexcept nogil:
+    """y = max(((x - hi) - lo) * a + b, 0) (NaN kept)."""
+    if floating is float:
+        fc_affine_relu_f(x, y, n, hi, lo, a, b)
+    else:
+        fc_affine_relu_d(x, y, n, hi, lo, a, b)
+
+
+cdef inline void grad_sums_relu(const floating* dy, const floating* x, Py_ssize_t n,
+                                floating hi, floating lo, floating fa, floating fb, double* s1,
+                                double* s2) noexcept nogil:
+    """grad_sums (w NULL) of g = dy where affine_relu(x, hi, lo, fa, fb) > 0 else 0."""
+    if floating is float:
+        fc_grad_sums_relu_f(dy, x, n, hi, lo, fa, fb, s1, s2)
+    else:
+        fc_grad_sums_relu_d(dy, x, n, hi, lo, fa, fb, s1, s2)
+
+
+cdef inline void grad_apply_relu(const floating* dy, const floating* x, floating* dx,
+                                 Py_ssize_t n, floating hi, floating lo, floating a, floating b,
+                                 floating k, floating fa, floating fb) noexcept nogil:
+    """grad_apply (w NULL) of g = dy where affine_relu(x, hi, lo, fa, fb) > 0 else 0."""
+    if floating is float:
+        fc_grad_apply_relu_f(dy, x, dx, n, hi, lo, a, b, k, fa, fb)
+    else:
+        fc_grad_apply_relu_d(dy, x, dx, n, hi, lo, a, b, k, fa, fb)
 
 
 cdef inline void affine_vec(const floating* x, floating* y, Py_ssize_t n, floating hi,

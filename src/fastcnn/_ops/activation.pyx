@@ -169,6 +169,15 @@ cdef void _relu_chunk(const floating* x, floating* y, Py_ssize_t n) noexcept nog
         y[i] = v if not (v <= 0) else 0          # NaN fails both tests: copied through
 
 
+cdef void _add_relu_chunk(const floating* a, const floating* b, floating* y,
+                          Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating v
+    for i in range(n):
+        v = a[i] + b[i]
+        y[i] = v if not (v <= 0) else 0
+
+
 cdef void _relu_grad_chunk(const floating* dy, const floating* x, floating* dx,
                            Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
@@ -186,6 +195,16 @@ def relu_forward(const floating[::1] x, floating[::1] y, int num_threads):
         for j in prange(chunks, schedule='static', num_threads=num_threads):
             start = j * CHUNK
             _relu_chunk(&x[start], &y[start], min(CHUNK, n - start))
+
+
+def add_relu_forward(const floating[::1] a, const floating[::1] b, floating[::1] y,
+                     int num_threads):
+    """y = max(a + b, 0), NaN kept: a residual sum and its ReLU in one pass."""
+    cdef Py_ssize_t n = a.shape[0], chunks = (n + CHUNK - 1) // CHUNK, j, start
+    with nogil:
+        for j in prange(chunks, schedule='static', num_threads=num_threads):
+            start = j * CHUNK
+            _add_relu_chunk(&a[start], &b[start], &y[start], min(CHUNK, n - start))
 
 
 def relu_backward(const floating[::1] dy, const floating[::1] x, floating[::1] dx,

@@ -42,8 +42,9 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 
-from fastcnn._ops._simd cimport (affine, affine_grads, affine_grads4, affine_vec, grad_apply,
-                                 grad_sums, low_part, moments, sum_sq_dev)
+from fastcnn._ops._simd cimport (affine, affine_grads, affine_grads4, affine_relu, affine_vec,
+                                 grad_apply, grad_apply_relu, grad_sums, grad_sums_relu,
+                                 low_part, moments, sum_sq_dev)
 
 
 # ---- helpers --------------------------------------------------------------------------------
@@ -108,6 +109,40 @@ cdef inline void _channel_moments(const floating[:, :, ::1] x, Py_ssize_t c, dou
 
 
 # ---- batch norm: one channel per task -------------------------------------------------------
+#
+# A ReLU after the batch norm can be fused (relu / fscale, fshift below): the forward writes
+# max(y, 0), and the backward takes dL/d(relu output), its mask recomputed from x with the
+# forward's scale and shift (fscale[c], fshift[c], as the forward formed them) by the same
+# vector expression, hence exactly y > 0. The ReLU's own read and write of the activation, and
+# its backward's three arrays, are saved.
+
+cdef inline void _affine(const floating* x, floating* y, Py_ssize_t n, floating hi, floating lo,
+                         floating a, floating b, bint relu) noexcept nogil:
+    if relu:
+        affine_relu(x, y, n, hi, lo, a, b)
+    else:
+        affine(x, y, n, hi, lo, a, b)
+
+
+cdef inline void _grad_sums(const floating* dy, const floating* x, Py_ssize_t n, floating hi,
+                            floating lo, bint relu, floating fa, floating fb, double* s1,
+                            double* s2) noexcept nogil:
+    """s1 += sum g, s2 += sum g * (x - mean): g = dy, or dy masked by the fused ReLU."""
+    if relu:
+        grad_sums_relu(dy, x, n, hi, lo, fa, fb, s1, s2)
+    else:
+        grad_sums(dy, NULL, x, n, hi, lo, s1, s2)
+
+
+cdef inline void _grad_apply(const floating* dy, const floating* x, floating* dx, Py_ssize_t n,
+                             floating hi, floating lo, floating a, floating b, floating k,
+                             bint relu, floating fa, floating fb) noexcept nogil:
+    """dx = g * a + (x - mean) * b + k, g as in _grad_sums."""
+    if relu:
+        grad_apply_relu(dy, x, dx, n, hi, lo, a, b, k, fa, fb)
+    else:
+        grad_apply(dy, NULL, x, dx, n, hi, lo, a, b, k)
+
 
 def channel_stats(const floating[:, :, ::1] x, double[::1] mean, double[::1] var,
                   int num_threads):
@@ -121,8 +156,8 @@ def channel_stats(const floating[:, :, ::1] x, double[::1] mean, double[::1] var
 
 def channel_affine(const floating[:, :, ::1] x, const double[::1] mean,
                    const double[::1] scale, const double[::1] shift, floating[:, :, ::1] out,
-                   int num_threads):
-    """out[n, c, s] = (x[n, c, s] - mean[c]) * scale[c] + shift[c]."""
+                   bint relu, int num_threads):
+    """out[n, c, s] = (x[n, c, s] - mean[c]) * scale[c] + shift[c], then max(., 0) if relu."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef Py_ssize_t c, n
     cdef floating hi, lo
@@ -131,44 +166,54 @@ def channel_affine(const floating[:, :, ::1] x, const double[::1] mean,
             hi = <floating> mean[c]
             lo = low_part(mean[c], hi)
             for n in range(N):
-                affine(&x[n, c, 0], &out[n, c, 0], S, hi, lo, <floating> scale[c],
-                       <floating> shift[c])
+                _affine(&x[n, c, 0], &out[n, c, 0], S, hi, lo, <floating> scale[c],
+                        <floating> shift[c], relu)
 
 
 def channel_grad_sums(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
-                      const double[::1] mean, double[::1] sum_dy, double[::1] sum_dy_xmu,
+                      const double[::1] mean, const double[::1] fscale,
+                      const double[::1] fshift, double[::1] sum_dy, double[::1] sum_dy_xmu,
                       int num_threads):
-    """sum_dy[c] = sum dy[:, c], sum_dy_xmu[c] = sum dy[:, c] * (x[:, c] - mean[c]), one pass."""
+    """sum_dy[c] = sum dy[:, c], sum_dy_xmu[c] = sum dy[:, c] * (x[:, c] - mean[c]), one pass.
+    With fscale and fshift (C) not empty, dy is the gradient of a fused ReLU: masked first."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
+    cdef bint relu = fscale.shape[0] > 0
     cdef Py_ssize_t c, n
     cdef double a, b
-    cdef floating hi, lo
+    cdef floating hi, lo, fa, fb
     with nogil:
         for c in prange(C, schedule='static', num_threads=num_threads):
             a = 0.0
             b = 0.0
             hi = <floating> mean[c]
             lo = low_part(mean[c], hi)
+            fa = <floating> (fscale[c] if relu else 0)
+            fb = <floating> (fshift[c] if relu else 0)
             for n in range(N):
-                grad_sums(&dy[n, c, 0], NULL, &x[n, c, 0], S, hi, lo, &a, &b)
+                _grad_sums(&dy[n, c, 0], &x[n, c, 0], S, hi, lo, relu, fa, fb, &a, &b)
             sum_dy[c] = a
             sum_dy_xmu[c] = b
 
 
 def channel_grad_apply(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
                        const double[::1] mean, const double[::1] a, const double[::1] b,
-                       const double[::1] k, floating[:, :, ::1] dx, int num_threads):
-    """dx[n, c, s] = dy * a[c] + (x - mean[c]) * b[c] + k[c]."""
+                       const double[::1] k, const double[::1] fscale, const double[::1] fshift,
+                       floating[:, :, ::1] dx, int num_threads):
+    """dx[n, c, s] = dy * a[c] + (x - mean[c]) * b[c] + k[c], dy masked as in
+    channel_grad_sums when fscale and fshift are not empty."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
+    cdef bint relu = fscale.shape[0] > 0
     cdef Py_ssize_t c, n
-    cdef floating hi, lo
+    cdef floating hi, lo, fa, fb
     with nogil:
         for c in prange(C, schedule='static', num_threads=num_threads):
             hi = <floating> mean[c]
             lo = low_part(mean[c], hi)
+            fa = <floating> (fscale[c] if relu else 0)
+            fb = <floating> (fshift[c] if relu else 0)
             for n in range(N):
-                grad_apply(&dy[n, c, 0], NULL, &x[n, c, 0], &dx[n, c, 0], S, hi, lo,
-                           <floating> a[c], <floating> b[c], <floating> k[c])
+                _grad_apply(&dy[n, c, 0], &x[n, c, 0], &dx[n, c, 0], S, hi, lo,
+                            <floating> a[c], <floating> b[c], <floating> k[c], relu, fa, fb)
 
 
 # A channel's N*S values are read again right after its statistics, by the same thread: the
@@ -176,10 +221,11 @@ def channel_grad_apply(const floating[:, :, ::1] dy, const floating[:, :, ::1] x
 
 def channel_train_forward(const floating[:, :, ::1] x, const double[::1] weight,
                           const double[::1] bias, double eps, floating[:, :, ::1] out,
-                          double[::1] mean, double[::1] var, double[::1] invstd,
+                          double[::1] mean, double[::1] var, double[::1] invstd, bint relu,
                           int num_threads):
     """Batch statistics (mean, biased var, invstd) per channel of x (N, C, S), then
-    out = (x - mean) * invstd * weight + bias (weight, bias may be empty). N*S > 0."""
+    out = (x - mean) * invstd * weight + bias (weight, bias may be empty), then max(out, 0) if
+    relu. N*S > 0. The scale and shift are invstd * weight and bias, in double."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef bint has_w = weight.shape[0] > 0, has_b = bias.shape[0] > 0
     cdef Py_ssize_t c, n
@@ -199,19 +245,24 @@ def channel_train_forward(const floating[:, :, ::1] x, const double[::1] weight,
             hi = <floating> m
             lo = low_part(m, hi)
             for n in range(N):
-                affine(&x[n, c, 0], &out[n, c, 0], S, hi, lo, <floating> scale, <floating> sh)
+                _affine(&x[n, c, 0], &out[n, c, 0], S, hi, lo, <floating> scale, <floating> sh,
+                        relu)
 
 
 def channel_train_backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
                            const double[::1] mean, const double[::1] invstd,
-                           const double[::1] weight, floating[:, :, ::1] dx,
+                           const double[::1] weight, const double[::1] fscale,
+                           const double[::1] fshift, floating[:, :, ::1] dx,
                            double[::1] sum_dy, double[::1] sum_dy_xmu, int num_threads):
     """sum_dy[c], sum_dy_xmu[c] = sum dy * (x - mean[c]), then (M = N*S, w = weight or 1)
 
         dx = w * invstd * (dy - sum_dy / M - (x - mean) * invstd^2 * sum_dy_xmu / M)
+
+    dy masked first by a fused ReLU when fscale and fshift are not empty (channel_grad_sums).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
-    cdef bint has_w = weight.shape[0] > 0
+    cdef bint has_w = weight.shape[0] > 0, relu = fscale.shape[0] > 0
+    cdef floating fa, fb
     cdef Py_ssize_t c, n
     cdef double a, b, rs, w, ca, cb, ck
     cdef double M = <double> (N * S)
@@ -222,8 +273,10 @@ def channel_train_backward(const floating[:, :, ::1] dy, const floating[:, :, ::
             b = 0.0
             hi = <floating> mean[c]
             lo = low_part(mean[c], hi)
+            fa = <floating> (fscale[c] if relu else 0)
+            fb = <floating> (fshift[c] if relu else 0)
             for n in range(N):
-                grad_sums(&dy[n, c, 0], NULL, &x[n, c, 0], S, hi, lo, &a, &b)
+                _grad_sums(&dy[n, c, 0], &x[n, c, 0], S, hi, lo, relu, fa, fb, &a, &b)
             sum_dy[c] = a
             sum_dy_xmu[c] = b
             rs = invstd[c]
@@ -232,8 +285,8 @@ def channel_train_backward(const floating[:, :, ::1] dy, const floating[:, :, ::
             cb = -ca * rs * rs * b / M
             ck = -ca * a / M
             for n in range(N):
-                grad_apply(&dy[n, c, 0], NULL, &x[n, c, 0], &dx[n, c, 0], S, hi, lo,
-                           <floating> ca, <floating> cb, <floating> ck)
+                _grad_apply(&dy[n, c, 0], &x[n, c, 0], &dx[n, c, 0], S, hi, lo, <floating> ca,
+                            <floating> cb, <floating> ck, relu, fa, fb)
 
 
 # ---- row norms (layer / group / instance): one row per task ----------------------------------

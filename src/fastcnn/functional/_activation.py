@@ -13,7 +13,7 @@ from fastcnn._threads import get_num_threads
 from fastcnn.functional._common import _delegate
 
 __all__ = [
-    "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "elu", "elu_backward",
+    "relu", "relu_backward", "add_relu", "leaky_relu", "leaky_relu_backward", "elu", "elu_backward",
     "selu", "selu_backward", "gelu", "gelu_backward", "sigmoid", "sigmoid_backward", "tanh",
     "tanh_backward", "prelu", "prelu_backward", "softmax", "log_softmax", "softmax_backward",
     "log_softmax_backward",
@@ -72,6 +72,21 @@ def relu_backward(grad_output, input):
     dy, x = contiguous(dy, dy.dtype), contiguous(x, x.dtype)
     out = _memory.empty(dy.shape, dy.dtype)
     _act.relu_backward(dy.reshape(-1), x.reshape(-1), out.reshape(-1), get_num_threads())
+    return out
+
+
+def add_relu(input, other):
+    """``max(input + other, 0)`` in one pass (a residual sum and its ReLU); both of one shape.
+    Its backward is :func:`relu_backward` of its output, the same gradient for both inputs."""
+    a = _float("add_relu", "input", input)
+    b = _float("add_relu", "other", other, a)
+    if a.shape != b.shape:
+        raise ValueError(f"add_relu: other must have the shape of input {a.shape}, got "
+                         f"{b.shape}")
+    dtype = float_dtype(a, b)
+    a, b = contiguous(a, dtype), contiguous(b, dtype)
+    out = _memory.empty(a.shape, dtype)
+    _act.add_relu_forward(a.reshape(-1), b.reshape(-1), out.reshape(-1), get_num_threads())
     return out
 
 

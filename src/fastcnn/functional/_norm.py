@@ -122,8 +122,16 @@ def _bn_layout(fname, x):
     return n, c, math.prod(x.shape[2:])
 
 
+def _fused_activation(fname, activation):
+    """The activation fused into a batch norm: None or "relu"."""
+    if activation is not None and activation != "relu":
+        raise ValueError(f"{fname}: activation must be None or 'relu', got {activation!r}")
+    return activation
+
+
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5, *, num_batches_tracked=None, return_stats=False):
+               momentum=0.1, eps=1e-5, *, num_batches_tracked=None, return_stats=False,
+               activation=None):
     """Batch normalization over the channel axis 1, as ``torch.nn.functional.batch_norm``.
 
     input (N, C), (N, C, L), (N, C, H, W) or (N, C, D, H, W); running_mean, running_var,
@@ -146,11 +154,16 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 
     ``return_stats=True`` (keyword-only) returns ``(y, save_mean, save_invstd)``: float64 (C,)
     arrays of the statistics used, which :func:`batch_norm_backward` accepts to skip a pass.
+
+    ``activation="relu"`` (keyword-only) returns ``max(y, 0)`` from the same sweep (NaN kept),
+    as ``relu(batch_norm(...))`` without the ReLU's own pass over the activation; its backward
+    is :func:`batch_norm_backward` with the same ``activation`` and ``bias``.
     """
     fname = "batch_norm"
     x = as_array(fname, "input", input)
     n, c, s = _bn_layout(fname, x)
     eps = _positive_float(fname, "eps", eps)
+    relu = _fused_activation(fname, activation) == "relu"
     training = bool(training)
     factor = _momentum_factor(fname, momentum, num_batches_tracked, training)
     if running_mean is not None:
@@ -179,14 +192,14 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     if training:
         mean, var, invstd = np.empty(c), np.empty(c), np.empty(c)
         _norm.channel_train_forward(x3, w, b, eps, out.reshape(n, c, s), mean, var, invstd,
-                                    threads)
+                                    relu, threads)
     else:
         mean = running_mean.astype(np.float64)
         invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
         scale = invstd * w if w.size else invstd
         shift = b if b.size else np.zeros(c)
         if m:
-            _norm.channel_affine(x3, mean, scale, shift, out.reshape(n, c, s), threads)
+            _norm.channel_affine(x3, mean, scale, shift, out.reshape(n, c, s), relu, threads)
     if training and running_mean is not None:
         _update_running(running_mean, mean, factor)
         _update_running(running_var, var * (m / (m - 1)), factor)
@@ -197,7 +210,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 
 def batch_norm_backward(grad_output, input, weight=None, running_mean=None, running_var=None,
                         training=True, eps=1e-5, *, save_mean=None, save_invstd=None,
-                        output_mask=(True, True, True)):
+                        output_mask=(True, True, True), bias=None, activation=None):
     """Gradients of :func:`batch_norm`: ``(grad_input, grad_weight, grad_bias)``.
 
     grad_output is dL/dy (the input's shape). Per channel, with M values, xhat the normalized
@@ -212,12 +225,18 @@ def batch_norm_backward(grad_output, input, weight=None, running_mean=None, runn
     return_stats=True)``) are given; in eval running_mean and running_var are required.
     grad_weight and grad_bias are None when weight is None (no affine transform), and any
     entry is None when its ``output_mask`` flag is False.
+
+    With keyword-only ``activation="relu"``, grad_output is the gradient of
+    ``batch_norm(..., activation="relu")``'s output: it is masked by that output's sign, which
+    is recomputed from ``input`` (with the statistics, ``weight`` and keyword-only ``bias`` the
+    forward used: give the same ones) by the forward's own expression, so exactly y > 0.
     """
     fname = "batch_norm_backward"
     x = as_array(fname, "input", input)
     n, c, s = _bn_layout(fname, x)
     dy = _grad_like(fname, grad_output, x)
     eps = _positive_float(fname, "eps", eps)
+    relu = _fused_activation(fname, activation) == "relu"
     need_x, need_w, need_b = _mask3(fname, output_mask)
     if weight is None:
         need_w = need_b = False
@@ -249,6 +268,12 @@ def batch_norm_backward(grad_output, input, weight=None, running_mean=None, runn
         var = _affine_vector(fname, "running_var", running_var, (c,), np.float64)
         invstd = 1.0 / np.sqrt(var + eps)
     wv = w if w.size else np.ones(c)
+    none = np.empty(0)
+    fscale = fshift = none
+    if relu:        # the forward's scale and shift, formed as it formed them
+        b = _affine_vector(fname, "bias", bias, (c,), np.float64)
+        fscale = invstd * w if w.size else invstd
+        fshift = b if b.size else np.zeros(c)
     sum_dy = np.zeros(c)
     sum_dy_xmu = np.zeros(c)
     grad_x = None
@@ -256,17 +281,17 @@ def batch_norm_backward(grad_output, input, weight=None, running_mean=None, runn
         # one fused kernel: the sums, then dx, channel by channel (cache-friendly)
         grad_x = _memory.empty(x.shape, dtype)
         if m:
-            _norm.channel_train_backward(dy3, x3, mean, invstd, w, grad_x.reshape(n, c, s),
-                                         sum_dy, sum_dy_xmu, threads)
+            _norm.channel_train_backward(dy3, x3, mean, invstd, w, fscale, fshift,
+                                         grad_x.reshape(n, c, s), sum_dy, sum_dy_xmu, threads)
         need_x = False
     elif m and (need_w or need_b):
-        _norm.channel_grad_sums(dy3, x3, mean, sum_dy, sum_dy_xmu, threads)
+        _norm.channel_grad_sums(dy3, x3, mean, fscale, fshift, sum_dy, sum_dy_xmu, threads)
     if need_x:
         # eval: the statistics are constants, dx = dy * w * invstd
         grad_x = _memory.empty(x.shape, dtype)
         zeros = np.zeros(c)
         if m:
-            _norm.channel_grad_apply(dy3, x3, mean, wv * invstd, zeros, zeros,
+            _norm.channel_grad_apply(dy3, x3, mean, wv * invstd, zeros, zeros, fscale, fshift,
                                      grad_x.reshape(n, c, s), threads)
     grad_w = (sum_dy_xmu * invstd).astype(dtype) if need_w else None
     grad_b = sum_dy.astype(dtype) if need_b else None

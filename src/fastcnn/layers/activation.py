@@ -50,11 +50,23 @@ class ReLU(_Activation):
     exactly where x > 0)."""
     fn = "relu"
     uses_output = True
+    #: Set by the model when the layer before applies this ReLU itself (batch norm, add): then
+    #: forward and backward pass their argument through.
+    fused_into = None
 
     def forward(self, x):
+        if self.fused_into is not None:
+            self.save_for_backward(None)
+            return x
         y = F.relu(x, inplace=self.may_overwrite_input)
         self.save_for_backward(y)
         return y
+
+    def backward(self, grad):
+        (y,) = self.saved()
+        if y is None:               # fused: the layer before masks the gradient
+            return grad
+        return F.relu_backward(grad, y)
 
 
 @register_layer("leaky_relu", aliases=("LeakyReLU",))

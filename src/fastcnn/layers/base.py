@@ -61,6 +61,9 @@ class Layer:
     #: and that is no view of its input: the next layer may then overwrite it in place. False by
     #: default, so that a user's layer is never surprised.
     output_is_private = False
+    #: Activations this layer can apply to its own output in the pass that computes it: a model
+    #: then fuses a following ReLU layer into it (see ``Model.set_activation_fusion``).
+    fusable_activations = ()
 
     def __new__(cls, *args, **kwargs):
         self = super().__new__(cls)
@@ -88,6 +91,9 @@ class Layer:
         self._init_context = _InitContext()
         # Set by the model: this layer's input is read by nobody else, so it may be overwritten.
         self.may_overwrite_input = False
+        # Set by the model: the activation (one of fusable_activations) this layer applies to
+        # its output in place of the activation layer that follows it.
+        self.fused_activation = None
         return self
 
     # -- building ---------------------------------------------------------------------------

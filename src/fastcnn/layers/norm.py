@@ -76,6 +76,7 @@ class _RunningStats(_Affine):
 
 class _BatchNorm(_RunningStats):
     nd = 2
+    fusable_activations = ("relu",)
 
     def __init__(self, num_features=None, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True):
@@ -83,23 +84,25 @@ class _BatchNorm(_RunningStats):
 
     def forward(self, x):
         w, b = self._affine()
+        act = self.fused_activation
         batch_stats = self.training or not self.track_running_stats
         if not batch_stats:
             return F.batch_norm(x, self.running_mean, self.running_var, w, b, training=False,
-                                eps=self.eps)
+                                eps=self.eps, activation=act)
         y, mean, invstd = F.batch_norm(
             x, self.running_mean, self.running_var, w, b, training=True,
             momentum=self.momentum, eps=self.eps,
             num_batches_tracked=self.num_batches_tracked if self.training else None,
-            return_stats=True)
-        self.save_for_backward(x, mean, invstd)
+            return_stats=True, activation=act)
+        self.save_for_backward(x, mean, invstd, act)
         return y
 
     def backward(self, grad):
-        x, mean, invstd = self.saved()
-        w, _ = self._affine()
+        x, mean, invstd, act = self.saved()
+        w, b = self._affine()
         gx, gw, gb = F.batch_norm_backward(grad, x, w, training=True, eps=self.eps,
-                                           save_mean=mean, save_invstd=invstd)
+                                           save_mean=mean, save_invstd=invstd, bias=b,
+                                           activation=act)
         self._accumulate(gw, gb)
         return gx
 

@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from fastcnn import _memory
+from fastcnn import functional as F
 from fastcnn._checks import as_int
 from fastcnn.layers.base import Layer
 from fastcnn.registry import register_layer
@@ -67,7 +68,13 @@ class _Merge(Layer):
 
 @register_layer("add", aliases=("Add",))
 class Add(_Merge):
-    """y = x_1 + x_2 + ... (residual connections). All inputs have the same shape."""
+    """y = x_1 + x_2 + ... (residual connections). All inputs have the same shape. A ReLU that
+    follows can be fused (relu(x_1 + x_2) in one pass); the output is then kept for its mask."""
+    fusable_activations = ("relu",)
+
+    @property
+    def output_is_private(self):
+        return self.fused_activation is None
 
     def __init__(self):
         pass
@@ -81,14 +88,22 @@ class Add(_Merge):
         return first
 
     def forward(self, *xs):
-        self.save_for_backward(len(xs))
-        out = np.add(xs[0], xs[1], out=_memory.empty(xs[0].shape, np.result_type(*xs)))
-        for x in xs[2:]:
-            out += x
+        relu = self.fused_activation == "relu"
+        if relu and len(xs) == 2:
+            out = F.add_relu(xs[0], xs[1])
+        else:
+            out = np.add(xs[0], xs[1], out=_memory.empty(xs[0].shape, np.result_type(*xs)))
+            for x in xs[2:]:
+                out += x
+            if relu:
+                out = F.relu(out, inplace=True)
+        self.save_for_backward(len(xs), out if relu else None)
         return out
 
     def backward(self, grad):
-        (count,) = self.saved()
+        count, y = self.saved()
+        if y is not None:
+            grad = F.relu_backward(grad, y)
         return (grad,) * count
 
     def flops(self):
