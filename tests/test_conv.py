@@ -368,6 +368,8 @@ W = np.zeros((6, 4, 3, 3), np.float32)
     (dict(input=X, weight=W, bias=np.zeros(5)), ValueError, r"bias must have shape \(6,\)"),
     (dict(input=None, weight=W), TypeError, r"input must be an array, got None"),
     (dict(input=[[1, 2], [3]], weight=W), TypeError, r"input could not be converted"),
+    (dict(input=X, weight=W, activation="tanh"), ValueError,
+     r"activation must be None or 'relu', got 'tanh'"),
 ])
 def test_conv2d_invalid_arguments(kwargs, exc, match):
     with pytest.raises(exc, match="conv2d: .*" + match):
@@ -509,3 +511,37 @@ def test_autotune_picks_per_shape_and_keeps_results(rng, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
     with pytest.raises(TypeError, match="set_conv_autotune: enabled must be True or False"):
         fastcnn_set("yes")
+
+
+@pytest.mark.parametrize("path", ["im2col", "winograd", "direct", "depthwise", "pointwise"])
+def test_activation_relu_is_applied_in_the_epilogue_of_every_path(monkeypatch, path):
+    """conv2d(..., activation="relu") == relu(conv2d(...)) bit for bit, on each algorithm, with
+    and without bias, float32 and float64 (NaN kept, -0 turned into 0 as relu does)."""
+    from fastcnn.functional import _conv
+    if path == "direct" and not _conv._direct_vector:
+        pytest.skip("no vector clone of the direct kernel on this CPU/build")
+    monkeypatch.setattr(_conv, "_WINOGRAD_MIN_CHANNELS", 1 if path == "winograd" else 10**9)
+    monkeypatch.setattr(_conv, "_direct_ok", lambda geom, nd: path == "direct")
+    rng = np.random.default_rng(5)
+    c_in, groups, kernel = {"depthwise": (6, 6, 3), "pointwise": (5, 1, 1)}.get(path, (5, 1, 3))
+    for dtype in (np.float32, np.float64):
+        for n, size in ((1, 7), (4, 10), (33, 5)):     # odd maps, several samples per GEMM
+            x = rng.standard_normal((n, c_in, size, size + 1)).astype(dtype)
+            x[0, 0, 0, 0] = np.nan
+            w = rng.standard_normal((18, c_in // groups, kernel, kernel)).astype(dtype)
+            pad = kernel // 2
+            for b in (None, rng.standard_normal(18).astype(dtype)):
+                y = F.conv2d(x, w, b, padding=pad, groups=groups, activation="relu")
+                np.testing.assert_array_equal(
+                    y, F.relu(F.conv2d(x, w, b, padding=pad, groups=groups)))
+                assert np.isnan(y).any() and not np.signbit(y).any()
+
+
+@pytest.mark.parametrize("nd", [1, 3])
+def test_activation_relu_in_1d_and_3d(rng, nd):
+    conv = F.conv1d if nd == 1 else F.conv3d
+    x = rng.standard_normal((2, 3) + (6,) * nd)
+    w = rng.standard_normal((4, 3) + (3,) * nd)
+    b = rng.standard_normal(4)
+    np.testing.assert_array_equal(conv(x, w, b, stride=2, activation="relu"),
+                                  F.relu(conv(x, w, b, stride=2)))

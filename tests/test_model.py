@@ -326,16 +326,20 @@ def test_in_place_relu_never_overwrites_what_others_read():
         {"type": "flatten", "name": "f", "inputs": ["r3"]},
     ], "outputs": ["f", "r4"]}
     model = fastcnn.build_model(config)
-    assert [model[n].may_overwrite_input for n in ("r1", "r2", "r3", "r4")] == [False, False, True, False]
-    x = np.random.default_rng(0).standard_normal((2, 2, 5, 5))
-    x_before = x.copy()
-    c = fastcnn.functional.conv2d(x, model["c"].weight.data, model["c"].bias.data, padding=1)
-    s = np.maximum(c, 0) * 2 + c
-    d = fastcnn.functional.conv2d(s, model["d"].weight.data, model["d"].bias.data)
-    f, r4 = model(x)
-    np.testing.assert_allclose(f, np.maximum(d, 0).reshape(2, -1), rtol=1e-12)
-    np.testing.assert_array_equal(r4, np.maximum(x_before, 0))
-    np.testing.assert_array_equal(x, x_before)
+    for fusion in (False, True):
+        model.set_activation_fusion(fusion)
+        assert [model[n].may_overwrite_input for n in ("r1", "r2", "r3", "r4")] == [
+            False, False, not fusion, False]
+        assert model["r3"].fused_into == ("d" if fusion else None)   # conv d applies it
+        x = np.random.default_rng(0).standard_normal((2, 2, 5, 5))
+        x_before = x.copy()
+        c = fastcnn.functional.conv2d(x, model["c"].weight.data, model["c"].bias.data, padding=1)
+        s = np.maximum(c, 0) * 2 + c
+        d = fastcnn.functional.conv2d(s, model["d"].weight.data, model["d"].bias.data)
+        f, r4 = model(x)
+        np.testing.assert_allclose(f, np.maximum(d, 0).reshape(2, -1), rtol=1e-12)
+        np.testing.assert_array_equal(r4, np.maximum(x_before, 0))
+        np.testing.assert_array_equal(x, x_before)
 
 
 def _train_step_results(model, x, dy):
@@ -345,24 +349,25 @@ def _train_step_results(model, x, dy):
     return [y, dx] + [p.grad.copy() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("name", ["resnet_small", "vgg_small"])
-def test_activation_fusion_changes_no_bit(name):
-    """ReLUs fused into the batch norms and residual adds before them: the same bits as the
-    layers run one by one, in train mode (outputs, every gradient, running statistics) and in
-    eval mode."""
+@pytest.mark.parametrize("name,shape", [("resnet_small", (3, 16, 16)), ("vgg_small", (3, 16, 16)),
+                                        ("lenet5", (1, 28, 28)), ("unet_small", (1, 16, 16))])
+def test_activation_fusion_changes_no_bit(name, shape):
+    """ReLUs fused into the convolutions, batch norms and residual adds before them: the same
+    bits as the layers run one by one, in train mode (outputs, every gradient, running
+    statistics) and in eval mode."""
     from fastcnn.train import bundled_config
 
-    config = dict(bundled_config(name), input_shape=[3, 16, 16], seed=0)
+    config = dict(bundled_config(name), input_shape=list(shape), seed=0)
     config["layers"] = [dict(l, p=0.0) if l["type"] == "dropout" else l for l in config["layers"]]
     fused, plain = fastcnn.build_model(config), fastcnn.build_model(config)
     plain.set_activation_fusion(False)
     names = list(fused.layers)
     relus = [n for i, n in enumerate(names) if fused[n].type_name == "relu"
-             and fused[names[i - 1]].type_name in ("batch_norm2d", "add")]
-    assert len(relus) >= 5 and all(fused[n].fused_into for n in relus)
+             and fused[names[i - 1]].type_name in ("batch_norm2d", "add", "conv2d")]
+    assert len(relus) >= 2 and all(fused[n].fused_into for n in relus)
     assert not any(plain[n].fused_into for n in relus)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((4, 3, 16, 16)).astype(np.float32)
+    x = rng.standard_normal((4,) + shape).astype(np.float32)
     dy = rng.standard_normal((4,) + fused.output_shape).astype(np.float32)
     for _ in range(2):
         for a, b in zip(_train_step_results(fused, x, dy), _train_step_results(plain, x, dy)):
@@ -384,11 +389,13 @@ def test_activation_fusion_only_where_nothing_else_reads_the_pre_activation():
         {"type": "batch_norm2d", "name": "bn3"},
         {"type": "relu", "name": "r4"},                              # bn3 is a model output
         {"type": "conv2d", "name": "d", "out_channels": 3, "kernel_size": 1, "inputs": ["r3"]},
-        {"type": "relu", "name": "r5"},                              # a conv: not fusable
-    ], "outputs": ["r4", "bn3", "r5"]}
+        {"type": "relu", "name": "r5"},                              # fused into conv d
+        {"type": "max_pool2d", "name": "p", "kernel_size": 2, "inputs": ["r3"]},
+        {"type": "relu", "name": "r6"},                              # pooling: not fusable
+    ], "outputs": ["r4", "bn3", "r5", "r6"]}
     model = fastcnn.build_model(config)
-    assert {n: model[n].fused_into for n in ("r1", "r2", "r3", "r4", "r5")} == {
-        "r1": "bn1", "r2": None, "r3": "sum", "r4": None, "r5": None}
+    assert {n: model[n].fused_into for n in ("r1", "r2", "r3", "r4", "r5", "r6")} == {
+        "r1": "bn1", "r2": None, "r3": "sum", "r4": None, "r5": "d", "r6": None}
     assert model["bn1"].fused_activation == "relu" and model["bn2"].fused_activation is None
     assert model["sum"].output_is_private is False      # kept: its backward's mask
     x = np.random.default_rng(1).standard_normal((3, 2, 5, 5))

@@ -20,7 +20,8 @@
 #define FC_CO 16        /* output channels per block; wt and bias are padded to a multiple */
 #define FC_POS 4        /* output positions per block along a row */
 
-/* y (cout, oh_n*ow_n) of one sample from its padded planes xp; wt (K, cpad), bias (cpad).
+/* y (cout, oh_n*ow_n) of one sample from its padded planes xp; wt (K, cpad), bias (cpad);
+ * relu: max(y, 0) as it is stored (NaN kept, -0 -> 0, as fastcnn's relu).
  * xp must hold sh + 1 rows and FC_POS * sw elements past the last plane (the tail blocks
  * read them; conv.pyx's direct_workspace_size). Strides sh, sw: output (oh, ow) reads the planes from (oh*sh, ow*sw).
  * The FC_CO channels are one GCC vector (zmm registers in the AVX-512 clone, ymm pairs in the
@@ -31,8 +32,8 @@ typedef T fc_vec_##sfx __attribute__((vector_size(FC_CO * sizeof(T))));         
 FC_KERNEL_VOID(fc_direct_conv_##sfx,                                                         \
     (const T *xp, const T *wt, const T *bias, T *y, const ptrdiff_t *off, ptrdiff_t K,       \
      ptrdiff_t cout, ptrdiff_t cpad, ptrdiff_t oh_n, ptrdiff_t ow_n, ptrdiff_t wp,           \
-     ptrdiff_t sh, ptrdiff_t sw),                                                            \
-    (xp, wt, bias, y, off, K, cout, cpad, oh_n, ow_n, wp, sh, sw),                           \
+     ptrdiff_t sh, ptrdiff_t sw, int relu),                                                  \
+    (xp, wt, bias, y, off, K, cout, cpad, oh_n, ow_n, wp, sh, sw, relu),                     \
 {                                                                                            \
     ptrdiff_t co0, oh, ow, k, c, j, r, L = oh_n * ow_n;                                      \
     for (co0 = 0; co0 < cout; co0 += FC_CO) {                                                \
@@ -66,6 +67,10 @@ FC_KERNEL_VOID(fc_direct_conv_##sfx,                                            
                 memcpy(out[5], &a5, sizeof a5);                                              \
                 memcpy(out[6], &a6, sizeof a6);                                              \
                 memcpy(out[7], &a7, sizeof a7);                                              \
+                if (relu)                                                                    \
+                    for (j = 0; j < 2 * FC_POS; j++)                                         \
+                        for (c = 0; c < FC_CO; c++)                                          \
+                            out[j][c] = out[j][c] <= 0 ? 0 : out[j][c];                      \
                 for (r = 0; r < 2 && oh + r < oh_n; r++)                                     \
                     for (j = 0; j < FC_POS && ow + j < ow_n; j++)                            \
                         for (c = 0; c < nc; c++)                                             \

@@ -27,6 +27,7 @@ from cython.parallel cimport prange, parallel, threadid
 from libc.string cimport memcpy, memset
 
 from fastcnn._ops._blas cimport gemm
+from fastcnn._ops._epilogue cimport bias_relu
 from fastcnn._ops.im2col cimport Geom, make_geom, im2col_plane, col2im_plane
 
 
@@ -85,8 +86,10 @@ cdef bint _is_pointwise(tuple kernel, tuple stride, tuple padding):
 def conv_forward(const floating[:, ::1] x, const floating[:, ::1] weight,
                  const floating[::1] bias, floating[:, ::1] out, floating[::1] workspace,
                  Py_ssize_t groups, tuple in_size, tuple kernel, tuple stride, tuple padding,
-                 tuple dilation, tuple out_size, Py_ssize_t block, int num_threads):
-    """out (N, C_out*L) = conv(x (N, C_in*S), weight (C_out, K)) + bias (C_out or empty).
+                 tuple dilation, tuple out_size, Py_ssize_t block, bint relu,
+                 int num_threads):
+    """out (N, C_out*L) = conv(x (N, C_in*S), weight (C_out, K)) + bias (C_out or empty),
+    then max(out, 0) if relu (in the same pass as the bias).
 
     Samples go ``block`` at a time (see sample_block); ``workspace`` holds num_threads *
     workspace_size(...) elements (may be empty for 1x1).
@@ -136,12 +139,12 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] weight,
                     b = bias[co] if has_bias else 0
                     row = &out[n, co * L]
                     if nb == 1:
-                        if has_bias:
+                        if has_bias or relu:
                             for l in range(L):
-                                row[l] = row[l] + b
+                                row[l] = bias_relu(row[l], b, relu)
                     else:
                         for l in range(L):
-                            row[l] = dst[co * ld + s_ * L + l] + b
+                            row[l] = bias_relu(dst[co * ld + s_ * L + l], b, relu)
 
 
 def conv_backward(const floating[:, ::1] x, const floating[:, ::1] weight,
@@ -389,11 +392,11 @@ cdef extern from "_conv_direct.h" nogil:
     void fc_direct_conv_f(const float* xp, const float* wt, const float* bias, float* y,
                           const Py_ssize_t* off, Py_ssize_t K, Py_ssize_t cout, Py_ssize_t cpad,
                           Py_ssize_t oh_n, Py_ssize_t ow_n, Py_ssize_t wp, Py_ssize_t sh,
-                          Py_ssize_t sw)
+                          Py_ssize_t sw, int relu)
     void fc_direct_conv_d(const double* xp, const double* wt, const double* bias, double* y,
                           const Py_ssize_t* off, Py_ssize_t K, Py_ssize_t cout, Py_ssize_t cpad,
                           Py_ssize_t oh_n, Py_ssize_t ow_n, Py_ssize_t wp, Py_ssize_t sh,
-                          Py_ssize_t sw)
+                          Py_ssize_t sw, int relu)
 
 
 def direct_workspace_size(Py_ssize_t channels, Py_ssize_t padded_h, Py_ssize_t padded_w,
@@ -408,9 +411,10 @@ def direct_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
                    const Py_ssize_t[::1] offsets, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                    Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t Hp, Py_ssize_t Wp,
                    Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
-                   int num_threads):
+                   bint relu, int num_threads):
     """out (N, C_out*oH*oW) = the convolution of x (N, C*H*W) with wt (K, cpad) (the
-    weight transposed, C_out padded to cpad) and bias (cpad). Each sample is copied into its
+    weight transposed, C_out padded to cpad) and bias (cpad), then max(out, 0) if relu (as the
+    kernel stores). Each sample is copied into its
     thread's workspace as C zero-bordered planes of Hp x Wp, the input at (pad_h, pad_w);
     ``offsets`` (K,) are the taps' positions in those planes (see _conv_direct.h)."""
     cdef Py_ssize_t N = x.shape[0], K = wt.shape[0], cpad = wt.shape[1]
@@ -431,7 +435,7 @@ def direct_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
                            cols * sizeof(floating))
             if floating is float:
                 fc_direct_conv_f(xp, &wt[0, 0], &bias[0], &out[n, 0], &offsets[0], K, C_out,
-                                 cpad, out_h, out_w, Wp, stride_h, stride_w)
+                                 cpad, out_h, out_w, Wp, stride_h, stride_w, relu)
             else:
                 fc_direct_conv_d(xp, &wt[0, 0], &bias[0], &out[n, 0], &offsets[0], K, C_out,
-                                 cpad, out_h, out_w, Wp, stride_h, stride_w)
+                                 cpad, out_h, out_w, Wp, stride_h, stride_w, relu)

@@ -22,6 +22,7 @@ from libc.string cimport memset
 
 import numpy as np
 
+from fastcnn._ops._epilogue cimport bias_relu
 from fastcnn._ops.im2col cimport Geom, make_geom, valid_range
 
 
@@ -95,8 +96,10 @@ cdef object tap_columns(const Geom* g):
 
 def forward(const floating[:, :, ::1] x, const floating[:, ::1] weight,
             const floating[::1] bias, floating[:, :, ::1] out, tuple in_size, tuple kernel,
-            tuple stride, tuple padding, tuple dilation, tuple out_size, int num_threads):
-    """out (N, C_out, L) = depthwise conv of x (N, C_in, S) by weight (C_out, kk) + bias."""
+            tuple stride, tuple padding, tuple dilation, tuple out_size, bint relu,
+            int num_threads):
+    """out (N, C_out, L) = depthwise conv of x (N, C_in, S) by weight (C_out, kk) + bias, then
+    max(out, 0) if relu (over the plane just written, still in L1)."""
     cdef Geom g = make_geom(in_size, kernel, stride, padding, dilation, out_size)
     cdef Py_ssize_t N = out.shape[0], C_out = out.shape[1], C_in = x.shape[1]
     cdef Py_ssize_t M = C_out // C_in, planes = N * C_out, p, n, co
@@ -115,6 +118,9 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] weight,
                 y[l] = bias[co] if has_bias else 0
             _sweep(FORWARD, y, <floating*> &x[n, co // M, 0], &weight[co, 0], NULL, &cols[0],
                    &g)
+            if relu:
+                for l in range(L):
+                    y[l] = bias_relu(y[l], 0, True)
 
 
 def grad_input(const floating[:, :, ::1] grad_out, const floating[:, ::1] weight,

@@ -34,6 +34,7 @@ from cython.parallel cimport prange, parallel, threadid
 from libc.string cimport memcpy, memset
 
 from fastcnn._ops._blas cimport gemm
+from fastcnn._ops._epilogue cimport bias_relu
 
 
 cdef void _pad_plane(const floating* plane, floating* pb, Py_ssize_t H, Py_ssize_t W,
@@ -98,8 +99,9 @@ cdef Py_ssize_t padded_plane_size(Py_ssize_t out_h, Py_ssize_t out_w) noexcept n
 cdef void _output_transform(const floating* m, floating* y, Py_ssize_t K, Py_ssize_t OH,
                             Py_ssize_t OW, Py_ssize_t tiles_h, Py_ssize_t tiles_w,
                             Py_ssize_t ld, Py_ssize_t xi_stride, const floating* bias,
-                            bint has_bias) noexcept nogil:
-    """y (K, OH, OW) of one sample from m[xi * xi_stride + k * ld + tile]."""
+                            bint has_bias, bint relu) noexcept nogil:
+    """y (K, OH, OW) of one sample from m[xi * xi_stride + k * ld + tile], plus the bias, then
+    max(y, 0) if relu."""
     cdef Py_ssize_t k, ti, tj, r, a, b, tile, oh, ow
     cdef floating q[4][4]
     cdef floating u[2][4]
@@ -124,17 +126,17 @@ cdef void _output_transform(const floating* m, floating* y, Py_ssize_t K, Py_ssi
                 oh = 2 * ti
                 ow = 2 * tj
                 if oh + 1 < OH and ow + 1 < OW:      # all but the last row/column of odd maps
-                    y[(k * OH + oh) * OW + ow] = out[0][0] + bk
-                    y[(k * OH + oh) * OW + ow + 1] = out[0][1] + bk
-                    y[(k * OH + oh + 1) * OW + ow] = out[1][0] + bk
-                    y[(k * OH + oh + 1) * OW + ow + 1] = out[1][1] + bk
+                    y[(k * OH + oh) * OW + ow] = bias_relu(out[0][0], bk, relu)
+                    y[(k * OH + oh) * OW + ow + 1] = bias_relu(out[0][1], bk, relu)
+                    y[(k * OH + oh + 1) * OW + ow] = bias_relu(out[1][0], bk, relu)
+                    y[(k * OH + oh + 1) * OW + ow + 1] = bias_relu(out[1][1], bk, relu)
                     continue
                 for a in range(2):
                     if oh + a >= OH:
                         break
                     for b in range(2):
                         if ow + b < OW:
-                            y[(k * OH + oh + a) * OW + ow + b] = out[a][b] + bk
+                            y[(k * OH + oh + a) * OW + ow + b] = bias_relu(out[a][b], bk, relu)
 
 
 cdef void _grad_output_transform(const floating* dy, floating* m, Py_ssize_t K, Py_ssize_t OH,
@@ -276,9 +278,10 @@ def workspace_size(Py_ssize_t channels, Py_ssize_t out_channels, Py_ssize_t out_
 
 def forward(const floating[:, ::1] x, const floating[:, :, ::1] u, const floating[::1] bias,
             floating[:, ::1] out, floating[::1] workspace, Py_ssize_t height, Py_ssize_t width,
-            Py_ssize_t pad, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t block,
+            Py_ssize_t pad, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t block, bint relu,
             int num_threads):
-    """out (N, C_out*OH*OW) = conv3x3(x (N, C*H*W), pad) with u (16, C_out, C) = G g G^T."""
+    """out (N, C_out*OH*OW) = conv3x3(x (N, C*H*W), pad) with u (16, C_out, C) = G g G^T, plus
+    bias, then max(out, 0) if relu."""
     cdef Py_ssize_t N = x.shape[0], K = u.shape[1], C = u.shape[2]
     cdef Py_ssize_t tiles_h = (out_h + 1) // 2, tiles_w = (out_w + 1) // 2
     cdef Py_ssize_t T = tiles_h * tiles_w
@@ -313,7 +316,7 @@ def forward(const floating[:, ::1] x, const floating[:, :, ::1] u, const floatin
                      <floating> 0.0, m + xi * (K * ld + SKEW), <int> ld)
             for s_ in range(nb):
                 _output_transform(m + s_ * T, &out[n0 + s_, 0], K, out_h, out_w, tiles_h,
-                                  tiles_w, ld, K * ld + SKEW, pbias, has_bias)
+                                  tiles_w, ld, K * ld + SKEW, pbias, has_bias, relu)
 
 
 def weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy, floating[:, :, ::1] parts,

@@ -14,6 +14,14 @@ _WEIGHT_GRAD_CHUNKS = 8
 _INT32_MAX = _checks.INT32_MAX          # BLAS and the kernels take 32-bit sizes
 
 
+def _fused_activation(fname, activation):
+    """The activation an op applies to its output in its own pass (the ``activation``
+    keyword of batch norm and convolution): None or "relu"."""
+    if activation is not None and activation != "relu":
+        raise ValueError(f"{fname}: activation must be None or 'relu', got {activation!r}")
+    return activation
+
+
 def _rows(arr: np.ndarray, n: int) -> np.ndarray:
     """``arr`` viewed as (n, -1): one row per sample (also when n == 0)."""
     return arr.reshape(n, arr.size // n if n else 0)

@@ -23,6 +23,7 @@ from fastcnn.functional._common import (
     _INT32_MAX,
     _WEIGHT_GRAD_CHUNKS,
     _delegate,
+    _fused_activation,
     _mask3,
     _rows,
     conv_output_size,
@@ -177,7 +178,7 @@ def _direct_offsets(c_in, kh, kw, dh, dw, hp, wp):
     return offsets
 
 
-def _direct_conv2d(x2, w, b1, out2, geom, dtype):
+def _direct_conv2d(x2, w, b1, out2, geom, dtype, relu=False):
     """out2 (N, C_out*L) by _conv.direct_forward: weight transposed to (K, C_out padded to 16)."""
     c_out, c_in, kh, kw = w.shape
     (_, dh, dw), (_, ph, pw), (_, sh, sw) = geom.dilation, geom.padding, geom.stride
@@ -193,7 +194,7 @@ def _direct_conv2d(x2, w, b1, out2, geom, dtype):
     threads = get_num_threads()
     ws = scratch(_conv.direct_workspace_size(c_in, hp, wp, sh, sw) * threads, dtype)
     _conv.direct_forward(x2, wt, bias, out2, ws, offsets, c_in, *geom.in_size, ph, pw, hp, wp,
-                         oh, ow, sh, sw, threads)
+                         oh, ow, sh, sw, relu, threads)
 
 
 def _winograd_possible(geom, nd):
@@ -251,10 +252,11 @@ def _pick_winograd(direction, geom, nd, dtype, run_winograd, run_im2col):
     return choice
 
 
-def _winograd_conv2d(x2, w, bias, out2, in_size, pad, out_size, dtype, flip=False):
+def _winograd_conv2d(x2, w, bias, out2, in_size, pad, out_size, dtype, flip=False,
+                     relu=False):
     """out2 (N, C_out*OH*OW) = 3x3 stride-1 convolution of x2 (N, C*H*W) by w (C_out, C, 3, 3),
     or with ``flip`` by the kernels of w (C, C_out, 3, 3) transposed and rotated (the input
-    gradient's)."""
+    gradient's); plus bias, then max(., 0) if relu."""
     n = x2.shape[0]
     k, c = (w.shape[1], w.shape[0]) if flip else (w.shape[0], w.shape[1])
     threads = get_num_threads()
@@ -266,7 +268,7 @@ def _winograd_conv2d(x2, w, bias, out2, in_size, pad, out_size, dtype, flip=Fals
                  dtype)
     with single_threaded_blas:
         _winograd.forward(x2, u, bias, out2, ws, in_size[0], in_size[1], pad, out_size[0],
-                          out_size[1], block, threads)
+                          out_size[1], block, relu, threads)
 
 
 # The Winograd weight gradient sums over samples in fixed chunks (one dU partial each, added in
@@ -297,7 +299,9 @@ def _winograd_weight_grad(x2, dy2, geom, dtype):
     return grad_w
 
 
-def _conv_forward(fname, nd, input, weight, bias, stride, padding, dilation, groups):
+def _conv_forward(fname, nd, input, weight, bias, stride, padding, dilation, groups,
+                  activation=None):
+    relu = _fused_activation(fname, activation) == "relu"
     x = as_array(fname, "input", input)
     w = as_array(fname, "weight", weight)
     b = None if bias is None else as_array(fname, "bias", bias)
@@ -312,7 +316,7 @@ def _conv_forward(fname, nd, input, weight, bias, stride, padding, dilation, gro
 
     def run_winograd():
         _winograd_conv2d(x2, w2.reshape(w.shape), b1, _rows(out, geom.n), geom.in_size,
-                         geom.padding[1], geom.out_size, dtype)
+                         geom.padding[1], geom.out_size, dtype, relu=relu)
 
     def run_im2col():
         threads = get_num_threads()
@@ -320,16 +324,16 @@ def _conv_forward(fname, nd, input, weight, bias, stride, padding, dilation, gro
         ws, block = _conv_scratch(geom, args, threads, dtype)
         with single_threaded_blas:
             _conv.conv_forward(x2, w2, b1, _rows(out, geom.n), ws, geom.groups, *args, block,
-                               threads)
+                               relu, threads)
 
     def run_direct():
-        _direct_conv2d(x2, w2.reshape(w.shape), b1, _rows(out, geom.n), geom, dtype)
+        _direct_conv2d(x2, w2.reshape(w.shape), b1, _rows(out, geom.n), geom, dtype, relu)
 
     run_other = run_direct if _direct_ok(geom, nd) else run_im2col
     if _is_depthwise(geom):
         _depthwise.forward(x2.reshape(geom.n, geom.in_channels, -1), w2, b1,
                            out.reshape(geom.n, geom.out_channels, -1), *geom.kernel_args(),
-                           get_num_threads())
+                           relu, get_num_threads())
     elif _pick_winograd("forward", geom, nd, dtype, run_winograd, run_other):
         run_winograd()
     else:
@@ -451,6 +455,9 @@ _CONV_DOC = """{nd}-D convolution (cross-correlation, as every deep-learning lib
     padding : int or tuple of {nd} ints >= 0 (zeros on both sides), or "valid" (none) or
         "same" (output size = input size; needs stride 1; odd totals put the extra zero after)
     groups : int; C_in and C_out must be divisible by it (groups = C_in: depthwise)
+    activation : None or "relu", keyword-only: "relu" returns ``relu(conv{nd}d(...))``, the
+        ReLU applied as the kernel stores each output, with the bias (not in torch's signature;
+        the backward is :func:`relu_backward` of this output, then :func:`conv{nd}d_backward`)
 
     Returns
     -------
@@ -475,9 +482,10 @@ _CONV_BACKWARD_DOC = """Gradients of :func:`conv{nd}d`.
 
 
 def _make_conv(nd, spatial, kernel, out):
-    def conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    def conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+             activation=None):
         return _conv_forward(f"conv{nd}d", nd, input, weight, bias, stride, padding, dilation,
-                             groups)
+                             groups, activation)
 
     def conv_backward(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1,
                       output_mask=(True, True, True)):

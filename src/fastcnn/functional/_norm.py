@@ -11,7 +11,7 @@ from fastcnn import _checks, _memory
 from fastcnn._checks import as_array, as_int, check_ndim, contiguous, float_dtype
 from fastcnn._ops import norm as _norm
 from fastcnn._threads import get_num_threads
-from fastcnn.functional._common import _mask3, _rows
+from fastcnn.functional._common import _fused_activation, _mask3, _rows
 
 __all__ = [
     "batch_norm", "batch_norm_backward", "layer_norm", "layer_norm_backward", "group_norm",
@@ -120,13 +120,6 @@ def _bn_layout(fname, x):
                                                 "(N, C, D, H, W)")
     n, c = x.shape[:2]
     return n, c, math.prod(x.shape[2:])
-
-
-def _fused_activation(fname, activation):
-    """The activation fused into a batch norm: None or "relu"."""
-    if activation is not None and activation != "relu":
-        raise ValueError(f"{fname}: activation must be None or 'relu', got {activation!r}")
-    return activation
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,

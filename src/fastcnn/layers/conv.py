@@ -75,6 +75,10 @@ class _ConvBase(Layer):
 
     def backward(self, grad):
         (x,) = self.saved()
+        return self._backward_from(grad, x)
+
+    def _backward_from(self, grad, x):
+        """Accumulate the parameter gradients for dL/d(output) ``grad``; return dL/dx."""
         need_x = getattr(self, "needs_input_grad", True)
         gx, gw, gb = self._backward(grad, x, self.weight.data, **self._args(),
                                     output_mask=(need_x, True, self.bias is not None))
@@ -85,6 +89,27 @@ class _ConvBase(Layer):
 
 
 class _ConvNd(_ConvBase):
+    # A following ReLU is applied in the kernel's epilogue, with the bias; the output is then
+    # kept, for the ReLU's mask in the backward.
+    fusable_activations = ("relu",)
+
+    @property
+    def output_is_private(self):
+        return self.fused_activation is None
+
+    def forward(self, x):
+        act = self.fused_activation
+        y = self._forward(x, self.weight.data, None if self.bias is None else self.bias.data,
+                          **self._args(), activation=act)
+        self.save_for_backward(x, y if act else None)
+        return y
+
+    def backward(self, grad):
+        x, y = self.saved()
+        if y is not None:
+            grad = F.relu_backward(grad, y)
+        return self._backward_from(grad, x)
+
     def __init__(self, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, in_channels=None, weight_init=None, bias_init=None):
         self._init_common(out_channels, kernel_size, stride, dilation, groups, bias, in_channels,
