@@ -159,10 +159,71 @@ def test_direct_convolution_matches_im2col_on_random_shapes(monkeypatch):
         b = rng.standard_normal(c_out).astype(dtype)
         stride = 1 if padding == "same" else (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
         results = []
+        monkeypatch.setattr(_conv, "_rows_ok", lambda geom, nd: False)
         for forced in (True, False):
             monkeypatch.setattr(_conv, "_direct_ok", lambda geom, nd, f=forced: f)
             results.append(F.conv2d(x, w, b, stride, padding=padding, dilation=(dh, dw)))
         np.testing.assert_allclose(results[0], results[1], **TOL[dtype])
+
+
+def test_row_kernel_matches_im2col_on_random_shapes(monkeypatch):
+    """The direct kernel along output rows, forced onto random shapes (widths that are not a
+    multiple of its 16-output vectors, including narrower than one; channel counts that are
+    not a multiple of its 8-channel blocks; strides down the rows, dilation, padding, ReLU),
+    equals im2col + GEMM; float64 and float32. With stride 1 it also computes the input
+    gradient (dy by the flipped kernels), which must equal col2im's."""
+    from fastcnn.functional import _conv
+    if not _conv._direct_vector:
+        pytest.skip("no vector clone of the direct kernel on this CPU/build")
+    rng = np.random.default_rng(11)
+    monkeypatch.setattr(_conv, "_direct_ok", lambda geom, nd: False)
+    monkeypatch.setattr(_conv, "_WINOGRAD_MIN_CHANNELS", 10**9)
+    for case in range(60):
+        c_in, c_out = int(rng.integers(1, 7)), int(rng.integers(1, 30))
+        kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        dh, dw = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+        padding = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
+        h = dh * (kh - 1) + int(rng.integers(1, 12))
+        w_ = dw * (kw - 1) + int(rng.integers(1, 40))
+        dtype = np.float64 if case % 2 else np.float32
+        x = rng.standard_normal((int(rng.integers(1, 4)), c_in, h, w_)).astype(dtype)
+        w = rng.standard_normal((c_out, c_in, kh, kw)).astype(dtype)
+        b = rng.standard_normal(c_out).astype(dtype) if case % 3 else None
+        stride = (int(rng.integers(1, 4)) if case % 2 else 1, 1)
+        relu = "relu" if case % 4 == 0 else None
+        results = []
+        for forced in (True, False):
+            monkeypatch.setattr(_conv, "_rows_ok", lambda geom, nd, f=forced: f)
+            y = F.conv2d(x, w, b, stride, padding=padding, dilation=(dh, dw), activation=relu)
+            dx = F.conv2d_backward(np.cos(y), x, w, stride, padding=padding, dilation=(dh, dw),
+                                   output_mask=(True, False, False))[0]
+            results.append((y, dx))
+        for got, want in zip(*results):
+            np.testing.assert_allclose(got, want, **TOL[dtype])
+
+
+def test_row_kernel_is_used_where_it_is_fastest_and_agrees_with_torch(th, rng):
+    """First layers (1 or 3 channels), non-3x3 kernels and 3x3 layers with <= 16 output
+    channels on wide maps take the row kernel; 1x1, strided-width, narrow maps and wider 3x3
+    layers do not."""
+    from fastcnn.functional import _conv
+
+    def rows(c_in, c_out, size, k, stride=1):
+        geom = _conv._conv_geometry("t", 2, np.zeros((2, c_in, size, size)),
+                                    np.zeros((c_out, c_in, k, k)), stride, k // 2, 1, 1)
+        return _conv._rows_ok(geom, 2), _conv._winograd_ok(geom, 2)
+
+    vector = _conv._direct_vector
+    assert rows(1, 6, 28, 5) == (vector, False)
+    assert rows(3, 16, 32, 3) == (vector, False)
+    assert rows(16, 16, 32, 3) == (vector, not vector)
+    assert rows(32, 32, 32, 3) == (vector, True)
+    assert rows(16, 16, 8, 3) == (False, True)
+    assert rows(16, 16, 32, 3, stride=2) == (False, False)
+    assert rows(16, 16, 32, 1) == (False, False)
+    check_against_torch(th, rng, 2, 3, 3, 20, (21, 33), (3, 5), np.float32, padding=(1, 2))
+    check_against_torch(th, rng, 2, 2, 16, 16, (18, 32), (3, 3), np.float64, padding=1,
+                        stride=(2, 1))
 
 
 def test_direct_convolution_is_used_for_lenet_and_agrees_with_torch(th, rng):
@@ -421,6 +482,7 @@ def test_winograd_on_every_possible_shape_matches_im2col(monkeypatch):
         x = rng.standard_normal((n % 5 + 1, c, h, w_))
         w = rng.standard_normal((k, c, 3, 3))
         results = []
+        monkeypatch.setattr(_conv, "_ROWS_OVER_WINOGRAD_MAX_OUT_CHANNELS", 0)
         for minimum in (1, 10**9):                    # Winograd everywhere, then nowhere
             monkeypatch.setattr(_conv, "_WINOGRAD_MIN_CHANNELS", minimum)
             y = F.conv2d(x, w, padding=p)
@@ -513,15 +575,18 @@ def test_autotune_picks_per_shape_and_keeps_results(rng, monkeypatch):
         fastcnn_set("yes")
 
 
-@pytest.mark.parametrize("path", ["im2col", "winograd", "direct", "depthwise", "pointwise"])
+@pytest.mark.parametrize("path", ["im2col", "winograd", "direct", "rows", "depthwise",
+                                  "pointwise"])
 def test_activation_relu_is_applied_in_the_epilogue_of_every_path(monkeypatch, path):
     """conv2d(..., activation="relu") == relu(conv2d(...)) bit for bit, on each algorithm, with
     and without bias, float32 and float64 (NaN kept, -0 turned into 0 as relu does)."""
     from fastcnn.functional import _conv
-    if path == "direct" and not _conv._direct_vector:
+    if path in ("direct", "rows") and not _conv._direct_vector:
         pytest.skip("no vector clone of the direct kernel on this CPU/build")
     monkeypatch.setattr(_conv, "_WINOGRAD_MIN_CHANNELS", 1 if path == "winograd" else 10**9)
+    monkeypatch.setattr(_conv, "_ROWS_OVER_WINOGRAD_MAX_OUT_CHANNELS", 0)
     monkeypatch.setattr(_conv, "_direct_ok", lambda geom, nd: path == "direct")
+    monkeypatch.setattr(_conv, "_rows_ok", lambda geom, nd: path == "rows")
     rng = np.random.default_rng(5)
     c_in, groups, kernel = {"depthwise": (6, 6, 3), "pointwise": (5, 1, 1)}.get(path, (5, 1, 3))
     for dtype in (np.float32, np.float64):

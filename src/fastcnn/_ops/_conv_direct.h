@@ -83,4 +83,69 @@ FC_KERNEL_VOID(fc_direct_conv_##sfx,                                            
 FC_DIRECT_CONV(float, f)
 FC_DIRECT_CONV(double, d)
 
+/* The same convolution vectorized along the output rows instead of the channels, for first
+ * layers (1 or 3 input channels: few taps) on wide maps. There the channel-vector kernel above
+ * spends more time transposing its results into place than multiplying. Here FC_ROW outputs of
+ * one row (a 64-byte vector: 16 floats or 8 doubles) of FC_ROW_CO channels are computed at a
+ * time: each tap is one contiguous load of xp and FC_ROW_CO multiply-adds by broadcast weights,
+ * and the results are stored as they lie. Stride 1 along the width (contiguous loads); any
+ * stride sh down the rows. A row's last block reads up to FC_ROW - 1 elements past the row
+ * (past the last plane for the last row: conv.pyx's direct_workspace_size has that tail) and
+ * stores only the outputs that exist. relu: max(y, 0) with NaN kept and -0 -> 0, as relu. */
+#define FC_ROW_CO 8
+#define FC_DIRECT_CONV_ROWS(T, IT, sfx)                                                      \
+typedef T fc_rvec_##sfx __attribute__((vector_size(64)));                                   \
+typedef IT fc_rmask_##sfx __attribute__((vector_size(64)));                                 \
+FC_KERNEL_VOID(fc_direct_conv_rows_##sfx,                                                    \
+    (const T *xp, const T *wt, const T *bias, T *y, const ptrdiff_t *off, ptrdiff_t K,       \
+     ptrdiff_t cout, ptrdiff_t cpad, ptrdiff_t oh_n, ptrdiff_t ow_n, ptrdiff_t wp,           \
+     ptrdiff_t sh, int relu),                                                                \
+    (xp, wt, bias, y, off, K, cout, cpad, oh_n, ow_n, wp, sh, relu),                         \
+{                                                                                            \
+    enum { V = 64 / sizeof(T) };                                                             \
+    const fc_rvec_##sfx zero = {0};                                                          \
+    ptrdiff_t co0, oh, ow, k, c, j, L = oh_n * ow_n;                                         \
+    for (co0 = 0; co0 < cout; co0 += FC_ROW_CO) {                                            \
+        const ptrdiff_t nc = cout - co0 < FC_ROW_CO ? cout - co0 : FC_ROW_CO;                \
+        const T *w = wt + co0;                                                               \
+        for (oh = 0; oh < oh_n; oh++)                                                        \
+            for (ow = 0; ow < ow_n; ow += V) {                                               \
+                fc_rvec_##sfx a0 = zero + bias[co0], a1 = zero + bias[co0 + 1],              \
+                    a2 = zero + bias[co0 + 2], a3 = zero + bias[co0 + 3],                    \
+                    a4 = zero + bias[co0 + 4], a5 = zero + bias[co0 + 5],                    \
+                    a6 = zero + bias[co0 + 6], a7 = zero + bias[co0 + 7], xv;                \
+                fc_rvec_##sfx acc[FC_ROW_CO];                                                \
+                const T *base = xp + oh * sh * wp + ow;                                      \
+                for (k = 0; k < K; k++) {                                                    \
+                    const T *wk = w + k * cpad;                                              \
+                    memcpy(&xv, base + off[k], sizeof xv);                                   \
+                    a0 += xv * wk[0];                                                        \
+                    a1 += xv * wk[1];                                                        \
+                    a2 += xv * wk[2];                                                        \
+                    a3 += xv * wk[3];                                                        \
+                    a4 += xv * wk[4];                                                        \
+                    a5 += xv * wk[5];                                                        \
+                    a6 += xv * wk[6];                                                        \
+                    a7 += xv * wk[7];                                                        \
+                }                                                                            \
+                acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3;                          \
+                acc[4] = a4; acc[5] = a5; acc[6] = a6; acc[7] = a7;                          \
+                for (c = 0; c < nc; c++) {                                                   \
+                    T *dst = y + (co0 + c) * L + oh * ow_n + ow;                             \
+                    if (relu)   /* keep where not (a <= 0): NaN kept, -0 -> +0 */            \
+                        acc[c] = (fc_rvec_##sfx) ((fc_rmask_##sfx) acc[c]                    \
+                                                  & ~(fc_rmask_##sfx) (acc[c] <= zero));     \
+                    if (ow + V <= ow_n)                                                      \
+                        memcpy(dst, &acc[c], sizeof acc[c]);                                 \
+                    else                                                                     \
+                        for (j = 0; j < ow_n - ow; j++)                                      \
+                            dst[j] = acc[c][j];                                              \
+                }                                                                            \
+            }                                                                                \
+    }                                                                                        \
+})
+
+FC_DIRECT_CONV_ROWS(float, int32_t, f)
+FC_DIRECT_CONV_ROWS(double, int64_t, d)
+
 #endif
