@@ -8,9 +8,11 @@ for dt in (np.float32, np.float64):
     w = rng.standard_normal((6, 2, 3, 3)).astype(dt)
     y = F.conv2d(x, w, stride=2, padding=1, dilation=2, groups=2)
     F.conv2d_backward(np.ones_like(y), x, w, stride=2, padding=1, dilation=2, groups=2)
-    xr = rng.standard_normal((2, 3, 7, 19)).astype(dt)     # the direct kernel along rows
-    F.conv2d(xr, rng.standard_normal((9, 3, 3, 4)).astype(dt), padding=(1, 2), activation="relu")
-    F.conv2d(xr[:, :, :6, :12], rng.standard_normal((18, 3, 3, 3)).astype(dt), stride=(1, 2))
+    xr = rng.standard_normal((2, 3, 7, 31)).astype(dt)     # the direct kernel along rows
+    F.conv2d(xr, rng.standard_normal((9, 3, 3, 3)).astype(dt), padding=(2, 1), activation="relu")
+    F.conv2d(xr, rng.standard_normal((18, 3, 3, 3)).astype(dt), stride=(2, 2), padding=1)
+    F.conv2d_backward(np.ones((2, 4, 7, 31), dt), rng.standard_normal((2, 5, 7, 31)).astype(dt),
+                      rng.standard_normal((4, 5, 3, 3)).astype(dt), padding=1)
     F.batch_norm_backward(x, x, np.ones(4, dt), bias=np.zeros(4, dt), activation="relu")
     wt = rng.standard_normal((4, 3, 3, 3)).astype(dt)
     y = F.conv_transpose2d(x, wt, stride=2, padding=1, output_padding=1)

@@ -169,7 +169,8 @@ def test_direct_convolution_matches_im2col_on_random_shapes(monkeypatch):
 def test_row_kernel_matches_im2col_on_random_shapes(monkeypatch):
     """The direct kernel along output rows, forced onto random shapes (widths that are not a
     multiple of its 16-output vectors, including narrower than one; channel counts that are
-    not a multiple of its 8-channel blocks; strides down the rows, dilation, padding, ReLU),
+    not a multiple of its 8-channel blocks; strides (along the width: the column-phase
+    layout), dilation, padding, ReLU),
     equals im2col + GEMM; float64 and float32. With stride 1 it also computes the input
     gradient (dy by the flipped kernels), which must equal col2im's."""
     from fastcnn.functional import _conv
@@ -189,7 +190,7 @@ def test_row_kernel_matches_im2col_on_random_shapes(monkeypatch):
         x = rng.standard_normal((int(rng.integers(1, 4)), c_in, h, w_)).astype(dtype)
         w = rng.standard_normal((c_out, c_in, kh, kw)).astype(dtype)
         b = rng.standard_normal(c_out).astype(dtype) if case % 3 else None
-        stride = (int(rng.integers(1, 4)) if case % 2 else 1, 1)
+        stride = (int(rng.integers(1, 4)), int(rng.integers(1, 4))) if case % 2 else 1
         relu = "relu" if case % 4 == 0 else None
         results = []
         for forced in (True, False):
@@ -219,7 +220,8 @@ def test_row_kernel_is_used_where_it_is_fastest_and_agrees_with_torch(th, rng):
     assert rows(16, 16, 32, 3) == (vector, not vector)
     assert rows(32, 32, 32, 3) == (vector, True)
     assert rows(16, 16, 8, 3) == (False, True)
-    assert rows(16, 16, 32, 3, stride=2) == (False, False)
+    assert rows(16, 16, 32, 3, stride=2) == (False, False)      # 144 taps: channel kernel
+    assert rows(3, 16, 64, 3, stride=2) == (vector, False)      # 27 taps
     assert rows(16, 16, 32, 1) == (False, False)
     check_against_torch(th, rng, 2, 3, 3, 20, (21, 33), (3, 5), np.float32, padding=(1, 2))
     check_against_torch(th, rng, 2, 2, 16, 16, (18, 32), (3, 3), np.float64, padding=1,

@@ -427,6 +427,21 @@ def direct_workspace_size(Py_ssize_t channels, Py_ssize_t padded_h, Py_ssize_t p
     return _direct_scratch(channels, padded_h, padded_w, stride_h, stride_w)
 
 
+cdef inline void _split_phases(const floating* src, floating* dst, Py_ssize_t cols,
+                              Py_ssize_t pad, Py_ssize_t phases,
+                              Py_ssize_t phase_stride) noexcept nogil:
+    """Input row src[0:cols], placed at padded column pad + j, into its column phases: padded
+    column q goes to dst[(q % phases) * phase_stride + q // phases]."""
+    cdef Py_ssize_t p, j, q
+    for p in range(phases):
+        j = (p - pad % phases + phases) % phases      # first j with (pad + j) % phases == p
+        q = (pad + j) // phases
+        while j < cols:
+            dst[p * phase_stride + q] = src[j]
+            j += phases
+            q += 1
+
+
 def direct_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
                    const floating[::1] bias, floating[:, ::1] out, floating[::1] workspace,
                    const Py_ssize_t[::1] offsets, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
@@ -437,11 +452,16 @@ def direct_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
     weight transposed, C_out padded to cpad) and bias (cpad), then max(out, 0) if relu (as the
     kernel stores). Each sample is copied into its thread's workspace as C zero-bordered planes
     of Hp x Wp, the input at (pad_h, pad_w); ``offsets`` (K,) are the taps' positions in those
-    planes (see _conv_direct.h). ``by_rows``: the kernel vectorized along output rows (needs
-    stride_w == 1) instead of output channels."""
+    planes (see _conv_direct.h). ``by_rows``: the kernel vectorized along output rows instead
+    of output channels; with stride_w > 1 each plane is stored as stride_w planes of its
+    column phases (column j at phase j % stride_w, position j // stride_w, rows Wq =
+    ceil(Wp / stride_w) long), so that a tap's inputs for consecutive outputs are contiguous
+    (``offsets`` then address that layout)."""
     cdef Py_ssize_t N = x.shape[0], K = wt.shape[0], cpad = wt.shape[1]
     cdef Py_ssize_t C_out = out.shape[1] // (out_h * out_w)
-    cdef Py_ssize_t stride = _direct_scratch(C, Hp, Wp, stride_h, stride_w)
+    cdef Py_ssize_t phases = stride_w if by_rows else 1
+    cdef Py_ssize_t Wq = (Wp + phases - 1) // phases
+    cdef Py_ssize_t stride = _direct_scratch(C * phases, Hp, Wq, stride_h, stride_w)
     cdef Py_ssize_t rows = min(H, Hp - pad_h), cols = min(W, Wp - pad_w)
     cdef Py_ssize_t n, c, r
     cdef floating* xp
@@ -453,15 +473,19 @@ def direct_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
             memset(xp, 0, stride * sizeof(floating))
             for c in range(C):
                 for r in range(rows):
-                    memcpy(xp + (c * Hp + r + pad_h) * Wp + pad_w, &x[n, (c * H + r) * W],
-                           cols * sizeof(floating))
+                    if phases == 1:
+                        memcpy(xp + (c * Hp + r + pad_h) * Wp + pad_w, &x[n, (c * H + r) * W],
+                               cols * sizeof(floating))
+                    else:
+                        _split_phases(&x[n, (c * H + r) * W], xp + (c * phases * Hp + r + pad_h)
+                                      * Wq, cols, pad_w, phases, Hp * Wq)
             if by_rows:
                 if floating is float:
                     fc_direct_conv_rows_f(xp, &wt[0, 0], &bias[0], &out[n, 0], &offsets[0], K,
-                                          C_out, cpad, out_h, out_w, Wp, stride_h, relu)
+                                          C_out, cpad, out_h, out_w, Wq, stride_h, relu)
                 else:
                     fc_direct_conv_rows_d(xp, &wt[0, 0], &bias[0], &out[n, 0], &offsets[0], K,
-                                          C_out, cpad, out_h, out_w, Wp, stride_h, relu)
+                                          C_out, cpad, out_h, out_w, Wq, stride_h, relu)
             elif floating is float:
                 fc_direct_conv_f(xp, &wt[0, 0], &bias[0], &out[n, 0], &offsets[0], K, C_out,
                                  cpad, out_h, out_w, Wp, stride_h, stride_w, relu)

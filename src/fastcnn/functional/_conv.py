@@ -146,38 +146,50 @@ def _is_depthwise(geom):
     return geom.groups == geom.in_channels > 1
 
 
-# Direct convolution (_conv_direct.h) for small 2-D layers, where im2col costs more than the
-# GEMM it feeds: few output channels, a moderate sum (C_in*kH*kW taps), small maps. Measured
-# against im2col + GEMM: LeNet's second layer 0.41 -> 0.26 ms, resnet_small's stride-2 3x3
-# layers 1.28 -> 0.46 and 0.79 -> 0.43 ms; slower for 1x1 kernels, fewer than 64 taps (3 input
-# channels) or 32x32 maps. 3x3 stride-1 layers with >= 16 channels go to Winograd first. Only
-# where a vector clone of the kernel runs (AVX2 or AVX-512); otherwise im2col + GEMM.
+# Direct convolution (_conv_direct.h) vectorized along output channels, for 2-D layers where
+# im2col costs more than the GEMM it feeds: small maps with few output channels and a moderate
+# sum (C_in*kH*kW taps), and stride-2 layers (whose im2col reads with poor locality). Measured
+# against im2col + GEMM (float32, 2 threads): LeNet's second layer 0.41 -> 0.26 ms,
+# resnet_small's stride-2 3x3 layers 1.28 -> 0.46 and 0.79 -> 0.43 ms; stride 2, 64 -> 128
+# channels on 56x56 maps 12.3 -> 9.9 ms, 128 -> 128 23.8 -> 18.8 ms; slower for 1x1 kernels,
+# fewer than 64 taps, 32x32 maps at stride 1, and from 256 output channels (128 -> 256 at
+# stride 2 from 28x28 maps: 11.9 vs 11.0 ms). 3x3 stride-1 layers with >= 16 channels go to
+# Winograd first. Only where a vector clone of the kernel runs (AVX2 or AVX-512); otherwise
+# im2col + GEMM.
 _DIRECT_MAX_OUT_CHANNELS = 64
 _DIRECT_TAPS = (64, 512)
 _DIRECT_MAX_POSITIONS = 256
-_DIRECT_MAX_STRIDE = 2
+_DIRECT_STRIDE2_MAX_OUT_CHANNELS = 128
+_DIRECT_STRIDE2_MAX_TAPS = 1152
 _direct_vector = simd_path() in ("x86-64-v4", "x86-64-v3")
 
 
+def _taps(geom):
+    return geom.in_channels * geom.kernel[1] * geom.kernel[2]
+
+
 def _direct_ok(geom, nd):
-    taps = geom.in_channels * geom.kernel[1] * geom.kernel[2]
+    taps = _taps(geom)
+    small = (geom.out_channels <= _DIRECT_MAX_OUT_CHANNELS and taps <= _DIRECT_TAPS[1]
+             and math.prod(geom.out_size) <= _DIRECT_MAX_POSITIONS and max(geom.stride) <= 2)
+    strided = (max(geom.stride) == 2 and geom.out_channels <= _DIRECT_STRIDE2_MAX_OUT_CHANNELS
+               and taps <= _DIRECT_STRIDE2_MAX_TAPS)
     return (_direct_vector and nd == 2 and geom.groups == 1 and geom.kernel != (1, 1, 1)
-            and max(geom.stride) <= _DIRECT_MAX_STRIDE
-            and geom.out_channels <= _DIRECT_MAX_OUT_CHANNELS
-            and _DIRECT_TAPS[0] <= taps <= _DIRECT_TAPS[1]
-            and math.prod(geom.out_size) <= _DIRECT_MAX_POSITIONS)
+            and taps >= _DIRECT_TAPS[0] and (small or strided))
 
 
 # The direct kernel vectorized along output rows (_conv_direct.h, FC_DIRECT_CONV_ROWS): 16
 # outputs of a row by 8 channels per block, each tap one contiguous load and 8 multiply-adds,
-# the results stored as they lie. It needs stride 1 along the width and maps wide enough to
-# fill its vectors (16 floats; a width of 24 uses 3/4 of the lanes of its two blocks). Measured
-# against im2col + GEMM (float32, 2 threads): LeNet's first layer 0.344 -> 0.165 ms,
-# resnet_small's stem 0.326 -> 0.181 ms, 32 -> 32 channels 5x5 on 32x32 maps 14.4 -> 7.5 ms,
-# 3 -> 64 channels 7x7 on 64x64 19.1 -> 11.6 ms; slower for 1x1 kernels (a plain GEMM). Against
-# Winograd it wins up to 16 output channels (16 -> 16 on 32x32: 1.08 -> 0.74 ms; 64 -> 16: 4.47
-# -> 2.90 ms) and loses from 32 on (32 -> 32 on 32x32: 5.7 vs 5.5 ms; 16 -> 128 on 28x28: 2.54
-# vs 2.33 ms).
+# the results stored as they lie. It needs maps wide enough to fill its vectors (16 floats; a
+# width of 24 uses 3/4 of the lanes of its two blocks); a width stride is handled by storing
+# each input plane as its column phases. Measured against im2col + GEMM (float32, 2 threads):
+# LeNet's first layer 0.344 -> 0.165 ms, resnet_small's stem 0.326 -> 0.181 ms, 32 -> 32
+# channels 5x5 on 32x32 maps 14.4 -> 7.5 ms, 3 -> 64 channels 7x7 on 64x64 19.1 -> 11.6 ms,
+# 3 -> 32 channels 3x3 stride 2 on 64x64 1.07 -> 0.89 ms; slower for 1x1 kernels (a plain
+# GEMM), and than the channel kernel at stride 2 from 64 taps on (16 -> 32 channels 3x3 stride
+# 2: 0.53 vs 0.45 ms). Against Winograd it wins up to 16 output channels (16 -> 16 on 32x32:
+# 1.08 -> 0.74 ms; 64 -> 16: 4.47 -> 2.90 ms) and loses from 32 on (32 -> 32 on 32x32: 5.7 vs
+# 5.5 ms; 16 -> 128 on 28x28: 2.54 vs 2.33 ms).
 _ROWS_MIN_WIDTH = 16
 _ROWS_MIN_LANE_USE = 0.75
 _ROWS_OVER_WINOGRAD_MAX_OUT_CHANNELS = 16
@@ -187,11 +199,10 @@ def _rows_ok(geom, nd):
     width = geom.out_size[-1]
     lane_use = width / (-(-width // 16) * 16)
     return (_direct_vector and nd == 2 and geom.groups == 1 and geom.kernel != (1, 1, 1)
-            and geom.stride[2] == 1 and width >= _ROWS_MIN_WIDTH
-            and lane_use >= _ROWS_MIN_LANE_USE)
+            and width >= _ROWS_MIN_WIDTH and lane_use >= _ROWS_MIN_LANE_USE
+            and (geom.stride[2] == 1 or _taps(geom) < _DIRECT_TAPS[0]))
 
 
-@functools.lru_cache(maxsize=64)
 def _rows_input_grad(geom, nd):
     """The input gradient of a stride-1 convolution as the convolution the row kernel runs: dy
     by the kernels transposed and flipped, padded span - padding (span = dilation * (k - 1)),
@@ -214,11 +225,16 @@ def _rows_input_grad(geom, nd):
     return as_conv
 
 
-def _direct_offsets(c_in, kh, kw, dh, dw, hp, wp):
+@functools.lru_cache(maxsize=64)
+def _direct_offsets(c_in, kh, kw, dh, dw, hp, wp, phases=1):
     """Tap k = (ci, a, e) of the direct kernel reads the padded planes at ci*hp*wp + a*dh*wp +
-    e*dw from each output's corner."""
+    e*dw from each output's corner. With ``phases`` column phases per plane (the row kernel
+    with a width stride; rows wp long), column e*dw is phase (e*dw) % phases, position
+    (e*dw) // phases."""
     ci, a, e = np.meshgrid(np.arange(c_in), np.arange(kh), np.arange(kw), indexing="ij")
-    offsets = (ci * hp * wp + a * dh * wp + e * dw).ravel().astype(np.intp)
+    col = e * dw
+    offsets = (ci * phases * hp * wp + (col % phases) * hp * wp + a * dh * wp
+               + col // phases).ravel().astype(np.intp)
     offsets.flags.writeable = False
     return offsets
 
@@ -236,9 +252,11 @@ def _direct_conv2d(x2, w, b1, out2, geom, dtype, relu=False, by_rows=False):
     bias = np.zeros(cpad, dtype=dtype)
     if b1.size:
         bias[:c_out] = b1
-    offsets = _direct_offsets(c_in, kh, kw, dh, dw, hp, wp)
+    phases = sw if by_rows else 1
+    wq = -(-wp // phases)
+    offsets = _direct_offsets(c_in, kh, kw, dh, dw, hp, wq, phases)
     threads = get_num_threads()
-    ws = scratch(_conv.direct_workspace_size(c_in, hp, wp, sh, sw) * threads, dtype)
+    ws = scratch(_conv.direct_workspace_size(c_in * phases, hp, wq, sh, sw) * threads, dtype)
     _conv.direct_forward(x2, wt, bias, out2, ws, offsets, c_in, *geom.in_size, ph, pw, hp, wp,
                          oh, ow, sh, sw, by_rows, relu, threads)
 
