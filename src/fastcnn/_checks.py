@@ -73,6 +73,14 @@ def as_int(fname: str, name: str, value, minimum: int | None = None) -> int:
 
 def ntuple(fname: str, name: str, value, n: int, minimum: int) -> tuple:
     """An int or a sequence of ``n`` ints, each >= minimum, as a tuple of ``n`` ints."""
+    # plain ints and tuples of them first, without the numbers.Integral checks (a few us per
+    # call, several calls per layer); anything else, valid or not, takes the full path below
+    if type(value) is int:
+        if minimum <= value <= INT32_MAX:
+            return (value,) * n
+    elif type(value) is tuple and len(value) == n and all(
+            type(v) is int and minimum <= v <= INT32_MAX for v in value):
+        return value
     what = "positive" if minimum == 1 else "non-negative"
     expected = f"a {what} int or a tuple of {n} {what} ints"
     if isinstance(value, (bool, np.bool_)):
