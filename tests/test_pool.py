@@ -380,3 +380,27 @@ X = np.zeros((2, 3, 8, 8), np.float32)
 def test_invalid_arguments(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3, 4, 10, 10), (2, 3, 7, 9), (1, 1, 2, 2), (2, 5, 28, 28)])
+def test_max_pool_2x2_fast_path_equals_the_general_kernel(monkeypatch, dtype, shape):
+    """The branch-free 2x2 stride-2 kernel (integer keys of the bit patterns) gives the general
+    kernel's maxima bit for bit (the sign of a zero maximum included) and its offsets: ties
+    (the first maximum), -0 against +0, infinities, all -inf windows, NaNs (the last one) and
+    odd sizes (the last row and column left out)."""
+    from fastcnn.functional import _pool
+    rng = np.random.default_rng(4)
+    x = rng.integers(-2, 3, shape).astype(dtype)          # many ties
+    specials = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0], dtype)
+    mask = rng.random(shape) < 0.15
+    x[mask] = rng.choice(specials, mask.sum())
+    x[0, 0, :2, :2] = -np.inf                              # a window of -inf only
+    if shape[-1] >= 4:
+        x[0, 0, :2, 2:4] = ((-0.0, 0.0), (0.0, -0.0))      # equal zeros: the first one
+    fast = F.max_pool2d(x, 2, return_indices=True)
+    monkeypatch.setattr(_pool, "_two_by_two", lambda *args: False)
+    slow = F.max_pool2d(x, 2, return_indices=True)
+    np.testing.assert_array_equal(fast[1], slow[1])
+    assert fast[0].tobytes() == slow[0].tobytes()
+    assert np.isnan(fast[0]).any() or x.size == 4

@@ -139,12 +139,32 @@ cdef inline void _max_plane(const floating* x, floating* y, idx_t* ind,
                                 yr[ow] = v if take else cur
 
 
+cdef extern from "_pool.h" nogil:
+    void fc_max_2x2_f(const float* x, float* y, idx_t* ind, Py_ssize_t W, Py_ssize_t oH,
+                      Py_ssize_t oW)
+    void fc_max_2x2_d(const double* x, double* y, idx_t* ind, Py_ssize_t W, Py_ssize_t oH,
+                      Py_ssize_t oW)
+
+
+cdef inline void _max_2x2_plane(const floating* x, floating* y, idx_t* ind, Py_ssize_t W,
+                                Py_ssize_t oH, Py_ssize_t oW) noexcept nogil:
+    """2x2 windows at stride 2, all inside a plane W wide (the usual pooling): the same
+    maxima and offsets as _max_plane, by the branch-free C loop of _pool.h (its per-tap
+    sweeps spent their time in per-row setup on small planes, and the offsets' selects did not
+    vectorize)."""
+    if floating is float:
+        fc_max_2x2_f(x, y, ind, W, oH, oW)
+    else:
+        fc_max_2x2_d(x, y, ind, W, oH, oW)
+
+
 def max_pool_forward(const floating[:, ::1] x, floating[:, ::1] out, idx_t[:, ::1] indices,
                      tuple in_size, tuple step, const idx_t[:, ::1] starts,
                      const idx_t[:, ::1] counts, tuple out_size, tuple interior,
-                     int num_threads):
+                     bint two_by_two, int num_threads):
     """out (P, L) = window maxima of x (P, S); indices (P, L) their flat offsets, unless
-    ``indices`` has no rows (then they are not stored)."""
+    ``indices`` has no rows (then they are not stored). ``two_by_two``: the windows are 2x2 at
+    stride 2 without padding, dilation or overhang (2-D planes; the tables are then unused)."""
     cdef Windows w = _windows(in_size, step, starts, counts, out_size, interior)
     cdef Py_ssize_t P = x.shape[0], L = out.shape[1], p
     cdef bint store = indices.shape[0] > 0
@@ -152,7 +172,11 @@ def max_pool_forward(const floating[:, ::1] x, floating[:, ::1] out, idx_t[:, ::
         return
     with nogil:
         for p in prange(P, schedule='static', num_threads=num_threads):
-            _max_plane(&x[p, 0], &out[p, 0], &indices[p, 0] if store else NULL, &w)
+            if two_by_two:
+                _max_2x2_plane(&x[p, 0], &out[p, 0], &indices[p, 0] if store else NULL, w.W,
+                               w.oH, w.oW)
+            else:
+                _max_plane(&x[p, 0], &out[p, 0], &indices[p, 0] if store else NULL, &w)
 
 
 def scatter_add(const floating[:, ::1] grad_out, const idx_t[:, ::1] indices,

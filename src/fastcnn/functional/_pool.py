@@ -171,8 +171,16 @@ def _max_pool(fname, nd, input, kernel_size, stride, padding, dilation, ceil_mod
                                lift3(in_size, 1), lift3(dilation, 1), starts, counts,
                                lift3(out_size, 1),
                                _interior(in_size, kernel, stride, padding, dilation, out_size),
+                               _two_by_two(in_size, kernel, stride, padding, dilation, out_size),
                                get_num_threads())
     return (out, ind) if return_indices else out
+
+
+def _two_by_two(in_size, kernel, stride, padding, dilation, out_size):
+    """2-D 2x2 windows at stride 2, no padding or dilation, none overhanging (ceil_mode on an
+    odd size): max_pool_forward's fast path."""
+    return (len(in_size) == 2 and kernel == (2, 2) and stride == (2, 2) and padding == (0, 0)
+            and dilation == (1, 1) and all(2 * o <= i for o, i in zip(out_size, in_size)))
 
 
 def _max_pool_backward(fname, nd, grad_output, input, indices, kernel_size, stride, padding,
@@ -262,7 +270,7 @@ def _adaptive_max_pool(fname, nd, input, output_size, return_indices):
         _pool.max_pool_forward(_planes(x, lead, dtype), out.reshape(p, -1),
                                ind.reshape(p, -1) if return_indices else ind,
                                lift3(in_size, 1), (1, 1, 1), starts, counts,
-                               lift3(out_size, 1), _NO_INTERIOR, get_num_threads())
+                               lift3(out_size, 1), _NO_INTERIOR, False, get_num_threads())
     return (out, ind) if return_indices else out
 
 

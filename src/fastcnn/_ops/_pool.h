@@ -1,0 +1,59 @@
+/* Max pooling over 2x2 windows at stride 2 (the usual pooling), with the window maxima's flat
+ * offsets: written branch-free so that it vectorizes.
+ *
+ * The comparisons run on integer keys of the floats' bit patterns: GCC will not turn a float
+ * select `v > b ? v : b` into a conditional move under the default -ftrapping-math, and the
+ * branch it emits instead mispredicts on random data half of the time (0.45 ms for LeNet's first
+ * pooling against 0.07 ms without the offsets). The key of a number is its magnitude bits, negated
+ * for a negative sign: monotonic in the value, with -0 and +0 equal (a float comparison's
+ * rule). NaN gets the largest key and is always taken: as torch, `v > best || isnan(v)` in
+ * scan order, so a NaN propagates and the last one's offset is kept; otherwise the first
+ * maximum's. The output keeps the chosen input's own bits.
+ */
+#ifndef FASTCNN_POOL_H
+#define FASTCNN_POOL_H
+
+#include "_simd.h"
+
+#define FC_MAX_2X2(T, IT, sfx, MAG, EXP)                                                     \
+typedef IT fc_bits_##sfx __attribute__((may_alias));   /* the floats read as their bits */   \
+static inline IT fc_pool_key_##sfx(IT bits)                                                  \
+{                                                                                            \
+    const IT mag = bits & (MAG), s = bits < 0 ? -1 : 0;    /* arithmetic, no branch */     \
+    return mag > (EXP) ? (MAG) : (mag ^ s) - s;                                              \
+}                                                                                            \
+                                                                                             \
+/* y (oH, oW) and ind (oH, oW; NULL: not stored) of one plane x (rows W long) */          \
+FC_KERNEL_VOID(fc_max_2x2_##sfx,                                                             \
+    (const T *x, T *y, long long *ind, ptrdiff_t W, ptrdiff_t oH, ptrdiff_t oW),             \
+    (x, y, ind, W, oH, oW),                                                                  \
+{                                                                                            \
+    ptrdiff_t oh, ow;                                                                        \
+    for (oh = 0; oh < oH; oh++) {                                                            \
+        const fc_bits_##sfx *r0 = (const fc_bits_##sfx *) (x + 2 * oh * W);                  \
+        const fc_bits_##sfx *r1 = (const fc_bits_##sfx *) (x + (2 * oh + 1) * W);            \
+        fc_bits_##sfx *yo = (fc_bits_##sfx *) (y + oh * oW);                                 \
+        for (ow = 0; ow < oW; ow++) {                                                        \
+            IT bits = r0[2 * ow], key = fc_pool_key_##sfx(bits), v, k;                       \
+            long long tap = 0;                                                               \
+            int take;                                                                        \
+            v = r0[2 * ow + 1]; k = fc_pool_key_##sfx(v);                                    \
+            take = k > key || k == (MAG);                                                    \
+            bits = take ? v : bits; key = take ? k : key; tap = take ? 1 : tap;              \
+            v = r1[2 * ow]; k = fc_pool_key_##sfx(v);                                        \
+            take = k > key || k == (MAG);                                                    \
+            bits = take ? v : bits; key = take ? k : key; tap = take ? W : tap;              \
+            v = r1[2 * ow + 1]; k = fc_pool_key_##sfx(v);                                    \
+            take = k > key || k == (MAG);                                                    \
+            bits = take ? v : bits; tap = take ? W + 1 : tap;                                \
+            yo[ow] = bits;                                                                   \
+            if (ind != NULL)                                                                 \
+                ind[oh * oW + ow] = 2 * oh * W + 2 * ow + tap;                               \
+        }                                                                                    \
+    }                                                                                        \
+})
+
+FC_MAX_2X2(float, int32_t, f, (int32_t) 0x7fffffff, (int32_t) 0x7f800000)
+FC_MAX_2X2(double, int64_t, d, (int64_t) 0x7fffffffffffffffLL, (int64_t) 0x7ff0000000000000LL)
+
+#endif /* FASTCNN_POOL_H */
