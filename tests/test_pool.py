@@ -404,3 +404,26 @@ def test_max_pool_2x2_fast_path_equals_the_general_kernel(monkeypatch, dtype, sh
     np.testing.assert_array_equal(fast[1], slow[1])
     assert fast[0].tobytes() == slow[0].tobytes()
     assert np.isnan(fast[0]).any() or x.size == 4
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nd,kw", [(2, dict(kernel_size=3, stride=2, padding=1)),
+                                   (2, dict(kernel_size=(2, 3), stride=(1, 2), dilation=2)),
+                                   (3, dict(kernel_size=2, stride=1, padding=1)),
+                                   (1, dict(kernel_size=4, stride=3, padding=2))])
+def test_max_pool_row_sweeps_equal_window_by_window(monkeypatch, dtype, nd, kw):
+    """The interior rows' branch-free sweeps (_pool.h fc_max_row) give the maxima and offsets
+    of the one-window-at-a-time path, bit for bit, with ties, zeros, infinities and NaNs."""
+    from fastcnn.functional import _pool
+    rng = np.random.default_rng(8)
+    shape = (2, 3) + (9, 11, 13)[3 - nd:]
+    x = rng.integers(-2, 3, shape).astype(dtype)
+    specials = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0], dtype)
+    mask = rng.random(shape) < 0.1
+    x[mask] = rng.choice(specials, mask.sum())
+    pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[nd]
+    rows = pool(x, return_indices=True, **kw)
+    monkeypatch.setattr(_pool, "_interior", lambda *args: _pool._NO_INTERIOR)
+    windows = pool(x, return_indices=True, **kw)
+    np.testing.assert_array_equal(rows[1], windows[1])
+    assert rows[0].tobytes() == windows[0].tobytes()

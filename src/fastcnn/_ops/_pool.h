@@ -51,6 +51,47 @@ FC_KERNEL_VOID(fc_max_2x2_##sfx,                                                
                 ind[oh * oW + ow] = 2 * oh * W + 2 * ow + tap;                               \
         }                                                                                    \
     }                                                                                        \
+})                                                                                           \
+                                                                                             \
+/* A run of n interior outputs of one output row, any window (max_pool's general path):    \
+ * output i's taps are at flat offsets start + i * sw + a * step_a + b * step_b + e * dw     \
+ * (a < na, b < nb, e < kw: depth rows, rows, columns), swept tap by tap over the run in   \
+ * scan order under the same rule. A window with no row inside (na or nb = 0) gives -inf at \
+ * its first tap's offset. */                                                               \
+FC_KERNEL_VOID(fc_max_row_##sfx,                                                             \
+    (const T *x, T *y, long long *ind, ptrdiff_t n, ptrdiff_t sw, long long start,           \
+     ptrdiff_t na, ptrdiff_t step_a, ptrdiff_t nb, ptrdiff_t step_b, ptrdiff_t kw,           \
+     ptrdiff_t dw),                                                                          \
+    (x, y, ind, n, sw, start, na, step_a, nb, step_b, kw, dw),                               \
+{                                                                                            \
+    const fc_bits_##sfx *xb = (const fc_bits_##sfx *) x;                                     \
+    fc_bits_##sfx *yb = (fc_bits_##sfx *) y;                                                 \
+    ptrdiff_t a, b, e, i;                                                                    \
+    if (na == 0 || nb == 0) {                                                                \
+        for (i = 0; i < n; i++) {                                                            \
+            y[i] = (T) -INFINITY;                                                            \
+            if (ind != NULL)                                                                 \
+                ind[i] = start + i * sw;                                                     \
+        }                                                                                    \
+        return;                                                                              \
+    }                                                                                        \
+    for (i = 0; i < n; i++) {                    /* the first tap, as torch's first take */  \
+        yb[i] = xb[start + i * sw];                                                          \
+        if (ind != NULL)                                                                     \
+            ind[i] = start + i * sw;                                                         \
+    }                                                                                        \
+    for (a = 0; a < na; a++)                                                                 \
+        for (b = 0; b < nb; b++)                                                             \
+            for (e = (a == 0 && b == 0); e < kw; e++) {                                      \
+                const long long off = start + a * step_a + b * step_b + e * dw;              \
+                for (i = 0; i < n; i++) {                                                    \
+                    const IT v = xb[off + i * sw], c = yb[i], k = fc_pool_key_##sfx(v);      \
+                    const int take = k > fc_pool_key_##sfx(c) || k == (MAG);                 \
+                    yb[i] = take ? v : c;                                                    \
+                    if (ind != NULL)                                                         \
+                        ind[i] = take ? off + i * sw : ind[i];                               \
+                }                                                                            \
+            }                                                                                \
 })
 
 FC_MAX_2X2(float, int32_t, f, (int32_t) 0x7fffffff, (int32_t) 0x7f800000)
