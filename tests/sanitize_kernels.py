@@ -13,6 +13,8 @@ for dt in (np.float32, np.float64):
     F.conv2d(xr, rng.standard_normal((18, 3, 3, 3)).astype(dt), stride=(2, 2), padding=1)
     F.conv2d_backward(np.ones((2, 4, 7, 31), dt), rng.standard_normal((2, 5, 7, 31)).astype(dt),
                       rng.standard_normal((4, 5, 3, 3)).astype(dt), padding=1)
+    F.conv2d_backward(np.ones((2, 5, 2, 14), dt), xr, rng.standard_normal((5, 3, 5, 5)).astype(dt),
+                      stride=2, output_mask=(False, True, False))      # direct weight gradient
     F.batch_norm_backward(x, x, np.ones(4, dt), bias=np.zeros(4, dt), activation="relu")
     wt = rng.standard_normal((4, 3, 3, 3)).astype(dt)
     y = F.conv_transpose2d(x, wt, stride=2, padding=1, output_padding=1)

@@ -612,3 +612,51 @@ def test_activation_relu_in_1d_and_3d(rng, nd):
     b = rng.standard_normal(4)
     np.testing.assert_array_equal(conv(x, w, b, stride=2, activation="relu"),
                                   F.relu(conv(x, w, b, stride=2)))
+
+
+def test_direct_weight_gradient_matches_im2col_on_random_shapes(monkeypatch):
+    """The weight gradient without im2col (_conv_direct.h fc_dw_rows), forced onto random
+    shapes (widths that are not a multiple of its vectors, channel and tap counts that are not
+    a multiple of its 4 x 4 blocks, strides, dilation, padding) equals im2col + GEMM's; float64
+    and float32. Infinities in the input stay where they belong: the lanes past a row's end
+    are cleared before they meet dy's zero padding."""
+    from fastcnn.functional import _conv
+    if not _conv._direct_vector:
+        pytest.skip("no vector clone of the direct kernels on this CPU/build")
+    rng = np.random.default_rng(17)
+    monkeypatch.setattr(_conv, "_WINOGRAD_MIN_CHANNELS", 10**9)
+    for case in range(60):
+        c_in, c_out = int(rng.integers(1, 7)), int(rng.integers(1, 19))
+        kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        dh, dw = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+        padding = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
+        h = dh * (kh - 1) + int(rng.integers(1, 12))
+        w_ = dw * (kw - 1) + int(rng.integers(1, 40))
+        dtype = np.float64 if case % 2 else np.float32
+        x = rng.standard_normal((int(rng.integers(1, 11)), c_in, h, w_)).astype(dtype)
+        if case % 5 == 0:
+            x[0, :, 1:, 0] = np.inf        # what the lanes past the row above would read
+        w = rng.standard_normal((c_out, c_in, kh, kw)).astype(dtype)
+        stride = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+        y = F.conv2d(x, w, stride=stride, padding=padding, dilation=(dh, dw))
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        results = []
+        for forced in (True, False):
+            monkeypatch.setattr(_conv, "_dw_rows_ok", lambda geom, nd, f=forced: f)
+            results.append(F.conv2d_backward(dy, x, w, stride, padding, (dh, dw),
+                                             output_mask=(False, True, False))[1])
+        np.testing.assert_allclose(results[0], results[1], **TOL[dtype])
+
+
+def test_direct_weight_gradient_is_bit_identical_for_1_and_2_threads(rng, threads):
+    from fastcnn.functional import _conv
+    x = rng.standard_normal((13, 3, 20, 30)).astype(np.float32)
+    w = rng.standard_normal((10, 3, 5, 5)).astype(np.float32)
+    dy = rng.standard_normal((13, 10, 16, 26)).astype(np.float32)
+    geom = _conv._conv_geometry("t", 2, x, w, 1, 0, 1, 1)
+    assert _conv._dw_rows_ok(geom, 2) == _conv._direct_vector
+    results = []
+    for t in (1, 2):
+        threads(t)
+        results.append(F.conv2d_backward(dy, x, w, output_mask=(False, True, False))[1])
+    np.testing.assert_array_equal(results[0], results[1])

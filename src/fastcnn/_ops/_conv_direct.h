@@ -148,4 +148,63 @@ FC_KERNEL_VOID(fc_direct_conv_rows_##sfx,                                       
 FC_DIRECT_CONV_ROWS(float, int32_t, f)
 FC_DIRECT_CONV_ROWS(double, int64_t, d)
 
+/* The weight gradient on the row kernel's layout: for every (co, k), the lanes of acc (cout
+ * rounded up to FC_DW_CO, kpad taps, one 64-byte vector each) accumulate dy[co, oh, ow] *
+ * xp[off[k] + oh*sh*wp + ow] over one sample's outputs (a width stride: xp in column phases,
+ * as the row kernel). The caller adds the lanes up once per chunk of samples: adding them
+ * per sample cost more than the products on small maps. dyp is the sample's dy with rows
+ * padded with zeros to ldy (a multiple of the vector length) and zero planes up to a multiple
+ * of FC_DW_CO channels; off has kpad entries (a multiple of FC_DW_K; the extra ones 0). Blocks
+ * of FC_DW_CO channels by FC_DW_K taps: 16 accumulators in registers across the rows, each step
+ * loading FC_DW_CO dy vectors and FC_DW_K x vectors for 16 multiply-adds. The x lanes past a
+ * row's end (multiplied by dy's zero padding) are cleared first, so that an inf or NaN there
+ * cannot leak in as 0 * inf. */
+#define FC_DW_CO 4
+#define FC_DW_K 4
+#define FC_DW_ROWS(T, IT, sfx)                                                               \
+FC_KERNEL_VOID(fc_dw_rows_##sfx,                                                             \
+    (const T *xp, const T *dyp, T *acc, const ptrdiff_t *off, ptrdiff_t kpad,                \
+     ptrdiff_t cout, ptrdiff_t oh_n, ptrdiff_t ow_n, ptrdiff_t ldy, ptrdiff_t wp,            \
+     ptrdiff_t sh),                                                                          \
+    (xp, dyp, acc, off, kpad, cout, oh_n, ow_n, ldy, wp, sh),                                \
+{                                                                                            \
+    enum { V = 64 / sizeof(T) };                                                             \
+    const ptrdiff_t plane = oh_n * ldy;                                                      \
+    const ptrdiff_t tail = ow_n % V, full = ow_n - tail;                                     \
+    fc_rmask_##sfx keep;                                                                     \
+    ptrdiff_t co0, k0, oh, ow, c, j, q;                                                      \
+    for (j = 0; j < V; j++)                                                                  \
+        keep[j] = j < tail ? -1 : 0;                                                         \
+    for (co0 = 0; co0 < cout; co0 += FC_DW_CO)                                               \
+        for (k0 = 0; k0 < kpad; k0 += FC_DW_K) {                                             \
+            fc_rvec_##sfx a[FC_DW_CO][FC_DW_K];                                              \
+            const T *d = dyp + co0 * plane;                                                  \
+            for (c = 0; c < FC_DW_CO; c++)                                                   \
+                for (q = 0; q < FC_DW_K; q++)                                                \
+                    memcpy(&a[c][q], acc + ((co0 + c) * kpad + k0 + q) * V, sizeof a[c][q]);\
+            for (oh = 0; oh < oh_n; oh++) {                                                  \
+                const T *xr = xp + oh * sh * wp;                                             \
+                const T *dr = d + oh * ldy;                                                  \
+                for (ow = 0; ow < ow_n; ow += V) {                                           \
+                    fc_rvec_##sfx g[FC_DW_CO], xv;                                           \
+                    for (c = 0; c < FC_DW_CO; c++)                                           \
+                        memcpy(&g[c], dr + c * plane + ow, sizeof xv);                       \
+                    for (q = 0; q < FC_DW_K; q++) {                                          \
+                        memcpy(&xv, xr + off[k0 + q] + ow, sizeof xv);                       \
+                        if (ow >= full)                                                      \
+                            xv = (fc_rvec_##sfx) ((fc_rmask_##sfx) xv & keep);               \
+                        for (c = 0; c < FC_DW_CO; c++)                                       \
+                            a[c][q] += g[c] * xv;                                            \
+                    }                                                                        \
+                }                                                                            \
+            }                                                                                \
+            for (c = 0; c < FC_DW_CO; c++)                                                   \
+                for (q = 0; q < FC_DW_K; q++)                                                \
+                    memcpy(acc + ((co0 + c) * kpad + k0 + q) * V, &a[c][q], sizeof a[c][q]);\
+        }                                                                                    \
+})
+
+FC_DW_ROWS(float, int32_t, f)
+FC_DW_ROWS(double, int64_t, d)
+
 #endif

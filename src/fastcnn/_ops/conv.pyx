@@ -406,6 +406,14 @@ cdef extern from "_conv_direct.h" nogil:
                                double* y, const Py_ssize_t* off, Py_ssize_t K, Py_ssize_t cout,
                                Py_ssize_t cpad, Py_ssize_t oh_n, Py_ssize_t ow_n, Py_ssize_t wp,
                                Py_ssize_t sh, int relu)
+    void fc_dw_rows_f(const float* xp, const float* dyp, float* acc, const Py_ssize_t* off,
+                      Py_ssize_t kpad, Py_ssize_t cout, Py_ssize_t oh_n, Py_ssize_t ow_n,
+                      Py_ssize_t ldy, Py_ssize_t wp, Py_ssize_t sh)
+    void fc_dw_rows_d(const double* xp, const double* dyp, double* acc,
+                      const Py_ssize_t* off, Py_ssize_t kpad, Py_ssize_t cout, Py_ssize_t oh_n,
+                      Py_ssize_t ow_n, Py_ssize_t ldy, Py_ssize_t wp, Py_ssize_t sh)
+    enum: FC_DW_CO
+    enum: FC_DW_K
     void fc_direct_conv_d(const double* xp, const double* wt, const double* bias, double* y,
                           const Py_ssize_t* off, Py_ssize_t K, Py_ssize_t cout, Py_ssize_t cpad,
                           Py_ssize_t oh_n, Py_ssize_t ow_n, Py_ssize_t wp, Py_ssize_t sh,
@@ -442,6 +450,25 @@ cdef inline void _split_phases(const floating* src, floating* dst, Py_ssize_t co
             q += 1
 
 
+cdef inline void _pad_sample(const floating* x, floating* xp, Py_ssize_t size, Py_ssize_t C,
+                             Py_ssize_t H, Py_ssize_t W, Py_ssize_t pad_h, Py_ssize_t pad_w,
+                             Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t phases) noexcept nogil:
+    """The direct kernels' copy of one sample x (C, H, W): C zero-bordered planes of Hp x Wp
+    (``size`` elements zeroed first, the tail included), the input at (pad_h, pad_w), each
+    plane as ``phases`` column-phase planes when phases > 1 (see direct_forward)."""
+    cdef Py_ssize_t Wq = (Wp + phases - 1) // phases
+    cdef Py_ssize_t rows = min(H, Hp - pad_h), cols = min(W, Wp - pad_w), c, r
+    memset(xp, 0, size * sizeof(floating))
+    for c in range(C):
+        for r in range(rows):
+            if phases == 1:
+                memcpy(xp + (c * Hp + r + pad_h) * Wp + pad_w, x + (c * H + r) * W,
+                       cols * sizeof(floating))
+            else:
+                _split_phases(x + (c * H + r) * W, xp + (c * phases * Hp + r + pad_h) * Wq,
+                              cols, pad_w, phases, Hp * Wq)
+
+
 def direct_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
                    const floating[::1] bias, floating[:, ::1] out, floating[::1] workspace,
                    const Py_ssize_t[::1] offsets, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
@@ -463,22 +490,14 @@ def direct_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
     cdef Py_ssize_t Wq = (Wp + phases - 1) // phases
     cdef Py_ssize_t stride = _direct_scratch(C * phases, Hp, Wq, stride_h, stride_w)
     cdef Py_ssize_t rows = min(H, Hp - pad_h), cols = min(W, Wp - pad_w)
-    cdef Py_ssize_t n, c, r
+    cdef Py_ssize_t n
     cdef floating* xp
     if N == 0 or rows <= 0 or cols <= 0:
         return
     with nogil:
         for n in prange(N, schedule='static', num_threads=num_threads):
             xp = &workspace[0] + threadid() * stride
-            memset(xp, 0, stride * sizeof(floating))
-            for c in range(C):
-                for r in range(rows):
-                    if phases == 1:
-                        memcpy(xp + (c * Hp + r + pad_h) * Wp + pad_w, &x[n, (c * H + r) * W],
-                               cols * sizeof(floating))
-                    else:
-                        _split_phases(&x[n, (c * H + r) * W], xp + (c * phases * Hp + r + pad_h)
-                                      * Wq, cols, pad_w, phases, Hp * Wq)
+            _pad_sample(&x[n, 0], xp, stride, C, H, W, pad_h, pad_w, Hp, Wp, phases)
             if by_rows:
                 if floating is float:
                     fc_direct_conv_rows_f(xp, &wt[0, 0], &bias[0], &out[n, 0], &offsets[0], K,
@@ -492,3 +511,69 @@ def direct_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
             else:
                 fc_direct_conv_d(xp, &wt[0, 0], &bias[0], &out[n, 0], &offsets[0], K, C_out,
                                  cpad, out_h, out_w, Wp, stride_h, stride_w, relu)
+
+
+def direct_weight_grad_layout(Py_ssize_t C_out, Py_ssize_t K, Py_ssize_t out_w):
+    """(channels, taps, row length) of direct_weight_grad's padded dy and offsets: rounded up
+    to its blocks (FC_DW_CO channels, FC_DW_K taps) and to 64 bytes of floats per row."""
+    return ((C_out + FC_DW_CO - 1) // FC_DW_CO * FC_DW_CO, (K + FC_DW_K - 1) // FC_DW_K * FC_DW_K,
+            (out_w + 15) // 16 * 16)
+
+
+def direct_weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy,
+                       double[:, ::1] parts, floating[::1] workspace,
+                       const Py_ssize_t[::1] offsets, Py_ssize_t K, Py_ssize_t C, Py_ssize_t H,
+                       Py_ssize_t W, Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t Hp,
+                       Py_ssize_t Wp, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t stride_h,
+                       Py_ssize_t stride_w, int num_threads):
+    """parts (n_chunks, C_out*K): the weight gradient of a 2-D convolution (one group) without
+    im2col, one partial per fixed chunk of samples (chunk j: samples [j*N//n_chunks,
+    (j+1)*N//n_chunks), in order; summed in chunk order by the caller). Each sample is padded
+    as for direct_forward's row kernel (column phases for stride_w > 1) and its dy copied with
+    rows padded to whole vectors (direct_weight_grad_layout), and _conv_direct.h's fc_dw_rows
+    adds its products into per-lane accumulators, whose lanes are added up (in double, in a
+    fixed order) at the end of the chunk. Thread workspace: direct_workspace_size(C*stride_w,
+    ...) + (cpad*out_h*ldy + cpad*kpad*16) elements (direct_weight_grad_layout's sizes).
+    ``offsets`` has kpad entries (the extra ones 0)."""
+    cdef Py_ssize_t N = x.shape[0], n_chunks = parts.shape[0], L = out_h * out_w
+    cdef Py_ssize_t C_out = dy.shape[1] // L if L > 0 else 0
+    cdef Py_ssize_t cpad, kpad, ldy
+    cpad, kpad, ldy = direct_weight_grad_layout(C_out, K, out_w)
+    cdef Py_ssize_t V = 64 // sizeof(floating)
+    cdef Py_ssize_t Wq = (Wp + stride_w - 1) // stride_w
+    cdef Py_ssize_t xp_size = _direct_scratch(C * stride_w, Hp, Wq, stride_h, stride_w)
+    cdef Py_ssize_t dy_size = cpad * out_h * ldy, acc_size = cpad * kpad * 16
+    cdef Py_ssize_t stride = xp_size + dy_size + acc_size
+    cdef Py_ssize_t j, n, co, r, k, lane
+    cdef double t
+    cdef floating* xp
+    cdef floating* dyp
+    cdef floating* acc
+    memset(&parts[0, 0], 0, n_chunks * parts.shape[1] * sizeof(double))
+    if N == 0 or L == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        for j in prange(n_chunks, schedule='dynamic'):
+            xp = &workspace[0] + threadid() * stride
+            dyp = xp + xp_size
+            acc = dyp + dy_size
+            memset(acc, 0, acc_size * sizeof(floating))
+            for n in range(j * N // n_chunks, (j + 1) * N // n_chunks):
+                _pad_sample(&x[n, 0], xp, xp_size, C, H, W, pad_h, pad_w, Hp, Wp, stride_w)
+                memset(dyp, 0, dy_size * sizeof(floating))
+                for co in range(C_out):
+                    for r in range(out_h):
+                        memcpy(dyp + (co * out_h + r) * ldy, &dy[n, (co * out_h + r) * out_w],
+                               out_w * sizeof(floating))
+                if floating is float:
+                    fc_dw_rows_f(xp, dyp, acc, &offsets[0], kpad, C_out, out_h, out_w, ldy, Wq,
+                                 stride_h)
+                else:
+                    fc_dw_rows_d(xp, dyp, acc, &offsets[0], kpad, C_out, out_h, out_w, ldy, Wq,
+                                 stride_h)
+            for co in range(C_out):
+                for k in range(K):
+                    t = 0.0
+                    for lane in range(V):
+                        t = t + acc[(co * kpad + k) * V + lane]
+                    parts[j, co * K + k] = t
