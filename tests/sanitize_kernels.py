@@ -19,6 +19,7 @@ for dt in (np.float32, np.float64):
     wt = rng.standard_normal((4, 3, 3, 3)).astype(dt)
     y = F.conv_transpose2d(x, wt, stride=2, padding=1, output_padding=1)
     F.conv_transpose2d_backward(np.ones_like(y), x, wt, stride=2, padding=1, output_padding=1)
+    F.conv_transpose2d(xr, rng.standard_normal((3, 4, 4, 3)).astype(dt), stride=2, padding=1)
     F.fold(F.unfold(x, 3, padding=1, stride=2), (9, 7), 3, padding=1, stride=2)
     y, i = F.max_pool2d(x, 3, 2, 1, ceil_mode=True, return_indices=True)
     F.max_pool2d_backward(np.ones_like(y), x, i, 3, 2, 1, ceil_mode=True)

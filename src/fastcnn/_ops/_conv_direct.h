@@ -91,7 +91,9 @@ FC_DIRECT_CONV(double, d)
  * and the results are stored as they lie. Stride 1 along the width (contiguous loads); any
  * stride sh down the rows. A row's last block reads up to FC_ROW - 1 elements past the row
  * (past the last plane for the last row: conv.pyx's direct_workspace_size has that tail) and
- * stores only the outputs that exist. relu: max(y, 0) with NaN kept and -0 -> 0, as relu. */
+ * stores only the outputs that exist. relu: max(y, 0) with NaN kept and -0 -> 0, as relu.
+ * Output (co, oh, ow) goes to y[co * yc + oh * yh + ow * yw]: (oh_n * ow_n, ow_n, 1) for a
+ * plain convolution; strided for one phase of a transposed convolution (conv.pyx). */
 #define FC_ROW_CO 8
 #define FC_DIRECT_CONV_ROWS(T, IT, sfx)                                                      \
 typedef T fc_rvec_##sfx __attribute__((vector_size(64)));                                   \
@@ -99,12 +101,12 @@ typedef IT fc_rmask_##sfx __attribute__((vector_size(64)));                     
 FC_KERNEL_VOID(fc_direct_conv_rows_##sfx,                                                    \
     (const T *xp, const T *wt, const T *bias, T *y, const ptrdiff_t *off, ptrdiff_t K,       \
      ptrdiff_t cout, ptrdiff_t cpad, ptrdiff_t oh_n, ptrdiff_t ow_n, ptrdiff_t wp,           \
-     ptrdiff_t sh, int relu),                                                                \
-    (xp, wt, bias, y, off, K, cout, cpad, oh_n, ow_n, wp, sh, relu),                         \
+     ptrdiff_t sh, int relu, ptrdiff_t yc, ptrdiff_t yh, ptrdiff_t yw),                      \
+    (xp, wt, bias, y, off, K, cout, cpad, oh_n, ow_n, wp, sh, relu, yc, yh, yw),             \
 {                                                                                            \
     enum { V = 64 / sizeof(T) };                                                             \
     const fc_rvec_##sfx zero = {0};                                                          \
-    ptrdiff_t co0, oh, ow, k, c, j, L = oh_n * ow_n;                                         \
+    ptrdiff_t co0, oh, ow, k, c, j;                                                          \
     for (co0 = 0; co0 < cout; co0 += FC_ROW_CO) {                                            \
         const ptrdiff_t nc = cout - co0 < FC_ROW_CO ? cout - co0 : FC_ROW_CO;                \
         const T *w = wt + co0;                                                               \
@@ -131,15 +133,15 @@ FC_KERNEL_VOID(fc_direct_conv_rows_##sfx,                                       
                 acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3;                          \
                 acc[4] = a4; acc[5] = a5; acc[6] = a6; acc[7] = a7;                          \
                 for (c = 0; c < nc; c++) {                                                   \
-                    T *dst = y + (co0 + c) * L + oh * ow_n + ow;                             \
+                    T *dst = y + (co0 + c) * yc + oh * yh + ow * yw;                         \
                     if (relu)   /* keep where not (a <= 0): NaN kept, -0 -> +0 */            \
                         acc[c] = (fc_rvec_##sfx) ((fc_rmask_##sfx) acc[c]                    \
                                                   & ~(fc_rmask_##sfx) (acc[c] <= zero));     \
-                    if (ow + V <= ow_n)                                                      \
+                    if (ow + V <= ow_n && yw == 1)                                           \
                         memcpy(dst, &acc[c], sizeof acc[c]);                                 \
                     else                                                                     \
-                        for (j = 0; j < ow_n - ow; j++)                                      \
-                            dst[j] = acc[c][j];                                              \
+                        for (j = 0; j < V && ow + j < ow_n; j++)                             \
+                            dst[j * yw] = acc[c][j];                                         \
                 }                                                                            \
             }                                                                                \
     }                                                                                        \

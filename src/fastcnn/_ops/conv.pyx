@@ -401,11 +401,13 @@ cdef extern from "_conv_direct.h" nogil:
     void fc_direct_conv_rows_f(const float* xp, const float* wt, const float* bias, float* y,
                                const Py_ssize_t* off, Py_ssize_t K, Py_ssize_t cout,
                                Py_ssize_t cpad, Py_ssize_t oh_n, Py_ssize_t ow_n, Py_ssize_t wp,
-                               Py_ssize_t sh, int relu)
+                               Py_ssize_t sh, int relu, Py_ssize_t yc, Py_ssize_t yh,
+                               Py_ssize_t yw)
     void fc_direct_conv_rows_d(const double* xp, const double* wt, const double* bias,
                                double* y, const Py_ssize_t* off, Py_ssize_t K, Py_ssize_t cout,
                                Py_ssize_t cpad, Py_ssize_t oh_n, Py_ssize_t ow_n, Py_ssize_t wp,
-                               Py_ssize_t sh, int relu)
+                               Py_ssize_t sh, int relu, Py_ssize_t yc, Py_ssize_t yh,
+                               Py_ssize_t yw)
     void fc_dw_rows_f(const float* xp, const float* dyp, float* acc, const Py_ssize_t* off,
                       Py_ssize_t kpad, Py_ssize_t cout, Py_ssize_t oh_n, Py_ssize_t ow_n,
                       Py_ssize_t ldy, Py_ssize_t wp, Py_ssize_t sh)
@@ -474,7 +476,7 @@ def direct_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
                    const Py_ssize_t[::1] offsets, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                    Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t Hp, Py_ssize_t Wp,
                    Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
-                   bint by_rows, bint relu, int num_threads):
+                   bint by_rows, bint relu, int num_threads, tuple out_layout=None):
     """out (N, C_out*oH*oW) = the convolution of x (N, C*H*W) with wt (K, cpad) (the
     weight transposed, C_out padded to cpad) and bias (cpad), then max(out, 0) if relu (as the
     kernel stores). Each sample is copied into its thread's workspace as C zero-bordered planes
@@ -483,9 +485,15 @@ def direct_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
     of output channels; with stride_w > 1 each plane is stored as stride_w planes of its
     column phases (column j at phase j % stride_w, position j // stride_w, rows Wq =
     ceil(Wp / stride_w) long), so that a tap's inputs for consecutive outputs are contiguous
-    (``offsets`` then address that layout)."""
+    (``offsets`` then address that layout). ``out_layout`` = (C_out, offset, channel, row,
+    column strides) places the row kernel's output (co, oh, ow) of sample n at out[n, offset +
+    co * channel + oh * row + ow * column] (one phase of a transposed convolution); by default
+    out[n] is (C_out, out_h, out_w)."""
     cdef Py_ssize_t N = x.shape[0], K = wt.shape[0], cpad = wt.shape[1]
     cdef Py_ssize_t C_out = out.shape[1] // (out_h * out_w)
+    cdef Py_ssize_t y0 = 0, yc = out_h * out_w, yh = out_w, yw = 1
+    if out_layout is not None:
+        C_out, y0, yc, yh, yw = out_layout
     cdef Py_ssize_t phases = stride_w if by_rows else 1
     cdef Py_ssize_t Wq = (Wp + phases - 1) // phases
     cdef Py_ssize_t stride = _direct_scratch(C * phases, Hp, Wq, stride_h, stride_w)
@@ -500,11 +508,13 @@ def direct_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
             _pad_sample(&x[n, 0], xp, stride, C, H, W, pad_h, pad_w, Hp, Wp, phases)
             if by_rows:
                 if floating is float:
-                    fc_direct_conv_rows_f(xp, &wt[0, 0], &bias[0], &out[n, 0], &offsets[0], K,
-                                          C_out, cpad, out_h, out_w, Wq, stride_h, relu)
+                    fc_direct_conv_rows_f(xp, &wt[0, 0], &bias[0], &out[n, y0], &offsets[0], K,
+                                          C_out, cpad, out_h, out_w, Wq, stride_h, relu, yc, yh,
+                                          yw)
                 else:
-                    fc_direct_conv_rows_d(xp, &wt[0, 0], &bias[0], &out[n, 0], &offsets[0], K,
-                                          C_out, cpad, out_h, out_w, Wq, stride_h, relu)
+                    fc_direct_conv_rows_d(xp, &wt[0, 0], &bias[0], &out[n, y0], &offsets[0], K,
+                                          C_out, cpad, out_h, out_w, Wq, stride_h, relu, yc, yh,
+                                          yw)
             elif floating is float:
                 fc_direct_conv_f(xp, &wt[0, 0], &bias[0], &out[n, 0], &offsets[0], K, C_out,
                                  cpad, out_h, out_w, Wp, stride_h, stride_w, relu)

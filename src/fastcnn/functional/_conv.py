@@ -286,9 +286,10 @@ def _direct_offsets(c_in, kh, kw, dh, dw, hp, wp, phases=1):
     return offsets
 
 
-def _direct_conv2d(x2, w, b1, out2, geom, dtype, relu=False, by_rows=False):
+def _direct_conv2d(x2, w, b1, out2, geom, dtype, relu=False, by_rows=False, out_layout=None):
     """out2 (N, C_out*L) by _conv.direct_forward: weight transposed to (K, C_out padded to 16);
-    ``by_rows``: the kernel vectorized along output rows (stride 1 along the width)."""
+    ``by_rows``: the kernel vectorized along output rows; ``out_layout``: where its outputs go
+    (see direct_forward)."""
     c_out, c_in, kh, kw = w.shape
     (_, dh, dw), (_, ph, pw), (_, sh, sw) = geom.dilation, geom.padding, geom.stride
     oh, ow = geom.out_size
@@ -305,7 +306,7 @@ def _direct_conv2d(x2, w, b1, out2, geom, dtype, relu=False, by_rows=False):
     threads = get_num_threads()
     ws = scratch(_conv.direct_workspace_size(c_in * phases, hp, wq, sh, sw) * threads, dtype)
     _conv.direct_forward(x2, wt, bias, out2, ws, offsets, c_in, *geom.in_size, ph, pw, hp, wp,
-                         oh, ow, sh, sw, by_rows, relu, threads)
+                         oh, ow, sh, sw, by_rows, relu, threads, out_layout)
 
 
 def _winograd_possible(geom, nd):

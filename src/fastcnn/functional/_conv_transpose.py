@@ -16,7 +16,9 @@ from fastcnn.functional._conv import (
     _conv_forward,
     _conv_geometry,
     _ConvGeometry,
+    _direct_conv2d,
     _direct_ok,
+    _rows_ok,
     _split_operands,
 )
 
@@ -81,6 +83,46 @@ def _conv_transpose_args(geom):
             lift3(geom.in_size, 1))
 
 
+def _axis_phases(size_in, size_out, k, s, p):
+    """Along one axis, the output phases r of a transposed convolution (outputs s*q + r) as
+    stride-1 convolutions of the input: y[s*q + r] = sum_u x[q - pad + u] * w[taps[u]], u < m
+    (the taps t = r + p mod s, in reverse order). (r, outputs, pad, taps) per phase, or None
+    when a phase has no tap or would need negative padding."""
+    phases = []
+    for r in range(s):
+        t0 = (r + p) % s
+        m = -(-(k - t0) // s) if t0 < k else 0
+        pad = (m - 1) - (r + p - t0) // s
+        count = -(-(size_out - r) // s)
+        if m == 0 or pad < 0:
+            return None
+        phases.append((r, count, pad, [t0 + s * (m - 1 - u) for u in range(m)]))
+    return phases
+
+
+def _subpixel_phases(geom, nd):
+    """A 2-D transposed convolution (one group, no dilation) as stride-1 convolutions, one per
+    output phase (ra, rb), each run by the row kernel (which must suit every phase) and stored
+    into its interleaved outputs: no GEMM into columns and no col2im. (ra, rb, geometry, taps_h,
+    taps_w) per phase, or None."""
+    if nd != 2 or geom.groups != 1 or geom.dilation != (1, 1, 1):
+        return None
+    per_axis = [_axis_phases(i, o, k, s, p) for i, o, k, s, p in zip(
+        geom.in_size, geom.out_size, geom.kernel[1:], geom.stride[1:], geom.padding[1:])]
+    if None in per_axis:
+        return None
+    phases = []
+    for ra, count_h, pad_h, taps_h in per_axis[0]:
+        for rb, count_w, pad_w, taps_w in per_axis[1]:
+            sub = _ConvGeometry(geom.batched, geom.n, geom.in_channels, geom.out_channels, 1,
+                                geom.in_size, (count_h, count_w), (1, len(taps_h), len(taps_w)),
+                                (1, 1, 1), (0, pad_h, pad_w), (1, 1, 1))
+            if not _rows_ok(sub, nd):
+                return None
+            phases.append((ra, rb, sub, taps_h, taps_w))
+    return phases
+
+
 def _conv_transpose_forward(fname, nd, input, weight, bias, stride, padding, output_padding,
                             groups, dilation):
     x = as_array(fname, "input", input)
@@ -93,7 +135,18 @@ def _conv_transpose_forward(fname, nd, input, weight, bias, stride, padding, out
     b1 = _checks.optional_vector(fname, "bias", b, geom.out_channels, dtype)
     x2 = _rows(contiguous(x, dtype), geom.n)
     out = _memory.empty((geom.n, geom.out_channels) + geom.out_size, dtype)
-    if geom.n:
+    phases = _subpixel_phases(geom, nd) if geom.n else None
+    if phases is not None:
+        # the row kernel per output phase: a k4 s2 upsampling 64 -> 32 channels, 16x16 -> 32x32
+        # maps (the speed table's case) 2.16 -> 1.82 ms
+        oh, ow = geom.out_size
+        sh, sw = geom.stride[1:]
+        w4 = w2.reshape(w.shape)
+        for ra, rb, sub, taps_h, taps_w in phases:
+            sub_w = np.ascontiguousarray(w4[:, :, taps_h][:, :, :, taps_w].transpose(1, 0, 2, 3))
+            _direct_conv2d(x2, sub_w, b1, _rows(out, geom.n), sub, dtype, by_rows=True,
+                           out_layout=(geom.out_channels, ra * ow + rb, oh * ow, sh * ow, sw))
+    elif geom.n:
         threads = get_num_threads()
         args = _conv_transpose_args(geom)
         per_thread = _conv.conv_transpose_workspace_size(geom.out_channels, *args[1:4],
