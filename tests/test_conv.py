@@ -178,6 +178,7 @@ def test_row_kernel_matches_im2col_on_random_shapes(monkeypatch):
         pytest.skip("no vector clone of the direct kernel on this CPU/build")
     rng = np.random.default_rng(11)
     monkeypatch.setattr(_conv, "_direct_ok", lambda geom, nd: False)
+    monkeypatch.setattr(_conv, "_ROWS_INPUT_GRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(_conv, "_WINOGRAD_MIN_CHANNELS", 10**9)
     for case in range(60):
         c_in, c_out = int(rng.integers(1, 7)), int(rng.integers(1, 30))
