@@ -1,4 +1,12 @@
-/* Direct convolution for small layers (LeNet's, strided ones): one group, few output channels.
+/* Direct convolutions (2-D, one group) computed in place from a zero-bordered copy of each
+ * sample, compiled per x86-64 level by _simd.h's dispatch (functional/_conv.py uses them only
+ * where a vector clone runs):
+ *   - fc_direct_conv: vectorized along output channels, for small maps (below);
+ *   - fc_direct_conv_rows: vectorized along output rows, for wide maps and few taps or
+ *     channels (first layers, transposed convolutions' phases, stride-1 input gradients);
+ *   - fc_dw_rows: the weight gradient on the row kernel's layout.
+ *
+ * The channel kernel, for small layers (LeNet's, strided ones): few output channels.
  *
  * im2col + GEMM spends most of such a layer in im2col (LeNet's second convolution: 1,500
  * ten-element row copies per sample, more time than the GEMM) and the GEMM, 16 rows high, is too

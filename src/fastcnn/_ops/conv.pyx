@@ -18,9 +18,12 @@ to give the same bits whatever the number of threads, samples are cut into ``n_c
 ranges (a function of N only), each chunk sums its samples in order into its own (C_out, K)
 partial, and the caller adds the partials in chunk order.
 
-The last section drives the direct convolution of _conv_direct.h (small layers, where im2col
-costs more than the GEMM it feeds): the GEMM-free forward path functional/_conv.py picks by
-its rule (_direct_ok).
+The last section drives the direct kernels of _conv_direct.h, GEMM-free paths that
+functional/_conv.py picks by its measured rules (_direct_ok, _rows_ok, _dw_rows_ok): the
+forward along output channels or along output rows (the latter also serves stride-1 input
+gradients and, storing with strides, each output phase of a transposed convolution), and the
+weight gradient on the row kernel's layout. Each sample is first copied into zero-bordered
+planes in the thread's workspace (_pad_sample).
 """
 from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
