@@ -22,7 +22,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from fastcnn import _memory
+from fastcnn.functional._activation import _add
 from fastcnn._threads import single_threaded_blas
 from fastcnn.layers.base import Layer, _InitContext
 from fastcnn.registry import LAYERS
@@ -336,8 +336,7 @@ class Model:
                 if gi is None or (ref == "input" and not input_grad):
                     continue
                 if ref in grads:        # fan-out: the gradients of every use add up
-                    acc = grads[ref]
-                    grads[ref] = np.add(acc, gi, out=_memory.empty(acc.shape, acc.dtype))
+                    grads[ref] = _add(grads[ref], gi)
                 else:
                     grads[ref] = gi
         return grads.get("input") if input_grad else None

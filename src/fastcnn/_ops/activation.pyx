@@ -169,13 +169,17 @@ cdef void _relu_chunk(const floating* x, floating* y, Py_ssize_t n) noexcept nog
         y[i] = v if not (v <= 0) else 0          # NaN fails both tests: copied through
 
 
-cdef void _add_relu_chunk(const floating* a, const floating* b, floating* y,
-                          Py_ssize_t n) noexcept nogil:
+cdef void _add_chunk(const floating* a, const floating* b, floating* y, Py_ssize_t n,
+                     bint relu) noexcept nogil:
     cdef Py_ssize_t i
     cdef floating v
-    for i in range(n):
-        v = a[i] + b[i]
-        y[i] = v if not (v <= 0) else 0
+    if relu:
+        for i in range(n):
+            v = a[i] + b[i]
+            y[i] = v if not (v <= 0) else 0
+    else:
+        for i in range(n):
+            y[i] = a[i] + b[i]
 
 
 cdef void _relu_grad_chunk(const floating* dy, const floating* x, floating* dx,
@@ -197,14 +201,15 @@ def relu_forward(const floating[::1] x, floating[::1] y, int num_threads):
             _relu_chunk(&x[start], &y[start], min(CHUNK, n - start))
 
 
-def add_relu_forward(const floating[::1] a, const floating[::1] b, floating[::1] y,
-                     int num_threads):
-    """y = max(a + b, 0), NaN kept: a residual sum and its ReLU in one pass."""
+def add(const floating[::1] a, const floating[::1] b, floating[::1] y, bint relu,
+        int num_threads):
+    """y = a + b, or max(a + b, 0) with NaN kept if relu (a residual sum and its ReLU in one
+    pass), on the team (numpy's add runs on one thread). y may be a or b."""
     cdef Py_ssize_t n = a.shape[0], chunks = (n + CHUNK - 1) // CHUNK, j, start
     with nogil:
         for j in prange(chunks, schedule='static', num_threads=num_threads):
             start = j * CHUNK
-            _add_relu_chunk(&a[start], &b[start], &y[start], min(CHUNK, n - start))
+            _add_chunk(&a[start], &b[start], &y[start], min(CHUNK, n - start), relu)
 
 
 def relu_backward(const floating[::1] dy, const floating[::1] x, floating[::1] dx,

@@ -83,10 +83,16 @@ def add_relu(input, other):
     if a.shape != b.shape:
         raise ValueError(f"add_relu: other must have the shape of input {a.shape}, got "
                          f"{b.shape}")
+    return _add(a, b, relu=True)
+
+
+def _add(a, b, relu=False):
+    """a + b (or its ReLU) for two float arrays of one shape, into a new pooled array, on the
+    OpenMP team: the model's sums (residual adds, gradients meeting where a graph branches)."""
     dtype = float_dtype(a, b)
     a, b = contiguous(a, dtype), contiguous(b, dtype)
     out = _memory.empty(a.shape, dtype)
-    _act.add_relu_forward(a.reshape(-1), b.reshape(-1), out.reshape(-1), get_num_threads())
+    _act.add(a.reshape(-1), b.reshape(-1), out.reshape(-1), relu, get_num_threads())
     return out
 
 

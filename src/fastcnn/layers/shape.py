@@ -5,9 +5,9 @@ import math
 
 import numpy as np
 
-from fastcnn import _memory
 from fastcnn import functional as F
 from fastcnn._checks import as_int
+from fastcnn.functional._activation import _add
 from fastcnn.layers.base import Layer
 from fastcnn.registry import register_layer
 
@@ -89,14 +89,11 @@ class Add(_Merge):
 
     def forward(self, *xs):
         relu = self.fused_activation == "relu"
-        if relu and len(xs) == 2:
-            out = F.add_relu(xs[0], xs[1])
-        else:
-            out = np.add(xs[0], xs[1], out=_memory.empty(xs[0].shape, np.result_type(*xs)))
-            for x in xs[2:]:
-                out += x
-            if relu:
-                out = F.relu(out, inplace=True)
+        out = _add(xs[0], xs[1], relu=relu and len(xs) == 2)
+        for x in xs[2:]:
+            out += x
+        if relu and len(xs) > 2:
+            out = F.relu(out, inplace=True)
         self.save_for_backward(len(xs), out if relu else None)
         return out
 
