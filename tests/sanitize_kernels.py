@@ -26,6 +26,8 @@ for dt in (np.float32, np.float64):
     F.max_unpool2d(y, i, 3, 2, 1, output_size=(9, 7))
     y, i = F.max_pool2d(x, 2, return_indices=True)          # the 2x2 fast path
     F.max_pool2d_backward(np.ones_like(y), x, i, 2)
+    y = F.avg_pool2d(x, 2)
+    F.avg_pool2d_backward(np.ones_like(y), x, 2)
     y = F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False)
     F.avg_pool2d_backward(np.ones_like(y), x, 3, 2, 1, ceil_mode=True, count_include_pad=False)
     F.adaptive_avg_pool2d(x, (4, 5)); F.adaptive_max_pool2d(x, (4, 5))

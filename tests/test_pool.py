@@ -427,3 +427,28 @@ def test_max_pool_row_sweeps_equal_window_by_window(monkeypatch, dtype, nd, kw):
     windows = pool(x, return_indices=True, **kw)
     np.testing.assert_array_equal(rows[1], windows[1])
     assert rows[0].tobytes() == windows[0].tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3, 4, 10, 10), (2, 3, 7, 9), (1, 1, 2, 2)])
+@pytest.mark.parametrize("divisor_override", [None, 3])
+def test_avg_pool_2x2_fast_path_equals_the_general_kernel(monkeypatch, dtype, shape,
+                                                          divisor_override):
+    """The 2x2 stride-2 loops of _pool.h give the general kernel's bits, forward and backward
+    (odd sizes: the uncovered row and column get no gradient), and nearest upsampling's
+    backward (a sum pool) too."""
+    from fastcnn.functional import _pool
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(shape).astype(dtype)
+    x[0, 0, 0, :2] = -0.0
+    dy = rng.standard_normal(shape[:2] + (shape[2] // 2, shape[3] // 2)).astype(dtype)
+    up = rng.standard_normal(shape[:2] + (shape[2] * 2, shape[3] * 2)).astype(dtype)
+    runs = []
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(_pool, "_two_by_two", lambda *args: False)
+        runs.append([F.avg_pool2d(x, 2, divisor_override=divisor_override),
+                     F.avg_pool2d_backward(dy, x, 2, divisor_override=divisor_override),
+                     F.interpolate_backward(up, shape, scale_factor=2)])
+    for a, b in zip(*runs):
+        assert a.tobytes() == b.tobytes()

@@ -1,5 +1,9 @@
-/* Max pooling over 2x2 windows at stride 2 (the usual pooling), with the window maxima's flat
- * offsets: written branch-free so that it vectorizes.
+/* Pooling loops in C, compiled per x86-64 level (_simd.h's dispatch): max pooling over 2x2
+ * windows at stride 2 (the usual pooling) and the interior rows of any window, average pooling
+ * over 2x2 windows at stride 2 and its backward (also nearest upsampling's backward).
+ *
+ * Max pooling, with the window maxima's flat offsets, is written branch-free so that it
+ * vectorizes.
  *
  * The comparisons run on integer keys of the floats' bit patterns: GCC will not turn a float
  * select `v > b ? v : b` into a conditional move under the default -ftrapping-math, and the
@@ -93,6 +97,49 @@ FC_KERNEL_VOID(fc_max_row_##sfx,                                                
                 }                                                                            \
             }                                                                                \
 })
+
+/* Average pooling over 2x2 windows at stride 2 (no padding: every window full), the sum in
+ * _avg_plane's order (from 0, row by row) divided by div; and its backward, each input cell
+ * of a window receiving 0 + dy / div (the cells no window covers: 0). */
+#define FC_AVG_2X2(T, sfx)                                                                   \
+FC_KERNEL_VOID(fc_avg_2x2_##sfx,                                                             \
+    (const T *x, T *y, ptrdiff_t W, ptrdiff_t oH, ptrdiff_t oW, T div),                      \
+    (x, y, W, oH, oW, div),                                                                  \
+{                                                                                            \
+    ptrdiff_t oh, ow;                                                                        \
+    for (oh = 0; oh < oH; oh++) {                                                            \
+        const T *r0 = x + 2 * oh * W, *r1 = r0 + W;                                          \
+        T *yo = y + oh * oW;                                                                 \
+        for (ow = 0; ow < oW; ow++) {                                                        \
+            T t = 0;                                                                         \
+            t += r0[2 * ow];                                                                 \
+            t += r0[2 * ow + 1];                                                             \
+            t += r1[2 * ow];                                                                 \
+            t += r1[2 * ow + 1];                                                             \
+            yo[ow] = t / div;                                                                \
+        }                                                                                    \
+    }                                                                                        \
+})                                                                                           \
+                                                                                             \
+FC_KERNEL_VOID(fc_avg_2x2_backward_##sfx,                                                    \
+    (const T *dy, T *dx, ptrdiff_t H, ptrdiff_t W, ptrdiff_t oH, ptrdiff_t oW, T div),       \
+    (dy, dx, H, W, oH, oW, div),                                                             \
+{                                                                                            \
+    ptrdiff_t oh, ow, c;                                                                     \
+    for (oh = 0; oh < oH; oh++) {                                                            \
+        T *d0 = dx + 2 * oh * W, *d1 = d0 + W;                                               \
+        const T *g = dy + oh * oW;                                                           \
+        for (c = 0; c < 2 * oW; c++)                                                         \
+            d0[c] = d1[c] = (T) 0 + g[c >> 1] / div;                                         \
+        for (c = 2 * oW; c < W; c++)                                                         \
+            d0[c] = d1[c] = 0;                                                               \
+    }                                                                                        \
+    for (c = 2 * oH * W; c < H * W; c++)                                                     \
+        dx[c] = 0;                                                                           \
+})
+
+FC_AVG_2X2(float, f)
+FC_AVG_2X2(double, d)
 
 FC_MAX_2X2(float, int32_t, f, (int32_t) 0x7fffffff, (int32_t) 0x7f800000)
 FC_MAX_2X2(double, int64_t, d, (int64_t) 0x7fffffffffffffffLL, (int64_t) 0x7ff0000000000000LL)

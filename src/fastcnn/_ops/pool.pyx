@@ -68,6 +68,14 @@ cdef extern from "_pool.h" nogil:
                       Py_ssize_t oW)
     void fc_max_2x2_d(const double* x, double* y, idx_t* ind, Py_ssize_t W, Py_ssize_t oH,
                       Py_ssize_t oW)
+    void fc_avg_2x2_f(const float* x, float* y, Py_ssize_t W, Py_ssize_t oH, Py_ssize_t oW,
+                      float div)
+    void fc_avg_2x2_d(const double* x, double* y, Py_ssize_t W, Py_ssize_t oH, Py_ssize_t oW,
+                      double div)
+    void fc_avg_2x2_backward_f(const float* dy, float* dx, Py_ssize_t H, Py_ssize_t W,
+                               Py_ssize_t oH, Py_ssize_t oW, float div)
+    void fc_avg_2x2_backward_d(const double* dy, double* dx, Py_ssize_t H, Py_ssize_t W,
+                               Py_ssize_t oH, Py_ssize_t oW, double div)
     void fc_max_row_f(const float* x, float* y, idx_t* ind, Py_ssize_t n, Py_ssize_t sw,
                       idx_t start, Py_ssize_t na, Py_ssize_t step_a, Py_ssize_t nb,
                       Py_ssize_t step_b, Py_ssize_t kw, Py_ssize_t dw)
@@ -320,30 +328,47 @@ cdef inline void _avg_plane_backward(const floating* dy, floating* dx, const Win
 def avg_pool_forward(const floating[:, ::1] x, floating[:, ::1] out, tuple in_size,
                      const idx_t[:, ::1] starts, const idx_t[:, ::1] counts,
                      const idx_t[:, ::1] spans, double divisor_override, tuple out_size,
-                     tuple interior, int num_threads):
+                     tuple interior, bint two_by_two, int num_threads):
     """out (P, L) = window sums of x (P, S) / divisor, divisor = divisor_override if > 0 else
-    spans[0, od] * spans[1, oh] * spans[2, ow]. Taps are contiguous (no dilation)."""
+    spans[0, od] * spans[1, oh] * spans[2, ow]. Taps are contiguous (no dilation).
+    ``two_by_two``: 2-D 2x2 windows at stride 2, all inside (_pool.h's loop)."""
     cdef Windows w = _windows(in_size, (1, 1, 1), starts, counts, out_size, interior)
     w.dsp, w.hsp, w.wsp = &spans[0, 0], &spans[1, 0], &spans[2, 0]
     cdef Py_ssize_t P = x.shape[0], L = out.shape[1], p
+    cdef double div = divisor_override if divisor_override > 0 else 4
     if P == 0 or L == 0:
         return
     with nogil:
         for p in prange(P, schedule='static', num_threads=num_threads):
-            _avg_plane(&x[p, 0], &out[p, 0], &w, divisor_override)
+            if not two_by_two:
+                _avg_plane(&x[p, 0], &out[p, 0], &w, divisor_override)
+            elif floating is float:
+                fc_avg_2x2_f(&x[p, 0], &out[p, 0], w.W, w.oH, w.oW, <float> div)
+            else:
+                fc_avg_2x2_d(&x[p, 0], &out[p, 0], w.W, w.oH, w.oW, div)
 
 
 def avg_pool_backward(const floating[:, ::1] grad_out, floating[:, ::1] grad_in, tuple in_size,
                       const idx_t[:, ::1] starts, const idx_t[:, ::1] counts,
                       const idx_t[:, ::1] spans, double divisor_override, tuple out_size,
-                      tuple interior, int num_threads):
-    """grad_in (P, S): every window cell receives its output's gradient / divisor (summed)."""
+                      tuple interior, bint two_by_two, int num_threads):
+    """grad_in (P, S): every window cell receives its output's gradient / divisor (summed).
+    ``two_by_two`` as avg_pool_forward: each cell is then written once."""
     cdef Windows w = _windows(in_size, (1, 1, 1), starts, counts, out_size, interior)
     w.dsp, w.hsp, w.wsp = &spans[0, 0], &spans[1, 0], &spans[2, 0]
     cdef Py_ssize_t P = grad_in.shape[0], S = grad_in.shape[1], p
+    cdef double div = divisor_override if divisor_override > 0 else 4
     if P == 0 or S == 0:
         return
     with nogil:
         for p in prange(P, schedule='static', num_threads=num_threads):
+            if two_by_two:
+                if floating is float:
+                    fc_avg_2x2_backward_f(&grad_out[p, 0], &grad_in[p, 0], w.H, w.W, w.oH,
+                                          w.oW, <float> div)
+                else:
+                    fc_avg_2x2_backward_d(&grad_out[p, 0], &grad_in[p, 0], w.H, w.W, w.oH,
+                                          w.oW, div)
+                continue
             memset(&grad_in[p, 0], 0, S * sizeof(floating))
             _avg_plane_backward(&grad_out[p, 0], &grad_in[p, 0], &w, divisor_override)

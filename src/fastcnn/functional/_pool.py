@@ -178,7 +178,7 @@ def _max_pool(fname, nd, input, kernel_size, stride, padding, dilation, ceil_mod
 
 def _two_by_two(in_size, kernel, stride, padding, dilation, out_size):
     """2-D 2x2 windows at stride 2, no padding or dilation, none overhanging (ceil_mode on an
-    odd size): max_pool_forward's fast path."""
+    odd size): the pooling kernels' fast path."""
     return (len(in_size) == 2 and kernel == (2, 2) and stride == (2, 2) and padding == (0, 0)
             and dilation == (1, 1) and all(2 * o <= i for o, i in zip(out_size, in_size)))
 
@@ -218,15 +218,16 @@ def _avg_pool(fname, nd, input, kernel_size, stride, padding, ceil_mode, count_i
     starts, counts, spans = _fixed_windows(in_size, kernel, stride, padding, (1,) * nd,
                                            out_size, include_pad=bool(count_include_pad))
     interior = _interior(in_size, kernel, stride, padding, (1,) * nd, out_size)
+    two_by_two = _two_by_two(in_size, kernel, stride, padding, (1,) * nd, out_size)
     return _avg_kernel(fname, x, lead, in_size, out_size, starts, counts, spans,
-                       divisor_override, grad_output, interior)
+                       divisor_override, grad_output, interior, two_by_two)
 
 
 def _avg_kernel(fname, x, lead, in_size, out_size, starts, counts, spans, divisor_override,
-                grad_output, interior=_NO_INTERIOR):
+                grad_output, interior=_NO_INTERIOR, two_by_two=False):
     p = math.prod(lead)
     args = (lift3(in_size, 1), starts, counts, spans, float(divisor_override or 0),
-            lift3(out_size, 1), interior, get_num_threads())
+            lift3(out_size, 1), interior, two_by_two, get_num_threads())
     if grad_output is None:
         dtype = float_dtype(x)
         out = _memory.empty(lead + out_size, dtype)
