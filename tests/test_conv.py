@@ -138,6 +138,25 @@ def test_conv3d_hypothesis(th, problem):
 
 # ---- direct convolution for small layers (_conv_direct.h) -----------------------------------
 
+def random_direct_problem(rng, case, max_c_in, max_c_out, max_n, max_extra_width):
+    """A random 2-D convolution for forcing a direct kernel onto: (x, w, b, stride, padding,
+    dilation), channel counts that are not a multiple of the kernels' blocks, odd maps (widths
+    up to max_extra_width beyond the dilated kernel), kernels 1 to 5, dilation 1-2, padding
+    0-2; float64 for odd cases, no bias for every third, stride 1 for even cases."""
+    c_in, c_out = int(rng.integers(1, max_c_in)), int(rng.integers(1, max_c_out))
+    kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+    dilation = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+    padding = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
+    h = dilation[0] * (kh - 1) + int(rng.integers(1, 12))
+    w_ = dilation[1] * (kw - 1) + int(rng.integers(1, max_extra_width))
+    dtype = np.float64 if case % 2 else np.float32
+    x = rng.standard_normal((int(rng.integers(1, max_n)), c_in, h, w_)).astype(dtype)
+    w = rng.standard_normal((c_out, c_in, kh, kw)).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype) if case % 3 else None
+    stride = (int(rng.integers(1, 4)), int(rng.integers(1, 4))) if case % 2 else 1
+    return x, w, b, stride, padding, dilation
+
+
 def test_direct_convolution_matches_im2col_on_random_shapes(monkeypatch):
     """The direct kernel, forced onto random shapes (channel counts that are not a multiple of
     its 16-channel blocks, odd maps, strides, dilation, uneven 'same' padding), equals
@@ -146,24 +165,16 @@ def test_direct_convolution_matches_im2col_on_random_shapes(monkeypatch):
     if not _conv._direct_vector:
         pytest.skip("no vector clone of the direct kernel on this CPU/build")
     rng = np.random.default_rng(3)
+    monkeypatch.setattr(_conv, "_rows_ok", lambda geom, nd: False)
     for case in range(60):
-        c_in, c_out = int(rng.integers(1, 9)), int(rng.integers(1, 40))
-        kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
-        dh, dw = int(rng.integers(1, 3)), int(rng.integers(1, 3))
-        padding = "same" if case % 5 == 0 else (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
-        h = dh * (kh - 1) + int(rng.integers(1, 12))
-        w_ = dw * (kw - 1) + int(rng.integers(1, 12))
-        dtype = np.float64 if case % 2 else np.float32
-        x = rng.standard_normal((int(rng.integers(1, 4)), c_in, h, w_)).astype(dtype)
-        w = rng.standard_normal((c_out, c_in, kh, kw)).astype(dtype)
-        b = rng.standard_normal(c_out).astype(dtype)
-        stride = 1 if padding == "same" else (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+        x, w, b, stride, padding, dilation = random_direct_problem(rng, case, 9, 40, 4, 12)
+        if case % 5 == 0:
+            stride, padding = 1, "same"
         results = []
-        monkeypatch.setattr(_conv, "_rows_ok", lambda geom, nd: False)
         for forced in (True, False):
             monkeypatch.setattr(_conv, "_direct_ok", lambda geom, nd, f=forced: f)
-            results.append(F.conv2d(x, w, b, stride, padding=padding, dilation=(dh, dw)))
-        np.testing.assert_allclose(results[0], results[1], **TOL[dtype])
+            results.append(F.conv2d(x, w, b, stride, padding=padding, dilation=dilation))
+        np.testing.assert_allclose(results[0], results[1], **TOL[x.dtype.type])
 
 
 def test_row_kernel_matches_im2col_on_random_shapes(monkeypatch):
@@ -181,27 +192,17 @@ def test_row_kernel_matches_im2col_on_random_shapes(monkeypatch):
     monkeypatch.setattr(_conv, "_ROWS_INPUT_GRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(_conv, "_WINOGRAD_MIN_CHANNELS", 10**9)
     for case in range(60):
-        c_in, c_out = int(rng.integers(1, 7)), int(rng.integers(1, 30))
-        kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
-        dh, dw = int(rng.integers(1, 3)), int(rng.integers(1, 3))
-        padding = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
-        h = dh * (kh - 1) + int(rng.integers(1, 12))
-        w_ = dw * (kw - 1) + int(rng.integers(1, 40))
-        dtype = np.float64 if case % 2 else np.float32
-        x = rng.standard_normal((int(rng.integers(1, 4)), c_in, h, w_)).astype(dtype)
-        w = rng.standard_normal((c_out, c_in, kh, kw)).astype(dtype)
-        b = rng.standard_normal(c_out).astype(dtype) if case % 3 else None
-        stride = (int(rng.integers(1, 4)), int(rng.integers(1, 4))) if case % 2 else 1
+        x, w, b, stride, padding, dilation = random_direct_problem(rng, case, 7, 30, 4, 40)
         relu = "relu" if case % 4 == 0 else None
         results = []
         for forced in (True, False):
             monkeypatch.setattr(_conv, "_rows_ok", lambda geom, nd, f=forced: f)
-            y = F.conv2d(x, w, b, stride, padding=padding, dilation=(dh, dw), activation=relu)
-            dx = F.conv2d_backward(np.cos(y), x, w, stride, padding=padding, dilation=(dh, dw),
+            y = F.conv2d(x, w, b, stride, padding=padding, dilation=dilation, activation=relu)
+            dx = F.conv2d_backward(np.cos(y), x, w, stride, padding=padding, dilation=dilation,
                                    output_mask=(True, False, False))[0]
             results.append((y, dx))
         for got, want in zip(*results):
-            np.testing.assert_allclose(got, want, **TOL[dtype])
+            np.testing.assert_allclose(got, want, **TOL[x.dtype.type])
 
 
 def test_row_kernel_is_used_where_it_is_fastest_and_agrees_with_torch(th, rng):
@@ -627,26 +628,17 @@ def test_direct_weight_gradient_matches_im2col_on_random_shapes(monkeypatch):
     rng = np.random.default_rng(17)
     monkeypatch.setattr(_conv, "_WINOGRAD_MIN_CHANNELS", 10**9)
     for case in range(60):
-        c_in, c_out = int(rng.integers(1, 7)), int(rng.integers(1, 19))
-        kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
-        dh, dw = int(rng.integers(1, 3)), int(rng.integers(1, 3))
-        padding = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
-        h = dh * (kh - 1) + int(rng.integers(1, 12))
-        w_ = dw * (kw - 1) + int(rng.integers(1, 40))
-        dtype = np.float64 if case % 2 else np.float32
-        x = rng.standard_normal((int(rng.integers(1, 11)), c_in, h, w_)).astype(dtype)
+        x, w, _, stride, padding, dilation = random_direct_problem(rng, case, 7, 19, 11, 40)
         if case % 5 == 0:
             x[0, :, 1:, 0] = np.inf        # what the lanes past the row above would read
-        w = rng.standard_normal((c_out, c_in, kh, kw)).astype(dtype)
-        stride = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
-        y = F.conv2d(x, w, stride=stride, padding=padding, dilation=(dh, dw))
-        dy = rng.standard_normal(y.shape).astype(dtype)
+        y = F.conv2d(x, w, stride=stride, padding=padding, dilation=dilation)
+        dy = rng.standard_normal(y.shape).astype(x.dtype)
         results = []
         for forced in (True, False):
             monkeypatch.setattr(_conv, "_dw_rows_ok", lambda geom, nd, f=forced: f)
-            results.append(F.conv2d_backward(dy, x, w, stride, padding, (dh, dw),
+            results.append(F.conv2d_backward(dy, x, w, stride, padding, dilation,
                                              output_mask=(False, True, False))[1])
-        np.testing.assert_allclose(results[0], results[1], **TOL[dtype])
+        np.testing.assert_allclose(results[0], results[1], **TOL[x.dtype.type])
 
 
 def test_direct_weight_gradient_is_bit_identical_for_1_and_2_threads(rng, threads):
@@ -661,3 +653,24 @@ def test_direct_weight_gradient_is_bit_identical_for_1_and_2_threads(rng, thread
         threads(t)
         results.append(F.conv2d_backward(dy, x, w, output_mask=(False, True, False))[1])
     np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("path", ["rows", "direct"])
+def test_windows_that_read_padding_only_give_the_bias(th, monkeypatch, path):
+    """Outputs whose windows fall in the padding alone (a large stride past a padded border)
+    are the bias: the direct kernels once returned early there and left the output unwritten."""
+    from fastcnn.functional import _conv
+    if not _conv._direct_vector:
+        pytest.skip("no vector clone of the direct kernels on this CPU/build")
+    monkeypatch.setattr(_conv, "_rows_ok", lambda geom, nd: path == "rows")
+    monkeypatch.setattr(_conv, "_direct_ok", lambda geom, nd: path == "direct")
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 1, 40)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    for _ in range(3):                      # leave garbage in the pooled buffers
+        F.relu(rng.standard_normal((2, 4, 1, 40)).astype(np.float32) * 1e30)
+    for stride, padding in (((20, 1), (5, 1)), ((1, 20), (1, 5)), (20, 5)):
+        y = F.conv2d(x, w, b, stride, padding)
+        ref = th.nn.functional.conv2d(th.tensor(x), th.tensor(w), th.tensor(b), stride, padding)
+        np.testing.assert_allclose(y, ref.numpy(), **TOL[np.float32])

@@ -464,6 +464,8 @@ cdef inline void _pad_sample(const floating* x, floating* xp, Py_ssize_t size, P
     cdef Py_ssize_t Wq = (Wp + phases - 1) // phases
     cdef Py_ssize_t rows = min(H, Hp - pad_h), cols = min(W, Wp - pad_w), c, r
     memset(xp, 0, size * sizeof(floating))
+    if rows <= 0 or cols <= 0:     # the windows read padding only: the outputs are the bias
+        return
     for c in range(C):
         for r in range(rows):
             if phases == 1:
@@ -500,10 +502,9 @@ def direct_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
     cdef Py_ssize_t phases = stride_w if by_rows else 1
     cdef Py_ssize_t Wq = (Wp + phases - 1) // phases
     cdef Py_ssize_t stride = _direct_scratch(C * phases, Hp, Wq, stride_h, stride_w)
-    cdef Py_ssize_t rows = min(H, Hp - pad_h), cols = min(W, Wp - pad_w)
     cdef Py_ssize_t n
     cdef floating* xp
-    if N == 0 or rows <= 0 or cols <= 0:
+    if N == 0:
         return
     with nogil:
         for n in prange(N, schedule='static', num_threads=num_threads):
