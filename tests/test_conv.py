@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
 
 import fastcnn.functional as F
+from fastcnn.functional import _conv_algorithms as algorithms
 from conftest import TOL
 from gradcheck import numerical_grad, assert_grad_close
 
@@ -161,18 +162,17 @@ def test_direct_convolution_matches_im2col_on_random_shapes(monkeypatch):
     """The direct kernel, forced onto random shapes (channel counts that are not a multiple of
     its 16-channel blocks, odd maps, strides, dilation, uneven 'same' padding), equals
     im2col + GEMM; float64 and float32."""
-    from fastcnn.functional import _conv
-    if not _conv._direct_vector:
+    if not algorithms._direct_vector:
         pytest.skip("no vector clone of the direct kernel on this CPU/build")
     rng = np.random.default_rng(3)
-    monkeypatch.setattr(_conv, "_rows_ok", lambda geom, nd: False)
+    monkeypatch.setattr(algorithms, "rows_ok", lambda geom, nd: False)
     for case in range(60):
         x, w, b, stride, padding, dilation = random_direct_problem(rng, case, 9, 40, 4, 12)
         if case % 5 == 0:
             stride, padding = 1, "same"
         results = []
         for forced in (True, False):
-            monkeypatch.setattr(_conv, "_direct_ok", lambda geom, nd, f=forced: f)
+            monkeypatch.setattr(algorithms, "direct_ok", lambda geom, nd, f=forced: f)
             results.append(F.conv2d(x, w, b, stride, padding=padding, dilation=dilation))
         np.testing.assert_allclose(results[0], results[1], **TOL[x.dtype.type])
 
@@ -184,19 +184,18 @@ def test_row_kernel_matches_im2col_on_random_shapes(monkeypatch):
     layout), dilation, padding, ReLU),
     equals im2col + GEMM; float64 and float32. With stride 1 it also computes the input
     gradient (dy by the flipped kernels), which must equal col2im's."""
-    from fastcnn.functional import _conv
-    if not _conv._direct_vector:
+    if not algorithms._direct_vector:
         pytest.skip("no vector clone of the direct kernel on this CPU/build")
     rng = np.random.default_rng(11)
-    monkeypatch.setattr(_conv, "_direct_ok", lambda geom, nd: False)
-    monkeypatch.setattr(_conv, "_ROWS_INPUT_GRAD_MIN_CHANNELS", 1)
-    monkeypatch.setattr(_conv, "_WINOGRAD_MIN_CHANNELS", 10**9)
+    monkeypatch.setattr(algorithms, "direct_ok", lambda geom, nd: False)
+    monkeypatch.setattr(algorithms, "_ROWS_INPUT_GRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(algorithms, "_WINOGRAD_MIN_CHANNELS", 10**9)
     for case in range(60):
         x, w, b, stride, padding, dilation = random_direct_problem(rng, case, 7, 30, 4, 40)
         relu = "relu" if case % 4 == 0 else None
         results = []
         for forced in (True, False):
-            monkeypatch.setattr(_conv, "_rows_ok", lambda geom, nd, f=forced: f)
+            monkeypatch.setattr(algorithms, "rows_ok", lambda geom, nd, f=forced: f)
             y = F.conv2d(x, w, b, stride, padding=padding, dilation=dilation, activation=relu)
             dx = F.conv2d_backward(np.cos(y), x, w, stride, padding=padding, dilation=dilation,
                                    output_mask=(True, False, False))[0]
@@ -214,9 +213,9 @@ def test_row_kernel_is_used_where_it_is_fastest_and_agrees_with_torch(th, rng):
     def rows(c_in, c_out, size, k, stride=1):
         geom = _conv._conv_geometry("t", 2, np.zeros((2, c_in, size, size)),
                                     np.zeros((c_out, c_in, k, k)), stride, k // 2, 1, 1)
-        return _conv._rows_ok(geom, 2), _conv._winograd_ok(geom, 2)
+        return algorithms.rows_ok(geom, 2), algorithms.winograd_ok(geom, 2)
 
-    vector = _conv._direct_vector
+    vector = algorithms._direct_vector
     assert rows(1, 6, 28, 5) == (vector, False)
     assert rows(3, 16, 32, 3) == (vector, False)
     assert rows(16, 16, 32, 3) == (vector, not vector)
@@ -234,7 +233,7 @@ def test_direct_convolution_is_used_for_lenet_and_agrees_with_torch(th, rng):
     from fastcnn.functional import _conv
     geom = _conv._conv_geometry("t", 2, np.zeros((2, 6, 14, 14)), np.zeros((16, 6, 5, 5)),
                                 1, 0, 1, 1)
-    assert _conv._direct_ok(geom, 2) == _conv._direct_vector
+    assert algorithms.direct_ok(geom, 2) == algorithms._direct_vector
     check_against_torch(th, rng, 2, 5, 6, 16, (14, 14), (5, 5), np.float32)
     check_against_torch(th, rng, 2, 3, 6, 20, (11, 9), (5, 3), np.float64, padding=(2, 1))
 
@@ -463,8 +462,8 @@ def test_many_small_samples_share_a_gemm(th, rng, n, size, groups):
     (9, 16, 24, (3, 4), "same"), (2, 24, 16, (2, 2), 2),
 ])
 def test_winograd_shapes_match_torch(th, rng, n, c_in, c_out, size, padding):
-    from fastcnn.functional._conv import _conv_geometry, _winograd_ok
-    assert _winograd_ok(_conv_geometry("t", 2, np.zeros((n, c_in) + size),
+    from fastcnn.functional._conv import _conv_geometry
+    assert algorithms.winograd_ok(_conv_geometry("t", 2, np.zeros((n, c_in) + size),
                                            np.zeros((c_out, c_in, 3, 3)), 1, padding, 1, 1), 2)
     check_against_torch(th, rng, 2, n, c_in, c_out, size, (3, 3), np.float64, padding=padding)
     check_against_torch(th, rng, 2, n, c_in, c_out, size, (3, 3), np.float32, padding=padding)
@@ -474,7 +473,6 @@ def test_winograd_on_every_possible_shape_matches_im2col(monkeypatch):
     """Winograd forced onto random small shapes (few channels, odd and tiny maps, padding 0-2):
     output, input and weight gradients equal im2col's. Caught a race in the weight transform
     that the >= 16-channel shapes above missed."""
-    from fastcnn.functional import _conv
     rng = np.random.default_rng(7)
     cases = 0
     while cases < 60:
@@ -486,9 +484,9 @@ def test_winograd_on_every_possible_shape_matches_im2col(monkeypatch):
         x = rng.standard_normal((n % 5 + 1, c, h, w_))
         w = rng.standard_normal((k, c, 3, 3))
         results = []
-        monkeypatch.setattr(_conv, "_ROWS_OVER_WINOGRAD_MAX_OUT_CHANNELS", 0)
+        monkeypatch.setattr(algorithms, "_ROWS_OVER_WINOGRAD_MAX_OUT_CHANNELS", 0)
         for minimum in (1, 10**9):                    # Winograd everywhere, then nowhere
-            monkeypatch.setattr(_conv, "_WINOGRAD_MIN_CHANNELS", minimum)
+            monkeypatch.setattr(algorithms, "_WINOGRAD_MIN_CHANNELS", minimum)
             y = F.conv2d(x, w, padding=p)
             results.append((y,) + F.conv2d_backward(np.cos(y), x, w, padding=p)[:2])
         for a, b in zip(*results):
@@ -553,8 +551,7 @@ def test_winograd_weight_gradient_is_bit_identical_for_1_and_2_threads(rng, thre
 def test_autotune_picks_per_shape_and_keeps_results(rng, monkeypatch):
     """With autotuning on, the first call of a shape times Winograd against im2col, caches the
     choice, and both choices give the same answer (to rounding)."""
-    from fastcnn.functional import _conv
-    monkeypatch.setattr(_conv, "_tuned", {})
+    monkeypatch.setattr(algorithms, "_tuned", {})
     x = rng.standard_normal((4, 8, 9, 9))                 # 8 channels: the rule says im2col
     w = rng.standard_normal((8, 8, 3, 3))
     reference = F.conv2d(x, w, padding=1)
@@ -565,9 +562,9 @@ def test_autotune_picks_per_shape_and_keeps_results(rng, monkeypatch):
         fastcnn_set(True)
         y = F.conv2d(x, w, padding=1)
         grads = F.conv2d_backward(dy, x, w, padding=1)
-        assert {k[0] for k in _conv._tuned} == {"forward", "input gradient", "weight gradient"}
-        for key in _conv._tuned:                           # force the other choice: same answer
-            _conv._tuned[key] = not _conv._tuned[key]
+        assert {k[0] for k in algorithms._tuned} == {"forward", "input gradient", "weight gradient"}
+        for key in algorithms._tuned:                           # force the other choice: same answer
+            algorithms._tuned[key] = not algorithms._tuned[key]
         y2 = F.conv2d(x, w, padding=1)
         grads2 = F.conv2d_backward(dy, x, w, padding=1)
     finally:
@@ -584,13 +581,12 @@ def test_autotune_picks_per_shape_and_keeps_results(rng, monkeypatch):
 def test_activation_relu_is_applied_in_the_epilogue_of_every_path(monkeypatch, path):
     """conv2d(..., activation="relu") == relu(conv2d(...)) bit for bit, on each algorithm, with
     and without bias, float32 and float64 (NaN kept, -0 turned into 0 as relu does)."""
-    from fastcnn.functional import _conv
-    if path in ("direct", "rows") and not _conv._direct_vector:
+    if path in ("direct", "rows") and not algorithms._direct_vector:
         pytest.skip("no vector clone of the direct kernel on this CPU/build")
-    monkeypatch.setattr(_conv, "_WINOGRAD_MIN_CHANNELS", 1 if path == "winograd" else 10**9)
-    monkeypatch.setattr(_conv, "_ROWS_OVER_WINOGRAD_MAX_OUT_CHANNELS", 0)
-    monkeypatch.setattr(_conv, "_direct_ok", lambda geom, nd: path == "direct")
-    monkeypatch.setattr(_conv, "_rows_ok", lambda geom, nd: path == "rows")
+    monkeypatch.setattr(algorithms, "_WINOGRAD_MIN_CHANNELS", 1 if path == "winograd" else 10**9)
+    monkeypatch.setattr(algorithms, "_ROWS_OVER_WINOGRAD_MAX_OUT_CHANNELS", 0)
+    monkeypatch.setattr(algorithms, "direct_ok", lambda geom, nd: path == "direct")
+    monkeypatch.setattr(algorithms, "rows_ok", lambda geom, nd: path == "rows")
     rng = np.random.default_rng(5)
     c_in, groups, kernel = {"depthwise": (6, 6, 3), "pointwise": (5, 1, 1)}.get(path, (5, 1, 3))
     for dtype in (np.float32, np.float64):
@@ -622,11 +618,10 @@ def test_direct_weight_gradient_matches_im2col_on_random_shapes(monkeypatch):
     a multiple of its 4 x 4 blocks, strides, dilation, padding) equals im2col + GEMM's; float64
     and float32. Infinities in the input stay where they belong: the lanes past a row's end
     are cleared before they meet dy's zero padding."""
-    from fastcnn.functional import _conv
-    if not _conv._direct_vector:
+    if not algorithms._direct_vector:
         pytest.skip("no vector clone of the direct kernels on this CPU/build")
     rng = np.random.default_rng(17)
-    monkeypatch.setattr(_conv, "_WINOGRAD_MIN_CHANNELS", 10**9)
+    monkeypatch.setattr(algorithms, "_WINOGRAD_MIN_CHANNELS", 10**9)
     for case in range(60):
         x, w, _, stride, padding, dilation = random_direct_problem(rng, case, 7, 19, 11, 40)
         if case % 5 == 0:
@@ -635,7 +630,7 @@ def test_direct_weight_gradient_matches_im2col_on_random_shapes(monkeypatch):
         dy = rng.standard_normal(y.shape).astype(x.dtype)
         results = []
         for forced in (True, False):
-            monkeypatch.setattr(_conv, "_dw_rows_ok", lambda geom, nd, f=forced: f)
+            monkeypatch.setattr(algorithms, "dw_rows_ok", lambda geom, nd, f=forced: f)
             results.append(F.conv2d_backward(dy, x, w, stride, padding, dilation,
                                              output_mask=(False, True, False))[1])
         np.testing.assert_allclose(results[0], results[1], **TOL[x.dtype.type])
@@ -647,7 +642,7 @@ def test_direct_weight_gradient_is_bit_identical_for_1_and_2_threads(rng, thread
     w = rng.standard_normal((10, 3, 5, 5)).astype(np.float32)
     dy = rng.standard_normal((13, 10, 16, 26)).astype(np.float32)
     geom = _conv._conv_geometry("t", 2, x, w, 1, 0, 1, 1)
-    assert _conv._dw_rows_ok(geom, 2) == _conv._direct_vector
+    assert algorithms.dw_rows_ok(geom, 2) == algorithms._direct_vector
     results = []
     for t in (1, 2):
         threads(t)
@@ -659,11 +654,10 @@ def test_direct_weight_gradient_is_bit_identical_for_1_and_2_threads(rng, thread
 def test_windows_that_read_padding_only_give_the_bias(th, monkeypatch, path):
     """Outputs whose windows fall in the padding alone (a large stride past a padded border)
     are the bias: the direct kernels once returned early there and left the output unwritten."""
-    from fastcnn.functional import _conv
-    if not _conv._direct_vector:
+    if not algorithms._direct_vector:
         pytest.skip("no vector clone of the direct kernels on this CPU/build")
-    monkeypatch.setattr(_conv, "_rows_ok", lambda geom, nd: path == "rows")
-    monkeypatch.setattr(_conv, "_direct_ok", lambda geom, nd: path == "direct")
+    monkeypatch.setattr(algorithms, "rows_ok", lambda geom, nd: path == "rows")
+    monkeypatch.setattr(algorithms, "direct_ok", lambda geom, nd: path == "direct")
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 3, 1, 40)).astype(np.float32)
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)

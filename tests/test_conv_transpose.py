@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
 
 import fastcnn.functional as F
+from fastcnn.functional import _conv_algorithms as algorithms
 from conftest import TOL
 from gradcheck import numerical_grad, assert_grad_close
 
@@ -74,7 +75,7 @@ def test_conv_transpose2d_input_gradient_by_the_direct_convolution(th, rng, dtyp
     check_against_torch(th, rng, 2, 3, 8, 16, (7, 6), (4, 4), dtype, **kw)
     dy = np.zeros((3, 16, 14, 12))
     geom = _conv._conv_geometry("t", 2, dy, np.zeros((8, 16, 4, 4)), 2, 1, 1, 1)
-    assert _conv._direct_ok(geom, 2) == _conv._direct_vector
+    assert algorithms.direct_ok(geom, 2) == algorithms._direct_vector
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(stride=3, padding=1, output_padding=2, groups=2),
@@ -258,11 +259,11 @@ def test_subpixel_forward_matches_the_gemm_path_on_random_shapes(monkeypatch):
     the interleaved outputs), forced onto random shapes (strides 1-3, kernels from the stride
     up, paddings, output_padding, odd sizes, bias or not), equals GEMM + col2im; float64 and
     float32."""
-    from fastcnn.functional import _conv, _conv_transpose
-    if not _conv._direct_vector:
+    from fastcnn.functional import _conv_transpose
+    if not algorithms._direct_vector:
         pytest.skip("no vector clone of the direct kernels on this CPU/build")
     rng = np.random.default_rng(23)
-    monkeypatch.setattr(_conv_transpose, "_rows_ok", lambda geom, nd: True)
+    monkeypatch.setattr(_conv_transpose, "rows_ok", lambda geom, nd: True)
     cases = 0
     while cases < 50:
         s = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
@@ -286,16 +287,16 @@ def test_subpixel_forward_matches_the_gemm_path_on_random_shapes(monkeypatch):
         monkeypatch.setattr(_conv_transpose, "_subpixel_phases", lambda geom, nd: None)
         slow = F.conv_transpose2d(x, w, b, s, p, op)
         monkeypatch.undo()
-        monkeypatch.setattr(_conv_transpose, "_rows_ok", lambda geom, nd: True)
+        monkeypatch.setattr(_conv_transpose, "rows_ok", lambda geom, nd: True)
         np.testing.assert_allclose(fast, slow, **TOL[dtype])
 
 
 def test_subpixel_forward_is_used_for_unet_upsampling_and_agrees_with_torch(th, rng):
-    from fastcnn.functional import _conv, _conv_transpose
+    from fastcnn.functional import _conv_transpose
     x = rng.standard_normal((2, 8, 16, 16))
     w = rng.standard_normal((8, 5, 4, 4))
     geom = _conv_transpose._conv_transpose_geometry("t", 2, x, w, 2, 1, 0, 1, 1)
-    assert (_conv_transpose._subpixel_phases(geom, 2) is not None) == _conv._direct_vector
+    assert (_conv_transpose._subpixel_phases(geom, 2) is not None) == algorithms._direct_vector
     b = rng.standard_normal(5)
     y = F.conv_transpose2d(x, w, b, 2, 1)
     ref = th.nn.functional.conv_transpose2d(th.tensor(x), th.tensor(w), th.tensor(b), 2, 1)

@@ -1,6 +1,6 @@
 /* Direct convolutions (2-D, one group) computed in place from a zero-bordered copy of each
- * sample, compiled per x86-64 level by _simd.h's dispatch (functional/_conv.py uses them only
- * where a vector clone runs):
+ * sample, compiled per x86-64 level by _simd.h's dispatch; functional/_conv_algorithms.py picks
+ * them by measured rules, and only where a vector clone runs:
  *   - fc_direct_conv: vectorized along output channels, for small maps (below);
  *   - fc_direct_conv_rows: vectorized along output rows, for wide maps and few taps or
  *     channels (first layers, transposed convolutions' phases, stride-1 input gradients);
@@ -16,9 +16,8 @@
  *
  * with k = (ci, kh, kw) and off[k] = ci*Hp*Wp + kh*dH*Wp + kw*dW. The innermost loop runs over
  * FC_CO output channels (one AVX-512 vector of floats, two of AVX2), eight outputs (2 rows x
- * FC_POS) share each weight load, and their accumulators stay in registers. The kernel is compiled
- * per x86-64 level by _simd.h's dispatch; functional/_conv.py uses it only where a vector clone
- * runs. The sum over k runs in a fixed order: the result does not depend on threads.
+ * FC_POS) share each weight load, and their accumulators stay in registers. The sum over k runs
+ * in a fixed order: the result does not depend on threads.
  */
 #ifndef FASTCNN_CONV_DIRECT_H
 #define FASTCNN_CONV_DIRECT_H

@@ -19,7 +19,7 @@ ranges (a function of N only), each chunk sums its samples in order into its own
 partial, and the caller adds the partials in chunk order.
 
 The last section drives the direct kernels of _conv_direct.h, GEMM-free paths that
-functional/_conv.py picks by its measured rules (_direct_ok, _rows_ok, _dw_rows_ok): the
+functional/_conv_algorithms.py picks by measured rules (direct_ok, rows_ok, dw_rows_ok): the
 forward along output channels or along output rows (the latter also serves stride-1 input
 gradients and, storing with strides, each output phase of a transposed convolution), and the
 weight gradient on the row kernel's layout. Each sample is first copied into zero-bordered

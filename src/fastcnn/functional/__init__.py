@@ -8,10 +8,11 @@ A backward takes what the forward saw -- the input, or the output where that is 
 (sigmoid, tanh, softmax, log_softmax); each docstring says which. Losses return a numpy scalar
 (or an array for reduction='none') and their backward takes dL/dloss.
 
-Families, one private module each: _conv (convolution, Winograd, unfold/fold), _conv_transpose,
-_pool, _resample, _norm (batch, layer, group, instance), _linear, _activation, _dropout, _pad,
-_loss and _fuse (batch-norm folding); their kernels are the same-named modules of
-fastcnn._ops (winograd and gemm serve _conv and _linear). Running statistics and counters passed
+Families, one private module each: _conv (convolution; _conv_algorithms picks its algorithm:
+im2col + GEMM, Winograd, the direct kernels, depthwise loops), _fold (unfold/fold),
+_conv_transpose, _pool, _resample, _norm (batch, layer, group, instance), _linear, _activation,
+_dropout, _pad, _loss and _fuse (batch-norm folding); their kernels are the same-named modules
+of fastcnn._ops (winograd, depthwise and gemm serve _conv and _linear, im2col serves _fold). Running statistics and counters passed
 to the norms are the caller's numpy arrays, updated in place.
 
 Arrays are NCL / NCHW / NCDHW. Inputs may be any real dtype and memory layout: float32 and float64
@@ -27,8 +28,10 @@ import sys as _sys
 from fastcnn.functional._activation import *  # noqa: F401,F403
 from fastcnn.functional._common import conv_output_size
 from fastcnn.functional._conv import *  # noqa: F401,F403
+from fastcnn.functional._conv_algorithms import *  # noqa: F401,F403
 from fastcnn.functional._conv_transpose import *  # noqa: F401,F403
 from fastcnn.functional._dropout import *  # noqa: F401,F403
+from fastcnn.functional._fold import *  # noqa: F401,F403
 from fastcnn.functional._fuse import *  # noqa: F401,F403
 from fastcnn.functional._linear import *  # noqa: F401,F403
 from fastcnn.functional._loss import *  # noqa: F401,F403
@@ -39,8 +42,8 @@ from fastcnn.functional._resample import *  # noqa: F401,F403
 
 __all__ = ["conv_output_size"]
 for _family in (
-        "conv", "conv_transpose", "pool", "resample", "norm", "linear",
-        "activation", "dropout", "pad", "loss", "fuse",
+        "conv", "conv_algorithms", "fold", "conv_transpose", "pool", "resample", "norm",
+        "linear", "activation", "dropout", "pad", "loss", "fuse",
 ):
     __all__ += _sys.modules[f"{__name__}._{_family}"].__all__
 del _family

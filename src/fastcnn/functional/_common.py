@@ -1,9 +1,13 @@
-"""What several op families share: batch-size chunking, per-sample rows, output sizes."""
+"""What several op families share: batch-size chunking, per-sample rows, output sizes, the
+checked geometry of a convolution problem."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from fastcnn import _checks
+from fastcnn._checks import lift3
 
 __all__ = []
 
@@ -12,6 +16,26 @@ __all__ = []
 # a function of the batch size only, so the result is the same for any number of threads.
 _WEIGHT_GRAD_CHUNKS = 8
 _INT32_MAX = _checks.INT32_MAX          # BLAS and the kernels take 32-bit sizes
+
+
+@dataclass(frozen=True)
+class _ConvGeometry:
+    """A checked convolution problem, with per-axis tuples lifted to 3 axes for the kernels."""
+    batched: bool
+    n: int
+    in_channels: int
+    out_channels: int
+    groups: int
+    in_size: tuple       # spatial, nd entries
+    out_size: tuple      # spatial, nd entries
+    kernel: tuple        # the following are lifted to 3 entries
+    stride: tuple
+    padding: tuple       # before each axis
+    dilation: tuple
+
+    def kernel_args(self):
+        return (lift3(self.in_size, 1), self.kernel, self.stride, self.padding, self.dilation,
+                lift3(self.out_size, 1))
 
 
 def _fused_activation(fname, activation):

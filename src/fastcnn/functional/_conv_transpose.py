@@ -11,16 +11,14 @@ from fastcnn._ops import conv as _conv
 from fastcnn._threads import get_num_threads, single_threaded_blas
 from fastcnn._workspace import scratch
 from fastcnn.functional._common import _INT32_MAX, _rows
+from fastcnn.functional._common import _ConvGeometry
 from fastcnn.functional._conv import (
     _BackwardOperands,
     _conv_forward,
     _conv_geometry,
-    _ConvGeometry,
-    _direct_conv2d,
-    _direct_ok,
-    _rows_ok,
     _split_operands,
 )
+from fastcnn.functional._conv_algorithms import direct_conv2d, direct_ok, rows_ok
 
 __all__ = [
     "conv_transpose_output_size", "conv_transpose1d", "conv_transpose1d_backward",
@@ -117,7 +115,7 @@ def _subpixel_phases(geom, nd):
             sub = _ConvGeometry(geom.batched, geom.n, geom.in_channels, geom.out_channels, 1,
                                 geom.in_size, (count_h, count_w), (1, len(taps_h), len(taps_w)),
                                 (1, 1, 1), (0, pad_h, pad_w), (1, 1, 1))
-            if not _rows_ok(sub, nd):
+            if not rows_ok(sub, nd):
                 return None
             phases.append((ra, rb, sub, taps_h, taps_w))
     return phases
@@ -144,7 +142,7 @@ def _conv_transpose_forward(fname, nd, input, weight, bias, stride, padding, out
         w4 = w2.reshape(w.shape)
         for ra, rb, sub, taps_h, taps_w in phases:
             sub_w = np.ascontiguousarray(w4[:, :, taps_h][:, :, :, taps_w].transpose(1, 0, 2, 3))
-            _direct_conv2d(x2, sub_w, b1, _rows(out, geom.n), sub, dtype, by_rows=True,
+            direct_conv2d(x2, sub_w, b1, _rows(out, geom.n), sub, dtype, by_rows=True,
                            out_layout=(geom.out_channels, ra * ow + rb, oh * ow, sh * ow, sw))
     elif geom.n:
         threads = get_num_threads()
@@ -175,7 +173,7 @@ def _conv_transpose_backward(fname, nd, grad_output, input, weight, stride, padd
         w4 = b.w2.reshape(w.shape)
         as_conv = _conv_geometry(fname, nd, dy4, w4, geom.stride[1:], geom.padding[1:],
                                  geom.dilation[1:], geom.groups)
-        if _direct_ok(as_conv, nd) and as_conv.out_size == geom.in_size:
+        if direct_ok(as_conv, nd) and as_conv.out_size == geom.in_size:
             b.grad_x = _conv_forward(fname, nd, dy4, w4, None, geom.stride[1:],
                                      geom.padding[1:], geom.dilation[1:], geom.groups)
             need_x = False
