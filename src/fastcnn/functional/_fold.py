@@ -40,6 +40,13 @@ def _blocks(fname, in_size, kernel, dilation, padding, stride):
     return blocks
 
 
+def _lifted(size, kernel, stride, padding, dilation, blocks):
+    """The kernels' geometry arguments: the image size and window parameters, and the blocks
+    per axis, each lifted to 3 axes."""
+    return (lift3(size, 1), lift3(kernel, 1), lift3(stride, 1), lift3(padding, 0),
+            lift3(dilation, 1), lift3(blocks, 1))
+
+
 def unfold(input, kernel_size, dilation=1, padding=0, stride=1):
     """Extract sliding blocks (im2col), as ``torch.nn.functional.unfold``.
 
@@ -68,8 +75,7 @@ def unfold(input, kernel_size, dilation=1, padding=0, stride=1):
     cols = _memory.empty((n, rows, L), dtype)
     if n and c:
         _im2col.unfold(contiguous(xb, dtype).reshape(n, -1), cols.reshape(n, -1), c,
-                       lift3(in_size, 1), lift3(kernel, 1), lift3(stride, 1),
-                       lift3(padding, 0), lift3(dilation, 1), lift3(blocks, 1),
+                       *_lifted(in_size, kernel, stride, padding, dilation, blocks),
                        get_num_threads())
     return cols if batched else cols[0]
 
@@ -109,8 +115,7 @@ def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
     out = _memory.empty((n, c) + out_size, dtype)
     if n and c:
         _im2col.fold(contiguous(cb, dtype).reshape(n, -1), out.reshape(n, -1), c,
-                     lift3(out_size, 1), lift3(kernel, 1), lift3(stride, 1),
-                     lift3(padding, 0), lift3(dilation, 1), lift3(blocks, 1),
+                     *_lifted(out_size, kernel, stride, padding, dilation, blocks),
                      get_num_threads())
     return out if batched else out[0]
 
