@@ -1,6 +1,7 @@
 /* Direct convolutions (2-D, one group) computed in place from a zero-bordered copy of each
  * sample, compiled per x86-64 level by _simd.h's dispatch; functional/_conv_algorithms.py picks
- * them by measured rules, and only where a vector clone runs:
+ * them by measured rules, and only where the AVX-512 clone runs (their register blocks need its
+ * 32 vector registers; the AVX2 clone spills accumulators to the stack and runs 10x slower):
  *   - fc_direct_conv: vectorized along output channels, for small maps (below);
  *   - fc_direct_conv_rows: vectorized along output rows, for wide maps and few taps or
  *     channels (first layers, transposed convolutions' phases, stride-1 input gradients);

@@ -74,14 +74,19 @@ def is_depthwise(geom):
 # channels on 56x56 maps 12.3 -> 9.9 ms, 128 -> 128 23.8 -> 18.8 ms; slower for 1x1 kernels,
 # fewer than 64 taps, 32x32 maps at stride 1, and from 256 output channels (128 -> 256 at
 # stride 2 from 28x28 maps: 11.9 vs 11.0 ms). 3x3 stride-1 layers with >= 16 channels go to
-# Winograd first. Only where a vector clone of the kernel runs (AVX2 or AVX-512); otherwise
-# im2col + GEMM.
+# Winograd first. Otherwise im2col + GEMM.
 _DIRECT_MAX_OUT_CHANNELS = 64
 _DIRECT_TAPS = (64, 512)
 _DIRECT_MAX_POSITIONS = 256
 _DIRECT_STRIDE2_MAX_OUT_CHANNELS = 128
 _DIRECT_STRIDE2_MAX_TAPS = 1152
-_direct_vector = simd_path() in ("x86-64-v4", "x86-64-v3")
+
+# The direct kernels (all three) run only where their AVX-512 clone does. Their blocks are
+# sized for its 32 vector registers: the AVX2 clone, with 16, keeps accumulators on the stack
+# and ran at 9-11 GFLOP/s single-threaded (16 -> 16 channels 3x3 on 32x32, against 115 for
+# AVX-512 and about 60 for OpenBLAS's sgemm on such operands), so AVX2 CPUs take Winograd and
+# im2col + GEMM for these layers.
+_direct_vector = simd_path() == "x86-64-v4"
 
 
 def tap_count(geom):
