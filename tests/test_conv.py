@@ -177,12 +177,11 @@ def test_direct_convolution_matches_im2col_on_random_shapes(monkeypatch):
         np.testing.assert_allclose(results[0], results[1], **TOL[x.dtype.type])
 
 
-def test_row_kernel_matches_im2col_on_random_shapes(monkeypatch):
-    """The direct kernel along output rows, forced onto random shapes (widths that are not a
-    multiple of its 16-output vectors, including narrower than one; channel counts that are
-    not a multiple of its 8-channel blocks; strides (along the width: the column-phase
-    layout), dilation, padding, ReLU),
-    equals im2col + GEMM; float64 and float32. With stride 1 it also computes the input
+def test_row_kernel_matches_im2col_on_random_shapes(monkeypatch, row_variant):
+    """The direct kernel along output rows (each variant), forced onto random shapes (widths
+    that are not a multiple of its vectors, including narrower than one; channel counts that
+    are not a multiple of its blocks; strides (along the width: the column-phase layout),
+    dilation, padding, ReLU), equals im2col + GEMM; float64 and float32. With stride 1 it also computes the input
     gradient (dy by the flipped kernels), which must equal col2im's."""
     if not algorithms._direct_vector:
         pytest.skip("no vector clone of the direct kernel on this CPU/build")
@@ -668,3 +667,25 @@ def test_windows_that_read_padding_only_give_the_bias(th, monkeypatch, path):
         y = F.conv2d(x, w, b, stride, padding)
         ref = th.nn.functional.conv2d(th.tensor(x), th.tensor(w), th.tensor(b), stride, padding)
         np.testing.assert_allclose(y, ref.numpy(), **TOL[np.float32])
+
+
+def test_on_avx2_only_first_layers_take_the_row_kernel(th, rng, monkeypatch, row_variant):
+    """With AVX2 alone (the narrow row kernel, no other direct kernel), the rules keep the
+    row kernel to first layers (fewer than 64 taps): Winograd, im2col and col2im elsewhere.
+    Results agree with torch either way."""
+    from fastcnn.functional import _conv
+    monkeypatch.setattr(algorithms, "_direct_vector", False)
+    monkeypatch.setattr(algorithms, "_rows_vector", True)
+
+    def geometry(c_in, c_out, size, k, stride=1):
+        return _conv._conv_geometry("t", 2, np.zeros((2, c_in, size, size)),
+                                    np.zeros((c_out, c_in, k, k)), stride, k // 2, 1, 1)
+
+    assert algorithms.rows_ok(geometry(1, 6, 28, 5), 2)            # LeNet's first layer
+    assert algorithms.rows_ok(geometry(3, 32, 64, 3, stride=2), 2)
+    assert not algorithms.rows_ok(geometry(16, 16, 32, 3), 2)
+    assert algorithms.winograd_ok(geometry(16, 16, 32, 3), 2)
+    assert algorithms.rows_input_grad(geometry(16, 16, 32, 3), 2) is None
+    assert not algorithms.direct_ok(geometry(6, 16, 14, 5), 2)
+    assert not algorithms.dw_rows_ok(geometry(1, 6, 28, 5), 2)
+    check_against_torch(th, rng, 2, 3, 3, 20, (21, 33), (3, 3), np.float32, padding=1)

@@ -254,7 +254,7 @@ def test_backward_invalid_arguments():
         F.conv_transpose2d_backward(np.zeros((2, 3, 7, 7)), X, W, output_mask=None)
 
 
-def test_subpixel_forward_matches_the_gemm_path_on_random_shapes(monkeypatch):
+def test_subpixel_forward_matches_the_gemm_path_on_random_shapes(monkeypatch, row_variant):
     """The forward as one stride-1 convolution per output phase (the row kernel storing into
     the interleaved outputs), forced onto random shapes (strides 1-3, kernels from the stride
     up, paddings, output_padding, odd sizes, bias or not), equals GEMM + col2im; float64 and

@@ -27,11 +27,11 @@ planes in the thread's workspace (_pad_sample).
 """
 from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memset, strcmp
 
 from fastcnn._ops._blas cimport gemm
 from fastcnn._ops._epilogue cimport bias_relu
-from fastcnn._ops._simd cimport sum_shifted
+from fastcnn._ops._simd cimport fc_simd_path, sum_shifted
 from fastcnn._ops.im2col cimport Geom, make_geom, im2col_plane, col2im_plane
 
 
@@ -411,6 +411,16 @@ cdef extern from "_conv_direct.h" nogil:
                                Py_ssize_t cpad, Py_ssize_t oh_n, Py_ssize_t ow_n, Py_ssize_t wp,
                                Py_ssize_t sh, int relu, Py_ssize_t yc, Py_ssize_t yh,
                                Py_ssize_t yw)
+    void fc_direct_conv_rows_narrow_f(const float* xp, const float* wt, const float* bias,
+                                      float* y, const Py_ssize_t* off, Py_ssize_t K,
+                                      Py_ssize_t cout, Py_ssize_t cpad, Py_ssize_t oh_n,
+                                      Py_ssize_t ow_n, Py_ssize_t wp, Py_ssize_t sh, int relu,
+                                      Py_ssize_t yc, Py_ssize_t yh, Py_ssize_t yw)
+    void fc_direct_conv_rows_narrow_d(const double* xp, const double* wt, const double* bias,
+                                      double* y, const Py_ssize_t* off, Py_ssize_t K,
+                                      Py_ssize_t cout, Py_ssize_t cpad, Py_ssize_t oh_n,
+                                      Py_ssize_t ow_n, Py_ssize_t wp, Py_ssize_t sh, int relu,
+                                      Py_ssize_t yc, Py_ssize_t yh, Py_ssize_t yw)
     void fc_dw_rows_f(const float* xp, const float* dyp, float* acc, const Py_ssize_t* off,
                       Py_ssize_t kpad, Py_ssize_t cout, Py_ssize_t oh_n, Py_ssize_t ow_n,
                       Py_ssize_t ldy, Py_ssize_t wp, Py_ssize_t sh)
@@ -453,6 +463,42 @@ cdef inline void _split_phases(const floating* src, floating* dst, Py_ssize_t co
             dst[p * phase_stride + q] = src[j]
             j += phases
             q += 1
+
+
+# The row kernel comes in two variants (_conv_direct.h): wide for AVX-512, narrow for AVX2,
+# picked from the CPU at import.
+cdef bint _narrow_rows = strcmp(fc_simd_path(), b"x86-64-v3") == 0
+
+
+def use_narrow_rows(bint narrow):
+    """Make direct_forward's row kernel the narrow variant (32-byte vectors, 4 channels per
+    block, for AVX2's 16 registers) or the wide one (AVX-512's 32). The CPU decides at import;
+    tests switch it to run both variants on one machine. Returns the previous setting."""
+    global _narrow_rows
+    previous = _narrow_rows
+    _narrow_rows = narrow
+    return previous
+
+
+cdef inline void _rows_kernel(const floating* xp, const floating* wt, const floating* bias,
+                              floating* y, const Py_ssize_t* off, Py_ssize_t K,
+                              Py_ssize_t cout, Py_ssize_t cpad, Py_ssize_t oh_n,
+                              Py_ssize_t ow_n, Py_ssize_t wp, Py_ssize_t sh, bint relu,
+                              Py_ssize_t yc, Py_ssize_t yh, Py_ssize_t yw) noexcept nogil:
+    if floating is float:
+        if _narrow_rows:
+            fc_direct_conv_rows_narrow_f(xp, wt, bias, y, off, K, cout, cpad, oh_n, ow_n, wp, sh,
+                                         relu, yc, yh, yw)
+        else:
+            fc_direct_conv_rows_f(xp, wt, bias, y, off, K, cout, cpad, oh_n, ow_n, wp, sh, relu,
+                                  yc, yh, yw)
+    else:
+        if _narrow_rows:
+            fc_direct_conv_rows_narrow_d(xp, wt, bias, y, off, K, cout, cpad, oh_n, ow_n, wp, sh,
+                                         relu, yc, yh, yw)
+        else:
+            fc_direct_conv_rows_d(xp, wt, bias, y, off, K, cout, cpad, oh_n, ow_n, wp, sh, relu,
+                                  yc, yh, yw)
 
 
 cdef inline void _pad_sample(const floating* x, floating* xp, Py_ssize_t size, Py_ssize_t C,
@@ -511,14 +557,8 @@ def direct_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
             xp = &workspace[0] + threadid() * stride
             _pad_sample(&x[n, 0], xp, stride, C, H, W, pad_h, pad_w, Hp, Wp, phases)
             if by_rows:
-                if floating is float:
-                    fc_direct_conv_rows_f(xp, &wt[0, 0], &bias[0], &out[n, y0], &offsets[0], K,
-                                          C_out, cpad, out_h, out_w, Wq, stride_h, relu, yc, yh,
-                                          yw)
-                else:
-                    fc_direct_conv_rows_d(xp, &wt[0, 0], &bias[0], &out[n, y0], &offsets[0], K,
-                                          C_out, cpad, out_h, out_w, Wq, stride_h, relu, yc, yh,
-                                          yw)
+                _rows_kernel(xp, &wt[0, 0], &bias[0], &out[n, y0], &offsets[0], K, C_out, cpad,
+                             out_h, out_w, Wq, stride_h, relu, yc, yh, yw)
             elif floating is float:
                 fc_direct_conv_f(xp, &wt[0, 0], &bias[0], &out[n, 0], &offsets[0], K, C_out,
                                  cpad, out_h, out_w, Wp, stride_h, stride_w, relu)

@@ -12,8 +12,9 @@ Families, one private module each: _conv (convolution; _conv_algorithms picks it
 im2col + GEMM, Winograd, the direct kernels, depthwise loops), _fold (unfold/fold),
 _conv_transpose, _pool, _resample, _norm (batch, layer, group, instance), _linear, _activation,
 _dropout, _pad, _loss and _fuse (batch-norm folding); their kernels are the same-named modules
-of fastcnn._ops (winograd, depthwise and gemm serve _conv and _linear, im2col serves _fold). Running statistics and counters passed
-to the norms are the caller's numpy arrays, updated in place.
+of fastcnn._ops (winograd, depthwise and gemm serve _conv and _linear, im2col serves _fold).
+Running statistics and counters passed to the norms are the caller's numpy arrays, updated in
+place.
 
 Arrays are NCL / NCHW / NCDHW. Inputs may be any real dtype and memory layout: float32 and float64
 are computed as they are (float64 wins when mixed); ints, bools and float16 are computed in

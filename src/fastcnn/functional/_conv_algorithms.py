@@ -53,7 +53,7 @@ def winograd_ok(geom, nd, direction="forward"):
             and min(geom.in_channels, geom.out_channels) >= _WINOGRAD_MIN_CHANNELS):
         return False
     if direction == "forward":
-        return not (geom.out_channels <= _ROWS_OVER_WINOGRAD_MAX_OUT_CHANNELS
+        return not (_direct_vector and geom.out_channels <= _ROWS_OVER_WINOGRAD_MAX_OUT_CHANNELS
                     and rows_ok(geom, nd))
     if direction == "weight gradient":
         return not dw_rows_ok(geom, nd)
@@ -81,11 +81,11 @@ _DIRECT_MAX_POSITIONS = 256
 _DIRECT_STRIDE2_MAX_OUT_CHANNELS = 128
 _DIRECT_STRIDE2_MAX_TAPS = 1152
 
-# The direct kernels (all three) run only where their AVX-512 clone does. Their blocks are
-# sized for its 32 vector registers: the AVX2 clone, with 16, keeps accumulators on the stack
-# and ran at 9-11 GFLOP/s single-threaded (16 -> 16 channels 3x3 on 32x32, against 115 for
-# AVX-512 and about 60 for OpenBLAS's sgemm on such operands), so AVX2 CPUs take Winograd and
-# im2col + GEMM for these layers.
+# The direct kernels run where their AVX-512 clone does. Their blocks are sized for its 32
+# vector registers: the AVX2 clone, with 16, keeps accumulators on the stack and ran at 9-11
+# GFLOP/s single-threaded (16 -> 16 channels 3x3 on 32x32, against 115 for AVX-512 and about
+# 60 for OpenBLAS's sgemm on such operands), so AVX2 CPUs take Winograd and im2col + GEMM for
+# these layers, except first layers (the row kernel's narrow variant, below).
 _direct_vector = simd_path() == "x86-64-v4"
 
 
@@ -120,12 +120,21 @@ _ROWS_MIN_LANE_USE = 0.75
 _ROWS_OVER_WINOGRAD_MAX_OUT_CHANNELS = 16
 
 
+# On AVX2 the row kernel runs as its narrow variant (32-byte vectors, 4 channels per block:
+# 48-54 GFLOP/s single-threaded on a 16 -> 16 3x3 layer, against 115 for the AVX-512 variant,
+# measured with a standalone -march=x86-64-v3 build on this CPU), and only for first layers
+# (fewer than 64 taps), where im2col + GEMM is weakest: its other rules, against Winograd and
+# GEMM, were measured with AVX-512 alone.
+_rows_vector = simd_path() in ("x86-64-v4", "x86-64-v3")
+
+
 def rows_ok(geom, nd):
     width = geom.out_size[-1]
     lane_use = width / (-(-width // 16) * 16)
-    return (_direct_vector and nd == 2 and geom.groups == 1 and geom.kernel != (1, 1, 1)
+    few_taps = tap_count(geom) < _DIRECT_TAPS[0]
+    return (_rows_vector and nd == 2 and geom.groups == 1 and geom.kernel != (1, 1, 1)
             and width >= _ROWS_MIN_WIDTH and lane_use >= _ROWS_MIN_LANE_USE
-            and (geom.stride[2] == 1 or tap_count(geom) < _DIRECT_TAPS[0]))
+            and (geom.stride[2] == 1 or few_taps) and (_direct_vector or few_taps))
 
 
 # The input gradient by the row kernel needs at least one full block of its 8 output channels
@@ -140,7 +149,7 @@ def rows_input_grad(geom, nd):
     giving the input's size. Its geometry when the row kernel is the choice for it (as for a
     forward: wide maps, and Winograd not ahead, i.e. at most 16 input channels where Winograd
     applies; and at least 8 input channels), else None."""
-    if (nd != 2 or geom.groups != 1 or geom.stride != (1, 1, 1)
+    if (not _direct_vector or nd != 2 or geom.groups != 1 or geom.stride != (1, 1, 1)
             or geom.in_channels < _ROWS_INPUT_GRAD_MIN_CHANNELS):
         return None
     span = tuple(d * (k - 1) for d, k in zip(geom.dilation, geom.kernel))

@@ -18,6 +18,7 @@ from fastcnn.functional._conv import (
     _conv_geometry,
     _split_operands,
 )
+from fastcnn.functional import _conv_algorithms
 from fastcnn.functional._conv_algorithms import direct_conv2d, direct_ok, rows_ok
 
 __all__ = [
@@ -103,7 +104,8 @@ def _subpixel_phases(geom, nd):
     output phase (ra, rb), each run by the row kernel (which must suit every phase) and stored
     into its interleaved outputs: no GEMM into columns and no col2im. (ra, rb, geometry, taps_h,
     taps_w) per phase, or None."""
-    if nd != 2 or geom.groups != 1 or geom.dilation != (1, 1, 1):
+    if not _conv_algorithms._direct_vector or nd != 2 or geom.groups != 1 or geom.dilation != (
+            1, 1, 1):
         return None
     per_axis = [_axis_phases(i, o, k, s, p) for i, o, k, s, p in zip(
         geom.in_size, geom.out_size, geom.kernel[1:], geom.stride[1:], geom.padding[1:])]
