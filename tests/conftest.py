@@ -50,5 +50,20 @@ def threads():
 
 
 @pytest.fixture
+def same_bits_for_1_and_2_threads(threads):
+    """check(compute): ``compute()`` returns a sequence of arrays; they must be the same bits
+    with 1 and with 2 kernel threads (reductions are cut by the shapes, never by threads)."""
+    def check(compute):
+        results = []
+        for t in (1, 2):
+            threads(t)
+            results.append(list(compute()))
+        assert len(results[0]) == len(results[1])
+        for a, b in zip(*results):
+            np.testing.assert_array_equal(a, b)
+    return check
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(1234)

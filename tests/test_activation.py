@@ -135,14 +135,10 @@ def test_softmax_huge_logits_stay_finite(th, dtype):
     np.testing.assert_allclose(F.softmax(x.T.copy(), 0), y.T, **TOL[dtype])
 
 
-def test_softmax_bit_identical_for_1_and_2_threads(rng, threads):
+def test_softmax_bit_identical_for_1_and_2_threads(rng, same_bits_for_1_and_2_threads):
     x = rng.standard_normal((6, 50, 37)).astype(np.float32)
-    res = []
-    for t in (1, 2):
-        threads(t)
-        res.append([F.softmax(x, 1), F.log_softmax(x, -1), F.softmax_backward(x, x, 0)])
-    for a, b in zip(*res):
-        np.testing.assert_array_equal(a, b)
+    same_bits_for_1_and_2_threads(
+        lambda: [F.softmax(x, 1), F.log_softmax(x, -1), F.softmax_backward(x, x, 0)])
 
 
 # ---- linear -----------------------------------------------------------------------------------

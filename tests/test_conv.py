@@ -99,21 +99,28 @@ def test_conv2d_without_bias_and_unbatched(th, rng):
 
 # ---- property-based shapes --------------------------------------------------------------------
 
+def draw_windows(draw, nd, max_kernel, max_extra):
+    """kernel, size and the window keywords (stride, padding, dilation) of a random problem:
+    an input at least as large as the dilated kernel minus the padding, plus up to max_extra
+    (3 in 3-D)."""
+    kernel = tuple(draw(st.integers(1, max_kernel)) for _ in range(nd))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    dilation = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    padding = tuple(draw(st.integers(0, 3)) for _ in range(nd))
+    extra = max_extra if nd < 3 else 3
+    size = tuple(max(1, d * (k - 1) + 1 - 2 * p) + draw(st.integers(0, extra))
+                 for k, d, p in zip(kernel, dilation, padding))
+    return kernel, size, dict(stride=stride, padding=padding, dilation=dilation)
+
+
 @st.composite
 def conv_problems(draw, nd):
     groups = draw(st.sampled_from([1, 1, 2, 3]))
     c_in = groups * draw(st.integers(1, 3))
     c_out = groups * draw(st.integers(1, 3))
-    kernel = tuple(draw(st.integers(1, 4)) for _ in range(nd))
-    stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
-    dilation = tuple(draw(st.integers(1, 3)) for _ in range(nd))
-    padding = tuple(draw(st.integers(0, 3)) for _ in range(nd))
-    # an input at least as large as the dilated kernel minus the padding
-    size = tuple(max(1, d * (k - 1) + 1 - 2 * p) + draw(st.integers(0, 7 if nd < 3 else 3))
-                 for k, d, p in zip(kernel, dilation, padding))
+    kernel, size, kw = draw_windows(draw, nd, 4, 7)
     n = draw(st.integers(1, 3))
-    return n, c_in, c_out, size, kernel, dict(stride=stride, padding=padding, dilation=dilation,
-                                              groups=groups)
+    return n, c_in, c_out, size, kernel, dict(kw, groups=groups)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -243,15 +250,9 @@ def test_direct_convolution_is_used_for_lenet_and_agrees_with_torch(th, rng):
 def depthwise_problems(draw, nd):
     c_in = draw(st.integers(2, 5))
     multiplier = draw(st.integers(1, 3))
-    kernel = tuple(draw(st.integers(1, 5)) for _ in range(nd))
-    stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
-    dilation = tuple(draw(st.integers(1, 3)) for _ in range(nd))
-    padding = tuple(draw(st.integers(0, 3)) for _ in range(nd))
-    size = tuple(max(1, d * (k - 1) + 1 - 2 * p) + draw(st.integers(0, 6 if nd < 3 else 3))
-                 for k, d, p in zip(kernel, dilation, padding))
+    kernel, size, kw = draw_windows(draw, nd, 5, 6)
     n = draw(st.integers(1, 3))
-    return n, c_in, c_in * multiplier, size, kernel, dict(
-        stride=stride, padding=padding, dilation=dilation, groups=c_in)
+    return n, c_in, c_in * multiplier, size, kernel, dict(kw, groups=c_in)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -281,16 +282,14 @@ def test_depthwise_gradients_by_finite_differences(rng):
     assert_grad_close(gw, numerical_grad(lambda v: F.conv2d(x, v, **kw), w, dy))
 
 
-def test_depthwise_bit_identical_for_1_and_2_threads(rng, threads):
+def test_depthwise_bit_identical_for_1_and_2_threads(rng, same_bits_for_1_and_2_threads):
     x = rng.standard_normal((5, 8, 11, 9)).astype(np.float32)
     w = rng.standard_normal((16, 1, 3, 3)).astype(np.float32)
-    out = []
-    for t in (1, 2):
-        threads(t)
+
+    def compute():
         y = F.conv2d(x, w, padding=1, groups=8)
-        out.append((y,) + F.conv2d_backward(np.cos(y), x, w, padding=1, groups=8)[:2])
-    for a, b in zip(*out):
-        np.testing.assert_array_equal(a, b)
+        return (y,) + F.conv2d_backward(np.cos(y), x, w, padding=1, groups=8)[:2]
+    same_bits_for_1_and_2_threads(compute)
 
 
 # ---- finite differences (no torch needed) -----------------------------------------------------
@@ -391,17 +390,16 @@ def test_output_mask(rng):
 
 @pytest.mark.parametrize("kernel,stride,padding", [(3, 1, 1), (1, 1, 0), (5, 2, 2)])
 @pytest.mark.parametrize("n", [1, 3, 13])
-def test_bit_identical_for_1_and_2_threads(rng, threads, kernel, stride, padding, n):
+def test_bit_identical_for_1_and_2_threads(rng, same_bits_for_1_and_2_threads, kernel, stride,
+                                           padding, n):
     x = rng.standard_normal((n, 8, 12, 12)).astype(np.float32)
     w = rng.standard_normal((16, 4, kernel, kernel)).astype(np.float32)
     b = rng.standard_normal(16).astype(np.float32)
-    results = []
-    for t in (1, 2):
-        threads(t)
+
+    def compute():
         y = F.conv2d(x, w, b, stride, padding, groups=2)
-        results.append((y,) + F.conv2d_backward(np.cos(y), x, w, stride, padding, groups=2))
-    for a, b_ in zip(*results):
-        np.testing.assert_array_equal(a, b_)
+        return (y,) + F.conv2d_backward(np.cos(y), x, w, stride, padding, groups=2)
+    same_bits_for_1_and_2_threads(compute)
 
 
 # ---- invalid arguments ------------------------------------------------------------------------
@@ -520,16 +518,14 @@ def test_winograd_weight_gradient_float32_error_is_small(rng):
     assert np.abs(single - exact).max() / np.abs(exact).max() < 1e-5
 
 
-def test_winograd_bit_identical_for_1_and_2_threads(rng, threads):
+def test_winograd_bit_identical_for_1_and_2_threads(rng, same_bits_for_1_and_2_threads):
     x = rng.standard_normal((7, 16, 10, 9)).astype(np.float32)
     w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
-    out = []
-    for t in (1, 2):
-        threads(t)
+
+    def compute():
         y = F.conv2d(x, w, padding=1)
-        out.append((y,) + F.conv2d_backward(np.cos(y), x, w, padding=1)[:2])
-    for a, b in zip(*out):
-        np.testing.assert_array_equal(a, b)
+        return (y,) + F.conv2d_backward(np.cos(y), x, w, padding=1)[:2]
+    same_bits_for_1_and_2_threads(compute)
 
 
 def test_winograd_weight_gradient_is_bit_identical_for_1_and_2_threads(rng, threads):
@@ -635,18 +631,16 @@ def test_direct_weight_gradient_matches_im2col_on_random_shapes(monkeypatch):
         np.testing.assert_allclose(results[0], results[1], **TOL[x.dtype.type])
 
 
-def test_direct_weight_gradient_is_bit_identical_for_1_and_2_threads(rng, threads):
+def test_direct_weight_gradient_is_bit_identical_for_1_and_2_threads(
+        rng, same_bits_for_1_and_2_threads):
     from fastcnn.functional import _conv
     x = rng.standard_normal((13, 3, 20, 30)).astype(np.float32)
     w = rng.standard_normal((10, 3, 5, 5)).astype(np.float32)
     dy = rng.standard_normal((13, 10, 16, 26)).astype(np.float32)
     geom = _conv._conv_geometry("t", 2, x, w, 1, 0, 1, 1)
     assert algorithms.dw_rows_ok(geom, 2) == algorithms._direct_vector
-    results = []
-    for t in (1, 2):
-        threads(t)
-        results.append(F.conv2d_backward(dy, x, w, output_mask=(False, True, False))[1])
-    np.testing.assert_array_equal(results[0], results[1])
+    same_bits_for_1_and_2_threads(
+        lambda: F.conv2d_backward(dy, x, w, output_mask=(False, True, False))[1:2])
 
 
 @pytest.mark.parametrize("path", ["rows", "direct"])

@@ -407,3 +407,24 @@ def test_activation_fusion_only_where_nothing_else_reads_the_pre_activation():
     np.testing.assert_allclose(dx, numerical_grad(loss, x, 1.0), rtol=1e-6, atol=1e-7)
     with pytest.raises(TypeError, match="enabled must be True or False"):
         model.set_activation_fusion("yes")
+
+
+def test_fused_relu_after_a_sum_of_three():
+    """A residual add of three inputs with its ReLU fused gives the unfused model's bits."""
+    config = {"input_shape": [2, 6, 6], "dtype": "float32", "seed": 0, "layers": [
+        {"type": "conv2d", "name": "a", "out_channels": 3, "kernel_size": 3, "padding": 1},
+        {"type": "conv2d", "name": "b", "out_channels": 3, "kernel_size": 1, "inputs": ["input"]},
+        {"type": "conv2d", "name": "c", "out_channels": 3, "kernel_size": 3, "padding": 1,
+         "inputs": ["input"]},
+        {"type": "add", "name": "sum", "inputs": ["a", "b", "c"]},
+        {"type": "relu", "name": "r"},
+        {"type": "flatten"},
+    ]}
+    fused, plain = fastcnn.build_model(config), fastcnn.build_model(config)
+    plain.set_activation_fusion(False)
+    assert fused["r"].fused_into == "sum" and plain["r"].fused_into is None
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 2, 6, 6)).astype(np.float32)
+    dy = rng.standard_normal((4, 108)).astype(np.float32)
+    for a, b in zip(_train_step_results(fused, x, dy), _train_step_results(plain, x, dy)):
+        np.testing.assert_array_equal(a, b)

@@ -22,8 +22,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from fastcnn.functional._activation import _add
 from fastcnn._threads import single_threaded_blas
+from fastcnn.functional._activation import _add
 from fastcnn.layers.base import Layer, _InitContext
 from fastcnn.registry import LAYERS
 
@@ -220,9 +220,9 @@ class Model:
 
     def set_activation_fusion(self, enabled: bool = True) -> "Model":
         """Fuse each ReLU layer into the layer before it when that layer can apply it in its
-        own pass (batch norm, add) and nothing else reads the value before the ReLU: the
-        activation is then not read and written once more, and the ReLU's backward happens
-        inside the other layer's (batch norm recomputes the mask from its input). On by
+        own pass (convolution, batch norm, add) and nothing else reads the value before the
+        ReLU: the activation is then not read and written once more, and the ReLU's backward
+        happens inside the other layer's (batch norm recomputes the mask from its input). On by
         default; results are the same bits either way. The ReLU layer stays in the graph
         (names, summary, state) and passes its argument through."""
         if not isinstance(enabled, bool):

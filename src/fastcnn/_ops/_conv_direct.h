@@ -31,7 +31,8 @@
 /* y (cout, oh_n*ow_n) of one sample from its padded planes xp; wt (K, cpad), bias (cpad);
  * relu: max(y, 0) as it is stored (NaN kept, -0 -> 0, as fastcnn's relu).
  * xp must hold sh + 1 rows and FC_POS * sw elements past the last plane (the tail blocks
- * read them; conv.pyx's direct_workspace_size). Strides sh, sw: output (oh, ow) reads the planes from (oh*sh, ow*sw).
+ * read them; conv.pyx's direct_workspace_size). Strides sh, sw: output (oh, ow) reads the
+ * planes from (oh*sh, ow*sw).
  * The FC_CO channels are one GCC vector (zmm registers in the AVX-512 clone, ymm pairs in the
  * AVX2 one): written as vectors, not left to the auto-vectorizer, which kept the accumulators
  * in memory. */
@@ -91,15 +92,17 @@ FC_KERNEL_VOID(fc_direct_conv_##sfx,                                            
 FC_DIRECT_CONV(float, f)
 FC_DIRECT_CONV(double, d)
 
-/* The same convolution vectorized along the output rows instead of the channels, for first
- * layers (1 or 3 input channels: few taps) on wide maps. There the channel-vector kernel above
- * spends more time transposing its results into place than multiplying. Here FC_ROW outputs of
- * one row (a 64-byte vector: 16 floats or 8 doubles) of FC_ROW_CO channels are computed at a
- * time: each tap is one contiguous load of xp and FC_ROW_CO multiply-adds by broadcast weights,
- * and the results are stored as they lie. Stride 1 along the width (contiguous loads); any
- * stride sh down the rows. A row's last block reads up to FC_ROW - 1 elements past the row
- * (past the last plane for the last row: conv.pyx's direct_workspace_size has that tail) and
- * stores only the outputs that exist. relu: max(y, 0) with NaN kept and -0 -> 0, as relu.
+/* The same convolution vectorized along the output rows instead of the channels, for wide maps
+ * with few taps or few output channels (first layers, among others). There the channel-vector
+ * kernel above spends more time transposing its results into place than multiplying. Here one
+ * vector of outputs of a row (16 floats or 8 doubles in the wide variant) of up to FC_ROW_CO
+ * channels is computed at a time: each tap is one contiguous load of xp and one multiply-add by
+ * a broadcast weight per channel, and the results are stored as they lie. The loads are
+ * contiguous because xp is read at stride 1 along the width (a width stride: conv.pyx stores
+ * each plane as its column phases); any stride sh down the rows. A row's last block reads up to
+ * FC_ROW_TAIL - 1 elements past the row (past the last plane for the last row: conv.pyx's
+ * workspace has that tail) and stores only the outputs that exist. relu: max(y, 0) with NaN
+ * kept and -0 -> 0, as relu.
  * Output (co, oh, ow) goes to y[co * yc + oh * yh + ow * yw]: (oh_n * ow_n, ow_n, 1) for a
  * plain convolution; strided for one phase of a transposed convolution (conv.pyx). */
 #define FC_ROW_CO 8     /* channels per block (at most; the narrow variant uses 4) */
@@ -108,7 +111,7 @@ FC_DIRECT_CONV(double, d)
  * fc_direct_conv_rows_narrow: 32-byte vectors and 4 accumulators, for AVX2's 16 (there the wide
  * variant keeps accumulators on the stack and shuffles its 64-byte vectors through general
  * registers: 9-11 GFLOP/s single-threaded, against 54 for the narrow one, measured on this CPU
- * with a standalone -march=x86-64-v3 build). Blocks of NCO = 4 never touch a5..a7. */
+ * with a standalone -march=x86-64-v3 build). Blocks of NCO = 4 never touch a4..a7. */
 #define FC_DIRECT_CONV_ROWS(T, IT, sfx, NAME, BYTES, NCO)                                    \
 typedef T NAME##_vec_##sfx __attribute__((vector_size(BYTES)));                              \
 typedef IT NAME##_mask_##sfx __attribute__((vector_size(BYTES)));                            \
@@ -171,7 +174,8 @@ FC_DIRECT_CONV_ROWS(double, int64_t, d, fc_direct_conv_rows, 64, 8)
 FC_DIRECT_CONV_ROWS(float, int32_t, f, fc_direct_conv_rows_narrow, 32, 4)
 FC_DIRECT_CONV_ROWS(double, int64_t, d, fc_direct_conv_rows_narrow, 32, 4)
 
-/* the row kernel's tail reads: up to this many elements past a row (the wide variant's) */
+/* the row kernel's tail reads: fewer than this many elements past a row (the wide variant's
+ * vector; conv.pyx allocates it after each sample) */
 #define FC_ROW_TAIL 16
 
 /* The weight gradient on the row kernel's layout: for every (co, k), the lanes of acc (cout

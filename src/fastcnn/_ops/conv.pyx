@@ -429,25 +429,33 @@ cdef extern from "_conv_direct.h" nogil:
                       Py_ssize_t ow_n, Py_ssize_t ldy, Py_ssize_t wp, Py_ssize_t sh)
     enum: FC_DW_CO
     enum: FC_DW_K
+    enum: FC_ROW_TAIL
     void fc_direct_conv_d(const double* xp, const double* wt, const double* bias, double* y,
                           const Py_ssize_t* off, Py_ssize_t K, Py_ssize_t cout, Py_ssize_t cpad,
                           Py_ssize_t oh_n, Py_ssize_t ow_n, Py_ssize_t wp, Py_ssize_t sh,
                           Py_ssize_t sw, int relu)
 
 
-cdef inline Py_ssize_t _direct_scratch(Py_ssize_t channels, Py_ssize_t padded_h,
-                                       Py_ssize_t padded_w, Py_ssize_t stride_h,
-                                       Py_ssize_t stride_w) noexcept nogil:
-    # the zero-bordered sample, then the tail the kernels' last blocks read into: the channel
-    # kernel's stride_h + 1 rows and 4 strides, the row kernel's 64 bytes
-    return channels * padded_h * padded_w + (stride_h + 1) * padded_w + 4 * stride_w + 16
+cdef inline Py_ssize_t _phase_width(Py_ssize_t Wp, Py_ssize_t phases) noexcept nogil:
+    """Row length of a plane Wp wide stored as ``phases`` column-phase planes."""
+    return (Wp + phases - 1) // phases
 
 
-def direct_workspace_size(Py_ssize_t channels, Py_ssize_t padded_h, Py_ssize_t padded_w,
-                          Py_ssize_t stride_h, Py_ssize_t stride_w):
-    """Per-thread scratch of direct_forward: one zero-bordered sample and a tail that the
-    kernels' last blocks read into."""
-    return _direct_scratch(channels, padded_h, padded_w, stride_h, stride_w)
+cdef inline Py_ssize_t _direct_scratch(Py_ssize_t C, Py_ssize_t Hp, Py_ssize_t Wp,
+                                       Py_ssize_t stride_h, Py_ssize_t stride_w,
+                                       Py_ssize_t phases) noexcept nogil:
+    # the zero-bordered sample (C planes of Hp x Wp, each as ``phases`` column phases), then
+    # the tail the kernels' last blocks read into: the channel kernel's stride_h + 1 rows and
+    # 4 strides, the row kernel's FC_ROW_TAIL elements
+    cdef Py_ssize_t Wq = _phase_width(Wp, phases)
+    return C * phases * Hp * Wq + (stride_h + 1) * Wq + 4 * stride_w + FC_ROW_TAIL
+
+
+def direct_workspace_size(Py_ssize_t C, Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t stride_h,
+                          Py_ssize_t stride_w, bint by_rows):
+    """Per-thread scratch of direct_forward: one zero-bordered sample (in column phases for the
+    row kernel with a width stride) and a tail that the kernels' last blocks read into."""
+    return _direct_scratch(C, Hp, Wp, stride_h, stride_w, stride_w if by_rows else 1)
 
 
 cdef inline void _split_phases(const floating* src, floating* dst, Py_ssize_t cols,
@@ -507,7 +515,7 @@ cdef inline void _pad_sample(const floating* x, floating* xp, Py_ssize_t size, P
     """The direct kernels' copy of one sample x (C, H, W): C zero-bordered planes of Hp x Wp
     (``size`` elements zeroed first, the tail included), the input at (pad_h, pad_w), each
     plane as ``phases`` column-phase planes when phases > 1 (see direct_forward)."""
-    cdef Py_ssize_t Wq = (Wp + phases - 1) // phases
+    cdef Py_ssize_t Wq = _phase_width(Wp, phases)
     cdef Py_ssize_t rows = min(H, Hp - pad_h), cols = min(W, Wp - pad_w), c, r
     memset(xp, 0, size * sizeof(floating))
     if rows <= 0 or cols <= 0:     # the windows read padding only: the outputs are the bias
@@ -546,8 +554,8 @@ def direct_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
     if out_layout is not None:
         C_out, y0, yc, yh, yw = out_layout
     cdef Py_ssize_t phases = stride_w if by_rows else 1
-    cdef Py_ssize_t Wq = (Wp + phases - 1) // phases
-    cdef Py_ssize_t stride = _direct_scratch(C * phases, Hp, Wq, stride_h, stride_w)
+    cdef Py_ssize_t Wq = _phase_width(Wp, phases)
+    cdef Py_ssize_t stride = _direct_scratch(C, Hp, Wp, stride_h, stride_w, phases)
     cdef Py_ssize_t n
     cdef floating* xp
     if N == 0:
@@ -567,11 +575,26 @@ def direct_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
                                  cpad, out_h, out_w, Wp, stride_h, stride_w, relu)
 
 
+cdef enum:
+    DW_LANES = 16      # fc_dw_rows' vector: 16 floats (8 doubles use half of each slot)
+
+
 def direct_weight_grad_layout(Py_ssize_t C_out, Py_ssize_t K, Py_ssize_t out_w):
     """(channels, taps, row length) of direct_weight_grad's padded dy and offsets: rounded up
-    to its blocks (FC_DW_CO channels, FC_DW_K taps) and to 64 bytes of floats per row."""
+    to its blocks (FC_DW_CO channels, FC_DW_K taps) and to whole vectors per row."""
     return ((C_out + FC_DW_CO - 1) // FC_DW_CO * FC_DW_CO, (K + FC_DW_K - 1) // FC_DW_K * FC_DW_K,
-            (out_w + 15) // 16 * 16)
+            (out_w + DW_LANES - 1) // DW_LANES * DW_LANES)
+
+
+def direct_weight_grad_workspace_size(Py_ssize_t C, Py_ssize_t Hp, Py_ssize_t Wp,
+                                      Py_ssize_t stride_h, Py_ssize_t stride_w,
+                                      Py_ssize_t C_out, Py_ssize_t K, Py_ssize_t out_h,
+                                      Py_ssize_t out_w):
+    """Per-thread scratch of direct_weight_grad: the padded sample (column phases for
+    stride_w > 1), the padded dy, and the lane accumulators."""
+    cpad, kpad, ldy = direct_weight_grad_layout(C_out, K, out_w)
+    return (_direct_scratch(C, Hp, Wp, stride_h, stride_w, stride_w) + cpad * out_h * ldy
+            + cpad * kpad * DW_LANES)
 
 
 def direct_weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy,
@@ -586,18 +609,19 @@ def direct_weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy,
     as for direct_forward's row kernel (column phases for stride_w > 1) and its dy copied with
     rows padded to whole vectors (direct_weight_grad_layout), and _conv_direct.h's fc_dw_rows
     adds its products into per-lane accumulators, whose lanes are added up (in double, in a
-    fixed order) at the end of the chunk. Thread workspace: direct_workspace_size(C*stride_w,
-    ...) + (cpad*out_h*ldy + cpad*kpad*16) elements (direct_weight_grad_layout's sizes).
-    ``offsets`` has kpad entries (the extra ones 0)."""
+    fixed order) at the end of the chunk. Thread workspace:
+    direct_weight_grad_workspace_size(...) elements. ``offsets`` has kpad entries (the extra
+    ones 0)."""
     cdef Py_ssize_t N = x.shape[0], n_chunks = parts.shape[0], L = out_h * out_w
     cdef Py_ssize_t C_out = dy.shape[1] // L if L > 0 else 0
     cdef Py_ssize_t cpad, kpad, ldy
     cpad, kpad, ldy = direct_weight_grad_layout(C_out, K, out_w)
     cdef Py_ssize_t V = 64 // sizeof(floating)
-    cdef Py_ssize_t Wq = (Wp + stride_w - 1) // stride_w
-    cdef Py_ssize_t xp_size = _direct_scratch(C * stride_w, Hp, Wq, stride_h, stride_w)
-    cdef Py_ssize_t dy_size = cpad * out_h * ldy, acc_size = cpad * kpad * 16
-    cdef Py_ssize_t stride = xp_size + dy_size + acc_size
+    cdef Py_ssize_t Wq = _phase_width(Wp, stride_w)
+    cdef Py_ssize_t xp_size = _direct_scratch(C, Hp, Wp, stride_h, stride_w, stride_w)
+    cdef Py_ssize_t dy_size = cpad * out_h * ldy, acc_size = cpad * kpad * DW_LANES
+    cdef Py_ssize_t stride = direct_weight_grad_workspace_size(C, Hp, Wp, stride_h, stride_w,
+                                                               C_out, K, out_h, out_w)
     cdef Py_ssize_t j, n, co, r, k, lane
     cdef double t
     cdef floating* xp
@@ -612,9 +636,9 @@ def direct_weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy,
             dyp = xp + xp_size
             acc = dyp + dy_size
             memset(acc, 0, acc_size * sizeof(floating))
+            memset(dyp, 0, dy_size * sizeof(floating))     # the padding: never written below
             for n in range(j * N // n_chunks, (j + 1) * N // n_chunks):
                 _pad_sample(&x[n, 0], xp, xp_size, C, H, W, pad_h, pad_w, Hp, Wp, stride_w)
-                memset(dyp, 0, dy_size * sizeof(floating))
                 for co in range(C_out):
                     for r in range(out_h):
                         memcpy(dyp + (co * out_h + r) * ldy, &dy[n, (co * out_h + r) * out_w],

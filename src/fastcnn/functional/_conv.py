@@ -126,8 +126,9 @@ def _conv_forward(fname, nd, input, weight, bias, stride, padding, dilation, gro
         return out if geom.batched else out[0]
 
     def run_winograd():
-        algorithms.winograd_conv2d(x2, w2.reshape(w.shape), b1, _rows(out, geom.n), geom.in_size,
-                         geom.padding[1], geom.out_size, dtype, relu=relu)
+        algorithms.winograd_conv2d(x2, w2.reshape(w.shape), b1, _rows(out, geom.n),
+                                   geom.in_size, geom.padding[1], geom.out_size, dtype,
+                                   relu=relu)
 
     def run_im2col():
         threads = get_num_threads()
@@ -179,8 +180,8 @@ def _conv_backward(fname, nd, grad_output, input, weight, stride, padding, dilat
     def run_winograd():
         # dL/dx is the convolution of dy with the kernels flipped and transposed, padded 2 - p
         algorithms.winograd_conv2d(_rows(dy3, n), w2.reshape(w.shape), np.empty(0, dtype),
-                         _rows(grad_x, n), geom.out_size, 2 - geom.padding[1], geom.in_size,
-                         dtype, flip=True)
+                                   _rows(grad_x, n), geom.out_size, 2 - geom.padding[1],
+                                   geom.in_size, dtype, flip=True)
 
     def run_winograd_weight():
         b.grad_w = algorithms.winograd_weight_grad(x2, _rows(dy3, n), geom, dtype)

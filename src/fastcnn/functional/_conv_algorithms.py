@@ -233,15 +233,24 @@ def pick_winograd(direction, geom, nd, dtype, run_winograd, run_im2col):
 # Runners: each kernel's operands and workspace
 # --------------------------------------------------------------------------------------------
 
+def padded_plane(geom):
+    """(Hp, Wp): the zero-bordered input plane the direct kernels read, just large enough for
+    the output (rows or columns past it are never read)."""
+    (_, kh, kw), (_, dh, dw), (_, sh, sw) = geom.kernel, geom.dilation, geom.stride
+    oh, ow = geom.out_size
+    return (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
+
+
 @functools.lru_cache(maxsize=64)
 def direct_offsets(c_in, kh, kw, dh, dw, hp, wp, phases=1):
-    """Tap k = (ci, a, e) of the direct kernel reads the padded planes at ci*hp*wp + a*dh*wp +
-    e*dw from each output's corner. With ``phases`` column phases per plane (the row kernel
-    with a width stride; rows wp long), column e*dw is phase (e*dw) % phases, position
-    (e*dw) // phases."""
+    """Tap k = (ci, a, e) of the direct kernel reads the padded planes (hp x wp) at ci*hp*wp +
+    a*dh*wp + e*dw from each output's corner. With ``phases`` column phases per plane (the row
+    kernel with a width stride: rows wq = ceil(wp / phases) long), column e*dw is phase
+    (e*dw) % phases, position (e*dw) // phases."""
+    wq = -(-wp // phases)
     ci, a, e = np.meshgrid(np.arange(c_in), np.arange(kh), np.arange(kw), indexing="ij")
     col = e * dw
-    offsets = (ci * phases * hp * wp + (col % phases) * hp * wp + a * dh * wp
+    offsets = (ci * phases * hp * wq + (col % phases) * hp * wq + a * dh * wq
                + col // phases).ravel().astype(np.intp)
     offsets.flags.writeable = False
     return offsets
@@ -254,18 +263,16 @@ def direct_conv2d(x2, w, b1, out2, geom, dtype, relu=False, by_rows=False, out_l
     c_out, c_in, kh, kw = w.shape
     (_, dh, dw), (_, ph, pw), (_, sh, sw) = geom.dilation, geom.padding, geom.stride
     oh, ow = geom.out_size
-    hp, wp = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
+    hp, wp = padded_plane(geom)
     cpad = -(-c_out // 16) * 16
     wt = np.zeros((c_in * kh * kw, cpad), dtype=dtype)
     wt[:, :c_out] = w.reshape(c_out, -1).T
     bias = np.zeros(cpad, dtype=dtype)
     if b1.size:
         bias[:c_out] = b1
-    phases = sw if by_rows else 1
-    wq = -(-wp // phases)
-    offsets = direct_offsets(c_in, kh, kw, dh, dw, hp, wq, phases)
+    offsets = direct_offsets(c_in, kh, kw, dh, dw, hp, wp, sw if by_rows else 1)
     threads = get_num_threads()
-    ws = scratch(_conv.direct_workspace_size(c_in * phases, hp, wq, sh, sw) * threads, dtype)
+    ws = scratch(_conv.direct_workspace_size(c_in, hp, wp, sh, sw, by_rows) * threads, dtype)
     _conv.direct_forward(x2, wt, bias, out2, ws, offsets, c_in, *geom.in_size, ph, pw, hp, wp,
                          oh, ow, sh, sw, by_rows, relu, threads, out_layout)
 
@@ -277,15 +284,14 @@ def direct_weight_grad(x2, dy2, geom, dtype):
     _, kh, kw = geom.kernel
     (_, dh, dw), (_, ph, pw), (_, sh, sw) = geom.dilation, geom.padding, geom.stride
     oh, ow = geom.out_size
-    hp, wp = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
-    wq = -(-wp // sw)
+    hp, wp = padded_plane(geom)
     taps = c_in * kh * kw
-    cpad, kpad, ldy = _conv.direct_weight_grad_layout(c_out, taps, ow)
+    _, kpad, _ = _conv.direct_weight_grad_layout(c_out, taps, ow)
     offsets = np.zeros(kpad, np.intp)
-    offsets[:taps] = direct_offsets(c_in, kh, kw, dh, dw, hp, wq, sw)
+    offsets[:taps] = direct_offsets(c_in, kh, kw, dh, dw, hp, wp, sw)
     threads = get_num_threads()
-    per_thread = (_conv.direct_workspace_size(c_in * sw, hp, wq, sh, sw) + cpad * oh * ldy
-                  + cpad * kpad * 16)
+    per_thread = _conv.direct_weight_grad_workspace_size(c_in, hp, wp, sh, sw, c_out, taps, oh,
+                                                         ow)
     ws = scratch(per_thread * threads, dtype)
     parts = np.empty((max(1, min(n, _WEIGHT_GRAD_CHUNKS)), c_out * taps))
     _conv.direct_weight_grad(x2, dy2, parts, ws, offsets, taps, c_in, *geom.in_size, ph, pw,

@@ -45,13 +45,14 @@ class _Activation(Layer):
 
 @register_layer("relu", aliases=("ReLU",))
 class ReLU(_Activation):
-    """max(x, 0). Overwrites its input when the model says nobody else reads it (the usual
-    conv -> relu): no new activation-sized array, and its backward reads its output (y > 0
-    exactly where x > 0)."""
+    """max(x, 0). When the model fuses it into the layer before (Model.set_activation_fusion),
+    it passes its argument through. Otherwise it overwrites its input when the model says
+    nobody else reads it: no new activation-sized array, and its backward reads its output
+    (y > 0 exactly where x > 0)."""
     fn = "relu"
     uses_output = True
-    #: Set by the model when the layer before applies this ReLU itself (batch norm, add): then
-    #: forward and backward pass their argument through.
+    #: Set by the model when the layer before applies this ReLU itself (convolution, batch
+    #: norm, add): then forward and backward pass their argument through.
     fused_into = None
 
     def forward(self, x):

@@ -89,11 +89,9 @@ class Add(_Merge):
 
     def forward(self, *xs):
         relu = self.fused_activation == "relu"
-        out = _add(xs[0], xs[1], relu=relu and len(xs) == 2)
-        for x in xs[2:]:
-            out += x
-        if relu and len(xs) > 2:
-            out = F.relu(out, inplace=True)
+        out = xs[0]
+        for i, x in enumerate(xs[1:], 2):        # the fused ReLU with the last sum
+            out = _add(out, x, relu=relu and i == len(xs))
         self.save_for_backward(len(xs), out if relu else None)
         return out
 
