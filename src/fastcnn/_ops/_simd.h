@@ -206,6 +206,21 @@ FC_INLINE double fc_total_d(const double *a)
  * the double lanes are added in a fixed tree at the end. Lanes are explicit arrays so that GCC
  * keeps them in vector registers without reassociating anything: the order is the same in
  * every clone. */
+/* one step of every lane (terms k = base + j), and a block's lane partials added to the
+ * double lanes (parts of FC_LANE_SUM2) */
+#define FC_LANES_STEP(S, base, k, TERM1, TERM2)                                            \
+    for (j_ = 0; j_ < FC_LANES_##S; j_++) {                                                \
+        const ptrdiff_t k = (base) + j_;                                                   \
+        a_[j_] += (TERM1);                                                                 \
+        q_[j_] += (TERM2);                                                                 \
+    }
+#define FC_LANES_FLUSH(S)                                                                  \
+    for (j_ = 0; j_ < FC_LANES_##S; j_++) {                                                \
+        d_[j_] += a_[j_];                                                                  \
+        e_[j_] += q_[j_];                                                                  \
+        a_[j_] = q_[j_] = 0;                                                               \
+    }
+
 #define FC_LANE_SUM2(T, S, t1, t2, n, k, TERM1, TERM2)                                     \
     do {                                                                                   \
         T a_[FC_LANES_##S], q_[FC_LANES_##S];                                              \
@@ -213,40 +228,24 @@ FC_INLINE double fc_total_d(const double *a)
         const ptrdiff_t full_ = (n) / FC_BLOCK * FC_BLOCK;                                 \
         ptrdiff_t i_ = 0, b_;                                                              \
         int j_;                                                                            \
-        for (j_ = 0; j_ < FC_LANES_##S; j_++)                                              \
+        for (j_ = 0; j_ < FC_LANES_##S; j_++) {                                            \
             d_[j_] = e_[j_] = 0.0;                                                         \
-        for (; i_ < full_; i_ += FC_BLOCK) {                                               \
-            for (j_ = 0; j_ < FC_LANES_##S; j_++)                                          \
-                a_[j_] = q_[j_] = 0;                                                       \
-            for (b_ = 0; b_ < FC_BLOCK; b_ += FC_LANES_##S)                                \
-                for (j_ = 0; j_ < FC_LANES_##S; j_++) {                                    \
-                    const ptrdiff_t k = i_ + b_ + j_;                                      \
-                    a_[j_] += (TERM1);                                                     \
-                    q_[j_] += (TERM2);                                                     \
-                }                                                                          \
-            for (j_ = 0; j_ < FC_LANES_##S; j_++) {                                        \
-                d_[j_] += a_[j_];                                                          \
-                e_[j_] += q_[j_];                                                          \
-            }                                                                              \
+            a_[j_] = q_[j_] = 0;                                                           \
         }                                                                                  \
-        if (i_ < (n)) {                                                                    \
-            for (j_ = 0; j_ < FC_LANES_##S; j_++)                                          \
-                a_[j_] = q_[j_] = 0;                                                       \
+        for (; i_ < full_; i_ += FC_BLOCK) {          /* full blocks: a fixed trip count */ \
+            for (b_ = 0; b_ < FC_BLOCK; b_ += FC_LANES_##S)                                \
+                FC_LANES_STEP(S, i_ + b_, k, TERM1, TERM2)                                 \
+            FC_LANES_FLUSH(S)                                                              \
+        }                                                                                  \
+        if (i_ < (n)) {                               /* the last, partial block */        \
             for (; i_ + FC_LANES_##S <= (n); i_ += FC_LANES_##S)                           \
-                for (j_ = 0; j_ < FC_LANES_##S; j_++) {                                    \
-                    const ptrdiff_t k = i_ + j_;                                           \
-                    a_[j_] += (TERM1);                                                     \
-                    q_[j_] += (TERM2);                                                     \
-                }                                                                          \
+                FC_LANES_STEP(S, i_, k, TERM1, TERM2)                                      \
             for (j_ = 0; i_ < (n); i_++, j_++) {                                           \
                 const ptrdiff_t k = i_;                                                    \
                 a_[j_] += (TERM1);                                                         \
                 q_[j_] += (TERM2);                                                         \
             }                                                                              \
-            for (j_ = 0; j_ < FC_LANES_##S; j_++) {                                        \
-                d_[j_] += a_[j_];                                                          \
-                e_[j_] += q_[j_];                                                          \
-            }                                                                              \
+            FC_LANES_FLUSH(S)                                                              \
         }                                                                                  \
         t1 += fc_total_##S(d_);                                                            \
         t2 += fc_total_##S(e_);                                                            \

@@ -104,8 +104,8 @@ def _subpixel_phases(geom, nd):
     output phase (ra, rb), each run by the row kernel (which must suit every phase) and stored
     into its interleaved outputs: no GEMM into columns and no col2im. (ra, rb, geometry, taps_h,
     taps_w) per phase, or None."""
-    if not _conv_algorithms._direct_vector or nd != 2 or geom.groups != 1 or geom.dilation != (
-            1, 1, 1):
+    if (not _conv_algorithms._direct_vector or nd != 2 or geom.groups != 1
+            or geom.dilation != (1, 1, 1)):
         return None
     per_axis = [_axis_phases(i, o, k, s, p) for i, o, k, s, p in zip(
         geom.in_size, geom.out_size, geom.kernel[1:], geom.stride[1:], geom.padding[1:])]
@@ -145,7 +145,7 @@ def _conv_transpose_forward(fname, nd, input, weight, bias, stride, padding, out
         for ra, rb, sub, taps_h, taps_w in phases:
             sub_w = np.ascontiguousarray(w4[:, :, taps_h][:, :, :, taps_w].transpose(1, 0, 2, 3))
             direct_conv2d(x2, sub_w, b1, _rows(out, geom.n), sub, dtype, by_rows=True,
-                           out_layout=(geom.out_channels, ra * ow + rb, oh * ow, sh * ow, sw))
+                          out_layout=(geom.out_channels, ra * ow + rb, oh * ow, sh * ow, sw))
     elif geom.n:
         threads = get_num_threads()
         args = _conv_transpose_args(geom)
