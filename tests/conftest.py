@@ -23,16 +23,6 @@ if torch is not None:
 TOL = {np.float32: dict(rtol=2e-4, atol=2e-4), np.float64: dict(rtol=1e-10, atol=1e-10)}
 
 
-@pytest.fixture(params=[False, True], ids=["wide", "narrow"])
-def row_variant(request):
-    """Runs a test with each variant of the row kernel (conv.pyx use_narrow_rows: the wide one
-    for AVX-512, the narrow one for AVX2), whatever this CPU would pick."""
-    from fastcnn._ops import conv
-    previous = conv.use_narrow_rows(request.param)
-    yield request.param
-    conv.use_narrow_rows(previous)
-
-
 @pytest.fixture
 def th():
     """The torch module, or skip (CI sets FASTCNN_REQUIRE_TORCH=1 so this cannot skip there)."""

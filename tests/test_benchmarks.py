@@ -89,3 +89,18 @@ def test_profile_mode_prints_the_overhead(capsys):
     B.main(["--profile", "lenet5", "--repeat", "1", "--top", "2", "--threads", "1"])
     out = capsys.readouterr().out
     assert "lenet5 b64 train step: top 2 of" in out and "overhead" in out
+
+
+def test_fastcnn_bench_passes_every_option_through(capsys):
+    """`fastcnn bench` hands its arguments to fastcnn.benchmarks.main: its own --help, and
+    options such as --isa and --rounds, with no list to keep in step in the CLI."""
+    from fastcnn import cli
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--isa", "--rounds", "--repeat", "--filter", "--scaling", "--profile"):
+        assert option in out
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--isa", "sse9"])
+    assert "invalid choice: 'sse9'" in capsys.readouterr().err

@@ -144,105 +144,6 @@ def test_conv3d_hypothesis(th, problem):
     check_against_torch(th, np.random.default_rng(0), 3, n, c_in, c_out, size, kernel, **kw)
 
 
-# ---- direct convolution for small layers (_conv_direct.h) -----------------------------------
-
-def random_direct_problem(rng, case, max_c_in, max_c_out, max_n, max_extra_width):
-    """A random 2-D convolution for forcing a direct kernel onto: (x, w, b, stride, padding,
-    dilation), channel counts that are not a multiple of the kernels' blocks, odd maps (widths
-    up to max_extra_width beyond the dilated kernel), kernels 1 to 5, dilation 1-2, padding
-    0-2; float64 for odd cases, no bias for every third, stride 1 for even cases."""
-    c_in, c_out = int(rng.integers(1, max_c_in)), int(rng.integers(1, max_c_out))
-    kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
-    dilation = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
-    padding = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
-    h = dilation[0] * (kh - 1) + int(rng.integers(1, 12))
-    w_ = dilation[1] * (kw - 1) + int(rng.integers(1, max_extra_width))
-    dtype = np.float64 if case % 2 else np.float32
-    x = rng.standard_normal((int(rng.integers(1, max_n)), c_in, h, w_)).astype(dtype)
-    w = rng.standard_normal((c_out, c_in, kh, kw)).astype(dtype)
-    b = rng.standard_normal(c_out).astype(dtype) if case % 3 else None
-    stride = (int(rng.integers(1, 4)), int(rng.integers(1, 4))) if case % 2 else 1
-    return x, w, b, stride, padding, dilation
-
-
-def test_direct_convolution_matches_im2col_on_random_shapes(monkeypatch):
-    """The direct kernel, forced onto random shapes (channel counts that are not a multiple of
-    its 16-channel blocks, odd maps, strides, dilation, uneven 'same' padding), equals
-    im2col + GEMM; float64 and float32."""
-    if not algorithms._direct_vector:
-        pytest.skip("no vector clone of the direct kernel on this CPU/build")
-    rng = np.random.default_rng(3)
-    monkeypatch.setattr(algorithms, "rows_ok", lambda geom, nd: False)
-    for case in range(60):
-        x, w, b, stride, padding, dilation = random_direct_problem(rng, case, 9, 40, 4, 12)
-        if case % 5 == 0:
-            stride, padding = 1, "same"
-        results = []
-        for forced in (True, False):
-            monkeypatch.setattr(algorithms, "direct_ok", lambda geom, nd, f=forced: f)
-            results.append(F.conv2d(x, w, b, stride, padding=padding, dilation=dilation))
-        np.testing.assert_allclose(results[0], results[1], **TOL[x.dtype.type])
-
-
-def test_row_kernel_matches_im2col_on_random_shapes(monkeypatch, row_variant):
-    """The direct kernel along output rows (each variant), forced onto random shapes (widths
-    that are not a multiple of its vectors, including narrower than one; channel counts that
-    are not a multiple of its blocks; strides (along the width: the column-phase layout),
-    dilation, padding, ReLU), equals im2col + GEMM; float64 and float32. With stride 1 it also computes the input
-    gradient (dy by the flipped kernels), which must equal col2im's."""
-    if not algorithms._direct_vector:
-        pytest.skip("no vector clone of the direct kernel on this CPU/build")
-    rng = np.random.default_rng(11)
-    monkeypatch.setattr(algorithms, "direct_ok", lambda geom, nd: False)
-    monkeypatch.setattr(algorithms, "_ROWS_INPUT_GRAD_MIN_CHANNELS", 1)
-    monkeypatch.setattr(algorithms, "_WINOGRAD_MIN_CHANNELS", 10**9)
-    for case in range(60):
-        x, w, b, stride, padding, dilation = random_direct_problem(rng, case, 7, 30, 4, 40)
-        relu = "relu" if case % 4 == 0 else None
-        results = []
-        for forced in (True, False):
-            monkeypatch.setattr(algorithms, "rows_ok", lambda geom, nd, f=forced: f)
-            y = F.conv2d(x, w, b, stride, padding=padding, dilation=dilation, activation=relu)
-            dx = F.conv2d_backward(np.cos(y), x, w, stride, padding=padding, dilation=dilation,
-                                   output_mask=(True, False, False))[0]
-            results.append((y, dx))
-        for got, want in zip(*results):
-            np.testing.assert_allclose(got, want, **TOL[x.dtype.type])
-
-
-def test_row_kernel_is_used_where_it_is_fastest_and_agrees_with_torch(th, rng):
-    """First layers (1 or 3 channels), non-3x3 kernels and 3x3 layers with <= 16 output
-    channels on wide maps take the row kernel; 1x1, strided-width, narrow maps and wider 3x3
-    layers do not."""
-    from fastcnn.functional import _conv
-
-    def rows(c_in, c_out, size, k, stride=1):
-        geom = _conv._conv_geometry("t", 2, np.zeros((2, c_in, size, size)),
-                                    np.zeros((c_out, c_in, k, k)), stride, k // 2, 1, 1)
-        return algorithms.rows_ok(geom, 2), algorithms.winograd_ok(geom, 2)
-
-    vector = algorithms._direct_vector
-    assert rows(1, 6, 28, 5) == (vector, False)
-    assert rows(3, 16, 32, 3) == (vector, False)
-    assert rows(16, 16, 32, 3) == (vector, not vector)
-    assert rows(32, 32, 32, 3) == (vector, True)
-    assert rows(16, 16, 8, 3) == (False, True)
-    assert rows(16, 16, 32, 3, stride=2) == (False, False)      # 144 taps: channel kernel
-    assert rows(3, 16, 64, 3, stride=2) == (vector, False)      # 27 taps
-    assert rows(16, 16, 32, 1) == (False, False)
-    check_against_torch(th, rng, 2, 3, 3, 20, (21, 33), (3, 5), np.float32, padding=(1, 2))
-    check_against_torch(th, rng, 2, 2, 16, 16, (18, 32), (3, 3), np.float64, padding=1,
-                        stride=(2, 1))
-
-
-def test_direct_convolution_is_used_for_lenet_and_agrees_with_torch(th, rng):
-    from fastcnn.functional import _conv
-    geom = _conv._conv_geometry("t", 2, np.zeros((2, 6, 14, 14)), np.zeros((16, 6, 5, 5)),
-                                1, 0, 1, 1)
-    assert algorithms.direct_ok(geom, 2) == algorithms._direct_vector
-    check_against_torch(th, rng, 2, 5, 6, 16, (14, 14), (5, 5), np.float32)
-    check_against_torch(th, rng, 2, 3, 6, 20, (11, 9), (5, 3), np.float64, padding=(2, 1))
-
 
 # ---- depthwise (groups = C_in): direct loops, _ops/depthwise.pyx ------------------------------
 
@@ -460,34 +361,12 @@ def test_many_small_samples_share_a_gemm(th, rng, n, size, groups):
 ])
 def test_winograd_shapes_match_torch(th, rng, n, c_in, c_out, size, padding):
     from fastcnn.functional._conv import _conv_geometry
-    assert algorithms.winograd_ok(_conv_geometry("t", 2, np.zeros((n, c_in) + size),
-                                           np.zeros((c_out, c_in, 3, 3)), 1, padding, 1, 1), 2)
+    geom = _conv_geometry("t", 2, np.zeros((n, c_in) + size), np.zeros((c_out, c_in, 3, 3)), 1,
+                          padding, 1, 1)
+    for isa in algorithms.ISAS:                       # Winograd on every level
+        assert algorithms.choose("forward", geom, 2, isa) == "winograd"
     check_against_torch(th, rng, 2, n, c_in, c_out, size, (3, 3), np.float64, padding=padding)
     check_against_torch(th, rng, 2, n, c_in, c_out, size, (3, 3), np.float32, padding=padding)
-
-
-def test_winograd_on_every_possible_shape_matches_im2col(monkeypatch):
-    """Winograd forced onto random small shapes (few channels, odd and tiny maps, padding 0-2):
-    output, input and weight gradients equal im2col's. Caught a race in the weight transform
-    that the >= 16-channel shapes above missed."""
-    rng = np.random.default_rng(7)
-    cases = 0
-    while cases < 60:
-        n, c, k = (int(v) for v in rng.integers(1, 20, 3))
-        h, w_, p = int(rng.integers(1, 12)), int(rng.integers(1, 12)), int(rng.integers(0, 3))
-        if min(h, w_) + 2 * p < 3:
-            continue
-        cases += 1
-        x = rng.standard_normal((n % 5 + 1, c, h, w_))
-        w = rng.standard_normal((k, c, 3, 3))
-        results = []
-        monkeypatch.setattr(algorithms, "_ROWS_OVER_WINOGRAD_MAX_OUT_CHANNELS", 0)
-        for minimum in (1, 10**9):                    # Winograd everywhere, then nowhere
-            monkeypatch.setattr(algorithms, "_WINOGRAD_MIN_CHANNELS", minimum)
-            y = F.conv2d(x, w, padding=p)
-            results.append((y,) + F.conv2d_backward(np.cos(y), x, w, padding=p)[:2])
-        for a, b in zip(*results):
-            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
 def test_winograd_float32_error_is_measured_and_small(rng):
@@ -558,8 +437,8 @@ def test_autotune_picks_per_shape_and_keeps_results(rng, monkeypatch):
         y = F.conv2d(x, w, padding=1)
         grads = F.conv2d_backward(dy, x, w, padding=1)
         assert {k[0] for k in algorithms._tuned} == {"forward", "input gradient", "weight gradient"}
-        for key in algorithms._tuned:                           # force the other choice: same answer
-            algorithms._tuned[key] = not algorithms._tuned[key]
+        for key, choice in algorithms._tuned.items():           # force the other choice: same answer
+            algorithms._tuned[key] = "im2col" if choice == "winograd" else "winograd"
         y2 = F.conv2d(x, w, padding=1)
         grads2 = F.conv2d_backward(dy, x, w, padding=1)
     finally:
@@ -569,32 +448,6 @@ def test_autotune_picks_per_shape_and_keeps_results(rng, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
     with pytest.raises(TypeError, match="set_conv_autotune: enabled must be True or False"):
         fastcnn_set("yes")
-
-
-@pytest.mark.parametrize("path", ["im2col", "winograd", "direct", "rows", "depthwise",
-                                  "pointwise"])
-def test_activation_relu_is_applied_in_the_epilogue_of_every_path(monkeypatch, path):
-    """conv2d(..., activation="relu") == relu(conv2d(...)) bit for bit, on each algorithm, with
-    and without bias, float32 and float64 (NaN kept, -0 turned into 0 as relu does)."""
-    if path in ("direct", "rows") and not algorithms._direct_vector:
-        pytest.skip("no vector clone of the direct kernel on this CPU/build")
-    monkeypatch.setattr(algorithms, "_WINOGRAD_MIN_CHANNELS", 1 if path == "winograd" else 10**9)
-    monkeypatch.setattr(algorithms, "_ROWS_OVER_WINOGRAD_MAX_OUT_CHANNELS", 0)
-    monkeypatch.setattr(algorithms, "direct_ok", lambda geom, nd: path == "direct")
-    monkeypatch.setattr(algorithms, "rows_ok", lambda geom, nd: path == "rows")
-    rng = np.random.default_rng(5)
-    c_in, groups, kernel = {"depthwise": (6, 6, 3), "pointwise": (5, 1, 1)}.get(path, (5, 1, 3))
-    for dtype in (np.float32, np.float64):
-        for n, size in ((1, 7), (4, 10), (33, 5)):     # odd maps, several samples per GEMM
-            x = rng.standard_normal((n, c_in, size, size + 1)).astype(dtype)
-            x[0, 0, 0, 0] = np.nan
-            w = rng.standard_normal((18, c_in // groups, kernel, kernel)).astype(dtype)
-            pad = kernel // 2
-            for b in (None, rng.standard_normal(18).astype(dtype)):
-                y = F.conv2d(x, w, b, padding=pad, groups=groups, activation="relu")
-                np.testing.assert_array_equal(
-                    y, F.relu(F.conv2d(x, w, b, padding=pad, groups=groups)))
-                assert np.isnan(y).any() and not np.signbit(y).any()
 
 
 @pytest.mark.parametrize("nd", [1, 3])
@@ -607,79 +460,3 @@ def test_activation_relu_in_1d_and_3d(rng, nd):
                                   F.relu(conv(x, w, b, stride=2)))
 
 
-def test_direct_weight_gradient_matches_im2col_on_random_shapes(monkeypatch):
-    """The weight gradient without im2col (_conv_direct.h fc_dw_rows), forced onto random
-    shapes (widths that are not a multiple of its vectors, channel and tap counts that are not
-    a multiple of its 4 x 4 blocks, strides, dilation, padding) equals im2col + GEMM's; float64
-    and float32. Infinities in the input stay where they belong: the lanes past a row's end
-    are cleared before they meet dy's zero padding."""
-    if not algorithms._direct_vector:
-        pytest.skip("no vector clone of the direct kernels on this CPU/build")
-    rng = np.random.default_rng(17)
-    monkeypatch.setattr(algorithms, "_WINOGRAD_MIN_CHANNELS", 10**9)
-    for case in range(60):
-        x, w, _, stride, padding, dilation = random_direct_problem(rng, case, 7, 19, 11, 40)
-        if case % 5 == 0:
-            x[0, :, 1:, 0] = np.inf        # what the lanes past the row above would read
-        y = F.conv2d(x, w, stride=stride, padding=padding, dilation=dilation)
-        dy = rng.standard_normal(y.shape).astype(x.dtype)
-        results = []
-        for forced in (True, False):
-            monkeypatch.setattr(algorithms, "dw_rows_ok", lambda geom, nd, f=forced: f)
-            results.append(F.conv2d_backward(dy, x, w, stride, padding, dilation,
-                                             output_mask=(False, True, False))[1])
-        np.testing.assert_allclose(results[0], results[1], **TOL[x.dtype.type])
-
-
-def test_direct_weight_gradient_is_bit_identical_for_1_and_2_threads(
-        rng, same_bits_for_1_and_2_threads):
-    from fastcnn.functional import _conv
-    x = rng.standard_normal((13, 3, 20, 30)).astype(np.float32)
-    w = rng.standard_normal((10, 3, 5, 5)).astype(np.float32)
-    dy = rng.standard_normal((13, 10, 16, 26)).astype(np.float32)
-    geom = _conv._conv_geometry("t", 2, x, w, 1, 0, 1, 1)
-    assert algorithms.dw_rows_ok(geom, 2) == algorithms._direct_vector
-    same_bits_for_1_and_2_threads(
-        lambda: F.conv2d_backward(dy, x, w, output_mask=(False, True, False))[1:2])
-
-
-@pytest.mark.parametrize("path", ["rows", "direct"])
-def test_windows_that_read_padding_only_give_the_bias(th, monkeypatch, path):
-    """Outputs whose windows fall in the padding alone (a large stride past a padded border)
-    are the bias: the direct kernels once returned early there and left the output unwritten."""
-    if not algorithms._direct_vector:
-        pytest.skip("no vector clone of the direct kernels on this CPU/build")
-    monkeypatch.setattr(algorithms, "rows_ok", lambda geom, nd: path == "rows")
-    monkeypatch.setattr(algorithms, "direct_ok", lambda geom, nd: path == "direct")
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((2, 3, 1, 40)).astype(np.float32)
-    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
-    b = rng.standard_normal(4).astype(np.float32)
-    for _ in range(3):                      # leave garbage in the pooled buffers
-        F.relu(rng.standard_normal((2, 4, 1, 40)).astype(np.float32) * 1e30)
-    for stride, padding in (((20, 1), (5, 1)), ((1, 20), (1, 5)), (20, 5)):
-        y = F.conv2d(x, w, b, stride, padding)
-        ref = th.nn.functional.conv2d(th.tensor(x), th.tensor(w), th.tensor(b), stride, padding)
-        np.testing.assert_allclose(y, ref.numpy(), **TOL[np.float32])
-
-
-def test_on_avx2_only_first_layers_take_the_row_kernel(th, rng, monkeypatch, row_variant):
-    """With AVX2 alone (the narrow row kernel, no other direct kernel), the rules keep the
-    row kernel to first layers (fewer than 64 taps): Winograd, im2col and col2im elsewhere.
-    Results agree with torch either way."""
-    from fastcnn.functional import _conv
-    monkeypatch.setattr(algorithms, "_direct_vector", False)
-    monkeypatch.setattr(algorithms, "_rows_vector", True)
-
-    def geometry(c_in, c_out, size, k, stride=1):
-        return _conv._conv_geometry("t", 2, np.zeros((2, c_in, size, size)),
-                                    np.zeros((c_out, c_in, k, k)), stride, k // 2, 1, 1)
-
-    assert algorithms.rows_ok(geometry(1, 6, 28, 5), 2)            # LeNet's first layer
-    assert algorithms.rows_ok(geometry(3, 32, 64, 3, stride=2), 2)
-    assert not algorithms.rows_ok(geometry(16, 16, 32, 3), 2)
-    assert algorithms.winograd_ok(geometry(16, 16, 32, 3), 2)
-    assert algorithms.rows_input_grad(geometry(16, 16, 32, 3), 2) is None
-    assert not algorithms.direct_ok(geometry(6, 16, 14, 5), 2)
-    assert not algorithms.dw_rows_ok(geometry(1, 6, 28, 5), 2)
-    check_against_torch(th, rng, 2, 3, 3, 20, (21, 33), (3, 3), np.float32, padding=1)

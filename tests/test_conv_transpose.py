@@ -75,7 +75,7 @@ def test_conv_transpose2d_input_gradient_by_the_direct_convolution(th, rng, dtyp
     check_against_torch(th, rng, 2, 3, 8, 16, (7, 6), (4, 4), dtype, **kw)
     dy = np.zeros((3, 16, 14, 12))
     geom = _conv._conv_geometry("t", 2, dy, np.zeros((8, 16, 4, 4)), 2, 1, 1, 1)
-    assert algorithms.direct_ok(geom, 2) == algorithms._direct_vector
+    assert algorithms.direct_ok(geom, 2, algorithms.RULES["x86-64-v4"])
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(stride=3, padding=1, output_padding=2, groups=2),
@@ -252,49 +252,12 @@ def test_backward_invalid_arguments():
         F.conv_transpose2d_backward(np.zeros((2, 3, 7, 7)), X, W, output_mask=None)
 
 
-def test_subpixel_forward_matches_the_gemm_path_on_random_shapes(monkeypatch, row_variant):
-    """The forward as one stride-1 convolution per output phase (the row kernel storing into
-    the interleaved outputs), forced onto random shapes (strides 1-3, kernels from the stride
-    up, paddings, output_padding, odd sizes, bias or not), equals GEMM + col2im; float64 and
-    float32."""
-    from fastcnn.functional import _conv_transpose
-    if not algorithms._direct_vector:
-        pytest.skip("no vector clone of the direct kernels on this CPU/build")
-    rng = np.random.default_rng(23)
-    monkeypatch.setattr(_conv_transpose, "rows_ok", lambda geom, nd: True)
-    cases = 0
-    while cases < 50:
-        s = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
-        k = tuple(int(v + rng.integers(0, 3)) for v in s)
-        p = tuple(int(rng.integers(0, kk)) for kk in k)
-        op = tuple(int(rng.integers(0, ss)) for ss in s)
-        c_in, c_out = int(rng.integers(1, 7)), int(rng.integers(1, 20))
-        dtype = np.float64 if cases % 2 else np.float32
-        x = rng.standard_normal((int(rng.integers(1, 4)), c_in, int(rng.integers(1, 9)),
-                                 int(rng.integers(1, 12)))).astype(dtype)
-        w = rng.standard_normal((c_in, c_out) + k).astype(dtype)
-        b = rng.standard_normal(c_out).astype(dtype) if cases % 3 else None
-        try:
-            geom = _conv_transpose._conv_transpose_geometry("t", 2, x, w, s, p, op, 1, 1)
-        except ValueError:             # an output size below 1
-            continue
-        if _conv_transpose._subpixel_phases(geom, 2) is None:
-            continue
-        cases += 1
-        fast = F.conv_transpose2d(x, w, b, s, p, op)
-        monkeypatch.setattr(_conv_transpose, "_subpixel_phases", lambda geom, nd: None)
-        slow = F.conv_transpose2d(x, w, b, s, p, op)
-        monkeypatch.undo()
-        monkeypatch.setattr(_conv_transpose, "rows_ok", lambda geom, nd: True)
-        np.testing.assert_allclose(fast, slow, **TOL[dtype])
-
-
 def test_subpixel_forward_is_used_for_unet_upsampling_and_agrees_with_torch(th, rng):
     from fastcnn.functional import _conv_transpose
     x = rng.standard_normal((2, 8, 16, 16))
     w = rng.standard_normal((8, 5, 4, 4))
     geom = _conv_transpose._conv_transpose_geometry("t", 2, x, w, 2, 1, 0, 1, 1)
-    assert (_conv_transpose._subpixel_phases(geom, 2) is not None) == algorithms._direct_vector
+    assert algorithms.choose("transposed forward", geom, 2, "x86-64-v4") == "subpixel"
     b = rng.standard_normal(5)
     y = F.conv_transpose2d(x, w, b, 2, 1)
     ref = th.nn.functional.conv_transpose2d(th.tensor(x), th.tensor(w), th.tensor(b), 2, 1)

@@ -107,12 +107,13 @@ def test_simd_path_matches_the_cpu():
     flags = _cpu_flags()
     if path == "portable" or flags is None or platform.machine() != "x86_64":
         pytest.skip("built without dispatch, or CPU flags unknown")
-    if os.environ.get("FASTCNN_SIMD") == "baseline":
-        assert path == "baseline"
-        return
     v3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"} <= flags
     v4 = v3 and {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"} <= flags
-    assert path == ("x86-64-v4" if v4 else "x86-64-v3" if v3 else "baseline")
+    cpu = "x86-64-v4" if v4 else "x86-64-v3" if v3 else "baseline"
+    assert _par.simd_cpu_path() == cpu
+    levels = ["baseline", "x86-64-v3", "x86-64-v4"]
+    forced = os.environ.get("FASTCNN_SIMD") or cpu
+    assert path == min(forced, cpu, key=levels.index)      # never above the CPU's level
 
 
 _OPS_SCRIPT = r"""
@@ -162,14 +163,21 @@ def _run_ops(simd):
     return json.loads(res.stdout)
 
 
-def test_baseline_clone_gives_the_same_results_within_rounding():
-    """FASTCNN_SIMD=baseline runs the baseline copies of every loop: softmax, log_softmax,
-    cross-entropy and the four norms, forward and backward, agree with the dispatched clone to
-    a few ulp (the FMA clones round a*b + c once; the order of every sum is the same)."""
-    base = _run_ops("baseline")
-    best = _run_ops(None)
-    assert base["path"] == "baseline"
-    assert best["path"] == _par.simd_path() or os.environ.get("FASTCNN_SIMD") == "baseline"
+@pytest.mark.parametrize("level", ["x86-64-v3", "baseline"])
+def test_lower_levels_give_the_same_results_within_rounding(level):
+    """FASTCNN_SIMD=x86-64-v3 or baseline runs that level's copies of every loop: softmax,
+    log_softmax, cross-entropy and the four norms, forward and backward, agree with the CPU's
+    own level to a few ulp (the FMA copies round a*b + c once; the order of every sum is the
+    same). A level above the CPU's runs the CPU's (tested in test_conv_algorithms)."""
+    cpu = _par.simd_cpu_path()
+    if cpu == "portable":
+        pytest.skip("built without dispatch")
+    if level == "x86-64-v3" and cpu == "baseline":
+        pytest.skip("this CPU has no AVX2")
+    base = _run_ops(level)
+    best = _run_ops(cpu)
+    assert base["path"] == level
+    assert best["path"] == cpu
     tol = {"float32": {"rtol": 2e-5, "atol": 2e-6}, "float64": {"rtol": 1e-12, "atol": 1e-13}}
     for dtype in ("float32", "float64"):
         for i, (a, b) in enumerate(zip(base[dtype], best[dtype])):

@@ -708,8 +708,38 @@ def profile_report(label, prof, top=10):
     return "\n".join(lines)
 
 
+# --isa: the environment that makes fastcnn, torch (ATen and oneDNN) and OpenBLAS all run the
+# code of one x86-64 level, read by each library when it loads (so set before the process
+# starts: main() re-executes itself with it).
+ISA_ENVIRONMENTS = {
+    "avx512": {"FASTCNN_SIMD": "x86-64-v4", "ATEN_CPU_CAPABILITY": "avx512",
+               "ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "OPENBLAS_CORETYPE": "SkylakeX"},
+    "avx2": {"FASTCNN_SIMD": "x86-64-v3", "ATEN_CPU_CAPABILITY": "avx2",
+             "ONEDNN_MAX_CPU_ISA": "AVX2", "OPENBLAS_CORETYPE": "Haswell"},
+}
+
+
+def _reexec_for_isa(isa):
+    """Re-execute this command with ISA_ENVIRONMENTS[isa] unless it is already in effect."""
+    wanted = ISA_ENVIRONMENTS[isa]
+    if all(os.environ.get(k) == v for k, v in wanted.items()):
+        return
+    import sys
+    from fastcnn._ops.parallel import simd_cpu_path
+    levels = ["baseline", "x86-64-v3", "x86-64-v4"]
+    cpu = simd_cpu_path()
+    if cpu not in levels or levels.index(cpu) < levels.index(wanted["FASTCNN_SIMD"]):
+        raise SystemExit(f"fastcnn bench: --isa {isa} needs a CPU with {wanted['FASTCNN_SIMD']}; "
+                         f"this one runs {cpu}")
+    env = dict(os.environ, **wanted)
+    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastcnn bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--isa", choices=sorted(ISA_ENVIRONMENTS),
+                        help="run fastcnn, torch and OpenBLAS all at this x86-64 level (AVX2 on "
+                             "an AVX-512 machine, say); the default: each library's best")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeat", type=int, default=7, help="calls per timing (median)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (best kept)")
@@ -722,6 +752,8 @@ def main(argv=None):
                            "contains FILTER (all three without it), over --repeat steps")
     parser.add_argument("--top", type=int, default=10, help="layers listed by --profile")
     args = parser.parse_args(argv)
+    if args.isa:
+        _reexec_for_isa(args.isa)
     if args.profile is not None:
         keys = [key for key in TRAIN_STEPS if args.profile in key]
         if not keys:
@@ -750,7 +782,8 @@ def main(argv=None):
     from fastcnn._ops.parallel import simd_path
     sgemm, copy = sgemm_gflops(args.threads), copy_gbs(args.threads)
     print(f"fastcnn {fastcnn.__version__}, torch {torch.__version__}, numpy {np.__version__}; "
-          f"{args.threads} thread(s); vector loops: {simd_path()}; numpy sgemm 1024^3: "
+          f"{args.threads} thread(s); vector loops: {simd_path()}, torch "
+          f"{torch.backends.cpu.get_cpu_capability()}; numpy sgemm 1024^3: "
           f"{sgemm:.0f} GFLOP/s; numpy copy 256 MiB: {copy:.1f} GB/s\n")
     print(table(rows, sgemm, copy))
     geo = math.exp(sum(math.log(r.ms / r.torch_ms) for r in rows) / len(rows))

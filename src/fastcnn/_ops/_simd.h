@@ -6,29 +6,29 @@
  * for float and double). Cython reaches them through _simd.pxd.
  *
  * Dispatch. With GCC >= 12 on x86-64 Linux (glibc), each kernel is compiled three times
- * (target_clones: x86-64-v4 = AVX-512, x86-64-v3 = AVX2 + FMA, and the baseline the module is
- * built for) and the loader picks the best clone for the CPU (an ifunc, resolved once). The
- * environment variable FASTCNN_SIMD=baseline, read when a module is loaded, makes every kernel
- * run a plain copy compiled for the baseline instead (the same code as the default clone): a
- * way to test or rule out the vector paths on any machine. Elsewhere (other compilers or
- * architectures, musl, -DFASTCNN_NO_DISPATCH) the kernels are plain functions.
+ * (target attributes: x86-64-v4 = AVX-512, x86-64-v3 = AVX2 + FMA, and the baseline the module
+ * is built for) and runs the copy of the best level the CPU supports, chosen once when the
+ * module is loaded. FASTCNN_SIMD=x86-64-v3 or FASTCNN_SIMD=baseline in the environment makes
+ * every kernel run that lower level instead: a way to test each copy, or to measure AVX2 code,
+ * on a machine with more. Elsewhere (other compilers or architectures, musl,
+ * -DFASTCNN_NO_DISPATCH) the kernels are plain functions.
  *
  * Determinism. Reductions use explicit lane accumulators (FC_LANES_f / FC_LANES_d partial sums
  * in the input precision, over blocks of FC_BLOCK elements, then one double per lane, added in a
  * fixed tree at the end): the order never depends on the thread count or the data, so a row
- * gives the same bits on every call. It is also the same in every clone; clones may still differ
- * in the last bits because the FMA clones round a*b + c once.
+ * gives the same bits on every call. It is also the same in every copy; copies may still differ
+ * in the last bits because the FMA copies round a*b + c once.
  *
  * exp. fc_exp_f / fc_exp_d: x = k*ln2 + r with |r| <= ln2/2 (k by the round-to-nearest
  * shifter, ln2 split in two so that k*ln2_hi is exact), exp(r) by a minimax polynomial of
  * degree 6 (float) or 11 (double) fitted to relative error (3.1e-9 and 3.6e-18 before
  * rounding), then 2^k applied as two exact power-of-two factors so that subnormal results are
  * rounded once. Measured over every float32 input against numpy's float64 exp: normal results
- * within 0.91 ulp (relative error 7.7e-8) in the FMA clones, 1.17 ulp (9.9e-8) in the
+ * within 0.91 ulp (relative error 7.7e-8) in the FMA copies, 1.17 ulp (9.9e-8) in the
  * baseline; subnormal results within 0.86 of the smallest subnormal; inputs below -103.97 (and
  * -inf) give 0, above 88.72 (and +inf) give +inf, NaN gives NaN. float64, 1e8 random inputs
- * against long double: within 0.92 ulp (FMA clones) and 1.2 ulp (baseline). tests/test_simd.py
- * checks a dense sample of the float32 range and the edges. The baseline (SSE2) clone of the
+ * against long double: within 0.92 ulp (FMA copies) and 1.2 ulp (baseline). tests/test_simd.py
+ * checks a dense sample of the float32 range and the edges. The baseline (SSE2) copy of the
  * double exp stays scalar: GCC cannot select 64-bit masks from double compares without SSE4.
  */
 #ifndef FASTCNN_SIMD_H
@@ -51,53 +51,92 @@
 #if !defined(FASTCNN_NO_DISPATCH) && defined(__x86_64__) && defined(__ELF__)               \
     && defined(__GLIBC__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
 #  define FC_DISPATCH 1
-#  define FC_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#  define FC_TARGET_V4 __attribute__((target("arch=x86-64-v4")))
+#  define FC_TARGET_V3 __attribute__((target("arch=x86-64-v3")))
 #else
 #  define FC_DISPATCH 0
 #endif
 
+/* The x86-64 levels the kernels are compiled for, in the order of fc_simd_level. */
+enum { FC_LEVEL_BASELINE = 0, FC_LEVEL_V3 = 3, FC_LEVEL_V4 = 4 };
+
 #if FC_DISPATCH
-/* FASTCNN_SIMD=baseline: run the baseline copies (one flag per extension module). */
-static int fc_simd_baseline = 0;
+/* The level this CPU can run (the test GCC's target_clones resolvers make). */
+static FC_UNUSED int fc_simd_cpu_level(void)
+{
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4"))
+        return FC_LEVEL_V4;
+    if (__builtin_cpu_supports("x86-64-v3"))
+        return FC_LEVEL_V3;
+    return FC_LEVEL_BASELINE;
+}
+
+/* The level the kernels of this module run, set once when it is loaded: the CPU's, or the
+ * lower one FASTCNN_SIMD asks for ("x86-64-v3" or "baseline"). A level above the CPU's is never
+ * run (it would be an illegal instruction): the CPU's is, and fastcnn/_ops/__init__.py warns;
+ * it also rejects values it does not know. */
+static int fc_simd_level = FC_LEVEL_BASELINE;
 
 __attribute__((constructor)) static void fc_simd_init(void)
 {
     const char *s = getenv("FASTCNN_SIMD");
-    fc_simd_baseline = s != NULL && strcmp(s, "baseline") == 0;
+    int level = fc_simd_cpu_level();
+    if (s != NULL && strcmp(s, "baseline") == 0)
+        level = FC_LEVEL_BASELINE;
+    else if (s != NULL && strcmp(s, "x86-64-v3") == 0 && level > FC_LEVEL_V3)
+        level = FC_LEVEL_V3;
+    fc_simd_level = level;
 }
 
-/* Each kernel: the dispatched clones (name_simd), a plain baseline copy (name_base), and the
- * entry point the Cython code calls (name). */
+/* name##_v4, name##_v3, name##_base: one call of the copy for this module's level */
+#  define FC_LEVELS_CALL(name, args)                                                       \
+    (fc_simd_level == FC_LEVEL_V4 ? name##_v4 args                                         \
+     : fc_simd_level == FC_LEVEL_V3 ? name##_v3 args : name##_base args)
+
+/* Each kernel: its body compiled three times (name_v4 for AVX-512, name_v3 for AVX2 + FMA,
+ * name_base for the baseline the module is built for), and the entry point the Cython code
+ * calls (name), which runs the copy of the module's level: a branch on a variable set once,
+ * always predicted. */
 #  define FC_KERNEL(ret, name, params, args, ...)                                          \
-    static FC_UNUSED FC_CLONES ret name##_simd params __VA_ARGS__                          \
+    static FC_UNUSED FC_TARGET_V4 ret name##_v4 params __VA_ARGS__                         \
+    static FC_UNUSED FC_TARGET_V3 ret name##_v3 params __VA_ARGS__                         \
     static FC_UNUSED ret name##_base params __VA_ARGS__                                    \
-    static FC_UNUSED inline ret name params                                                \
-    { if (fc_simd_baseline) return name##_base args; return name##_simd args; }
+    static FC_UNUSED inline ret name params { return FC_LEVELS_CALL(name, args); }
 #  define FC_KERNEL_VOID(name, params, args, ...)                                          \
-    static FC_UNUSED FC_CLONES void name##_simd params __VA_ARGS__                         \
+    static FC_UNUSED FC_TARGET_V4 void name##_v4 params __VA_ARGS__                        \
+    static FC_UNUSED FC_TARGET_V3 void name##_v3 params __VA_ARGS__                        \
     static FC_UNUSED void name##_base params __VA_ARGS__                                   \
-    static FC_UNUSED inline void name params                                               \
-    { if (fc_simd_baseline) name##_base args; else name##_simd args; }
+    static FC_UNUSED inline void name params { FC_LEVELS_CALL(name, args); }
 #else
+static FC_UNUSED int fc_simd_cpu_level(void) { return FC_LEVEL_BASELINE; }
+#  define FC_LEVELS_CALL(name, args) (name##_base args)
 #  define FC_KERNEL(ret, name, params, args, ...) static FC_UNUSED ret name params __VA_ARGS__
 #  define FC_KERNEL_VOID(name, params, args, ...)                                          \
     static FC_UNUSED void name params __VA_ARGS__
 #endif
 
-/* Which code the kernels of this module run: "x86-64-v4", "x86-64-v3", "baseline" (the default
- * clone, or FASTCNN_SIMD=baseline), or "portable" (built without dispatch). Same test as the
- * clones' resolver. */
+static FC_UNUSED const char *fc_level_name(int level)
+{
+    return level == FC_LEVEL_V4 ? "x86-64-v4" : level == FC_LEVEL_V3 ? "x86-64-v3" : "baseline";
+}
+
+/* Which code the kernels of this module run: "x86-64-v4", "x86-64-v3", "baseline", or
+ * "portable" (built without dispatch: one copy, for the compiler's target). */
 static FC_UNUSED const char *fc_simd_path(void)
 {
 #if FC_DISPATCH
-    if (fc_simd_baseline)
-        return "baseline";
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("x86-64-v4"))
-        return "x86-64-v4";
-    if (__builtin_cpu_supports("x86-64-v3"))
-        return "x86-64-v3";
-    return "baseline";
+    return fc_level_name(fc_simd_level);
+#else
+    return "portable";
+#endif
+}
+
+/* The best level this CPU can run ("portable" without dispatch), whatever FASTCNN_SIMD asks. */
+static FC_UNUSED const char *fc_simd_cpu_path(void)
+{
+#if FC_DISPATCH
+    return fc_level_name(fc_simd_cpu_level());
 #else
     return "portable";
 #endif
@@ -113,7 +152,7 @@ FC_INLINE uint64_t fc_d_to_bits(double f) { uint64_t u; memcpy(&u, &f, 8); retur
 /* Out-of-range inputs are not clamped first: the polynomial and the scaling run on every
  * input (garbage, harmlessly, beyond the range) and integer masks select inf or 0 at the end.
  * A float clamp `x > hi ? hi : x` would be turned into a branch that GCC, under the default
- * -ftrapping-math, will not if-convert: the AVX2 and baseline clones would not vectorize. */
+ * -ftrapping-math, will not if-convert: the AVX2 and baseline copies would not vectorize. */
 FC_INLINE float fc_exp_f(float x)
 {
     /* t = round(x / ln2) + 254 + 1.5 * 2^23: its low bits hold K = k + 2 * 127 (the exponent bias
@@ -205,7 +244,7 @@ FC_INLINE double fc_total_d(const double *a)
  * positive terms, lose nothing that matters), then adds its block partial to its own double;
  * the double lanes are added in a fixed tree at the end. Lanes are explicit arrays so that GCC
  * keeps them in vector registers without reassociating anything: the order is the same in
- * every clone. */
+ * every copy. */
 /* one step of every lane (terms k = base + j), and a block's lane partials added to the
  * double lanes (parts of FC_LANE_SUM2) */
 #define FC_LANES_STEP(S, base, k, TERM1, TERM2)                                            \
@@ -357,7 +396,7 @@ FC_KERNEL_VOID(fc_affine_##S, (const T *x, T *y, ptrdiff_t n, T hi, T lo, T a, T
                                                                                            \
 /* Batch norm followed by ReLU, fused (the ReLU's own read and write of the activation       \
  * saved). FC_BN_VALUE is the normalized value before the ReLU, formed as in fc_affine; the  \
- * gradient kernels recompute it from x with the same expression in the same clone (the      \
+ * gradient kernels recompute it from x with the same expression in the same copy (the       \
  * same contraction into FMA or not), so that their mask is exactly y > 0. */               \
 FC_KERNEL_VOID(fc_affine_relu_##S, (const T *x, T *y, ptrdiff_t n, T hi, T lo, T a, T b),  \
                (x, y, n, hi, lo, a, b), {                                                  \

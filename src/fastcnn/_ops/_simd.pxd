@@ -1,7 +1,7 @@
 # The vectorizable inner loops of _simd.h (exp, row reductions, affine sweeps), one fused
 # wrapper per loop so that the kernels call them over `floating` pointers. Each loop is compiled
 # for AVX-512, AVX2 + FMA and the baseline and picked per CPU when the module loads; see the
-# header for the dispatch, the exp's accuracy and FASTCNN_SIMD=baseline. Sums come back as
+# header for the dispatch, the exp's accuracy and FASTCNN_SIMD. Sums come back as
 # doubles and run in a fixed order (lanes, then blocks): the same bits for any thread count.
 # Pointers to the "hi, lo" pair take a mean (or a log-sum-exp) split into two floats,
 # value = hi + lo (low_part below), so that x - value keeps single precision.
@@ -10,6 +10,7 @@ from cython cimport floating
 
 cdef extern from "_simd.h" nogil:
     const char* fc_simd_path()
+    const char* fc_simd_cpu_path()
     float fc_exp_f(float x)
     double fc_exp_d(double x)
     float fc_max_f(const float* x, Py_ssize_t n)

@@ -27,11 +27,11 @@ planes in the thread's workspace (_pad_sample).
 """
 from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
-from libc.string cimport memcpy, memset, strcmp
+from libc.string cimport memcpy, memset
 
 from fastcnn._ops._blas cimport gemm
 from fastcnn._ops._epilogue cimport bias_relu
-from fastcnn._ops._simd cimport fc_simd_path, sum_shifted
+from fastcnn._ops._simd cimport sum_shifted
 from fastcnn._ops.im2col cimport Geom, make_geom, im2col_plane, col2im_plane
 
 
@@ -411,24 +411,16 @@ cdef extern from "_conv_direct.h" nogil:
                                Py_ssize_t cpad, Py_ssize_t oh_n, Py_ssize_t ow_n, Py_ssize_t wp,
                                Py_ssize_t sh, int relu, Py_ssize_t yc, Py_ssize_t yh,
                                Py_ssize_t yw)
-    void fc_direct_conv_rows_narrow_f(const float* xp, const float* wt, const float* bias,
-                                      float* y, const Py_ssize_t* off, Py_ssize_t K,
-                                      Py_ssize_t cout, Py_ssize_t cpad, Py_ssize_t oh_n,
-                                      Py_ssize_t ow_n, Py_ssize_t wp, Py_ssize_t sh, int relu,
-                                      Py_ssize_t yc, Py_ssize_t yh, Py_ssize_t yw)
-    void fc_direct_conv_rows_narrow_d(const double* xp, const double* wt, const double* bias,
-                                      double* y, const Py_ssize_t* off, Py_ssize_t K,
-                                      Py_ssize_t cout, Py_ssize_t cpad, Py_ssize_t oh_n,
-                                      Py_ssize_t ow_n, Py_ssize_t wp, Py_ssize_t sh, int relu,
-                                      Py_ssize_t yc, Py_ssize_t yh, Py_ssize_t yw)
     void fc_dw_rows_f(const float* xp, const float* dyp, float* acc, const Py_ssize_t* off,
                       Py_ssize_t kpad, Py_ssize_t cout, Py_ssize_t oh_n, Py_ssize_t ow_n,
                       Py_ssize_t ldy, Py_ssize_t wp, Py_ssize_t sh)
     void fc_dw_rows_d(const double* xp, const double* dyp, double* acc,
                       const Py_ssize_t* off, Py_ssize_t kpad, Py_ssize_t cout, Py_ssize_t oh_n,
                       Py_ssize_t ow_n, Py_ssize_t ldy, Py_ssize_t wp, Py_ssize_t sh)
+    enum: FC_CO_PAD
     enum: FC_DW_CO
     enum: FC_DW_K
+    enum: FC_DW_LANES
     enum: FC_ROW_TAIL
     void fc_direct_conv_d(const double* xp, const double* wt, const double* bias, double* y,
                           const Py_ssize_t* off, Py_ssize_t K, Py_ssize_t cout, Py_ssize_t cpad,
@@ -473,40 +465,17 @@ cdef inline void _split_phases(const floating* src, floating* dst, Py_ssize_t co
             q += 1
 
 
-# The row kernel comes in two variants (_conv_direct.h): wide for AVX-512, narrow for AVX2,
-# picked from the CPU at import.
-cdef bint _narrow_rows = strcmp(fc_simd_path(), b"x86-64-v3") == 0
-
-
-def use_narrow_rows(bint narrow):
-    """Make direct_forward's row kernel the narrow variant (32-byte vectors, 4 channels per
-    block, for AVX2's 16 registers) or the wide one (AVX-512's 32). The CPU decides at import;
-    tests switch it to run both variants on one machine. Returns the previous setting."""
-    global _narrow_rows
-    previous = _narrow_rows
-    _narrow_rows = narrow
-    return previous
-
-
 cdef inline void _rows_kernel(const floating* xp, const floating* wt, const floating* bias,
                               floating* y, const Py_ssize_t* off, Py_ssize_t K,
                               Py_ssize_t cout, Py_ssize_t cpad, Py_ssize_t oh_n,
                               Py_ssize_t ow_n, Py_ssize_t wp, Py_ssize_t sh, bint relu,
                               Py_ssize_t yc, Py_ssize_t yh, Py_ssize_t yw) noexcept nogil:
     if floating is float:
-        if _narrow_rows:
-            fc_direct_conv_rows_narrow_f(xp, wt, bias, y, off, K, cout, cpad, oh_n, ow_n, wp, sh,
-                                         relu, yc, yh, yw)
-        else:
-            fc_direct_conv_rows_f(xp, wt, bias, y, off, K, cout, cpad, oh_n, ow_n, wp, sh, relu,
-                                  yc, yh, yw)
+        fc_direct_conv_rows_f(xp, wt, bias, y, off, K, cout, cpad, oh_n, ow_n, wp, sh, relu, yc,
+                              yh, yw)
     else:
-        if _narrow_rows:
-            fc_direct_conv_rows_narrow_d(xp, wt, bias, y, off, K, cout, cpad, oh_n, ow_n, wp, sh,
-                                         relu, yc, yh, yw)
-        else:
-            fc_direct_conv_rows_d(xp, wt, bias, y, off, K, cout, cpad, oh_n, ow_n, wp, sh, relu,
-                                  yc, yh, yw)
+        fc_direct_conv_rows_d(xp, wt, bias, y, off, K, cout, cpad, oh_n, ow_n, wp, sh, relu, yc,
+                              yh, yw)
 
 
 cdef inline void _pad_sample(const floating* x, floating* xp, Py_ssize_t size, Py_ssize_t C,
@@ -575,15 +544,15 @@ def direct_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
                                  cpad, out_h, out_w, Wp, stride_h, stride_w, relu)
 
 
-cdef enum:
-    DW_LANES = 16      # fc_dw_rows' vector: 16 floats (8 doubles use half of each slot)
+# The kernels' layout constants (_conv_direct.h), for the Python side that prepares operands.
+CO_PAD = FC_CO_PAD     # the forward kernels' weight and bias: C_out padded to a multiple of it
 
 
 def direct_weight_grad_layout(Py_ssize_t C_out, Py_ssize_t K, Py_ssize_t out_w):
     """(channels, taps, row length) of direct_weight_grad's padded dy and offsets: rounded up
     to its blocks (FC_DW_CO channels, FC_DW_K taps) and to whole vectors per row."""
     return ((C_out + FC_DW_CO - 1) // FC_DW_CO * FC_DW_CO, (K + FC_DW_K - 1) // FC_DW_K * FC_DW_K,
-            (out_w + DW_LANES - 1) // DW_LANES * DW_LANES)
+            (out_w + FC_DW_LANES - 1) // FC_DW_LANES * FC_DW_LANES)
 
 
 def direct_weight_grad_workspace_size(Py_ssize_t C, Py_ssize_t Hp, Py_ssize_t Wp,
@@ -594,7 +563,7 @@ def direct_weight_grad_workspace_size(Py_ssize_t C, Py_ssize_t Hp, Py_ssize_t Wp
     stride_w > 1), the padded dy, and the lane accumulators."""
     cpad, kpad, ldy = direct_weight_grad_layout(C_out, K, out_w)
     return (_direct_scratch(C, Hp, Wp, stride_h, stride_w, stride_w) + cpad * out_h * ldy
-            + cpad * kpad * DW_LANES)
+            + cpad * kpad * FC_DW_LANES)
 
 
 def direct_weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy,
@@ -616,10 +585,10 @@ def direct_weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy,
     cdef Py_ssize_t C_out = dy.shape[1] // L if L > 0 else 0
     cdef Py_ssize_t cpad, kpad, ldy
     cpad, kpad, ldy = direct_weight_grad_layout(C_out, K, out_w)
-    cdef Py_ssize_t V = 64 // sizeof(floating)
+    cdef Py_ssize_t V = FC_DW_LANES * sizeof(float) // sizeof(floating)   # one slot
     cdef Py_ssize_t Wq = _phase_width(Wp, stride_w)
     cdef Py_ssize_t xp_size = _direct_scratch(C, Hp, Wp, stride_h, stride_w, stride_w)
-    cdef Py_ssize_t dy_size = cpad * out_h * ldy, acc_size = cpad * kpad * DW_LANES
+    cdef Py_ssize_t dy_size = cpad * out_h * ldy, acc_size = cpad * kpad * FC_DW_LANES
     cdef Py_ssize_t stride = direct_weight_grad_workspace_size(C, Hp, Wp, stride_h, stride_w,
                                                                C_out, K, out_h, out_w)
     cdef Py_ssize_t j, n, co, r, k, lane

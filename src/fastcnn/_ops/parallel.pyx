@@ -1,6 +1,6 @@
 """What fastcnn was built with: the OpenMP runtime, and the vector code its loops run."""
 from fastcnn._ops._openmp cimport FASTCNN_OPENMP, omp_get_max_threads
-from fastcnn._ops._simd cimport fc_simd_path
+from fastcnn._ops._simd cimport fc_simd_cpu_path, fc_simd_path
 
 
 def openmp_enabled():
@@ -14,8 +14,14 @@ def openmp_max_threads():
 
 
 def simd_path():
-    """The code the vector loops of _simd.h (softmax, cross-entropy, norms) run on this CPU:
-    "x86-64-v4" (AVX-512), "x86-64-v3" (AVX2 + FMA), "baseline" (older CPUs, or
-    FASTCNN_SIMD=baseline in the environment), or "portable" for a build without dispatch (not
-    GCC >= 12 on x86-64 Linux with glibc). The loader's own CPU test decides."""
+    """The code the vector kernels (_simd.h, _conv_direct.h, _pool.h) run: "x86-64-v4"
+    (AVX-512), "x86-64-v3" (AVX2 + FMA), "baseline" (older CPUs), or "portable" for a build
+    without dispatch (not GCC >= 12 on x86-64 Linux with glibc). The best level the CPU
+    supports, or the lower one that FASTCNN_SIMD (x86-64-v3 or baseline) asks for."""
     return fc_simd_path().decode()
+
+
+def simd_cpu_path():
+    """The best level this CPU supports ("portable" without dispatch), whatever FASTCNN_SIMD
+    asks for: the levels from it down to "baseline" can all be run here."""
+    return fc_simd_cpu_path().decode()

@@ -23,7 +23,6 @@ from fastcnn.functional._common import (
     _rows,
     conv_output_size,
 )
-# the rules are read through the module, so that a test's monkeypatch reaches every call
 from fastcnn.functional import _conv_algorithms as algorithms
 
 __all__ = [
@@ -124,106 +123,101 @@ def _conv_forward(fname, nd, input, weight, bias, stride, padding, dilation, gro
     out = _memory.empty((geom.n, geom.out_channels) + geom.out_size, dtype)
     if geom.n == 0:
         return out if geom.batched else out[0]
-
-    def run_winograd():
-        algorithms.winograd_conv2d(x2, w2.reshape(w.shape), b1, _rows(out, geom.n),
-                                   geom.in_size, geom.padding[1], geom.out_size, dtype,
-                                   relu=relu)
+    out2, w4 = _rows(out, geom.n), w2.reshape(w.shape)
 
     def run_im2col():
         threads = get_num_threads()
         args = geom.kernel_args()
         ws, block = _conv_scratch(geom, args, threads, dtype)
         with single_threaded_blas:
-            _conv.conv_forward(x2, w2, b1, _rows(out, geom.n), ws, geom.groups, *args, block,
-                               relu, threads)
+            _conv.conv_forward(x2, w2, b1, out2, ws, geom.groups, *args, block, relu, threads)
 
-    def run_direct(by_rows=False):
-        algorithms.direct_conv2d(x2, w2.reshape(w.shape), b1, _rows(out, geom.n), geom, dtype,
-                                 relu, by_rows)
-
-    if algorithms.rows_ok(geom, nd):
-        run_other = functools.partial(run_direct, by_rows=True)
-    else:
-        run_other = run_direct if algorithms.direct_ok(geom, nd) else run_im2col
-    if algorithms.is_depthwise(geom):
-        _depthwise.forward(x2.reshape(geom.n, geom.in_channels, -1), w2, b1,
-                           out.reshape(geom.n, geom.out_channels, -1), *geom.kernel_args(),
-                           relu, get_num_threads())
-    elif algorithms.pick_winograd("forward", geom, nd, dtype, run_winograd, run_other):
-        run_winograd()
-    else:
-        run_other()
+    runners = {
+        "depthwise": lambda: _depthwise.forward(
+            x2.reshape(geom.n, geom.in_channels, -1), w2, b1,
+            out.reshape(geom.n, geom.out_channels, -1), *geom.kernel_args(), relu,
+            get_num_threads()),
+        "winograd": lambda: algorithms.winograd_conv2d(
+            x2, w4, b1, out2, geom.in_size, geom.padding[1], geom.out_size, dtype, relu=relu),
+        "rows": lambda: algorithms.direct_conv2d(x2, w4, b1, out2, geom, dtype, relu,
+                                                 by_rows=True),
+        "direct": lambda: algorithms.direct_conv2d(x2, w4, b1, out2, geom, dtype, relu),
+        "im2col": run_im2col,
+    }
+    runners[algorithms.select("forward", geom, nd, dtype, runners)]()
     return out if geom.batched else out[0]
 
 
 def _conv_backward(fname, nd, grad_output, input, weight, stride, padding, dilation, groups,
                    output_mask):
+    """The three gradients, each by its own algorithm (algorithms.select per direction):
+    input gradient, weight gradient (both by one im2col + GEMM pass where both chose it), and
+    the bias gradient (_BackwardOperands.gradients)."""
     x = as_array(fname, "input", input)
     w = as_array(fname, "weight", weight)
     dy = as_array(fname, "grad_output", grad_output)
     geom = _conv_geometry(fname, nd, x, w, stride, padding, dilation, groups)
     b = _BackwardOperands(fname, geom, x, w, dy, output_mask)
-    need_x, need_w = b.need_x, b.need_w
+    if geom.n == 0:
+        return b.gradients()
     dtype, n, threads = b.dtype, geom.n, b.threads
-    x2, w2, dy3, grad_x = b.x2, b.w2, b.dy3, b.grad_x
+    x2, w4, dy2 = b.x2, b.w2.reshape(w.shape), _rows(b.dy3, n)
     empty = np.empty((0, 0), dtype=dtype)
 
     def run_im2col(with_x, with_w):
         args = geom.kernel_args()
         ws, block = _conv_scratch(geom, args, threads, dtype)
         with single_threaded_blas:
-            _conv.conv_backward(x2, w2, _rows(dy3, n), _rows(grad_x, n) if with_x else empty,
+            _conv.conv_backward(x2, b.w2, dy2, _rows(b.grad_x, n) if with_x else empty,
                                 b.parts if with_w else empty, ws, with_x, with_w, geom.groups,
                                 *args, block, threads)
 
-    def run_winograd():
-        # dL/dx is the convolution of dy with the kernels flipped and transposed, padded 2 - p
-        algorithms.winograd_conv2d(_rows(dy3, n), w2.reshape(w.shape), np.empty(0, dtype),
-                                   _rows(grad_x, n), geom.out_size, 2 - geom.padding[1],
-                                   geom.in_size, dtype, flip=True)
+    # input gradient: dL/dx is the convolution of dy by the kernels transposed and flipped
+    def rows_input_grad():
+        flipped = np.ascontiguousarray(w4.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+        algorithms.direct_conv2d(dy2, flipped, np.empty(0, dtype), _rows(b.grad_x, n),
+                                 algorithms.input_grad_as_conv(geom, nd), dtype, by_rows=True)
 
-    def run_winograd_weight():
-        b.grad_w = algorithms.winograd_weight_grad(x2, _rows(dy3, n), geom, dtype)
+    input_runners = {
+        "depthwise": lambda: _depthwise.grad_input(
+            b.dy3, b.w2, b.grad_x.reshape(n, geom.in_channels, -1), *geom.kernel_args(),
+            threads),
+        "rows": rows_input_grad,
+        # Winograd on dy, padded 2 - p, by the flipped kernels
+        "winograd": lambda: algorithms.winograd_conv2d(
+            dy2, w4, np.empty(0, dtype), _rows(b.grad_x, n), geom.out_size,
+            2 - geom.padding[1], geom.in_size, dtype, flip=True),
+        "im2col": lambda: run_im2col(True, False),
+    }
+    input_algorithm = (algorithms.select("input gradient", geom, nd, dtype, input_runners)
+                       if b.need_x else None)
 
-    def run_direct_weight():
-        b.grad_w = algorithms.direct_weight_grad(x2, _rows(dy3, n), geom, dtype)
+    # weight gradient
+    def depthwise_weight_grad():
+        acc = np.empty(b.w2.shape)
+        _depthwise.grad_weight(b.dy3, x2.reshape(n, geom.in_channels, -1), acc,
+                               *geom.kernel_args(), threads)
+        b.grad_w = acc.astype(dtype, copy=False)
 
-    if n and algorithms.is_depthwise(geom):
-        x3 = x2.reshape(n, geom.in_channels, -1)
-        if need_x:
-            _depthwise.grad_input(dy3, w2, grad_x.reshape(n, geom.in_channels, -1),
-                                  *geom.kernel_args(), threads)
-        if need_w:
-            acc = np.empty(w2.shape)
-            _depthwise.grad_weight(dy3, x3, acc, *geom.kernel_args(), threads)
-            b.grad_w = acc.astype(dtype, copy=False)
-        return b.gradients()
+    weight_runners = {
+        "depthwise": depthwise_weight_grad,
+        "winograd": lambda: setattr(b, "grad_w", algorithms.winograd_weight_grad(
+            x2, dy2, geom, dtype)),
+        "direct": lambda: setattr(b, "grad_w", algorithms.direct_weight_grad(
+            x2, dy2, geom, dtype)),
+        "im2col": lambda: run_im2col(False, True),
+    }
+    weight_algorithm = (algorithms.select("weight gradient", geom, nd, dtype, weight_runners)
+                        if b.need_w else None)
+    b.grad_w = None                       # autotuning may have run a candidate that set it
 
-    # input gradient: the row kernel on dy by the flipped kernels, Winograd, or col2im below
-    as_conv = algorithms.rows_input_grad(geom, nd) if need_x and n else None
-    if as_conv is not None:
-        flipped = np.ascontiguousarray(w2.reshape(w.shape).transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
-        algorithms.direct_conv2d(_rows(dy3, n), flipped, np.empty(0, dtype), _rows(grad_x, n),
-                                 as_conv, dtype, by_rows=True)
-        need_x = False
-    if need_x and n and algorithms.pick_winograd("input gradient", geom, nd, dtype, run_winograd,
-                                                 lambda: run_im2col(True, False)):
-        run_winograd()
-        need_x = False
-
-    # weight gradient: Winograd's, the direct one (no im2col), or im2col + GEMM below
-    direct_w = algorithms.dw_rows_ok(geom, nd)
-    other_w = run_direct_weight if direct_w else lambda: run_im2col(False, True)
-    if need_w and n and algorithms.pick_winograd("weight gradient", geom, nd, dtype,
-                                                 run_winograd_weight, other_w):
-        run_winograd_weight()
-        need_w = False
-    elif need_w and n and direct_w:
-        run_direct_weight()
-        need_w = False
-    if (need_x or need_w) and n:
-        run_im2col(need_x, need_w)
+    if input_algorithm == weight_algorithm == "im2col":
+        run_im2col(True, True)            # one pass: the columns of dy shared by both
+    else:
+        if input_algorithm is not None:
+            input_runners[input_algorithm]()
+        if weight_algorithm is not None:
+            weight_runners[weight_algorithm]()
     return b.gradients()
 
 

@@ -8,12 +8,14 @@ runners; the kernels' math is in fastcnn/_ops.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 import os
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -23,19 +25,112 @@ from fastcnn._ops import winograd as _winograd
 from fastcnn._ops.parallel import simd_path
 from fastcnn._threads import get_num_threads, single_threaded_blas
 from fastcnn._workspace import scratch
-from fastcnn.functional._common import _WEIGHT_GRAD_CHUNKS
+from fastcnn.functional._common import _WEIGHT_GRAD_CHUNKS, _ConvGeometry
 
-__all__ = ["set_conv_autotune"]
+__all__ = ["set_conv_autotune", "conv_algorithms"]
 
 
 # --------------------------------------------------------------------------------------------
-# Rules: which algorithm
+# Rules: which algorithm, as data per x86-64 level
 # --------------------------------------------------------------------------------------------
 
-# Winograd F(2x2, 3x3) (_ops/winograd.pyx) for 3x3 stride-1 convolutions: 2.25x fewer
-# multiplications than im2col + GEMM. Below this many channels its transforms cost more than
-# they save (measured on LeNet/VGG shapes), and the first layer of a network is such a case.
-_WINOGRAD_MIN_CHANNELS = 16
+ISAS = ("x86-64-v4", "x86-64-v3", "baseline")
+DIRECTIONS = ("forward", "input gradient", "weight gradient", "transposed forward")
+# The algorithms of each direction, in the order the rules consider them.
+ALGORITHMS = {
+    "forward": ("depthwise", "winograd", "rows", "direct", "im2col"),
+    "input gradient": ("depthwise", "rows", "winograd", "im2col"),
+    "weight gradient": ("depthwise", "winograd", "direct", "im2col"),
+    "transposed forward": ("subpixel", "im2col"),
+}
+
+
+def machine_isa():
+    """The level whose rules apply here: the one the kernels run (_ops.parallel.simd_path(),
+    lowered by FASTCNN_SIMD); a build without dispatch takes the baseline's rules."""
+    path = simd_path()
+    return path if path in ISAS else "baseline"
+
+
+def machine_rules():
+    """RULES of machine_isa()."""
+    return RULES[machine_isa()]
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The thresholds of the selection rules on one x86-64 level. Each was measured (float32,
+    2 threads) against the alternatives; the measurements are beside RULES below."""
+    # Winograd F(2x2, 3x3) (_ops/winograd.pyx) for 3x3 stride-1 convolutions: 2.25x fewer
+    # multiplications than im2col + GEMM; below this many channels (on either side) its
+    # transforms cost more than they save.
+    winograd_min_channels: int = 16
+    # The channel kernel (_conv_direct.h fc_direct_conv): small maps with few output channels
+    # and a moderate sum, and stride-2 layers (whose im2col reads with poor locality).
+    direct: bool = True
+    direct_max_out_channels: int = 64
+    direct_taps: tuple = (64, 512)          # C_in * kH * kW within this range, and
+    direct_max_positions: int = 256         # at most this many outputs per channel, or
+    direct_stride2_max_out_channels: int = 128   # stride 2 with at most this many channels
+    direct_stride2_max_taps: int = 1152          # and taps
+    # The row kernel (fc_direct_conv_rows): wide maps, first layers, few output channels.
+    rows: bool = True
+    rows_lanes: int = 16                    # outputs per vector (float32) on this level
+    rows_max_taps: int | None = None        # only layers with fewer taps (None: any)
+    rows_min_width: int = 16
+    rows_min_lane_use: float = 0.75         # width / (width rounded up to whole vectors)
+    rows_over_winograd_max_out_channels: int = 16
+    # ... for the input gradient of a stride-1 convolution (dy by the flipped kernels): at
+    # least one full block of the kernel's 8 output channels (the layer's input channels).
+    rows_input_grad: bool = True
+    rows_input_grad_min_channels: int = 8
+    # The weight gradient on the row kernel's layout (fc_dw_rows): no im2col.
+    dw_rows: bool = True
+    dw_rows_max_channels: int = 16          # min(C_in, C_out) at most this, or
+    dw_rows_min_kernel_area: int = 25       # a kernel this large;
+    dw_rows_max_out_channels: int = 64      # and at most this many output channels,
+    dw_rows_min_width: int = 8              # outputs this wide
+    # A transposed convolution's forward as one row-kernel convolution per output phase.
+    subpixel: bool = True
+
+
+# Measured on AVX-512 (Intel Sapphire Rapids, 2 cores; float32, 2 threads):
+# - Winograd: below 16 channels it loses (LeNet/VGG shapes), and first layers are such a case.
+# - The channel kernel against im2col + GEMM: LeNet's second layer 0.41 -> 0.26 ms,
+#   resnet_small's stride-2 3x3 layers 1.28 -> 0.46 and 0.79 -> 0.43 ms; stride 2, 64 -> 128
+#   channels on 56x56 maps 12.3 -> 9.9 ms, 128 -> 128 23.8 -> 18.8 ms; slower for 1x1 kernels,
+#   fewer than 64 taps, 32x32 maps at stride 1, and from 256 output channels (128 -> 256 at
+#   stride 2 from 28x28 maps: 11.9 vs 11.0 ms).
+# - The row kernel against im2col + GEMM: LeNet's first layer 0.344 -> 0.165 ms, resnet_small's
+#   stem 0.326 -> 0.181 ms, 32 -> 32 channels 5x5 on 32x32 maps 14.4 -> 7.5 ms, 3 -> 64
+#   channels 7x7 on 64x64 19.1 -> 11.6 ms, 3 -> 32 channels 3x3 stride 2 on 64x64 1.07 -> 0.89
+#   ms; slower for 1x1 kernels, and than the channel kernel at stride 2 from 64 taps on (16 ->
+#   32 channels 3x3 stride 2: 0.53 vs 0.45 ms). Against Winograd it wins up to 16 output
+#   channels (16 -> 16 on 32x32: 1.08 -> 0.74 ms; 64 -> 16: 4.47 -> 2.90 ms) and loses from 32
+#   on (32 -> 32 on 32x32: 5.7 vs 5.5 ms; 16 -> 128 on 28x28: 2.54 vs 2.33 ms).
+# - The row kernel's input gradient: with 1 to 4 input channels it ran slower than col2im
+#   (LeNet's first layer 0.69 vs 0.28 ms; 3 channels 0.42 vs 0.39 ms), with 8 0.46 vs 1.17 ms.
+# - fc_dw_rows against im2col + GEMM (or Winograd's): LeNet's layers 0.30 -> 0.22 and 0.70 ->
+#   0.55 ms, resnet_small's stem 0.29 -> 0.24 ms, its 16-channel 3x3 layers 1.13 -> 0.89 ms
+#   (32x32 maps) and 1.01 -> 0.84 ms (stride 2), 5x5 32 -> 32 channels on 32x32 maps 21.2 ->
+#   8.8 ms; slower from 32 channels on both sides with 3x3 kernels (32 -> 32 on 16x16: 1.17 vs
+#   0.82 ms; 64 -> 128 at stride 2: 15.5 vs 12.6 ms).
+# - Sub-pixel transposed convolution: a k4 s2 upsampling 64 -> 32 channels, 16x16 -> 32x32
+#   maps 2.16 -> 1.82 ms against GEMM + col2im.
+_V4 = Rules()
+
+# AVX2 (x86-64-v3): the kernels' AVX2 copies have their own register blocks (_conv_direct.inc:
+# 8-float vectors, 8 accumulators); measured with FASTCNN_SIMD=x86-64-v3 on AVX-512 machines
+# and on AMD Zen 3, see RULES_AVX2_MEASURED below.
+_V3 = replace(_V4, rows_lanes=8, rows_max_taps=64, direct=False, rows_input_grad=False,
+              dw_rows=False, subpixel=False)
+
+# Baseline (SSE2, 4-float vectors): OpenBLAS still runs its own AVX2 or AVX-512 GEMM on such a
+# build, so im2col + GEMM and Winograd (whose GEMMs are BLAS) keep every layer.
+_BASELINE = replace(_V4, direct=False, rows=False, rows_input_grad=False, dw_rows=False,
+                    subpixel=False, rows_lanes=4)
+
+RULES = {"x86-64-v4": _V4, "x86-64-v3": _V3, "baseline": _BASELINE}
 
 
 def winograd_possible(geom, nd):
@@ -45,150 +140,200 @@ def winograd_possible(geom, nd):
             and geom.padding[1] == geom.padding[2] <= 2)
 
 
-def winograd_ok(geom, nd, direction="forward"):
-    """The default rule: Winograd where possible and both channel counts reach the minimum,
-    unless the direct kernels are faster: the row kernel for the forward (few output channels
-    on wide maps), the direct weight gradient (16 channels or fewer on one side)."""
-    if not (winograd_possible(geom, nd)
-            and min(geom.in_channels, geom.out_channels) >= _WINOGRAD_MIN_CHANNELS):
-        return False
-    if direction == "forward":
-        return not (_direct_vector and geom.out_channels <= _ROWS_OVER_WINOGRAD_MAX_OUT_CHANNELS
-                    and rows_ok(geom, nd))
-    if direction == "weight gradient":
-        return not dw_rows_ok(geom, nd)
-    return True
-
-
 def is_depthwise(geom):
     """One group per input channel (each convolved with its own C_out/C_in kernels): direct
     loops (_ops/depthwise.pyx) instead of C_in one-row GEMMs."""
     return geom.groups == geom.in_channels > 1
 
 
-# Direct convolution (_conv_direct.h) vectorized along output channels, for 2-D layers where
-# im2col costs more than the GEMM it feeds: small maps with few output channels and a moderate
-# sum (C_in*kH*kW taps), and stride-2 layers (whose im2col reads with poor locality). Measured
-# against im2col + GEMM (float32, 2 threads): LeNet's second layer 0.41 -> 0.26 ms,
-# resnet_small's stride-2 3x3 layers 1.28 -> 0.46 and 0.79 -> 0.43 ms; stride 2, 64 -> 128
-# channels on 56x56 maps 12.3 -> 9.9 ms, 128 -> 128 23.8 -> 18.8 ms; slower for 1x1 kernels,
-# fewer than 64 taps, 32x32 maps at stride 1, and from 256 output channels (128 -> 256 at
-# stride 2 from 28x28 maps: 11.9 vs 11.0 ms). 3x3 stride-1 layers with >= 16 channels go to
-# Winograd first. Otherwise im2col + GEMM.
-_DIRECT_MAX_OUT_CHANNELS = 64
-_DIRECT_TAPS = (64, 512)
-_DIRECT_MAX_POSITIONS = 256
-_DIRECT_STRIDE2_MAX_OUT_CHANNELS = 128
-_DIRECT_STRIDE2_MAX_TAPS = 1152
-
-# The direct kernels run where their AVX-512 clone does. Their blocks are sized for its 32
-# vector registers: the AVX2 clone, with 16, keeps accumulators on the stack and ran at 9-11
-# GFLOP/s single-threaded (16 -> 16 channels 3x3 on 32x32, against 115 for AVX-512 and about
-# 60 for OpenBLAS's sgemm on such operands), so AVX2 CPUs take Winograd and im2col + GEMM for
-# these layers, except first layers (the row kernel's narrow variant, below).
-_direct_vector = simd_path() == "x86-64-v4"
-
-
 def tap_count(geom):
     return geom.in_channels * geom.kernel[1] * geom.kernel[2]
 
 
-def direct_ok(geom, nd):
+def _direct_kernels_apply(geom, nd):
+    return nd == 2 and geom.groups == 1
+
+
+def winograd_ok(geom, nd, rules, direction="forward"):
+    """Winograd where possible and both channel counts reach the minimum, unless a direct
+    kernel is faster: the row kernel for the forward (few output channels on wide maps), the
+    direct weight gradient."""
+    if not (winograd_possible(geom, nd)
+            and min(geom.in_channels, geom.out_channels) >= rules.winograd_min_channels):
+        return False
+    if direction == "forward":
+        return not (geom.out_channels <= rules.rows_over_winograd_max_out_channels
+                    and rows_ok(geom, nd, rules))
+    if direction == "weight gradient":
+        return not dw_rows_ok(geom, nd, rules)
+    return True
+
+
+def direct_ok(geom, nd, rules):
+    """The channel kernel for the forward."""
     taps = tap_count(geom)
-    small = (geom.out_channels <= _DIRECT_MAX_OUT_CHANNELS and taps <= _DIRECT_TAPS[1]
-             and math.prod(geom.out_size) <= _DIRECT_MAX_POSITIONS and max(geom.stride) <= 2)
-    strided = (max(geom.stride) == 2 and geom.out_channels <= _DIRECT_STRIDE2_MAX_OUT_CHANNELS
-               and taps <= _DIRECT_STRIDE2_MAX_TAPS)
-    return (_direct_vector and nd == 2 and geom.groups == 1 and geom.kernel != (1, 1, 1)
-            and taps >= _DIRECT_TAPS[0] and (small or strided))
+    small = (geom.out_channels <= rules.direct_max_out_channels
+             and taps <= rules.direct_taps[1]
+             and math.prod(geom.out_size) <= rules.direct_max_positions and max(geom.stride) <= 2)
+    strided = (max(geom.stride) == 2 and geom.out_channels <= rules.direct_stride2_max_out_channels
+               and taps <= rules.direct_stride2_max_taps)
+    return (rules.direct and _direct_kernels_apply(geom, nd) and geom.kernel != (1, 1, 1)
+            and taps >= rules.direct_taps[0] and (small or strided))
 
 
-# The direct kernel vectorized along output rows (_conv_direct.h, FC_DIRECT_CONV_ROWS): 16
-# outputs of a row by 8 channels per block, each tap one contiguous load and 8 multiply-adds,
-# the results stored as they lie. It needs maps wide enough to fill its vectors (16 floats; a
-# width of 24 uses 3/4 of the lanes of its two blocks); a width stride is handled by storing
-# each input plane as its column phases. Measured against im2col + GEMM (float32, 2 threads):
-# LeNet's first layer 0.344 -> 0.165 ms, resnet_small's stem 0.326 -> 0.181 ms, 32 -> 32
-# channels 5x5 on 32x32 maps 14.4 -> 7.5 ms, 3 -> 64 channels 7x7 on 64x64 19.1 -> 11.6 ms,
-# 3 -> 32 channels 3x3 stride 2 on 64x64 1.07 -> 0.89 ms; slower for 1x1 kernels (a plain
-# GEMM), and than the channel kernel at stride 2 from 64 taps on (16 -> 32 channels 3x3 stride
-# 2: 0.53 vs 0.45 ms). Against Winograd it wins up to 16 output channels (16 -> 16 on 32x32:
-# 1.08 -> 0.74 ms; 64 -> 16: 4.47 -> 2.90 ms) and loses from 32 on (32 -> 32 on 32x32: 5.7 vs
-# 5.5 ms; 16 -> 128 on 28x28: 2.54 vs 2.33 ms).
-_ROWS_MIN_WIDTH = 16
-_ROWS_MIN_LANE_USE = 0.75
-_ROWS_OVER_WINOGRAD_MAX_OUT_CHANNELS = 16
-
-
-# On AVX2 the row kernel runs as its narrow variant (32-byte vectors, 4 channels per block:
-# 48-54 GFLOP/s single-threaded on a 16 -> 16 3x3 layer, against 115 for the AVX-512 variant,
-# measured with a standalone -march=x86-64-v3 build on this CPU), and only for first layers
-# (fewer than 64 taps), where im2col + GEMM is weakest: its other rules, against Winograd and
-# GEMM, were measured with AVX-512 alone.
-_rows_vector = simd_path() in ("x86-64-v4", "x86-64-v3")
-
-
-def rows_ok(geom, nd):
+def rows_ok(geom, nd, rules):
+    """The row kernel for the forward: maps wide enough to fill its vectors; a width stride
+    only with few taps (first layers), where the channel kernel is not ahead."""
     width = geom.out_size[-1]
-    lane_use = width / (-(-width // 16) * 16)
-    few_taps = tap_count(geom) < _DIRECT_TAPS[0]
-    return (_rows_vector and nd == 2 and geom.groups == 1 and geom.kernel != (1, 1, 1)
-            and width >= _ROWS_MIN_WIDTH and lane_use >= _ROWS_MIN_LANE_USE
-            and (geom.stride[2] == 1 or few_taps) and (_direct_vector or few_taps))
+    lanes = rules.rows_lanes
+    lane_use = width / (-(-width // lanes) * lanes)
+    taps = tap_count(geom)
+    few_taps = taps < rules.direct_taps[0]
+    return (rules.rows and _direct_kernels_apply(geom, nd) and geom.kernel != (1, 1, 1)
+            and width >= rules.rows_min_width and lane_use >= rules.rows_min_lane_use
+            and (geom.stride[2] == 1 or few_taps)
+            and (rules.rows_max_taps is None or taps < rules.rows_max_taps))
 
 
-# The input gradient by the row kernel needs at least one full block of its 8 output channels
-# (the layer's input channels): with 1 to 4 (a first layer's) it ran slower than col2im (LeNet's
-# first layer 0.69 vs 0.28 ms; 3 channels 0.42 vs 0.39 ms), with 8 it ran 0.46 vs 1.17 ms.
-_ROWS_INPUT_GRAD_MIN_CHANNELS = 8
-
-
-def rows_input_grad(geom, nd):
+def input_grad_as_conv(geom, nd):
     """The input gradient of a stride-1 convolution as the convolution the row kernel runs: dy
     by the kernels transposed and flipped, padded span - padding (span = dilation * (k - 1)),
-    giving the input's size. Its geometry when the row kernel is the choice for it (as for a
-    forward: wide maps, and Winograd not ahead, i.e. at most 16 input channels where Winograd
-    applies; and at least 8 input channels), else None."""
-    if (not _direct_vector or nd != 2 or geom.groups != 1 or geom.stride != (1, 1, 1)
-            or geom.in_channels < _ROWS_INPUT_GRAD_MIN_CHANNELS):
+    giving the input's size; None where that padding would be negative, or the layer is
+    strided, grouped or not 2-D."""
+    if not _direct_kernels_apply(geom, nd) or geom.stride != (1, 1, 1):
         return None
     span = tuple(d * (k - 1) for d, k in zip(geom.dilation, geom.kernel))
     if any(p > s for p, s in zip(geom.padding, span)):
         return None
-    as_conv = replace(geom, in_channels=geom.out_channels, out_channels=geom.in_channels,
-                      in_size=geom.out_size, out_size=geom.in_size,
-                      padding=tuple(s - p for s, p in zip(span, geom.padding)))
-    if not rows_ok(as_conv, nd):
-        return None
-    if (winograd_ok(geom, nd, "input gradient")
-            and geom.in_channels > _ROWS_OVER_WINOGRAD_MAX_OUT_CHANNELS):
-        return None
-    return as_conv
+    return replace(geom, in_channels=geom.out_channels, out_channels=geom.in_channels,
+                   in_size=geom.out_size, out_size=geom.in_size,
+                   padding=tuple(s - p for s, p in zip(span, geom.padding)))
 
 
-# The weight gradient by the direct kernels' layout (_conv_direct.h fc_dw_rows): no im2col,
-# products accumulated in vector lanes per chunk of samples. Measured against im2col + GEMM
-# (or Winograd's, where it applies; float32, 2 threads): LeNet's layers 0.30 -> 0.22 and 0.70
-# -> 0.55 ms, resnet_small's stem 0.29 -> 0.24 ms, its 16-channel 3x3 layers 1.13 -> 0.89 ms
-# (32x32 maps) and 1.01 -> 0.84 ms (stride 2), 5x5 32 -> 32 channels on 32x32 maps 21.2 -> 8.8
-# ms; slower from 32 channels on both sides with 3x3 kernels (32 -> 32 on 16x16: 1.17 vs
-# 0.82 ms; 64 -> 128 at stride 2: 15.5 vs 12.6 ms), where the GEMM's operands are large enough.
-_DW_ROWS_MAX_CHANNELS = 16         # min(C_in, C_out) at most this, or
-_DW_ROWS_MIN_KERNEL_AREA = 25      # a kernel this large
-_DW_ROWS_MAX_OUT_CHANNELS = 64
-_DW_ROWS_MIN_WIDTH = 8
+def rows_input_grad_ok(geom, nd, rules):
+    """The row kernel for the input gradient: as for a forward (wide maps, and Winograd not
+    ahead: at most 16 input channels where Winograd applies), and at least 8 input channels."""
+    as_conv = input_grad_as_conv(geom, nd)
+    return (as_conv is not None and rules.rows_input_grad
+            and geom.in_channels >= rules.rows_input_grad_min_channels
+            and rows_ok(as_conv, nd, rules)
+            and not (winograd_ok(geom, nd, rules, "input gradient")
+                     and geom.in_channels > rules.rows_over_winograd_max_out_channels))
 
 
-def dw_rows_ok(geom, nd):
-    return (_direct_vector and nd == 2 and geom.groups == 1 and geom.kernel != (1, 1, 1)
-            and geom.out_channels <= _DW_ROWS_MAX_OUT_CHANNELS
-            and geom.out_size[-1] >= _DW_ROWS_MIN_WIDTH
-            and (min(geom.in_channels, geom.out_channels) <= _DW_ROWS_MAX_CHANNELS
-                 or geom.kernel[1] * geom.kernel[2] >= _DW_ROWS_MIN_KERNEL_AREA))
+def dw_rows_ok(geom, nd, rules):
+    """The direct weight gradient: few channels on one side, or a large kernel."""
+    return (rules.dw_rows and _direct_kernels_apply(geom, nd) and geom.kernel != (1, 1, 1)
+            and geom.out_channels <= rules.dw_rows_max_out_channels
+            and geom.out_size[-1] >= rules.dw_rows_min_width
+            and (min(geom.in_channels, geom.out_channels) <= rules.dw_rows_max_channels
+                 or geom.kernel[1] * geom.kernel[2] >= rules.dw_rows_min_kernel_area))
+
+
+def subpixel_ok(geom, nd, rules):
+    """A transposed convolution by phases where the row kernel suits every phase."""
+    phases = subpixel_phases(geom, nd) if rules.subpixel else None
+    return phases is not None and all(rows_ok(sub, nd, rules) for _, _, sub, _, _ in phases)
+
+
+# Where each algorithm can compute a problem at all (is_usable_for), whatever its speed.
+_USABLE = {
+    "depthwise": lambda direction, geom, nd: is_depthwise(geom),
+    "winograd": lambda direction, geom, nd: winograd_possible(geom, nd),
+    "rows": lambda direction, geom, nd: (_direct_kernels_apply(geom, nd) if direction == "forward"
+                                         else input_grad_as_conv(geom, nd) is not None),
+    "direct": lambda direction, geom, nd: _direct_kernels_apply(geom, nd),
+    "subpixel": lambda direction, geom, nd: subpixel_phases(geom, nd) is not None,
+    "im2col": lambda direction, geom, nd: True,
+}
+
+# Whether the rules of a level prefer each algorithm, in ALGORITHMS' order.
+_PREFERRED = {
+    ("forward", "depthwise"): lambda geom, nd, r: is_depthwise(geom),
+    ("forward", "winograd"): lambda geom, nd, r: winograd_ok(geom, nd, r, "forward"),
+    ("forward", "rows"): rows_ok,
+    ("forward", "direct"): direct_ok,
+    ("input gradient", "depthwise"): lambda geom, nd, r: is_depthwise(geom),
+    ("input gradient", "rows"): rows_input_grad_ok,
+    ("input gradient", "winograd"): lambda geom, nd, r: winograd_ok(geom, nd, r,
+                                                                    "input gradient"),
+    ("weight gradient", "depthwise"): lambda geom, nd, r: is_depthwise(geom),
+    ("weight gradient", "winograd"): lambda geom, nd, r: winograd_ok(geom, nd, r,
+                                                                     "weight gradient"),
+    ("weight gradient", "direct"): dw_rows_ok,
+    ("transposed forward", "subpixel"): subpixel_ok,
+}
+
+
+def _check_direction(direction):
+    if direction not in ALGORITHMS:
+        raise ValueError(f"direction must be one of {', '.join(map(repr, DIRECTIONS))}, got "
+                         f"{direction!r}")
+
+
+def usable(algorithm, direction, geom, nd):
+    """Whether ``algorithm`` can compute this problem (its shape, not its speed)."""
+    _check_direction(direction)
+    return algorithm in ALGORITHMS[direction] and _USABLE[algorithm](direction, geom, nd)
+
+
+def choose(direction, geom, nd, isa, exclude=()):
+    """The algorithm the measured rules of level ``isa`` pick for one direction of a
+    convolution (geometry ``geom``, ``nd`` spatial axes): the first of ALGORITHMS[direction]
+    (leaving out ``exclude``) that the rules prefer, im2col + GEMM otherwise. A pure function
+    of its arguments: the same answer on every machine."""
+    _check_direction(direction)
+    if isa not in RULES:
+        raise ValueError(f"isa must be one of {', '.join(map(repr, ISAS))}, got {isa!r}")
+    rules = RULES[isa]
+    for algorithm in ALGORITHMS[direction]:
+        if algorithm == "im2col" or algorithm in exclude:
+            continue
+        if _PREFERRED[direction, algorithm](geom, nd, rules):
+            return algorithm
+    return "im2col"
+
+
+# Forced choices (conv_algorithms), per context: a thread or task sees only its own.
+_forced = contextvars.ContextVar("fastcnn_conv_algorithms", default={})
+_KEYWORDS = {"forward": "forward", "input_grad": "input gradient",
+             "weight_grad": "weight gradient", "transposed": "transposed forward"}
+
+
+@contextlib.contextmanager
+def conv_algorithms(*, forward=None, input_grad=None, weight_grad=None, transposed=None):
+    """Force the algorithm of convolutions run inside the ``with`` block, per direction:
+    ``forward`` one of "winograd", "rows" (the direct kernel along output rows), "direct" (the
+    direct kernel along output channels), "im2col"; ``input_grad`` one of "rows", "winograd",
+    "im2col"; ``weight_grad`` one of "winograd", "direct", "im2col"; ``transposed`` (a
+    transposed convolution's forward) "subpixel" or "im2col". None keeps the rules. A problem
+    the forced algorithm cannot compute (Winograd on a 5x5 kernel, a direct kernel on a 1-D or
+    grouped convolution) keeps the rules' choice; depthwise layers keep their own loops. The
+    setting is local to the calling thread (a context variable) and nests.
+
+        with F.conv_algorithms(forward="rows", input_grad="im2col"):
+            y = F.conv2d(x, w, padding=1)
+    """
+    forced = dict(_forced.get())
+    for keyword, value in (("forward", forward), ("input_grad", input_grad),
+                           ("weight_grad", weight_grad), ("transposed", transposed)):
+        if value is None:
+            continue
+        direction = _KEYWORDS[keyword]
+        choices = [a for a in ALGORITHMS[direction] if a != "depthwise"]
+        if value not in choices:
+            raise ValueError(f"conv_algorithms: {keyword} must be one of "
+                             f"{', '.join(map(repr, choices))} or None, got {value!r}")
+        forced[direction] = value
+    token = _forced.set(forced)
+    try:
+        yield
+    finally:
+        _forced.reset(token)
 
 
 # Autotuning (as torch.backends.cudnn.benchmark): with it on, the first call of each shape
-# times both algorithms and the faster one is kept for that shape.
+# times Winograd against the rules' other choice and keeps the faster one for that shape.
 _autotune = {"enabled": os.environ.get("FASTCNN_AUTOTUNE", "") not in ("", "0")}
 _tuned: dict = {}
 _tuned_lock = threading.Lock()
@@ -206,24 +351,31 @@ def set_conv_autotune(enabled: bool = True) -> None:
     _autotune["enabled"] = enabled
 
 
-def pick_winograd(direction, geom, nd, dtype, run_winograd, run_im2col):
-    """Whether to use Winograd; while tuning, both candidates run once more and are timed."""
-    if not winograd_possible(geom, nd):
-        return False
-    if not _autotune["enabled"]:
-        return winograd_ok(geom, nd, direction)
+def select(direction, geom, nd, dtype, runners=None):
+    """The algorithm to run: the one forced by conv_algorithms where it can compute this
+    problem, else choose() for this machine's level; with autotuning on, Winograd against the
+    rules' other choice, each run and timed once per shape (``runners``: algorithm -> a
+    function running it)."""
+    forced = _forced.get().get(direction)
+    if forced is not None and not is_depthwise(geom) and usable(forced, direction, geom, nd):
+        return forced
+    isa = machine_isa()
+    choice = choose(direction, geom, nd, isa)
+    if not (_autotune["enabled"] and runners and winograd_possible(geom, nd)):
+        return choice
+    other = choose(direction, geom, nd, isa, exclude=("winograd",))
     key = (direction, geom.n, geom.in_channels, geom.out_channels, geom.in_size, geom.padding,
            np.dtype(dtype).name, get_num_threads())
     with _tuned_lock:
         choice = _tuned.get(key)
     if choice is None:
         timings = {}
-        for use_winograd, run in ((True, run_winograd), (False, run_im2col)):
-            run()                                   # warm: workspaces, caches
+        for algorithm in ("winograd", other):
+            runners[algorithm]()                    # warm: workspaces, caches
             start = time.perf_counter()
-            run()
-            timings[use_winograd] = time.perf_counter() - start
-        choice = timings[True] < timings[False]
+            runners[algorithm]()
+            timings[algorithm] = time.perf_counter() - start
+        choice = min(timings, key=timings.get)
         with _tuned_lock:
             _tuned[key] = choice
     return choice
@@ -232,6 +384,44 @@ def pick_winograd(direction, geom, nd, dtype, run_winograd, run_im2col):
 # --------------------------------------------------------------------------------------------
 # Runners: each kernel's operands and workspace
 # --------------------------------------------------------------------------------------------
+
+def _axis_phases(size_in, size_out, k, s, p):
+    """Along one axis, the output phases r of a transposed convolution (outputs s*q + r) as
+    stride-1 convolutions of the input: y[s*q + r] = sum_u x[q - pad + u] * w[taps[u]], u < m
+    (the taps t = r + p mod s, in reverse order). (r, outputs, pad, taps) per phase, or None
+    when a phase has no tap or would need negative padding."""
+    phases = []
+    for r in range(s):
+        t0 = (r + p) % s
+        m = -(-(k - t0) // s) if t0 < k else 0
+        pad = (m - 1) - (r + p - t0) // s
+        count = -(-(size_out - r) // s)
+        if m == 0 or pad < 0:
+            return None
+        phases.append((r, count, pad, [t0 + s * (m - 1 - u) for u in range(m)]))
+    return phases
+
+
+def subpixel_phases(geom, nd):
+    """A 2-D transposed convolution (one group, no dilation; ``geom`` as _conv_transpose.py
+    makes it) as stride-1 convolutions, one per output phase (ra, rb), each run by the row
+    kernel and stored into its interleaved outputs: no GEMM into columns and no col2im. (ra,
+    rb, geometry, taps_h, taps_w) per phase, or None where some phase has no tap."""
+    if nd != 2 or geom.groups != 1 or geom.dilation != (1, 1, 1):
+        return None
+    per_axis = [_axis_phases(i, o, k, s, p) for i, o, k, s, p in zip(
+        geom.in_size, geom.out_size, geom.kernel[1:], geom.stride[1:], geom.padding[1:])]
+    if None in per_axis:
+        return None
+    phases = []
+    for ra, count_h, pad_h, taps_h in per_axis[0]:
+        for rb, count_w, pad_w, taps_w in per_axis[1]:
+            sub = _ConvGeometry(geom.batched, geom.n, geom.in_channels, geom.out_channels, 1,
+                                geom.in_size, (count_h, count_w), (1, len(taps_h), len(taps_w)),
+                                (1, 1, 1), (0, pad_h, pad_w), (1, 1, 1))
+            phases.append((ra, rb, sub, taps_h, taps_w))
+    return phases
+
 
 def padded_plane(geom):
     """(Hp, Wp): the zero-bordered input plane the direct kernels read, just large enough for
@@ -257,14 +447,15 @@ def direct_offsets(c_in, kh, kw, dh, dw, hp, wp, phases=1):
 
 
 def direct_conv2d(x2, w, b1, out2, geom, dtype, relu=False, by_rows=False, out_layout=None):
-    """out2 (N, C_out*L) by _conv.direct_forward: weight transposed to (K, C_out padded to 16);
+    """out2 (N, C_out*L) by _conv.direct_forward: weight transposed to (K, C_out padded to
+    _conv.CO_PAD);
     ``by_rows``: the kernel vectorized along output rows; ``out_layout``: where its outputs go
     (see direct_forward)."""
     c_out, c_in, kh, kw = w.shape
     (_, dh, dw), (_, ph, pw), (_, sh, sw) = geom.dilation, geom.padding, geom.stride
     oh, ow = geom.out_size
     hp, wp = padded_plane(geom)
-    cpad = -(-c_out // 16) * 16
+    cpad = -(-c_out // _conv.CO_PAD) * _conv.CO_PAD
     wt = np.zeros((c_in * kh * kw, cpad), dtype=dtype)
     wt[:, :c_out] = w.reshape(c_out, -1).T
     bias = np.zeros(cpad, dtype=dtype)

@@ -18,8 +18,7 @@ from fastcnn.functional._conv import (
     _conv_geometry,
     _split_operands,
 )
-from fastcnn.functional import _conv_algorithms
-from fastcnn.functional._conv_algorithms import direct_conv2d, direct_ok, rows_ok
+from fastcnn.functional import _conv_algorithms as algorithms
 
 __all__ = [
     "conv_transpose_output_size", "conv_transpose1d", "conv_transpose1d_backward",
@@ -82,47 +81,6 @@ def _conv_transpose_args(geom):
             lift3(geom.in_size, 1))
 
 
-def _axis_phases(size_in, size_out, k, s, p):
-    """Along one axis, the output phases r of a transposed convolution (outputs s*q + r) as
-    stride-1 convolutions of the input: y[s*q + r] = sum_u x[q - pad + u] * w[taps[u]], u < m
-    (the taps t = r + p mod s, in reverse order). (r, outputs, pad, taps) per phase, or None
-    when a phase has no tap or would need negative padding."""
-    phases = []
-    for r in range(s):
-        t0 = (r + p) % s
-        m = -(-(k - t0) // s) if t0 < k else 0
-        pad = (m - 1) - (r + p - t0) // s
-        count = -(-(size_out - r) // s)
-        if m == 0 or pad < 0:
-            return None
-        phases.append((r, count, pad, [t0 + s * (m - 1 - u) for u in range(m)]))
-    return phases
-
-
-def _subpixel_phases(geom, nd):
-    """A 2-D transposed convolution (one group, no dilation) as stride-1 convolutions, one per
-    output phase (ra, rb), each run by the row kernel (which must suit every phase) and stored
-    into its interleaved outputs: no GEMM into columns and no col2im. (ra, rb, geometry, taps_h,
-    taps_w) per phase, or None."""
-    if (not _conv_algorithms._direct_vector or nd != 2 or geom.groups != 1
-            or geom.dilation != (1, 1, 1)):
-        return None
-    per_axis = [_axis_phases(i, o, k, s, p) for i, o, k, s, p in zip(
-        geom.in_size, geom.out_size, geom.kernel[1:], geom.stride[1:], geom.padding[1:])]
-    if None in per_axis:
-        return None
-    phases = []
-    for ra, count_h, pad_h, taps_h in per_axis[0]:
-        for rb, count_w, pad_w, taps_w in per_axis[1]:
-            sub = _ConvGeometry(geom.batched, geom.n, geom.in_channels, geom.out_channels, 1,
-                                geom.in_size, (count_h, count_w), (1, len(taps_h), len(taps_w)),
-                                (1, 1, 1), (0, pad_h, pad_w), (1, 1, 1))
-            if not rows_ok(sub, nd):
-                return None
-            phases.append((ra, rb, sub, taps_h, taps_w))
-    return phases
-
-
 def _conv_transpose_forward(fname, nd, input, weight, bias, stride, padding, output_padding,
                             groups, dilation):
     x = as_array(fname, "input", input)
@@ -135,16 +93,15 @@ def _conv_transpose_forward(fname, nd, input, weight, bias, stride, padding, out
     b1 = _checks.optional_vector(fname, "bias", b, geom.out_channels, dtype)
     x2 = _rows(contiguous(x, dtype), geom.n)
     out = _memory.empty((geom.n, geom.out_channels) + geom.out_size, dtype)
-    phases = _subpixel_phases(geom, nd) if geom.n else None
-    if phases is not None:
+    if geom.n and algorithms.select("transposed forward", geom, nd, dtype) == "subpixel":
         # the row kernel per output phase: a k4 s2 upsampling 64 -> 32 channels, 16x16 -> 32x32
         # maps (the speed table's case) 2.16 -> 1.82 ms
         oh, ow = geom.out_size
         sh, sw = geom.stride[1:]
         w4 = w2.reshape(w.shape)
-        for ra, rb, sub, taps_h, taps_w in phases:
+        for ra, rb, sub, taps_h, taps_w in algorithms.subpixel_phases(geom, nd):
             sub_w = np.ascontiguousarray(w4[:, :, taps_h][:, :, :, taps_w].transpose(1, 0, 2, 3))
-            direct_conv2d(x2, sub_w, b1, _rows(out, geom.n), sub, dtype, by_rows=True,
+            algorithms.direct_conv2d(x2, sub_w, b1, _rows(out, geom.n), sub, dtype, by_rows=True,
                           out_layout=(geom.out_channels, ra * ow + rb, oh * ow, sh * ow, sw))
     elif geom.n:
         threads = get_num_threads()
@@ -175,7 +132,8 @@ def _conv_transpose_backward(fname, nd, grad_output, input, weight, stride, padd
         w4 = b.w2.reshape(w.shape)
         as_conv = _conv_geometry(fname, nd, dy4, w4, geom.stride[1:], geom.padding[1:],
                                  geom.dilation[1:], geom.groups)
-        if direct_ok(as_conv, nd) and as_conv.out_size == geom.in_size:
+        if (algorithms.direct_ok(as_conv, nd, algorithms.machine_rules())
+                and as_conv.out_size == geom.in_size):
             b.grad_x = _conv_forward(fname, nd, dy4, w4, None, geom.stride[1:],
                                      geom.padding[1:], geom.dilation[1:], geom.groups)
             need_x = False

@@ -1,0 +1,414 @@
+"""Which algorithm computes a convolution: the rules per x86-64 level as a table that holds on
+any machine, F.conv_algorithms (forcing a choice), and every algorithm and every compiled level
+of the direct kernels agreeing with im2col + GEMM."""
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import fastcnn.functional as F
+from fastcnn._ops import parallel as _par
+from fastcnn.functional import _conv_algorithms as algorithms
+from fastcnn.functional._conv import _conv_geometry
+from fastcnn.functional._conv_transpose import _conv_transpose_geometry
+from conftest import TOL
+from test_conv import check_against_torch
+
+V4, V3, BASE = algorithms.ISAS
+
+
+def conv(c_in, c_out, size, k, stride=1, n=2, groups=1, padding=None):
+    """The geometry of a 2-D convolution of n samples (C_in, size, size), k x k kernels,
+    padding k // 2 unless given."""
+    return _conv_geometry("t", 2, np.zeros((n, c_in, size, size)),
+                          np.zeros((c_out, c_in // groups, k, k)), stride,
+                          k // 2 if padding is None else padding, 1, groups)
+
+
+def conv_transpose(c_in, c_out, size, k, stride, padding):
+    return _conv_transpose_geometry("t", 2, np.zeros((2, c_in, size, size)),
+                                    np.zeros((c_in, c_out, k, k)), stride, padding, 0, 1, 1)
+
+
+# (what, direction, geometry, {level: algorithm}): the rules' choices, the same on every
+# machine (choose() is a pure function of the problem and the level).
+ROUTES = [
+    ("LeNet's first layer", "forward", conv(1, 6, 28, 5), {V4: "rows", V3: "rows", BASE: "im2col"}),
+    ("LeNet's second layer", "forward", conv(6, 16, 14, 5, padding=0),
+     {V4: "direct", V3: "im2col", BASE: "im2col"}),
+    ("a 3-channel 3x3 stem", "forward", conv(3, 16, 32, 3),
+     {V4: "rows", V3: "rows", BASE: "im2col"}),
+    ("16 -> 16 3x3 on 32x32", "forward", conv(16, 16, 32, 3),
+     {V4: "rows", V3: "winograd", BASE: "winograd"}),
+    ("32 -> 32 3x3 on 32x32", "forward", conv(32, 32, 32, 3),
+     {V4: "winograd", V3: "winograd", BASE: "winograd"}),
+    ("16 -> 16 3x3 on 8x8 maps", "forward", conv(16, 16, 8, 3),
+     {V4: "winograd", V3: "winograd", BASE: "winograd"}),
+    ("16 -> 16 3x3 stride 2 (144 taps)", "forward", conv(16, 16, 32, 3, stride=2),
+     {V4: "direct", V3: "im2col", BASE: "im2col"}),
+    ("3 -> 16 3x3 stride 2 (27 taps)", "forward", conv(3, 16, 64, 3, stride=2),
+     {V4: "rows", V3: "rows", BASE: "im2col"}),
+    ("1x1", "forward", conv(16, 16, 32, 1), {V4: "im2col", V3: "im2col", BASE: "im2col"}),
+    ("depthwise", "forward", conv(8, 8, 16, 3, groups=8),
+     {V4: "depthwise", V3: "depthwise", BASE: "depthwise"}),
+    ("8 -> 8 3x3 input gradient", "input gradient", conv(8, 8, 32, 3),
+     {V4: "rows", V3: "im2col", BASE: "im2col"}),
+    ("LeNet's first layer, input gradient (1 channel)", "input gradient", conv(1, 6, 28, 5),
+     {V4: "im2col", V3: "im2col", BASE: "im2col"}),
+    ("32 -> 32 3x3 input gradient", "input gradient", conv(32, 32, 32, 3),
+     {V4: "winograd", V3: "winograd", BASE: "winograd"}),
+    ("LeNet's first layer, weight gradient", "weight gradient", conv(1, 6, 28, 5),
+     {V4: "direct", V3: "im2col", BASE: "im2col"}),
+    ("16 -> 16 3x3 weight gradient", "weight gradient", conv(16, 16, 32, 3),
+     {V4: "direct", V3: "winograd", BASE: "winograd"}),
+    ("64 -> 64 3x3 weight gradient", "weight gradient", conv(64, 64, 16, 3),
+     {V4: "winograd", V3: "winograd", BASE: "winograd"}),
+    ("U-Net's k4 s2 upsampling", "transposed forward", conv_transpose(8, 5, 16, 4, 2, 1),
+     {V4: "subpixel", V3: "im2col", BASE: "im2col"}),
+]
+
+
+@pytest.mark.parametrize("isa", algorithms.ISAS)
+@pytest.mark.parametrize("what,direction,geom,expected", ROUTES, ids=[r[0] for r in ROUTES])
+def test_the_rules_route_each_problem_on_each_level(what, direction, geom, expected, isa):
+    assert algorithms.choose(direction, geom, 2, isa) == expected[isa]
+
+
+def test_every_route_is_usable_and_the_machine_follows_its_own_level():
+    for _, direction, geom, expected in ROUTES:
+        for choice in expected.values():
+            assert algorithms.usable(choice, direction, geom, 2)
+        machine = algorithms.select(direction, geom, 2, np.float32)
+        assert machine == expected[algorithms.machine_isa()]
+
+
+def test_choose_and_conv_algorithms_reject_unknown_names():
+    geom = conv(3, 8, 16, 3)
+    with pytest.raises(ValueError, match=r"isa must be one of 'x86-64-v4'.*got 'avx2'"):
+        algorithms.choose("forward", geom, 2, "avx2")
+    with pytest.raises(ValueError, match=r"direction must be one of .*got 'backward'"):
+        algorithms.choose("backward", geom, 2, V4)
+    with pytest.raises(ValueError, match=r"conv_algorithms: forward must be one of 'winograd', "
+                                         r"'rows', 'direct', 'im2col' or None, got 'gemm'"):
+        with F.conv_algorithms(forward="gemm"):
+            pass
+    with pytest.raises(ValueError, match=r"weight_grad must be one of .*got 'rows'"):
+        with F.conv_algorithms(weight_grad="rows"):
+            pass
+
+
+def test_conv_algorithms_nests_restores_and_is_local_to_a_thread():
+    geom = conv(16, 16, 32, 3)
+    native = algorithms.select("forward", geom, 2, np.float32)
+    seen = {}
+    with F.conv_algorithms(forward="im2col"):
+        assert algorithms.select("forward", geom, 2, np.float32) == "im2col"
+        with F.conv_algorithms(forward="winograd", weight_grad="im2col"):
+            assert algorithms.select("forward", geom, 2, np.float32) == "winograd"
+            assert algorithms.select("weight gradient", geom, 2, np.float32) == "im2col"
+            other = threading.Thread(
+                target=lambda: seen.update(t=algorithms.select("forward", geom, 2, np.float32)))
+            other.start()
+            other.join()
+        assert algorithms.select("forward", geom, 2, np.float32) == "im2col"
+        # a problem the forced algorithm cannot compute keeps the rules' choice
+        assert algorithms.select("forward", conv(3, 8, 16, 5), 2, np.float32) == "im2col"
+    with F.conv_algorithms(forward="winograd"):
+        assert algorithms.select("forward", conv(3, 8, 16, 5), 2, np.float32) == \
+            algorithms.choose("forward", conv(3, 8, 16, 5), 2, algorithms.machine_isa())
+    assert algorithms.select("forward", geom, 2, np.float32) == native
+    assert seen["t"] == native
+
+
+# ---- every algorithm agrees with im2col + GEMM ------------------------------------------------
+
+def random_direct_problem(rng, case, max_c_in, max_c_out, max_n, max_extra_width):
+    """A random 2-D convolution for forcing a direct kernel onto: (x, w, b, stride, padding,
+    dilation), channel counts that are not a multiple of the kernels' blocks, odd maps (widths
+    up to max_extra_width beyond the dilated kernel), kernels 1 to 5, dilation 1-2, padding
+    0-2; float64 for odd cases, no bias for every third, stride 1 for even cases."""
+    c_in, c_out = int(rng.integers(1, max_c_in)), int(rng.integers(1, max_c_out))
+    kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+    dilation = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+    padding = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
+    h = dilation[0] * (kh - 1) + int(rng.integers(1, 12))
+    w_ = dilation[1] * (kw - 1) + int(rng.integers(1, max_extra_width))
+    dtype = np.float64 if case % 2 else np.float32
+    x = rng.standard_normal((int(rng.integers(1, max_n)), c_in, h, w_)).astype(dtype)
+    w = rng.standard_normal((c_out, c_in, kh, kw)).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype) if case % 3 else None
+    stride = (int(rng.integers(1, 4)), int(rng.integers(1, 4))) if case % 2 else 1
+    return x, w, b, stride, padding, dilation
+
+
+def test_channel_kernel_matches_im2col_on_random_shapes():
+    """The direct kernel along output channels, forced onto random shapes (channel counts that
+    are not a multiple of its vector, odd maps, strides, dilation, uneven 'same' padding),
+    equals im2col + GEMM; float64 and float32."""
+    rng = np.random.default_rng(3)
+    for case in range(60):
+        x, w, b, stride, padding, dilation = random_direct_problem(rng, case, 9, 40, 4, 12)
+        if case % 5 == 0:
+            stride, padding = 1, "same"
+        results = []
+        for forced in ("direct", "im2col"):
+            with F.conv_algorithms(forward=forced):
+                results.append(F.conv2d(x, w, b, stride, padding=padding, dilation=dilation))
+        np.testing.assert_allclose(results[0], results[1], **TOL[x.dtype.type])
+
+
+def test_row_kernel_matches_im2col_on_random_shapes():
+    """The direct kernel along output rows, forced onto random shapes (widths that are not a
+    multiple of its vectors, including narrower than one; channel counts that are not a
+    multiple of its blocks; strides (along the width: the column-phase layout), dilation,
+    padding, ReLU), equals im2col + GEMM; float64 and float32. With stride 1 it also computes
+    the input gradient (dy by the flipped kernels), which must equal col2im's."""
+    rng = np.random.default_rng(11)
+    for case in range(60):
+        x, w, b, stride, padding, dilation = random_direct_problem(rng, case, 7, 30, 4, 40)
+        relu = "relu" if case % 4 == 0 else None
+        results = []
+        for forced in ("rows", "im2col"):
+            with F.conv_algorithms(forward=forced, input_grad=forced):
+                y = F.conv2d(x, w, b, stride, padding=padding, dilation=dilation,
+                             activation=relu)
+                dx = F.conv2d_backward(np.cos(y), x, w, stride, padding=padding,
+                                       dilation=dilation, output_mask=(True, False, False))[0]
+            results.append((y, dx))
+        for got, want in zip(*results):
+            np.testing.assert_allclose(got, want, **TOL[x.dtype.type])
+
+
+def test_direct_weight_gradient_matches_im2col_on_random_shapes():
+    """The weight gradient without im2col (fc_dw_rows), forced onto random shapes (widths that
+    are not a multiple of its vectors, channel and tap counts that are not a multiple of its
+    blocks, strides, dilation, padding) equals im2col + GEMM's; float64 and float32.
+    Infinities in the input stay where they belong: the lanes past a row's end are cleared
+    before they meet dy's zero padding."""
+    rng = np.random.default_rng(17)
+    for case in range(60):
+        x, w, _, stride, padding, dilation = random_direct_problem(rng, case, 7, 19, 11, 40)
+        if case % 5 == 0:
+            x[0, :, 1:, 0] = np.inf        # what the lanes past the row above would read
+        y = F.conv2d(x, w, stride=stride, padding=padding, dilation=dilation)
+        dy = rng.standard_normal(y.shape).astype(x.dtype)
+        results = []
+        for forced in ("direct", "im2col"):
+            with F.conv_algorithms(weight_grad=forced):
+                results.append(F.conv2d_backward(dy, x, w, stride, padding, dilation,
+                                                 output_mask=(False, True, False))[1])
+        np.testing.assert_allclose(results[0], results[1], **TOL[x.dtype.type])
+
+
+def test_winograd_on_every_possible_shape_matches_im2col():
+    """Winograd forced onto random small shapes (few channels, odd and tiny maps, padding 0-2):
+    output, input and weight gradients equal im2col's. Caught a race in the weight transform
+    that the >= 16-channel shapes missed."""
+    rng = np.random.default_rng(7)
+    cases = 0
+    while cases < 60:
+        n, c, k = (int(v) for v in rng.integers(1, 20, 3))
+        h, w_, p = int(rng.integers(1, 12)), int(rng.integers(1, 12)), int(rng.integers(0, 3))
+        if min(h, w_) + 2 * p < 3:
+            continue
+        cases += 1
+        x = rng.standard_normal((n % 5 + 1, c, h, w_))
+        w = rng.standard_normal((k, c, 3, 3))
+        results = []
+        for forced in ("winograd", "im2col"):
+            with F.conv_algorithms(forward=forced, input_grad=forced, weight_grad=forced):
+                y = F.conv2d(x, w, padding=p)
+                results.append((y,) + F.conv2d_backward(np.cos(y), x, w, padding=p)[:2])
+        for a, b in zip(*results):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_subpixel_forward_matches_the_gemm_path_on_random_shapes():
+    """The transposed convolution's forward as one stride-1 convolution per output phase (the
+    row kernel storing into the interleaved outputs), forced onto random shapes (strides 1-3,
+    kernels from the stride up, paddings, output_padding, odd sizes, bias or not), equals
+    GEMM + col2im; float64 and float32."""
+    rng = np.random.default_rng(23)
+    cases = 0
+    while cases < 50:
+        s = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+        k = tuple(int(v + rng.integers(0, 3)) for v in s)
+        p = tuple(int(rng.integers(0, kk)) for kk in k)
+        op = tuple(int(rng.integers(0, ss)) for ss in s)
+        c_in, c_out = int(rng.integers(1, 7)), int(rng.integers(1, 20))
+        dtype = np.float64 if cases % 2 else np.float32
+        x = rng.standard_normal((int(rng.integers(1, 4)), c_in, int(rng.integers(1, 9)),
+                                 int(rng.integers(1, 12)))).astype(dtype)
+        w = rng.standard_normal((c_in, c_out) + k).astype(dtype)
+        b = rng.standard_normal(c_out).astype(dtype) if cases % 3 else None
+        try:
+            geom = _conv_transpose_geometry("t", 2, x, w, s, p, op, 1, 1)
+        except ValueError:             # an output size below 1
+            continue
+        if not algorithms.usable("subpixel", "transposed forward", geom, 2):
+            continue
+        cases += 1
+        results = []
+        for forced in ("subpixel", "im2col"):
+            with F.conv_algorithms(transposed=forced):
+                results.append(F.conv_transpose2d(x, w, b, s, p, op))
+        np.testing.assert_allclose(results[0], results[1], **TOL[dtype])
+
+
+@pytest.mark.parametrize("path", ["im2col", "winograd", "direct", "rows", "depthwise",
+                                  "pointwise"])
+def test_activation_relu_is_applied_in_the_epilogue_of_every_path(path):
+    """conv2d(..., activation="relu") == relu(conv2d(...)) bit for bit, on each algorithm, with
+    and without bias, float32 and float64 (NaN kept, -0 turned into 0 as relu does)."""
+    rng = np.random.default_rng(5)
+    c_in, groups, kernel = {"depthwise": (6, 6, 3), "pointwise": (5, 1, 1)}.get(path, (5, 1, 3))
+    forced = path if path in ("im2col", "winograd", "direct", "rows") else None
+    with F.conv_algorithms(forward=forced):
+        for dtype in (np.float32, np.float64):
+            for n, size in ((1, 7), (4, 10), (33, 5)):     # odd maps, several samples per GEMM
+                x = rng.standard_normal((n, c_in, size, size + 1)).astype(dtype)
+                x[0, 0, 0, 0] = np.nan
+                w = rng.standard_normal((18, c_in // groups, kernel, kernel)).astype(dtype)
+                pad = kernel // 2
+                for b in (None, rng.standard_normal(18).astype(dtype)):
+                    y = F.conv2d(x, w, b, padding=pad, groups=groups, activation="relu")
+                    np.testing.assert_array_equal(
+                        y, F.relu(F.conv2d(x, w, b, padding=pad, groups=groups)))
+                    assert np.isnan(y).any() and not np.signbit(y).any()
+
+
+@pytest.mark.parametrize("path", ["rows", "direct"])
+def test_windows_that_read_padding_only_give_the_bias(th, path):
+    """Outputs whose windows fall in the padding alone (a large stride past a padded border)
+    are the bias: the direct kernels once returned early there and left the output unwritten."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 1, 40)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    for _ in range(3):                      # leave garbage in the pooled buffers
+        F.relu(rng.standard_normal((2, 4, 1, 40)).astype(np.float32) * 1e30)
+    with F.conv_algorithms(forward=path):
+        for stride, padding in (((20, 1), (5, 1)), ((1, 20), (1, 5)), (20, 5)):
+            y = F.conv2d(x, w, b, stride, padding)
+            ref = th.nn.functional.conv2d(th.tensor(x), th.tensor(w), th.tensor(b), stride,
+                                          padding)
+            np.testing.assert_allclose(y, ref.numpy(), **TOL[np.float32])
+
+
+@pytest.mark.parametrize("forward,input_grad,weight_grad", [
+    ("rows", "rows", "direct"), ("direct", "im2col", "direct"), ("winograd", "winograd",
+                                                                   "winograd")])
+def test_each_algorithm_agrees_with_torch(th, rng, forward, input_grad, weight_grad):
+    with F.conv_algorithms(forward=forward, input_grad=input_grad, weight_grad=weight_grad):
+        check_against_torch(th, rng, 2, 3, 3, 20, (21, 33), (3, 3), np.float32, padding=1)
+        check_against_torch(th, rng, 2, 2, 16, 16, (18, 32), (3, 3), np.float64, padding=1)
+        check_against_torch(th, rng, 2, 5, 6, 16, (14, 14), (5, 5), np.float32)
+        check_against_torch(th, rng, 2, 3, 6, 20, (11, 9), (5, 3), np.float64, padding=(2, 1))
+
+
+def test_direct_weight_gradient_is_bit_identical_for_1_and_2_threads(
+        rng, same_bits_for_1_and_2_threads):
+    x = rng.standard_normal((13, 3, 20, 30)).astype(np.float32)
+    w = rng.standard_normal((10, 3, 5, 5)).astype(np.float32)
+    dy = rng.standard_normal((13, 10, 16, 26)).astype(np.float32)
+
+    def compute():
+        with F.conv_algorithms(weight_grad="direct"):
+            return F.conv2d_backward(dy, x, w, output_mask=(False, True, False))[1:2]
+    same_bits_for_1_and_2_threads(compute)
+
+
+# ---- every compiled level this CPU can run ------------------------------------------------
+
+_LEVEL_SCRIPT = r"""
+import json, sys
+import numpy as np
+import fastcnn.functional as F
+from fastcnn._ops import parallel
+
+rng = np.random.default_rng(29)
+out = {"path": parallel.simd_path(), "results": []}
+problems = [((3, 5, 23, 37), (11, 5, 5, 5), 1, 2), ((2, 9, 14, 14), (19, 9, 3, 3), 1, 1),
+            ((2, 6, 17, 30), (21, 6, 3, 3), 2, 1), ((3, 2, 9, 50), (13, 2, 3, 7), (1, 3), 2)]
+for dtype in (np.float32, np.float64):
+    for xs, ws, stride, pad in problems:
+        x = rng.standard_normal(xs).astype(dtype)
+        w = rng.standard_normal(ws).astype(dtype)
+        b = rng.standard_normal(ws[0]).astype(dtype)
+        for fwd, gx, gw in (("direct", "im2col", "direct"), ("rows", "rows", "direct"),
+                            ("winograd", "winograd", "winograd"), ("im2col", "im2col", "im2col")):
+            with F.conv_algorithms(forward=fwd, input_grad=gx, weight_grad=gw):
+                y = F.conv2d(x, w, b, stride, pad, activation="relu")
+                grads = F.conv2d_backward(np.cos(y), x, w, stride, pad)
+            out["results"].append([a.astype(np.float64).ravel().tolist() for a in (y,) + grads])
+    x = rng.standard_normal((2, 7, 9, 11)).astype(dtype)
+    w = rng.standard_normal((7, 12, 4, 4)).astype(dtype)
+    for forced in ("subpixel", "im2col"):
+        with F.conv_algorithms(transposed=forced):
+            out["results"].append([F.conv_transpose2d(x, w, None, 2, 1).ravel().tolist()])
+json.dump(out, sys.stdout)
+"""
+
+_LEVELS = {V4: 2, V3: 1, BASE: 0}
+
+
+def _levels_this_cpu_runs():
+    cpu = _par.simd_cpu_path()
+    if cpu == "portable":
+        return []
+    return [level for level in algorithms.ISAS if _LEVELS[level] <= _LEVELS[cpu]]
+
+
+def _run_at(level):
+    env = dict(os.environ, FASTCNN_SIMD=level)
+    res = subprocess.run([sys.executable, "-c", _LEVEL_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def test_every_level_this_cpu_runs_gives_the_same_results():
+    """Each compiled copy of the direct kernels (AVX-512, AVX2, baseline: as many as this CPU
+    can run, forced with FASTCNN_SIMD) and each algorithm, forward (with ReLU) and all three
+    gradients, float32 and float64, agree with the same computation at the CPU's own level
+    (each algorithm is checked against im2col + GEMM by the tests above, at every level when
+    .ci/run repeats them under FASTCNN_SIMD)."""
+    levels = _levels_this_cpu_runs()
+    if not levels:
+        pytest.skip("built without dispatch: one copy of each kernel, tested by the rest")
+    runs = {level: _run_at(level) for level in levels}
+    reference = runs[levels[0]]["results"]
+    for level, run in runs.items():
+        assert run["path"] == level
+        assert len(run["results"]) == len(reference)
+        for i, (got, want) in enumerate(zip(run["results"], reference)):
+            # results come in groups of four algorithms (the last one im2col) per problem
+            tol = dict(rtol=2e-4, atol=2e-4) if i < len(reference) // 2 else dict(rtol=1e-9,
+                                                                                   atol=1e-9)
+            for a, b in zip(got, want):
+                np.testing.assert_allclose(a, b, err_msg=f"{level}, result {i}", **tol)
+
+
+def test_forcing_a_level_is_checked_at_import():
+    """An unknown FASTCNN_SIMD is a clear error at import; a level above the CPU's runs the
+    CPU's own level with a warning (never an illegal instruction)."""
+    env = dict(os.environ, FASTCNN_SIMD="avx2")
+    res = subprocess.run([sys.executable, "-c", "import fastcnn"], env=env,
+                         capture_output=True, text=True)
+    assert res.returncode == 1
+    assert ("FASTCNN_SIMD='avx2' in the environment: expected one of x86-64-v4, x86-64-v3, "
+            "baseline") in res.stderr
+    env["FASTCNN_SIMD"] = "x86-64-v4"
+    res = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c",
+                          "import fastcnn; from fastcnn._ops import parallel; "
+                          "print(parallel.simd_path())"], env=env, capture_output=True, text=True)
+    cpu = _par.simd_cpu_path()
+    if cpu in (V4, "portable"):
+        assert res.returncode == 0 and res.stdout.strip() == cpu
+    else:
+        assert res.returncode == 1
+        assert f"this CPU runs at most {cpu}" in res.stderr
