@@ -377,13 +377,24 @@ class Model:
         return OrderedDict((k, np.array(v, copy=True)) for k, v in self._state_items())
 
     def load_state_dict(self, state, strict: bool = True):
-        """Copy arrays into the model. With ``strict``, missing and unexpected keys are errors;
-        shape mismatches always are. All problems are listed at once."""
+        """Copy arrays (numpy arrays, torch tensors, anything ``np.asarray`` takes) into the
+        model, as torch's ``load_state_dict`` does: with ``strict``, missing and unexpected keys
+        are errors; wrong shapes always are (a one-element array fits a scalar buffer, as torch's
+        old ``num_batches_tracked`` of shape (1,) does). A missing ``num_batches_tracked`` keeps
+        the layer's count (0 on a new model), as torch does. Values are cast to the model's
+        dtypes (float64 into a float32 model). All problems are listed at once. Returns
+        ``{"missing": [...], "unexpected": [...]}``."""
         own = OrderedDict(self._state_items())
-        missing = [k for k in own if k not in state]
+        optional = {f"{node.name}.{b}" for node in self._nodes
+                    for b in node.layer.optional_buffers()}
+        missing = [k for k in own if k not in state and k not in optional]
         unexpected = [k for k in state if k not in own]
+
+        def fits(key):
+            shape, target = tuple(np.shape(state[key])), own[key].shape
+            return shape == target or (target == () and shape == (1,))
         wrong = [f"{k}: expected {own[k].shape}, got {np.shape(state[k])}"
-                 for k in own if k in state and tuple(np.shape(state[k])) != own[k].shape]
+                 for k in own if k in state and not fits(k)]
         problems = []
         if strict and missing:
             problems.append(f"missing keys: {', '.join(missing)}")
@@ -391,14 +402,17 @@ class Model:
             problems.append(f"unexpected keys: {', '.join(unexpected)}")
         if wrong:
             problems.append(f"wrong shapes: {'; '.join(wrong)}")
-        if problems:
-            raise ValueError(f"{self.name}: load_state_dict: " + " | ".join(problems))
-        for key, target in own.items():
+        values = {}
+        for key in own:
             if key in state:
                 value = np.asarray(state[key])
                 if value.dtype.kind not in "biuf":
-                    raise TypeError(f"{self.name}: load_state_dict: {key} has dtype {value.dtype}")
-                np.copyto(target, value, casting="unsafe")
+                    problems.append(f"{key} has dtype {value.dtype}, expected numbers")
+                values[key] = value
+        if problems:
+            raise ValueError(f"{self.name}: load_state_dict: " + " | ".join(problems))
+        for key, value in values.items():   # nothing is copied unless everything fits
+            np.copyto(own[key], value.reshape(own[key].shape), casting="unsafe")
         return {"missing": missing, "unexpected": unexpected}
 
     def fuse(self) -> "Model":

@@ -87,7 +87,7 @@ class Rules:
     # The weight gradient on the row kernel's layout (fc_dw_rows): no im2col.
     dw_rows: bool = True
     dw_rows_max_channels: int = 16          # min(C_in, C_out) at most this, or
-    dw_rows_min_kernel_area: int = 25       # a kernel this large;
+    dw_rows_min_kernel_area: int | None = 25   # a kernel this large (None: no such rule);
     dw_rows_max_out_channels: int = 64      # and at most this many output channels,
     dw_rows_min_width: int = 8              # outputs this wide
     # A transposed convolution's forward as one row-kernel convolution per output phase.
@@ -120,10 +120,25 @@ class Rules:
 _V4 = Rules()
 
 # AVX2 (x86-64-v3): the kernels' AVX2 copies have their own register blocks (_conv_direct.inc:
-# 8-float vectors, 8 accumulators); measured with FASTCNN_SIMD=x86-64-v3 on AVX-512 machines
-# and on AMD Zen 3, see RULES_AVX2_MEASURED below.
-_V3 = replace(_V4, rows_lanes=8, rows_max_taps=64, direct=False, rows_input_grad=False,
-              dw_rows=False, subpixel=False)
+# 8-float vectors, 8 accumulators). Measured with FASTCNN_SIMD=x86-64-v3 OPENBLAS_CORETYPE=Haswell
+# on an AVX-512 machine (AMD EPYC, Zen 4, 2 cores; float32, 2 threads, best of 15), in ms:
+# - forward, the row kernel against the others: LeNet's first layer 0.28 (channel kernel 0.38,
+#   im2col 0.73); 16 -> 16 3x3 on 32x32 1.43 (Winograd 2.32, im2col 3.33); 32 -> 32 5x5 on 32x32
+#   7.73 (im2col 10.37); 32 -> 32 3x3 dilation 2 3.18 (3.77); 3 -> 32 3x3 1.36 (1.92); against
+#   Winograd from 32 output channels it loses (32 -> 32 on 16x16: 1.46 vs 1.37), as on AVX-512.
+# - forward, the channel kernel: LeNet's second layer 0.46 (im2col 0.84); stride 2, 16 -> 32
+#   channels from 32x32 0.99 (1.34), but 32 -> 64 from 16x16 0.89 (0.85) and 64 -> 128 from 56x56
+#   20.75 (13.58): stride-2 layers only up to 32 output channels.
+# - input gradient by the row kernel: 16 -> 16 3x3 on 32x32 1.52 (im2col 2.21, Winograd 2.40),
+#   32 -> 32 5x5 8.08 (8.33); with 3 or 6 input channels it loses (0.80 vs 0.65, 0.88 vs 0.75).
+# - weight gradient by fc_dw_rows: LeNet's first layer 0.30 (im2col 0.80), a 3-channel stem 0.51
+#   (0.74), 16 -> 16 3x3 on 32x32 1.95 (Winograd 2.33); it loses on maps narrower than 24 (LeNet's
+#   second layer, 10 wide: 1.03 vs 0.81; 16 -> 32 stride 2, 16 wide: 1.90 vs 1.47) and on large
+#   kernels with 32 channels on both sides (32 -> 32 5x5: 10.95 vs 10.34), which AVX-512 wins.
+# - transposed convolution by phases: k4 s2 64 -> 32 channels, 16x16 -> 32x32, 3.53 against 2.73
+#   for GEMM + col2im (its stores interleave the phases: no full-vector store on 8 lanes).
+_V3 = replace(_V4, rows_lanes=8, direct_stride2_max_out_channels=32, dw_rows_min_width=24,
+              dw_rows_min_kernel_area=None, subpixel=False)
 
 # Baseline (SSE2, 4-float vectors): OpenBLAS still runs its own AVX2 or AVX-512 GEMM on such a
 # build, so im2col + GEMM and Winograd (whose GEMMs are BLAS) keep every layer.
@@ -227,7 +242,8 @@ def dw_rows_ok(geom, nd, rules):
             and geom.out_channels <= rules.dw_rows_max_out_channels
             and geom.out_size[-1] >= rules.dw_rows_min_width
             and (min(geom.in_channels, geom.out_channels) <= rules.dw_rows_max_channels
-                 or geom.kernel[1] * geom.kernel[2] >= rules.dw_rows_min_kernel_area))
+                 or (rules.dw_rows_min_kernel_area is not None
+                     and geom.kernel[1] * geom.kernel[2] >= rules.dw_rows_min_kernel_area)))
 
 
 def subpixel_ok(geom, nd, rules):

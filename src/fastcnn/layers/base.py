@@ -87,6 +87,7 @@ class Layer:
         self.output_shape = None
         self._params: dict[str, Parameter] = {}
         self._buffers: dict[str, np.ndarray] = {}
+        self._optional_buffers: set[str] = set()
         self._saved = None
         self._init_context = _InitContext()
         # Set by the model: this layer's input is read by nobody else, so it may be overwritten.
@@ -168,10 +169,19 @@ class Layer:
         self._params[name] = param
         return param
 
-    def add_buffer(self, name: str, value: np.ndarray) -> np.ndarray:
-        """Register a non-trainable array saved in the state_dict (running statistics...)."""
+    def add_buffer(self, name: str, value: np.ndarray, optional: bool = False) -> np.ndarray:
+        """Register a non-trainable array saved in the state_dict (running statistics...).
+        ``optional``: a state_dict may leave it out, and loading one that does keeps its value
+        (as torch's norm layers do for ``num_batches_tracked``, a buffer older checkpoints and
+        float-only conversions lack)."""
         self._buffers[name] = value
+        if optional:
+            self._optional_buffers.add(name)
         return value
+
+    def optional_buffers(self) -> frozenset[str]:
+        """Names of the buffers a state_dict may omit (see add_buffer)."""
+        return frozenset(self._optional_buffers)
 
     # -- running ----------------------------------------------------------------------------
     def forward(self, x):

@@ -69,8 +69,11 @@ class _RunningStats(_Affine):
         if self.track_running_stats:
             self.running_mean = self.add_buffer("running_mean", np.zeros(c, dtype))
             self.running_var = self.add_buffer("running_var", np.ones(c, dtype))
+            # optional, as in torch (_NormBase._load_from_state_dict): a state_dict without it
+            # (converted keeping floats only, or older than the buffer) keeps the count, 0 on a
+            # new layer
             self.num_batches_tracked = self.add_buffer("num_batches_tracked",
-                                                       np.zeros((), np.int64))
+                                                       np.zeros((), np.int64), optional=True)
         return tuple(input_shape)
 
 
