@@ -154,7 +154,10 @@ def test_cifar10_reads_batches(tmp_path, rng, nested):
     assert x.shape == (20, 3, 32, 32) and x.dtype == np.float32 and y.dtype == np.int64
     first = written["data_batch_1"]
     # Row layout: 1024 red values, 1024 green, 1024 blue, each a 32x32 image in row order.
-    np.testing.assert_array_equal(x[0, 1, 2, 3] * 255, float(first[b"data"][0, 1024 + 2 * 32 + 3]))
+    # (compared as the library computes it, uint8 / float32(255) in float32: ``x * 255`` is
+    # float32 under NEP 50 but float64 under numpy 1.x's scalar promotion, 54.00000058)
+    raw = first[b"data"][0, 1024 + 2 * 32 + 3]
+    assert x[0, 1, 2, 3] == np.float32(raw) / np.float32(255)
     assert y[:4].tolist() == first[b"labels"]
     assert y[16:].tolist() == written["data_batch_5"][b"labels"]
     assert splits.test[0].shape == (4, 3, 32, 32)
