@@ -120,25 +120,31 @@ class Rules:
 _V4 = Rules()
 
 # AVX2 (x86-64-v3): the kernels' AVX2 copies have their own register blocks (_conv_direct.inc:
-# 8-float vectors, 8 accumulators). Measured with FASTCNN_SIMD=x86-64-v3 OPENBLAS_CORETYPE=Haswell
-# on an AVX-512 machine (AMD EPYC, Zen 4, 2 cores; float32, 2 threads, best of 15), in ms:
-# - forward, the row kernel against the others: LeNet's first layer 0.28 (channel kernel 0.38,
-#   im2col 0.73); 16 -> 16 3x3 on 32x32 1.43 (Winograd 2.32, im2col 3.33); 32 -> 32 5x5 on 32x32
-#   7.73 (im2col 10.37); 32 -> 32 3x3 dilation 2 3.18 (3.77); 3 -> 32 3x3 1.36 (1.92); against
-#   Winograd from 32 output channels it loses (32 -> 32 on 16x16: 1.46 vs 1.37), as on AVX-512.
-# - forward, the channel kernel: LeNet's second layer 0.46 (im2col 0.84); stride 2, 16 -> 32
-#   channels from 32x32 0.99 (1.34), but 32 -> 64 from 16x16 0.89 (0.85) and 64 -> 128 from 56x56
-#   20.75 (13.58): stride-2 layers only up to 32 output channels.
-# - input gradient by the row kernel: 16 -> 16 3x3 on 32x32 1.52 (im2col 2.21, Winograd 2.40),
-#   32 -> 32 5x5 8.08 (8.33); with 3 or 6 input channels it loses (0.80 vs 0.65, 0.88 vs 0.75).
+# 8-float vectors; the row kernel two of them by 4 channels, the others 8 accumulators).
+# Measured with FASTCNN_SIMD=x86-64-v3 OPENBLAS_CORETYPE=Haswell on an AVX-512 machine (AMD EPYC,
+# Zen 4, 2 cores; float32, 2 threads, best of 15), in ms:
+# - forward, the row kernel against the others: LeNet's first layer 0.26 (im2col 0.72); 3 -> 32
+#   3x3 1.13 (1.75); 16 -> 16 3x3 on 32x32 1.10 (Winograd 2.10, im2col 2.94); 32 -> 32 3x3 on
+#   16x16 1.11 (Winograd 1.22) and on 32x32 9.52 (9.81): on AVX2 it beats Winograd up to 32
+#   output channels, and loses from 64 (64 -> 64 on 32x32: 21.5 vs 13.2); 32 -> 32 5x5 on 32x32
+#   6.49 (im2col 10.20); 32 -> 32 3x3 dilation 2 2.55 (3.94).
+# - forward, the channel kernel: LeNet's second layer 0.38 (im2col 0.78; the row kernel 0.36 on
+#   its 10-wide maps); stride 2, 16 -> 32 channels from 32x32 0.98 (1.40), but 32 -> 64 from
+#   16x16 0.89 (0.85) and 64 -> 128 from 56x56 20.75 (13.58): stride-2 layers only up to 32
+#   output channels.
+# - input gradient by the row kernel: 16 -> 16 3x3 on 32x32 1.16 (im2col 1.90, Winograd 2.18),
+#   32 -> 32 on 32x32 9.60 (Winograd 10.00), 32 -> 32 5x5 6.54 (8.03); from 3 input channels
+#   (a stem's: 0.38 vs 0.54; 3 -> 32 on 32x32: 1.53 vs 1.78), unlike AVX-512; with 1 a tie (0.58
+#   vs 0.56).
 # - weight gradient by fc_dw_rows: LeNet's first layer 0.30 (im2col 0.80), a 3-channel stem 0.51
 #   (0.74), 16 -> 16 3x3 on 32x32 1.95 (Winograd 2.33); it loses on maps narrower than 24 (LeNet's
 #   second layer, 10 wide: 1.03 vs 0.81; 16 -> 32 stride 2, 16 wide: 1.90 vs 1.47) and on large
 #   kernels with 32 channels on both sides (32 -> 32 5x5: 10.95 vs 10.34), which AVX-512 wins.
 # - transposed convolution by phases: k4 s2 64 -> 32 channels, 16x16 -> 32x32, 3.53 against 2.73
 #   for GEMM + col2im (its stores interleave the phases: no full-vector store on 8 lanes).
-_V3 = replace(_V4, rows_lanes=8, direct_stride2_max_out_channels=32, dw_rows_min_width=24,
-              dw_rows_min_kernel_area=None, subpixel=False)
+_V3 = replace(_V4, rows_lanes=8, rows_over_winograd_max_out_channels=32,
+              rows_input_grad_min_channels=2, direct_stride2_max_out_channels=32,
+              dw_rows_min_width=24, dw_rows_min_kernel_area=None, subpixel=False)
 
 # Baseline (SSE2, 4-float vectors): OpenBLAS still runs its own AVX2 or AVX-512 GEMM on such a
 # build, so im2col + GEMM and Winograd (whose GEMMs are BLAS) keep every layer.
