@@ -428,3 +428,28 @@ def test_fused_relu_after_a_sum_of_three():
     dy = rng.standard_normal((4, 108)).astype(np.float32)
     for a, b in zip(_train_step_results(fused, x, dy), _train_step_results(plain, x, dy)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_layer_arguments_a_config_cannot_hold_are_refused_when_the_layer_is_made():
+    """Layer.__new__ records the constructor arguments as the layer's config: an ndarray (or a
+    function, an object) is a clear TypeError naming the argument at construction, not a
+    json.dumps failure when the model is saved."""
+    from fastcnn.layers.base import Layer
+
+    class Scale(Layer):
+        def __init__(self, factor=1.0, shape=(1,), options=None):
+            self.factor = factor
+
+        def forward(self, x):
+            return x * self.factor
+
+    Scale(2.0, [3, 4], {"mode": "a", "sizes": [1, 2]})          # JSON values: fine
+    Scale(np.float32(2.0), (np.int64(3),))                       # numpy scalars too
+    with pytest.raises(TypeError, match=r"Scale: argument 'factor' is a ndarray, which a config "
+                                        r"cannot hold"):
+        Scale(np.ones(3))
+    with pytest.raises(TypeError, match=r"argument 'shape\[1\]' is a function"):
+        Scale(1.0, (1, lambda: 2))
+    with pytest.raises(TypeError, match=r"argument 'options' has a key 1: config dicts need "
+                                        r"string keys"):
+        Scale(1.0, options={1: "a"})

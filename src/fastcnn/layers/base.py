@@ -77,6 +77,8 @@ class Layer:
             extra = arguments.pop("kwargs", None)
             if isinstance(extra, dict):
                 arguments.update(extra)
+            for key, value in arguments.items():
+                _check_config_value(cls.__name__, key, value)
             self._init_args = arguments
         else:
             self._init_args = {}
@@ -241,6 +243,32 @@ class Layer:
 
     def __repr__(self):
         return f"{type(self).__name__}({self.extra_repr()})"
+
+
+def _check_config_value(layer, key, value, path=None):
+    """The constructor arguments a layer records become its config (to_config, save): a value
+    JSON cannot hold is refused when the layer is made, naming it, rather than failing at save
+    time (as Keras 3 checks its layers' arguments)."""
+    path = key if path is None else path
+    if value is None or isinstance(value, (bool, int, float, str, np.bool_, np.integer,
+                                           np.floating)):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_config_value(layer, key, item, f"{path}[{i}]")
+        return
+    if isinstance(value, dict):
+        for k, item in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{layer}: argument {path!r} has a key {k!r}: config dicts "
+                                f"need string keys")
+            _check_config_value(layer, key, item, f"{path}[{k!r}]")
+        return
+    raise TypeError(
+        f"{layer}: argument {path!r} is a {type(value).__name__}, which a config cannot hold "
+        f"(to_config and save store numbers, strings, booleans, None, and lists and dicts of "
+        f"them); pass a name or numbers instead (an initializer's name, a shape as a list), or "
+        f"set arrays in build() or on the layer after it is made")
 
 
 def _jsonable(value):
