@@ -25,22 +25,22 @@
 
 #include "_simd.h"
 
-/* Layout constants, shared with conv.pyx (which exports them to Python) and the same on every
- * level: the kernels' blocks divide them. */
+/* Layout constants, shared with conv_direct.pyx (which exports them to Python) and the same on
+ * every level: the kernels' blocks divide them. */
 #define FC_CO_PAD 16    /* the channel and row kernels' wt and bias: C_out padded to a multiple */
 #define FC_POS 4        /* the channel kernel's output positions per block along a row */
 #define FC_ROW_CO 8     /* the row kernel's channels per block */
 #define FC_ROW_TAIL 16  /* the row kernel reads fewer than this many elements past a row (its
-                           widest vector; conv.pyx allocates it after each sample) */
+                           widest vector; conv_direct.pyx allocates it after each sample) */
 #define FC_DW_CO 4      /* fc_dw_rows' padded dy: channels rounded up to a multiple */
 #define FC_DW_K 4       /* its taps per block: offsets rounded up to a multiple */
 #define FC_DW_LANES 16  /* its accumulator slot per (channel, tap): 64 bytes (16 floats or 8
-                           doubles); conv.pyx adds each slot up */
+                           doubles); conv_direct.pyx adds each slot up */
 
 /* fc_direct_conv: y (cout, oh_n*ow_n) of one sample from its padded planes xp; wt (K, cpad),
  * bias (cpad); relu: max(y, 0) as it is stored (NaN kept, -0 -> 0, as fastcnn's relu).
  * xp must hold sh + 1 rows and FC_POS * sw elements past the last plane (the tail blocks read
- * them; conv.pyx's direct_workspace_size). Strides sh, sw: output (oh, ow) reads the planes
+ * them; conv_direct.pyx's direct_workspace_size). Strides sh, sw: output (oh, ow) reads the planes
  * from (oh*sh, ow*sw). The channels are GCC vectors, not left to the auto-vectorizer, which
  * kept the accumulators in memory. */
 #define FC_DIRECT_CONV_PARAMS(T)                                                           \
@@ -55,12 +55,12 @@
  * multiplying. Here one vector of outputs of a row of up to FC_ROW_CO channels is computed at a
  * time: each tap is one contiguous load of xp and one multiply-add by a broadcast weight per
  * channel, and the results are stored as they lie. The loads are contiguous because xp is read
- * at stride 1 along the width (a width stride: conv.pyx stores each plane as its column phases);
- * any stride sh down the rows. A row's last block reads up to FC_ROW_TAIL - 1 elements past the
- * row (past the last plane for the last row: conv.pyx's workspace has that tail) and stores only
- * the outputs that exist. relu: max(y, 0) with NaN kept and -0 -> 0, as relu.
+ * at stride 1 along the width (a width stride: conv_direct.pyx stores each plane as its column
+ * phases); any stride sh down the rows. A row's last block reads up to FC_ROW_TAIL - 1 elements
+ * past the row (past the last plane for the last row: conv_direct.pyx's workspace has that tail)
+ * and stores only the outputs that exist. relu: max(y, 0) with NaN kept and -0 -> 0, as relu.
  * Output (co, oh, ow) goes to y[co * yc + oh * yh + ow * yw]: (oh_n * ow_n, ow_n, 1) for a plain
- * convolution; strided for one phase of a transposed convolution (conv.pyx). */
+ * convolution; strided for one phase of a transposed convolution (conv_direct.pyx). */
 #define FC_DIRECT_CONV_ROWS_PARAMS(T)                                                      \
     (const T *xp, const T *wt, const T *bias, T *y, const ptrdiff_t *off, ptrdiff_t K,     \
      ptrdiff_t cout, ptrdiff_t cpad, ptrdiff_t oh_n, ptrdiff_t ow_n, ptrdiff_t wp,         \
@@ -114,7 +114,7 @@
 #  undef FC_VBYTES
 #endif
 
-/* the entry points conv.pyx calls: the copy of this module's level */
+/* the entry points conv_direct.pyx calls: the copy of this module's level */
 static FC_UNUSED inline void fc_direct_conv_f FC_DIRECT_CONV_PARAMS(float)
 { FC_LEVELS_CALL(fc_direct_conv_f, FC_DIRECT_CONV_ARGS); }
 static FC_UNUSED inline void fc_direct_conv_d FC_DIRECT_CONV_PARAMS(double)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from fastcnn import _memory
-from fastcnn._ops import conv as _conv
+from fastcnn._ops import conv_direct as _direct
 from fastcnn._ops import winograd as _winograd
 from fastcnn._ops.parallel import simd_path
 from fastcnn._threads import get_num_threads, single_threaded_blas
@@ -469,15 +469,15 @@ def direct_offsets(c_in, kh, kw, dh, dw, hp, wp, phases=1):
 
 
 def direct_conv2d(x2, w, b1, out2, geom, dtype, relu=False, by_rows=False, out_layout=None):
-    """out2 (N, C_out*L) by _conv.direct_forward: weight transposed to (K, C_out padded to
-    _conv.CO_PAD);
+    """out2 (N, C_out*L) by _direct.direct_forward: weight transposed to (K, C_out padded to
+    _direct.CO_PAD);
     ``by_rows``: the kernel vectorized along output rows; ``out_layout``: where its outputs go
     (see direct_forward)."""
     c_out, c_in, kh, kw = w.shape
     (_, dh, dw), (_, ph, pw), (_, sh, sw) = geom.dilation, geom.padding, geom.stride
     oh, ow = geom.out_size
     hp, wp = padded_plane(geom)
-    cpad = -(-c_out // _conv.CO_PAD) * _conv.CO_PAD
+    cpad = -(-c_out // _direct.CO_PAD) * _direct.CO_PAD
     wt = np.zeros((c_in * kh * kw, cpad), dtype=dtype)
     wt[:, :c_out] = w.reshape(c_out, -1).T
     bias = np.zeros(cpad, dtype=dtype)
@@ -485,13 +485,13 @@ def direct_conv2d(x2, w, b1, out2, geom, dtype, relu=False, by_rows=False, out_l
         bias[:c_out] = b1
     offsets = direct_offsets(c_in, kh, kw, dh, dw, hp, wp, sw if by_rows else 1)
     threads = get_num_threads()
-    ws = scratch(_conv.direct_workspace_size(c_in, hp, wp, sh, sw, by_rows) * threads, dtype)
-    _conv.direct_forward(x2, wt, bias, out2, ws, offsets, c_in, *geom.in_size, ph, pw, hp, wp,
-                         oh, ow, sh, sw, by_rows, relu, threads, out_layout)
+    ws = scratch(_direct.direct_workspace_size(c_in, hp, wp, sh, sw, by_rows) * threads, dtype)
+    _direct.direct_forward(x2, wt, bias, out2, ws, offsets, c_in, *geom.in_size, ph, pw, hp,
+                           wp, oh, ow, sh, sw, by_rows, relu, threads, out_layout)
 
 
 def direct_weight_grad(x2, dy2, geom, dtype):
-    """dW (C_out, C_in, kH, kW) of a 2-D one-group convolution by _conv.direct_weight_grad (no
+    """dW (C_out, C_in, kH, kW) of a 2-D one-group convolution by _direct.direct_weight_grad (no
     im2col): double partials over fixed sample chunks, added in chunk order."""
     n, c_in, c_out = geom.n, geom.in_channels, geom.out_channels
     _, kh, kw = geom.kernel
@@ -499,16 +499,16 @@ def direct_weight_grad(x2, dy2, geom, dtype):
     oh, ow = geom.out_size
     hp, wp = padded_plane(geom)
     taps = c_in * kh * kw
-    _, kpad, _ = _conv.direct_weight_grad_layout(c_out, taps, ow)
+    _, kpad, _ = _direct.direct_weight_grad_layout(c_out, taps, ow)
     offsets = np.zeros(kpad, np.intp)
     offsets[:taps] = direct_offsets(c_in, kh, kw, dh, dw, hp, wp, sw)
     threads = get_num_threads()
-    per_thread = _conv.direct_weight_grad_workspace_size(c_in, hp, wp, sh, sw, c_out, taps, oh,
-                                                         ow)
+    per_thread = _direct.direct_weight_grad_workspace_size(c_in, hp, wp, sh, sw, c_out, taps,
+                                                           oh, ow)
     ws = scratch(per_thread * threads, dtype)
     parts = np.empty((max(1, min(n, _WEIGHT_GRAD_CHUNKS)), c_out * taps))
-    _conv.direct_weight_grad(x2, dy2, parts, ws, offsets, taps, c_in, *geom.in_size, ph, pw,
-                             hp, wp, oh, ow, sh, sw, threads)
+    _direct.direct_weight_grad(x2, dy2, parts, ws, offsets, taps, c_in, *geom.in_size, ph, pw,
+                               hp, wp, oh, ow, sh, sw, threads)
     total = parts[0].copy()
     for part in parts[1:]:          # in chunk order: the same bits for any number of threads
         total += part

@@ -1,0 +1,240 @@
+"""Drivers of the direct convolution kernels (_conv_direct.h / _conv_direct.inc): GEMM-free
+paths that functional/_conv_algorithms.py picks by measured rules per CPU level: the forward
+along output channels or along output rows (the latter also serves stride-1 input gradients
+and, storing with strides, each output phase of a transposed convolution), and the weight
+gradient on the row kernel's layout. Each sample is first copied into zero-bordered planes in
+the thread's workspace (_pad_sample); the layout constants come from the header.
+"""
+from cython cimport floating
+from cython.parallel cimport prange, parallel, threadid
+from libc.string cimport memcpy, memset
+
+
+cdef extern from "_conv_direct.h" nogil:
+    void fc_direct_conv_f(const float* xp, const float* wt, const float* bias, float* y,
+                          const Py_ssize_t* off, Py_ssize_t K, Py_ssize_t cout, Py_ssize_t cpad,
+                          Py_ssize_t oh_n, Py_ssize_t ow_n, Py_ssize_t wp, Py_ssize_t sh,
+                          Py_ssize_t sw, int relu)
+    void fc_direct_conv_rows_f(const float* xp, const float* wt, const float* bias, float* y,
+                               const Py_ssize_t* off, Py_ssize_t K, Py_ssize_t cout,
+                               Py_ssize_t cpad, Py_ssize_t oh_n, Py_ssize_t ow_n, Py_ssize_t wp,
+                               Py_ssize_t sh, int relu, Py_ssize_t yc, Py_ssize_t yh,
+                               Py_ssize_t yw)
+    void fc_direct_conv_rows_d(const double* xp, const double* wt, const double* bias,
+                               double* y, const Py_ssize_t* off, Py_ssize_t K, Py_ssize_t cout,
+                               Py_ssize_t cpad, Py_ssize_t oh_n, Py_ssize_t ow_n, Py_ssize_t wp,
+                               Py_ssize_t sh, int relu, Py_ssize_t yc, Py_ssize_t yh,
+                               Py_ssize_t yw)
+    void fc_dw_rows_f(const float* xp, const float* dyp, float* acc, const Py_ssize_t* off,
+                      Py_ssize_t kpad, Py_ssize_t cout, Py_ssize_t oh_n, Py_ssize_t ow_n,
+                      Py_ssize_t ldy, Py_ssize_t wp, Py_ssize_t sh)
+    void fc_dw_rows_d(const double* xp, const double* dyp, double* acc,
+                      const Py_ssize_t* off, Py_ssize_t kpad, Py_ssize_t cout, Py_ssize_t oh_n,
+                      Py_ssize_t ow_n, Py_ssize_t ldy, Py_ssize_t wp, Py_ssize_t sh)
+    enum: FC_CO_PAD
+    enum: FC_DW_CO
+    enum: FC_DW_K
+    enum: FC_DW_LANES
+    enum: FC_ROW_TAIL
+    void fc_direct_conv_d(const double* xp, const double* wt, const double* bias, double* y,
+                          const Py_ssize_t* off, Py_ssize_t K, Py_ssize_t cout, Py_ssize_t cpad,
+                          Py_ssize_t oh_n, Py_ssize_t ow_n, Py_ssize_t wp, Py_ssize_t sh,
+                          Py_ssize_t sw, int relu)
+
+
+cdef inline Py_ssize_t _phase_width(Py_ssize_t Wp, Py_ssize_t phases) noexcept nogil:
+    """Row length of a plane Wp wide stored as ``phases`` column-phase planes."""
+    return (Wp + phases - 1) // phases
+
+
+cdef inline Py_ssize_t _direct_scratch(Py_ssize_t C, Py_ssize_t Hp, Py_ssize_t Wp,
+                                       Py_ssize_t stride_h, Py_ssize_t stride_w,
+                                       Py_ssize_t phases) noexcept nogil:
+    # the zero-bordered sample (C planes of Hp x Wp, each as ``phases`` column phases), then
+    # the tail the kernels' last blocks read into: the channel kernel's stride_h + 1 rows and
+    # 4 strides, the row kernel's FC_ROW_TAIL elements
+    cdef Py_ssize_t Wq = _phase_width(Wp, phases)
+    return C * phases * Hp * Wq + (stride_h + 1) * Wq + 4 * stride_w + FC_ROW_TAIL
+
+
+def direct_workspace_size(Py_ssize_t C, Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t stride_h,
+                          Py_ssize_t stride_w, bint by_rows):
+    """Per-thread scratch of direct_forward: one zero-bordered sample (in column phases for the
+    row kernel with a width stride) and a tail that the kernels' last blocks read into."""
+    return _direct_scratch(C, Hp, Wp, stride_h, stride_w, stride_w if by_rows else 1)
+
+
+cdef inline void _split_phases(const floating* src, floating* dst, Py_ssize_t cols,
+                              Py_ssize_t pad, Py_ssize_t phases,
+                              Py_ssize_t phase_stride) noexcept nogil:
+    """Input row src[0:cols], placed at padded column pad + j, into its column phases: padded
+    column q goes to dst[(q % phases) * phase_stride + q // phases]."""
+    cdef Py_ssize_t p, j, q
+    for p in range(phases):
+        j = (p - pad % phases + phases) % phases      # first j with (pad + j) % phases == p
+        q = (pad + j) // phases
+        while j < cols:
+            dst[p * phase_stride + q] = src[j]
+            j += phases
+            q += 1
+
+
+cdef inline void _rows_kernel(const floating* xp, const floating* wt, const floating* bias,
+                              floating* y, const Py_ssize_t* off, Py_ssize_t K,
+                              Py_ssize_t cout, Py_ssize_t cpad, Py_ssize_t oh_n,
+                              Py_ssize_t ow_n, Py_ssize_t wp, Py_ssize_t sh, bint relu,
+                              Py_ssize_t yc, Py_ssize_t yh, Py_ssize_t yw) noexcept nogil:
+    if floating is float:
+        fc_direct_conv_rows_f(xp, wt, bias, y, off, K, cout, cpad, oh_n, ow_n, wp, sh, relu, yc,
+                              yh, yw)
+    else:
+        fc_direct_conv_rows_d(xp, wt, bias, y, off, K, cout, cpad, oh_n, ow_n, wp, sh, relu, yc,
+                              yh, yw)
+
+
+cdef inline void _pad_sample(const floating* x, floating* xp, Py_ssize_t size, Py_ssize_t C,
+                             Py_ssize_t H, Py_ssize_t W, Py_ssize_t pad_h, Py_ssize_t pad_w,
+                             Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t phases) noexcept nogil:
+    """The direct kernels' copy of one sample x (C, H, W): C zero-bordered planes of Hp x Wp
+    (``size`` elements zeroed first, the tail included), the input at (pad_h, pad_w), each
+    plane as ``phases`` column-phase planes when phases > 1 (see direct_forward)."""
+    cdef Py_ssize_t Wq = _phase_width(Wp, phases)
+    cdef Py_ssize_t rows = min(H, Hp - pad_h), cols = min(W, Wp - pad_w), c, r
+    memset(xp, 0, size * sizeof(floating))
+    if rows <= 0 or cols <= 0:     # the windows read padding only: the outputs are the bias
+        return
+    for c in range(C):
+        for r in range(rows):
+            if phases == 1:
+                memcpy(xp + (c * Hp + r + pad_h) * Wp + pad_w, x + (c * H + r) * W,
+                       cols * sizeof(floating))
+            else:
+                _split_phases(x + (c * H + r) * W, xp + (c * phases * Hp + r + pad_h) * Wq,
+                              cols, pad_w, phases, Hp * Wq)
+
+
+def direct_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
+                   const floating[::1] bias, floating[:, ::1] out, floating[::1] workspace,
+                   const Py_ssize_t[::1] offsets, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                   Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t Hp, Py_ssize_t Wp,
+                   Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
+                   bint by_rows, bint relu, int num_threads, tuple out_layout=None):
+    """out (N, C_out*oH*oW) = the convolution of x (N, C*H*W) with wt (K, cpad) (the
+    weight transposed, C_out padded to cpad) and bias (cpad), then max(out, 0) if relu (as the
+    kernel stores). Each sample is copied into its thread's workspace as C zero-bordered planes
+    of Hp x Wp, the input at (pad_h, pad_w); ``offsets`` (K,) are the taps' positions in those
+    planes (see _conv_direct.h). ``by_rows``: the kernel vectorized along output rows instead
+    of output channels; with stride_w > 1 each plane is stored as stride_w planes of its
+    column phases (column j at phase j % stride_w, position j // stride_w, rows Wq =
+    ceil(Wp / stride_w) long), so that a tap's inputs for consecutive outputs are contiguous
+    (``offsets`` then address that layout). ``out_layout`` = (C_out, offset, channel, row,
+    column strides) places the row kernel's output (co, oh, ow) of sample n at out[n, offset +
+    co * channel + oh * row + ow * column] (one phase of a transposed convolution); by default
+    out[n] is (C_out, out_h, out_w)."""
+    cdef Py_ssize_t N = x.shape[0], K = wt.shape[0], cpad = wt.shape[1]
+    cdef Py_ssize_t C_out = out.shape[1] // (out_h * out_w)
+    cdef Py_ssize_t y0 = 0, yc = out_h * out_w, yh = out_w, yw = 1
+    if out_layout is not None:
+        C_out, y0, yc, yh, yw = out_layout
+    cdef Py_ssize_t phases = stride_w if by_rows else 1
+    cdef Py_ssize_t Wq = _phase_width(Wp, phases)
+    cdef Py_ssize_t stride = _direct_scratch(C, Hp, Wp, stride_h, stride_w, phases)
+    cdef Py_ssize_t n
+    cdef floating* xp
+    if N == 0:
+        return
+    with nogil:
+        for n in prange(N, schedule='static', num_threads=num_threads):
+            xp = &workspace[0] + threadid() * stride
+            _pad_sample(&x[n, 0], xp, stride, C, H, W, pad_h, pad_w, Hp, Wp, phases)
+            if by_rows:
+                _rows_kernel(xp, &wt[0, 0], &bias[0], &out[n, y0], &offsets[0], K, C_out, cpad,
+                             out_h, out_w, Wq, stride_h, relu, yc, yh, yw)
+            elif floating is float:
+                fc_direct_conv_f(xp, &wt[0, 0], &bias[0], &out[n, 0], &offsets[0], K, C_out,
+                                 cpad, out_h, out_w, Wp, stride_h, stride_w, relu)
+            else:
+                fc_direct_conv_d(xp, &wt[0, 0], &bias[0], &out[n, 0], &offsets[0], K, C_out,
+                                 cpad, out_h, out_w, Wp, stride_h, stride_w, relu)
+
+
+# The kernels' layout constants (_conv_direct.h), for the Python side that prepares operands.
+CO_PAD = FC_CO_PAD     # the forward kernels' weight and bias: C_out padded to a multiple of it
+
+
+def direct_weight_grad_layout(Py_ssize_t C_out, Py_ssize_t K, Py_ssize_t out_w):
+    """(channels, taps, row length) of direct_weight_grad's padded dy and offsets: rounded up
+    to its blocks (FC_DW_CO channels, FC_DW_K taps) and to whole vectors per row."""
+    return ((C_out + FC_DW_CO - 1) // FC_DW_CO * FC_DW_CO, (K + FC_DW_K - 1) // FC_DW_K * FC_DW_K,
+            (out_w + FC_DW_LANES - 1) // FC_DW_LANES * FC_DW_LANES)
+
+
+def direct_weight_grad_workspace_size(Py_ssize_t C, Py_ssize_t Hp, Py_ssize_t Wp,
+                                      Py_ssize_t stride_h, Py_ssize_t stride_w,
+                                      Py_ssize_t C_out, Py_ssize_t K, Py_ssize_t out_h,
+                                      Py_ssize_t out_w):
+    """Per-thread scratch of direct_weight_grad: the padded sample (column phases for
+    stride_w > 1), the padded dy, and the lane accumulators."""
+    cpad, kpad, ldy = direct_weight_grad_layout(C_out, K, out_w)
+    return (_direct_scratch(C, Hp, Wp, stride_h, stride_w, stride_w) + cpad * out_h * ldy
+            + cpad * kpad * FC_DW_LANES)
+
+
+def direct_weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy,
+                       double[:, ::1] parts, floating[::1] workspace,
+                       const Py_ssize_t[::1] offsets, Py_ssize_t K, Py_ssize_t C, Py_ssize_t H,
+                       Py_ssize_t W, Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t Hp,
+                       Py_ssize_t Wp, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t stride_h,
+                       Py_ssize_t stride_w, int num_threads):
+    """parts (n_chunks, C_out*K): the weight gradient of a 2-D convolution (one group) without
+    im2col, one partial per fixed chunk of samples (chunk j: samples [j*N//n_chunks,
+    (j+1)*N//n_chunks), in order; summed in chunk order by the caller). Each sample is padded
+    as for direct_forward's row kernel (column phases for stride_w > 1) and its dy copied with
+    rows padded to whole vectors (direct_weight_grad_layout), and _conv_direct.h's fc_dw_rows
+    adds its products into per-lane accumulators, whose lanes are added up (in double, in a
+    fixed order) at the end of the chunk. Thread workspace:
+    direct_weight_grad_workspace_size(...) elements. ``offsets`` has kpad entries (the extra
+    ones 0)."""
+    cdef Py_ssize_t N = x.shape[0], n_chunks = parts.shape[0], L = out_h * out_w
+    cdef Py_ssize_t C_out = dy.shape[1] // L if L > 0 else 0
+    cdef Py_ssize_t cpad, kpad, ldy
+    cpad, kpad, ldy = direct_weight_grad_layout(C_out, K, out_w)
+    cdef Py_ssize_t V = FC_DW_LANES * sizeof(float) // sizeof(floating)   # one slot
+    cdef Py_ssize_t Wq = _phase_width(Wp, stride_w)
+    cdef Py_ssize_t xp_size = _direct_scratch(C, Hp, Wp, stride_h, stride_w, stride_w)
+    cdef Py_ssize_t dy_size = cpad * out_h * ldy, acc_size = cpad * kpad * FC_DW_LANES
+    cdef Py_ssize_t stride = direct_weight_grad_workspace_size(C, Hp, Wp, stride_h, stride_w,
+                                                               C_out, K, out_h, out_w)
+    cdef Py_ssize_t j, n, co, r, k, lane
+    cdef double t
+    cdef floating* xp
+    cdef floating* dyp
+    cdef floating* acc
+    memset(&parts[0, 0], 0, n_chunks * parts.shape[1] * sizeof(double))
+    if N == 0 or L == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        for j in prange(n_chunks, schedule='dynamic'):
+            xp = &workspace[0] + threadid() * stride
+            dyp = xp + xp_size
+            acc = dyp + dy_size
+            memset(acc, 0, acc_size * sizeof(floating))
+            memset(dyp, 0, dy_size * sizeof(floating))     # the padding: never written below
+            for n in range(j * N // n_chunks, (j + 1) * N // n_chunks):
+                _pad_sample(&x[n, 0], xp, xp_size, C, H, W, pad_h, pad_w, Hp, Wp, stride_w)
+                for co in range(C_out):
+                    for r in range(out_h):
+                        memcpy(dyp + (co * out_h + r) * ldy, &dy[n, (co * out_h + r) * out_w],
+                               out_w * sizeof(floating))
+                if floating is float:
+                    fc_dw_rows_f(xp, dyp, acc, &offsets[0], kpad, C_out, out_h, out_w, ldy, Wq,
+                                 stride_h)
+                else:
+                    fc_dw_rows_d(xp, dyp, acc, &offsets[0], kpad, C_out, out_h, out_w, ldy, Wq,
+                                 stride_h)
+            for co in range(C_out):
+                for k in range(K):
+                    t = 0.0
+                    for lane in range(V):
+                        t = t + acc[(co * kpad + k) * V + lane]
+                    parts[j, co * K + k] = t
