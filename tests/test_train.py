@@ -7,7 +7,7 @@ import pytest
 
 import fastcnn
 from fastcnn.cli import main
-from fastcnn.train import Trainer, apply_overrides, resolve_config
+from fastcnn.train import Trainer, TrainingDiverged, apply_overrides, resolve_config
 
 TINY = {
     "name": "tiny",
@@ -54,12 +54,28 @@ def test_resume_gives_the_same_weights(tmp_path):
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
 
 
-def test_nan_guard_keeps_last_good_checkpoint(tmp_path, capsys):
-    code = main(["train", json.dumps(TINY) if False else _write(tmp_path, TINY), "--out",
-                 str(tmp_path / "run"), "--set", "optimizer.lr=1e30", "--quiet"])
+def test_nan_guard_names_only_checkpoints_that_exist(tmp_path, capsys):
+    """A loss that diverges in the first epoch: no checkpoint exists, the message says so and no
+    run folder is left; diverging later names the last good checkpoint, which loads."""
+    code = main(["train", _write(tmp_path, TINY), "--out", str(tmp_path / "run"), "--set",
+                 "optimizer.lr=1e30", "--quiet"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "loss became" in err and "last good checkpoint" in err
+    assert "loss became" in err and "No epoch was saved" in err and "last.fcnn" not in err
+    assert not (tmp_path / "run").exists()
+    original = Trainer._train_epoch
+
+    def diverge_in_epoch_3(self, epoch):
+        if epoch == 3:
+            self.optimizer.param_groups[0]["lr"] = 1e30
+        return original(self, epoch)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "_train_epoch", diverge_in_epoch_3)
+        with pytest.raises(TrainingDiverged,
+                           match=r"epoch 3 .* The last good checkpoint is .*last\.fcnn"):
+            Trainer(TINY, tmp_path / "later", log=_quiet, progress=False).fit()
+    assert fastcnn.load_checkpoint(tmp_path / "later" / "last.fcnn").extra["epoch"] == 2
 
 
 def _write(tmp_path, config):
@@ -166,3 +182,98 @@ def test_evaluate_restores_the_model_mode_and_keeps_no_loss_state():
         assert value == pytest.approx(float(loss.value(model(x), y)), rel=1e-6)
     with pytest.raises(RuntimeError, match="needs a call first"):
         loss.backward()
+
+
+# ---- the run folder: never clobbered, never shared, nothing misleading left -------------------
+
+def test_a_folder_that_holds_a_run_is_refused_unless_resume_or_overwrite(tmp_path, capsys):
+    config = _write(tmp_path, dict(TINY, train=dict(TINY["train"], epochs=1)))
+    out = str(tmp_path / "run")
+    assert main(["train", config, "--out", out, "--quiet"]) == 0
+    before = (tmp_path / "run" / "last.fcnn").read_bytes()
+    capsys.readouterr()
+    assert main(["train", config, "--out", out, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"run folder {out} already holds a run (config.json, history.json" in err
+    assert "pass --resume to continue it, --overwrite to replace it" in err
+    assert (tmp_path / "run" / "last.fcnn").read_bytes() == before       # untouched
+    assert main(["train", config, "--out", out, "--quiet", "--overwrite"]) == 0
+    assert main(["train", config, "--out", out, "--resume", "--overwrite"]) == 2
+    assert "pass one of them" in capsys.readouterr().err
+    assert not (tmp_path / "run" / ".fastcnn-train.lock").exists()        # released
+
+
+def test_two_trainers_cannot_share_a_folder_and_a_stale_lock_is_taken_over(tmp_path):
+    import subprocess
+    import sys
+    from fastcnn.train import LOCK_FILE, RunFolderError
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_FILE).write_text(str(os.getpid()))           # a live process trains here
+    with pytest.raises(RunFolderError, match=rf"is in use: process {os.getpid()} is training"):
+        Trainer(TINY, run, log=_quiet, progress=False).fit()
+    assert (run / LOCK_FILE).read_text() == str(os.getpid())  # its lock is left alone
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (run / LOCK_FILE).write_text(dead)                        # that process has ended
+    small = dict(TINY, train=dict(TINY["train"], epochs=1))
+    assert Trainer(small, run, log=_quiet, progress=False).fit()["epochs_run"] == 1
+    assert not (run / LOCK_FILE).exists()
+
+
+def test_default_run_names_skip_folders_in_use(tmp_path, monkeypatch):
+    from fastcnn.train import LOCK_FILE
+    monkeypatch.chdir(tmp_path)
+    small = dict(TINY, train=dict(TINY["train"], epochs=1))
+    os.makedirs("runs/tiny")
+    (tmp_path / "runs" / "tiny" / LOCK_FILE).write_text(str(os.getpid()))
+    first = Trainer(small, log=_quiet, progress=False)
+    first.fit()
+    assert first.out_dir == os.path.join("runs", "tiny-2")
+    second = Trainer(small, log=_quiet, progress=False)
+    second.fit()
+    assert second.out_dir == os.path.join("runs", "tiny-3")
+
+
+def test_a_run_that_saved_no_epoch_leaves_nothing(tmp_path, monkeypatch):
+    def interrupted(self, epoch):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_train_epoch", interrupted)
+    messages = []
+    metrics = Trainer(TINY, tmp_path / "run", log=messages.append, progress=False).fit()
+    assert metrics == {"name": "tiny", "epochs_run": 0, "interrupted": True}
+    assert not (tmp_path / "run").exists()
+    assert any("nothing was saved" in m for m in messages)
+    assert not any("last.fcnn" in m for m in messages)
+    # a folder the user made (with their own file) stays, without the run's files
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    Trainer(TINY, tmp_path / "mine", log=_quiet, progress=False).fit()
+    assert sorted(os.listdir(tmp_path / "mine")) == ["notes.txt"]
+
+
+def test_ctrl_c_from_the_shell_exits_130_and_keeps_the_last_epoch(tmp_path):
+    """The CLI as a user runs it: SIGINT after the first epoch is saved; exit status 130, the
+    message names last.fcnn, which exists and holds a completed epoch; --resume continues."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    config = dict(TINY, data=dict(TINY["data"], n=4000), train=dict(TINY["train"], epochs=500))
+    path = _write(tmp_path, config)
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "fastcnn", "train", path, "--out", str(out),
+                             "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "history.json").exists() and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert f"{out / 'last.fcnn'} holds the last completed epoch" in stdout
+    assert fastcnn.load_checkpoint(out / "last.fcnn").extra["epoch"] >= 1
+    assert not (out / ".fastcnn-train.lock").exists()

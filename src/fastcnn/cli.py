@@ -1,6 +1,6 @@
 """The ``fastcnn`` command (also ``python -m fastcnn``).
 
-    fastcnn train [CONFIG] [--out DIR] [--epochs N] [--set key=value ...] [--resume]
+    fastcnn train [CONFIG] [--out DIR] [--epochs N] [--set key=value ...] [--resume | --overwrite]
     fastcnn eval CHECKPOINT
     fastcnn predict CHECKPOINT INPUT [--top K]
     fastcnn summary CONFIG
@@ -18,7 +18,7 @@ import numpy as np
 
 
 def _cmd_train(args):
-    from fastcnn.train import TrainingDiverged, Trainer
+    from fastcnn.train import RUN_FILES, TrainingDiverged, Trainer
 
     overrides = list(args.set or [])
     if args.epochs is not None:
@@ -26,7 +26,7 @@ def _cmd_train(args):
     if args.threads is not None:
         overrides.append(f"train.num_threads={args.threads}")
     trainer = Trainer(args.config, args.out, overrides=overrides, resume=args.resume,
-                      progress=False if args.quiet else None,
+                      overwrite=args.overwrite, progress=False if args.quiet else None,
                       log=(lambda *a, **k: None) if args.quiet else print)
     try:
         metrics = trainer.fit()
@@ -35,10 +35,10 @@ def _cmd_train(args):
         return 2
     if args.quiet:
         print(json.dumps(metrics))
-    else:
-        print(f"run folder: {trainer.out_dir}  (history.json, metrics.json, best.fcnn, last.fcnn, "
-              f"curves.png)")
-    return 0
+    elif metrics["epochs_run"]:
+        written = [f for f in RUN_FILES if os.path.exists(os.path.join(trainer.out_dir, f))]
+        print(f"run folder: {trainer.out_dir}  ({', '.join(written)})")
+    return 130 if metrics["interrupted"] else 0     # 128 + SIGINT, as a shell reports Ctrl-C
 
 
 def _checkpoint_and_data(path):
@@ -145,6 +145,8 @@ def build_parser():
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. --set optimizer.lr=0.01 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (refused without this or --resume)")
     p.add_argument("--quiet", action="store_true", help="no progress; print metrics as JSON")
     p.set_defaults(func=_cmd_train)
     p = sub.add_parser("eval", help="test accuracy of a checkpoint from a training run")

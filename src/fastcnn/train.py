@@ -32,7 +32,7 @@ from fastcnn.optim import build_optimizer, clip_grad_norm, clip_grad_value
 from fastcnn.schedulers import ReduceLROnPlateau, build_scheduler
 
 __all__ = ["Trainer", "train", "evaluate", "resolve_config", "apply_overrides", "bundled_config",
-           "TrainingDiverged"]
+           "TrainingDiverged", "RunFolderError"]
 
 TRAIN_DEFAULTS = {"epochs": 10, "batch_size": 64, "seed": 0, "early_stopping": None, "clip_grad_norm": None, "clip_grad_value": None,
                   "num_threads": None, "eval_batch_size": 500}
@@ -170,30 +170,133 @@ def evaluate(model, loss, x, y, batch_size=500):
     return total / n, correct / n, np.concatenate(preds) if preds else np.zeros(0, int)
 
 
+class RunFolderError(ValueError):
+    """A run folder that cannot be used: it holds another run, or another process trains in it."""
+
+
+# What a run writes into its folder (all of it replaced by overwrite=True), and its lock file.
+RUN_FILES = ("config.json", "history.json", "metrics.json", "best.fcnn", "last.fcnn",
+             "curves.png", "confusion.png")
+LOCK_FILE = ".fastcnn-train.lock"
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:        # alive, another user's
+        return True
+    return True
+
+
 class Trainer:
-    """Trains the model of a training config; :meth:`fit` runs it and returns the metrics."""
+    """Trains the model of a training config; :meth:`fit` runs it and returns the metrics.
+
+    The run folder (``out_dir``, default ``runs/<name>``, or the first of ``runs/<name>-2``,
+    ``-3``, ... that holds no run) is claimed when fit starts: a lock file, created exclusively,
+    keeps a second process out while this one trains (a lock left by a process that no longer
+    runs is taken over). A folder that already holds a run is refused unless ``resume=True``
+    (continue it) or ``overwrite=True`` (replace it: its run files are deleted first). A run
+    that ends before its first epoch is saved (an error, Ctrl-C) leaves no files behind, and
+    no folder if it made the folder."""
 
     def __init__(self, config=None, out_dir=None, *, overrides=(), resume=False,
-                 progress=None, log=print):
+                 overwrite=False, progress=None, log=print):
+        if resume and overwrite:
+            raise ValueError("Trainer: resume=True continues the run in out_dir and "
+                             "overwrite=True replaces it: pass one of them")
         self.config = resolve_config(config, overrides)
         self.tcfg = self.config["train"]
         self.log = log or (lambda *a, **k: None)
         self.progress = sys.stderr.isatty() if progress is None else progress
-        self.resume = resume
-        self.out_dir = self._out_dir(out_dir, resume)
+        self.resume, self.overwrite = resume, overwrite
+        self._auto_named = out_dir is None and not resume
+        self.out_dir = (os.fspath(out_dir) if out_dir is not None
+                        else os.path.join("runs", str(self.config["name"])))
+        self._lock = None
         if self.tcfg["num_threads"]:
             fastcnn.set_num_threads(int(self.tcfg["num_threads"]))
 
-    def _out_dir(self, out_dir, resume):
-        if out_dir is not None:
-            return os.fspath(out_dir)
-        base = os.path.join("runs", str(self.config["name"]))
-        if resume or not os.path.exists(base) or not os.listdir(base):
-            return base
-        n = 2
-        while os.path.exists(f"{base}-{n}") and os.listdir(f"{base}-{n}"):
-            n += 1
-        return f"{base}-{n}"
+    # -- the run folder ----------------------------------------------------------------------
+    def _existing_run_files(self):
+        return [f for f in RUN_FILES if os.path.exists(os.path.join(self.out_dir, f))]
+
+    def _take_lock(self):
+        """Create the lock file exclusively; None if a live process holds it (its pid)."""
+        lock = os.path.join(self.out_dir, LOCK_FILE)
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    with open(lock) as fh:
+                        pid = int(fh.read().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and _process_alive(pid):
+                    return pid
+                try:
+                    os.remove(lock)             # left by a process that no longer runs
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(str(os.getpid()))
+            self._lock = lock
+            return None
+        raise RunFolderError(f"run folder {self.out_dir}: could not create {lock}")
+
+    def _claim(self):
+        base, n = self.out_dir, 1
+        while True:
+            self._created = not os.path.isdir(self.out_dir)
+            os.makedirs(self.out_dir, exist_ok=True)
+            holder = self._take_lock()
+            existing = self._existing_run_files() if holder is None else []
+            if self._auto_named and (holder is not None or existing):
+                if holder is None:
+                    self._release()
+                n += 1
+                self.out_dir = f"{base}-{n}"            # runs/<name>-2, -3, ...
+                continue
+            break
+        if holder is not None:
+            raise RunFolderError(f"run folder {self.out_dir} is in use: process {holder} is "
+                                 f"training in it ({os.path.join(self.out_dir, LOCK_FILE)}); "
+                                 f"wait for it to end or choose another --out")
+        if self.resume and "last.fcnn" not in existing:
+            self._release()
+            raise RunFolderError(f"nothing to resume in {self.out_dir}: it holds no last.fcnn "
+                                 f"(start the run without --resume)")
+        if not self.resume and existing:
+            if not self.overwrite:
+                self._release()
+                raise RunFolderError(
+                    f"run folder {self.out_dir} already holds a run ({', '.join(existing)}): "
+                    f"pass --resume to continue it, --overwrite to replace it, or choose "
+                    f"another --out")
+            for name in existing:
+                os.remove(os.path.join(self.out_dir, name))
+
+    def _release(self):
+        if self._lock is not None:
+            try:
+                os.remove(self._lock)
+            except FileNotFoundError:
+                pass
+            self._lock = None
+
+    def _discard_unsaved_run(self):
+        """A run that saved no epoch: remove what it wrote, and the folder if it made it."""
+        for name in self._existing_run_files():
+            os.remove(os.path.join(self.out_dir, name))
+        self._release()
+        if self._created:
+            try:
+                os.rmdir(self.out_dir)
+            except OSError:                 # not empty: something of the user's is there
+                pass
 
     # -- pieces ------------------------------------------------------------------------------
     def _prepare_data(self):
@@ -247,10 +350,12 @@ class Trainer:
                 logits = self.model(xb)
                 value = float(self.loss(logits, yb))
                 if not math.isfinite(value):
+                    last = os.path.join(self.out_dir, "last.fcnn")
+                    kept = (f"The last good checkpoint is {last}" if os.path.exists(last)
+                            else "No epoch was saved")
                     raise TrainingDiverged(
                         f"loss became {value} in epoch {epoch} after {seen} samples; stopped. "
-                        f"The last good checkpoint is {os.path.join(self.out_dir, 'last.fcnn')} "
-                        f"(lower optimizer.lr or set train.clip_grad_norm)")
+                        f"{kept} (lower optimizer.lr or set train.clip_grad_norm)")
                 self.model.zero_grad()
                 self.model.backward(self.loss.backward(), input_grad=False)
                 if clip_value:
@@ -297,8 +402,18 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self) -> dict:
+        self._claim()
+        try:
+            return self._fit()
+        finally:
+            # whatever ended the run (an error included): a last.fcnn here is this run's own
+            # (an older run's was refused or deleted by _claim), so without one nothing was saved
+            if not self.resume and not os.path.exists(os.path.join(self.out_dir, "last.fcnn")):
+                self._discard_unsaved_run()
+            self._release()
+
+    def _fit(self) -> dict:
         t_start = time.perf_counter()
-        os.makedirs(self.out_dir, exist_ok=True)
         self._prepare_data()
         self._build()
         self._write_json("config.json", self.config)
@@ -350,8 +465,12 @@ class Trainer:
                     break
         except KeyboardInterrupt:
             interrupted = True
-            self.log(f"\ninterrupted; {os.path.join(self.out_dir, 'last.fcnn')} holds the last "
-                     f"completed epoch; continue with --resume")
+            last = os.path.join(self.out_dir, "last.fcnn")
+            if not os.path.exists(last):
+                self.log("\ninterrupted before the first epoch ended: nothing was saved")
+                return {"name": self.config["name"], "epochs_run": 0, "interrupted": True}
+            self.log(f"\ninterrupted; {last} holds the last completed epoch; continue with "
+                     f"--resume")
         return self._finish(t_start, train_time, samples, interrupted)
 
     def _finish(self, t_start, train_time, samples, interrupted):
