@@ -277,3 +277,24 @@ def test_ctrl_c_from_the_shell_exits_130_and_keeps_the_last_epoch(tmp_path):
     assert f"{out / 'last.fcnn'} holds the last completed epoch" in stdout
     assert fastcnn.load_checkpoint(out / "last.fcnn").extra["epoch"] >= 1
     assert not (out / ".fastcnn-train.lock").exists()
+
+
+def test_resume_continues_the_run_in_the_folder_with_its_own_config(tmp_path, capsys):
+    """--resume without a config takes the run's config.json (not the default config); more
+    epochs may be asked for; a change that makes another run (batch size, model, data) is
+    refused, naming the keys, and the run is untouched."""
+    config = _write(tmp_path, dict(TINY, train=dict(TINY["train"], epochs=2)))
+    out = str(tmp_path / "run")
+    assert main(["train", config, "--out", out, "--quiet"]) == 0
+    saved = (tmp_path / "run" / "config.json").read_text()
+    assert main(["train", "--out", out, "--resume", "--set", "train.batch_size=32"]) == 2
+    err = capsys.readouterr().err
+    assert "this would change train.batch_size: 16 -> 32" in err
+    assert "Only train.epochs" in err
+    assert (tmp_path / "run" / "config.json").read_text() == saved
+    assert main(["train", "--out", out, "--resume", "--epochs", "4"]) == 0
+    out_text = capsys.readouterr().out
+    assert "resumed" in out_text and "train.epochs 2 -> 4" in out_text
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["n"] == 240

@@ -190,6 +190,23 @@ def _process_alive(pid):
     return True
 
 
+# What may change when a run is resumed (dotted config keys, and prefixes of them): the rest
+# would make it another run.
+RESUMABLE = ("train.epochs", "train.num_threads", "train.eval_batch_size",
+             "train.early_stopping")
+
+
+def _flatten(config, prefix=""):
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 class Trainer:
     """Trains the model of a training config; :meth:`fit` runs it and returns the metrics.
 
@@ -206,7 +223,9 @@ class Trainer:
         if resume and overwrite:
             raise ValueError("Trainer: resume=True continues the run in out_dir and "
                              "overwrite=True replaces it: pass one of them")
-        self.config = resolve_config(config, overrides)
+        self._resume_changes = []
+        self.config = (self._resumed_config(out_dir, config, overrides) if resume
+                       else resolve_config(config, overrides))
         self.tcfg = self.config["train"]
         self.log = log or (lambda *a, **k: None)
         self.progress = sys.stderr.isatty() if progress is None else progress
@@ -219,6 +238,30 @@ class Trainer:
             fastcnn.set_num_threads(int(self.tcfg["num_threads"]))
 
     # -- the run folder ----------------------------------------------------------------------
+    def _resumed_config(self, out_dir, config, overrides):
+        """The run's own resolved config (its config.json), with ``overrides``; a ``config``
+        given as well must agree with it but for RESUMABLE keys. Refuses changes that would
+        make a different run (model, data, batch size, optimizer...)."""
+        path = os.path.join(os.fspath(out_dir), "config.json") if out_dir is not None else None
+        if path is None or not os.path.exists(path):
+            return resolve_config(config, overrides)    # fit() says there is nothing to resume
+        with open(path) as fh:
+            run = json.load(fh)
+        new = resolve_config(run if config is None else config, overrides)
+        new = json.loads(json.dumps(new, default=float))        # as config.json holds it
+        before, after = _flatten(run), _flatten(new)
+        changed = [k for k in sorted(after) if before.get(k, after[k]) != after[k]
+                   or (k not in before and not k.startswith("model."))]
+        refused = [k for k in changed if not k.startswith(RESUMABLE)]
+        if refused:
+            details = "; ".join(f"{k}: {before.get(k)!r} -> {after[k]!r}" for k in refused)
+            raise RunFolderError(
+                f"--resume continues the run in {os.fspath(out_dir)} with its own config "
+                f"({path}); this would change {details}. Only {', '.join(RESUMABLE)} may change "
+                f"on resume: start a new run (another --out, or --overwrite) instead")
+        self._resume_changes = [f"{k} {before.get(k)!r} -> {after[k]!r}" for k in changed]
+        return new
+
     def _existing_run_files(self):
         return [f for f in RUN_FILES if os.path.exists(os.path.join(self.out_dir, f))]
 
@@ -420,7 +463,9 @@ class Trainer:
         self.history, self.best, self.bad_epochs = [], None, 0
         start = self._restore() if self.resume else 0
         if self.resume:
-            self.log(f"resumed {self.out_dir} after epoch {start}")
+            changes = "; ".join(self._resume_changes)
+            self.log(f"resumed {self.out_dir} after epoch {start}"
+                     + (f" (changed: {changes})" if changes else ""))
         stopping = self.tcfg["early_stopping"] or {}
         patience = stopping.get("patience") if isinstance(stopping, dict) else None
         min_delta = stopping.get("min_delta", 0.0) if isinstance(stopping, dict) else 0.0
