@@ -298,3 +298,33 @@ def test_resume_continues_the_run_in_the_folder_with_its_own_config(tmp_path, ca
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["n"] == 240
+
+
+def test_nan_in_the_data_is_named_before_training(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.random((60, 1, 8, 8)).astype(np.float32)
+    x[17, 0, 3, 3] = np.nan
+    np.savez(tmp_path / "d.npz", x=x, y=rng.integers(0, 3, 60))
+    config = dict(TINY, data={"dataset": "npz", "path": str(tmp_path / "d.npz"),
+                              "validation_split": 0.0})
+    code = main(["train", _write(tmp_path, config), "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "contain NaN at sample" in err and "1 samples in all" in err
+    assert "lower" not in err                     # not the divergence message
+    assert not (tmp_path / "run").exists()
+
+
+def test_bundled_names_build_and_cosine_schedules_follow_the_epochs(tmp_path, capsys):
+    model = fastcnn.build_model("resnet_small")
+    assert model.output_shape == (10,)
+    with pytest.raises(FileNotFoundError, match=r"config file not found: nonexistent.json "
+                                                r"\(nor a bundled config: lenet5, "):
+        fastcnn.build_model("nonexistent.json")
+    assert resolve_config(None)["schedule"] == {"type": "cosine", "T_max": 15}
+    assert resolve_config(None, ["train.epochs=30"])["schedule"]["T_max"] == 30
+    assert resolve_config(None, ["schedule.T_max=7", "train.epochs=30"])["schedule"]["T_max"] == 7
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"fastcnn {fastcnn.__version__}"

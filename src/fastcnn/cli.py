@@ -135,6 +135,8 @@ def _cmd_summary(args):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="fastcnn", description="CNNs on the CPU.")
+    from fastcnn import __version__
+    parser.add_argument("--version", action="version", version=f"fastcnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a model from a config (default: LeNet-5 on MNIST)")
     p.add_argument("config", nargs="?", default=None,

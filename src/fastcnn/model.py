@@ -19,6 +19,7 @@ import inspect
 import json
 import os
 from collections import OrderedDict
+from importlib import resources
 
 import numpy as np
 
@@ -43,14 +44,32 @@ def _suggest(word, choices):
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def bundled_config(name: str) -> dict:
+    """A config shipped in ``fastcnn/configs`` ("lenet5", "mnist_lenet5", "resnet_small", ...)."""
+    base = resources.files("fastcnn") / "configs"
+    path = base / f"{name}.json"
+    if not path.is_file():
+        raise ValueError(f"no bundled config {name!r} (bundled: {', '.join(bundled_names())})")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def bundled_names() -> list[str]:
+    base = resources.files("fastcnn") / "configs"
+    return sorted(p.name[:-5] for p in base.iterdir() if p.name.endswith(".json"))
+
+
 def load_config(config):
-    """A config dict from a dict, or from a path to a .json / .yaml / .yml file."""
+    """A config dict from a dict, a path to a .json / .yaml / .yml file, or the name of a
+    bundled config ("resnet_small")."""
     if isinstance(config, dict):
         return config
     if isinstance(config, (str, os.PathLike)):
         path = os.fspath(config)
         if not os.path.exists(path):
-            raise FileNotFoundError(f"config file not found: {path}")
+            if isinstance(config, str) and config in bundled_names():
+                return bundled_config(config)
+            raise FileNotFoundError(f"config file not found: {path} (nor a bundled config: "
+                                    f"{', '.join(bundled_names())})")
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
         if path.endswith((".yaml", ".yml")):

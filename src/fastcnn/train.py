@@ -19,7 +19,6 @@ import math
 import os
 import sys
 import time
-from importlib import resources
 
 import numpy as np
 
@@ -27,8 +26,9 @@ import fastcnn
 from fastcnn import data as datamod
 from fastcnn.checkpoint import atomic_write, load_checkpoint, save
 from fastcnn.losses import build_loss
-from fastcnn.model import build_model, load_config
+from fastcnn.model import build_model, bundled_config, load_config
 from fastcnn.optim import build_optimizer, clip_grad_norm, clip_grad_value
+from fastcnn.registry import SCHEDULERS
 from fastcnn.schedulers import ReduceLROnPlateau, build_scheduler
 
 __all__ = ["Trainer", "train", "evaluate", "resolve_config", "apply_overrides", "bundled_config",
@@ -41,16 +41,6 @@ SECTIONS = ("name", "model", "data", "loss", "optimizer", "schedule", "train")
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def bundled_config(name: str) -> dict:
-    """A config shipped in ``fastcnn/configs`` ("lenet5", "mnist_lenet5", "resnet_small", ...)."""
-    base = resources.files("fastcnn") / "configs"
-    path = base / f"{name}.json"
-    if not path.is_file():
-        names = sorted(p.name[:-5] for p in base.iterdir() if p.name.endswith(".json"))
-        raise ValueError(f"no bundled config {name!r} (bundled: {', '.join(names)})")
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _load_any(value):
@@ -117,6 +107,10 @@ def resolve_config(config=None, overrides=()) -> dict:
                          f" (options: {', '.join(TRAIN_DEFAULTS)})")
     train.update(config.get("train", {}))
     config["train"] = train
+    schedule = config.get("schedule")
+    if (isinstance(schedule, dict) and isinstance(schedule.get("type"), str)
+            and SCHEDULERS.canonical(schedule["type"]) == "cosine" and "T_max" not in schedule):
+        schedule["T_max"] = int(train["epochs"])    # sized by the run unless set (then recorded)
     config.setdefault("name", config["model"].get("name", "run"))
     return config
 
@@ -346,6 +340,17 @@ class Trainer:
         splits = datamod.load_dataset(self.config["data"], seed=self.tcfg["seed"])
         x_train, y_train = splits.train
         x_val, y_val = splits.validation if splits.validation is not None else (None, None)
+        for part, arrays in (("training", splits.train), ("validation", splits.validation),
+                             ("test", splits.test)):
+            if arrays is None:
+                continue
+            bad = ~np.isfinite(arrays[0].reshape(len(arrays[0]), -1)).all(axis=1)
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                what = "NaN" if np.isnan(arrays[0][i]).any() else "inf"
+                raise ValueError(f"data: the {part} images ({splits.name}) contain {what} at "
+                                 f"sample {i} ({int(bad.sum())} samples in all): clean or drop "
+                                 f"them before training")
         mean, std = datamod.channel_stats(x_train)
         self.normalization = {"mean": [float(m) for m in mean], "std": [float(s) for s in std]}
         norm = lambda x: None if x is None else datamod.normalize(x, mean, std)  # noqa: E731
