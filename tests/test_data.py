@@ -530,3 +530,20 @@ def test_batches_errors():
         next(data.batches(x, y, 2, shuffle=True))
     with pytest.raises(ValueError, match="labels"):
         next(data.batches(x, y[:3], 2))
+
+
+def test_integer_and_channel_last_images_are_read_as_a_user_means_them():
+    """int64 pixels 0..255 are scaled like uint8; other integer ranges and channel-last
+    arrays (N, H, W, 3) are clear errors that say what to do."""
+    from fastcnn.data import _as_images
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 1, 5, 5))
+    np.testing.assert_array_equal(_as_images("x", pixels),
+                                  _as_images("x", pixels.astype(np.uint8)))
+    with pytest.raises(ValueError, match=r"integer images must hold pixels 0\.\.255 .* got "
+                                         r"values 0\.\.1000"):
+        _as_images("x", np.array([[[[0, 1000]]]]))
+    with pytest.raises(ValueError, match=r"\(2, 20, 20, 3\) look channel-last .* "
+                                         r"x\.transpose\(0, 3, 1, 2\)"):
+        _as_images("x", np.zeros((2, 20, 20, 3), np.float32))
+    assert _as_images("x", np.zeros((2, 3, 32, 32))).shape == (2, 3, 32, 32)
+    assert _as_images("x", np.zeros((2, 1, 28, 28))).shape == (2, 1, 28, 28)

@@ -328,3 +328,14 @@ def test_bundled_names_build_and_cosine_schedules_follow_the_epochs(tmp_path, ca
         main(["--version"])
     assert exc.value.code == 0
     assert capsys.readouterr().out.strip() == f"fastcnn {fastcnn.__version__}"
+
+
+def test_channel_last_npz_is_refused_through_the_cli(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((40, 20, 20, 3)).astype(np.float32),
+             y=rng.integers(0, 3, 40))
+    config = dict(TINY, data={"dataset": "npz", "path": str(tmp_path / "d.npz")})
+    code = main(["train", _write(tmp_path, config), "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 2
+    assert "look channel-last" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
