@@ -20,7 +20,6 @@ Only numpy is needed; nothing here imports a deep-learning framework or mlxtend 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import gzip
 import importlib.util
 import inspect
@@ -31,7 +30,7 @@ import zlib
 
 import numpy as np
 
-from fastcnn.registry import DATASETS, register_dataset
+from fastcnn.registry import DATASETS, register_dataset, suggest
 
 __all__ = [
     "DataSplits", "load_dataset", "train_validation_split", "stratified_subset",
@@ -83,10 +82,6 @@ class DataSplits:
                 for split, pair in (("train", self.train), ("validation", self.validation),
                                     ("test", self.test))}
 
-
-def _suggest(word, choices) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _as_images(where: str, x) -> np.ndarray:
@@ -577,7 +572,7 @@ def _dataset_options(name: str, function, options: dict) -> dict:
         if key not in known:
             accepted = ", ".join(_SPLIT_KEYS + _TRAINER_KEYS + tuple(known))
             raise ValueError(f"data.{key}: unknown option for dataset {name!r}"
-                             f"{_suggest(key, list(_SPLIT_KEYS) + known)} (accepted: {accepted})")
+                             f"{suggest(key, list(_SPLIT_KEYS) + known)} (accepted: {accepted})")
     return options
 
 
@@ -716,7 +711,7 @@ def _augmentation_options(name: str, value) -> dict | None:
                          f"{sorted(defaults)}, got {value!r}")
     for key in value:
         if key not in defaults:
-            raise ValueError(f"augment.{name}.{key}: unknown option{_suggest(key, defaults)} "
+            raise ValueError(f"augment.{name}.{key}: unknown option{suggest(key, defaults)} "
                              f"(options: {', '.join(defaults)})")
     options = {**defaults, **value}
     for key, number in options.items():
@@ -786,7 +781,7 @@ class Augmenter:
         for name in config:
             if name not in _AUGMENTATIONS:
                 raise ValueError(f"augment.{name}: unknown augmentation"
-                                 f"{_suggest(name, _AUGMENTATIONS)} "
+                                 f"{suggest(name, _AUGMENTATIONS)} "
                                  f"(known: {', '.join(_AUGMENTATIONS)})")
         self.steps = {}
         for name in _AUGMENTATIONS:

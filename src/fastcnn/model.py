@@ -14,7 +14,6 @@ above them, which rules out cycles by construction.
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 import json
 import os
@@ -26,7 +25,7 @@ import numpy as np
 from fastcnn._threads import single_threaded_blas
 from fastcnn.functional._activation import _add
 from fastcnn.layers.base import Layer, _InitContext
-from fastcnn.registry import LAYERS
+from fastcnn.registry import LAYERS, suggest
 
 __all__ = ["Model", "build_model", "load_config"]
 
@@ -37,11 +36,6 @@ _DTYPES = ("float32", "float64")
 
 class ConfigError(ValueError):
     """A config that cannot be built; the message names the offending key's place."""
-
-
-def _suggest(word, choices):
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def bundled_config(name: str) -> dict:
@@ -106,7 +100,7 @@ def _check_arguments(where, cls, args):
         for key in args:
             if key not in names:
                 raise ConfigError(f"{where}: unknown argument {key!r}"
-                                  f"{_suggest(key, names + list(_LAYER_KEYS))}"
+                                  f"{suggest(key, names + list(_LAYER_KEYS))}"
                                   f" (arguments: {', '.join(names) or 'none'})")
     missing = [p for p in names if params[p].default is inspect.Parameter.empty and p not in args]
     if missing:
@@ -126,7 +120,7 @@ def build_model(config, *, seed=None) -> "Model":
     config = load_config(config)
     for key in config:
         if key not in _TOP_KEYS:
-            raise ConfigError(f"config: unknown key {key!r}{_suggest(key, _TOP_KEYS)} "
+            raise ConfigError(f"config: unknown key {key!r}{suggest(key, _TOP_KEYS)} "
                               f"(keys: {', '.join(_TOP_KEYS)})")
     shape = config.get("input_shape")
     if (not isinstance(shape, (list, tuple)) or not shape or
@@ -178,7 +172,7 @@ def build_model(config, *, seed=None) -> "Model":
             if ref not in shapes:
                 later = any(isinstance(s, dict) and s.get("name") == ref for s in layers[i:])
                 why = (" (a layer can only take the outputs of layers above it: no cycles or "
-                       "forward references)" if later else _suggest(ref, shapes))
+                       "forward references)" if later else suggest(ref, shapes))
                 raise ConfigError(f"{where}: unknown input {ref!r}{why}")
         many = getattr(cls, "num_inputs", 1) is None
         if many and len(inputs) < 2:
@@ -209,7 +203,7 @@ def build_model(config, *, seed=None) -> "Model":
         outputs = [outputs]
     for ref in outputs if isinstance(outputs, list) else [outputs]:
         if not isinstance(ref, str) or ref not in shapes or ref == "input":
-            raise ConfigError(f"config: outputs: unknown layer {ref!r}{_suggest(ref, shapes)}")
+            raise ConfigError(f"config: outputs: unknown layer {ref!r}{suggest(ref, shapes)}")
     return Model(nodes, tuple(shape), outputs, np.dtype(dtype), config)
 
 

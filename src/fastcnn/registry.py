@@ -15,6 +15,13 @@ __all__ = ["Registry", "LAYERS", "INITIALIZERS", "OPTIMIZERS", "SCHEDULERS", "LO
            "register_scheduler", "register_loss", "register_dataset"]
 
 
+def suggest(word, choices, n=1) -> str:
+    """``"; did you mean 'kernel_size'?"`` for the closest of ``choices`` to a misspelt
+    ``word`` (up to ``n`` of them), or ``""``: the one hint every config error uses."""
+    close = difflib.get_close_matches(str(word), list(choices), n=n, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
 class Registry:
     """Names -> objects, with aliases, close-match suggestions and lazy plugin loading."""
 
@@ -75,8 +82,7 @@ class Registry:
         return obj
 
     def unknown_message(self, name: str) -> str:
-        close = difflib.get_close_matches(name, self.names(include_aliases=True), n=3, cutoff=0.6)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        hint = suggest(name, self.names(include_aliases=True), n=3)
         return (f"unknown {self.kind} {name!r}{hint} (registered: {', '.join(self.names())})")
 
     def names(self, include_aliases: bool = False) -> list[str]:
