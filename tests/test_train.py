@@ -339,3 +339,20 @@ def test_channel_last_npz_is_refused_through_the_cli(tmp_path, capsys):
     assert code == 2
     assert "look channel-last" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_trained_model_carries_its_preprocessing(tmp_path):
+    """fastcnn.load(best.fcnn) alone works on raw images: model.preprocess applies the training
+    set's normalization, which the checkpoint's config holds (and to_config keeps)."""
+    small = dict(TINY, train=dict(TINY["train"], epochs=1))
+    trainer = Trainer(small, tmp_path / "run", log=_quiet, progress=False)
+    trainer.fit()
+    model = fastcnn.load(tmp_path / "run" / "best.fcnn").eval()
+    assert model.preprocessing == {k: tuple(v) for k, v in trainer.normalization.items()}
+    from fastcnn import data as datamod
+    splits = datamod.load_dataset(small["data"], seed=small["train"]["seed"])
+    raw = splits.test[0]
+    np.testing.assert_array_equal(model(model.preprocess(raw)), model(trainer.test_set[0]))
+    assert fastcnn.build_model(model.to_config()).preprocessing == model.preprocessing
+    with pytest.raises(ValueError, match=r"preprocessing.mean must hold 1 finite numbers"):
+        fastcnn.build_model(dict(model.to_config(), preprocessing={"mean": [0, 1], "std": [1]}))

@@ -46,15 +46,17 @@ def _checkpoint_and_data(path):
     from fastcnn.checkpoint import load_checkpoint
 
     ck = load_checkpoint(path)
-    norm = ck.extra.get("normalization")
-    return ck, datamod, norm
+    if ck.model.preprocessing is None and ck.extra.get("normalization"):
+        # a run's checkpoint from before models carried their preprocessing
+        ck.model.preprocessing = dict(ck.extra["normalization"])
+    return ck, datamod
 
 
 def _cmd_eval(args):
     from fastcnn.losses import build_loss
     from fastcnn.train import evaluate
 
-    ck, datamod, norm = _checkpoint_and_data(args.checkpoint)
+    ck, datamod = _checkpoint_and_data(args.checkpoint)
     train_config = ck.extra.get("train_config")
     if not train_config:
         print(f"fastcnn eval: {args.checkpoint} holds no training config (saved by fastcnn.save, "
@@ -65,8 +67,7 @@ def _cmd_eval(args):
         print("fastcnn eval: the dataset has no test split", file=sys.stderr)
         return 2
     x, y = splits.test
-    if norm:
-        x = datamod.normalize(x, np.array(norm["mean"]), np.array(norm["std"]))
+    x = ck.model.preprocess(x)
     loss, acc, _ = evaluate(ck.model, build_loss(train_config.get("loss", "cross_entropy")),
                             x, y)
     print(json.dumps({"checkpoint": os.fspath(args.checkpoint), "test_loss": loss,
@@ -104,12 +105,10 @@ def _read_inputs(path, input_shape):
 
 
 def _cmd_predict(args):
-    ck, datamod, norm = _checkpoint_and_data(args.checkpoint)
+    ck, _ = _checkpoint_and_data(args.checkpoint)
     model = ck.model.eval()
     x = _read_inputs(args.input, model.input_shape)
-    if norm:
-        x = datamod.normalize(x, np.array(norm["mean"]), np.array(norm["std"]))
-    logits = model(x)
+    logits = model(model.preprocess(x))
     shifted = logits - logits.max(axis=1, keepdims=True)
     probs = np.exp(shifted)
     probs /= probs.sum(axis=1, keepdims=True)

@@ -29,13 +29,34 @@ from fastcnn.registry import LAYERS, suggest
 
 __all__ = ["Model", "build_model", "load_config"]
 
-_TOP_KEYS = ("name", "input_shape", "dtype", "init", "seed", "layers", "outputs")
+_TOP_KEYS = ("name", "input_shape", "dtype", "init", "seed", "layers", "outputs",
+             "preprocessing")
 _LAYER_KEYS = ("type", "name", "inputs")
 _DTYPES = ("float32", "float64")
 
 
 class ConfigError(ValueError):
     """A config that cannot be built; the message names the offending key's place."""
+
+
+def _check_preprocessing(value, input_shape):
+    """``{"mean": [...], "std": [...]}``, one number per input channel (std >= 0), or None."""
+    if value is None:
+        return None
+    channels = input_shape[0] if input_shape else 1
+    if not isinstance(value, dict) or set(value) != {"mean", "std"}:
+        raise ConfigError(f"config: preprocessing must be {{'mean': [...], 'std': [...]}}, got "
+                          f"{value!r}")
+    out = {}
+    for key in ("mean", "std"):
+        numbers = np.asarray(value[key], dtype=np.float64).reshape(-1)
+        if numbers.size != channels or not np.isfinite(numbers).all():
+            raise ConfigError(f"config: preprocessing.{key} must hold {channels} finite numbers "
+                              f"(one per input channel), got {value[key]!r}")
+        out[key] = tuple(float(v) for v in numbers)
+    if min(out["std"]) < 0:
+        raise ConfigError(f"config: preprocessing.std must be >= 0, got {value['std']!r}")
+    return out
 
 
 def bundled_config(name: str) -> dict:
@@ -217,6 +238,7 @@ class Model:
         self.dtype = np.dtype(dtype)
         self.name = config.get("name", "model")
         self._config = config
+        self.preprocessing = _check_preprocessing(config.get("preprocessing"), self.input_shape)
         self.training = True
         for node in nodes:
             for pname, param in node.layer.parameters().items():
@@ -476,6 +498,17 @@ class Model:
         return fused.eval()
 
     # -- description ------------------------------------------------------------------------
+    def preprocess(self, x):
+        """Raw images ``(N, C, ...)`` as the model was trained to see them: ``(x - mean[c]) /
+        std[c]`` per channel in float32 (fastcnn.data.normalize: a std of 0 only centres), with
+        the ``preprocessing`` that a training run stores in its models (the training set's
+        channel statistics); x unchanged when there is none. ``model(model.preprocess(x))`` on
+        raw images is what ``fastcnn predict`` and ``fastcnn eval`` run."""
+        if self.preprocessing is None:
+            return np.asarray(x)
+        from fastcnn.data import normalize
+        return normalize(x, self.preprocessing["mean"], self.preprocessing["std"])
+
     def to_config(self) -> dict:
         """A config that build_model turns back into this architecture."""
         config = {"name": self.name, "input_shape": list(self.input_shape),
@@ -483,6 +516,8 @@ class Model:
         for key in ("init", "seed"):
             if self._config.get(key) is not None:
                 config[key] = self._config[key]
+        if self.preprocessing is not None:
+            config["preprocessing"] = {k: list(v) for k, v in self.preprocessing.items()}
         layers = []
         previous = "input"
         for index, node in enumerate(self._nodes):

@@ -370,6 +370,9 @@ class Trainer:
     def _build(self):
         model_cfg = dict(self.config["model"])
         model_cfg.setdefault("seed", self.tcfg["seed"])
+        # the model carries the normalization it is trained with: its checkpoints work on raw
+        # images anywhere, through model.preprocess (fastcnn predict, eval)
+        model_cfg["preprocessing"] = self.normalization
         self.model = build_model(model_cfg)
         self.loss = build_loss(self.config["loss"])
         self.optimizer = build_optimizer(self.config["optimizer"], self.model.parameters())
