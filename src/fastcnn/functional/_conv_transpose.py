@@ -102,7 +102,8 @@ def _conv_transpose_forward(fname, nd, input, weight, bias, stride, padding, out
         for ra, rb, sub, taps_h, taps_w in algorithms.subpixel_phases(geom, nd):
             sub_w = np.ascontiguousarray(w4[:, :, taps_h][:, :, :, taps_w].transpose(1, 0, 2, 3))
             algorithms.direct_conv2d(x2, sub_w, b1, _rows(out, geom.n), sub, dtype, by_rows=True,
-                          out_layout=(geom.out_channels, ra * ow + rb, oh * ow, sh * ow, sw))
+                                     out_layout=(geom.out_channels, ra * ow + rb, oh * ow,
+                                                 sh * ow, sw))
     elif geom.n:
         threads = get_num_threads()
         args = _conv_transpose_args(geom)
