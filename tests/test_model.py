@@ -290,7 +290,7 @@ def test_whole_bundled_networks_match_torch(th, name, shape):
     """Residual additions, concatenations, transposed convolutions and batch norms together:
     outputs, input gradient and every parameter gradient against the same torch graph."""
     from fastcnn.benchmarks import to_torch
-    from fastcnn.train import bundled_config
+    from fastcnn.training import bundled_config
 
     config = dict(bundled_config(name), input_shape=list(shape), dtype="float64", seed=0)
     config["layers"] = [dict(l, p=0.0) if l["type"] == "dropout" else l for l in config["layers"]]
@@ -355,7 +355,7 @@ def test_activation_fusion_changes_no_bit(name, shape):
     """ReLUs fused into the convolutions, batch norms and residual adds before them: the same
     bits as the layers run one by one, in train mode (outputs, every gradient, running
     statistics) and in eval mode."""
-    from fastcnn.train import bundled_config
+    from fastcnn.training import bundled_config
 
     config = dict(bundled_config(name), input_shape=list(shape), seed=0)
     config["layers"] = [dict(l, p=0.0) if l["type"] == "dropout" else l for l in config["layers"]]

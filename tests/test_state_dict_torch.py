@@ -7,7 +7,7 @@ import pytest
 
 import fastcnn
 from fastcnn.benchmarks import to_torch
-from fastcnn.train import bundled_config
+from fastcnn.training import bundled_config
 
 
 def bundled(name, seed):

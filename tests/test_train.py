@@ -7,7 +7,7 @@ import pytest
 
 import fastcnn
 from fastcnn.cli import main
-from fastcnn.train import Trainer, TrainingDiverged, apply_overrides, resolve_config
+from fastcnn.training import Trainer, TrainingDiverged, apply_overrides, resolve_config
 
 TINY = {
     "name": "tiny",
@@ -136,7 +136,7 @@ def test_config_errors():
 @pytest.mark.parametrize("name,shape", [("lenet5", (1, 28, 28)), ("vgg_small", (3, 32, 32)),
                                         ("resnet_small", (3, 32, 32)), ("unet_small", (1, 32, 32))])
 def test_bundled_models_build_and_backpropagate(name, shape):
-    from fastcnn.train import bundled_config
+    from fastcnn.training import bundled_config
     model = fastcnn.build_model(bundled_config(name))
     x = np.random.default_rng(0).standard_normal((2,) + shape).astype(np.float32)
     y = model(x)
@@ -169,7 +169,7 @@ def test_ctrl_c_keeps_the_last_completed_epoch(tmp_path, monkeypatch):
 
 
 def test_evaluate_restores_the_model_mode_and_keeps_no_loss_state():
-    from fastcnn.train import evaluate
+    from fastcnn.training import evaluate
     model = fastcnn.build_model({"input_shape": [4], "seed": 0, "layers": [
         {"type": "linear", "out_features": 3}]})
     loss = fastcnn.build_loss("cross_entropy")
@@ -206,7 +206,7 @@ def test_a_folder_that_holds_a_run_is_refused_unless_resume_or_overwrite(tmp_pat
 def test_two_trainers_cannot_share_a_folder_and_a_stale_lock_is_taken_over(tmp_path):
     import subprocess
     import sys
-    from fastcnn.train import LOCK_FILE, RunFolderError
+    from fastcnn.training import LOCK_FILE, RunFolderError
     run = tmp_path / "run"
     run.mkdir()
     (run / LOCK_FILE).write_text(str(os.getpid()))           # a live process trains here
@@ -222,7 +222,7 @@ def test_two_trainers_cannot_share_a_folder_and_a_stale_lock_is_taken_over(tmp_p
 
 
 def test_default_run_names_skip_folders_in_use(tmp_path, monkeypatch):
-    from fastcnn.train import LOCK_FILE
+    from fastcnn.training import LOCK_FILE
     monkeypatch.chdir(tmp_path)
     small = dict(TINY, train=dict(TINY["train"], epochs=1))
     os.makedirs("runs/tiny")

@@ -19,7 +19,7 @@ from fastcnn.registry import (register_dataset, register_initializer, register_l
                               register_loss, register_optimizer, register_scheduler)
 from fastcnn.losses import build_loss
 from fastcnn.schedulers import build_scheduler
-from fastcnn.train import Trainer, train
+from fastcnn.training import Trainer, train
 
 __version__ = "0.1.0"
 

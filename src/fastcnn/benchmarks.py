@@ -366,7 +366,7 @@ _SGD = {"type": "sgd", "lr": 0.01, "momentum": 0.9}    # the train steps; torch 
 def train_setup(config, batch):
     """What a train-step case runs: the model built from ``config`` (a bundled name or a dict),
     a random batch ``x`` and labels ``y``, cross-entropy, and SGD (lr 0.01, momentum 0.9)."""
-    from fastcnn.train import bundled_config
+    from fastcnn.training import bundled_config
     model = fastcnn.build_model(bundled_config(config) if isinstance(config, str) else config)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch,) + model.input_shape, dtype=np.float32)

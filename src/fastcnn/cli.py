@@ -18,7 +18,7 @@ import numpy as np
 
 
 def _cmd_train(args):
-    from fastcnn.train import RUN_FILES, TrainingDiverged, Trainer
+    from fastcnn.training import RUN_FILES, TrainingDiverged, Trainer
 
     overrides = list(args.set or [])
     if args.epochs is not None:
@@ -54,7 +54,7 @@ def _checkpoint_and_data(path):
 
 def _cmd_eval(args):
     from fastcnn.losses import build_loss
-    from fastcnn.train import evaluate
+    from fastcnn.training import evaluate
 
     ck, datamod = _checkpoint_and_data(args.checkpoint)
     train_config = ck.extra.get("train_config")
@@ -121,11 +121,11 @@ def _cmd_predict(args):
 
 def _cmd_summary(args):
     from fastcnn.model import build_model
-    from fastcnn.train import _load_any
+    from fastcnn.training import _load_any
 
     config = _load_any(args.config)
     if "model" in config and "layers" not in config:         # a training config
-        from fastcnn.train import resolve_config
+        from fastcnn.training import resolve_config
         config = resolve_config(config)["model"]
         config.setdefault("input_shape", [1, 28, 28])
     print(build_model(config).summary(args.batch_size))
