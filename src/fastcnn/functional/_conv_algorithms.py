@@ -148,9 +148,9 @@ _V3 = replace(_V4, rows_lanes=8, rows_over_winograd_max_out_channels=32,
               rows_input_grad_min_channels=2, direct_stride2_max_out_channels=32,
               dw_rows_min_width=24, dw_rows_min_kernel_area=None, subpixel=False)
 
-# Baseline (SSE2, 4-float vectors): OpenBLAS still runs its own AVX2 or AVX-512 GEMM on such a
-# CPU's build, so im2col + GEMM and Winograd (whose GEMMs are BLAS) keep every layer. Measured
-# with FASTCNN_SIMD=baseline (same machine, ms, direct kernel vs the rule's choice): LeNet's
+# Baseline (SSE2, 4-float vectors): OpenBLAS picks its GEMM kernels for the CPU by itself, so
+# im2col + GEMM and Winograd (whose GEMMs are BLAS) keep every layer. Measured with
+# FASTCNN_SIMD=baseline (same machine, ms, direct kernel vs the rule's choice): LeNet's
 # first layer 0.38 (row kernel) vs 0.30 (im2col), its second 0.70 (channel kernel) vs 0.36,
 # 16 -> 16 3x3 on 32x32 3.43 (rows) vs 1.29 (Winograd), 16 -> 32 stride 2 2.66 vs 1.25; weight
 # gradients by fc_dw_rows 0.28 / 0.88 / 2.89 / 2.66 vs 0.24 / 0.70 / 1.32 / 1.46.
