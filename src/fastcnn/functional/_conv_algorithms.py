@@ -47,9 +47,11 @@ ALGORITHMS = {
 }
 
 
+@functools.lru_cache(maxsize=1)
 def machine_isa():
     """The level whose rules apply here: the one the kernels run (_ops.parallel.simd_path(),
-    lowered by FASTCNN_SIMD); a build without dispatch takes the baseline's rules."""
+    lowered by FASTCNN_SIMD); a build without dispatch takes the baseline's rules. Fixed when
+    the modules load, so computed once (select() asks on every convolution)."""
     path = simd_path()
     return path if path in ISAS else "baseline"
 
