@@ -4,6 +4,7 @@
     fastcnn eval CHECKPOINT
     fastcnn predict CHECKPOINT INPUT [--top K]
     fastcnn summary CONFIG
+    fastcnn export CHECKPOINT OUT.onnx [--opset N]
     fastcnn bench [--threads N] [--filter TEXT] [--isa avx2|avx512] [--rounds K]
                   [--scaling | --profile [FILTER]]
 """
@@ -132,6 +133,16 @@ def _cmd_summary(args):
     return 0
 
 
+def _cmd_export(args):
+    from fastcnn.checkpoint import load
+    from fastcnn.onnx import export
+
+    model = load(args.checkpoint)
+    export(model, args.out, opset=args.opset)
+    print(f"wrote {args.out} (opset {args.opset}, {model.num_parameters():,} parameters)")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="fastcnn", description="CNNs on the CPU.")
     from fastcnn import __version__
@@ -162,6 +173,12 @@ def build_parser():
     p.add_argument("config")
     p.add_argument("--batch-size", type=int, default=1)
     p.set_defaults(func=_cmd_summary)
+    p = sub.add_parser("export", help="write a checkpoint's model as ONNX (pip install "
+                                      "'fastcnn[onnx]')")
+    p.add_argument("checkpoint")
+    p.add_argument("out", help="the .onnx file to write")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 13 to 21 (default 17)")
+    p.set_defaults(func=_cmd_export)
     p = sub.add_parser("bench", add_help=False,
                        help="time fastcnn against torch (needs torch installed); "
                             "fastcnn bench --help lists its options")

@@ -1,0 +1,16 @@
+"""ONNX for fastcnn (the optional extra ``pip install 'fastcnn[onnx]'``).
+
+- :func:`export` writes a model's eval-mode forward as an ONNX file (opsets 13 to 21) that
+  onnxruntime, TensorRT or a browser runtime can run; :func:`to_onnx` returns the ModelProto.
+- :func:`load_model` reads an .onnx file (from fastcnn, torch.onnx, tf2onnx, ...) into a
+  trainable :class:`fastcnn.Model`.
+- :class:`Backend` runs ONNX graphs through fastcnn with the ``onnx.backend.base.Backend``
+  interface, so that ONNX's own node tests run against fastcnn.
+
+Nothing here imports ``onnx`` until a function is called.
+"""
+from fastcnn.onnx.errors import OnnxExportError, OnnxImportError, UnsupportedOnnxError
+from fastcnn.onnx.export import DEFAULT_OPSET, export, to_onnx
+
+__all__ = ["export", "to_onnx", "DEFAULT_OPSET", "OnnxExportError", "OnnxImportError",
+           "UnsupportedOnnxError"]
