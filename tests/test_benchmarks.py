@@ -1,16 +1,29 @@
-"""The benchmark runner's bookkeeping (fastcnn.benchmarks): byte counts, the table, the thread
-scaling mode and the step profiler. Nothing here asserts on a timing."""
+"""The benchmark runner's bookkeeping: byte counts, the thread scaling mode and the step
+profiler (fastcnn.benchmarks, in the package), the torch comparison and its table
+(bench/compare_torch.py, in the repository), and `fastcnn bench` finding it. Nothing here
+asserts on a timing."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 import fastcnn
 from fastcnn import benchmarks as B
 
+from compare_torch_loader import COMPARE_TORCH, compare_torch as _compare_torch
+
 MiB = 2**20
 
 
 def _case(key, label):
-    return next(c for c in B.CASES[key](None) if c.label == label)
+    return next(c for c in B.CASES[key]().cases if c.label == label)
+
+
+@pytest.fixture(scope="module")
+def compare_torch():
+    """bench/compare_torch.py of this checkout, as a module."""
+    return _compare_torch()
 
 
 def test_nbytes_counts_arrays_tuples_and_scalars_only():
@@ -24,7 +37,6 @@ def test_max_pool_bytes_count_input_output_and_indices():
     fwd, bwd = _case(key, "max pool 2x2 fwd"), _case(key, "max pool 2x2 bwd")
     assert fwd.nbytes == (8 + 2 + 4) * MiB and fwd.flops == 0
     assert bwd.nbytes == (2 + 4 + 8) * MiB          # dy and indices read, dx written
-    assert fwd.theirs is None                       # set up without torch
 
 
 def test_norm_and_loss_bytes():
@@ -44,9 +56,10 @@ def test_conv_cases_count_flops_not_bytes():
     assert fwd.flops == 2 * 64 * 6 * 1 * 25 * 28 * 28 and fwd.nbytes == 0
 
 
-def test_table_shows_a_dash_where_a_rate_does_not_apply():
-    rows = [B.Row("conv", 2.0, 1.0, 4_000_000, 0), B.Row("pool", 1.0, 2.0, 0, 3_000_000)]
-    lines = B.table(rows, sgemm=4.0, copy=6.0).splitlines()
+def test_table_shows_a_dash_where_a_rate_does_not_apply(compare_torch):
+    C = compare_torch
+    rows = [C.Row("conv", 2.0, 1.0, 4_000_000, 0), C.Row("pool", 1.0, 2.0, 0, 3_000_000)]
+    lines = C.table(rows, sgemm=4.0, copy=6.0).splitlines()
     assert lines[2] == "| conv | 2.000 | 1.000 | 2.00 | 2.0 | 50 | - | - |"
     assert lines[3] == "| pool | 1.000 | 2.000 | 0.50 | - | - | 3.0 | 50 |"
 
@@ -104,3 +117,51 @@ def test_fastcnn_bench_passes_every_option_through(capsys):
     with pytest.raises(SystemExit):
         cli.main(["bench", "--isa", "sse9"])
     assert "invalid choice: 'sse9'" in capsys.readouterr().err
+
+
+def test_the_package_benchmarks_need_no_torch():
+    """fastcnn.benchmarks ships in the wheel: its cases and --scaling run with torch absent
+    (an import of torch fails in the child process)."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from fastcnn import benchmarks as B\n"
+            "B.main(['--scaling', '--threads', '1', '--filter', 'cross_entropy', '--repeat', "
+            "'1', '--rounds', '1'])\n"
+            "assert 'torch' not in [m.split('.')[0] for m in sys.modules if sys.modules[m]]\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "| cross_entropy 256x1000 fwd+bwd |" in done.stdout
+
+
+def test_every_case_kind_has_a_torch_reference(compare_torch):
+    kinds = {"conv", "conv_transpose", "max_pool", "avg_pool", "upsample", "norm",
+             "cross_entropy", "train_step"}
+    assert set(compare_torch.REFERENCES) == kinds
+
+
+def test_the_comparison_pairs_each_case_with_torch_on_the_same_inputs(compare_torch, th):
+    case_set = B.CASES["conv lenet2 64x6x14x14 ->16 k5 s1 p0"]()
+    pairs = compare_torch.paired(case_set, th)
+    assert [case.label for case, _ in pairs] == ["conv lenet2 fwd", "conv lenet2 bwd"]
+    (fwd, torch_fwd), (bwd, torch_bwd) = pairs
+    np.testing.assert_allclose(fwd.ours(), torch_fwd().detach().numpy(), rtol=1e-4, atol=1e-4)
+    dx, dw, db = bwd.ours()
+    tdx, tdw, tdb = torch_bwd()
+    np.testing.assert_allclose(dx, tdx.detach().numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dw, tdw.detach().numpy(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(db, tdb.detach().numpy(), rtol=1e-4, atol=1e-3)
+    rows = compare_torch.run(1, 1, 1, "cross_entropy")
+    assert [r.label for r in rows] == ["cross_entropy 256x1000 fwd+bwd"]
+    assert rows[0].ms > 0 and rows[0].torch_ms > 0
+
+
+def test_fastcnn_bench_finds_the_comparison_in_a_clone_or_says_what_to_run(monkeypatch,
+                                                                             capsys):
+    assert B.find_compare_torch().resolve() == COMPARE_TORCH
+    monkeypatch.setattr(B, "find_compare_torch", lambda: None)
+    from fastcnn import cli
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--filter", "lenet"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "python bench/compare_torch.py [options]" in err and "--scaling" in err

@@ -289,7 +289,7 @@ def test_yaml_config(tmp_path):
 def test_whole_bundled_networks_match_torch(th, name, shape):
     """Residual additions, concatenations, transposed convolutions and batch norms together:
     outputs, input gradient and every parameter gradient against the same torch graph."""
-    from fastcnn.benchmarks import to_torch
+    from compare_torch_loader import to_torch
     from fastcnn.training import bundled_config
 
     config = dict(bundled_config(name), input_shape=list(shape), dtype="float64", seed=0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fastcnn
-from fastcnn.benchmarks import to_torch
+from compare_torch_loader import to_torch
 from fastcnn.training import bundled_config
 
 

@@ -1,32 +1,36 @@
-"""fastcnn and torch side by side on the same shapes, in one process.
+"""fastcnn's benchmark cases, timed by ``fastcnn bench``: the shapes, the work each case does,
+the thread-scaling mode and the training-step profiler. Nothing here needs torch.
 
-    fastcnn bench                                 # all cases, all cores, markdown table
-    python bench/compare_torch.py --threads 1 --filter conv     # the same, from a clone
     fastcnn bench --scaling                       # fastcnn alone: 1 thread against all cores
     fastcnn bench --profile resnet                # where a train step's time goes, per layer
+    fastcnn bench                                 # fastcnn against torch (from a clone, below)
+    python bench/compare_torch.py --threads 1 --filter conv      # the same comparison
 
-The comparison needs torch (``pip install torch==2.13.0``): it is the reference, never a
-dependency. ``--scaling`` (:func:`scaling`) and ``--profile`` (:func:`profile_step`) do not.
+The comparison with torch is not library code: it lives beside the repository's other
+benchmarks, in ``bench/compare_torch.py``, with the torch side of every case (torch is the
+reference, never a dependency; ``pip install torch==2.13.0``). ``fastcnn bench`` without
+``--scaling`` or ``--profile`` runs that script when fastcnn is imported from a clone of the
+repository (an editable install, say) or is started in one, and otherwise says what to run.
+Both take the options of :func:`argument_parser`: one parser, so they cannot disagree.
 
-Each case is timed as the median of ``--repeat`` calls after warm-up, alternating fastcnn and torch
-in rounds so that both see the same machine state. ratio = fastcnn ms / torch ms (below 1: fastcnn
-is faster). Both libraries use the same number of threads.
+Each case set (:data:`CASES`) is a function that builds its inputs and returns a
+:class:`CaseSet`: fastcnn's timed callables (:class:`Case`) and the inputs they were built
+from, which the torch side reads to build its own callables on the same arrays.
 
-The header prints two references measured in the same run: numpy's sgemm rate and numpy's copy
-bandwidth (:func:`copy_gbs`). Compute-bound cases (convolutions, train steps) report fastcnn's
-GFLOP/s, counting a multiply-add as 2 FLOPs, and its share of the sgemm rate. Memory-bound cases
-(pooling, resampling, norms, the loss) report fastcnn's GB/s: the bytes the call must move at
-minimum (:func:`nbytes` gives the counting rule) over its time, and its share of the copy
-bandwidth -- above 100% when the working set stays in the caches.
+Compute-bound cases (convolutions, train steps) count FLOPs, a multiply-add as 2;
+memory-bound cases (pooling, resampling, norms, the loss) count the bytes the call must move
+at minimum (:func:`nbytes` gives the counting rule), so that a run can report GFLOP/s and GB/s.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
+import importlib.util
 import math
 import os
+import pathlib
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -38,15 +42,22 @@ import fastcnn.functional as F
 
 
 class Case(NamedTuple):
-    """One timed call: fastcnn's and torch's callables (``theirs`` is None when the case was
-    set up without torch) and the work it does: ``flops`` for compute-bound ops, ``nbytes``
-    (see :func:`nbytes`) for memory-bound ones; 0 means not counted."""
+    """One timed call of fastcnn and the work it does: ``flops`` for compute-bound ops,
+    ``nbytes`` (see :func:`nbytes`) for memory-bound ones; 0 means not counted."""
     label: str
     ours: Callable
-    theirs: Callable | None
     flops: int = 0
     nbytes: int = 0
 
+
+class CaseSet(NamedTuple):
+    """What a :data:`CASES` entry builds: ``kind`` (``"conv"``, ``"max_pool"``, ...,
+    ``"train_step"``: which torch reference ``bench/compare_torch.py`` builds), ``inputs`` (the
+    arrays and options the cases run on, by name) and the ``cases``, in the order the torch
+    reference returns its callables."""
+    kind: str
+    inputs: dict
+    cases: list
 
 def nbytes(*values):
     """The bytes a call must move at minimum, given the arrays it reads and those it writes.
@@ -66,151 +77,93 @@ def nbytes(*values):
                for v in values if isinstance(v, (tuple, list, np.ndarray, np.generic)))
 
 
-def _cases(torch, ours, reference):
-    """Cases from fastcnn's side, ``[(label, callable, flops, nbytes), ...]`` (the counts
-    optional), and ``reference``, which makes torch's callables in the same order (not called
-    without torch)."""
-    theirs = reference(torch) if torch is not None else [None] * len(ours)
-    return [Case(label, fn, ref, *work) for (label, fn, *work), ref in zip(ours, theirs)]
-
-
 def _conv_case(name, n, c_in, h, w, c_out, k, s, p, groups=1):
     """Forward and backward (input, weight and bias gradients) of a 2-D convolution."""
-    def setup(torch):
+    def setup():
         rng = np.random.default_rng(0)
         x = rng.standard_normal((n, c_in, h, w), dtype=np.float32)
         wt = rng.standard_normal((c_out, c_in // groups, k, k), dtype=np.float32) * 0.1
         b = np.zeros(c_out, np.float32)
         y = F.conv2d(x, wt, b, s, p, groups=groups)
         dy = np.ones_like(y)
-
-        def reference(torch):
-            tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, wt, b))
-            tdy = torch.tensor(dy)
-
-            def torch_backward():
-                # torch's backward alone: re-run the graph node's backward only.
-                return torch.ops.aten.convolution_backward(
-                    tdy, tx, tw, [c_out], [s, s], [p, p], [1, 1], False, [0, 0], groups,
-                    [True, True, True])
-            return [lambda: torch.nn.functional.conv2d(tx, tw, tb, s, p, groups=groups),
-                    torch_backward]
-
         flops = 2 * n * c_out * (c_in // groups) * k * k * y.shape[2] * y.shape[3]
-        return _cases(torch, [
-            (f"{name} fwd", lambda: F.conv2d(x, wt, b, s, p, groups=groups), flops),
-            (f"{name} bwd", lambda: F.conv2d_backward(dy, x, wt, s, p, groups=groups), 2 * flops),
-        ], reference)
+        return CaseSet("conv", dict(x=x, weight=wt, bias=b, dy=dy, stride=s, padding=p,
+                                    groups=groups), [
+            Case(f"{name} fwd", lambda: F.conv2d(x, wt, b, s, p, groups=groups), flops),
+            Case(f"{name} bwd", lambda: F.conv2d_backward(dy, x, wt, s, p, groups=groups),
+                 2 * flops),
+        ])
     return setup
 
 
 def _conv_transpose_case(name, n, c_in, h, w, c_out, k, s, p):
     """Forward and backward of a 2-D transposed convolution (the decoder's upsampling)."""
-    def setup(torch):
+    def setup():
         rng = np.random.default_rng(0)
         x = rng.standard_normal((n, c_in, h, w), dtype=np.float32)
         wt = rng.standard_normal((c_in, c_out, k, k), dtype=np.float32) * 0.1
         b = np.zeros(c_out, np.float32)
         y = F.conv_transpose2d(x, wt, b, s, p)
         dy = np.ones_like(y)
-
-        def reference(torch):
-            tx, tw, tb = (torch.tensor(a) for a in (x, wt, b))
-            tdy = torch.tensor(dy)
-
-            def torch_backward():
-                return torch.ops.aten.convolution_backward(
-                    tdy, tx, tw, [c_out], [s, s], [p, p], [1, 1], True, [0, 0], 1,
-                    [True, True, True])
-            return [lambda: torch.nn.functional.conv_transpose2d(tx, tw, tb, s, p),
-                    torch_backward]
-
         flops = 2 * n * c_in * c_out * k * k * h * w
-        return _cases(torch, [
-            (f"{name} fwd", lambda: F.conv_transpose2d(x, wt, b, s, p), flops),
-            (f"{name} bwd", lambda: F.conv_transpose2d_backward(dy, x, wt, s, p), 2 * flops),
-        ], reference)
+        return CaseSet("conv_transpose", dict(x=x, weight=wt, bias=b, dy=dy, stride=s,
+                                              padding=p), [
+            Case(f"{name} fwd", lambda: F.conv_transpose2d(x, wt, b, s, p), flops),
+            Case(f"{name} bwd", lambda: F.conv_transpose2d_backward(dy, x, wt, s, p),
+                 2 * flops),
+        ])
     return setup
 
 
 def _max_pool_case(name, shape, k, s, p):
     """max_pool2d with indices (what training keeps for the backward), and its backward."""
-    def setup(torch):
+    def setup():
         x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
         y, ind = F.max_pool2d(x, k, s, p, return_indices=True)
         dy = np.ones_like(y)
-
-        def reference(torch):
-            tx, tdy = torch.tensor(x), torch.tensor(dy)
-            _, tind = torch.nn.functional.max_pool2d(tx, k, s, p, return_indices=True)
-            return [lambda: torch.nn.functional.max_pool2d(tx, k, s, p, return_indices=True),
-                    lambda: torch.ops.aten.max_pool2d_with_indices_backward(
-                        tdy, tx, [k, k], [s, s], [p, p], [1, 1], False, tind)]
-
         dx = F.max_pool2d_backward(dy, x, ind, k, s, p)
-        return _cases(torch, [
-            (f"{name} fwd", lambda: F.max_pool2d(x, k, s, p, return_indices=True),
-             0, nbytes(x, y, ind)),
-            (f"{name} bwd", lambda: F.max_pool2d_backward(dy, x, ind, k, s, p),
-             0, nbytes(dy, ind, dx)),
-        ], reference)
+        return CaseSet("max_pool", dict(x=x, dy=dy, kernel_size=k, stride=s, padding=p), [
+            Case(f"{name} fwd", lambda: F.max_pool2d(x, k, s, p, return_indices=True),
+                 0, nbytes(x, y, ind)),
+            Case(f"{name} bwd", lambda: F.max_pool2d_backward(dy, x, ind, k, s, p),
+                 0, nbytes(dy, ind, dx)),
+        ])
     return setup
 
 
 def _avg_pool_case(name, shape, k, s, p):
-    def setup(torch):
+    def setup():
         x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
         y = F.avg_pool2d(x, k, s, p)
         dy = np.ones_like(y)
-
-        def reference(torch):
-            tx, tdy = torch.tensor(x), torch.tensor(dy)
-            return [lambda: torch.nn.functional.avg_pool2d(tx, k, s, p),
-                    lambda: torch.ops.aten.avg_pool2d_backward(
-                        tdy, tx, [k, k], [s, s], [p, p], False, True, None)]
-
         dx = F.avg_pool2d_backward(dy, x, k, s, p)
-        return _cases(torch, [
-            (f"{name} fwd", lambda: F.avg_pool2d(x, k, s, p), 0, nbytes(x, y)),
-            (f"{name} bwd", lambda: F.avg_pool2d_backward(dy, x, k, s, p), 0, nbytes(dy, dx)),
-        ], reference)
+        return CaseSet("avg_pool", dict(x=x, dy=dy, kernel_size=k, stride=s, padding=p), [
+            Case(f"{name} fwd", lambda: F.avg_pool2d(x, k, s, p), 0, nbytes(x, y)),
+            Case(f"{name} bwd", lambda: F.avg_pool2d_backward(dy, x, k, s, p), 0,
+                 nbytes(dy, dx)),
+        ])
     return setup
 
 
 def _upsample_case(name, shape, factor, mode):
-    def setup(torch):
+    def setup():
         x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
         y = F.interpolate(x, scale_factor=factor, mode=mode)
         dy = np.ones_like(y)
-
-        def reference(torch):
-            tx, tdy = torch.tensor(x), torch.tensor(dy)
-            out, size = list(y.shape[2:]), list(x.shape)
-            if mode == "bilinear":
-                def torch_backward():
-                    return torch.ops.aten.upsample_bilinear2d_backward(
-                        tdy, out, size, False, float(factor), float(factor))
-            else:
-                def torch_backward():
-                    return torch.ops.aten.upsample_nearest2d_backward(
-                        tdy, out, size, float(factor), float(factor))
-            return [lambda: torch.nn.functional.interpolate(tx, scale_factor=factor, mode=mode),
-                    torch_backward]
-
         dx = F.interpolate_backward(dy, x.shape, scale_factor=factor, mode=mode)
-        return _cases(torch, [
-            (f"{name} fwd", lambda: F.interpolate(x, scale_factor=factor, mode=mode),
-             0, nbytes(x, y)),
-            (f"{name} bwd",
-             lambda: F.interpolate_backward(dy, x.shape, scale_factor=factor, mode=mode),
-             0, nbytes(dy, dx)),
-        ], reference)
+        return CaseSet("upsample", dict(x=x, dy=dy, scale_factor=factor, mode=mode), [
+            Case(f"{name} fwd", lambda: F.interpolate(x, scale_factor=factor, mode=mode),
+                 0, nbytes(x, y)),
+            Case(f"{name} bwd",
+                 lambda: F.interpolate_backward(dy, x.shape, scale_factor=factor, mode=mode),
+                 0, nbytes(dy, dx)),
+        ])
     return setup
 
 
 def _norm_case(name, shape, kind, groups=None):
     """Training forward, and forward + backward (input, weight and bias gradients), of a norm."""
-    def setup(torch):
+    def setup():
         rng = np.random.default_rng(0)
         x = rng.standard_normal(shape, dtype=np.float32)
         dy = rng.standard_normal(shape, dtype=np.float32)
@@ -241,30 +194,6 @@ def _norm_case(name, shape, kind, groups=None):
                 F.layer_norm(x, c, w, b)
                 return F.layer_norm_backward(dy, x, c, w, b)
 
-        def reference(torch):
-            tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
-            trm, trv, tdy = torch.tensor(rm), torch.tensor(rv), torch.tensor(dy)
-            tf = torch.nn.functional
-            if kind == "batch":
-                def theirs(t):
-                    return tf.batch_norm(t, running_mean=trm, running_var=trv, weight=tw,
-                                         bias=tb, training=True)
-            elif kind == "group":
-                def theirs(t):
-                    return tf.group_norm(t, groups, tw, tb)
-            else:
-                def theirs(t):
-                    return tf.layer_norm(t, (c,), tw, tb)
-
-            def torch_fwd():
-                with torch.no_grad():
-                    return theirs(tx)
-
-            def torch_both():
-                tx.grad = tw.grad = tb.grad = None
-                theirs(tx).backward(tdy)
-            return [torch_fwd, torch_both]
-
         # bytes: forward reads x, weight, bias (and a batch norm's running statistics, which
         # it updates) and writes y (and, with return_stats, the saved mean and invstd); the
         # backward reads dy, x, weight (and the saved statistics) and writes the gradients.
@@ -277,15 +206,17 @@ def _norm_case(name, shape, kind, groups=None):
         else:
             fwd_both = fwd_bytes
             bwd_bytes = nbytes(dy, x, w, ours_both())
-        return _cases(torch, [(f"{name} fwd", ours_fwd, 0, fwd_bytes),
-                              (f"{name} fwd+bwd", ours_both, 0, fwd_both + bwd_bytes)],
-                      reference)
+        return CaseSet("norm", dict(x=x, dy=dy, weight=w, bias=b, running_mean=rm,
+                                    running_var=rv, norm=kind, groups=groups), [
+            Case(f"{name} fwd", ours_fwd, 0, fwd_bytes),
+            Case(f"{name} fwd+bwd", ours_both, 0, fwd_both + bwd_bytes),
+        ])
     return setup
 
 
 def _cross_entropy_case(name, n, c):
     """Mean cross-entropy loss and its gradient (fused log-softmax)."""
-    def setup(torch):
+    def setup():
         rng = np.random.default_rng(0)
         x = rng.standard_normal((n, c), dtype=np.float32)
         t = rng.integers(0, c, n)
@@ -294,90 +225,33 @@ def _cross_entropy_case(name, n, c):
             F.cross_entropy(x, t)
             return F.cross_entropy_backward(1.0, x, t)
 
-        def reference(torch):
-            tx, tt = torch.tensor(x, requires_grad=True), torch.tensor(t)
-
-            def theirs():
-                tx.grad = None
-                torch.nn.functional.cross_entropy(tx, tt).backward()
-            return [theirs]
-
         # the loss reads x and the int64 targets and writes a scalar; its gradient reads them
         # again and writes dx
         moved = nbytes(x, t, F.cross_entropy(x, t)) + nbytes(x, t, ours())
-        return _cases(torch, [(f"{name} fwd+bwd", ours, 0, moved)], reference)
+        return CaseSet("cross_entropy", dict(x=x, target=t),
+                       [Case(f"{name} fwd+bwd", ours, 0, moved)])
     return setup
 
 
-def to_torch(model, torch):
-    """The torch.nn equivalent of a built fastcnn model (same graph, same state_dict), made
-    from each layer's attributes: for timing training steps side by side."""
-    nn = torch.nn
-    makers = {
-        "conv2d": lambda l: nn.Conv2d(l.in_channels, l.out_channels, l.kernel_size, l.stride,
-                                      l.padding, l.dilation, l.groups, bias=l.use_bias),
-        "conv_transpose2d": lambda l: nn.ConvTranspose2d(
-            l.in_channels, l.out_channels, l.kernel_size, l.stride, l.padding, l.output_padding,
-            l.groups, bias=l.use_bias, dilation=l.dilation),
-        "batch_norm2d": lambda l: nn.BatchNorm2d(l.num_features, l.eps, l.momentum),
-        "batch_norm1d": lambda l: nn.BatchNorm1d(l.num_features, l.eps, l.momentum),
-        "relu": lambda l: nn.ReLU(),
-        "max_pool2d": lambda l: nn.MaxPool2d(l.kernel_size, l.stride, l.padding, l.dilation,
-                                             ceil_mode=l.ceil_mode),
-        "avg_pool2d": lambda l: nn.AvgPool2d(l.kernel_size, l.stride, l.padding, l.ceil_mode,
-                                             l.count_include_pad),
-        "global_avg_pool2d": lambda l: nn.AdaptiveAvgPool2d(1),
-        "flatten": lambda l: nn.Flatten(l.start_dim, l.end_dim),
-        "linear": lambda l: nn.Linear(l.in_features, l.out_features, bias=l.use_bias),
-        "dropout": lambda l: nn.Dropout(l.p),
-        "identity": lambda l: nn.Identity(),
-    }
-
-    class Graph(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.nodes = []
-            for node in model._nodes:
-                kind = node.layer.type_name
-                if kind not in ("add", "concat"):
-                    self.add_module(node.name, makers[kind](node.layer))
-                self.nodes.append((node.name, kind, node.inputs))
-
-        def forward(self, x):
-            values = {"input": x}
-            for name, kind, inputs in self.nodes:
-                args = [values[i] for i in inputs]
-                if kind == "add":
-                    values[name] = sum(args[1:], args[0])
-                elif kind == "concat":
-                    values[name] = torch.cat(args, 1)
-                else:
-                    values[name] = getattr(self, name)(args[0])
-            return values[model.outputs[0]]
-
-    graph = Graph().to(torch.float64 if model.dtype == np.float64 else torch.float32)
-    graph.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
-    return graph
-
-
-_SGD = {"type": "sgd", "lr": 0.01, "momentum": 0.9}    # the train steps; torch gets the same SGD
+# The train steps' optimizer: SGD, lr 0.01, momentum 0.9 (the torch side uses the same).
+SGD = {"type": "sgd", "lr": 0.01, "momentum": 0.9}
 
 
 def train_setup(config, batch):
     """What a train-step case runs: the model built from ``config`` (a bundled name or a dict),
-    a random batch ``x`` and labels ``y``, cross-entropy, and SGD (lr 0.01, momentum 0.9)."""
+    a random batch ``x`` and labels ``y``, cross-entropy, and :data:`SGD`."""
     from fastcnn.training import bundled_config
     model = fastcnn.build_model(bundled_config(config) if isinstance(config, str) else config)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch,) + model.input_shape, dtype=np.float32)
     y = rng.integers(0, model.output_shape[-1], batch)
     loss = fastcnn.build_loss("cross_entropy")
-    return model, x, y, loss, fastcnn.build_optimizer(_SGD, model.parameters())
+    return model, x, y, loss, fastcnn.build_optimizer(SGD, model.parameters())
 
 
 def _train_step_case(name, config, batch):
     """One SGD training step (forward, cross-entropy, backward, update) of a whole model."""
-    def setup(torch):
+    def setup():
         model, x, y, loss, opt = train_setup(config, batch)
 
         def ours():
@@ -386,26 +260,18 @@ def _train_step_case(name, config, batch):
             model.backward(loss.backward(), input_grad=False)
             opt.step()
 
-        def reference(torch):
-            ref = to_torch(model, torch)
-            tx, ty = torch.tensor(x), torch.tensor(y)
-            topt = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9)
-
-            def theirs():
-                topt.zero_grad()
-                torch.nn.functional.cross_entropy(ref(tx), ty).backward()
-                topt.step()
-            return [theirs]
-
         flops = 3 * model_flops(model) * batch        # forward + two backward products
-        return _cases(torch, [(f"{name} train step", ours, flops)], reference)
+        return CaseSet("train_step", dict(model=model, x=x, y=y),
+                       [Case(f"{name} train step", ours, flops)])
     return setup
 
 
 def model_flops(model):
+    """FLOPs of one sample's forward pass through ``model`` (a multiply-add counts 2)."""
     return sum(layer.flops() for layer in model.layers.values())
 
 
+# key -> a function building its CaseSet; `--filter TEXT` keeps the keys containing TEXT.
 CASES = {
     "conv lenet1 64x1x28x28 ->6 k5 s1 p2": _conv_case("conv lenet1", 64, 1, 28, 28, 6, 5, 1, 2),
     "conv lenet2 64x6x14x14 ->16 k5 s1 p0": _conv_case("conv lenet2", 64, 6, 14, 14, 16, 5, 1, 0),
@@ -440,7 +306,8 @@ TRAIN_STEPS = {  # case key: (label, bundled config, batch)
 CASES.update((key, _train_step_case(*spec)) for key, spec in TRAIN_STEPS.items())
 
 
-def _median_ms(fn, repeat):
+def median_ms(fn, repeat):
+    """The median time of ``repeat`` calls of ``fn()``, in ms."""
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -449,57 +316,8 @@ def _median_ms(fn, repeat):
     return statistics.median(times) * 1e3
 
 
-def sgemm_gflops(threads, size=1024, repeat=10):
-    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
-    try:
-        from threadpoolctl import threadpool_limits
-        limit = threadpool_limits(threads, user_api="blas")
-    except ImportError:
-        limit = None
-    try:
-        a @ a
-        ms = _median_ms(lambda: a @ a, repeat)
-    finally:
-        if limit is not None:
-            limit.restore_original_limits()
-    return 2 * size**3 / ms / 1e6
-
-
-def _timed_s(fn):
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def copy_gbs(threads, mib=256, repeat=5):
-    """Reference memory bandwidth: ``np.copyto`` of a ``mib`` MiB float32 array, in ``threads``
-    contiguous chunks copied by as many Python threads (numpy releases the GIL while it
-    copies); bytes read + bytes written (2 x the size) over the best of ``repeat`` copies."""
-    from concurrent.futures import ThreadPoolExecutor
-    n = mib * 2**20 // 4
-    src, dst = np.ones(n, np.float32), np.zeros(n, np.float32)   # pages touched before timing
-    bounds = [n * i // threads for i in range(threads + 1)]
-    parts = [(dst[a:b], src[a:b]) for a, b in itertools.pairwise(bounds)]
-    with ThreadPoolExecutor(threads) as pool:
-        def copy():
-            for _ in pool.map(lambda part: np.copyto(*part), parts):
-                pass
-        copy()
-        best = min(_timed_s(copy) for _ in range(repeat))
-    return 2 * src.nbytes / best / 1e9
-
-
-class Row(NamedTuple):
-    """A case's result: fastcnn's and torch's times (ms) and the case's counts."""
-    label: str
-    ms: float
-    torch_ms: float
-    flops: int
-    nbytes: int
-
-
 @contextlib.contextmanager
-def _threads(n, torch=None):
+def using_threads(n, torch=None):
     """fastcnn (and torch, if given) on ``n`` threads inside the block; restored after."""
     before = fastcnn.get_num_threads(), torch.get_num_threads() if torch else None
     fastcnn.set_num_threads(n)
@@ -513,47 +331,13 @@ def _threads(n, torch=None):
             torch.set_num_threads(before[1])
 
 
-def _selected(pattern, torch):
+def selected(pattern):
+    """The case sets whose :data:`CASES` key contains ``pattern``, each built when the one
+    before has been timed (a generator of :class:`CaseSet`: their arrays are not all held at
+    once)."""
     for key, setup in CASES.items():
         if not pattern or pattern in key:
-            yield from setup(torch)
-
-
-def run(threads, repeat, rounds, pattern):
-    """Time fastcnn against torch on the cases whose key contains ``pattern``: a Row each."""
-    import torch
-    rows = []
-    with _threads(threads, torch):
-        for label, ours, theirs, flops, moved in _selected(pattern, torch):
-            for fn in (ours, theirs):      # warm-up: workspaces, caches, thread pools
-                fn(), fn()
-            mine, ref = [], []
-            for _ in range(rounds):
-                mine.append(_median_ms(ours, repeat))
-                ref.append(_median_ms(theirs, repeat))
-            rows.append(Row(label, min(mine), min(ref), flops, moved))
-    return rows
-
-
-def _cell(value, fmt):
-    return "-" if value is None else format(value, fmt)
-
-
-def table(rows, sgemm=None, copy=None):
-    """The markdown table of ``rows``. fastcnn GFLOP/s for the cases that count FLOPs, with
-    its share of the ``sgemm`` rate; GB/s for those that count bytes, with its share of the
-    ``copy`` bandwidth; "-" where a column does not apply."""
-    lines = [("| case | fastcnn ms | torch ms | ratio | fastcnn GFLOP/s | % sgemm "
-              "| fastcnn GB/s | % copy |"), "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        gflops = r.flops / r.ms / 1e6 if r.flops else None
-        gbs = r.nbytes / r.ms / 1e6 if r.nbytes else None
-        share = [None if v is None or not ref else 100 * v / ref
-                 for v, ref in ((gflops, sgemm), (gbs, copy))]
-        lines.append(f"| {r.label} | {r.ms:.3f} | {r.torch_ms:.3f} | {r.ms / r.torch_ms:.2f} | "
-                     f"{_cell(gflops, '.1f')} | {_cell(share[0], '.0f')} | "
-                     f"{_cell(gbs, '.1f')} | {_cell(share[1], '.0f')} |")
-    return "\n".join(lines)
+            yield setup()
 
 
 def scaling(threads, repeat, rounds, pattern):
@@ -562,8 +346,8 @@ def scaling(threads, repeat, rounds, pattern):
     alternating rounds like :func:`run`. fastcnn's thread count is restored afterwards."""
     counts = (1, threads)
     rows = []
-    with _threads(threads):
-        for case in _selected(pattern, None):
+    with using_threads(threads):
+        for case in (c for s in selected(pattern) for c in s.cases):
             for n in counts:                # warm-up at both counts
                 fastcnn.set_num_threads(n)
                 case.ours(), case.ours()
@@ -571,7 +355,7 @@ def scaling(threads, repeat, rounds, pattern):
             for _ in range(rounds):
                 for i, n in enumerate(counts):
                     fastcnn.set_num_threads(n)
-                    best[i] = min(best[i], _median_ms(case.ours, repeat))
+                    best[i] = min(best[i], median_ms(case.ours, repeat))
             rows.append((case.label, *best))
     return rows
 
@@ -637,7 +421,7 @@ def profile_step(model, x, y, loss=None, optimizer=None, steps=7, warmup=2):
     if loss is None:
         loss = fastcnn.build_loss("cross_entropy")
     if optimizer is None:
-        optimizer = fastcnn.build_optimizer(_SGD, model.parameters())
+        optimizer = fastcnn.build_optimizer(SGD, model.parameters())
     clock = time.perf_counter
 
     def step():                 # the train-step case's step, with the time after each part (s)
@@ -724,7 +508,6 @@ def _reexec_for_isa(isa):
     wanted = ISA_ENVIRONMENTS[isa]
     if all(os.environ.get(k) == v for k, v in wanted.items()):
         return
-    import sys
     from fastcnn._ops.parallel import simd_cpu_path
     levels = ["baseline", "x86-64-v3", "x86-64-v4"]
     cpu = simd_cpu_path()
@@ -735,8 +518,12 @@ def _reexec_for_isa(isa):
     os.execve(sys.executable, [sys.executable] + sys.argv, env)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="fastcnn bench", description=__doc__.splitlines()[0])
+def argument_parser(prog="fastcnn bench"):
+    """The options of ``fastcnn bench`` and ``bench/compare_torch.py`` (the same parser)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description="fastcnn against torch on the same shapes, in one process "
+        "(from a clone of the repository: bench/compare_torch.py); with --scaling or "
+        "--profile, fastcnn alone")
     parser.add_argument("--isa", choices=sorted(ISA_ENVIRONMENTS),
                         help="run fastcnn, torch and OpenBLAS all at this x86-64 level (AVX2 on "
                              "an AVX-512 machine, say); the default: each library's best")
@@ -751,6 +538,47 @@ def main(argv=None):
                       help="per-layer times and overhead of the train-step cases whose key "
                            "contains FILTER (all three without it), over --repeat steps")
     parser.add_argument("--top", type=int, default=10, help="layers listed by --profile")
+    return parser
+
+
+# Where the torch comparison lives in a clone of the repository.
+COMPARE_TORCH = pathlib.Path("bench", "compare_torch.py")
+
+
+def find_compare_torch():
+    """``bench/compare_torch.py`` of the clone fastcnn is imported from (an editable install
+    or ``PYTHONPATH=src``), else of the current directory when it is a clone of fastcnn (it
+    holds ``src/fastcnn``); None when neither has it (fastcnn installed from a wheel)."""
+    package = pathlib.Path(fastcnn.__file__).resolve().parent
+    candidates = [package.parent.parent]
+    if pathlib.Path("src", "fastcnn").is_dir():
+        candidates.append(pathlib.Path.cwd())
+    for root in candidates:
+        if (root / COMPARE_TORCH).is_file():
+            return root / COMPARE_TORCH
+    return None
+
+
+def _load_compare_torch(parser):
+    """The ``compare(args)`` function of ``bench/compare_torch.py``, or exit saying what to run."""
+    path = find_compare_torch()
+    if path is None:
+        parser.exit(2, f"{parser.prog}: the comparison with torch is not part of the installed "
+                       "package; it runs from a clone of the fastcnn repository: "
+                       f"python {COMPARE_TORCH} [options] (needs torch: pip install "
+                       "torch==2.13.0), or fastcnn bench from inside the clone. Here, "
+                       "fastcnn bench --scaling and fastcnn bench --profile time fastcnn "
+                       "alone.\n")
+    spec = importlib.util.spec_from_file_location("fastcnn_compare_torch", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.compare
+
+
+def main(argv=None, compare=None, prog="fastcnn bench"):
+    """``fastcnn bench``: ``--profile`` and ``--scaling`` here; otherwise ``compare(args)``, the
+    torch comparison (``bench/compare_torch.py`` passes its own; found from a clone when None)."""
+    parser = argument_parser(prog)
     args = parser.parse_args(argv)
     if args.isa:
         _reexec_for_isa(args.isa)
@@ -761,7 +589,7 @@ def main(argv=None):
                          f"({'; '.join(TRAIN_STEPS)})")
         print(f"fastcnn {fastcnn.__version__}, numpy {np.__version__}; {args.threads} "
               f"thread(s); means over the fastest half of {args.repeat} steps")
-        with _threads(args.threads):
+        with using_threads(args.threads):
             for key in keys:
                 label, config, batch = TRAIN_STEPS[key]
                 model, x, y, loss, opt = train_setup(config, batch)
@@ -777,17 +605,7 @@ def main(argv=None):
             geo = math.exp(sum(math.log(t1 / tn) for _, t1, tn in rows) / len(rows))
             print(f"\ngeometric mean speed-up: {geo:.2f} over {len(rows)} cases")
         return
-    import torch
-    rows = run(args.threads, args.repeat, args.rounds, args.filter)
-    from fastcnn._ops.parallel import simd_path
-    sgemm, copy = sgemm_gflops(args.threads), copy_gbs(args.threads)
-    print(f"fastcnn {fastcnn.__version__}, torch {torch.__version__}, numpy {np.__version__}; "
-          f"{args.threads} thread(s); vector loops: {simd_path()}, torch "
-          f"{torch.backends.cpu.get_cpu_capability()}; numpy sgemm 1024^3: "
-          f"{sgemm:.0f} GFLOP/s; numpy copy 256 MiB: {copy:.1f} GB/s\n")
-    print(table(rows, sgemm, copy))
-    geo = math.exp(sum(math.log(r.ms / r.torch_ms) for r in rows) / len(rows))
-    print(f"\ngeometric mean ratio: {geo:.2f} over {len(rows)} cases")
+    (compare or _load_compare_torch(parser))(args)
 
 
 if __name__ == "__main__":

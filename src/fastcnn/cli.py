@@ -180,7 +180,7 @@ def build_parser():
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 13 to 21 (default 17)")
     p.set_defaults(func=_cmd_export)
     p = sub.add_parser("bench", add_help=False,
-                       help="time fastcnn against torch (needs torch installed); "
+                       help="time fastcnn against torch (needs torch and a clone of the repository); "
                             "fastcnn bench --help lists its options")
     # main() hands `fastcnn bench ...` to fastcnn.benchmarks.main before this parser runs
     return parser
