@@ -90,13 +90,15 @@ def test_cli_train_eval_predict_summary(tmp_path, capsys):
     assert main(["train", config, "--out", str(out), "--epochs", "2", "--quiet"]) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["epochs_run"] == 2
-    assert main(["eval", str(out / "best.fcnn")]) == 0
+    assert main(["eval", str(out / "best.fcnn"), "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out)
-    assert evaluated["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert evaluated["accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert evaluated["split"] == "test" and evaluated["samples"] == 48
     np.save(tmp_path / "x.npy", np.random.default_rng(0).random((2, 8, 8)).astype(np.float32))
-    assert main(["predict", str(out / "best.fcnn"), str(tmp_path / "x.npy"), "--top", "2"]) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(lines) == 2 and len(lines[0]["top"]) == 2
+    assert main(["predict", str(out / "best.fcnn"), str(tmp_path / "x.npy"), "--top", "2",
+                 "--json"]) == 0
+    predictions = json.loads(capsys.readouterr().out)["predictions"]
+    assert len(predictions) == 2 and len(predictions[0]["top"]) == 2
     assert main(["summary", "lenet5"]) == 0
     text = capsys.readouterr().out
     assert "61,706" in text and "max_pool2d" in text
@@ -122,6 +124,19 @@ def test_overrides():
     assert config["data"]["augment"] == {"horizontal_flip": True} and config["name"] == "my run"
     with pytest.raises(ValueError, match="--set expects key=value"):
         apply_overrides(config, ["train.epochs"])
+    # dicts merge, null deletes, anything else replaces; lists by index
+    apply_overrides(config, ['data.augment={"random_crop": {"padding": 2}}',
+                             "optimizer.nesterov=null", "optimizer.betas=[0.8, 0.9]",
+                             'model={"layers": [{"type": "relu"}, {"type": "flatten"}]}',
+                             "model.layers.0=null", 'model.layers.0={"start_dim": 1}'])
+    assert config["data"]["augment"] == {"horizontal_flip": True, "random_crop": {"padding": 2}}
+    assert "nesterov" not in config["optimizer"] and config["optimizer"]["betas"] == [0.8, 0.9]
+    assert config["model"]["layers"] == [{"type": "flatten", "start_dim": 1}]
+    with pytest.raises(ValueError, match=r"--set optimizer.lr.x: optimizer.lr is 0.1, not a"):
+        apply_overrides(config, ["optimizer.lr.x=1"])
+    with pytest.raises(ValueError, match=r"--set model.layers.5: '5' is not an index of this "
+                                         r"list of 1"):
+        apply_overrides(config, ["model.layers.5.x=1"])
 
 
 def test_config_errors():
@@ -129,7 +144,8 @@ def test_config_errors():
         resolve_config({"model": "lenet5", "optimiser": {}})
     with pytest.raises(ValueError, match="unknown train option"):
         resolve_config({"model": "lenet5", "train": {"epoch": 3}})
-    with pytest.raises(ValueError, match="no bundled config 'lenet6'"):
+    with pytest.raises(FileNotFoundError, match=r"config file not found: lenet6 \(nor a "
+                                                 r"bundled config: .*; did you mean 'lenet5'\?"):
         resolve_config({"model": "lenet6"})
 
 

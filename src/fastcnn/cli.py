@@ -42,81 +42,143 @@ def _cmd_train(args):
     return 130 if metrics["interrupted"] else 0     # 128 + SIGINT, as a shell reports Ctrl-C
 
 
-def _checkpoint_and_data(path):
-    from fastcnn import data as datamod
+def _load_checkpoint(path):
     from fastcnn.checkpoint import load_checkpoint
 
     ck = load_checkpoint(path)
     if ck.model.preprocessing is None and ck.extra.get("normalization"):
         # a run's checkpoint from before models carried their preprocessing
         ck.model.preprocessing = dict(ck.extra["normalization"])
-    return ck, datamod
+    return ck
+
+
+def _data_spec(text):
+    """The data ``fastcnn eval --data`` names: an .npz file, a JSON/YAML file holding a data
+    section or a training config (its ``data``), a JSON object, or a dataset name."""
+    from fastcnn.model import load_config
+    from fastcnn.registry import DATASETS
+
+    if text.lower().endswith(".npz"):
+        if not os.path.isfile(text):
+            raise FileNotFoundError(f"--data: file not found: {text}")
+        return {"dataset": "npz", "path": os.path.abspath(text)}
+    if text.lstrip().startswith("{"):
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--data: not valid JSON ({exc}): {text}") from None
+    elif text.lower().endswith((".json", ".yaml", ".yml")):
+        spec = load_config(text)
+        spec = spec.get("data", spec)
+    elif text in DATASETS:
+        spec = {"dataset": text}
+    else:
+        raise ValueError(f"--data: {text!r} is not an .npz file, a .json/.yaml file, a JSON "
+                         f"object nor a dataset name ({', '.join(DATASETS.names())})")
+    if not isinstance(spec, dict) or "dataset" not in spec:
+        raise ValueError(f"--data {text}: expected a data section with a 'dataset' key, got "
+                         f"{spec!r}")
+    return spec
+
+
+def _run_data(train_config, checkpoint):
+    """The run's own data section, with a relative dataset path (a run from before paths were
+    stored absolute) looked up from here, then from the run folder and its parents."""
+    from fastcnn.training import PATH_OPTIONS
+
+    data = dict(train_config["data"])
+    run_dir = os.path.dirname(os.path.abspath(checkpoint))
+    for key in PATH_OPTIONS:
+        value = data.get(key)
+        if not isinstance(value, str) or os.path.isabs(value) or os.path.exists(value):
+            continue
+        for base in (run_dir, os.path.dirname(run_dir), os.path.dirname(os.path.dirname(run_dir))):
+            if os.path.exists(os.path.join(base, value)):
+                data[key] = os.path.join(base, value)
+                break
+    return data
 
 
 def _cmd_eval(args):
+    from fastcnn.data import load_dataset
     from fastcnn.losses import build_loss
     from fastcnn.training import evaluate
 
-    ck, datamod = _checkpoint_and_data(args.checkpoint)
-    train_config = ck.extra.get("train_config")
-    if not train_config:
-        print(f"fastcnn eval: {args.checkpoint} holds no training config (saved by fastcnn.save, "
-              f"not by a training run); nothing to evaluate it on", file=sys.stderr)
-        return 2
-    splits = datamod.load_dataset(train_config["data"], seed=train_config["train"]["seed"])
-    if splits.test is None:
-        print("fastcnn eval: the dataset has no test split", file=sys.stderr)
-        return 2
-    x, y = splits.test
-    x = ck.model.preprocess(x)
+    ck = _load_checkpoint(args.checkpoint)
+    train_config = ck.extra.get("train_config") or {}
+    if args.data is not None:
+        # other data: all of it, its test split when it has one
+        spec = dict(_data_spec(args.data), validation_split=0)
+        splits = load_dataset(spec, seed=spec.get("seed", 0))
+        split = "test" if splits.test is not None else "train"
+    elif train_config:
+        splits = load_dataset(_run_data(train_config, args.checkpoint),
+                              seed=train_config["train"]["seed"])
+        split = "test"
+        if splits.test is None:
+            raise ValueError(f"the run's data ({splits.name}) has no test split: pass --data "
+                             f"to evaluate on other data")
+    else:
+        raise ValueError(f"{args.checkpoint} holds no training config (saved by fastcnn.save, "
+                         f"not by a training run): pass --data to say what to evaluate it on")
+    x, y = getattr(splits, split)
+    if tuple(x.shape[1:]) != tuple(ck.model.input_shape):
+        raise ValueError(f"the data ({splits.name}) holds images of shape {x.shape[1:]}, the "
+                         f"model takes {tuple(ck.model.input_shape)}")
     loss, acc, _ = evaluate(ck.model, build_loss(train_config.get("loss", "cross_entropy")),
-                            x, y)
-    print(json.dumps({"checkpoint": os.fspath(args.checkpoint), "test_loss": loss,
-                      "test_accuracy": acc, "samples": int(len(y))}))
+                            ck.model.preprocess(x), y, args.batch_size)
+    result = {"checkpoint": os.fspath(args.checkpoint), "dataset": splits.name, "split": split,
+              "samples": int(len(y)), "accuracy": acc, "loss": loss}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{split} accuracy {acc:.4f}  {split} loss {loss:.4f}  ({len(y)} samples, "
+              f"{splits.name} {split} split)")
     return 0
 
 
-def _read_inputs(path, input_shape):
-    if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as archive:
-            key = "x" if "x" in archive.files else archive.files[0]
-            x = archive[key]
-    elif path.endswith(".npy"):
-        x = np.load(path, allow_pickle=False)
-    else:
-        try:
-            from matplotlib.image import imread
-        except ImportError:
-            raise SystemExit("fastcnn predict: reading images needs matplotlib "
-                             "(pip install 'fastcnn[plot]'); or pass a .npy/.npz array")
-        x = imread(path)
-        if x.ndim == 3:                         # RGB(A) -> gray when the model wants 1 channel
-            x = x[..., :3].mean(axis=2) if input_shape[0] == 1 else np.moveaxis(x[..., :3], 2, 0)
-        x = x[None]
-    x = np.asarray(x)
-    if x.dtype == np.uint8:
-        x = x.astype(np.float32) / 255.0
-    shape = tuple(input_shape)
-    if x.shape[1:] != shape and x.shape[1:] == shape[1:] and shape[0] == 1:
-        x = x[:, None]                           # (N, H, W) for one-channel models
-    if x.shape[1:] != shape:
-        raise SystemExit(f"fastcnn predict: {path} holds shape {x.shape}, the model takes "
-                         f"(N, {', '.join(map(str, shape))})")
-    return x.astype(np.float32)
+def _softmax(logits):
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(shifted)
+    return probs / probs.sum(axis=1, keepdims=True)
 
 
 def _cmd_predict(args):
-    ck, _ = _checkpoint_and_data(args.checkpoint)
+    from fastcnn.images import read_inputs
+
+    ck = _load_checkpoint(args.checkpoint)
     model = ck.model.eval()
-    x = _read_inputs(args.input, model.input_shape)
-    logits = model(model.preprocess(x))
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    probs = np.exp(shifted)
-    probs /= probs.sum(axis=1, keepdims=True)
-    top = np.argsort(-probs, axis=1)[:, :args.top]
-    for i in range(len(x)):
-        print(json.dumps({"index": i, "prediction": int(top[i, 0]),
-                          "top": [[int(c), round(float(probs[i, c]), 6)] for c in top[i]]}))
+    if args.top < 1:
+        raise ValueError(f"--top: expected a number >= 1, got {args.top}")
+    mean = (model.preprocessing or {}).get("mean")
+    x, records = read_inputs(args.inputs, model.input_shape, invert=args.invert,
+                             training_mean=mean)
+    probs = np.concatenate([_softmax(model(model.preprocess(x[i:i + args.batch_size])))
+                            for i in range(0, len(x), args.batch_size)])
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :args.top]
+    for record, p, classes in zip(records, probs, top):
+        record["prediction"] = int(classes[0])
+        record["probability"] = round(float(p[classes[0]]), 6)
+        record["top"] = [{"class": int(c), "probability": round(float(p[c]), 6)}
+                         for c in classes]
+    if args.json:
+        print(json.dumps({"checkpoint": os.fspath(args.checkpoint),
+                          "input_shape": list(model.input_shape), "predictions": records},
+                         indent=1))
+        return 0
+    names = [r["input"] + (f"[{r['index']}]" if r["input"].lower().endswith((".npy", ".npz"))
+                           else "") for r in records]
+    width = max(len(n) for n in names)
+    for name, r in zip(names, records):
+        others = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"][1:])
+        notes = []
+        if r.get("inverted"):
+            notes.append("inverted")
+        if "size" in r and r["size"] != [model.input_shape[2], model.input_shape[1]]:
+            notes.append(f"resized from {r['size'][0]}x{r['size'][1]}")
+        print(f"{name:<{width}}  {r['prediction']}  {r['probability']:.3f}"
+              + (f"  (then {others})" if others else "")
+              + (f"  [{', '.join(notes)}]" if notes else ""))
     return 0
 
 
@@ -144,6 +206,8 @@ def _cmd_export(args):
 
 
 def build_parser():
+    from fastcnn.images import INVERT_CHOICES
+
     parser = argparse.ArgumentParser(prog="fastcnn", description="CNNs on the CPU.")
     from fastcnn import __version__
     parser.add_argument("--version", action="version", version=f"fastcnn {__version__}")
@@ -161,13 +225,33 @@ def build_parser():
                    help="replace the run already in --out (refused without this or --resume)")
     p.add_argument("--quiet", action="store_true", help="no progress; print metrics as JSON")
     p.set_defaults(func=_cmd_train)
-    p = sub.add_parser("eval", help="test accuracy of a checkpoint from a training run")
-    p.add_argument("checkpoint")
+    p = sub.add_parser("eval", help="accuracy and loss of a checkpoint on its run's test data "
+                                     "or on other data (--data)")
+    p.add_argument("checkpoint", help="a .fcnn checkpoint (e.g. runs/mnist_lenet5/best.fcnn)")
+    p.add_argument("--data", metavar="DATA",
+                   help="evaluate on this instead of the run's test split: an .npz (x, y; "
+                        "x_test, y_test when present), a .json/.yaml data section or training "
+                        "config, a JSON object such as '{\"dataset\": \"mnist_idx\", "
+                        "\"root\": \"mnist\"}', or a dataset name")
+    p.add_argument("--batch-size", type=int, default=500, help="samples per forward pass")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=_cmd_eval)
-    p = sub.add_parser("predict", help="classify the images in a .npy/.npz array or image file")
-    p.add_argument("checkpoint")
-    p.add_argument("input")
-    p.add_argument("--top", type=int, default=3)
+    p = sub.add_parser("predict", help="classify images: image files, folders of them, "
+                                       ".npy/.npz arrays")
+    p.add_argument("checkpoint", help="a .fcnn checkpoint (e.g. runs/mnist_lenet5/best.fcnn)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files (resized to the model's input), folders (their image and "
+                        "array files), .npy/.npz arrays (N, C, H, W) or (N, H, W)")
+    p.add_argument("--top", type=int, default=3, help="how many classes to list per image")
+    p.add_argument("--invert", choices=INVERT_CHOICES, default="auto",
+                   help="use 1 - pixel for image files: auto (default) when a grayscale "
+                        "image's background is light and the training images' dark (MNIST's "
+                        "white on black), or the reverse; yes; no")
+    p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON document: {checkpoint, input_shape, predictions: "
+                        "[{input, index, prediction, probability, top: [{class, probability}], "
+                        "size, inverted}]}")
     p.set_defaults(func=_cmd_predict)
     p = sub.add_parser("summary", help="layers, output shapes, parameters and FLOPs of a config")
     p.add_argument("config")

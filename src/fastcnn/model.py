@@ -83,8 +83,10 @@ def load_config(config):
         if not os.path.exists(path):
             if isinstance(config, str) and config in bundled_names():
                 return bundled_config(config)
+            from fastcnn.registry import suggest
             raise FileNotFoundError(f"config file not found: {path} (nor a bundled config: "
-                                    f"{', '.join(bundled_names())})")
+                                    f"{', '.join(bundled_names())})"
+                                    f"{suggest(path, bundled_names())}")
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
         if path.endswith((".yaml", ".yml")):

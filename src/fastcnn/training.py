@@ -44,12 +44,12 @@ class TrainingDiverged(RuntimeError):
 
 
 def _load_any(value):
+    """A config dict from a dict (copied), a .json/.yaml path or a bundled name; a path that
+    does not exist is a FileNotFoundError naming it (and the bundled names)."""
     if isinstance(value, dict):
         return copy.deepcopy(value)
-    if isinstance(value, (str, os.PathLike)) and os.path.exists(value):
-        return load_config(value)
-    if isinstance(value, str):
-        return bundled_config(value)
+    if isinstance(value, (str, os.PathLike)):
+        return copy.deepcopy(load_config(value))
     raise ValueError(f"expected a config dict, a file path or a bundled config name, got {value!r}")
 
 
@@ -60,9 +60,41 @@ def _parse_value(text: str):
         return text
 
 
+def merge_config(base, update):
+    """``update`` merged into a copy of ``base``: dicts key by key, recursively; a ``None``
+    (JSON null) value deletes the key; any other value (lists included) replaces. The override
+    rule of ``--set``: ``data.augment={"horizontal_flip": true}`` keeps ``random_crop``."""
+    if not (isinstance(base, dict) and isinstance(update, dict)):
+        return copy.deepcopy(update)
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_config(merged.get(key), value)
+    return merged
+
+
+def _list_index(node, part, path):
+    try:
+        index = int(part)
+    except ValueError:
+        index = None
+    if index is None or not -len(node) <= index < len(node):
+        raise ValueError(f"--set {path}: {part!r} is not an index of this list of {len(node)} "
+                         f"(0 .. {len(node) - 1})")
+    return index
+
+
 def apply_overrides(config: dict, overrides) -> dict:
     """Apply ``["train.epochs=3", "optimizer.lr=0.01", "data.augment={...}"]`` in place: a dotted
-    key path, ``=``, and a JSON value (bare words are strings)."""
+    key path (list items by index: ``model.layers.0.out_channels``), ``=``, and a JSON value
+    (bare words are strings).
+
+    A dict value is merged into the dict already there (:func:`merge_config`); ``null`` deletes
+    the key (the default applies again; in a list, it removes the item); anything else replaces.
+    A model given by name or path (``"model": "lenet5"``) is expanded into its config when a key
+    inside it is set. Descending into a value that is not a section is an error."""
     for item in overrides or ():
         if "=" not in item:
             raise ValueError(f"--set expects key=value (e.g. train.epochs=5), got {item!r}")
@@ -70,25 +102,65 @@ def apply_overrides(config: dict, overrides) -> dict:
         parts = key.strip().split(".")
         if not all(parts):
             raise ValueError(f"--set: bad key {key!r}")
+        value = _parse_value(raw)
         node = config
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
+            path = ".".join(parts[:depth + 1])
             if isinstance(node, list):
-                node = node[int(part)]
+                node = node[_list_index(node, part, path)]
                 continue
-            if part not in node or not isinstance(node[part], (dict, list)):
-                node[part] = {}
-            node = node[part]
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif depth == 0 and part == "model" and isinstance(child, str):
+                child = node[part] = _load_any(child)     # "lenet5" -> its layers, to set them
+            elif not isinstance(child, (dict, list)):
+                raise ValueError(f"--set {key}: {path} is {child!r}, not a section with keys")
+            node = child
+        last = parts[-1]
         if isinstance(node, list):
-            node[int(parts[-1])] = _parse_value(raw)
+            index = _list_index(node, last, key)
+            if value is None:
+                del node[index]
+            else:
+                node[index] = merge_config(node[index], value)
+        elif not isinstance(node, dict):
+            raise ValueError(f"--set {key}: {'.'.join(parts[:-1])} is {node!r}, not a section")
+        elif value is None:
+            node.pop(last, None)
         else:
-            node[parts[-1]] = _parse_value(raw)
+            node[last] = merge_config(node.get(last), value)
     return config
+
+
+# Dataset options that name files or folders: stored absolute in a run's config, so that eval
+# and resume work from any directory.
+PATH_OPTIONS = ("root", "path")
+
+
+def _absolute_paths(data: dict) -> dict:
+    for key in PATH_OPTIONS:
+        if isinstance(data.get(key), str):
+            data[key] = os.path.abspath(os.path.expanduser(data[key]))
+    return data
+
+
+def _is_model_config(config: dict) -> bool:
+    return "layers" in config and "model" not in config
 
 
 def resolve_config(config=None, overrides=()) -> dict:
     """The full training config: defaults filled in, the model section expanded, overrides
-    applied. ``config=None`` is the bundled LeNet-5 on the embedded MNIST sample."""
+    applied, dataset paths (``data.root``, ``data.path``) made absolute. ``config=None`` is the
+    bundled LeNet-5 on the embedded MNIST sample.
+
+    A model config (one with ``layers``, such as the bundled "lenet5") is trained with the
+    default recipe on the default data (``mnist_sample``) when its input is 1x28x28, or on the
+    data the overrides name (``data.dataset=...``); otherwise the error says what to add."""
     config = _load_any("mnist_lenet5" if config is None else config)
+    model_only = _is_model_config(config)
+    if model_only:
+        config = {"name": config.get("name", "run"), "model": config}
     apply_overrides(config, overrides)
     for key in config:
         if key not in SECTIONS:
@@ -97,7 +169,24 @@ def resolve_config(config=None, overrides=()) -> dict:
     if "model" not in config:
         raise ValueError("training config: missing the 'model' section")
     config["model"] = _load_any(config["model"])
+    if not isinstance(config.get("data", {}), dict):
+        raise ValueError(f"training config: data must be a dict (a data section), got "
+                         f"{config['data']!r}")
+    if model_only and "dataset" not in config.get("data", {}):
+        shape = list(config["model"].get("input_shape", [1, 28, 28]))
+        if shape != [1, 28, 28]:
+            name = config["name"]
+            raise ValueError(
+                f"{name} is a model config (input {'x'.join(map(str, shape))}), not a training "
+                f"config, and the default data (mnist_sample) holds 1x28x28 images: name the "
+                f"data it should learn, e.g. fastcnn train {name} --set data.dataset=cifar10 "
+                f"--set data.root=DIR (CIFAR-10 is 3x32x32), or write a training config "
+                f'{{"model": "{name}", "data": {{"dataset": ..., ...}}}} (README: training '
+                f"configs)")
+        config.setdefault("data", {})["dataset"] = "mnist_sample"
     config.setdefault("data", {"dataset": "mnist_sample"})
+    _absolute_paths(config["data"])
+    datamod.normalization_option(config["data"].get("normalize", True))    # checked early
     config.setdefault("loss", "cross_entropy")
     config.setdefault("optimizer", {"type": "adam", "lr": 1e-3})
     train = dict(TRAIN_DEFAULTS)
@@ -351,9 +440,15 @@ class Trainer:
                 raise ValueError(f"data: the {part} images ({splits.name}) contain {what} at "
                                  f"sample {i} ({int(bad.sum())} samples in all): clean or drop "
                                  f"them before training")
-        mean, std = datamod.channel_stats(x_train)
-        self.normalization = {"mean": [float(m) for m in mean], "std": [float(s) for s in std]}
-        norm = lambda x: None if x is None else datamod.normalize(x, mean, std)  # noqa: E731
+        stats = datamod.normalization_stats(self.config["data"].get("normalize", True), x_train)
+        if stats is None:                   # data.normalize = false: the pixels as loaded
+            self.normalization = None
+            norm = lambda x: x  # noqa: E731
+        else:
+            mean, std = stats
+            self.normalization = {"mean": [float(m) for m in mean],
+                                  "std": [float(s) for s in std]}
+            norm = lambda x: None if x is None else datamod.normalize(x, mean, std)  # noqa: E731
         self.train_set = (norm(x_train), y_train)
         self.val_set = None if x_val is None else (norm(x_val), y_val)
         self.test_set = None if splits.test is None else (norm(splits.test[0]), splits.test[1])
@@ -365,7 +460,9 @@ class Trainer:
             model_cfg["input_shape"] = shape
         elif list(model_cfg["input_shape"]) != shape:
             raise ValueError(f"model input_shape {model_cfg['input_shape']} does not match the "
-                             f"data's per-sample shape {shape} ({splits.name})")
+                             f"data's per-sample shape {shape} ({splits.name}): choose data "
+                             f"of the model's shape, or another model (or set "
+                             f"model.input_shape={json.dumps(shape)} if its layers fit)")
 
     def _build(self):
         model_cfg = dict(self.config["model"])
@@ -529,9 +626,11 @@ class Trainer:
     def _finish(self, t_start, train_time, samples, interrupted):
         from fastcnn import plots
 
-        best_path = os.path.join(self.out_dir, "best.fcnn")
+        best_path, best_epoch = os.path.join(self.out_dir, "best.fcnn"), None
         if os.path.exists(best_path):
-            self.model.load_state_dict(load_checkpoint(best_path).model.state_dict())
+            best = load_checkpoint(best_path)
+            self.model.load_state_dict(best.model.state_dict())
+            best_epoch = best.extra.get("epoch")
         metrics = {"name": self.config["name"], "epochs_run": len(self.history),
                    "interrupted": interrupted, "train_time_s": train_time,
                    "samples_per_s": samples / train_time if train_time else None,
@@ -543,7 +642,7 @@ class Trainer:
             plots.plot_confusion(matrix, os.path.join(self.out_dir, "confusion.png"),
                                  f"{self.config['name']}: test accuracy {acc:.4f}")
         plots.plot_curves(self.history, os.path.join(self.out_dir, "curves.png"),
-                          self.config["name"])
+                          self.config["name"], best=best_epoch)
         metrics["wall_time_s"] = time.perf_counter() - t_start
         self._write_json("metrics.json", metrics)
         if "test_accuracy" in metrics:

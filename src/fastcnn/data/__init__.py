@@ -30,11 +30,12 @@ from fastcnn.data.datasets.mnist_sample import mnist_sample
 from fastcnn.data.datasets.npz import npz
 from fastcnn.data.datasets.synthetic import synthetic
 from fastcnn.data.loading import load_dataset
-from fastcnn.data.normalization import channel_stats, normalize
+from fastcnn.data.normalization import (channel_stats, normalization_option,
+                                        normalization_stats, normalize)
 from fastcnn.data.splits import DataSplits, stratified_subset, train_validation_split
 
 __all__ = [
     "DataSplits", "load_dataset", "train_validation_split", "stratified_subset",
-    "read_idx", "channel_stats", "normalize", "Augmenter", "batches",
+    "read_idx", "channel_stats", "normalize", "normalization_option", "normalization_stats", "Augmenter", "batches",
     "mnist_sample", "mnist_idx", "fashion_mnist_idx", "cifar10", "npz", "synthetic",
 ]

@@ -55,3 +55,48 @@ def normalize(x, mean, std, out=None) -> np.ndarray:
     np.subtract(x, shift, out=out, casting="unsafe")
     np.multiply(out, scale, out=out)
     return out
+
+
+def normalization_option(value):
+    """The ``data.normalize`` option, checked: ``True`` (the default; also ``None``): the
+    per-channel mean and std of the training images; ``False``: none, the model sees the pixels
+    as loaded (in [0, 1]); ``{"mean": [...], "std": [...]}``: these values, one per channel
+    (std > 0). Returns True, False or a dict of two float lists."""
+    if value is None or value is True:
+        return True
+    if value is False:
+        return False
+    if isinstance(value, dict) and set(value) == {"mean", "std"}:
+        out = {}
+        for key in ("mean", "std"):
+            numbers = value[key] if isinstance(value[key], (list, tuple)) else [value[key]]
+            try:
+                floats = [float(v) for v in numbers if not isinstance(v, bool)]
+            except (TypeError, ValueError):
+                floats = []
+            if not floats or len(floats) != len(numbers) or not np.all(np.isfinite(floats)):
+                raise ValueError(f"data.normalize.{key}: expected a list of finite numbers (one "
+                                 f"per channel), got {value[key]!r}")
+            out[key] = floats
+        if min(out["std"]) <= 0:
+            raise ValueError(f"data.normalize.std: must be > 0, got {out['std']}")
+        return out
+    raise ValueError(f"data.normalize: expected true (the training images' per-channel mean and "
+                     f"std), false (no normalization) or {{\"mean\": [...], \"std\": [...]}}, "
+                     f"got {value!r}")
+
+
+def normalization_stats(value, x_train) -> tuple | None:
+    """``(mean (C,), std (C,))`` that the ``data.normalize`` option ``value`` asks for, for the
+    training images ``x_train`` ``(N, C, H, W)``; None for ``false``."""
+    option = normalization_option(value)
+    if option is False:
+        return None
+    if option is True:
+        return channel_stats(x_train)
+    channels = x_train.shape[1]
+    for key in ("mean", "std"):
+        if len(option[key]) != channels:
+            raise ValueError(f"data.normalize.{key}: the images have {channels} channel(s), "
+                             f"got {len(option[key])} values {option[key]}")
+    return np.array(option["mean"]), np.array(option["std"])
