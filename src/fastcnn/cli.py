@@ -1,6 +1,7 @@
 """The ``fastcnn`` command (also ``python -m fastcnn``).
 
     fastcnn train [CONFIG] [--out DIR] [--epochs N] [--set key=value ...] [--resume | --overwrite]
+                  [--distributed [--sync-bn]]     (under mpiexec -n K)
     fastcnn eval CHECKPOINT
     fastcnn predict CHECKPOINT INPUT [--top K]
     fastcnn summary CONFIG
@@ -26,20 +27,39 @@ def _cmd_train(args):
         overrides.append(f"train.epochs={args.epochs}")
     if args.threads is not None:
         overrides.append(f"train.num_threads={args.threads}")
-    trainer = Trainer(args.config, args.out, overrides=overrides, resume=args.resume,
-                      overwrite=args.overwrite, progress=False if args.quiet else None,
-                      log=(lambda *a, **k: None) if args.quiet else print)
+    if args.sync_bn:
+        if not args.distributed:
+            raise ValueError("--sync-bn synchronizes batch norm across the processes of a "
+                             "distributed run: pass --distributed too (under mpiexec -n K)")
+        overrides.append("train.sync_batch_norm=true")
     try:
+        trainer = Trainer(args.config, args.out, overrides=overrides, resume=args.resume,
+                          overwrite=args.overwrite, progress=False if args.quiet else None,
+                          log=(lambda *a, **k: None) if args.quiet else print,
+                          distributed=args.distributed)
         metrics = trainer.fit()
-    except TrainingDiverged as exc:
-        print(f"fastcnn train: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        from fastcnn.distributed import DistributedError
+        if args.distributed and _mpi_rank() != 0:
+            return 2            # raised on every rank alike: rank 0 reports it
+        if isinstance(exc, (TrainingDiverged, DistributedError)):
+            print(f"fastcnn train: {exc}", file=sys.stderr)
+            return 2
+        raise
+    if not trainer.comm.is_root:
+        return 0
     if args.quiet:
         print(json.dumps(metrics))
     elif metrics["epochs_run"]:
         written = [f for f in RUN_FILES if os.path.exists(os.path.join(trainer.out_dir, f))]
         print(f"run folder: {trainer.out_dir}  ({', '.join(written)})")
     return 130 if metrics["interrupted"] else 0     # 128 + SIGINT, as a shell reports Ctrl-C
+
+
+def _mpi_rank():
+    """This process's rank in its MPI job (0 when mpi4py is not loaded)."""
+    mpi4py = sys.modules.get("mpi4py.MPI")
+    return mpi4py.COMM_WORLD.Get_rank() if mpi4py is not None else 0
 
 
 def _load_checkpoint(path):
@@ -224,6 +244,12 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out (refused without this or --resume)")
     p.add_argument("--quiet", action="store_true", help="no progress; print metrics as JSON")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the processes of an MPI job: mpiexec -n K fastcnn "
+                        "train CONFIG --distributed (needs fastcnn[mpi]); batch_size is global")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="with --distributed: batch norm statistics over every process's batch "
+                        "(train.sync_batch_norm)")
     p.set_defaults(func=_cmd_train)
     p = sub.add_parser("eval", help="accuracy and loss of a checkpoint on its run's test data "
                                      "or on other data (--data)")

@@ -10,6 +10,11 @@ is written atomically.
 Resuming (``resume=True``) reloads last.fcnn, which holds the model, the optimizer and scheduler
 state, the random generator's state, the history and the early-stopping counters at the end of
 the last completed epoch, so the resumed run produces the same weights as one never stopped.
+
+``distributed=True`` (``fastcnn train --distributed`` under ``mpiexec -n K``) trains on the K
+processes of an MPI job, data-parallel (:mod:`fastcnn.distributed`): ``batch_size`` is the
+global batch, and only rank 0 prints and writes the run folder. Without it the same code runs
+with a single-process communicator.
 """
 from __future__ import annotations
 
@@ -19,12 +24,14 @@ import math
 import os
 import sys
 import time
+import zlib
 
 import numpy as np
 
 import fastcnn
 from fastcnn import data as datamod
 from fastcnn.checkpoint import atomic_write, load_checkpoint, save
+from fastcnn.distributed import DataParallel, communicator, default_num_threads
 from fastcnn.losses import build_loss
 from fastcnn.model import build_model, bundled_config, load_config
 from fastcnn.optim import build_optimizer, clip_grad_norm, clip_grad_value
@@ -35,7 +42,7 @@ __all__ = ["Trainer", "train", "evaluate", "resolve_config", "apply_overrides", 
            "TrainingDiverged", "RunFolderError"]
 
 TRAIN_DEFAULTS = {"epochs": 10, "batch_size": 64, "seed": 0, "early_stopping": None, "clip_grad_norm": None, "clip_grad_value": None,
-                  "num_threads": None, "eval_batch_size": 500}
+                  "num_threads": None, "eval_batch_size": 500, "sync_batch_norm": False}
 SECTIONS = ("name", "model", "data", "loss", "optimizer", "schedule", "train")
 
 
@@ -299,19 +306,28 @@ class Trainer:
     runs is taken over). A folder that already holds a run is refused unless ``resume=True``
     (continue it) or ``overwrite=True`` (replace it: its run files are deleted first). A run
     that ends before its first epoch is saved (an error, Ctrl-C) leaves no files behind, and
-    no folder if it made the folder."""
+    no folder if it made the folder.
+
+    ``distributed=True``: train on every process of the MPI job this process belongs to (see
+    :mod:`fastcnn.distributed`; needs mpi4py); ``train.sync_batch_norm`` then computes batch
+    norm statistics over all of them."""
 
     def __init__(self, config=None, out_dir=None, *, overrides=(), resume=False,
-                 overwrite=False, progress=None, log=print):
+                 overwrite=False, progress=None, log=print, distributed=False):
         if resume and overwrite:
             raise ValueError("Trainer: resume=True continues the run in out_dir and "
                              "overwrite=True replaces it: pass one of them")
+        self.comm = communicator(distributed)
+        self.dp = DataParallel(self.comm)
         self._resume_changes = []
-        self.config = (self._resumed_config(out_dir, config, overrides) if resume
-                       else resolve_config(config, overrides))
+        # a resumed run's config is rank 0's (its run folder's); a new run's is each rank's
+        # own, checked to agree before the first step
+        self.config = (self.dp.on_root(self._resumed_config, out_dir, config, overrides)
+                       if resume else self.dp.collective(resolve_config, config, overrides))
         self.tcfg = self.config["train"]
-        self.log = log or (lambda *a, **k: None)
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.log = (log or (lambda *a, **k: None)) if self.comm.is_root else (lambda *a, **k: None)
+        self.progress = ((sys.stderr.isatty() if progress is None else progress)
+                         and self.comm.is_root)
         self.resume, self.overwrite = resume, overwrite
         self._auto_named = out_dir is None and not resume
         self.out_dir = (os.fspath(out_dir) if out_dir is not None
@@ -319,6 +335,10 @@ class Trainer:
         self._lock = None
         if self.tcfg["num_threads"]:
             fastcnn.set_num_threads(int(self.tcfg["num_threads"]))
+        elif distributed and not (os.environ.get("FASTCNN_NUM_THREADS")
+                                  or os.environ.get("OMP_NUM_THREADS")):
+            # the ranks on one machine share its cores rather than each taking all of them
+            fastcnn.set_num_threads(default_num_threads(self.comm))
 
     # -- the run folder ----------------------------------------------------------------------
     def _resumed_config(self, out_dir, config, overrides):
@@ -475,14 +495,19 @@ class Trainer:
         self.optimizer = build_optimizer(self.config["optimizer"], self.model.parameters())
         sched = self.config.get("schedule")
         self.scheduler = build_scheduler(sched, self.optimizer) if sched else None
-        self.rng = np.random.default_rng(self.tcfg["seed"])
+        self._use_rng(np.random.default_rng(self.tcfg["seed"]))
+
+    def _use_rng(self, rng):
+        self.rng = rng
         for layer in self.model.layers.values():       # dropout draws from the run's generator
             if hasattr(layer, "rng"):
-                layer.rng = self.rng
+                layer.rng = rng
 
     def evaluate(self, x, y):
-        """(mean loss, accuracy, predictions) of the model on (x, y); see :func:`evaluate`."""
-        return evaluate(self.model, self.loss, x, y, self.tcfg["eval_batch_size"])
+        """(mean loss, accuracy, predictions) of the model on (x, y); see :func:`evaluate`.
+        Distributed, each rank evaluates its share and the predictions are rank 0's only."""
+        return self.dp.evaluate(evaluate, self.model, self.loss, x, y,
+                                self.tcfg["eval_batch_size"])
 
     def _train_epoch(self, epoch):
         x, y = self.train_set
@@ -491,30 +516,50 @@ class Trainer:
         t0 = time.perf_counter()
         clip_norm, clip_value = self.tcfg["clip_grad_norm"], self.tcfg["clip_grad_value"]
         params = self.model.parameters()
+        # the permutation comes from (seed, epoch), augmentation and dropout from (seed, epoch,
+        # rank): a resumed run draws what the uninterrupted one drew
+        seed = self.tcfg["seed"]
+        self._use_rng(self.dp.epoch_rng(seed, epoch))
         try:
-            for xb, yb in datamod.batches(x, y, self.tcfg["batch_size"], shuffle=True, rng=self.rng):
-                if self.augment:
-                    xb = self.augment(xb, self.rng)
-                logits = self.model(xb)
-                value = float(self.loss(logits, yb))
-                if not math.isfinite(value):
+            for xb, yb, total in self.dp.batches(x, y, self.tcfg["batch_size"], seed, epoch):
+                n = len(yb)
+                self.model.zero_grad()
+                value, hits = 0.0, 0
+                if n == 0:          # a share of nothing: join the collectives, add nothing
+                    self.dp.idle_forward()
+                    self.dp.idle_backward()
+                else:
+                    if self.augment:
+                        xb = self.augment(xb, self.rng)
+                    logits = self.model(xb)
+                    value = float(self.loss(logits, yb))
+                    hits = int((logits.argmax(axis=1) == yb).sum())
+                    if math.isfinite(value):
+                        grad = self.loss.backward()
+                        if n != total:      # this rank's share of the global batch's mean
+                            grad = grad * np.asarray(n / total, grad.dtype)
+                        self.model.backward(grad, input_grad=False)
+                    else:
+                        self.dp.idle_backward()
+                # gradients summed over the ranks, with the loss and accuracy sums
+                batch_loss, hits, n = self.dp.reduce_step(params, value * n, hits, n)
+                if not math.isfinite(batch_loss):
+                    value = batch_loss / n
+                    self.dp.agreed(None)        # every rank sees the reduced loss
                     last = os.path.join(self.out_dir, "last.fcnn")
                     kept = (f"The last good checkpoint is {last}" if os.path.exists(last)
                             else "No epoch was saved")
                     raise TrainingDiverged(
                         f"loss became {value} in epoch {epoch} after {seen} samples; stopped. "
                         f"{kept} (lower optimizer.lr or set train.clip_grad_norm)")
-                self.model.zero_grad()
-                self.model.backward(self.loss.backward(), input_grad=False)
                 if clip_value:
                     clip_grad_value(params, clip_value)
                 if clip_norm:
                     clip_grad_norm(params, clip_norm)
                 self.optimizer.step()
-                n = len(yb)
                 seen += n
-                loss_sum += value * n
-                correct += int((logits.argmax(axis=1) == yb).sum())
+                loss_sum += batch_loss
+                correct += hits
                 bar.update(n, loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}",
                            ips=f"{seen / (time.perf_counter() - t0):.0f}/s")
         finally:
@@ -550,23 +595,73 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self) -> dict:
-        self._claim()
-        try:
-            return self._fit()
-        finally:
-            # whatever ended the run (an error included): a last.fcnn here is this run's own
-            # (an older run's was refused or deleted by _claim), so without one nothing was saved
-            if not self.resume and not os.path.exists(os.path.join(self.out_dir, "last.fcnn")):
-                self._discard_unsaved_run()
-            self._release()
+        # distributed: an error that not every rank raised ends the whole job (no rank waits
+        # forever); rank 0 alone owns the run folder
+        with self.dp.guard():
+            self.dp.on_root(self._claim)
+            self.out_dir = self.comm.bcast(self.out_dir)
+            try:
+                return self._fit()
+            finally:
+                # whatever ended the run (an error included): a last.fcnn here is this run's
+                # own (an older run's was refused or deleted by _claim), so without one nothing
+                # was saved
+                if self.comm.is_root:
+                    if not self.resume and not os.path.exists(os.path.join(self.out_dir,
+                                                                           "last.fcnn")):
+                        self._discard_unsaved_run()
+                    self._release()
+
+    def _facts(self):
+        """What every rank of a distributed run must agree on before the first step."""
+        x, y = self.train_set
+        flat = _flatten(json.loads(json.dumps(self.config, default=float)))
+        facts = {f"config {k}": v for k, v in flat.items()}
+        facts["parameters"] = [[p.name, list(p.shape)] for p in self.model.parameters()]
+        for part, arrays in (("training", self.train_set), ("validation", self.val_set),
+                             ("test", self.test_set)):
+            facts[f"{part} samples"] = 0 if arrays is None else len(arrays[1])
+        facts["steps per epoch"] = -(-len(y) // int(self.tcfg["batch_size"]))
+        facts["training data checksum"] = zlib.adler32(np.ascontiguousarray(y).data,
+                                                       zlib.adler32(np.ascontiguousarray(x).data))
+        facts["fastcnn version"] = fastcnn.__version__
+        return facts
+
+    def _share_resumed_state(self):
+        """Rank 0 read last.fcnn: its optimizer, scheduler and run state on every rank."""
+        if self.comm.size == 1:
+            return
+        root = self.comm.is_root
+        state = self.comm.bcast({
+            "optimizer": self.optimizer.state_dict(), "history": self.history,
+            "best": self.best, "bad_epochs": self.bad_epochs,
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+        } if root else None)
+        if not root:
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            self.history, self.best = state["history"], state["best"]
+            self.bad_epochs = state["bad_epochs"]
+        self.dp.broadcast_state(self.model)
+
+    def _save_epoch(self, epoch, improved):
+        if improved:
+            self._save("best.fcnn", epoch)
+        self._save("last.fcnn", epoch)
+        self._write_json("history.json", self.history)
 
     def _fit(self) -> dict:
         t_start = time.perf_counter()
-        self._prepare_data()
-        self._build()
-        self._write_json("config.json", self.config)
+        self.dp.collective(self._prepare_data)
+        self.dp.collective(self._build)
+        self.dp.setup(self.model, bool(self.tcfg["sync_batch_norm"]))
+        self.dp.on_root(self._write_json, "config.json", self.config)
         self.history, self.best, self.bad_epochs = [], None, 0
-        start = self._restore() if self.resume else 0
+        start = self.dp.on_root(self._restore) if self.resume else 0
+        if self.resume:
+            self._share_resumed_state()
+        self.dp.check_agreement(self._facts())
         if self.resume:
             changes = "; ".join(self._resume_changes)
             self.log(f"resumed {self.out_dir} after epoch {start}"
@@ -579,12 +674,15 @@ class Trainer:
         interrupted = False
         self.log(f"training {self.config['name']}: {self.model.num_parameters():,} parameters, "
                  f"{len(self.train_set[0])} training samples, {epochs} epochs, "
-                 f"{fastcnn.get_num_threads()} threads -> {self.out_dir}")
+                 + (f"{self.comm.size} processes x " if self.comm.size > 1 else "")
+                 + f"{fastcnn.get_num_threads()} threads -> {self.out_dir}")
         try:
             for epoch in range(start + 1, epochs + 1):
                 loss, acc, seen, seconds = self._train_epoch(epoch)
                 train_time += seconds
                 samples += seen
+                self.dp.sync_buffers(self.model)        # running statistics: the ranks' mean
+                self.dp.check_identical(self.model)
                 record = {"epoch": epoch, "train_loss": loss, "train_acc": acc,
                           "lr": self.optimizer.param_groups[0]["lr"], "seconds": seconds}
                 monitor = loss
@@ -602,18 +700,18 @@ class Trainer:
                     self.best, self.bad_epochs = monitor, 0
                 else:
                     self.bad_epochs += 1
-                if improved:
-                    self._save("best.fcnn", epoch)
-                self._save("last.fcnn", epoch)
-                self._write_json("history.json", self.history)
+                # rank 0 writes (atomically); every rank goes on once it has
+                self.dp.on_root(self._save_epoch, epoch, improved)
                 val = (f"  val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}"
                        if "val_loss" in record else "")
                 self.log(f"epoch {epoch:3d}/{epochs}  train loss {loss:.4f} acc {acc:.4f}{val}  "
                          f"{seen / seconds:,.0f} samples/s{'  *' if improved else ''}")
-                if patience is not None and self.bad_epochs >= patience:
+                if self.dp.decide(patience is not None and self.bad_epochs >= patience):
                     self.log(f"early stopping: no improvement for {patience} epochs")
                     break
         except KeyboardInterrupt:
+            if self.comm.size > 1:
+                raise                   # the guard ends every rank
             interrupted = True
             last = os.path.join(self.out_dir, "last.fcnn")
             if not os.path.exists(last):
@@ -624,33 +722,47 @@ class Trainer:
         return self._finish(t_start, train_time, samples, interrupted)
 
     def _finish(self, t_start, train_time, samples, interrupted):
-        from fastcnn import plots
+        best_path = os.path.join(self.out_dir, "best.fcnn")
 
-        best_path, best_epoch = os.path.join(self.out_dir, "best.fcnn"), None
-        if os.path.exists(best_path):
-            best = load_checkpoint(best_path)
-            self.model.load_state_dict(best.model.state_dict())
-            best_epoch = best.extra.get("epoch")
+        def load_best():        # rank 0's best epoch: its weights, and its number
+            if os.path.exists(best_path):
+                best = load_checkpoint(best_path)
+                self.model.load_state_dict(best.model.state_dict())
+                return best.extra.get("epoch")
+            return None
+        best_epoch = self.dp.on_root(load_best)
+        self.dp.broadcast_state(self.model)
         metrics = {"name": self.config["name"], "epochs_run": len(self.history),
                    "interrupted": interrupted, "train_time_s": train_time,
                    "samples_per_s": samples / train_time if train_time else None,
                    "num_threads": fastcnn.get_num_threads()}
+        if self.comm.size > 1:
+            metrics["processes"] = self.comm.size
+        preds = None
         if self.test_set is not None:
             loss, acc, preds = self.evaluate(*self.test_set)
             metrics.update(test_loss=loss, test_accuracy=acc)
-            matrix = _confusion(self.test_set[1], preds, self.num_classes)
-            plots.plot_confusion(matrix, os.path.join(self.out_dir, "confusion.png"),
-                                 f"{self.config['name']}: test accuracy {acc:.4f}")
-        plots.plot_curves(self.history, os.path.join(self.out_dir, "curves.png"),
-                          self.config["name"], best=best_epoch)
         metrics["wall_time_s"] = time.perf_counter() - t_start
-        self._write_json("metrics.json", metrics)
+        self.dp.on_root(self._write_results, metrics, preds, best_epoch)
         if "test_accuracy" in metrics:
             self.log(f"test accuracy {metrics['test_accuracy']:.4f}  test loss "
                      f"{metrics['test_loss']:.4f}  ({metrics['wall_time_s']:.1f} s)")
         return metrics
 
+    def _write_results(self, metrics, preds, best_epoch):
+        from fastcnn import plots
+
+        if preds is not None:
+            matrix = _confusion(self.test_set[1], preds, self.num_classes)
+            plots.plot_confusion(matrix, os.path.join(self.out_dir, "confusion.png"),
+                                 f"{self.config['name']}: test accuracy "
+                                 f"{metrics['test_accuracy']:.4f}")
+        plots.plot_curves(self.history, os.path.join(self.out_dir, "curves.png"),
+                          self.config["name"], best=best_epoch)
+        self._write_json("metrics.json", metrics)
+
 
 def train(config=None, out_dir=None, **kwargs) -> dict:
-    """Run a training config (dict, path, or bundled name; None = LeNet-5 on MNIST sample)."""
+    """Run a training config (dict, path, or bundled name; None = LeNet-5 on MNIST sample).
+    ``distributed=True`` trains on every process of the MPI job (see :class:`Trainer`)."""
     return Trainer(config, out_dir, **kwargs).fit()

@@ -80,12 +80,17 @@ class _RunningStats(_Affine):
 class _BatchNorm(_RunningStats):
     nd = 2
     fusable_activations = ("relu",)
+    #: None, or the cross-process pass that takes over training forward and backward
+    #: (fastcnn.distributed.convert_sync_batch_norm: statistics over every rank's batch)
+    sync = None
 
     def __init__(self, num_features=None, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True):
         self._init_stats(num_features, eps, momentum, affine, track_running_stats)
 
     def forward(self, x):
+        if self.sync is not None and self.training:
+            return self.sync.forward(self, x)
         w, b = self._affine()
         act = self.fused_activation
         batch_stats = self.training or not self.track_running_stats
@@ -101,6 +106,8 @@ class _BatchNorm(_RunningStats):
         return y
 
     def backward(self, grad):
+        if self.sync is not None:
+            return self.sync.backward(self, grad)
         x, mean, invstd, act = self.saved()
         w, b = self._affine()
         gx, gw, gb = F.batch_norm_backward(grad, x, w, training=True, eps=self.eps,
