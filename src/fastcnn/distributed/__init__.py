@@ -4,8 +4,7 @@
   default: one code path) and the MPI one through mpi4py (``pip install "fastcnn[mpi]"``);
 - :mod:`~fastcnn.distributed.data_parallel`: sharding, the one-allreduce step, agreement
   checks, failure handling, the per-rank thread count;
-- :mod:`~fastcnn.distributed.sync_batch_norm`: batch norm with statistics over every rank;
-- :mod:`~fastcnn.distributed.bench`: allreduce and step timings, and the scaling model.
+- :mod:`~fastcnn.distributed.sync_batch_norm`: batch norm with statistics over every rank.
 
 mpi4py is imported only when a distributed run (or the benchmark) starts.
 """
