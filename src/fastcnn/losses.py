@@ -9,7 +9,6 @@ backward needs from the last call, so a training loop reads like the math::
 """
 from __future__ import annotations
 
-import inspect
 
 import numpy as np
 
@@ -103,22 +102,8 @@ class BCEWithLogitsLoss(Loss):
                          pos_weight=None if pos_weight is None else np.asarray(pos_weight))
 
 
-def build_loss(config) -> Loss:
+def build_loss(config, *, where: str = "loss") -> Loss:
     """``build_loss("cross_entropy")`` or ``build_loss({"type": "cross_entropy",
-    "label_smoothing": 0.1})``."""
-    if isinstance(config, str):
-        config = {"type": config}
-    if not isinstance(config, dict) or "type" not in config:
-        raise ValueError(f"build_loss: config must be a name or a dict with 'type', got {config!r}")
-    options = dict(config)
-    kind = options.pop("type")
-    try:
-        cls = LOSSES.get(kind)
-    except KeyError as exc:
-        raise ValueError(f"build_loss: {exc.args[0]}") from None
-    allowed = list(inspect.signature(cls.__init__).parameters)[1:]
-    unknown = [k for k in options if k not in allowed]
-    if unknown:
-        raise ValueError(f"build_loss: unknown option(s) {', '.join(map(repr, unknown))} for "
-                         f"{kind!r} (options: {', '.join(allowed)})")
-    return cls(**options)
+    "label_smoothing": 0.1})``; errors start with ``where``, the config path (see
+    :meth:`fastcnn.registry.Registry.build`)."""
+    return LOSSES.build(config, where=where)

@@ -14,7 +14,6 @@ above them, which rules out cycles by construction.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from collections import OrderedDict
@@ -25,7 +24,7 @@ import numpy as np
 from fastcnn._threads import single_threaded_blas
 from fastcnn.functional._activation import _add
 from fastcnn.layers.base import Layer, _InitContext
-from fastcnn.registry import LAYERS, suggest
+from fastcnn.registry import LAYERS, ConfigError, strip_prefix, suggest
 
 __all__ = ["Model", "build_model", "load_config"]
 
@@ -33,10 +32,6 @@ _TOP_KEYS = ("name", "input_shape", "dtype", "init", "seed", "layers", "outputs"
              "preprocessing")
 _LAYER_KEYS = ("type", "name", "inputs")
 _DTYPES = ("float32", "float64")
-
-
-class ConfigError(ValueError):
-    """A config that cannot be built; the message names the offending key's place."""
 
 
 def _check_preprocessing(value, input_shape):
@@ -113,31 +108,6 @@ class _Node:
         self.name, self.layer, self.inputs, self.where = name, layer, inputs, where
 
 
-def _check_arguments(where, cls, args):
-    params = inspect.signature(cls.__init__).parameters
-    names = [p for p in list(params)[1:]
-             if params[p].kind not in (inspect.Parameter.VAR_POSITIONAL,
-                                       inspect.Parameter.VAR_KEYWORD)]
-    takes_any = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
-    if not takes_any:
-        for key in args:
-            if key not in names:
-                raise ConfigError(f"{where}: unknown argument {key!r}"
-                                  f"{suggest(key, names + list(_LAYER_KEYS))}"
-                                  f" (arguments: {', '.join(names) or 'none'})")
-    missing = [p for p in names if params[p].default is inspect.Parameter.empty and p not in args]
-    if missing:
-        raise ConfigError(f"{where}: missing required argument{'s' if len(missing) > 1 else ''} "
-                          f"{', '.join(repr(m) for m in missing)}")
-
-
-def _strip_prefix(message, prefixes):
-    for prefix in prefixes:
-        if prefix and message.startswith(prefix + ": "):
-            return message[len(prefix) + 2:]
-    return message
-
-
 def build_model(config, *, seed=None) -> "Model":
     """Build a :class:`Model` from a config dict or a .json / .yaml path (see module doc)."""
     config = load_config(config)
@@ -172,14 +142,14 @@ def build_model(config, *, seed=None) -> "Model":
         where = f"layers[{i}]"
         if not isinstance(spec, dict):
             raise ConfigError(f"{where}: a layer is a dict with a 'type', got {spec!r}")
-        if "type" not in spec:
-            raise ConfigError(f"{where}: missing 'type' (one of: {', '.join(LAYERS.names())})")
+        layer = LAYERS.build(spec, where=where, reserved=_LAYER_KEYS)
+        if not isinstance(layer, Layer):
+            raise ConfigError(f"{where}: {spec['type']!r} is not a fastcnn.Layer")
         type_name = spec["type"]
-        try:
-            cls = LAYERS.get(type_name)
-        except (KeyError, TypeError) as exc:
-            raise ConfigError(f"{where}: {exc.args[0]}") from None
+        cls = type(layer)
         where = f"layers[{i}] ({type_name})"
+        prefixes = (layer.where(), LAYERS.canonical(type_name),
+                    getattr(cls, "registered_name", ""), type_name)
         name = spec.get("name", str(i))
         if not isinstance(name, str) or not name or "." in name or name == "input":
             raise ConfigError(f"{where}: name must be a non-empty string without '.' and not "
@@ -202,22 +172,13 @@ def build_model(config, *, seed=None) -> "Model":
             raise ConfigError(f"{where}: a merge layer needs at least 2 inputs, got {inputs}")
         if not many and len(inputs) != 1:
             raise ConfigError(f"{where}: takes exactly 1 input, got {len(inputs)}: {inputs}")
-        args = {k: v for k, v in spec.items() if k not in _LAYER_KEYS}
-        _check_arguments(where, cls, args)
-        prefixes = (LAYERS.canonical(type_name), getattr(cls, "registered_name", ""), type_name)
-        try:
-            layer = cls(**args)
-        except (ValueError, TypeError) as exc:
-            raise type(exc)(f"{where}: {_strip_prefix(str(exc), prefixes)}") from None
-        if not isinstance(layer, Layer):
-            raise ConfigError(f"{where}: {type_name!r} is not a fastcnn.Layer")
         layer.name = name
         layer._where = where
         in_shapes = [shapes[n] for n in inputs]
         try:
             out_shape = layer._build(in_shapes if many else in_shapes[0], context)
         except (ValueError, TypeError) as exc:
-            raise type(exc)(f"{where}: {_strip_prefix(str(exc), (layer.where(),) + prefixes)}") from None
+            raise type(exc)(f"{where}: {strip_prefix(str(exc), prefixes)}") from None
         shapes[name] = out_shape
         nodes.append(_Node(name, layer, inputs, where))
         previous = name

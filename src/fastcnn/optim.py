@@ -12,6 +12,7 @@ parameter declared without weight decay: biases and normalization parameters).
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import math
 
 import numpy as np
@@ -54,6 +55,17 @@ class Optimizer:
 
     #: option -> default; subclasses extend it.
     defaults_spec: dict = {"lr": 1e-3, "weight_decay": 0.0, "decoupled_weight_decay": False}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # __init__ takes **options (defaults_spec says which): this signature spells them out,
+        # for help() and for Registry.build, which checks a config's keys against it.
+        keyword = [inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=value)
+                   for key, value in cls.defaults_spec.items()]
+        keyword += [inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=None)
+                    for key in ("groups", "clip_grad_norm", "clip_grad_value")]
+        cls.__signature__ = inspect.Signature(
+            [inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD)] + keyword)
 
     def __init__(self, params, **options):
         name = getattr(type(self), "registered_name", type(self).__name__)
@@ -347,17 +359,9 @@ class AdamW(Adam):
     defaults_spec = {**Adam.defaults_spec, "weight_decay": 1e-2, "decoupled_weight_decay": True}
 
 
-def build_optimizer(config, params) -> Optimizer:
-    """``build_optimizer({"type": "sgd", "lr": 0.1, "momentum": 0.9}, model.parameters())``."""
-    if isinstance(config, str):
-        config = {"type": config}
-    if not isinstance(config, dict) or "type" not in config:
-        raise ValueError(f"build_optimizer: config must be a dict with 'type', got {config!r}")
-    options = dict(config)
-    try:
-        cls = OPTIMIZERS.get(options.pop("type"))
-    except KeyError as exc:
-        raise ValueError(f"build_optimizer: {exc.args[0]}") from None
-    if "betas" in options:
-        options["betas"] = tuple(options["betas"])
-    return cls(params, **options)
+def build_optimizer(config, params, *, where: str = "optimizer") -> Optimizer:
+    """``build_optimizer({"type": "sgd", "lr": 0.1, "momentum": 0.9}, model.parameters())``;
+    errors start with ``where``, the config path (see :meth:`fastcnn.registry.Registry.build`)."""
+    if isinstance(config, dict) and "betas" in config:
+        config = {**config, "betas": tuple(config["betas"])}
+    return OPTIMIZERS.build(config, params, where=where)

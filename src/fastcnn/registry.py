@@ -8,9 +8,10 @@ the first time a name is not found.
 from __future__ import annotations
 
 import difflib
+import inspect
 from importlib import metadata
 
-__all__ = ["Registry", "LAYERS", "INITIALIZERS", "OPTIMIZERS", "SCHEDULERS", "LOSSES",
+__all__ = ["Registry", "ConfigError", "LAYERS", "INITIALIZERS", "OPTIMIZERS", "SCHEDULERS", "LOSSES",
            "DATASETS", "register_layer", "register_initializer", "register_optimizer",
            "register_scheduler", "register_loss", "register_dataset"]
 
@@ -22,12 +23,62 @@ def suggest(word, choices, n=1) -> str:
     return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
-class Registry:
-    """Names -> objects, with aliases, close-match suggestions and lazy plugin loading."""
+class ConfigError(ValueError):
+    """A config that cannot be built; the message starts with the config path of the problem."""
 
-    def __init__(self, kind: str, entry_point_group: str | None = None):
+
+def _parameters(target, positional: int) -> list:
+    """The parameters of ``target`` (a class: its constructor, or its ``__signature__`` when it
+    sets one; a function: itself) that a config may give, after the first ``positional``
+    (supplied by the caller), as ``inspect.Parameter`` objects; None when ``target`` also takes
+    ``**kwargs`` (every key is then the target's own to check)."""
+    if isinstance(target, type):
+        signature = vars(target).get("__signature__")
+        if signature is None:
+            # Not inspect.signature(cls): a class defining __new__(cls, *args, **kwargs), as
+            # Layer does, would show that instead of its constructor.
+            params = list(inspect.signature(target.__init__).parameters.values())[1:]
+        else:
+            params = list(signature.parameters.values())
+    else:
+        params = list(inspect.signature(target).parameters.values())
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    named = [p for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                              inspect.Parameter.KEYWORD_ONLY)]
+    # The caller's positional arguments fill the first positional parameters.
+    taken = [p.name for p in params
+             if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
+                           inspect.Parameter.POSITIONAL_OR_KEYWORD)][:positional]
+    return [p for p in named if p.name not in taken]
+
+
+def strip_prefix(message: str, prefixes) -> str:
+    """``message`` without a leading ``"<prefix>: "`` (an object's own error names itself; the
+    config path that replaces it says more)."""
+    for prefix in prefixes:
+        if prefix and message.startswith(prefix + ": "):
+            return message[len(prefix) + 2:]
+    return message
+
+
+class Registry:
+    """Names -> objects, with aliases, close-match suggestions, lazy plugin loading, and
+    :meth:`build`: a config dict to a built object, its errors prefixed by the config path.
+
+    ``option`` is what the kind's config keys are called in messages ("argument" for layers,
+    "option" for the others). ``key_paths``: whether an error about one key names it as
+    ``<where>.<key>`` (a run's config sections: ``data.nn: unknown option ...``,
+    ``optimizer.type: unknown optimizer ...``) or after the object's path (entries of a list,
+    annotated with their type: ``layers[3] (conv2d): unknown argument 'x' ...``).
+    """
+
+    def __init__(self, kind: str, entry_point_group: str | None = None, *,
+                 option: str = "option", key_paths: bool = True):
         self.kind = kind
         self.entry_point_group = entry_point_group
+        self.option = option
+        self.key_paths = key_paths
         self._entries: dict[str, object] = {}
         self._aliases: dict[str, str] = {}
         self._plugins_loaded = False
@@ -85,6 +136,80 @@ class Registry:
         hint = suggest(name, self.names(include_aliases=True), n=3)
         return (f"unknown {self.kind} {name!r}{hint} (registered: {', '.join(self.names())})")
 
+    def build(self, config, *args, where: str | None = None, type_key: str = "type",
+              reserved=(), defaults: dict | None = None):
+        """The object ``config`` names, built: ``self.get(name)(*args, **options)``.
+
+        ``config`` is a registered name, or a dict holding the name under ``type_key`` and the
+        options. ``args`` are what the caller supplies positionally (an optimizer's
+        parameters, a scheduler's optimizer). ``where`` is the config path of ``config`` that
+        every error starts with (default: the kind, e.g. ``optimizer``). ``reserved`` keys of
+        the dict are the caller's own: not passed on, but accepted and offered as
+        suggestions. ``defaults`` are keyword arguments passed when the config does not give
+        them and the signature takes them (the data section's ``seed`` reaches the datasets
+        that take one).
+
+        Checked before anything is built, against the signature (its constructor's, for a
+        class): every key is one of its parameters (else ``unknown option 'x'; did you mean
+        'y'? (options: ...)``) and every parameter without a default is given. A ValueError or
+        TypeError that building raises is re-raised with the path (and the object's own name
+        at its start removed). Raises :class:`ConfigError` (a ValueError) for config errors,
+        TypeError for a ``type`` that is not a string.
+        """
+        where = self.kind if where is None else where
+        if isinstance(config, str):
+            config = {type_key: config}
+        if not isinstance(config, dict) or type_key not in config:
+            raise ConfigError(f"{where}: missing {type_key!r}: the config must be a dict with "
+                              f"{type_key!r} naming the {self.kind} (one of: "
+                              f"{', '.join(self.names())})"
+                              + ("" if isinstance(config, dict) else f", got {config!r}"))
+        name = config[type_key]
+        type_path = f"{where}.{type_key}" if self.key_paths else where
+        try:
+            target = self.get(name)
+        except KeyError as exc:
+            raise ConfigError(f"{type_path}: {exc.args[0]}") from None
+        except TypeError as exc:
+            raise TypeError(f"{type_path}: {exc.args[0]}") from None
+        options = {k: v for k, v in config.items() if k != type_key and k not in reserved}
+        typed = f"{where} ({name})"
+        params = _parameters(target, len(args))
+        if params is not None:
+            names = [p.name for p in params]
+            for key in options:
+                if key not in names:
+                    others = [k for k in reserved if k != type_key and k not in names]
+                    hint = suggest(key, names + others)
+                    accepted = ", ".join(others + names) or "none"
+                    if self.key_paths:
+                        raise ConfigError(f"{where}.{key}: unknown {self.option} for "
+                                          f"{self.kind} {name!r}{hint} "
+                                          f"({self.option}s: {accepted})")
+                    raise ConfigError(f"{typed}: unknown {self.option} {key!r}{hint} "
+                                      f"({self.option}s: {accepted})")
+            missing = [p.name for p in params
+                       if p.default is inspect.Parameter.empty and p.name not in options]
+            if missing:
+                raise ConfigError(f"{typed}: missing required {self.option}"
+                                  f"{'s' if len(missing) > 1 else ''} "
+                                  f"{', '.join(repr(m) for m in missing)}")
+        for key, value in (defaults or {}).items():
+            if params is None or key in {p.name for p in params}:
+                options.setdefault(key, value)
+        own_names = (self.canonical(name), getattr(target, "registered_name", ""), name)
+        try:
+            return target(*args, **options)
+        except (ValueError, TypeError) as exc:
+            message = strip_prefix(str(exc), own_names + tuple(f"{self.kind} {n}"
+                                                                 for n in own_names if n))
+            try:
+                error = type(exc)(f"{typed}: {message}")
+            except Exception:   # an exception class whose constructor takes other arguments
+                error = (ValueError if isinstance(exc, ValueError) else TypeError)(
+                    f"{typed}: {message}")
+            raise error from None
+
     def names(self, include_aliases: bool = False) -> list[str]:
         names = sorted(self._entries)
         return names + sorted(self._aliases) if include_aliases else names
@@ -99,7 +224,7 @@ class Registry:
                 self.register(ep.name, obj)
 
 
-LAYERS = Registry("layer", "fastcnn.layers")
+LAYERS = Registry("layer", "fastcnn.layers", option="argument", key_paths=False)
 INITIALIZERS = Registry("initializer", "fastcnn.initializers")
 OPTIMIZERS = Registry("optimizer", "fastcnn.optimizers")
 SCHEDULERS = Registry("scheduler", "fastcnn.schedulers")

@@ -137,7 +137,7 @@ class LinearWarmup(Scheduler):
                              f"got {start_factor!r}, {end_factor!r}")
         super().__init__(optimizer)
         self.warmup_epochs, self.start_factor, self.end_factor = int(warmup_epochs), start_factor, end_factor
-        self.inner = build_scheduler(then, optimizer) if then is not None else None
+        self.inner = build_scheduler(then, optimizer, where="then") if then is not None else None
         for group, base in zip(optimizer.param_groups, self.base_lrs):
             group["lr"] = base * start_factor
 
@@ -193,19 +193,7 @@ class ReduceLROnPlateau(Scheduler):
             self.num_bad_epochs = 0
 
 
-def build_scheduler(config, optimizer) -> Scheduler:
-    """``build_scheduler({"type": "cosine", "T_max": 30}, optimizer)``."""
-    if isinstance(config, str):
-        config = {"type": config}
-    if not isinstance(config, dict) or "type" not in config:
-        raise ValueError(f"build_scheduler: config must be a dict with 'type', got {config!r}")
-    options = dict(config)
-    kind = options.pop("type")
-    try:
-        cls = SCHEDULERS.get(kind)
-    except KeyError as exc:
-        raise ValueError(f"build_scheduler: {exc.args[0]}") from None
-    try:
-        return cls(optimizer, **options)
-    except TypeError as exc:
-        raise ValueError(f"build_scheduler: bad options for {kind!r}: {exc}") from None
+def build_scheduler(config, optimizer, *, where: str = "schedule") -> Scheduler:
+    """``build_scheduler({"type": "cosine", "T_max": 30}, optimizer)``; errors start with
+    ``where``, the config path (see :meth:`fastcnn.registry.Registry.build`)."""
+    return SCHEDULERS.build(config, optimizer, where=where)

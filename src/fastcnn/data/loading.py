@@ -2,34 +2,17 @@
 and carves out the subset and the validation split."""
 from __future__ import annotations
 
-import inspect
 import numbers
 
 from fastcnn.data.splits import (DataSplits, as_generator, stratified_subset,
                                  train_validation_split)
-from fastcnn.registry import DATASETS, suggest
+from fastcnn.registry import DATASETS
 
 
 # Keys of the `data` section that load_dataset handles itself; the rest are the dataset's options.
 _SPLIT_KEYS = ("dataset", "validation_split", "limit", "seed")
 # Keys of the `data` section read by the training job, not by the dataset.
 _TRAINER_KEYS = ("augment", "normalize")
-
-
-def _dataset_options(name: str, function, options: dict) -> dict:
-    """Check ``options`` against the dataset function's keyword parameters."""
-    parameters = inspect.signature(function).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return options
-    known = [p for p, spec in parameters.items()
-             if spec.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                              inspect.Parameter.KEYWORD_ONLY)]
-    for key in options:
-        if key not in known:
-            accepted = ", ".join(_SPLIT_KEYS + _TRAINER_KEYS + tuple(known))
-            raise ValueError(f"data.{key}: unknown option for dataset {name!r}"
-                             f"{suggest(key, list(_SPLIT_KEYS) + known)} (accepted: {accepted})")
-    return options
 
 
 def load_dataset(config: dict | None = None, *, seed=None) -> DataSplits:
@@ -50,12 +33,6 @@ def load_dataset(config: dict | None = None, *, seed=None) -> DataSplits:
     Returns :class:`DataSplits` with ``train``, ``validation`` (or None) and ``test`` (or None).
     """
     config = dict(config or {})
-    name = config.get("dataset", "mnist_sample")
-    try:
-        function = DATASETS.get(name)
-    except (KeyError, TypeError) as exc:
-        message = exc.args[0] if exc.args else str(exc)
-        raise ValueError(f"data.dataset: {message}") from None
     # Checked before loading: a typo should not cost a dataset load.
     limit = config.get("limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral)
@@ -67,10 +44,12 @@ def load_dataset(config: dict | None = None, *, seed=None) -> DataSplits:
         raise ValueError(f"data.validation_split: must be a number in [0, 1), got {fraction!r}")
     seed = config.get("seed", 0) if seed is None else seed
     rng = as_generator("load_dataset", seed)
-    options = {k: v for k, v in config.items() if k not in _SPLIT_KEYS + _TRAINER_KEYS}
-    if "seed" in inspect.signature(function).parameters and isinstance(seed, numbers.Integral):
-        options.setdefault("seed", seed)  # generated datasets (synthetic) follow the same seed
-    splits = function(**_dataset_options(name, function, options))
+    name = config.setdefault("dataset", "mnist_sample")
+    # Registry.build checks the dataset's options against its signature before it loads
+    # anything; generated datasets (synthetic) that take a seed follow the section's.
+    splits = DATASETS.build(config, where="data", type_key="dataset",
+                            reserved=_SPLIT_KEYS + _TRAINER_KEYS,
+                            defaults={"seed": seed} if isinstance(seed, numbers.Integral) else {})
     if not isinstance(splits, DataSplits):
         raise TypeError(f"data.dataset: {name!r} returned {type(splits).__name__}, "
                         "expected fastcnn.data.DataSplits")
