@@ -52,3 +52,51 @@ def test_blas_is_single_threaded_inside_and_restored_after():
              for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"}
     assert inside and all(n == 1 for n in inside)
     assert after == before
+
+
+def test_blas_is_single_threaded_from_any_python_thread():
+    """threadpoolctl >= 3.6 ignores a thread count set from a Python thread other than the
+    first one that set it; OpenBLAS's bits depend on its thread count, so a model run from a
+    threading.Thread used to differ from the same call on the main thread."""
+    import threading
+
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import scipy.linalg.cython_blas  # noqa: F401
+    with single_threaded_blas:                  # the main thread takes threadpoolctl's control
+        pass
+    seen = {}
+
+    def worker():
+        with single_threaded_blas:
+            seen["inside"] = [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+                              if lib["user_api"] == "blas"]
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen["inside"] and all(n == 1 for n in seen["inside"])
+
+
+def test_same_bits_from_any_python_thread():
+    import threading
+
+    import numpy as np
+
+    import fastcnn.functional as F
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 16, 20, 20), dtype=np.float32)
+    w = rng.standard_normal((32, 16, 3, 3), dtype=np.float32)
+    a = rng.standard_normal((64, 300), dtype=np.float32)
+    b = rng.standard_normal((100, 300), dtype=np.float32)
+    model = fastcnn.build_model("resnet_small").eval()
+    images = rng.standard_normal((4,) + model.input_shape, dtype=np.float32)
+
+    def run():
+        return (F.conv2d(x, w, padding=1), F.conv2d(x, w, stride=2), F.linear(a, b),
+                model(images))
+    on_main = run()
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("values", run()))
+    thread.start()
+    thread.join()
+    for mine, theirs in zip(on_main, result["values"]):
+        np.testing.assert_array_equal(mine, theirs)

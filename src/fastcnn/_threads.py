@@ -6,6 +6,14 @@ team would oversubscribe the cores, and its spinning threads slow OpenMP down (O
 3187, scikit-learn issue 28883). :func:`single_threaded_blas` sets every loaded BLAS to one thread
 for the duration of a kernel call and restores it afterwards; it is re-entrant across Python
 threads (the first caller in saves, the last caller out restores).
+
+OpenBLAS's result bits depend on its thread count (a 64 x 100 x 300 sgemm block differs by
+3e-5 between 1 and 2 threads with its Haswell kernels), so the limit must hold whichever Python
+thread calls. threadpoolctl >= 3.6 lets only one "controlling" Python thread change a
+process-wide (pthreads) OpenBLAS pool and silently ignores the others: a model run from a
+``threading.Thread`` then ran its GEMMs on OpenBLAS's 2 threads while the main thread ran them
+on 1, and gave different bits. The count is therefore set through the library's own setter
+(``_real_set_num_threads``, where threadpoolctl has it), under this module's lock.
 """
 from __future__ import annotations
 
@@ -56,6 +64,12 @@ def get_num_threads() -> int:
     return _num_threads if _parallel.openmp_enabled() else 1
 
 
+def _setter(lib):
+    """The function that sets ``lib``'s thread count from any Python thread (see the module
+    docstring): threadpoolctl's controller method without its controlling-thread check."""
+    return getattr(lib, "_real_set_num_threads", lib.set_num_threads)
+
+
 class _SingleThreadedBlas:
     def __init__(self):
         self._lock = threading.Lock()
@@ -80,7 +94,7 @@ class _SingleThreadedBlas:
                 for lib in self._blas_libs():
                     n = lib.num_threads
                     if n != 1:
-                        lib.set_num_threads(1)
+                        _setter(lib)(1)
                         self._saved.append((lib, n))
             self._depth += 1
         return self
@@ -90,7 +104,7 @@ class _SingleThreadedBlas:
             self._depth -= 1
             if self._depth == 0:
                 for lib, n in self._saved:
-                    lib.set_num_threads(n)
+                    _setter(lib)(n)
                 self._saved = []
         return False
 
