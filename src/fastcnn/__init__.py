@@ -12,6 +12,7 @@ from fastcnn._memory import memory_stats, release_memory, set_memory_limit
 from fastcnn._threads import get_num_threads, set_num_threads
 from fastcnn.functional import set_conv_autotune
 from fastcnn.checkpoint import load, load_checkpoint, save
+from fastcnn.inference import InferenceSession
 from fastcnn.layers.base import Layer, Parameter
 from fastcnn.model import Model, build_model, load_config
 from fastcnn.optim import build_optimizer, clip_grad_norm, clip_grad_value
@@ -26,7 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "data", "functional", "init", "Layer", "Parameter", "Model", "build_model", "load_config",
     "build_loss", "build_optimizer", "build_scheduler", "clip_grad_norm", "clip_grad_value",
-    "Trainer", "train", "save", "load", "load_checkpoint",
+    "Trainer", "train", "save", "load", "load_checkpoint", "InferenceSession",
     "set_num_threads", "get_num_threads", "set_conv_autotune",
     "release_memory", "set_memory_limit", "memory_stats",
     "register_layer", "register_initializer", "register_optimizer", "register_scheduler",

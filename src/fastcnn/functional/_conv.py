@@ -109,6 +109,61 @@ def _conv_scratch(geom, args, threads, dtype):
     return scratch(per_thread * threads, dtype), block
 
 
+class ConvForward:
+    """One convolution's forward (geometry ``geom``, weight w4 (C_out, C_in/groups, *kernel),
+    bias b1 (C_out,) or empty), prepared: the algorithm chosen (``algorithms.select``) and its
+    weight operands made once (the direct kernels' transposed weight, Winograd's transformed
+    kernels). ``run(x2, out2)``: out2 (N, C_out*L) = the convolution of x2 (N, C_in*prod(in)),
+    plus bias, then max(., 0) when ``relu``. F.conv2d prepares one per call; an
+    InferenceSession once per plan. With autotuning on, the algorithms are timed on ``probe``
+    = (x2, out2), or on zeros."""
+    __slots__ = ("algorithm", "run")
+
+    def __init__(self, geom, nd, w4, b1, dtype, relu=False, probe=None):
+        w2 = w4.reshape(geom.out_channels, -1)
+
+        def prepare(algorithm):
+            if algorithm == "depthwise":
+                kernel_args = geom.kernel_args()
+                shape_x = (geom.n, geom.in_channels, -1)
+                shape_y = (geom.n, geom.out_channels, -1)
+                return lambda x2, out2: _depthwise.forward(
+                    x2.reshape(shape_x), w2, b1, out2.reshape(shape_y), *kernel_args, relu,
+                    get_num_threads())
+            if algorithm == "winograd":
+                ops = algorithms.WinogradOperands(w4, b1, geom.in_size, geom.padding[1],
+                                                  geom.out_size, dtype)
+                return lambda x2, out2: ops.run(x2, out2, dtype, relu)
+            if algorithm in ("rows", "direct"):
+                ops = algorithms.DirectOperands(w4, b1, geom, dtype, algorithm == "rows")
+                return lambda x2, out2: ops.run(x2, out2, dtype, relu)
+            args = geom.kernel_args()
+            pointwise = _conv.is_pointwise(args[1], args[2], args[3])
+            block = _conv.sample_block(geom.n, math.prod(geom.out_size), pointwise)
+            per_thread = _conv.workspace_size(geom.in_channels, geom.out_channels, args[1],
+                                              args[2], args[3], args[5], block)
+
+            def im2col(x2, out2):
+                threads = get_num_threads()
+                ws = scratch(per_thread * threads, dtype)
+                with single_threaded_blas:
+                    _conv.conv_forward(x2, w2, b1, out2, ws, geom.groups, *args, block, relu,
+                                       threads)
+            return im2col
+
+        def timed(algorithm):
+            def run_once():
+                x2, out2 = probe if probe is not None else (
+                    np.zeros((geom.n, geom.in_channels * math.prod(geom.in_size)), dtype),
+                    np.empty((geom.n, geom.out_channels * math.prod(geom.out_size)), dtype))
+                prepare(algorithm)(x2, out2)
+            return run_once
+
+        runners = {a: timed(a) for a in algorithms.ALGORITHMS["forward"]}
+        self.algorithm = algorithms.select("forward", geom, nd, dtype, runners)
+        self.run = prepare(self.algorithm)
+
+
 def _conv_forward(fname, nd, input, weight, bias, stride, padding, dilation, groups,
                   activation=None):
     relu = _fused_activation(fname, activation) == "relu"
@@ -117,34 +172,14 @@ def _conv_forward(fname, nd, input, weight, bias, stride, padding, dilation, gro
     b = None if bias is None else as_array(fname, "bias", bias)
     geom = _conv_geometry(fname, nd, x, w, stride, padding, dilation, groups)
     dtype = float_dtype(x, w, b)
-    w2 = contiguous(w, dtype).reshape(geom.out_channels, -1)
+    w4 = contiguous(w, dtype)
     b1 = _checks.optional_vector(fname, "bias", b, geom.out_channels, dtype)
     x2 = _rows(contiguous(x, dtype), geom.n)
     out = _memory.empty((geom.n, geom.out_channels) + geom.out_size, dtype)
     if geom.n == 0:
         return out if geom.batched else out[0]
-    out2, w4 = _rows(out, geom.n), w2.reshape(w.shape)
-
-    def run_im2col():
-        threads = get_num_threads()
-        args = geom.kernel_args()
-        ws, block = _conv_scratch(geom, args, threads, dtype)
-        with single_threaded_blas:
-            _conv.conv_forward(x2, w2, b1, out2, ws, geom.groups, *args, block, relu, threads)
-
-    runners = {
-        "depthwise": lambda: _depthwise.forward(
-            x2.reshape(geom.n, geom.in_channels, -1), w2, b1,
-            out.reshape(geom.n, geom.out_channels, -1), *geom.kernel_args(), relu,
-            get_num_threads()),
-        "winograd": lambda: algorithms.winograd_conv2d(
-            x2, w4, b1, out2, geom.in_size, geom.padding[1], geom.out_size, dtype, relu=relu),
-        "rows": lambda: algorithms.direct_conv2d(x2, w4, b1, out2, geom, dtype, relu,
-                                                 by_rows=True),
-        "direct": lambda: algorithms.direct_conv2d(x2, w4, b1, out2, geom, dtype, relu),
-        "im2col": run_im2col,
-    }
-    runners[algorithms.select("forward", geom, nd, dtype, runners)]()
+    out2 = _rows(out, geom.n)
+    ConvForward(geom, nd, w4, b1, dtype, relu, probe=(x2, out2)).run(x2, out2)
     return out if geom.batched else out[0]
 
 

@@ -476,26 +476,43 @@ def direct_offsets(c_in, kh, kw, dh, dw, hp, wp, phases=1):
     return offsets
 
 
+class DirectOperands:
+    """A convolution's weight and bias as the direct kernels read them, prepared once: the
+    weight transposed to (K, C_out padded to _direct.CO_PAD), the bias padded alike, the taps'
+    offsets in the padded planes, and the geometry's scalars (a layer's forward prepares them
+    per call; an InferenceSession once per plan)."""
+    __slots__ = ("wt", "bias", "offsets", "scalars", "by_rows", "workspace")
+
+    def __init__(self, w, b1, geom, dtype, by_rows=False):
+        c_out, c_in, kh, kw = w.shape
+        (_, dh, dw), (_, ph, pw), (_, sh, sw) = geom.dilation, geom.padding, geom.stride
+        oh, ow = geom.out_size
+        hp, wp = padded_plane(geom)
+        cpad = -(-c_out // _direct.CO_PAD) * _direct.CO_PAD
+        self.wt = np.zeros((c_in * kh * kw, cpad), dtype=dtype)
+        self.wt[:, :c_out] = w.reshape(c_out, -1).T
+        self.bias = np.zeros(cpad, dtype=dtype)
+        if b1.size:
+            self.bias[:c_out] = b1
+        self.offsets = direct_offsets(c_in, kh, kw, dh, dw, hp, wp, sw if by_rows else 1)
+        self.scalars = (c_in, *geom.in_size, ph, pw, hp, wp, oh, ow, sh, sw)
+        self.by_rows = by_rows
+        self.workspace = _direct.direct_workspace_size(c_in, hp, wp, sh, sw, by_rows)
+
+    def run(self, x2, out2, dtype, relu=False, out_layout=None, threads=None):
+        """out2 (N, C_out*L) = the convolution of x2 (N, C_in*H*W) (see
+        _direct.direct_forward), on ``threads`` threads (default get_num_threads())."""
+        threads = threads or get_num_threads()
+        ws = scratch(self.workspace * threads, dtype)
+        _direct.direct_forward(x2, self.wt, self.bias, out2, ws, self.offsets, *self.scalars,
+                               self.by_rows, relu, threads, out_layout)
+
+
 def direct_conv2d(x2, w, b1, out2, geom, dtype, relu=False, by_rows=False, out_layout=None):
-    """out2 (N, C_out*L) by _direct.direct_forward: weight transposed to (K, C_out padded to
-    _direct.CO_PAD);
+    """out2 (N, C_out*L) by _direct.direct_forward (DirectOperands prepared for this call);
     ``by_rows``: the kernel vectorized along output rows; ``out_layout``: where its outputs go
     (see direct_forward)."""
-    c_out, c_in, kh, kw = w.shape
-    (_, dh, dw), (_, ph, pw), (_, sh, sw) = geom.dilation, geom.padding, geom.stride
-    oh, ow = geom.out_size
-    hp, wp = padded_plane(geom)
-    cpad = -(-c_out // _direct.CO_PAD) * _direct.CO_PAD
-    wt = np.zeros((c_in * kh * kw, cpad), dtype=dtype)
-    wt[:, :c_out] = w.reshape(c_out, -1).T
-    bias = np.zeros(cpad, dtype=dtype)
-    if b1.size:
-        bias[:c_out] = b1
-    offsets = direct_offsets(c_in, kh, kw, dh, dw, hp, wp, sw if by_rows else 1)
-    threads = get_num_threads()
-    ws = scratch(_direct.direct_workspace_size(c_in, hp, wp, sh, sw, by_rows) * threads, dtype)
-    _direct.direct_forward(x2, wt, bias, out2, ws, offsets, c_in, *geom.in_size, ph, pw, hp,
-                           wp, oh, ow, sh, sw, by_rows, relu, threads, out_layout)
+    DirectOperands(w, b1, geom, dtype, by_rows).run(x2, out2, dtype, relu, out_layout)
 
 
 def direct_weight_grad(x2, dy2, geom, dtype):
@@ -523,23 +540,38 @@ def direct_weight_grad(x2, dy2, geom, dtype):
     return total.astype(dtype).reshape(c_out, c_in, kh, kw)
 
 
+class WinogradOperands:
+    """A 3x3 stride-1 convolution's transformed kernels U = G g G^T (16, C_out, C_in), one GEMM
+    operand per xi, prepared once; with ``flip``, of the kernels of w (C, C_out, 3, 3)
+    transposed and rotated (the input gradient's)."""
+    __slots__ = ("u", "bias", "in_size", "pad", "out_size")
+
+    def __init__(self, w, bias, in_size, pad, out_size, dtype, flip=False):
+        k, c = (w.shape[1], w.shape[0]) if flip else (w.shape[0], w.shape[1])
+        self.u = np.empty((16, k, c), dtype=dtype)
+        _winograd.weight_transform(w, self.u, flip, get_num_threads())
+        self.bias, self.in_size, self.pad, self.out_size = bias, in_size, pad, out_size
+
+    def run(self, x2, out2, dtype, relu=False, threads=None):
+        """out2 (N, C_out*OH*OW) = the convolution of x2 (N, C*H*W), plus bias, then max(., 0)
+        if relu."""
+        threads = threads or get_num_threads()
+        (h, w), (oh, ow) = self.in_size, self.out_size
+        k, c = self.u.shape[1:]
+        tiles = ((oh + 1) // 2) * ((ow + 1) // 2)
+        block = _winograd.block_size(x2.shape[0], tiles)
+        ws = scratch(_winograd.workspace_size(c, k, oh, ow, block) * threads, dtype)
+        with single_threaded_blas:
+            _winograd.forward(x2, self.u, self.bias, out2, ws, h, w, self.pad, oh, ow, block,
+                              relu, threads)
+
+
 def winograd_conv2d(x2, w, bias, out2, in_size, pad, out_size, dtype, flip=False,
-                     relu=False):
+                    relu=False):
     """out2 (N, C_out*OH*OW) = 3x3 stride-1 convolution of x2 (N, C*H*W) by w (C_out, C, 3, 3),
     or with ``flip`` by the kernels of w (C, C_out, 3, 3) transposed and rotated (the input
     gradient's); plus bias, then max(., 0) if relu."""
-    n = x2.shape[0]
-    k, c = (w.shape[1], w.shape[0]) if flip else (w.shape[0], w.shape[1])
-    threads = get_num_threads()
-    u = np.empty((16, k, c), dtype=dtype)                # U = G g G^T, one GEMM operand per xi
-    _winograd.weight_transform(w, u, flip, threads)
-    tiles = ((out_size[0] + 1) // 2) * ((out_size[1] + 1) // 2)
-    block = _winograd.block_size(n, tiles)
-    ws = scratch(_winograd.workspace_size(c, k, out_size[0], out_size[1], block) * threads,
-                 dtype)
-    with single_threaded_blas:
-        _winograd.forward(x2, u, bias, out2, ws, in_size[0], in_size[1], pad, out_size[0],
-                          out_size[1], block, relu, threads)
+    WinogradOperands(w, bias, in_size, pad, out_size, dtype, flip).run(x2, out2, dtype, relu)
 
 
 # The Winograd weight gradient sums over samples in fixed chunks (one dU partial each, added in

@@ -155,24 +155,42 @@ def _pool_args(fname, nd, in_size, kernel_size, stride, padding, dilation, ceil_
     return kernel, stride, padding, dilation, out_size
 
 
+class MaxPoolForward:
+    """A max pooling's forward over planes of spatial size ``in_size`` (its geometry checked
+    and its window tables made once): ``run(x2, out2, ind2)``: out2 (P, prod(out_size)) =
+    the window maxima of x2 (P, prod(in_size)), and their flat indices in ind2 (P, ...) when
+    it has that shape (a (0, 0) array keeps none). F.max_pool*d prepares one per call; an
+    InferenceSession once per plan."""
+    __slots__ = ("out_size", "_tables")
+
+    def __init__(self, fname, nd, in_size, kernel_size, stride, padding, dilation, ceil_mode):
+        kernel, stride, padding, dilation, out_size = _pool_args(
+            fname, nd, in_size, kernel_size, stride, padding, dilation, ceil_mode)
+        starts, counts, _ = _fixed_windows(in_size, kernel, stride, padding, dilation, out_size)
+        self.out_size = out_size
+        self._tables = (lift3(in_size, 1), lift3(dilation, 1), starts, counts,
+                        lift3(out_size, 1),
+                        _interior(in_size, kernel, stride, padding, dilation, out_size),
+                        _two_by_two(in_size, kernel, stride, padding, dilation, out_size))
+
+    def run(self, x2, out2, ind2):
+        _pool.max_pool_forward(x2, out2, ind2, *self._tables, get_num_threads())
+
+
+_NO_INDICES = np.empty((0, 0), np.int64)
+
+
 def _max_pool(fname, nd, input, kernel_size, stride, padding, dilation, ceil_mode,
               return_indices):
     x, lead, in_size = _pool_input(fname, nd, input)
-    kernel, stride, padding, dilation, out_size = _pool_args(
-        fname, nd, in_size, kernel_size, stride, padding, dilation, ceil_mode)
+    pool = MaxPoolForward(fname, nd, in_size, kernel_size, stride, padding, dilation, ceil_mode)
     dtype = float_dtype(x)
-    starts, counts, _ = _fixed_windows(in_size, kernel, stride, padding, dilation, out_size)
-    out = _memory.empty(lead + out_size, dtype)
+    out = _memory.empty(lead + pool.out_size, dtype)
     p = math.prod(lead)
-    ind = _memory.empty(lead + out_size if return_indices else (0, 0), np.int64)
+    ind = _memory.empty(lead + pool.out_size, np.int64) if return_indices else _NO_INDICES
     if p:
-        _pool.max_pool_forward(_planes(x, lead, dtype), out.reshape(p, -1),
-                               ind.reshape(p, -1) if return_indices else ind,
-                               lift3(in_size, 1), lift3(dilation, 1), starts, counts,
-                               lift3(out_size, 1),
-                               _interior(in_size, kernel, stride, padding, dilation, out_size),
-                               _two_by_two(in_size, kernel, stride, padding, dilation, out_size),
-                               get_num_threads())
+        pool.run(_planes(x, lead, dtype), out.reshape(p, -1),
+                 ind.reshape(p, -1) if return_indices else ind)
     return (out, ind) if return_indices else out
 
 

@@ -1,0 +1,98 @@
+"""A network's forward for one input shape, planned once and run many times.
+
+``Template`` walks the model's graph once per input shape: every layer's step is checked and
+prepared (steps.build_step: the convolutions' algorithms chosen and their weights transformed),
+and every value's last reader is known. ``Plan`` gives each value a buffer (arena.Arena:
+reused once the value is dead; a ReLU or an add writes over its input when nothing reads it
+later; a flatten, an identity or a fused ReLU is a view) and binds every step to its buffers.
+Running a plan is then a copy of the input into its buffer and one call per step.
+
+A template is shared by every plan of its shape (its prepared weights are read-only); a plan's
+buffers belong to one run at a time, so concurrent callers each take a plan of their own
+(session.InferenceSession keeps them).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from fastcnn._threads import single_threaded_blas
+from fastcnn.inference.arena import Arena
+from fastcnn.inference.steps import build_step
+
+__all__ = ["Template", "Plan"]
+
+
+class Template:
+    """The steps of ``model`` (eval mode, built) for inputs of shape ``input_shape`` (batch
+    included), and when each value is read for the last time."""
+
+    def __init__(self, model, input_shape, dtype):
+        self.model = model
+        self.input_shape = tuple(input_shape)
+        self.dtype = np.dtype(dtype)
+        shapes = {"input": self.input_shape}
+        self.steps = []                 # (node, StepSpec)
+        for node in model._nodes:
+            spec = build_step(node.layer, [shapes[ref] for ref in node.inputs], self.dtype)
+            shapes[node.name] = spec.out_shape
+            self.steps.append((node, spec))
+        self.outputs = list(model.outputs)
+        self.output_shapes = [shapes[name] for name in self.outputs]
+        self.last_read = {}
+        for index, (node, _) in enumerate(self.steps):
+            for ref in node.inputs:
+                self.last_read[ref] = index
+
+    def describe(self) -> str:
+        """One line per step: the layer, how it runs, its output shape."""
+        width = max(len(node.name) for node, _ in self.steps)
+        return "\n".join(f"{node.name:<{width}}  {spec.kind:<28} {spec.out_shape}"
+                         for node, spec in self.steps)
+
+
+class Plan:
+    """Buffers for every value of a Template and its steps bound to them."""
+
+    def __init__(self, template):
+        self.template = template
+        arena = Arena(template.dtype)
+        keep = set(template.outputs)
+        values = {}                     # value name -> array
+        base = {}                       # value name -> the arena buffer it lives in
+        live = {}                       # id(buffer) -> names of the live values in it
+        flat, values["input"] = arena.take(template.input_shape)
+        base["input"], live[id(flat)] = flat, {"input"}
+        self.input = values["input"]
+        self._runs = []
+        for index, (node, spec) in enumerate(template.steps):
+            inputs = [values[ref] for ref in node.inputs]
+            first = node.inputs[0]
+            if spec.view:
+                out, flat = inputs[0].reshape(spec.out_shape), base[first]
+            elif (spec.in_place and template.last_read[first] == index and first not in keep
+                  and live[id(base[first])] == {first}
+                  and base[first].size >= int(np.prod(spec.out_shape))):
+                flat = base[first]
+                out = flat[:int(np.prod(spec.out_shape))].reshape(spec.out_shape)
+            else:
+                flat, out = arena.take(spec.out_shape)
+            values[node.name], base[node.name] = out, flat
+            live.setdefault(id(flat), set()).add(node.name)
+            if spec.bind is not None:
+                self._runs.append(spec.bind(inputs, out))
+            for ref in set(node.inputs) | {node.name}:
+                if template.last_read.get(ref, -1) <= index and ref not in keep:
+                    names = live[id(base[ref])]
+                    names.discard(ref)
+                    if not names:
+                        arena.give_back(base[ref])
+        self.outputs = [values[name] for name in template.outputs]
+        self.nbytes = arena.total_elements * template.dtype.itemsize
+
+    def run(self, x):
+        """The outputs (copies) for ``x``, an array of the template's input shape and dtype."""
+        np.copyto(self.input, x)
+        with single_threaded_blas:
+            for run in self._runs:
+                run()
+        return [out.copy() for out in self.outputs]

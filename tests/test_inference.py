@@ -1,0 +1,234 @@
+"""InferenceSession: the same outputs as the model's own eval forward, from any thread, at any
+thread count, on the bundled networks and on random graphs with adds and concatenations."""
+import threading
+
+import numpy as np
+import pytest
+
+import fastcnn
+from fastcnn.inference.steps import builder_for
+
+BUNDLED = ("lenet5", "vgg_small", "resnet_small", "unet_small")
+
+
+def _with_running_stats(model, seed=0):
+    """Batch norms with running statistics far from (0, 1), so that folding them matters."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers.values():
+        if hasattr(layer, "running_var") and layer.running_var is not None:
+            layer.running_var[:] = rng.uniform(0.5, 2.0, layer.running_var.shape)
+            layer.running_mean[:] = rng.normal(0.0, 0.2, layer.running_mean.shape)
+        if getattr(layer, "weight", None) is not None and hasattr(layer, "running_var"):
+            layer.weight.data[:] = rng.uniform(0.5, 1.5, layer.weight.data.shape)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def sessions():
+    out = {}
+    for name in BUNDLED:
+        model = _with_running_stats(fastcnn.build_model(name))
+        out[name] = (model, fastcnn.InferenceSession(model))
+    return out
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_bundled_networks_agree_with_their_eval_forward(sessions, name, batch):
+    model, session = sessions[name]
+    x = np.random.default_rng(batch).standard_normal((batch,) + model.input_shape,
+                                                      dtype=np.float32)
+    y = session(x)
+    # the same bits as the session's own folded model run layer by layer
+    np.testing.assert_array_equal(y, session.model(x))
+    # and the unfused model's forward up to float32 rounding (batch norms folded)
+    np.testing.assert_allclose(y, model(x), rtol=1e-4, atol=2e-5)
+    assert y.dtype == np.float32 and y.shape == (batch,) + model.output_shape
+
+
+def test_odd_sizes_and_batches_replan():
+    model = _with_running_stats(fastcnn.build_model({
+        "input_shape": [3, 13, 11],
+        "layers": [{"type": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1},
+                   {"type": "batch_norm2d"}, {"type": "relu"},
+                   {"type": "max_pool2d", "kernel_size": 3, "stride": 2, "ceil_mode": True},
+                   {"type": "conv2d", "out_channels": 5, "kernel_size": 2, "stride": 2},
+                   {"type": "flatten"}, {"type": "linear", "out_features": 4}]}))
+    session = fastcnn.InferenceSession(model, max_shapes=2)
+    for batch in (1, 5, 64, 5, 2):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 13, 11), dtype=np.float32)
+        np.testing.assert_allclose(session(x), model(x), rtol=1e-4, atol=1e-5)
+    assert len(session._templates) == 2          # the two shapes used last
+
+
+def _random_graph(seed):
+    """A random network of conv / relu / add / concat / pool layers, every value read by one
+    or two later layers."""
+    rng = np.random.default_rng(seed)
+    layers = [{"type": "conv2d", "name": "c0", "out_channels": 8, "kernel_size": 3,
+               "padding": 1, "inputs": ["input"]}]
+    values = [("c0", 8)]
+    for i in range(1, int(rng.integers(5, 10))):
+        kind = rng.choice(["conv", "add", "concat", "relu", "bn"])
+        name = f"v{i}"
+        a, ca = values[int(rng.integers(len(values)))]
+        if kind == "add":
+            same = [v for v in values if v[1] == ca and v[0] != a]
+            if same:
+                b = same[int(rng.integers(len(same)))][0]
+                layers.append({"type": "add", "name": name, "inputs": [a, b]})
+                values.append((name, ca))
+                continue
+            kind = "conv"
+        if kind == "concat":
+            b, cb = values[int(rng.integers(len(values)))]
+            layers.append({"type": "concat", "name": name, "inputs": [a, b]})
+            values.append((name, ca + cb))
+        elif kind == "relu":
+            layers.append({"type": "relu", "name": name, "inputs": [a]})
+            values.append((name, ca))
+        elif kind == "bn":
+            layers.append({"type": "batch_norm2d", "name": name, "inputs": [a]})
+            values.append((name, ca))
+        else:
+            c = int(rng.choice([4, 8, 16]))
+            k = int(rng.choice([1, 3]))
+            layers.append({"type": "conv2d", "name": name, "inputs": [a], "out_channels": c,
+                           "kernel_size": k, "padding": k // 2})
+            values.append((name, c))
+    last, _ = values[-1]
+    layers.append({"type": "global_avg_pool2d", "name": "gap", "inputs": [last]})
+    layers.append({"type": "flatten", "name": "flat"})
+    return {"name": f"graph{seed}", "input_shape": [3, 9, 10], "seed": seed, "layers": layers}
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_graphs_agree(seed):
+    model = _with_running_stats(fastcnn.build_model(_random_graph(seed)), seed)
+    session = fastcnn.InferenceSession(model)
+    for batch in (1, 3):
+        x = np.random.default_rng(seed).standard_normal((batch, 3, 9, 10), dtype=np.float32)
+        np.testing.assert_array_equal(session(x), session.model(x))
+        np.testing.assert_allclose(session(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_same_bits_for_any_thread_count(sessions, threads):
+    model, session = sessions["resnet_small"]
+    x = np.random.default_rng(0).standard_normal((4,) + model.input_shape, dtype=np.float32)
+    threads(1)
+    one = session(x)
+    threads(2)
+    np.testing.assert_array_equal(session(x), one)
+
+
+def test_threads_share_a_session(sessions):
+    """Several Python threads calling one session at once get what sequential calls give."""
+    model, session = sessions["unet_small"]
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal((b,) + model.input_shape, dtype=np.float32)
+              for b in (1, 2, 3, 1, 2, 3)]
+    expected = [session(x) for x in inputs]
+    results = [None] * len(inputs)
+
+    def work(i):
+        for _ in range(3):
+            results[i] = session(inputs[i])
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    for got, want in zip(results, expected):
+        np.testing.assert_array_equal(got, want)
+    # memory stays bounded: idle plans only for the shapes in use, at most one per caller
+    assert sum(len(p) for p in session._idle.values()) <= len(inputs)
+
+
+def test_plan_reuses_buffers_and_describes_steps(sessions):
+    model, session = sessions["vgg_small"]
+    template = session.plan(2)
+    text = template.describe()
+    assert "winograd" in text or "im2col" in text
+    from fastcnn.inference.plan import Plan
+    plan = Plan(template)
+    activations = sum(int(np.prod(spec.out_shape)) for _, spec in template.steps
+                      if not spec.view) * 4
+    assert plan.nbytes < activations / 3         # buffers reused between layers
+
+
+def test_plugin_layer_runs_as_python():
+    @fastcnn.register_layer("test_inference_double")
+    class Double(fastcnn.Layer):
+        def __init__(self):
+            pass
+
+        def forward(self, x):
+            return x * 2
+
+    model = fastcnn.build_model({"input_shape": [2, 6, 6], "layers": [
+        {"type": "conv2d", "out_channels": 3, "kernel_size": 3},
+        {"type": "test_inference_double"}, {"type": "relu"}]}).eval()
+    session = fastcnn.InferenceSession(model)
+    assert "(python)" in session.plan().describe()
+    assert builder_for(model["1"]).__name__ == "_python"
+    x = np.random.default_rng(0).standard_normal((2, 2, 6, 6), dtype=np.float32)
+    np.testing.assert_allclose(session(x), model(x), rtol=1e-6)
+
+
+def test_checkpoint_path_and_preprocessing(tmp_path):
+    config = fastcnn.load_config("lenet5")
+    config = dict(config, preprocessing={"mean": [0.13], "std": [0.31]})
+    model = fastcnn.build_model(config).eval()
+    path = tmp_path / "m.fcnn"
+    fastcnn.save(model, path)
+    raw = np.random.default_rng(0).integers(0, 256, (3, 1, 28, 28)).astype(np.uint8)
+    session = fastcnn.InferenceSession(path)
+    np.testing.assert_allclose(session(raw), model(model.preprocess(raw)), rtol=1e-5,
+                               atol=1e-6)
+    as_given = fastcnn.InferenceSession(model, preprocess=False)
+    x = np.random.default_rng(1).standard_normal((2, 1, 28, 28), dtype=np.float32)
+    np.testing.assert_allclose(as_given(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_the_session_keeps_its_own_weights(sessions):
+    model = fastcnn.build_model("lenet5").eval()
+    session = fastcnn.InferenceSession(model)
+    x = np.ones((1, 1, 28, 28), np.float32)
+    before = session(x)
+    model["0"].weight.data[:] = 0
+    np.testing.assert_array_equal(session(x), before)
+
+
+def test_empty_batch_and_multiple_outputs():
+    model = fastcnn.build_model({"input_shape": [2, 5, 5], "outputs": ["a", "b"], "layers": [
+        {"type": "conv2d", "name": "a", "out_channels": 3, "kernel_size": 3},
+        {"type": "flatten", "name": "b"}]}).eval()
+    session = fastcnn.InferenceSession(model)
+    a, b = session(np.zeros((0, 2, 5, 5), np.float32))
+    assert a.shape == (0, 3, 3, 3) and b.shape == (0, 27)
+    x = np.random.default_rng(0).standard_normal((2, 2, 5, 5), dtype=np.float32)
+    a, b = session(x)
+    want_a, want_b = model(x)
+    np.testing.assert_array_equal(a, want_a)
+    np.testing.assert_array_equal(b, want_b)
+    assert not np.shares_memory(a, b)
+
+
+@pytest.mark.parametrize("bad,exc,match", [
+    (np.zeros((2, 1, 27, 28), np.float32), ValueError, r"shape \(N, 1, 28, 28\), got \(2, 1, 27"),
+    (np.zeros((1, 28, 28), np.float32), ValueError, r"shape \(N, 1, 28, 28\)"),
+    (np.array([["a"]]), TypeError, "real numbers"),
+])
+def test_bad_input_is_a_clear_error(bad, exc, match):
+    session = fastcnn.InferenceSession(fastcnn.build_model("lenet5"))
+    with pytest.raises(exc, match=match):
+        session(bad)
+
+
+def test_bad_sources(tmp_path):
+    with pytest.raises(TypeError, match="InferenceSession: model must be"):
+        fastcnn.InferenceSession(42)
+    with pytest.raises((FileNotFoundError, ValueError), match="nothing.fcnn"):
+        fastcnn.InferenceSession(tmp_path / "nothing.fcnn")
+    with pytest.raises(ValueError, match="max_shapes"):
+        fastcnn.InferenceSession(fastcnn.build_model("lenet5"), max_shapes=0)
