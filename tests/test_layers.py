@@ -63,6 +63,15 @@ LAYERS = [
     ({"type": "adaptive_avg_pool1d", "output_size": 3}, (2, 7), lambda nn: nn.AdaptiveAvgPool1d(3)),
     ({"type": "instance_norm3d", "affine": True}, (2, 3, 3, 3),
      lambda nn: nn.InstanceNorm3d(2, affine=True)),
+    ({"type": "pad", "pad": [1, 2, -1, 0], "value": 0.5}, (2, 4, 5),
+     lambda nn: nn.ConstantPad2d((1, 2, -1, 0), 0.5)),
+    ({"type": "pad", "pad": [1, 2, 2, 0], "mode": "reflect"}, (2, 4, 5),
+     lambda nn: nn.ReflectionPad2d((1, 2, 2, 0))),
+    ({"type": "pad", "pad": [3, 1], "mode": "replicate"}, (2, 4), lambda nn: nn.ReplicationPad1d((3, 1))),
+    ({"type": "pad", "pad": [1, 2, 2, 1], "mode": "circular"}, (2, 4, 5),
+     lambda nn: nn.CircularPad2d((1, 2, 2, 1))),
+    ({"type": "reshape", "shape": [4, -1, 2]}, (2, 3, 4),
+     lambda nn: nn.Sequential(nn.Flatten(), nn.Unflatten(1, (4, 3, 2)))),
 ]
 
 
@@ -173,3 +182,17 @@ def test_every_registered_layer_is_tested():
     registry = fastcnn.registry.LAYERS
     builtin = {n for n in registry.names() if registry.get(n).__module__.startswith("fastcnn.")}
     assert builtin <= covered, builtin - covered
+
+
+@pytest.mark.parametrize("spec, shape, match", [
+    ({"type": "pad", "pad": [1]}, (2, 3), "pairs"),
+    ({"type": "pad", "pad": [1, 1], "mode": "mirror"}, (2, 3), "mode must be one of"),
+    ({"type": "pad", "pad": [1, 1], "value": float("nan")}, (2, 3), "finite"),
+    ({"type": "pad", "pad": [1, 1, 1, 1, 1, 1]}, (2, 3), "never padded"),
+    ({"type": "pad", "pad": [4, 0], "mode": "reflect"}, (2, 3), "smaller than the dim"),
+    ({"type": "reshape", "shape": [-1, -1]}, (2, 3), "one may be -1"),
+    ({"type": "reshape", "shape": [4]}, (2, 3), "cannot reshape"),
+])
+def test_pad_and_reshape_refuse_bad_arguments(spec, shape, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        fastcnn.build_model({"input_shape": list(shape), "layers": [spec]})

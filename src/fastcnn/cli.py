@@ -63,8 +63,12 @@ def _mpi_rank():
 
 
 def _load_checkpoint(path):
-    from fastcnn.checkpoint import load_checkpoint
+    from fastcnn.checkpoint import Checkpoint, load_checkpoint
 
+    if os.fspath(path).lower().endswith(".onnx"):    # an exported or foreign model: no run
+        from fastcnn.onnx import load_model
+        model = load_model(path)
+        return Checkpoint(model, None, None, {}, model.to_config())
     ck = load_checkpoint(path)
     if ck.model.preprocessing is None and ck.extra.get("normalization"):
         # a run's checkpoint from before models carried their preprocessing

@@ -42,7 +42,9 @@ __all__ = ["Trainer", "train", "evaluate", "resolve_config", "apply_overrides", 
            "TrainingDiverged", "RunFolderError"]
 
 TRAIN_DEFAULTS = {"epochs": 10, "batch_size": 64, "seed": 0, "early_stopping": None, "clip_grad_norm": None, "clip_grad_value": None,
-                  "num_threads": None, "eval_batch_size": 500, "sync_batch_norm": False}
+                  "num_threads": None, "eval_batch_size": 500, "sync_batch_norm": False,
+                  # a .fcnn or .onnx file whose weights the model starts from (fine-tuning)
+                  "init_weights": None}
 SECTIONS = ("name", "model", "data", "loss", "optimizer", "schedule", "train")
 
 
@@ -55,9 +57,25 @@ def _load_any(value):
     does not exist is a FileNotFoundError naming it (and the bundled names)."""
     if isinstance(value, dict):
         return copy.deepcopy(value)
+    if _is_onnx(value):                  # an .onnx model: its (converted) fastcnn config
+        from fastcnn.onnx import load_model
+        return load_model(value).to_config()
     if isinstance(value, (str, os.PathLike)):
         return copy.deepcopy(load_config(value))
     raise ValueError(f"expected a config dict, a file path or a bundled config name, got {value!r}")
+
+
+def _is_onnx(value):
+    return isinstance(value, (str, os.PathLike)) and os.fspath(value).lower().endswith(".onnx")
+
+
+def _initial_weights(path):
+    """The state_dict a run starts from (train.init_weights): an .onnx file's (fine-tuning an
+    imported model) or a fastcnn checkpoint's."""
+    if _is_onnx(path):
+        from fastcnn.onnx import load_model
+        return load_model(path).state_dict()
+    return load_checkpoint(path).model.state_dict()
 
 
 def _parse_value(text: str):
@@ -175,6 +193,9 @@ def resolve_config(config=None, overrides=()) -> dict:
                              f"{', '.join(SECTIONS)})")
     if "model" not in config:
         raise ValueError("training config: missing the 'model' section")
+    if _is_onnx(config["model"]):       # fine-tune an imported model: start from its weights
+        config.setdefault("train", {}).setdefault("init_weights",
+                                                  os.path.abspath(config["model"]))
     config["model"] = _load_any(config["model"])
     if not isinstance(config.get("data", {}), dict):
         raise ValueError(f"training config: data must be a dict (a data section), got "
@@ -491,6 +512,8 @@ class Trainer:
         # images anywhere, through model.preprocess (fastcnn predict, eval)
         model_cfg["preprocessing"] = self.normalization
         self.model = build_model(model_cfg)
+        if self.tcfg.get("init_weights"):
+            self.model.load_state_dict(_initial_weights(self.tcfg["init_weights"]))
         self.loss = build_loss(self.config["loss"])
         self.optimizer = build_optimizer(self.config["optimizer"], self.model.parameters())
         sched = self.config.get("schedule")

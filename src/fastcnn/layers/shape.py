@@ -11,7 +11,7 @@ from fastcnn.functional._activation import _add
 from fastcnn.layers.base import Layer
 from fastcnn.registry import register_layer
 
-__all__ = ["Identity", "Flatten", "Add", "Concat"]
+__all__ = ["Identity", "Flatten", "Reshape", "Add", "Concat"]
 
 
 @register_layer("identity", aliases=("Identity",))
@@ -51,6 +51,38 @@ class Flatten(Layer):
                              f"{tuple(input_shape)}")
         shape = full[1:start] + (math.prod(full[start:end + 1]),) + full[end + 1:]
         return shape
+
+    def forward(self, x):
+        self.save_for_backward(x.shape)
+        return x.reshape((x.shape[0],) + self.output_shape)
+
+    def backward(self, grad):
+        (shape,) = self.saved()
+        return grad.reshape(shape)
+
+
+@register_layer("reshape", aliases=("Reshape", "Unflatten"))
+class Reshape(Layer):
+    """Give each sample the shape ``shape`` (batch excluded; one entry may be -1, inferred), as
+    ``x.reshape(N, *shape)``: what an imported ONNX Reshape / Squeeze / Unsqueeze that keeps
+    the batch becomes."""
+
+    def __init__(self, shape):
+        if (not isinstance(shape, (list, tuple)) or
+                any(isinstance(v, bool) or not isinstance(v, int) or (v < 1 and v != -1)
+                    for v in shape) or list(shape).count(-1) > 1):
+            raise ValueError(f"reshape: shape must be a list of positive ints (one may be -1), "
+                             f"the per-sample shape, got {shape!r}")
+        self.shape = tuple(shape)
+
+    def build(self, input_shape):
+        size = math.prod(input_shape)
+        known = math.prod(v for v in self.shape if v != -1)
+        out = tuple(size // known if v == -1 else v for v in self.shape)
+        if math.prod(out) != size:
+            raise ValueError(f"{self.where()}: cannot reshape samples of shape "
+                             f"{tuple(input_shape)} ({size} values) to {list(self.shape)}")
+        return out
 
     def forward(self, x):
         self.save_for_backward(x.shape)

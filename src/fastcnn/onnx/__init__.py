@@ -11,6 +11,7 @@ Nothing here imports ``onnx`` until a function is called.
 """
 from fastcnn.onnx.errors import OnnxExportError, OnnxImportError, UnsupportedOnnxError
 from fastcnn.onnx.export import DEFAULT_OPSET, export, to_onnx
+from fastcnn.onnx.importer import load_model
 
-__all__ = ["export", "to_onnx", "DEFAULT_OPSET", "OnnxExportError", "OnnxImportError",
+__all__ = ["export", "to_onnx", "load_model", "DEFAULT_OPSET", "OnnxExportError", "OnnxImportError",
            "UnsupportedOnnxError"]

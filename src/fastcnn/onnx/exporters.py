@@ -368,6 +368,30 @@ def _flatten(layer, b, inputs):
     return b.reshape(inputs[0], [0] + list(layer.output_shape), output=b.out)
 
 
+@exporter("reshape")
+def _reshape(layer, b, inputs):
+    return b.reshape(inputs[0], [0] + list(layer.output_shape), output=b.out)
+
+
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge",
+              "circular": "wrap"}
+
+
+@exporter("pad")
+def _pad(layer, b, inputs):
+    rank = len(layer.input_shape) + 1
+    pairs = [(layer.pad[2 * i], layer.pad[2 * i + 1]) for i in range(len(layer.pad) // 2)][::-1]
+    pairs = [(0, 0)] * (rank - len(pairs)) + pairs             # first axis first, as ONNX
+    args = [inputs[0], b.ints([p[0] for p in pairs] + [p[1] for p in pairs], "pads")]
+    if layer.mode == "constant":
+        args.append(b.constant(layer.value, "value"))
+    if layer.mode == "circular" and b.opset < 19:
+        from fastcnn.onnx.errors import OnnxExportError
+        raise OnnxExportError(f"{layer.where()}: circular padding (Pad mode 'wrap') needs "
+                              f"opset 19 or newer, got opset {b.opset}")
+    return b.node("Pad", args, output=b.out, mode=_PAD_MODES[layer.mode])
+
+
 @exporter("add")
 def _add(layer, b, inputs):
     total = inputs[0]
