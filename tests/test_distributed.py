@@ -205,3 +205,27 @@ def test_ranks_that_disagree_refuse_to_start(tmp_path):
     assert "disagree before the first step" in done.stderr
     assert "config train.seed: rank 0 has 5, rank 1 has 6" in done.stderr
     assert not (tmp_path / "disagree").exists()         # rank 0 cleaned its folder up
+
+
+# -- the scaling benchmark ------------------------------------------------------------------------
+
+def test_the_ring_allreduce_model():
+    from fastcnn.distributed.bench import efficiency, ring_allreduce_seconds
+    assert ring_allreduce_seconds(1, 1e6, 1e9, 1e-5) == 0.0
+    # p = 8: 14 latencies and 2 * 7/8 of the buffer through the link
+    assert ring_allreduce_seconds(8, 1e6, 1e9, 1e-5) == pytest.approx(14e-5 + 1.75e-3)
+    assert ring_allreduce_seconds(128, 1e6, 1e9, 0) < 2e-3            # bounded by 2 S / B
+    assert efficiency(0.09, 0.01) == pytest.approx(0.9)
+
+
+@needs_mpi
+def test_the_distributed_benchmark_reports_measured_and_modelled_figures():
+    from fastcnn.distributed import bench
+    measured = {2: bench._run_workers(MPIEXEC, 2, ["lenet5"], 1, ["lenet5"], timeout=TIMEOUT)}
+    entry = measured[2]["networks"]["lenet5"]
+    assert entry["parameters"] == 61706 and entry["tensors"] == 10
+    assert all(entry[k] > 0 for k in ("allreduce_flat_s", "allreduce_per_tensor_s",
+                                      "step_flat_s", "step_overlap_s"))
+    text = bench.report({"lenet5": 0.05}, measured, ["lenet5"])
+    assert "| lenet5 | 61,706 | 0.25 | 50.00 |" in text
+    assert "10 Gbit/s p=8" in text and "100 Gbit/s p=128" in text

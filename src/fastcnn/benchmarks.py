@@ -537,6 +537,10 @@ def argument_parser(prog="fastcnn bench"):
     mode.add_argument("--profile", nargs="?", const="train", metavar="FILTER",
                       help="per-layer times and overhead of the train-step cases whose key "
                            "contains FILTER (all three without it), over --repeat steps")
+    mode.add_argument("--distributed", action="store_true",
+                      help="data-parallel training's costs: allreduce of each bundled network's "
+                           "gradients on 2-4 MPI ranks, a step's compute, the scaling model "
+                           "(needs fastcnn[mpi]; see fastcnn.distributed.bench)")
     parser.add_argument("--top", type=int, default=10, help="layers listed by --profile")
     return parser
 
@@ -595,6 +599,10 @@ def main(argv=None, compare=None, prog="fastcnn bench"):
                 model, x, y, loss, opt = train_setup(config, batch)
                 prof = profile_step(model, x, y, loss, opt, steps=args.repeat)
                 print("\n" + profile_report(f"{label} train step", prof, args.top))
+        return
+    if args.distributed:
+        from fastcnn.distributed import bench
+        print(bench.run(args.threads))
         return
     if args.scaling:
         rows = scaling(args.threads, args.repeat, args.rounds, args.filter)

@@ -684,7 +684,7 @@ class Trainer:
         start = self.dp.on_root(self._restore) if self.resume else 0
         if self.resume:
             self._share_resumed_state()
-        self.dp.check_agreement(self._facts())
+        self.dp.check_agreement(self._facts)
         if self.resume:
             changes = "; ".join(self._resume_changes)
             self.log(f"resumed {self.out_dir} after epoch {start}"

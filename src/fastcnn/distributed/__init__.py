@@ -4,7 +4,9 @@
   default: one code path) and the MPI one through mpi4py (``pip install "fastcnn[mpi]"``);
 - :mod:`~fastcnn.distributed.data_parallel`: sharding, the one-allreduce step, agreement
   checks, failure handling, the per-rank thread count;
-- :mod:`~fastcnn.distributed.sync_batch_norm`: batch norm with statistics over every rank.
+- :mod:`~fastcnn.distributed.sync_batch_norm`: batch norm with statistics over every rank;
+- :mod:`~fastcnn.distributed.bench`: ``fastcnn bench --distributed``, allreduce and step times
+  and the scaling model.
 
 mpi4py is imported only when a distributed run (or the benchmark) starts.
 """

@@ -148,12 +148,13 @@ class DataParallel:
             state = self.comm.bcast(model.state_dict() if self.comm.is_root else None)
             model.load_state_dict(state)
 
-    def check_agreement(self, facts: dict):
+    def check_agreement(self, facts):
         """Stop on every rank with a DistributedError naming what differs when the ranks'
-        ``facts`` (name -> JSON-able value: config entries, shapes, sizes) are not all equal."""
+        ``facts()`` (name -> JSON-able value: config entries, shapes, sizes; called only when
+        there are several ranks) are not all equal."""
         if self.size == 1:
             return
-        table = self.comm.allgather(facts)
+        table = self.comm.allgather(facts())
         problems = []
         for key in sorted(set().union(*table), key=str):
             values = [t.get(key, "<missing>") for t in table]
