@@ -7,7 +7,7 @@
     fastcnn summary CONFIG
     fastcnn export CHECKPOINT OUT.onnx [--opset N]
     fastcnn bench [--threads N] [--filter TEXT] [--isa avx2|avx512] [--rounds K]
-                  [--scaling | --profile [FILTER]]
+                  [--scaling | --profile [FILTER] | --distributed]
 """
 from __future__ import annotations
 

@@ -669,6 +669,8 @@ class Trainer:
         self.dp.broadcast_state(self.model)
 
     def _save_epoch(self, epoch, improved):
+        if not os.path.exists(os.path.join(self.out_dir, "config.json")):
+            self._write_json("config.json", self.config)
         if improved:
             self._save("best.fcnn", epoch)
         self._save("last.fcnn", epoch)
@@ -679,7 +681,10 @@ class Trainer:
         self.dp.collective(self._prepare_data)
         self.dp.collective(self._build)
         self.dp.setup(self.model, bool(self.tcfg["sync_batch_norm"]))
-        self.dp.on_root(self._write_json, "config.json", self.config)
+        if self.comm.size == 1:
+            self._write_json("config.json", self.config)
+        # distributed, config.json comes with the first epoch's files: a job that one rank
+        # aborts before then (rank 0 is killed, no clean-up) leaves no run behind
         self.history, self.best, self.bad_epochs = [], None, 0
         start = self.dp.on_root(self._restore) if self.resume else 0
         if self.resume:
