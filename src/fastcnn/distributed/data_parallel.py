@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import os
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -31,6 +32,8 @@ from fastcnn.distributed.comm import DistributedError
 from fastcnn.distributed.sync_batch_norm import convert_sync_batch_norm, sync_batch_norm_layers
 
 __all__ = ["DataParallel", "shard", "default_num_threads"]
+
+ABORT_GRACE_SECONDS = 0.5      # between a failing rank's message and MPI_Abort
 
 
 def shard(total: int, rank: int, size: int) -> tuple[int, int]:
@@ -125,10 +128,14 @@ class DataParallel:
         except BaseException as exc:
             if self.size > 1 and not self.agreed_failure:
                 code = 130 if isinstance(exc, KeyboardInterrupt) else 1
+                print(f"fastcnn: rank {self.comm.rank} of {self.size} failed: "
+                      f"{type(exc).__name__}: {exc}; ending every rank (MPI_Abort, status "
+                      f"{code})", file=sys.stderr, flush=True)
                 traceback.print_exc()
-                print(f"fastcnn: rank {self.comm.rank} of {self.size} failed "
-                      f"({type(exc).__name__}); ending every rank (MPI_Abort, status {code})",
-                      file=sys.stderr, flush=True)
+                sys.stderr.flush()
+                # the launcher forwards our stderr through a pipe; aborting at once can tear
+                # the job down before it has (seen: the message lost in 1 of 15 runs)
+                time.sleep(ABORT_GRACE_SECONDS)
                 self.comm.abort(code)
             raise
 
