@@ -33,8 +33,11 @@ HEAD = [{"type": "relu"}, {"type": "max_pool2d", "kernel_size": 2}, {"type": "fl
 PLAIN = [{"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1}] + HEAD
 # no conv bias before batch norm: its gradient is zero (the mean removes it), so its value
 # would be rounding noise
+# the first batch norm has the ReLU after it fused into its pass, the second has not
 WITH_BN = [{"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1, "bias": False},
-           {"type": "batch_norm2d"}] + HEAD
+           {"type": "batch_norm2d"}, {"type": "relu"},
+           {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1, "bias": False},
+           {"type": "batch_norm2d"}] + HEAD[1:]
 
 CONFIGS = {
     "plain": _config("plain", PLAIN),

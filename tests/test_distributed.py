@@ -101,6 +101,21 @@ def test_distributed_without_mpi4py_says_what_to_install(tmp_path, monkeypatch, 
     assert not (tmp_path / "run").exists()
 
 
+def test_ranks_of_a_launcher_without_distributed_are_told_to_pass_it(tmp_path, monkeypatch,
+                                                                     capsys):
+    """``mpiexec -n 3 fastcnn train`` without --distributed would train three copies into
+    one folder: refused, before anything is written."""
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(mpi_worker.CONFIGS["plain"]))
+    for variable in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.setenv(variable, "3")
+        assert main(["train", str(config), "--out", str(tmp_path / "run")]) == 2
+        assert "one of 3 started by an MPI launcher: pass --distributed" in \
+            capsys.readouterr().err
+        monkeypatch.delenv(variable)
+    assert not (tmp_path / "run").exists()
+
+
 # -- under mpiexec --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

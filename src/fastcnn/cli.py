@@ -32,6 +32,13 @@ def _cmd_train(args):
             raise ValueError("--sync-bn synchronizes batch norm across the processes of a "
                              "distributed run: pass --distributed too (under mpiexec -n K)")
         overrides.append("train.sync_batch_norm=true")
+    if not args.distributed:
+        from fastcnn.distributed import launched_ranks
+        ranks = launched_ranks()
+        if ranks > 1:
+            raise ValueError(f"this process is one of {ranks} started by an MPI launcher: pass "
+                             f"--distributed to train them as one job (without it each would "
+                             f"train a copy of its own)")
     try:
         trainer = Trainer(args.config, args.out, overrides=overrides, resume=args.resume,
                           overwrite=args.overwrite, progress=False if args.quiet else None,

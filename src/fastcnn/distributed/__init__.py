@@ -11,10 +11,11 @@
 mpi4py is imported only when a distributed run (or the benchmark) starts.
 """
 from fastcnn.distributed.comm import (MPI_EXTRA_HINT, Communicator, DistributedError,
-                                      MPICommunicator, SingleProcessCommunicator, communicator)
+                                      MPICommunicator, SingleProcessCommunicator, communicator,
+                                      launched_ranks)
 from fastcnn.distributed.data_parallel import DataParallel, default_num_threads, shard
 from fastcnn.distributed.sync_batch_norm import SyncBatchNorm, convert_sync_batch_norm
 
 __all__ = ["Communicator", "SingleProcessCommunicator", "MPICommunicator", "communicator",
-           "DistributedError", "MPI_EXTRA_HINT", "DataParallel", "shard",
+           "launched_ranks", "DistributedError", "MPI_EXTRA_HINT", "DataParallel", "shard",
            "default_num_threads", "SyncBatchNorm", "convert_sync_batch_norm"]

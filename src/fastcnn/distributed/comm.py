@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 __all__ = ["Communicator", "SingleProcessCommunicator", "MPICommunicator", "communicator",
-           "DistributedError", "MPI_EXTRA_HINT"]
+           "launched_ranks", "DistributedError", "MPI_EXTRA_HINT"]
 
 MPI_EXTRA_HINT = 'pip install "fastcnn[mpi]" (mpi4py and the mpich wheel, whose mpiexec it brings)'
 
@@ -183,6 +183,20 @@ def _contiguous(buffer):
 
 
 _world = None
+
+# What launchers tell their processes about the job's size, without starting MPI: PMI (MPICH's
+# Hydra, Intel MPI, Slurm's srun with PMI-2), Open MPI
+_LAUNCHER_SIZES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
+
+
+def launched_ranks() -> int:
+    """How many processes the MPI launcher that started this one started (1 when none did),
+    read from its environment variables, without importing mpi4py."""
+    for name in _LAUNCHER_SIZES:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 1
 
 
 def communicator(distributed: bool = False) -> Communicator:
