@@ -144,6 +144,10 @@ def test_config_errors():
         resolve_config({"model": "lenet5", "optimiser": {}})
     with pytest.raises(ValueError, match="unknown train option"):
         resolve_config({"model": "lenet5", "train": {"epoch": 3}})
+    with pytest.raises(ValueError, match=r"train.early_stopping: expected null or"):
+        resolve_config({"model": "lenet5", "train": {"early_stopping": {"patiance": 3}}})
+    with pytest.raises(ValueError, match=r"train.early_stopping.patience: expected an int"):
+        resolve_config({"model": "lenet5", "train": {"early_stopping": {"patience": 0}}})
     with pytest.raises(FileNotFoundError, match=r"config file not found: lenet6 \(nor a "
                                                  r"bundled config: .*; did you mean 'lenet5'\?"):
         resolve_config({"model": "lenet6"})
@@ -370,5 +374,11 @@ def test_a_trained_model_carries_its_preprocessing(tmp_path):
     raw = splits.test[0]
     np.testing.assert_array_equal(model(model.preprocess(raw)), model(trainer.test_set[0]))
     assert fastcnn.build_model(model.to_config()).preprocessing == model.preprocessing
+    seeded = Trainer(dict(small, data=dict(small["data"], seed=7)), tmp_path / "seeded",
+                     log=_quiet, progress=False)
+    seeded._prepare_data()                        # data.seed, not train.seed, splits the data
+    np.testing.assert_array_equal(
+        seeded.val_set[1], datamod.load_dataset(small["data"], seed=7).validation[1])
+    assert not np.array_equal(seeded.val_set[1], splits.validation[1])
     with pytest.raises(ValueError, match=r"preprocessing.mean must hold 1 finite numbers"):
         fastcnn.build_model(dict(model.to_config(), preprocessing={"mean": [0, 1], "std": [1]}))

@@ -133,7 +133,7 @@ def _run_data(train_config, checkpoint):
 def _cmd_eval(args):
     from fastcnn.data import load_dataset
     from fastcnn.losses import build_loss
-    from fastcnn.training import evaluate
+    from fastcnn.training import data_seed, evaluate
 
     ck = _load_checkpoint(args.checkpoint)
     train_config = ck.extra.get("train_config") or {}
@@ -144,7 +144,7 @@ def _cmd_eval(args):
         split = "test" if splits.test is not None else "train"
     elif train_config:
         splits = load_dataset(_run_data(train_config, args.checkpoint),
-                              seed=train_config["train"]["seed"])
+                              seed=data_seed(train_config))
         split = "test"
         if splits.test is None:
             raise ValueError(f"the run's data ({splits.name}) has no test split: pass --data "

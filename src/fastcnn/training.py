@@ -170,6 +170,27 @@ def _absolute_paths(data: dict) -> dict:
     return data
 
 
+def _check_early_stopping(value):
+    """``train.early_stopping``: null (none) or {"patience": int >= 1, "min_delta": >= 0}."""
+    if value is None:
+        return
+    if not isinstance(value, dict) or not set(value) <= {"patience", "min_delta"} \
+            or "patience" not in value:
+        raise ValueError(f"train.early_stopping: expected null or {{\"patience\": N, "
+                         f"\"min_delta\": 0.0}} (min_delta optional), got {value!r}")
+    patience, delta = value["patience"], value.get("min_delta", 0.0)
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+        raise ValueError(f"train.early_stopping.patience: expected an int >= 1, got {patience!r}")
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not delta >= 0:
+        raise ValueError(f"train.early_stopping.min_delta: expected a number >= 0, got {delta!r}")
+
+
+def data_seed(config: dict) -> int:
+    """The seed of a resolved config's data subset and split: ``data.seed``, else
+    ``train.seed``."""
+    return config["data"].get("seed", config["train"]["seed"])
+
+
 def _is_model_config(config: dict) -> bool:
     return "layers" in config and "model" not in config
 
@@ -224,6 +245,7 @@ def resolve_config(config=None, overrides=()) -> dict:
                          f" (options: {', '.join(TRAIN_DEFAULTS)})")
     train.update(config.get("train", {}))
     config["train"] = train
+    _check_early_stopping(train["early_stopping"])
     schedule = config.get("schedule")
     if (isinstance(schedule, dict) and isinstance(schedule.get("type"), str)
             and SCHEDULERS.canonical(schedule["type"]) == "cosine" and "T_max" not in schedule):
@@ -467,7 +489,7 @@ class Trainer:
 
     # -- pieces ------------------------------------------------------------------------------
     def _prepare_data(self):
-        splits = datamod.load_dataset(self.config["data"], seed=self.tcfg["seed"])
+        splits = datamod.load_dataset(self.config["data"], seed=data_seed(self.config))
         x_train, y_train = splits.train
         x_val, y_val = splits.validation if splits.validation is not None else (None, None)
         for part, arrays in (("training", splits.train), ("validation", splits.validation),
