@@ -334,6 +334,30 @@ def test_direct_weight_gradient_is_bit_identical_for_1_and_2_threads(
     same_bits_for_1_and_2_threads(compute)
 
 
+def test_direct_kernels_cut_a_sample_between_threads_with_the_same_bits(
+        rng, same_bits_for_1_and_2_threads):
+    """With fewer samples than threads (batch 1) the direct kernels cut each sample's outputs
+    by channel blocks, then (row kernel) by rows: the same bits as one thread computing all."""
+    x = rng.standard_normal((1, 5, 19, 37)).astype(np.float32)
+    w = rng.standard_normal((40, 5, 3, 3)).astype(np.float32)
+    narrow = rng.standard_normal((6, 5, 5, 5)).astype(np.float32)
+    b = rng.standard_normal(40).astype(np.float32)
+    up = rng.standard_normal((1, 24, 9, 11)).astype(np.float32)
+    wt = rng.standard_normal((24, 20, 4, 4)).astype(np.float32)
+
+    def compute():
+        out = []
+        for forced in ("rows", "direct"):
+            with F.conv_algorithms(forward=forced):
+                out.append(F.conv2d(x, w, b, padding=1, activation="relu"))
+                out.append(F.conv2d(x, w, b, stride=2, dilation=(1, 2)))
+                out.append(F.conv2d(x, narrow, None, padding=2))     # one channel block
+        with F.conv_algorithms(transposed="subpixel"):
+            out.append(F.conv_transpose2d(up, wt, None, stride=2, padding=1))
+        return out
+    same_bits_for_1_and_2_threads(compute)
+
+
 # ---- every compiled level this CPU can run ------------------------------------------------
 
 _LEVEL_SCRIPT = r"""

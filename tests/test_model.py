@@ -377,6 +377,30 @@ def test_activation_fusion_changes_no_bit(name, shape):
     np.testing.assert_array_equal(fused.eval()(x), plain.eval()(x))
 
 
+def test_activation_fusion_reaches_through_identities():
+    """A ReLU after an identity (what fuse() leaves of a batch norm) is applied by the layer
+    before the identity: the same bits in train mode (output and every gradient) and in the
+    fused inference copy of a network with batch norms."""
+    config = {"input_shape": [3, 8, 8], "seed": 0, "layers": [
+        {"type": "conv2d", "name": "c", "out_channels": 4, "kernel_size": 3},
+        {"type": "identity", "name": "i"}, {"type": "relu", "name": "r"},
+        {"type": "flatten"}, {"type": "linear", "out_features": 3}]}
+    fused, plain = fastcnn.build_model(config), fastcnn.build_model(config)
+    plain.set_activation_fusion(False)
+    assert fused["r"].fused_into == "c" and fused["c"].fused_activation == "relu"
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    dy = rng.standard_normal((2, 3)).astype(np.float32)
+    for a, b in zip(_train_step_results(fused, x, dy), _train_step_results(plain, x, dy)):
+        np.testing.assert_array_equal(a, b)
+    folded = fastcnn.build_model("vgg_small").eval().fuse()
+    assert folded["b0a_relu"].fused_into == "b0a_conv"
+    unfused = folded.fuse()
+    unfused.set_activation_fusion(False)
+    images = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(folded(images), unfused(images))
+
+
 def test_activation_fusion_only_where_nothing_else_reads_the_pre_activation():
     config = {"input_shape": [2, 5, 5], "dtype": "float64", "seed": 0, "layers": [
         {"type": "conv2d", "name": "c", "out_channels": 3, "kernel_size": 3, "padding": 1},

@@ -217,9 +217,9 @@ class Model:
         self.set_activation_fusion(True)
 
     def set_activation_fusion(self, enabled: bool = True) -> "Model":
-        """Fuse each ReLU layer into the layer before it when that layer can apply it in its
-        own pass (convolution, batch norm, add) and nothing else reads the value before the
-        ReLU: the activation is then not read and written once more, and the ReLU's backward
+        """Fuse each ReLU layer into the layer before it (looking through identities, which
+        is what ``fuse()`` leaves of a batch norm) when that layer can apply it in its own pass
+        (convolution, batch norm, add) and nothing else reads the value before the ReLU: the activation is then not read and written once more, and the ReLU's backward
         happens inside the other layer's (batch norm recomputes the mask from its input). On by
         default; results are the same bits either way. The ReLU layer stays in the graph
         (names, summary, state) and passes its argument through."""
@@ -227,6 +227,7 @@ class Model:
             raise TypeError(f"set_activation_fusion: enabled must be True or False, got "
                             f"{enabled!r}")
         from fastcnn.layers.activation import ReLU
+        from fastcnn.layers.shape import Identity
 
         readers = {}
         for node in self._nodes:
@@ -237,8 +238,14 @@ class Model:
             node.layer.fused_activation = None
             if type(node.layer) is ReLU:
                 node.layer.fused_into = None
+        inputs_of = {node.name: node.inputs for node in self._nodes}
         for node in self._nodes if enabled else ():
             ref = node.inputs[0]
+            # through identities (a batch norm folded by fuse() becomes one): the ReLU then
+            # applies to the value the identity passes on
+            while (ref in producers and type(producers[ref]) is Identity and readers[ref] == 1
+                   and ref not in self.outputs):
+                ref = inputs_of[ref][0]
             if (type(node.layer) is ReLU and ref in producers and readers[ref] == 1
                     and ref not in self.outputs
                     and "relu" in producers[ref].fusable_activations

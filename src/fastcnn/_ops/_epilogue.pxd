@@ -3,7 +3,18 @@
 from cython cimport floating
 
 
+cdef extern from "_epilogue.h" nogil:
+    float fc_relu_f(float v)
+    double fc_relu_d(double v)
+
+
 cdef inline floating bias_relu(floating v, floating b, bint relu) noexcept nogil:
-    """v + b, then max(., 0) if relu; NaN kept and -0 -> 0, as fastcnn's relu."""
+    """v + b, then max(., 0) if relu; NaN kept and -0 -> 0, as fastcnn's relu (without a
+    branch on the sign: _epilogue.h)."""
     v = v + b
-    return 0 if relu and v <= 0 else v
+    if relu:
+        if floating is float:
+            v = fc_relu_f(v)
+        else:
+            v = fc_relu_d(v)
+    return v

@@ -139,9 +139,50 @@ def direct_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
     cdef Py_ssize_t phases = stride_w if by_rows else 1
     cdef Py_ssize_t Wq = _phase_width(Wp, phases)
     cdef Py_ssize_t stride = _direct_scratch(C, Hp, Wp, stride_h, stride_w, phases)
-    cdef Py_ssize_t n
+    cdef Py_ssize_t n, t, c, r, co0, co1, r0, r1
+    cdef Py_ssize_t blocks = (C_out + FC_CO_PAD - 1) // FC_CO_PAD
+    cdef Py_ssize_t cchunks = 1, rchunks = 1, parts
     cdef floating* xp
     if N == 0:
+        return
+    # Fewer samples than threads (inference at batch 1): each sample's outputs are also cut
+    # into parts, by blocks of FC_CO_PAD channels, then (row kernel) by rows, so that every
+    # thread has work. Every output is computed by the same code on the same padded planes:
+    # the same bits as one part per sample.
+    if N < num_threads:
+        cchunks = min(blocks, (num_threads + N - 1) // N)
+        if by_rows and N * cchunks < num_threads:
+            rchunks = min(out_h, (num_threads + N * cchunks - 1) // (N * cchunks))
+    parts = cchunks * rchunks
+    if parts > 1:
+        with nogil:
+            for n in prange(N, schedule='static', num_threads=num_threads):
+                _pad_sample(&x[n, 0], &workspace[0] + n * stride, stride, C, H, W, pad_h,
+                            pad_w, Hp, Wp, phases)
+            for t in prange(N * parts, schedule='static', num_threads=num_threads):
+                n = t // parts
+                c = (t % parts) // rchunks
+                r = t % rchunks
+                co0 = (c * blocks // cchunks) * FC_CO_PAD
+                co1 = min(((c + 1) * blocks // cchunks) * FC_CO_PAD, C_out)
+                r0 = r * out_h // rchunks
+                r1 = (r + 1) * out_h // rchunks
+                xp = &workspace[0] + n * stride
+                if co1 <= co0 or r1 <= r0:
+                    continue
+                if by_rows:
+                    _rows_kernel(xp + r0 * stride_h * Wq, &wt[0, co0], &bias[co0],
+                                 &out[n, 0] + y0 + co0 * yc + r0 * yh, &offsets[0], K,
+                                 co1 - co0, cpad, r1 - r0, out_w, Wq, stride_h, relu, yc, yh,
+                                 yw)
+                elif floating is float:
+                    fc_direct_conv_f(xp, &wt[0, co0], &bias[co0], &out[n, 0] + co0 * yc,
+                                     &offsets[0], K, co1 - co0, cpad, out_h, out_w, Wp,
+                                     stride_h, stride_w, relu)
+                else:
+                    fc_direct_conv_d(xp, &wt[0, co0], &bias[co0], &out[n, 0] + co0 * yc,
+                                     &offsets[0], K, co1 - co0, cpad, out_h, out_w, Wp,
+                                     stride_h, stride_w, relu)
         return
     with nogil:
         for n in prange(N, schedule='static', num_threads=num_threads):

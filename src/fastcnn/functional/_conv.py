@@ -115,11 +115,13 @@ class ConvForward:
     weight operands made once (the direct kernels' transposed weight, Winograd's transformed
     kernels). ``run(x2, out2)``: out2 (N, C_out*L) = the convolution of x2 (N, C_in*prod(in)),
     plus bias, then max(., 0) when ``relu``. F.conv2d prepares one per call; an
-    InferenceSession once per plan. With autotuning on, the algorithms are timed on ``probe``
-    = (x2, out2), or on zeros."""
+    InferenceSession once per plan. With ``set_conv_autotune`` on, Winograd is timed against
+    the rules' other choice; with ``fastest``, every algorithm that can compute the problem is
+    timed and the fastest kept (an InferenceSession's plans). Timing runs on ``probe`` = (x2,
+    out2), or on zeros."""
     __slots__ = ("algorithm", "run")
 
-    def __init__(self, geom, nd, w4, b1, dtype, relu=False, probe=None):
+    def __init__(self, geom, nd, w4, b1, dtype, relu=False, probe=None, fastest=False):
         w2 = w4.reshape(geom.out_channels, -1)
 
         def prepare(algorithm):
@@ -151,17 +153,30 @@ class ConvForward:
                                        threads)
             return im2col
 
+        made = {}
+
+        def prepared(algorithm):            # each algorithm's operands made once
+            if algorithm not in made:
+                made[algorithm] = prepare(algorithm)
+            return made[algorithm]
+
         def timed(algorithm):
             def run_once():
-                x2, out2 = probe if probe is not None else (
-                    np.zeros((geom.n, geom.in_channels * math.prod(geom.in_size)), dtype),
-                    np.empty((geom.n, geom.out_channels * math.prod(geom.out_size)), dtype))
-                prepare(algorithm)(x2, out2)
+                nonlocal probe
+                if probe is None:
+                    probe = (np.zeros((geom.n, geom.in_channels * math.prod(geom.in_size)),
+                                      dtype),
+                             np.empty((geom.n, geom.out_channels * math.prod(geom.out_size)),
+                                      dtype))
+                prepared(algorithm)(*probe)
             return run_once
 
         runners = {a: timed(a) for a in algorithms.ALGORITHMS["forward"]}
-        self.algorithm = algorithms.select("forward", geom, nd, dtype, runners)
-        self.run = prepare(self.algorithm)
+        if fastest:
+            self.algorithm = algorithms.fastest("forward", geom, nd, runners)
+        else:
+            self.algorithm = algorithms.select("forward", geom, nd, dtype, runners)
+        self.run = prepared(self.algorithm)
 
 
 def _conv_forward(fname, nd, input, weight, bias, stride, padding, dilation, groups,

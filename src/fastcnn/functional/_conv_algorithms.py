@@ -411,6 +411,32 @@ def select(direction, geom, nd, dtype, runners=None):
     return choice
 
 
+def fastest(direction, geom, nd, runners, repeat=3):
+    """The algorithm that ran fastest (best of ``repeat`` timed runs after a warm one) among
+    those that can compute the problem (``usable``; a depthwise problem keeps its own loops).
+    ``runners``: algorithm -> a function running it. For plans made once and run many times:
+    an InferenceSession's. The rules' own choice wins ties, so that the measurement only moves
+    a problem where it pays."""
+    if is_depthwise(geom):
+        return "depthwise"
+    ruled = choose(direction, geom, nd, machine_isa())
+    best, best_time = ruled, math.inf
+    for algorithm in ALGORITHMS[direction]:
+        if algorithm == "depthwise" or not usable(algorithm, direction, geom, nd):
+            continue
+        runners[algorithm]()                        # warm: workspaces, caches
+        spent = math.inf
+        for _ in range(repeat):
+            start = time.perf_counter()
+            runners[algorithm]()
+            spent = min(spent, time.perf_counter() - start)
+        if algorithm == ruled:
+            spent *= 0.97                           # within 3%: keep the rules' choice
+        if spent < best_time:
+            best, best_time = algorithm, spent
+    return best
+
+
 # --------------------------------------------------------------------------------------------
 # Runners: each kernel's operands and workspace
 # --------------------------------------------------------------------------------------------

@@ -81,6 +81,67 @@ def _conv_transpose_args(geom):
             lift3(geom.in_size, 1))
 
 
+class ConvTransposeForward:
+    """One transposed convolution's forward (geometry ``geom`` as _conv_transpose_geometry
+    makes it, weight w4 (C_in, C_out/groups, *kernel), bias b1 (C_out,) or empty), prepared:
+    the algorithm chosen and, by phases, each output phase's kernels as the row kernel reads
+    them. ``run(x2, out2)``: out2 (N, C_out*prod(out)) from x2 (N, C_in*prod(in)).
+    F.conv_transpose*d prepares one per call; an InferenceSession once per plan."""
+    __slots__ = ("algorithm", "run")
+
+    def __init__(self, geom, nd, w4, b1, dtype, fastest=False):
+        made = {}
+
+        def prepared(algorithm):
+            if algorithm not in made:
+                made[algorithm] = self._prepared(algorithm, geom, nd, w4, b1, dtype)
+            return made[algorithm]
+
+        if fastest:
+            probe = (np.zeros((geom.n, geom.in_channels * math.prod(geom.in_size)), dtype),
+                     np.empty((geom.n, geom.out_channels * math.prod(geom.out_size)), dtype))
+            runners = {a: (lambda a=a: prepared(a)(*probe))
+                       for a in algorithms.ALGORITHMS["transposed forward"]}
+            self.algorithm = algorithms.fastest("transposed forward", geom, nd, runners)
+        else:
+            self.algorithm = algorithms.select("transposed forward", geom, nd, dtype)
+        self.run = prepared(self.algorithm)
+
+    @staticmethod
+    def _prepared(algorithm, geom, nd, w4, b1, dtype):
+        """run(x2, out2) of ``algorithm`` with its operands made."""
+        if algorithm == "subpixel":
+            # the row kernel per output phase: a k4 s2 upsampling 64 -> 32 channels, 16x16 ->
+            # 32x32 maps (the speed table's case) 2.16 -> 1.82 ms
+            oh, ow = geom.out_size
+            sh, sw = geom.stride[1:]
+            phases = []
+            for ra, rb, sub, taps_h, taps_w in algorithms.subpixel_phases(geom, nd):
+                sub_w = np.ascontiguousarray(
+                    w4[:, :, taps_h][:, :, :, taps_w].transpose(1, 0, 2, 3))
+                layout = (geom.out_channels, ra * ow + rb, oh * ow, sh * ow, sw)
+                phases.append((algorithms.DirectOperands(sub_w, b1, sub, dtype, by_rows=True),
+                               layout))
+
+            def by_phases(x2, out2):
+                for ops, layout in phases:
+                    ops.run(x2, out2, dtype, out_layout=layout)
+            return by_phases
+        else:
+            args = _conv_transpose_args(geom)
+            per_thread = _conv.conv_transpose_workspace_size(geom.out_channels, *args[1:4],
+                                                             args[0], args[5])
+            w2 = w4.reshape(geom.in_channels, -1)
+
+            def gemm_col2im(x2, out2):
+                threads = get_num_threads()
+                ws = scratch(per_thread * threads, dtype)
+                with single_threaded_blas:
+                    _conv.conv_transpose_forward(x2, w2, b1, out2, ws, geom.groups, *args,
+                                                 threads)
+            return gemm_col2im
+
+
 def _conv_transpose_forward(fname, nd, input, weight, bias, stride, padding, output_padding,
                             groups, dilation):
     x = as_array(fname, "input", input)
@@ -89,30 +150,11 @@ def _conv_transpose_forward(fname, nd, input, weight, bias, stride, padding, out
     geom = _conv_transpose_geometry(fname, nd, x, w, stride, padding, output_padding, groups,
                                     dilation)
     dtype = float_dtype(x, w, b)
-    w2 = contiguous(w, dtype).reshape(geom.in_channels, -1)
     b1 = _checks.optional_vector(fname, "bias", b, geom.out_channels, dtype)
-    x2 = _rows(contiguous(x, dtype), geom.n)
     out = _memory.empty((geom.n, geom.out_channels) + geom.out_size, dtype)
-    if geom.n and algorithms.select("transposed forward", geom, nd, dtype) == "subpixel":
-        # the row kernel per output phase: a k4 s2 upsampling 64 -> 32 channels, 16x16 -> 32x32
-        # maps (the speed table's case) 2.16 -> 1.82 ms
-        oh, ow = geom.out_size
-        sh, sw = geom.stride[1:]
-        w4 = w2.reshape(w.shape)
-        for ra, rb, sub, taps_h, taps_w in algorithms.subpixel_phases(geom, nd):
-            sub_w = np.ascontiguousarray(w4[:, :, taps_h][:, :, :, taps_w].transpose(1, 0, 2, 3))
-            algorithms.direct_conv2d(x2, sub_w, b1, _rows(out, geom.n), sub, dtype, by_rows=True,
-                                     out_layout=(geom.out_channels, ra * ow + rb, oh * ow,
-                                                 sh * ow, sw))
-    elif geom.n:
-        threads = get_num_threads()
-        args = _conv_transpose_args(geom)
-        per_thread = _conv.conv_transpose_workspace_size(geom.out_channels, *args[1:4],
-                                                         args[0], args[5])
-        ws = scratch(per_thread * threads, dtype)
-        with single_threaded_blas:
-            _conv.conv_transpose_forward(x2, w2, b1, _rows(out, geom.n), ws, geom.groups, *args,
-                                         threads)
+    if geom.n:
+        ConvTransposeForward(geom, nd, contiguous(w, dtype), b1, dtype).run(
+            _rows(contiguous(x, dtype), geom.n), _rows(out, geom.n))
     return out if geom.batched else out[0]
 
 

@@ -225,38 +225,69 @@ def _scatter_add(fname, dy, x, lead, in_size, idx, strict=True):
     return grad
 
 
+class AvgPool:
+    """An average pooling's windows over planes of spatial size ``in_size``, made once (the
+    window tables and the kernels' arguments): ``run(x2, out2)`` the forward, out2 (P,
+    prod(out_size)) from x2 (P, prod(in_size)); ``run_backward(dy2, grad2)`` its gradient.
+    ``AvgPool.fixed`` (avg_pool*d's windows) and ``AvgPool.adaptive`` (adaptive_avg_pool*d's
+    bins) check the arguments. F.avg_pool*d prepares one per call; an InferenceSession once
+    per plan."""
+    __slots__ = ("out_size", "_args")
+
+    def __init__(self, in_size, out_size, starts, counts, spans, divisor_override=None,
+                 interior=_NO_INTERIOR, two_by_two=False):
+        self.out_size = out_size
+        self._args = (lift3(in_size, 1), starts, counts, spans, float(divisor_override or 0),
+                      lift3(out_size, 1), interior, two_by_two)
+
+    @classmethod
+    def fixed(cls, fname, nd, in_size, kernel_size, stride, padding, ceil_mode,
+              count_include_pad, divisor_override):
+        kernel, stride, padding, _, out_size = _pool_args(fname, nd, in_size, kernel_size,
+                                                          stride, padding, 1, ceil_mode)
+        if divisor_override is not None:
+            divisor_override = as_int(fname, "divisor_override", divisor_override, minimum=1)
+        ones = (1,) * nd
+        starts, counts, spans = _fixed_windows(in_size, kernel, stride, padding, ones,
+                                               out_size, include_pad=bool(count_include_pad))
+        return cls(in_size, out_size, starts, counts, spans, divisor_override,
+                   _interior(in_size, kernel, stride, padding, ones, out_size),
+                   _two_by_two(in_size, kernel, stride, padding, ones, out_size))
+
+    @classmethod
+    def adaptive(cls, fname, nd, in_size, output_size):
+        out_size = _adaptive_size(fname, nd, output_size, in_size)
+        return cls(in_size, out_size, *_adaptive_windows(in_size, out_size))
+
+    def run(self, x2, out2):
+        _pool.avg_pool_forward(x2, out2, *self._args, get_num_threads())
+
+    def run_backward(self, dy2, grad2):
+        _pool.avg_pool_backward(dy2, grad2, *self._args, get_num_threads())
+
+
 def _avg_pool(fname, nd, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
               divisor_override, grad_output=None):
     """avg_pool forward, or its backward when grad_output is given."""
     x, lead, in_size = _pool_input(fname, nd, input)
-    kernel, stride, padding, _, out_size = _pool_args(fname, nd, in_size, kernel_size, stride,
-                                                      padding, 1, ceil_mode)
-    if divisor_override is not None:
-        divisor_override = as_int(fname, "divisor_override", divisor_override, minimum=1)
-    starts, counts, spans = _fixed_windows(in_size, kernel, stride, padding, (1,) * nd,
-                                           out_size, include_pad=bool(count_include_pad))
-    interior = _interior(in_size, kernel, stride, padding, (1,) * nd, out_size)
-    two_by_two = _two_by_two(in_size, kernel, stride, padding, (1,) * nd, out_size)
-    return _avg_kernel(fname, x, lead, in_size, out_size, starts, counts, spans,
-                       divisor_override, grad_output, interior, two_by_two)
+    pool = AvgPool.fixed(fname, nd, in_size, kernel_size, stride, padding, ceil_mode,
+                         count_include_pad, divisor_override)
+    return _avg_kernel(fname, x, lead, in_size, pool, grad_output)
 
 
-def _avg_kernel(fname, x, lead, in_size, out_size, starts, counts, spans, divisor_override,
-                grad_output, interior=_NO_INTERIOR, two_by_two=False):
+def _avg_kernel(fname, x, lead, in_size, pool, grad_output):
     p = math.prod(lead)
-    args = (lift3(in_size, 1), starts, counts, spans, float(divisor_override or 0),
-            lift3(out_size, 1), interior, two_by_two, get_num_threads())
     if grad_output is None:
         dtype = float_dtype(x)
-        out = _memory.empty(lead + out_size, dtype)
+        out = _memory.empty(lead + pool.out_size, dtype)
         if p:
-            _pool.avg_pool_forward(_planes(x, lead, dtype), out.reshape(p, -1), *args)
+            pool.run(_planes(x, lead, dtype), out.reshape(p, -1))
         return out
-    dy = _check_grad(fname, grad_output, lead + out_size)
+    dy = _check_grad(fname, grad_output, lead + pool.out_size)
     dtype = float_dtype(x, dy)
     grad = _memory.empty(lead + in_size, dtype)
     if p:
-        _pool.avg_pool_backward(_planes(dy, lead, dtype), grad.reshape(p, -1), *args)
+        pool.run_backward(_planes(dy, lead, dtype), grad.reshape(p, -1))
     return grad
 
 
@@ -271,10 +302,8 @@ def _adaptive_size(fname, nd, output_size, in_size):
 
 def _adaptive_avg_pool(fname, nd, input, output_size, grad_output=None):
     x, lead, in_size = _pool_input(fname, nd, input)
-    out_size = _adaptive_size(fname, nd, output_size, in_size)
-    starts, counts, spans = _adaptive_windows(in_size, out_size)
-    return _avg_kernel(fname, x, lead, in_size, out_size, starts, counts, spans, None,
-                       grad_output)
+    pool = AvgPool.adaptive(fname, nd, in_size, output_size)
+    return _avg_kernel(fname, x, lead, in_size, pool, grad_output)
 
 
 def _adaptive_max_pool(fname, nd, input, output_size, return_indices):

@@ -24,16 +24,18 @@ __all__ = ["Template", "Plan"]
 
 class Template:
     """The steps of ``model`` (eval mode, built) for inputs of shape ``input_shape`` (batch
-    included), and when each value is read for the last time."""
+    included), and when each value is read for the last time; with ``autotune``, each
+    convolution's algorithm is the one that ran fastest here (steps.build_step)."""
 
-    def __init__(self, model, input_shape, dtype):
+    def __init__(self, model, input_shape, dtype, autotune=False):
         self.model = model
         self.input_shape = tuple(input_shape)
         self.dtype = np.dtype(dtype)
         shapes = {"input": self.input_shape}
         self.steps = []                 # (node, StepSpec)
         for node in model._nodes:
-            spec = build_step(node.layer, [shapes[ref] for ref in node.inputs], self.dtype)
+            spec = build_step(node.layer, [shapes[ref] for ref in node.inputs], self.dtype,
+                              autotune)
             shapes[node.name] = spec.out_shape
             self.steps.append((node, spec))
         self.outputs = list(model.outputs)

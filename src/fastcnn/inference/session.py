@@ -68,6 +68,12 @@ class InferenceSession:
     fuse : bool
         Fold each batch norm into the conv or linear layer before it (``Model.fuse``). Outputs
         then differ from the unfused forward by float32 rounding only.
+    autotune : bool
+        Time every algorithm that can compute each convolution on its first input shape and
+        keep the fastest (about a second for a large network, once per shape); the choice then
+        holds for the plan's life. False: the measured rules of fastcnn.functional choose, as
+        in training, and outputs are the same bits as the session's folded model
+        (``session.model``) run layer by layer; with autotuning they agree to float32 rounding.
     max_shapes : int
         Plans are kept for this many input shapes (least recently used dropped first).
 
@@ -77,10 +83,10 @@ class InferenceSession:
     its own, and the results are those of sequential calls.
     """
 
-    def __init__(self, model, *, preprocess=True, fuse=True, max_shapes=4):
-        if not isinstance(preprocess, bool) or not isinstance(fuse, bool):
-            raise TypeError(f"InferenceSession: preprocess and fuse must be True or False, got "
-                            f"{preprocess!r} and {fuse!r}")
+    def __init__(self, model, *, preprocess=True, fuse=True, autotune=True, max_shapes=4):
+        for name, flag in (("preprocess", preprocess), ("fuse", fuse), ("autotune", autotune)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"InferenceSession: {name} must be True or False, got {flag!r}")
         if isinstance(max_shapes, bool) or not isinstance(max_shapes, int) or max_shapes < 1:
             raise ValueError(f"InferenceSession: max_shapes must be a positive int, got "
                              f"{max_shapes!r}")
@@ -91,6 +97,7 @@ class InferenceSession:
         self.dtype = self.model.dtype
         self.preprocessing = self.model.preprocessing if preprocess else None
         self.max_shapes = max_shapes
+        self.autotune = autotune
         self._lock = threading.Lock()
         self._templates = OrderedDict()   # full input shape -> Template (most recent last)
         self._idle = {}                   # full input shape -> [Plan] not running now
@@ -143,7 +150,8 @@ class InferenceSession:
             if template is not None:
                 self._templates.move_to_end(shape)
                 return template
-        template = Template(self.model, shape, self.dtype)     # outside the lock: may be slow
+        # outside the lock: planning takes a while (autotuning most)
+        template = Template(self.model, shape, self.dtype, self.autotune)
         with self._lock:
             template = self._templates.setdefault(shape, template)
             self._templates.move_to_end(shape)

@@ -23,11 +23,12 @@ from fastcnn._ops import activation as _act
 from fastcnn._ops import gemm as _gemm
 from fastcnn._threads import get_num_threads
 from fastcnn.functional._conv import ConvForward, _conv_geometry
-from fastcnn.functional._pool import _NO_INDICES, MaxPoolForward
+from fastcnn.functional._conv_transpose import ConvTransposeForward, _conv_transpose_geometry
+from fastcnn.functional._pool import _NO_INDICES, AvgPool, MaxPoolForward
 from fastcnn.layers.activation import ReLU
-from fastcnn.layers.conv import _ConvNd
+from fastcnn.layers.conv import _ConvNd, _ConvTransposeNd
 from fastcnn.layers.linear import _DropoutBase, Linear
-from fastcnn.layers.pool import _MaxPool
+from fastcnn.layers.pool import GlobalAvgPool2d, _AdaptiveAvgPool, _AvgPool, _MaxPool
 from fastcnn.layers.shape import Add, Concat, Flatten, Identity
 
 __all__ = ["StepSpec", "builder_for", "build_step"]
@@ -54,21 +55,49 @@ def _view(kind, shape):
     return StepSpec(kind, tuple(shape), view=True)
 
 
-def _conv(layer, shapes, dtype):
-    (shape,) = shapes
-    fname = f"conv{layer.nd}d"
+def _weights(layer, dtype):
     w = np.ascontiguousarray(layer.weight.data, dtype=dtype)
     b1 = (np.ascontiguousarray(layer.bias.data, dtype=dtype) if layer.bias is not None
           else np.empty(0, dtype))
-    # the geometry needs only the input's shape: a zero-strided stand-in holds no memory
-    stand_in = np.broadcast_to(np.zeros((), dtype), shape)
-    geom = _conv_geometry(fname, layer.nd, stand_in, w, **layer._args())
-    conv = ConvForward(geom, layer.nd, w, b1, dtype, relu=layer.fused_activation == "relu")
-    n = shape[0]
+    return w, b1
+
+
+def _stand_in(shape, dtype):
+    """An array of ``shape`` that holds no memory, for the geometry checks (shapes only)."""
+    return np.broadcast_to(np.zeros((), dtype), shape)
+
+
+def _by_samples(kind, prepared, out_shape):
+    """A step running ``prepared.run(x2, out2)`` on (N, -1) views of its input and output."""
+    n = out_shape[0]
 
     def bind(inputs, out):
-        return functools.partial(conv.run, inputs[0].reshape(n, -1), out.reshape(n, -1))
-    return StepSpec(f"{fname} {conv.algorithm}", (n, geom.out_channels) + geom.out_size, bind)
+        return functools.partial(prepared.run, inputs[0].reshape(n, -1), out.reshape(n, -1))
+    return StepSpec(kind, out_shape, bind)
+
+
+def _conv(layer, shapes, dtype, fastest=False):
+    (shape,) = shapes
+    fname = f"conv{layer.nd}d"
+    w, b1 = _weights(layer, dtype)
+    geom = _conv_geometry(fname, layer.nd, _stand_in(shape, dtype), w, **layer._args())
+    conv = ConvForward(geom, layer.nd, w, b1, dtype, relu=layer.fused_activation == "relu",
+                       fastest=fastest)
+    return _by_samples(f"{fname} {conv.algorithm}", conv,
+                       (shape[0], geom.out_channels) + geom.out_size)
+
+
+def _conv_transpose(layer, shapes, dtype, fastest=False):
+    (shape,) = shapes
+    fname = f"conv_transpose{layer.nd}d"
+    w, b1 = _weights(layer, dtype)
+    args = layer._args()
+    geom = _conv_transpose_geometry(fname, layer.nd, _stand_in(shape, dtype), w,
+                                    args["stride"], args["padding"], args["output_padding"],
+                                    args["groups"], args["dilation"])
+    conv = ConvTransposeForward(geom, layer.nd, w, b1, dtype, fastest)
+    return _by_samples(f"{fname} {conv.algorithm}", conv,
+                       (shape[0], geom.out_channels) + geom.out_size)
 
 
 def _linear(layer, shapes, dtype):
@@ -129,12 +158,45 @@ def _max_pool(layer, shapes, dtype):
     nd = layer.nd
     pool = MaxPoolForward(f"max_pool{nd}d", nd, tuple(shape[-nd:]), layer.kernel_size,
                           layer.stride, layer.padding, layer.dilation, layer.ceil_mode)
+    return _planes(f"max_pool{nd}d", _WithoutIndices(pool), shape, nd)
+
+
+class _WithoutIndices:
+    """A MaxPoolForward that keeps no indices (inference)."""
+    __slots__ = ("pool", "out_size")
+
+    def __init__(self, pool):
+        self.pool, self.out_size = pool, pool.out_size
+
+    def run(self, x2, out2):
+        self.pool.run(x2, out2, _NO_INDICES)
+
+
+def _planes(kind, pool, shape, nd):
+    """A pooling step: ``pool.run`` over the (N*C, -1) planes of its input and output."""
     planes = math.prod(shape[:-nd])
 
     def bind(inputs, out):
         return functools.partial(pool.run, inputs[0].reshape(planes, -1),
-                                 out.reshape(planes, -1), _NO_INDICES)
-    return StepSpec(f"max_pool{nd}d", tuple(shape[:-nd]) + pool.out_size, bind)
+                                 out.reshape(planes, -1))
+    return StepSpec(kind, tuple(shape[:-nd]) + pool.out_size, bind)
+
+
+def _avg_pool(layer, shapes, dtype):
+    (shape,) = shapes
+    nd, fname = layer.nd, f"avg_pool{layer.nd}d"
+    pool = AvgPool.fixed(fname, nd, tuple(shape[-nd:]), layer.kernel_size, layer.stride,
+                         layer.padding, layer.ceil_mode, layer.count_include_pad,
+                         layer.divisor_override)
+    return _planes(fname, pool, shape, nd)
+
+
+def _adaptive_avg_pool(layer, shapes, dtype):
+    (shape,) = shapes
+    nd = layer.nd
+    output_size = 1 if isinstance(layer, GlobalAvgPool2d) else layer.output_size
+    pool = AvgPool.adaptive(layer.type_name, nd, tuple(shape[-nd:]), output_size)
+    return _planes(layer.type_name, pool, shape, nd)
 
 
 def _flatten(layer, shapes, dtype):
@@ -157,11 +219,15 @@ def _python(layer, shapes, dtype):
 # Checked in order: the first class the layer is an instance of picks its builder.
 _BUILDERS = (
     (_ConvNd, _conv),
+    (_ConvTransposeNd, _conv_transpose),
     (Linear, _linear),
     (ReLU, _relu),
     (Add, _add),
     (Concat, _concat),
     (_MaxPool, _max_pool),
+    (_AvgPool, _avg_pool),
+    (_AdaptiveAvgPool, _adaptive_avg_pool),
+    (GlobalAvgPool2d, _adaptive_avg_pool),
     (Flatten, _flatten),
     (Identity, _pass_through),
     (_DropoutBase, _pass_through),            # the identity in eval mode
@@ -177,9 +243,15 @@ def builder_for(layer):
     return _python
 
 
-def build_step(layer, shapes, dtype) -> StepSpec:
-    """The step of an eval-mode ``layer`` whose inputs have the full shapes ``shapes``."""
-    spec = builder_for(layer)(layer, [tuple(s) for s in shapes], np.dtype(dtype))
+def build_step(layer, shapes, dtype, autotune=False) -> StepSpec:
+    """The step of an eval-mode ``layer`` whose inputs have the full shapes ``shapes``; with
+    ``autotune``, a convolution takes the algorithm that ran fastest on this shape here."""
+    builder = builder_for(layer)
+    shapes, dtype = [tuple(s) for s in shapes], np.dtype(dtype)
+    if builder in (_conv, _conv_transpose):
+        spec = builder(layer, shapes, dtype, autotune)
+    else:
+        spec = builder(layer, shapes, dtype)
     expected = (shapes[0][0],) + tuple(layer.output_shape)
     if tuple(spec.out_shape) != expected:      # a builder and the layer's build() disagree
         raise RuntimeError(f"{layer.where()}: the inference step gives shape {spec.out_shape}, "
