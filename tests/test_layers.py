@@ -178,7 +178,8 @@ def test_fuse_folds_batch_norm_and_keeps_outputs():
 
 
 def test_every_registered_layer_is_tested():
-    covered = {cfg["type"] for cfg, _, _ in LAYERS} | {"dropout", "dropout2d", "add", "concat"}
+    covered = {cfg["type"] for cfg, _, _ in LAYERS} | {"dropout", "dropout2d", "add", "concat",
+                                                       "elementwise"}
     registry = fastcnn.registry.LAYERS
     builtin = {n for n in registry.names() if registry.get(n).__module__.startswith("fastcnn.")}
     assert builtin <= covered, builtin - covered
@@ -196,3 +197,44 @@ def test_every_registered_layer_is_tested():
 def test_pad_and_reshape_refuse_bad_arguments(spec, shape, match):
     with pytest.raises((ValueError, TypeError), match=match):
         fastcnn.build_model({"input_shape": list(shape), "layers": [spec]})
+
+
+@pytest.mark.parametrize("shape", [(), (3, 1, 1), (4, 5), (1, 5)])
+@pytest.mark.parametrize("op, reverse", [("add", False), ("sub", False), ("sub", True),
+                                         ("mul", False), ("div", False), ("div", True)])
+def test_elementwise_against_numpy_and_finite_differences(op, reverse, shape):
+    from gradcheck import assert_grad_close, numerical_grad
+
+    model = fastcnn.build_model({"input_shape": [3, 4, 5], "dtype": "float64", "layers": [
+        {"type": "elementwise", "op": op, "shape": list(shape), "reverse": reverse}]})
+    rng = np.random.default_rng(0)
+    shape = shape or (1,)                        # a scalar is held as (1,)
+    value = rng.uniform(0.5, 1.5, shape) * rng.choice([-1, 1], shape)
+    model.load_state_dict({"0.value": value})
+    x = rng.uniform(0.5, 1.5, (2, 3, 4, 5)) * rng.choice([-1, 1], (2, 3, 4, 5))
+    fn = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}[op]
+    expected = fn(value, x) if reverse else fn(x, value)
+    np.testing.assert_allclose(model(x), expected, rtol=1e-14)
+    dy = rng.standard_normal(expected.shape)
+    model.zero_grad()
+    dx = model.backward(dy)
+    assert_grad_close(dx, numerical_grad(lambda t: model(t), x, dy))
+
+    def with_value(v):
+        model.load_state_dict({"0.value": v})
+        return model(x)
+    (param,) = model.parameters()
+    grad = param.grad.copy()
+    assert_grad_close(grad, numerical_grad(with_value, value, dy))
+
+
+def test_elementwise_buffer_and_bad_arguments():
+    model = fastcnn.build_model({"input_shape": [2, 3], "layers": [
+        {"type": "elementwise", "op": "mul", "shape": [3], "trainable": False}]})
+    assert model.parameters() == [] and list(model.state_dict()) == ["0.value"]
+    np.testing.assert_array_equal(model(np.ones((1, 2, 3), np.float32)), np.ones((1, 2, 3)))
+    with pytest.raises(ValueError, match="op must be one of"):
+        fastcnn.build_model({"input_shape": [2, 3], "layers": [{"type": "elementwise", "op": "pow"}]})
+    with pytest.raises(ValueError, match="does not broadcast"):
+        fastcnn.build_model({"input_shape": [2, 3], "layers": [
+            {"type": "elementwise", "op": "add", "shape": [4]}]})

@@ -10,6 +10,7 @@ from fastcnn.layers.norm import (BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNor
 from fastcnn.layers.pool import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AdaptiveMaxPool2d,
                                  AvgPool1d, AvgPool2d, AvgPool3d, GlobalAvgPool2d, MaxPool1d,
                                  MaxPool2d, MaxPool3d)
+from fastcnn.layers.elementwise import Elementwise
 from fastcnn.layers.pad import Pad
 from fastcnn.layers.resample import Upsample
 from fastcnn.layers.shape import Add, Concat, Flatten, Identity, Reshape
@@ -22,5 +23,5 @@ __all__ = [
     "InstanceNorm3d", "MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d",
     "AvgPool3d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
     "GlobalAvgPool2d", "Upsample", "Add", "Concat", "Flatten", "Identity",
-    "Reshape", "Pad",
+    "Reshape", "Pad", "Elementwise",
 ]

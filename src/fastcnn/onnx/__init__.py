@@ -13,5 +13,15 @@ from fastcnn.onnx.errors import OnnxExportError, OnnxImportError, UnsupportedOnn
 from fastcnn.onnx.export import DEFAULT_OPSET, export, to_onnx
 from fastcnn.onnx.importer import load_model
 
-__all__ = ["export", "to_onnx", "load_model", "DEFAULT_OPSET", "OnnxExportError", "OnnxImportError",
+__all__ = ["export", "to_onnx", "load_model", "Backend", "DEFAULT_OPSET", "OnnxExportError", "OnnxImportError",
            "UnsupportedOnnxError"]
+
+
+def __getattr__(name):
+    # Backend subclasses onnx.backend.base.Backend: importing it imports onnx
+    if name == "Backend":
+        from fastcnn.onnx._deps import require_onnx
+        require_onnx()
+        from fastcnn.onnx.backend import Backend
+        return Backend
+    raise AttributeError(f"module 'fastcnn.onnx' has no attribute {name!r}")

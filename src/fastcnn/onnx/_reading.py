@@ -19,10 +19,11 @@ from fastcnn.onnx.errors import OnnxImportError
 __all__ = ["read_model", "default_opset", "upgrade", "MIN_IMPORT_OPSET", "MAX_IMPORT_OPSET",
            "CONVERT_BELOW"]
 
-MIN_IMPORT_OPSET = 7
-# The newest opset the handlers are checked against: from 22 to 25 the ops they read gained
-# tensor types (bfloat16, float8, int4...) but no attribute or meaning changed.
-MAX_IMPORT_OPSET = 25
+MIN_IMPORT_OPSET = 1
+# The newest opset the handlers are checked against (onnx 1.23's schemas): after opset 21 the
+# ops they read changed only by new tensor types (bfloat16, float8, int4, float4...), which
+# fastcnn refuses anyway (its models are float32 or float64).
+MAX_IMPORT_OPSET = 28
 CONVERT_BELOW = 13
 
 

@@ -392,6 +392,13 @@ def _pad(layer, b, inputs):
     return b.node("Pad", args, output=b.out, mode=_PAD_MODES[layer.mode])
 
 
+@exporter("elementwise")
+def _elementwise(layer, b, inputs):
+    value = b.param("value")
+    args = [value, inputs[0]] if layer.reverse else [inputs[0], value]
+    return b.node(layer.op.capitalize(), args, output=b.out)
+
+
 @exporter("add")
 def _add(layer, b, inputs):
     total = inputs[0]

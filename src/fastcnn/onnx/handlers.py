@@ -232,17 +232,51 @@ def _matmul(node, cx):
 
 
 # -- elementwise ----------------------------------------------------------------------------
-@handler("Add", 13)
-def _add(node, cx):
+def _with_constant(node, cx, op):
+    """x (op) c or c (op) x, c a constant: an elementwise layer (identity for + 0, * 1)."""
+    reverse = cx.is_const(node, 0)
+    x, c = cx.tensor(node, 1 if reverse else 0), cx.const(node, 0 if reverse else 1)
+    shape = c.shape
+    while len(shape) > len(x.shape) and shape[0] == 1:
+        shape = shape[1:]                    # leading 1s: the batch axis, or nothing
+    if len(shape) > len(x.shape):
+        raise Unsupported(f"a constant of shape {c.shape} varies along the batch axis")
+    neutral = 0 if op in ("add", "sub") else 1
+    out = np.broadcast_shapes(x.shape, shape) if _broadcasts(x.shape, shape) else None
+    if out is None:
+        raise Unsupported(f"a constant of shape {c.shape} does not broadcast against "
+                          f"(batch, {', '.join(map(str, x.shape))})")
+    if np.all(c == neutral) and out == x.shape and not (reverse and op in ("sub", "div")):
+        cx.bind(node.output[0], x)
+        return
+    info = cx.const_info(node.input[0 if reverse else 1])
+    trainable = info is not None and info.origin == node.input[0 if reverse else 1]
+    spec = {"type": "elementwise", "op": op, "shape": list(shape), "reverse": reverse,
+            "trainable": trainable}
+    cx.add_layer(node, spec, [x], {"value": c.reshape(shape)})
+
+
+def _broadcasts(a, b):
+    try:
+        np.broadcast_shapes(a, b)
+        return True
+    except ValueError:
+        return False
+
+
+def _binary(node, cx):
+    op = node.op_type.lower()
     if cx.is_const(node, 0) or cx.is_const(node, 1):
-        const = cx.const(node, 0 if cx.is_const(node, 0) else 1)
-        if np.all(const == 0) and const.ndim <= cx.tensor(node, 1 - int(cx.is_const(node, 1) == 0)).rank:
-            x = cx.tensor(node, 1 if cx.is_const(node, 0) else 0)
-            if np.broadcast_shapes(const.shape, (1,) + x.shape) == (1,) + x.shape:
-                cx.bind(node.output[0], x)
-                return
-        raise Unsupported("adding a constant tensor (fastcnn's add merges computed tensors)")
-    _merge_add(node, cx)
+        _with_constant(node, cx, op)
+    elif op == "add":
+        _merge_add(node, cx)
+    else:
+        raise Unsupported(f"{op} of two computed tensors (fastcnn merges them by add and "
+                          f"concat only)")
+
+
+for _op in ("Add", "Sub", "Mul", "Div"):
+    handler(_op, 13)(_binary)
 
 
 @handler("Sum", 13)
@@ -515,7 +549,7 @@ def _per_sample_result(node, cx, x, fn):
     """The per-sample shape of ``fn(array of shape (B, *x.shape), B index)`` when it keeps the
     batch as axis 0 for every B; Unsupported otherwise."""
     results = []
-    for i, batch in enumerate((5, 7)):
+    for i, batch in enumerate(cx.batches):
         try:
             shape = fn(np.broadcast_to(np.zeros((), np.int8), (batch,) + x.shape), i)
         except (ValueError, TypeError, IndexError) as exc:
@@ -635,6 +669,16 @@ def _pad(node, cx):
 _LINEAR_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
+def _output_sizes_above_1(node, cx, x):
+    """pytorch_half_pixel is half_pixel but for outputs of length 1 (which sample 0)."""
+    sizes = cx.const(node, 3, optional=True) if len(node.input) > 3 else None
+    if sizes is not None and sizes.size:
+        return all(int(v) > 1 for v in sizes)
+    scales = cx.const(node, 2, optional=True)
+    return scales is None or all(math.floor(n * float(s)) > 1 for n, s in
+                                 zip(x.shape[1:], np.asarray(scales).reshape(-1)[-len(x.shape[1:]):]))
+
+
 @handler("Resize", 13)
 def _resize(node, cx):
     x = cx.tensor(node, 0)
@@ -658,7 +702,8 @@ def _resize(node, cx):
                               f"nearest_mode={nearest!r} (fastcnn: asymmetric + floor as torch's "
                               f"'nearest', half_pixel + round_prefer_ceil as 'nearest-exact')")
     elif mode == "linear":
-        if transform in ("half_pixel", "pytorch_half_pixel"):
+        if transform == "half_pixel" or (transform == "pytorch_half_pixel"
+                                         and _output_sizes_above_1(node, cx, x)):
             corners = False
         elif transform == "align_corners":
             corners = True

@@ -33,7 +33,8 @@ from fastcnn.onnx.export import CONFIG_KEY, COUNTERS_KEY
 __all__ = ["load_model", "convert", "Tensor", "Const", "Unsupported"]
 
 # Two batch sizes at which batch-dependent constants (Shape of a tensor...) are evaluated:
-# a value that differs between them depends on the batch.
+# a value that differs between them depends on the batch (a graph whose input has a fixed
+# batch size is evaluated at that size twice).
 BATCHES = (5, 7)
 _DTYPES = {1: "float32", 11: "float64"}
 
@@ -106,6 +107,7 @@ class Converter:
         self.skipped = set()
         self.inferred = {}
         self._input_shape = input_shape
+        self.batches = BATCHES
         self.nodes = list(self.graph.node)
         self.consumers = {}
         self.producer = {}
@@ -135,6 +137,11 @@ class Converter:
                 f"({', '.join(i.name for i in data) or 'none'}) besides its initializers")])
         self.input_name = data[0].name
         self.dtype = self._input_dtype(data[0])
+        dims = data[0].type.tensor_type.shape.dim
+        if len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+            # a graph made for one batch size (often 1, with Reshape(x, [1, -1]) inside):
+            # shapes are evaluated at that size, and the layers then take any batch
+            self.batches = (int(dims[0].dim_value),) * len(BATCHES)
         self.env[self.input_name] = Tensor("input", self._input_per_sample(data[0]))
         self._infer_shapes()
         for index, node in enumerate(self.nodes):
@@ -244,7 +251,7 @@ class Converter:
     def _shape_of(self, node, tensor):
         attrs = self.attrs(node)
         values = []
-        for batch in BATCHES:
+        for batch in self.batches:
             full = np.array((batch,) + tensor.shape, dtype=np.int64)
             if node.op_type == "Size":
                 values.append(np.array(full.prod(), dtype=np.int64))
