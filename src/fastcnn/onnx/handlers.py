@@ -735,6 +735,10 @@ def _resize(node, cx):
             full[ax] = float(v)
         if full[0] != 1.0 or full[1] != 1.0:
             raise Unsupported(f"scales {full} resize the batch or channel axis")
+        if corners and not all(float(n * f).is_integer() for n, f in zip(x.shape[1:], full[2:])):
+            # ONNX then maps with the fractional length in * scale, torch with the output's
+            raise Unsupported(f"align_corners with scales {full[2:]} that do not give whole "
+                              f"output sizes from {x.shape[1:]}")
         spec["scale_factor"] = full[2:]
     else:
         raise Unsupported("neither scales nor sizes given")
