@@ -158,10 +158,27 @@ def test_the_comparison_pairs_each_case_with_torch_on_the_same_inputs(compare_to
 def test_fastcnn_bench_finds_the_comparison_in_a_clone_or_says_what_to_run(monkeypatch,
                                                                              capsys):
     assert B.find_compare_torch().resolve() == COMPARE_TORCH
-    monkeypatch.setattr(B, "find_compare_torch", lambda: None)
+    monkeypatch.setattr(B, "find_compare_torch", lambda script=None: None)
     from fastcnn import cli
     with pytest.raises(SystemExit) as exc:
         cli.main(["bench", "--filter", "lenet"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "python bench/compare_torch.py [options]" in err and "--scaling" in err
+
+
+def test_fastcnn_bench_inference_compares_the_three_libraries(th):
+    """``fastcnn bench --inference`` (bench/compare_inference.py): every library checked
+    against fastcnn's eval forward, then timed; the table has a row per network and batch."""
+    pytest.importorskip("onnxruntime")
+    assert B.find_compare_torch(B.COMPARE_INFERENCE).name == "compare_inference.py"
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "compare_inference", COMPARE_TORCH.parent / "compare_inference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.run(threads=1, repeat=1, rounds=1, pattern="lenet5")
+    assert [(name, batch) for name, batch, _ in rows] == [("lenet5", 1), ("lenet5", 32)]
+    assert all(set(best) == {"fastcnn", "torch", "onnxruntime"} for _, _, best in rows)
+    text = module.table(rows)
+    assert "| lenet5 | 32 |" in text and "geometric mean" in text

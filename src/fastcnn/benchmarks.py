@@ -537,6 +537,10 @@ def argument_parser(prog="fastcnn bench"):
     mode.add_argument("--profile", nargs="?", const="train", metavar="FILTER",
                       help="per-layer times and overhead of the train-step cases whose key "
                            "contains FILTER (all three without it), over --repeat steps")
+    mode.add_argument("--inference", action="store_true",
+                      help="fastcnn's InferenceSession, torch and onnxruntime on the bundled "
+                           "networks' eval forward at batch 1 and 32 (from a clone: "
+                           "bench/compare_inference.py; needs torch, onnx and onnxruntime)")
     mode.add_argument("--distributed", action="store_true",
                       help="data-parallel training's costs: allreduce of each bundled network's "
                            "gradients on 2-4 MPI ranks, a step's compute, the scaling model "
@@ -545,12 +549,13 @@ def argument_parser(prog="fastcnn bench"):
     return parser
 
 
-# Where the torch comparison lives in a clone of the repository.
+# Where the comparisons with other libraries live in a clone of the repository.
 COMPARE_TORCH = pathlib.Path("bench", "compare_torch.py")
+COMPARE_INFERENCE = pathlib.Path("bench", "compare_inference.py")
 
 
-def find_compare_torch():
-    """``bench/compare_torch.py`` of the clone fastcnn is imported from (an editable install
+def find_compare_torch(script=COMPARE_TORCH):
+    """``bench/compare_torch.py`` (or ``script``) of the clone fastcnn is imported from (an editable install
     or ``PYTHONPATH=src``), else of the current directory when it is a clone of fastcnn (it
     holds ``src/fastcnn``); None when neither has it (fastcnn installed from a wheel)."""
     package = pathlib.Path(fastcnn.__file__).resolve().parent
@@ -558,22 +563,23 @@ def find_compare_torch():
     if pathlib.Path("src", "fastcnn").is_dir():
         candidates.append(pathlib.Path.cwd())
     for root in candidates:
-        if (root / COMPARE_TORCH).is_file():
-            return root / COMPARE_TORCH
+        if (root / script).is_file():
+            return root / script
     return None
 
 
-def _load_compare_torch(parser):
-    """The ``compare(args)`` function of ``bench/compare_torch.py``, or exit saying what to run."""
-    path = find_compare_torch()
+def _load_compare_torch(parser, script=COMPARE_TORCH):
+    """The ``compare(args)`` function of ``bench/compare_torch.py`` (or of ``script``), or exit
+    saying what to run."""
+    path = find_compare_torch(script)
     if path is None:
         parser.exit(2, f"{parser.prog}: the comparison with torch is not part of the installed "
                        "package; it runs from a clone of the fastcnn repository: "
-                       f"python {COMPARE_TORCH} [options] (needs torch: pip install "
+                       f"python {script} [options] (needs torch: pip install "
                        "torch==2.13.0), or fastcnn bench from inside the clone. Here, "
                        "fastcnn bench --scaling and fastcnn bench --profile time fastcnn "
                        "alone.\n")
-    spec = importlib.util.spec_from_file_location("fastcnn_compare_torch", path)
+    spec = importlib.util.spec_from_file_location(f"fastcnn_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.compare
@@ -612,6 +618,9 @@ def main(argv=None, compare=None, prog="fastcnn bench"):
         if rows:
             geo = math.exp(sum(math.log(t1 / tn) for _, t1, tn in rows) / len(rows))
             print(f"\ngeometric mean speed-up: {geo:.2f} over {len(rows)} cases")
+        return
+    if args.inference:
+        (compare or _load_compare_torch(parser, COMPARE_INFERENCE))(args)
         return
     (compare or _load_compare_torch(parser))(args)
 
