@@ -100,3 +100,24 @@ def test_same_bits_from_any_python_thread():
     thread.join()
     for mine, theirs in zip(on_main, result["values"]):
         np.testing.assert_array_equal(mine, theirs)
+
+
+def test_one_thread_limits_only_the_calling_python_thread(threads):
+    import threading
+
+    from fastcnn._threads import get_num_threads, one_thread
+    threads(2)
+    seen = {}
+
+    def other():
+        seen["other"] = get_num_threads()
+    with one_thread():
+        assert get_num_threads() == 1
+        with one_thread():
+            assert get_num_threads() == 1
+        assert get_num_threads() == 1
+        worker = threading.Thread(target=other)
+        worker.start()
+        worker.join()
+    assert get_num_threads() == (2 if fastcnn._threads._parallel.openmp_enabled() else 1)
+    assert seen["other"] == get_num_threads()

@@ -56,12 +56,35 @@ def set_num_threads(n: int) -> None:
     _num_threads = n
 
 
+# A lower count for the calling Python thread only (one_thread): an inference plan runs the
+# layers too small to share on one thread, without touching other threads' runs.
+_local = threading.local()
+
+
 def get_num_threads() -> int:
-    """The number of threads the kernels use."""
+    """The number of threads the kernels use (in this Python thread)."""
     global _num_threads
     if _num_threads is None:
         _num_threads = _default_num_threads()
+    if getattr(_local, "one", False):
+        return 1
     return _num_threads if _parallel.openmp_enabled() else 1
+
+
+class one_thread:
+    """``with one_thread(): ...`` runs the kernels called in the block, from this Python thread,
+    on one thread (results are the same bits for any count: only the speed changes). Used for
+    layers so small that waking a team costs more than it saves."""
+    __slots__ = ("_before",)
+
+    def __enter__(self):
+        self._before = getattr(_local, "one", False)
+        _local.one = True
+        return self
+
+    def __exit__(self, *exc):
+        _local.one = self._before
+        return False
 
 
 def _setter(lib):

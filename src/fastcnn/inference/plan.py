@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastcnn._threads import single_threaded_blas
+import time
+
+from fastcnn._threads import get_num_threads, one_thread, single_threaded_blas
 from fastcnn.inference.arena import Arena
 from fastcnn.inference.steps import build_step
 
@@ -38,6 +40,10 @@ class Template:
                               autotune)
             shapes[node.name] = spec.out_shape
             self.steps.append((node, spec))
+        self.autotune = autotune
+        # with autotune: which bound steps (in Plan._runs' order) run on one thread, measured
+        # by the first plan; the same for every later plan of this template
+        self.one_thread_steps = None
         self.outputs = list(model.outputs)
         self.output_shapes = [shapes[name] for name in self.outputs]
         self.last_read = {}
@@ -90,6 +96,38 @@ class Plan:
                         arena.give_back(base[ref])
         self.outputs = [values[name] for name in template.outputs]
         self.nbytes = arena.total_elements * template.dtype.itemsize
+        if template.autotune and template.one_thread_steps is None:
+            template.one_thread_steps = self._measure_threads()
+        for index in template.one_thread_steps or ():
+            self._runs[index] = _on_one_thread(self._runs[index])
+
+    def _measure_threads(self, repeat=3):
+        """The steps that ran faster on one thread than on the team (small layers at batch 1:
+        waking the team costs more than it saves), each timed right after it ran in order on
+        zeros (results are the same bits for any thread count: only speed is at stake). A
+        step must win by 10% to leave the team."""
+        if get_num_threads() == 1:
+            return []
+        self.input[...] = 0
+        chosen = []
+        with single_threaded_blas:
+            for index, run in enumerate(self._runs):
+                run()
+                spent = {}
+                for one in (False, True):
+                    best = float("inf")
+                    for _ in range(repeat):
+                        start = time.perf_counter()
+                        if one:
+                            with one_thread():
+                                run()
+                        else:
+                            run()
+                        best = min(best, time.perf_counter() - start)
+                    spent[one] = best
+                if spent[True] < 0.9 * spent[False]:
+                    chosen.append(index)
+        return chosen
 
     def run(self, x):
         """The outputs (copies) for ``x``, an array of the template's input shape and dtype."""
@@ -98,3 +136,10 @@ class Plan:
             for run in self._runs:
                 run()
         return [out.copy() for out in self.outputs]
+
+
+def _on_one_thread(run):
+    def run_alone():
+        with one_thread():
+            run()
+    return run_alone
