@@ -272,3 +272,21 @@ def test_bad_sources(tmp_path):
         fastcnn.InferenceSession(tmp_path / "nothing.fcnn")
     with pytest.raises(ValueError, match="max_shapes"):
         fastcnn.InferenceSession(fastcnn.build_model("lenet5"), max_shapes=0)
+
+
+def test_a_session_stands_in_for_a_model_in_evaluation_code():
+    """fastcnn eval hands a session to training.evaluate, which calls eval() and restores
+    train(mode): a session is always in eval mode and refuses training."""
+    from fastcnn.losses import build_loss
+    from fastcnn.training import evaluate
+    model = fastcnn.build_model("lenet5").eval()
+    session = fastcnn.InferenceSession(model, autotune=False)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((10, 1, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, 10)
+    got = evaluate(session, build_loss("cross_entropy"), x, y, batch_size=4)
+    want = evaluate(model, build_loss("cross_entropy"), x, y, batch_size=4)
+    assert got[:2] == want[:2] and (got[2] == want[2]).all()
+    assert session.eval() is session and session.train(False) is session
+    with pytest.raises(TypeError, match="eval forward only"):
+        session.train()

@@ -156,8 +156,12 @@ def _cmd_eval(args):
     if tuple(x.shape[1:]) != tuple(ck.model.input_shape):
         raise ValueError(f"the data ({splits.name}) holds images of shape {x.shape[1:]}, the "
                          f"model takes {tuple(ck.model.input_shape)}")
-    loss, acc, _ = evaluate(ck.model, build_loss(train_config.get("loss", "cross_entropy")),
-                            ck.model.preprocess(x), y, args.batch_size)
+    # the model's forward planned once for the batch size (batch norms folded, algorithms
+    # timed), its preprocessing applied to the raw images
+    from fastcnn.inference import InferenceSession
+    session = InferenceSession(ck.model)
+    loss, acc, _ = evaluate(session, build_loss(train_config.get("loss", "cross_entropy")),
+                            x, y, args.batch_size)
     result = {"checkpoint": os.fspath(args.checkpoint), "dataset": splits.name, "split": split,
               "samples": int(len(y)), "accuracy": acc, "loss": loss}
     if args.json:
@@ -184,7 +188,11 @@ def _cmd_predict(args):
     mean = (model.preprocessing or {}).get("mean")
     x, records = read_inputs(args.inputs, model.input_shape, invert=args.invert,
                              training_mean=mean)
-    probs = np.concatenate([_softmax(model(model.preprocess(x[i:i + args.batch_size])))
+    from fastcnn.inference import InferenceSession
+    # planned once per batch shape, the model's preprocessing applied; a few images do not
+    # repay timing each layer's algorithms, so the measured rules choose
+    session = InferenceSession(model, autotune=len(x) > 4 * args.batch_size)
+    probs = np.concatenate([_softmax(session(x[i:i + args.batch_size]))
                             for i in range(0, len(x), args.batch_size)])
     top = np.argsort(-probs, axis=1, kind="stable")[:, :args.top]
     for record, p, classes in zip(records, probs, top):

@@ -143,6 +143,19 @@ class InferenceSession:
             x = self.model.preprocess(x)
         return np.ascontiguousarray(x, dtype=self.dtype)
 
+    # An inference session is always in eval mode: code written for a model (evaluation
+    # loops that call model.eval() and restore model.train(mode)) takes a session as well.
+    training = False
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise TypeError(f"{self.name}: an InferenceSession runs the eval forward only; "
+                            f"train the Model it was made from")
+        return self
+
     # -- plans ------------------------------------------------------------------------------
     def _template(self, shape):
         with self._lock:
