@@ -290,3 +290,13 @@ def test_a_session_stands_in_for_a_model_in_evaluation_code():
     assert session.eval() is session and session.train(False) is session
     with pytest.raises(TypeError, match="eval forward only"):
         session.train()
+
+
+def test_an_onnx_file_runs_in_a_session(tmp_path):
+    pytest.importorskip("onnx")
+    from fastcnn import onnx as fastcnn_onnx
+    model = _with_running_stats(fastcnn.build_model("resnet_small"))
+    path = fastcnn_onnx.export(model, tmp_path / "resnet_small.onnx")
+    session = fastcnn.InferenceSession(path)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32), dtype=np.float32)
+    np.testing.assert_allclose(session(x), model(x), rtol=1e-4, atol=2e-5)
