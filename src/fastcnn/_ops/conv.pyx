@@ -82,6 +82,61 @@ cdef bint _is_pointwise(tuple kernel, tuple stride, tuple padding):
     return kernel == (1, 1, 1) and stride == (1, 1, 1) and padding == (0, 0, 0)
 
 
+# The sizes every driver below needs, derived once from the arguments (the four drivers used to
+# repeat this setup). ``g`` is the window geometry of the *convolution*: for conv_* the op itself,
+# for conv_transpose_* the convolution whose input gradient it is (see that section). S = g's
+# input positions (D*H*W), L = g's output positions (oD*oH*oW), kk = kernel positions.
+cdef struct ConvDims:
+    Geom g
+    Py_ssize_t N                 # samples
+    Py_ssize_t C_in, C_out       # the op's input and output channels
+    Py_ssize_t Cg, Cog           # per group: C_in / groups, C_out / groups
+    Py_ssize_t kk, S, L
+    bint pointwise               # 1x1 kernel, stride 1, no padding: no im2col / col2im
+    Py_ssize_t cols_size         # workspace elements of one thread's columns
+    Py_ssize_t ws_stride         # workspace elements per thread
+
+
+cdef ConvDims _geometry_dims(Py_ssize_t N, tuple in_size, tuple kernel, tuple stride,
+                             tuple padding, tuple dilation, tuple out_size) except *:
+    """The part of ConvDims both kinds share: g, N, kk, S, L."""
+    cdef ConvDims d
+    d.g = make_geom(in_size, kernel, stride, padding, dilation, out_size)
+    d.N = N
+    d.kk = d.g.kD * d.g.kH * d.g.kW
+    d.S, d.L = d.g.D * d.g.H * d.g.W, d.g.oD * d.g.oH * d.g.oW
+    return d
+
+
+cdef ConvDims _conv_dims(Py_ssize_t N, Py_ssize_t C_out, Py_ssize_t K, Py_ssize_t groups,
+                         tuple in_size, tuple kernel, tuple stride, tuple padding,
+                         tuple dilation, tuple out_size, Py_ssize_t block) except *:
+    """conv_forward / conv_backward: weight (C_out, K = Cg*kk); columns (C_in*kk, block*L),
+    plus (C_out, block*L) for the GEMM output / gathered grad_output when block > 1."""
+    cdef ConvDims d = _geometry_dims(N, in_size, kernel, stride, padding, dilation, out_size)
+    d.C_out, d.Cg = C_out, K // d.kk
+    d.C_in, d.Cog = d.Cg * groups, C_out // groups
+    d.pointwise = _is_pointwise(kernel, stride, padding)
+    d.cols_size = 0 if d.pointwise else d.C_in * d.kk * block * d.L
+    d.ws_stride = 0 if d.pointwise else d.cols_size + (C_out * block * d.L if block > 1 else 0)
+    return d
+
+
+cdef ConvDims _conv_transpose_dims(Py_ssize_t N, Py_ssize_t C_in, Py_ssize_t M,
+                                   Py_ssize_t groups, tuple out_size, tuple kernel,
+                                   tuple stride, tuple padding, tuple dilation,
+                                   tuple in_size) except *:
+    """conv_transpose_forward / _backward: weight (C_in, M = Cog*kk); columns (C_out*kk, L).
+    The geometry runs from the transposed conv's output (out_size) to its input (in_size)."""
+    cdef ConvDims d = _geometry_dims(N, out_size, kernel, stride, padding, dilation, in_size)
+    d.C_in, d.Cog = C_in, M // d.kk
+    d.C_out, d.Cg = d.Cog * groups, C_in // groups
+    d.pointwise = _transpose_is_pointwise(kernel, stride, padding, out_size, in_size)
+    d.cols_size = 0 if d.pointwise else d.C_out * d.kk * d.L
+    d.ws_stride = d.cols_size
+    return d
+
+
 def conv_forward(const floating[:, ::1] x, const floating[:, ::1] weight,
                  const floating[::1] bias, floating[:, ::1] out, floating[::1] workspace,
                  Py_ssize_t groups, tuple in_size, tuple kernel, tuple stride, tuple padding,
@@ -93,15 +148,10 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] weight,
     Samples go ``block`` at a time (see sample_block); ``workspace`` holds num_threads *
     workspace_size(...) elements (may be empty for 1x1).
     """
-    cdef Geom g = make_geom(in_size, kernel, stride, padding, dilation, out_size)
-    cdef Py_ssize_t N = x.shape[0], C_out = weight.shape[0], K = weight.shape[1]
-    cdef Py_ssize_t kk = g.kD * g.kH * g.kW
-    cdef Py_ssize_t Cg = K // kk, C = Cg * groups, Cog = C_out // groups
-    cdef Py_ssize_t S = g.D * g.H * g.W, L = g.oD * g.oH * g.oW
-    cdef bint pointwise = _is_pointwise(kernel, stride, padding)
-    cdef Py_ssize_t cols_size = 0 if pointwise else C * kk * block * L
-    cdef Py_ssize_t ws_stride = 0 if pointwise else cols_size + (C_out * block * L if block > 1 else 0)
-    cdef Py_ssize_t blocks = (N + block - 1) // block
+    cdef ConvDims d = _conv_dims(x.shape[0], weight.shape[0], weight.shape[1], groups,
+                                 in_size, kernel, stride, padding, dilation, out_size, block)
+    cdef Py_ssize_t K = weight.shape[1]
+    cdef Py_ssize_t blocks = (d.N + block - 1) // block
     cdef bint has_bias = bias.shape[0] > 0
     cdef floating* ws = &workspace[0] if workspace.shape[0] > 0 else NULL
     cdef const floating* cols
@@ -111,39 +161,39 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] weight,
     cdef floating b
     cdef Py_ssize_t j, n0, nb, ld, s_, n, gi, co, l
     cdef int tid
-    if N == 0 or L == 0:
+    if d.N == 0 or d.L == 0:
         return
     with nogil, parallel(num_threads=num_threads):
         for j in prange(blocks, schedule='static'):
             tid = threadid()
             n0 = j * block
-            nb = block if n0 + block <= N else N - n0
-            ld = nb * L
-            if pointwise:
+            nb = block if n0 + block <= d.N else d.N - n0
+            ld = nb * d.L
+            if d.pointwise:
                 cols = &x[n0, 0]                    # nb == 1: the columns are the sample
             else:
-                cols_w = ws + tid * ws_stride
+                cols_w = ws + tid * d.ws_stride
                 for s_ in range(nb):
-                    _im2col_sample(&x[n0 + s_, 0], cols_w + s_ * L, C, S, ld, &g)
+                    _im2col_sample(&x[n0 + s_, 0], cols_w + s_ * d.L, d.C_in, d.S, ld, &d.g)
                 cols = cols_w
             # one sample: straight into out[n0]; several: into scratch, then to each sample
-            dst = &out[n0, 0] if nb == 1 else ws + tid * ws_stride + cols_size
+            dst = &out[n0, 0] if nb == 1 else ws + tid * d.ws_stride + d.cols_size
             for gi in range(groups):
-                gemm(False, False, <int> Cog, <int> ld, <int> K, <floating> 1.0,
-                     &weight[gi * Cog, 0], <int> K, cols + gi * K * ld, <int> ld,
-                     <floating> 0.0, dst + gi * Cog * ld, <int> ld)
+                gemm(False, False, <int> d.Cog, <int> ld, <int> K, <floating> 1.0,
+                     &weight[gi * d.Cog, 0], <int> K, cols + gi * K * ld, <int> ld,
+                     <floating> 0.0, dst + gi * d.Cog * ld, <int> ld)
             for s_ in range(nb):
                 n = n0 + s_
-                for co in range(C_out):
+                for co in range(d.C_out):
                     b = bias[co] if has_bias else 0
-                    row = &out[n, co * L]
+                    row = &out[n, co * d.L]
                     if nb == 1:
                         if has_bias or relu:
-                            for l in range(L):
+                            for l in range(d.L):
                                 row[l] = bias_relu(row[l], b, relu)
                     else:
-                        for l in range(L):
-                            row[l] = bias_relu(dst[co * ld + s_ * L + l], b, relu)
+                        for l in range(d.L):
+                            row[l] = bias_relu(dst[co * ld + s_ * d.L + l], b, relu)
 
 
 def conv_backward(const floating[:, ::1] x, const floating[:, ::1] weight,
@@ -159,15 +209,10 @@ def conv_backward(const floating[:, ::1] x, const floating[:, ::1] weight,
     (chunk j covers samples [j*N//n_chunks, (j+1)*N//n_chunks)); their sum in order is dL/dW.
     Within a chunk, samples go ``block`` at a time as in conv_forward.
     """
-    cdef Geom g = make_geom(in_size, kernel, stride, padding, dilation, out_size)
-    cdef Py_ssize_t N = x.shape[0], C_out = weight.shape[0], K = weight.shape[1]
-    cdef Py_ssize_t kk = g.kD * g.kH * g.kW
-    cdef Py_ssize_t Cg = K // kk, C = Cg * groups, Cog = C_out // groups
-    cdef Py_ssize_t S = g.D * g.H * g.W, L = g.oD * g.oH * g.oW
-    cdef bint pointwise = _is_pointwise(kernel, stride, padding)
-    cdef Py_ssize_t cols_size = 0 if pointwise else C * kk * block * L
-    cdef Py_ssize_t ws_stride = 0 if pointwise else cols_size + (C_out * block * L if block > 1 else 0)
-    cdef Py_ssize_t n_chunks = grad_w_parts.shape[0] if need_w else N
+    cdef ConvDims d = _conv_dims(x.shape[0], weight.shape[0], weight.shape[1], groups,
+                                 in_size, kernel, stride, padding, dilation, out_size, block)
+    cdef Py_ssize_t K = weight.shape[1]
+    cdef Py_ssize_t n_chunks = grad_w_parts.shape[0] if need_w else d.N
     cdef floating* ws = &workspace[0] if workspace.shape[0] > 0 else NULL
     cdef floating* cols
     cdef floating* dyb
@@ -176,62 +221,63 @@ def conv_backward(const floating[:, ::1] x, const floating[:, ::1] weight,
     cdef floating* dxn
     cdef Py_ssize_t j, n0, n1, m0, nb, ld, s_, co, gi
     cdef int tid
-    if N == 0:
+    if d.N == 0:
         return
-    if need_w and L == 0:
-        memset(&grad_w_parts[0, 0], 0, n_chunks * C_out * K * sizeof(floating))
-    if need_x and L == 0:
-        memset(&grad_x[0, 0], 0, N * C * S * sizeof(floating))
-    if L == 0:
+    if need_w and d.L == 0:
+        memset(&grad_w_parts[0, 0], 0, n_chunks * d.C_out * K * sizeof(floating))
+    if need_x and d.L == 0:
+        memset(&grad_x[0, 0], 0, d.N * d.C_in * d.S * sizeof(floating))
+    if d.L == 0:
         return
     with nogil, parallel(num_threads=num_threads):
         for j in prange(n_chunks, schedule='dynamic'):
             tid = threadid()
-            n0 = j * N // n_chunks
-            n1 = (j + 1) * N // n_chunks
+            n0 = j * d.N // n_chunks
+            n1 = (j + 1) * d.N // n_chunks
             if need_w:
                 dwp = &grad_w_parts[j, 0]
             m0 = n0
             while m0 < n1:
                 nb = block if m0 + block <= n1 else n1 - m0
-                ld = nb * L
+                ld = nb * d.L
                 # grad_output of the block as one (C_out, nb*L) matrix
                 if nb == 1:
                     dy = &grad_out[m0, 0]
                 else:
-                    dyb = ws + tid * ws_stride + cols_size
+                    dyb = ws + tid * d.ws_stride + d.cols_size
                     for s_ in range(nb):
-                        for co in range(C_out):
-                            memcpy(dyb + co * ld + s_ * L, &grad_out[m0 + s_, co * L],
-                                   L * sizeof(floating))
+                        for co in range(d.C_out):
+                            memcpy(dyb + co * ld + s_ * d.L, &grad_out[m0 + s_, co * d.L],
+                                   d.L * sizeof(floating))
                     dy = dyb
                 if need_w:
-                    if pointwise:
+                    if d.pointwise:
                         cols = <floating*> &x[m0, 0]     # nb == 1; read only below
                     else:
-                        cols = ws + tid * ws_stride
+                        cols = ws + tid * d.ws_stride
                         for s_ in range(nb):
-                            _im2col_sample(&x[m0 + s_, 0], cols + s_ * L, C, S, ld, &g)
+                            _im2col_sample(&x[m0 + s_, 0], cols + s_ * d.L, d.C_in, d.S, ld, &d.g)
                     for gi in range(groups):
-                        gemm(False, True, <int> Cog, <int> K, <int> ld, <floating> 1.0,
-                             dy + gi * Cog * ld, <int> ld, cols + gi * K * ld, <int> ld,
-                             <floating> (1.0 if m0 > n0 else 0.0), dwp + gi * Cog * K, <int> K)
+                        gemm(False, True, <int> d.Cog, <int> K, <int> ld, <floating> 1.0,
+                             dy + gi * d.Cog * ld, <int> ld, cols + gi * K * ld, <int> ld,
+                             <floating> (1.0 if m0 > n0 else 0.0), dwp + gi * d.Cog * K, <int> K)
                 if need_x:
-                    if pointwise:
+                    if d.pointwise:
                         # K == Cg: dx[n, group g] = W[g]^T dy[n, group g], written in place.
                         dxn = &grad_x[m0, 0]
                         for gi in range(groups):
-                            gemm(True, False, <int> K, <int> L, <int> Cog, <floating> 1.0,
-                                 &weight[gi * Cog, 0], <int> K, dy + gi * Cog * L, <int> L,
-                                 <floating> 0.0, dxn + gi * K * L, <int> L)
+                            gemm(True, False, <int> K, <int> d.L, <int> d.Cog, <floating> 1.0,
+                                 &weight[gi * d.Cog, 0], <int> K, dy + gi * d.Cog * d.L, <int> d.L,
+                                 <floating> 0.0, dxn + gi * K * d.L, <int> d.L)
                     else:
-                        cols = ws + tid * ws_stride
+                        cols = ws + tid * d.ws_stride
                         for gi in range(groups):
-                            gemm(True, False, <int> K, <int> ld, <int> Cog, <floating> 1.0,
-                                 &weight[gi * Cog, 0], <int> K, dy + gi * Cog * ld, <int> ld,
+                            gemm(True, False, <int> K, <int> ld, <int> d.Cog, <floating> 1.0,
+                                 &weight[gi * d.Cog, 0], <int> K, dy + gi * d.Cog * ld, <int> ld,
                                  <floating> 0.0, cols + gi * K * ld, <int> ld)
                         for s_ in range(nb):
-                            _col2im_sample(cols + s_ * L, &grad_x[m0 + s_, 0], C, S, ld, &g)
+                            _col2im_sample(cols + s_ * d.L, &grad_x[m0 + s_, 0], d.C_in, d.S,
+                                           ld, &d.g)
                 m0 = m0 + nb
 
 
@@ -295,13 +341,9 @@ def conv_transpose_forward(const floating[:, ::1] x, const floating[:, ::1] weig
 
     ``out_size`` is the transposed conv's output (the geometry's input), ``in_size`` its input.
     """
-    cdef Geom g = make_geom(out_size, kernel, stride, padding, dilation, in_size)
-    cdef Py_ssize_t N = x.shape[0], C_in = weight.shape[0], M = weight.shape[1]
-    cdef Py_ssize_t kk = g.kD * g.kH * g.kW
-    cdef Py_ssize_t Cog = M // kk, C_out = Cog * groups, Cg = C_in // groups
-    cdef Py_ssize_t S = g.D * g.H * g.W, L = g.oD * g.oH * g.oW
-    cdef bint pointwise = _transpose_is_pointwise(kernel, stride, padding, out_size, in_size)
-    cdef Py_ssize_t ws_stride = 0 if pointwise else C_out * kk * L
+    cdef ConvDims d = _conv_transpose_dims(x.shape[0], weight.shape[0], weight.shape[1], groups,
+                                           out_size, kernel, stride, padding, dilation, in_size)
+    cdef Py_ssize_t M = weight.shape[1]
     cdef bint has_bias = bias.shape[0] > 0
     cdef floating* ws = &workspace[0] if workspace.shape[0] > 0 else NULL
     cdef floating* cols
@@ -310,24 +352,24 @@ def conv_transpose_forward(const floating[:, ::1] x, const floating[:, ::1] weig
     cdef floating b
     cdef Py_ssize_t n, gi, co, l
     cdef int tid
-    if N == 0 or S == 0:
+    if d.N == 0 or d.S == 0:
         return
     with nogil, parallel(num_threads=num_threads):
-        for n in prange(N, schedule='static'):
+        for n in prange(d.N, schedule='static'):
             tid = threadid()
             yn = &out[n, 0]
-            cols = yn if pointwise else ws + tid * ws_stride
+            cols = yn if d.pointwise else ws + tid * d.ws_stride
             for gi in range(groups):
-                gemm(True, False, <int> M, <int> L, <int> Cg, <floating> 1.0,
-                     &weight[gi * Cg, 0], <int> M, &x[n, gi * Cg * L], <int> L,
-                     <floating> 0.0, cols + gi * M * L, <int> L)
-            if not pointwise:
-                _col2im_sample(cols, yn, C_out, S, L, &g)
+                gemm(True, False, <int> M, <int> d.L, <int> d.Cg, <floating> 1.0,
+                     &weight[gi * d.Cg, 0], <int> M, &x[n, gi * d.Cg * d.L], <int> d.L,
+                     <floating> 0.0, cols + gi * M * d.L, <int> d.L)
+            if not d.pointwise:
+                _col2im_sample(cols, yn, d.C_out, d.S, d.L, &d.g)
             if has_bias:
-                for co in range(C_out):
+                for co in range(d.C_out):
                     b = bias[co]
-                    row = yn + co * S
-                    for l in range(S):
+                    row = yn + co * d.S
+                    for l in range(d.S):
                         row[l] = row[l] + b
 
 
@@ -343,45 +385,41 @@ def conv_transpose_backward(const floating[:, ::1] x, const floating[:, ::1] wei
     (n_chunks, C_in*Cog*kk) receives one partial per fixed chunk of samples if need_w (as
     conv_backward: chunk j is samples [j*N//n_chunks, (j+1)*N//n_chunks), summed in order).
     """
-    cdef Geom g = make_geom(out_size, kernel, stride, padding, dilation, in_size)
-    cdef Py_ssize_t N = x.shape[0], C_in = weight.shape[0], M = weight.shape[1]
-    cdef Py_ssize_t kk = g.kD * g.kH * g.kW
-    cdef Py_ssize_t Cog = M // kk, C_out = Cog * groups, Cg = C_in // groups
-    cdef Py_ssize_t S = g.D * g.H * g.W, L = g.oD * g.oH * g.oW
-    cdef bint pointwise = _transpose_is_pointwise(kernel, stride, padding, out_size, in_size)
-    cdef Py_ssize_t ws_stride = 0 if pointwise else C_out * kk * L
-    cdef Py_ssize_t n_chunks = grad_w_parts.shape[0] if need_w else N
+    cdef ConvDims d = _conv_transpose_dims(x.shape[0], weight.shape[0], weight.shape[1], groups,
+                                           out_size, kernel, stride, padding, dilation, in_size)
+    cdef Py_ssize_t M = weight.shape[1]
+    cdef Py_ssize_t n_chunks = grad_w_parts.shape[0] if need_w else d.N
     cdef floating* ws = &workspace[0] if workspace.shape[0] > 0 else NULL
     cdef floating* cols
     cdef floating* dwp
     cdef const floating* dyn
     cdef Py_ssize_t j, n, n0, n1, gi
     cdef int tid
-    if N == 0:
+    if d.N == 0:
         return
-    if L == 0:
+    if d.L == 0:
         if need_w:
-            memset(&grad_w_parts[0, 0], 0, n_chunks * C_in * M * sizeof(floating))
+            memset(&grad_w_parts[0, 0], 0, n_chunks * d.C_in * M * sizeof(floating))
         return
     with nogil, parallel(num_threads=num_threads):
         for j in prange(n_chunks, schedule='dynamic'):
             tid = threadid()
-            n0 = j * N // n_chunks
-            n1 = (j + 1) * N // n_chunks
+            n0 = j * d.N // n_chunks
+            n1 = (j + 1) * d.N // n_chunks
             for n in range(n0, n1):
                 dyn = &grad_out[n, 0]
-                if pointwise:
+                if d.pointwise:
                     cols = <floating*> dyn      # read only below
                 else:
-                    cols = ws + tid * ws_stride
-                    _im2col_sample(dyn, cols, C_out, S, L, &g)
+                    cols = ws + tid * d.ws_stride
+                    _im2col_sample(dyn, cols, d.C_out, d.S, d.L, &d.g)
                 for gi in range(groups):
                     if need_w:
-                        gemm(False, True, <int> Cg, <int> M, <int> L, <floating> 1.0,
-                             &x[n, gi * Cg * L], <int> L, cols + gi * M * L, <int> L,
+                        gemm(False, True, <int> d.Cg, <int> M, <int> d.L, <floating> 1.0,
+                             &x[n, gi * d.Cg * d.L], <int> d.L, cols + gi * M * d.L, <int> d.L,
                              <floating> (1.0 if n > n0 else 0.0),
-                             &grad_w_parts[j, gi * Cg * M], <int> M)
+                             &grad_w_parts[j, gi * d.Cg * M], <int> M)
                     if need_x:
-                        gemm(False, False, <int> Cg, <int> L, <int> M, <floating> 1.0,
-                             &weight[gi * Cg, 0], <int> M, cols + gi * M * L, <int> L,
-                             <floating> 0.0, &grad_x[n, gi * Cg * L], <int> L)
+                        gemm(False, False, <int> d.Cg, <int> d.L, <int> M, <floating> 1.0,
+                             &weight[gi * d.Cg, 0], <int> M, cols + gi * M * d.L, <int> d.L,
+                             <floating> 0.0, &grad_x[n, gi * d.Cg * d.L], <int> d.L)
