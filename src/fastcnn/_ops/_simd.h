@@ -2,8 +2,10 @@
  * normalizations), compiled for several x86-64 levels in one wheel.
  *
  * The op structure (rows, blocks, threads, statistics, coefficients) lives in Cython; this
- * header only holds the loops over contiguous elements, each written once (a macro expanded
- * for float and double). Cython reaches them through _simd.pxd.
+ * header only holds the loops over contiguous elements. Each is written once, as plain C over
+ * the float type FC_T, in _simd_kernels.inc, which this header includes once per (level, float
+ * type) as _conv_direct.h does with _conv_direct.inc; _simd_entries.inc then gives each kernel
+ * its entry point per type (fc_<name>_f, fc_<name>_d). Cython reaches them through _simd.pxd.
  *
  * Dispatch. With GCC >= 12 on x86-64 Linux (glibc), each kernel is compiled three times
  * (target attributes: x86-64-v4 = AVX-512, x86-64-v3 = AVX2 + FMA, and the baseline the module
@@ -94,10 +96,10 @@ __attribute__((constructor)) static void fc_simd_init(void)
     (fc_simd_level == FC_LEVEL_V4 ? name##_v4 args                                         \
      : fc_simd_level == FC_LEVEL_V3 ? name##_v3 args : name##_base args)
 
-/* Each kernel: its body compiled three times (name_v4 for AVX-512, name_v3 for AVX2 + FMA,
- * name_base for the baseline the module is built for), and the entry point the Cython code
- * calls (name), which runs the copy of the module's level: a branch on a variable set once,
- * always predicted. */
+/* FC_KERNEL (used by _pool.h's kernels; this header's own are in _simd_kernels.inc): its body
+ * compiled three times (name_v4 for AVX-512, name_v3 for AVX2 + FMA, name_base for the baseline
+ * the module is built for), and the entry point the Cython code calls (name), which runs the
+ * copy of the module's level: a branch on a variable set once, always predicted. */
 #  define FC_KERNEL(ret, name, params, args, ...)                                          \
     static FC_UNUSED FC_TARGET_V4 ret name##_v4 params __VA_ARGS__                         \
     static FC_UNUSED FC_TARGET_V3 ret name##_v3 params __VA_ARGS__                         \
@@ -238,7 +240,8 @@ FC_INLINE double fc_total_d(const double *a)
 /* batch norm's value before a fused ReLU (see fc_affine_relu) */
 #define FC_BN_VALUE(x, hi, a, c) (((x) - (hi)) * (a) + (c))
 
-/* t1 += sum over k < n of TERM1 and t2 += sum of TERM2 (expressions of the index named k), in
+/* Inside _simd_kernels.inc (FC_T, FC_LANES and FC_TOTAL set by the inclusion):
+ * t1 += sum over k < n of TERM1 and t2 += sum of TERM2 (expressions of the index named k), in
  * one sweep. Lane j adds the terms k = j mod LANES of each block of FC_BLOCK elements in the
  * input precision (FC_BLOCK / LANES of them: short sums of values shifted near zero, or of
  * positive terms, lose nothing that matters), then adds its block partial to its own double;
@@ -247,323 +250,102 @@ FC_INLINE double fc_total_d(const double *a)
  * every copy. */
 /* one step of every lane (terms k = base + j), and a block's lane partials added to the
  * double lanes (parts of FC_LANE_SUM2) */
-#define FC_LANES_STEP(S, base, k, TERM1, TERM2)                                            \
-    for (j_ = 0; j_ < FC_LANES_##S; j_++) {                                                \
+#define FC_LANES_STEP(base, k, TERM1, TERM2)                                               \
+    for (j_ = 0; j_ < FC_LANES; j_++) {                                                    \
         const ptrdiff_t k = (base) + j_;                                                   \
         a_[j_] += (TERM1);                                                                 \
         q_[j_] += (TERM2);                                                                 \
     }
-#define FC_LANES_FLUSH(S)                                                                  \
-    for (j_ = 0; j_ < FC_LANES_##S; j_++) {                                                \
+#define FC_LANES_FLUSH()                                                                   \
+    for (j_ = 0; j_ < FC_LANES; j_++) {                                                    \
         d_[j_] += a_[j_];                                                                  \
         e_[j_] += q_[j_];                                                                  \
         a_[j_] = q_[j_] = 0;                                                               \
     }
 
-#define FC_LANE_SUM2(T, S, t1, t2, n, k, TERM1, TERM2)                                     \
+#define FC_LANE_SUM2(t1, t2, n, k, TERM1, TERM2)                                           \
     do {                                                                                   \
-        T a_[FC_LANES_##S], q_[FC_LANES_##S];                                              \
-        double d_[FC_LANES_##S], e_[FC_LANES_##S];                                         \
+        FC_T a_[FC_LANES], q_[FC_LANES];                                                   \
+        double d_[FC_LANES], e_[FC_LANES];                                                 \
         const ptrdiff_t full_ = (n) / FC_BLOCK * FC_BLOCK;                                 \
         ptrdiff_t i_ = 0, b_;                                                              \
         int j_;                                                                            \
-        for (j_ = 0; j_ < FC_LANES_##S; j_++) {                                            \
+        for (j_ = 0; j_ < FC_LANES; j_++) {                                                \
             d_[j_] = e_[j_] = 0.0;                                                         \
             a_[j_] = q_[j_] = 0;                                                           \
         }                                                                                  \
         for (; i_ < full_; i_ += FC_BLOCK) {          /* full blocks: a fixed trip count */ \
-            for (b_ = 0; b_ < FC_BLOCK; b_ += FC_LANES_##S)                                \
-                FC_LANES_STEP(S, i_ + b_, k, TERM1, TERM2)                                 \
-            FC_LANES_FLUSH(S)                                                              \
+            for (b_ = 0; b_ < FC_BLOCK; b_ += FC_LANES)                                    \
+                FC_LANES_STEP(i_ + b_, k, TERM1, TERM2)                                    \
+            FC_LANES_FLUSH()                                                               \
         }                                                                                  \
         if (i_ < (n)) {                               /* the last, partial block */        \
-            for (; i_ + FC_LANES_##S <= (n); i_ += FC_LANES_##S)                           \
-                FC_LANES_STEP(S, i_, k, TERM1, TERM2)                                      \
+            for (; i_ + FC_LANES <= (n); i_ += FC_LANES)                                   \
+                FC_LANES_STEP(i_, k, TERM1, TERM2)                                         \
             for (j_ = 0; i_ < (n); i_++, j_++) {                                           \
                 const ptrdiff_t k = i_;                                                    \
                 a_[j_] += (TERM1);                                                         \
                 q_[j_] += (TERM2);                                                         \
             }                                                                              \
-            FC_LANES_FLUSH(S)                                                              \
+            FC_LANES_FLUSH()                                                               \
         }                                                                                  \
-        t1 += fc_total_##S(d_);                                                            \
-        t2 += fc_total_##S(e_);                                                            \
+        t1 += FC_TOTAL(d_);                                                                \
+        t2 += FC_TOTAL(e_);                                                                \
     } while (0)
 
 /* total += sum over k < n of TERM, as FC_LANE_SUM2 with a second sum of zeros that nothing
  * reads (the compiler drops it: the same instructions as a one-sum loop, measured) */
-#define FC_LANE_SUM(T, S, total, n, k, TERM)                                               \
+#define FC_LANE_SUM(total, n, k, TERM)                                                     \
     do {                                                                                   \
         double fc_unused_ = 0.0;                                                           \
-        FC_LANE_SUM2(T, S, total, fc_unused_, n, k, TERM, (T) 0);                          \
+        FC_LANE_SUM2(total, fc_unused_, n, k, TERM, (FC_T) 0);                             \
         (void) fc_unused_;                                                                 \
     } while (0)
 
-/* ---- the kernels, for T = float (suffix _f) and double (_d) ----------------------------- */
+/* ---- the kernels: _simd_kernels.inc, once per (level, float type) ----------------------- */
 
-#define FC_DEFINE_KERNELS(T, S)                                                            \
-                                                                                           \
-/* max of x[0..n), n >= 1 (a NaN is kept only as x[0]: the exp of a NaN makes its row      \
- * NaN anyway) */                                                                          \
-FC_KERNEL(T, fc_max_##S, (const T *x, ptrdiff_t n), (x, n), {                              \
-    T a[FC_LANES_##S];                                                                     \
-    ptrdiff_t i = 0;                                                                       \
-    int j;                                                                                 \
-    T m;                                                                                   \
-    for (j = 0; j < FC_LANES_##S; j++)                                                     \
-        a[j] = x[0];                                                                       \
-    for (; i + FC_LANES_##S <= n; i += FC_LANES_##S)                                       \
-        for (j = 0; j < FC_LANES_##S; j++)                                                 \
-            a[j] = x[i + j] > a[j] ? x[i + j] : a[j];                                      \
-    for (j = 0; i < n; i++, j++)                                                           \
-        a[j] = x[i] > a[j] ? x[i] : a[j];                                                  \
-    m = a[0];                                                                              \
-    for (j = 1; j < FC_LANES_##S; j++)                                                     \
-        m = a[j] > m ? a[j] : m;                                                           \
-    return m;                                                                              \
-})                                                                                         \
-                                                                                           \
-/* sum (x - shift) */                                                                      \
-FC_KERNEL(double, fc_sum_##S, (const T *x, ptrdiff_t n, T shift), (x, n, shift), {         \
-    double total = 0.0;                                                                    \
-    FC_LANE_SUM(T, S, total, n, k, x[k] - shift);                                          \
-    return total;                                                                          \
-})                                                                                         \
-                                                                                           \
-/* s1 += sum (x - shift), s2 += sum (x - shift)^2, one sweep */                            \
-FC_KERNEL_VOID(fc_moments_##S, (const T *x, ptrdiff_t n, T shift, double *s1, double *s2), \
-               (x, n, shift, s1, s2), {                                                    \
-    double a = 0.0, q = 0.0;                                                               \
-    FC_LANE_SUM2(T, S, a, q, n, k, x[k] - shift, (x[k] - shift) * (x[k] - shift));         \
-    *s1 += a;                                                                              \
-    *s2 += q;                                                                              \
-})                                                                                         \
-                                                                                           \
-/* sum (x - mean)^2 for mean = hi + lo, as sum (x - hi)^2 - n lo^2: the cross term         \
- * 2 lo sum (x - hi - lo) is 2 lo n (mean_exact - mean), relatively ~1e-14 |mean| / std */ \
-FC_KERNEL(double, fc_sum_sq_dev_##S, (const T *x, ptrdiff_t n, T hi, T lo),                \
-          (x, n, hi, lo), {                                                                \
-    double total = 0.0;                                                                    \
-    FC_LANE_SUM(T, S, total, n, k, (x[k] - hi) * (x[k] - hi));                             \
-    return total - (double) n * lo * lo;                                                   \
-})                                                                                         \
-                                                                                           \
-/* sum a * b */                                                                            \
-FC_KERNEL(double, fc_dot_##S, (const T *a, const T *b, ptrdiff_t n), (a, b, n), {          \
-    double total = 0.0;                                                                    \
-    FC_LANE_SUM(T, S, total, n, k, a[k] * b[k]);                                           \
-    return total;                                                                          \
-})                                                                                         \
-                                                                                           \
-/* sum exp(x - shift) */                                                                   \
-FC_KERNEL(double, fc_sum_exp_##S, (const T *x, ptrdiff_t n, T shift), (x, n, shift), {     \
-    double total = 0.0;                                                                    \
-    FC_LANE_SUM(T, S, total, n, k, fc_exp_##S(x[k] - shift));                              \
-    return total;                                                                          \
-})                                                                                         \
-                                                                                           \
-/* y = exp(x - shift); returns sum y (y may be x) */                                       \
-FC_KERNEL(double, fc_exp_store_##S, (const T *x, T *y, ptrdiff_t n, T shift),              \
-          (x, y, n, shift), {                                                              \
-    double total = 0.0;                                                                    \
-    FC_LANE_SUM(T, S, total, n, k, y[k] = fc_exp_##S(x[k] - shift));                       \
-    return total;                                                                          \
-})                                                                                         \
-                                                                                           \
-/* s1 += sum g, s2 += sum g * ((x - hi) - lo) with g = dy * w (w NULL: g = dy). The loop   \
- * subtracts hi only; lo * sum g comes off afterwards (lo is below half an ulp of hi). */  \
-FC_KERNEL_VOID(fc_grad_sums_##S, (const T *dy, const T *w, const T *x, ptrdiff_t n,        \
-                                  T hi, double lo, double *s1, double *s2),                \
-               (dy, w, x, n, hi, lo, s1, s2), {                                            \
-    double g = 0.0, gx = 0.0;                                                              \
-    if (w == NULL)                                                                         \
-        FC_LANE_SUM2(T, S, g, gx, n, k, dy[k], dy[k] * (x[k] - hi));                       \
-    else                                                                                   \
-        FC_LANE_SUM2(T, S, g, gx, n, k, dy[k] * w[k], dy[k] * w[k] * (x[k] - hi));         \
-    *s1 += g;                                                                              \
-    *s2 += gx - g * lo;                                                                    \
-})                                                                                         \
-                                                                                           \
-/* y = (x - (hi + lo)) * a + b, as (x - hi) * a + c with c = b - lo * a formed in double   \
- * (x - hi is exact near the mean) */                                                      \
-FC_KERNEL_VOID(fc_affine_##S, (const T *x, T *y, ptrdiff_t n, T hi, T lo, T a, T b),       \
-               (x, y, n, hi, lo, a, b), {                                                  \
-    const T c = (T) ((double) b - (double) lo * a);                                        \
-    ptrdiff_t i;                                                                           \
-    for (i = 0; i < n; i++)                                                                \
-        y[i] = FC_BN_VALUE(x[i], hi, a, c);                                                \
-})                                                                                         \
-                                                                                           \
-/* Batch norm followed by ReLU, fused (the ReLU's own read and write of the activation       \
- * saved). FC_BN_VALUE is the normalized value before the ReLU, formed as in fc_affine; the  \
- * gradient kernels recompute it from x with the same expression in the same copy (the       \
- * same contraction into FMA or not), so that their mask is exactly y > 0. */               \
-FC_KERNEL_VOID(fc_affine_relu_##S, (const T *x, T *y, ptrdiff_t n, T hi, T lo, T a, T b),  \
-               (x, y, n, hi, lo, a, b), {                                                  \
-    const T c = (T) ((double) b - (double) lo * a);                                        \
-    ptrdiff_t i;                                                                           \
-    T v;                                                                                   \
-    for (i = 0; i < n; i++) {                                                              \
-        v = FC_BN_VALUE(x[i], hi, a, c);                                                   \
-        y[i] = !(v <= 0) ? v : 0;           /* NaN kept, -0 -> 0: as relu */               \
-    }                                                                                      \
-})                                                                                         \
-                                                                                           \
-/* grad_sums of g = dy masked by relu's y > 0, y = FC_BN_VALUE(x, hi, fa, fb - lo * fa)    \
- * (fa, fb: the forward's scale and shift) */                                              \
-FC_KERNEL_VOID(fc_grad_sums_relu_##S, (const T *dy, const T *x, ptrdiff_t n, T hi, T lo,   \
-                                       T fa, T fb, double *s1, double *s2),                \
-               (dy, x, n, hi, lo, fa, fb, s1, s2), {                                       \
-    const T fc = (T) ((double) fb - (double) lo * fa);                                     \
-    double g = 0.0, gx = 0.0;                                                              \
-    FC_LANE_SUM2(T, S, g, gx, n, k,                                                        \
-                 FC_BN_VALUE(x[k], hi, fa, fc) > 0 ? dy[k] : 0,                            \
-                 (FC_BN_VALUE(x[k], hi, fa, fc) > 0 ? dy[k] : 0) * (x[k] - hi));           \
-    *s1 += g;                                                                              \
-    *s2 += gx - g * (double) lo;                                                           \
-})                                                                                         \
-                                                                                           \
-/* grad_apply of the masked g (as fc_grad_sums_relu) */                                    \
-FC_KERNEL_VOID(fc_grad_apply_relu_##S, (const T *dy, const T *x, T *dx, ptrdiff_t n, T hi, \
-                                        T lo, T a, T b, T k, T fa, T fb),                  \
-               (dy, x, dx, n, hi, lo, a, b, k, fa, fb), {                                  \
-    const T c = (T) ((double) k - (double) lo * b);                                        \
-    const T fc = (T) ((double) fb - (double) lo * fa);                                     \
-    ptrdiff_t i;                                                                           \
-    T g;                                                                                   \
-    for (i = 0; i < n; i++) {                                                              \
-        g = FC_BN_VALUE(x[i], hi, fa, fc) > 0 ? dy[i] : 0;                                 \
-        dx[i] = g * a + ((x[i] - hi) * b + c);                                             \
-    }                                                                                      \
-})                                                                                         \
-                                                                                           \
-/* y = xhat * w + b with xhat = (x - (hi + lo)) * rs = (x - hi) * rs + c, c = -lo * rs;    \
- * w and b per element (either may be NULL) */                                             \
-FC_KERNEL_VOID(fc_affine_vec_##S, (const T *x, T *y, ptrdiff_t n, T hi, T lo, T rs,        \
-                                   const T *w, const T *b),                                \
-               (x, y, n, hi, lo, rs, w, b), {                                              \
-    const T c = (T) (-(double) lo * rs);                                                   \
-    ptrdiff_t i;                                                                           \
-    if (w != NULL && b != NULL)                                                            \
-        for (i = 0; i < n; i++)                                                            \
-            y[i] = ((x[i] - hi) * rs + c) * w[i] + b[i];                                   \
-    else if (w != NULL)                                                                    \
-        for (i = 0; i < n; i++)                                                            \
-            y[i] = ((x[i] - hi) * rs + c) * w[i];                                          \
-    else if (b != NULL)                                                                    \
-        for (i = 0; i < n; i++)                                                            \
-            y[i] = ((x[i] - hi) * rs + c) + b[i];                                          \
-    else                                                                                   \
-        for (i = 0; i < n; i++)                                                            \
-            y[i] = (x[i] - hi) * rs + c;                                                   \
-})                                                                                         \
-                                                                                           \
-/* dx = g * a + (x - (hi + lo)) * b + k with g = dy * w (w NULL: g = dy), as               \
- * g * a + ((x - hi) * b + c), c = k - lo * b formed in double */                          \
-FC_KERNEL_VOID(fc_grad_apply_##S, (const T *dy, const T *w, const T *x, T *dx,             \
-                                   ptrdiff_t n, T hi, T lo, T a, T b, T k),                \
-               (dy, w, x, dx, n, hi, lo, a, b, k), {                                       \
-    const T c = (T) ((double) k - (double) lo * b);                                        \
-    ptrdiff_t i;                                                                           \
-    if (w == NULL)                                                                         \
-        for (i = 0; i < n; i++)                                                            \
-            dx[i] = dy[i] * a + ((x[i] - hi) * b + c);                                     \
-    else                                                                                   \
-        for (i = 0; i < n; i++)                                                            \
-            dx[i] = dy[i] * w[i] * a + ((x[i] - hi) * b + c);                              \
-})                                                                                         \
-                                                                                           \
-/* per-element affine-gradient partials: gw += dy * xhat, gb += dy, with                   \
- * xhat = (x - (hi + lo)) * rs = (x - hi) * rs + c; gw and gb alias nothing else           \
- * (restrict: in double, GCC would otherwise give up on the alias checks) */               \
-FC_KERNEL_VOID(fc_affine_grads_##S, (const T *dy, const T *x, ptrdiff_t n, T hi, T lo,     \
-                                     T rs, double *restrict gw, double *restrict gb),      \
-               (dy, x, n, hi, lo, rs, gw, gb), {                                           \
-    const T c = (T) (-(double) lo * rs);                                                   \
-    ptrdiff_t i;                                                                           \
-    for (i = 0; i < n; i++) {                                                              \
-        gw[i] += dy[i] * ((x[i] - hi) * rs + c);                                           \
-        gb[i] += dy[i];                                                                    \
-    }                                                                                      \
-})                                                                                         \
-                                                                                           \
-/* the same for 4 rows ld apart, with their own hi, lo, rs: the 4 rows' terms are added in \
- * the input precision first, then once to gw and gb (a quarter of the double traffic) */  \
-FC_KERNEL_VOID(fc_affine_grads4_##S, (const T *dy, const T *x, ptrdiff_t ld, ptrdiff_t n,  \
-                                      const T *hi, const T *lo, const T *rs,               \
-                                      double *restrict gw, double *restrict gb),           \
-               (dy, x, ld, n, hi, lo, rs, gw, gb), {                                       \
-    const T h0 = hi[0], h1 = hi[1], h2 = hi[2], h3 = hi[3];                                \
-    const T r0 = rs[0], r1 = rs[1], r2 = rs[2], r3 = rs[3];                                \
-    const T c0 = (T) (-(double) lo[0] * r0), c1 = (T) (-(double) lo[1] * r1);              \
-    const T c2 = (T) (-(double) lo[2] * r2), c3 = (T) (-(double) lo[3] * r3);              \
-    const T *y0 = dy, *y1 = dy + ld, *y2 = dy + 2 * ld, *y3 = dy + 3 * ld;                 \
-    const T *x0 = x, *x1 = x + ld, *x2 = x + 2 * ld, *x3 = x + 3 * ld;                     \
-    ptrdiff_t i;                                                                           \
-    for (i = 0; i < n; i++) {                                                              \
-        gw[i] += (y0[i] * ((x0[i] - h0) * r0 + c0) + y1[i] * ((x1[i] - h1) * r1 + c1))     \
-                 + (y2[i] * ((x2[i] - h2) * r2 + c2) + y3[i] * ((x3[i] - h3) * r3 + c3));  \
-        gb[i] += (y0[i] + y1[i]) + (y2[i] + y3[i]);                                        \
-    }                                                                                      \
-})                                                                                         \
-                                                                                           \
-/* y *= a */                                                                               \
-FC_KERNEL_VOID(fc_scale_##S, (T *y, ptrdiff_t n, T a), (y, n, a), {                        \
-    ptrdiff_t i;                                                                           \
-    for (i = 0; i < n; i++)                                                                \
-        y[i] *= a;                                                                         \
-})                                                                                         \
-                                                                                           \
-/* dx = y * (dy - s): softmax's backward */                                                \
-FC_KERNEL_VOID(fc_mul_sub_##S, (const T *y, const T *dy, T *dx, ptrdiff_t n, T s),         \
-               (y, dy, dx, n, s), {                                                        \
-    ptrdiff_t i;                                                                           \
-    for (i = 0; i < n; i++)                                                                \
-        dx[i] = y[i] * (dy[i] - s);                                                        \
-})                                                                                         \
-                                                                                           \
-/* dx = dy - exp(y) * s: log_softmax's backward */                                         \
-FC_KERNEL_VOID(fc_sub_exp_##S, (const T *dy, const T *y, T *dx, ptrdiff_t n, T s),         \
-               (dy, y, dx, n, s), {                                                        \
-    ptrdiff_t i;                                                                           \
-    for (i = 0; i < n; i++)                                                                \
-        dx[i] = dy[i] - fc_exp_##S(y[i]) * s;                                              \
-})                                                                                         \
-                                                                                           \
-/* columns: m[i] = max(m[i], x[i]) (a NaN in x is skipped, as in fc_max) */                \
-FC_KERNEL_VOID(fc_max_cols_##S, (T *m, const T *x, ptrdiff_t n), (m, x, n), {              \
-    ptrdiff_t i;                                                                           \
-    for (i = 0; i < n; i++)                                                                \
-        m[i] = x[i] > m[i] ? x[i] : m[i];                                                  \
-})                                                                                         \
-                                                                                           \
-/* columns: e = exp(x - shift[i]); acc[i] += e; y[i] = e (y may be NULL) */                \
-FC_KERNEL_VOID(fc_exp_acc_##S, (const T *x, const T *shift, T *y, double *acc,             \
-                                ptrdiff_t n),                                              \
-               (x, shift, y, acc, n), {                                                    \
-    ptrdiff_t i;                                                                           \
-    T e;                                                                                   \
-    if (y == NULL)                                                                         \
-        for (i = 0; i < n; i++)                                                            \
-            acc[i] += fc_exp_##S(x[i] - shift[i]);                                         \
-    else                                                                                   \
-        for (i = 0; i < n; i++) {                                                          \
-            e = fc_exp_##S(x[i] - shift[i]);                                               \
-            acc[i] += e;                                                                   \
-            y[i] = e;                                                                      \
-        }                                                                                  \
-})                                                                                         \
-                                                                                           \
-/* columns: dx = dy - exp(y) * s[i] */                                                     \
-FC_KERNEL_VOID(fc_sub_exp_cols_##S, (const T *dy, const T *y, T *dx, const T *s,           \
-                                     ptrdiff_t n),                                         \
-               (dy, y, dx, s, n), {                                                        \
-    ptrdiff_t i;                                                                           \
-    for (i = 0; i < n; i++)                                                                \
-        dx[i] = dy[i] - fc_exp_##S(y[i]) * s[i];                                           \
-})
+/* Names inside the included files: FC_KERNEL_NAME(fc_max) is fc_max_f_v4 (float, AVX-512 copy)
+ * and so on, FC_ENTRY_NAME(fc_max) is fc_max_f, and FC_CALL(fc_max, args) calls the copy of this
+ * module's level. */
+#define FC_KERNEL_NAME(name) FC_NAME_AT_(name, FC_S, FC_LEVEL)
+#define FC_ENTRY_NAME(name) FC_ENTRY_NAME_(name, FC_S)
+#define FC_NAME_AT(name, level) FC_NAME_AT_(name, FC_S, level)
+#define FC_NAME_AT_(name, s, level) FC_NAME_AT__(name, s, level)
+#define FC_NAME_AT__(name, s, level) name##_##s##_##level
+#define FC_ENTRY_NAME_(name, s) FC_ENTRY_NAME__(name, s)
+#define FC_ENTRY_NAME__(name, s) name##_##s
+#if FC_DISPATCH
+#  define FC_CALL(name, args)                                                              \
+    (fc_simd_level == FC_LEVEL_V4 ? FC_NAME_AT(name, v4) args                              \
+     : fc_simd_level == FC_LEVEL_V3 ? FC_NAME_AT(name, v3) args : FC_NAME_AT(name, base) args)
+#else
+#  define FC_CALL(name, args) (FC_NAME_AT(name, base) args)
+#endif
 
-FC_DEFINE_KERNELS(float, f)
-FC_DEFINE_KERNELS(double, d)
+#define FC_SIMD_INC "_simd_kernels.inc"
+#if FC_DISPATCH
+#  pragma GCC push_options
+#  pragma GCC target("arch=x86-64-v4")
+#  define FC_LEVEL v4
+#  include "_simd_types.inc"
+#  undef FC_LEVEL
+#  pragma GCC pop_options
+#  pragma GCC push_options
+#  pragma GCC target("arch=x86-64-v3")
+#  define FC_LEVEL v3
+#  include "_simd_types.inc"
+#  undef FC_LEVEL
+#  pragma GCC pop_options
+#endif
+/* the baseline the module is built for: the only copy without dispatch */
+#define FC_LEVEL base
+#include "_simd_types.inc"
+#undef FC_LEVEL
+#undef FC_SIMD_INC
+
+/* the entry points the Cython code calls: fc_max_f, fc_max_d, ... */
+#define FC_SIMD_INC "_simd_entries.inc"
+#include "_simd_types.inc"
+#undef FC_SIMD_INC
 
 #endif /* FASTCNN_SIMD_H */
