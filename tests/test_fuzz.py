@@ -1,6 +1,6 @@
 """Robustness fuzzing: random valid and invalid arguments thrown at every public functional op.
 
-The contract (DESIGN.md, Conventions): whatever is passed, an op returns a right answer (float
+The contract (README.md, "Functional ops"): whatever is passed, an op returns a right answer (float
 arrays of the expected dtype, finite where every input is finite, with torch's shape and values
 when torch computes the same call) or raises ValueError/TypeError whose message starts with the
 op's name. Anything else (another exception, a crash, non-finite garbage) fails.

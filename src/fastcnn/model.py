@@ -1,6 +1,6 @@
 """Model: a graph of layers built from a config dict (or a .json / .yaml file).
 
-Config (see DESIGN.md)::
+Config (README.md, "A model from a dict", lists every key)::
 
     {"name": "lenet5", "input_shape": [1, 28, 28], "dtype": "float32", "seed": 0,
      "init": {"weight": "kaiming_normal", "bias": "zeros"},

@@ -17,7 +17,11 @@ def simd_path():
     """The code the vector kernels (_simd.h, _conv_direct.h, _pool.h) run: "x86-64-v4"
     (AVX-512), "x86-64-v3" (AVX2 + FMA), "baseline" (older CPUs), or "portable" for a build
     without dispatch (not GCC >= 12 on x86-64 Linux with glibc). The best level the CPU
-    supports, or the lower one that FASTCNN_SIMD (x86-64-v3 or baseline) asks for."""
+    supports, or the lower one that FASTCNN_SIMD (x86-64-v3 or baseline) asks for.
+
+    It also picks the convolution algorithms: functional/_conv_algorithms.py applies the rule
+    table measured for this level (``machine_isa()``), so a lower FASTCNN_SIMD changes which
+    algorithm runs as well as the vector code."""
     return fc_simd_path().decode()
 
 
