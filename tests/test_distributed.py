@@ -87,6 +87,18 @@ def test_every_rank_takes_its_share_of_the_same_global_batches():
     assert not np.array_equal(other, single[0][0])
 
 
+def test_each_rank_draws_its_own_augmentation_stream():
+    """Streams from (seed, epoch, rank): another rank or epoch draws other numbers, the same
+    triple (a resumed run) the same ones; the permutation's stream is none of them."""
+    def draw(rank, epoch, seed=5):
+        return DataParallel(_Rank(rank, 4)).epoch_rng(seed, epoch).random(4)
+    np.testing.assert_array_equal(draw(1, 2), draw(1, 2))
+    others = [draw(0, 2), draw(2, 2), draw(1, 3), draw(1, 2, seed=6)]
+    assert not any(np.array_equal(draw(1, 2), other) for other in others)
+    shuffle = np.random.default_rng([5, 2, 0]).random(4)
+    assert not any(np.array_equal(shuffle, draw(r, 2)) for r in range(4))
+
+
 def test_distributed_without_mpi4py_says_what_to_install(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "mpi4py", None)
     monkeypatch.setattr(comm, "_world", None)
