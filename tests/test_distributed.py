@@ -257,3 +257,5 @@ def test_the_distributed_benchmark_reports_measured_and_modelled_figures():
     text = bench.report({"lenet5": 0.05}, measured, ["lenet5"])
     assert "| lenet5 | 61,706 | 0.25 | 50.00 |" in text
     assert "10 Gbit/s p=8" in text and "100 Gbit/s p=128" in text
+    from fastcnn.benchmarks import argument_parser
+    assert argument_parser().parse_args(["--distributed"]).distributed

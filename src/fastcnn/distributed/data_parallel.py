@@ -128,9 +128,10 @@ class DataParallel:
         except BaseException as exc:
             if self.size > 1 and not self.agreed_failure:
                 code = 130 if isinstance(exc, KeyboardInterrupt) else 1
-                print(f"fastcnn: rank {self.comm.rank} of {self.size} failed: "
-                      f"{type(exc).__name__}: {exc}; ending every rank (MPI_Abort, status "
-                      f"{code})", file=sys.stderr, flush=True)
+                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                print(f"fastcnn: rank {self.comm.rank} of {self.size} failed: {reason}; "
+                      f"ending every rank (MPI_Abort, status {code})", file=sys.stderr,
+                      flush=True)
                 traceback.print_exc()
                 sys.stderr.flush()
                 # the launcher forwards our stderr through a pipe; aborting at once can tear
