@@ -215,3 +215,22 @@ def test_curves_mark_the_best_epoch_and_show_the_learning_rate(mnist_run):
     assert lr_panel.get_ylabel().startswith("learning rate")
     run = mnist_run[0]                            # a real run wrote its own
     assert (run / "curves.png").stat().st_size > 10_000
+
+
+def test_every_option_of_every_command_has_help_and_summary_reads_checkpoints(mnist_run):
+    import argparse
+    from fastcnn.cli import build_parser
+    parser = build_parser()
+    commands, = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, sub in commands.choices.items():
+        if name == "bench":                       # its own parser: fastcnn bench --help
+            continue
+        for action in sub._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, (name, action.dest)
+    done = fastcnn_cli("summary", mnist_run[0] / "best.fcnn")
+    assert done.returncode == 0 and "61,706" in done.stdout, done.stderr
+    done = fastcnn_cli("train", mnist_run[0] / "best.fcnn")
+    assert done.returncode == 2 and "not a config (a .json or .yaml text file)" in done.stderr
+    done = fastcnn_cli("predict", mnist_run[0] / "best.fcnn", "x.png", "--top", "0")
+    assert done.returncode == 2 and "expected a whole number >= 1, got '0'" in done.stderr

@@ -225,6 +225,9 @@ def _cmd_summary(args):
     from fastcnn.model import build_model
     from fastcnn.training import _load_any
 
+    if os.fspath(args.config).lower().endswith((".fcnn", ".onnx")):
+        print(_load_checkpoint(args.config).model.summary(args.batch_size))
+        return 0
     config = _load_any(args.config)
     if "model" in config and "layers" not in config:         # a training config
         from fastcnn.training import resolve_config
@@ -244,6 +247,16 @@ def _cmd_export(args):
     return 0
 
 
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def build_parser():
     from fastcnn.images import INVERT_CHOICES
 
@@ -255,8 +268,11 @@ def build_parser():
     p.add_argument("config", nargs="?", default=None,
                    help="training config: .json/.yaml path or bundled name (default mnist_lenet5)")
     p.add_argument("--out", help="run folder (default runs/<name>)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--threads", type=int)
+    p.add_argument("--epochs", type=_positive_int,
+                   help="train for this many epochs (train.epochs; on --resume, may grow)")
+    p.add_argument("--threads", type=_positive_int,
+                   help="threads of this run (train.num_threads; default: every core; use 1 "
+                        "per job when running several at once)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. --set optimizer.lr=0.01 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
@@ -272,39 +288,46 @@ def build_parser():
     p.set_defaults(func=_cmd_train)
     p = sub.add_parser("eval", help="accuracy and loss of a checkpoint on its run's test data "
                                      "or on other data (--data)")
-    p.add_argument("checkpoint", help="a .fcnn checkpoint (e.g. runs/mnist_lenet5/best.fcnn)")
+    p.add_argument("checkpoint", help="a .fcnn checkpoint (e.g. runs/mnist_lenet5/best.fcnn) or an "
+                        ".onnx model")
     p.add_argument("--data", metavar="DATA",
                    help="evaluate on this instead of the run's test split: an .npz (x, y; "
                         "x_test, y_test when present), a .json/.yaml data section or training "
                         "config, a JSON object such as '{\"dataset\": \"mnist_idx\", "
                         "\"root\": \"mnist\"}', or a dataset name")
-    p.add_argument("--batch-size", type=int, default=500, help="samples per forward pass")
+    p.add_argument("--batch-size", type=_positive_int, default=500,
+                   help="samples per forward pass (default 500)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=_cmd_eval)
     p = sub.add_parser("predict", help="classify images: image files, folders of them, "
                                        ".npy/.npz arrays")
-    p.add_argument("checkpoint", help="a .fcnn checkpoint (e.g. runs/mnist_lenet5/best.fcnn)")
+    p.add_argument("checkpoint", help="a .fcnn checkpoint (e.g. runs/mnist_lenet5/best.fcnn) or an "
+                        ".onnx model")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files (resized to the model's input), folders (their image and "
                         "array files), .npy/.npz arrays (N, C, H, W) or (N, H, W)")
-    p.add_argument("--top", type=int, default=3, help="how many classes to list per image")
+    p.add_argument("--top", type=_positive_int, default=3,
+                   help="how many classes to list per image (default 3)")
     p.add_argument("--invert", choices=INVERT_CHOICES, default="auto",
                    help="use 1 - pixel for image files: auto (default) when a grayscale "
                         "image's background is light and the training images' dark (MNIST's "
                         "white on black), or the reverse; yes; no")
-    p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass")
+    p.add_argument("--batch-size", type=_positive_int, default=256,
+                   help="samples per forward pass (default 256)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON document: {checkpoint, input_shape, predictions: "
                         "[{input, index, prediction, probability, top: [{class, probability}], "
                         "size, inverted}]}")
     p.set_defaults(func=_cmd_predict)
     p = sub.add_parser("summary", help="layers, output shapes, parameters and FLOPs of a config")
-    p.add_argument("config")
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("config", help="a model or training config: .json/.yaml path, bundled name "
+                                   "(resnet_small), .fcnn checkpoint or .onnx model")
+    p.add_argument("--batch-size", type=_positive_int, default=1,
+                   help="batch size for the output shapes and FLOPs (default 1)")
     p.set_defaults(func=_cmd_summary)
     p = sub.add_parser("export", help="write a checkpoint's model as ONNX (pip install "
                                       "'fastcnn[onnx]')")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a .fcnn checkpoint (e.g. runs/mnist_lenet5/best.fcnn)")
     p.add_argument("out", help="the .onnx file to write")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 13 to 21 (default 17)")
     p.set_defaults(func=_cmd_export)

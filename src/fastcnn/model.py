@@ -82,8 +82,12 @@ def load_config(config):
             raise FileNotFoundError(f"config file not found: {path} (nor a bundled config: "
                                     f"{', '.join(bundled_names())})"
                                     f"{suggest(path, bundled_names())}")
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a config (a .json or .yaml text file); a checkpoint "
+                              f"(.fcnn) is read with fastcnn.load") from None
         if path.endswith((".yaml", ".yml")):
             try:
                 import yaml
