@@ -111,12 +111,15 @@ def test_predict_errors_name_the_input(mnist_run, tmp_path):
     (tmp_path / "empty").mkdir()
     np.save(tmp_path / "wrong.npy", np.zeros((2, 3, 32, 32), np.float32))
     (tmp_path / "broken.png").write_bytes(b"not a png")
+    Image.fromarray(np.full((28, 28), 300, np.uint16)).save(tmp_path / "deep.png")
     for arg, message in [("missing.png", "input not found: missing.png"),
                          ("notes.txt", "notes.txt: not an image"),
                          ("empty", "a folder with no image or array file"),
                          ("wrong.npy", "holds images of shape (3, 32, 32), the model takes "
                                        "(1, 28, 28): arrays are not resized"),
-                         ("broken.png", "broken.png: not a readable image")]:
+                         ("broken.png", "broken.png: not a readable image"),
+                         ("deep.png", "image (16-bit or floating-point pixels): save it "
+                                      "with 8 bits per channel")]:
         done = fastcnn_cli("predict", run / "best.fcnn", arg, cwd=tmp_path)
         assert done.returncode == 2 and message in done.stderr, (arg, done.stderr)
         assert "Traceback" not in done.stderr

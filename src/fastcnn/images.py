@@ -90,6 +90,10 @@ def _pillow():
     return Image
 
 
+class _Unsupported(ValueError):
+    """A readable image fastcnn does not convert (its message is the whole story)."""
+
+
 def read_image(path: str, input_shape) -> tuple:
     """One image file as float32 ``(C, H, W)`` in [0, 1] for a model taking ``input_shape``
     ``(C, H, W)``, and its original ``(width, height)``."""
@@ -102,6 +106,10 @@ def read_image(path: str, input_shape) -> tuple:
         with Image.open(path) as image:
             image.load()
             size = image.size
+            if image.mode.startswith(("I", "F")):
+                raise _Unsupported(f"{path}: a {image.mode} image (16-bit or floating-point "
+                                   f"pixels): save it with 8 bits per channel, or pass the "
+                                   f"pixels as a .npy array")
             if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
                 rgba = image.convert("RGBA")
                 image = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -111,8 +119,10 @@ def read_image(path: str, input_shape) -> tuple:
                 bilinear = getattr(Image, "Resampling", Image).BILINEAR   # Pillow >= 9.1
                 image = image.resize((width, height), bilinear)
             pixels = np.asarray(image, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError) as exc:   # Pillow's errors for bad files
-        raise ValueError(f"{path}: not a readable image ({exc})") from None
+    except _Unsupported:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"{path}: not a readable image ({exc})") from None   # Pillow's errors
     x = np.divide(pixels, np.float32(255), dtype=np.float32)
     x = x[None] if channels == 1 else np.moveaxis(x, 2, 0)
     return np.ascontiguousarray(x), size
