@@ -393,6 +393,8 @@ class Trainer:
             return resolve_config(config, overrides)    # fit() says there is nothing to resume
         with open(path) as fh:
             run = json.load(fh)
+        if isinstance(run.get("data"), dict):     # a run from before paths were stored absolute
+            _absolute_paths(run["data"])
         new = resolve_config(run if config is None else config, overrides)
         new = json.loads(json.dumps(new, default=float))        # as config.json holds it
         before, after = _flatten(run), _flatten(new)
