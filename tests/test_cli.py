@@ -162,6 +162,13 @@ def test_eval_works_from_any_folder_and_on_other_data(tmp_path):
     assert other["accuracy"] == pytest.approx(accuracy)
     readable = fastcnn_cli("eval", work / "runs" / "a" / "best.fcnn", cwd=elsewhere)
     assert readable.stdout.startswith("test accuracy ")
+    # a run from before paths were stored absolute: found from the run folder's parents
+    old = fastcnn.load_checkpoint(work / "runs" / "a" / "best.fcnn")
+    old.extra["train_config"]["data"]["path"] = "data.npz"
+    fastcnn.save(old.model, work / "runs" / "a" / "old.fcnn", extra=old.extra)
+    done = fastcnn_cli("eval", work / "runs" / "a" / "old.fcnn", "--json", cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["accuracy"] == result["accuracy"]
 
 
 def test_overrides_reach_bundled_models_and_merge_dicts(tmp_path):
