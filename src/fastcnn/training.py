@@ -724,7 +724,8 @@ class Trainer:
         epochs = int(self.tcfg["epochs"])
         train_time, samples = 0.0, 0
         interrupted = False
-        self.log(f"training {self.config['name']}: {self.model.num_parameters():,} parameters, "
+        self.log(f"training {self.config['name']} on {self.config['data'].get('dataset')}: "
+                 f"{self.model.num_parameters():,} parameters, "
                  f"{len(self.train_set[0])} training samples, {epochs} epochs, "
                  + (f"{self.comm.size} processes x " if self.comm.size > 1 else "")
                  + f"{fastcnn.get_num_threads()} threads -> {self.out_dir}")
