@@ -438,6 +438,8 @@ class Converter:
 
 def _layer_name(text):
     """A valid fastcnn layer name from an ONNX name ("/layer1/conv/Conv" -> "layer1_conv_Conv")."""
+    if isinstance(text, bytes):               # a damaged file's names need not be UTF-8
+        text = text.decode("utf-8", "replace")
     return re.sub(r"[^A-Za-z0-9_]+", "_", text or "").strip("_")
 
 
@@ -451,7 +453,15 @@ def convert(proto, where="<model>", *, input_shape=None, bound=None):
             proto = onnx.inliner.inline_local_functions(proto)
         except Exception as exc:
             raise OnnxImportError(f"{where}: cannot inline its local functions ({exc})") from None
-    return Converter(proto, where, input_shape=input_shape, bound=bound).run()
+    try:
+        return Converter(proto, where, input_shape=input_shape, bound=bound).run()
+    except (OnnxImportError, FileNotFoundError):
+        raise
+    except Exception as exc:
+        # a graph the checker let through but that no handler foresaw (a damaged file's
+        # fields): an error naming the file, never an internal traceback
+        raise OnnxImportError(f"{where}: cannot convert this graph ({type(exc).__name__}: "
+                              f"{exc})") from exc
 
 
 def _from_metadata(proto, where, props):
