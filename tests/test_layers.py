@@ -70,6 +70,8 @@ LAYERS = [
     ({"type": "pad", "pad": [3, 1], "mode": "replicate"}, (2, 4), lambda nn: nn.ReplicationPad1d((3, 1))),
     ({"type": "pad", "pad": [1, 2, 2, 1], "mode": "circular"}, (2, 4, 5),
      lambda nn: nn.CircularPad2d((1, 2, 2, 1))),
+    ({"type": "hardtanh", "min_val": -0.5, "max_val": 2.0}, (3, 5), lambda nn: nn.Hardtanh(-0.5, 2.0)),
+    ({"type": "relu6"}, (3, 5), lambda nn: nn.ReLU6()),
     ({"type": "reshape", "shape": [4, -1, 2]}, (2, 3, 4),
      lambda nn: nn.Sequential(nn.Flatten(), nn.Unflatten(1, (4, 3, 2)))),
 ]

@@ -166,7 +166,7 @@ EXCLUDED = {
         "test_maxpool_with_argmax_2d_precomputed_pads",
         "test_maxpool_with_argmax_2d_precomputed_strides",
     ),
-    # no fastcnn layer for the op or its attributes (LpPool, MaxUnpool, HardSigmoid, Softplus, Softsign, HardSwish, Mish, Celu, ThresholdedRelu, Selu with other constants, PRelu slopes not per channel, dilated average pooling, count_include_pad=0 with asymmetric pads, cubic / antialiased / cropping resizes and ONNX's own nearest modes, Split, Neg, Exp, Pow, Tile, Slice, Transpose, Min, Max, Clip, Sqrt, ReduceSum, a mean over one axis)
+    # no fastcnn layer for the op or its attributes (LpPool, MaxUnpool, HardSigmoid, Softplus, Softsign, HardSwish, Mish, Celu, ThresholdedRelu, Selu with other constants, PRelu slopes not per channel, dilated average pooling, count_include_pad=0 with asymmetric pads, cubic / antialiased / cropping resizes and ONNX's own nearest modes, Split, Neg, Exp, Pow, Tile, Slice, Transpose, Min, Max, Sqrt, ReduceSum, a mean over one axis)
     "no_layer": (
         "test_GLU", "test_GLU_dim", "test_PixelShuffle", "test_PoissonNLLLLoss_no_reduce",
         "test_Softmin", "test_Softplus", "test_Softsign", "test_averagepool_2d_dilations",
@@ -182,7 +182,7 @@ EXCLUDED = {
         "test_lppool_2d_pads", "test_lppool_2d_same_lower", "test_lppool_2d_same_upper",
         "test_lppool_2d_strides", "test_lppool_3d_default",
         "test_maxunpool_export_with_output_shape", "test_maxunpool_export_without_output_shape",
-        "test_operator_clip", "test_operator_exp", "test_operator_index", "test_operator_max",
+        "test_operator_exp", "test_operator_index", "test_operator_max",
         "test_operator_min", "test_operator_permute2", "test_operator_pow",
         "test_operator_reduced_mean", "test_operator_reduced_mean_keepdim",
         "test_operator_reduced_sum", "test_operator_reduced_sum_keepdim", "test_operator_repeat",

@@ -65,6 +65,27 @@ def test_foreign_path_matches_metadata_path(tmp_path):
     assert kinds(plain) == kinds(model)
 
 
+@pytest.mark.parametrize("opset", [13, 17])
+def test_foreign_path_reads_fastcnn_forms_back(opset, tmp_path):
+    """The forms fastcnn writes below the ops' opsets (layer norm's formula before 17, group
+    norm's Reshape/InstanceNormalization form before 21, GELU's erf form before 20) import
+    without the metadata as the same layers where a pattern exists."""
+    layers = [{"type": "conv2d", "out_channels": 4, "kernel_size": 3},
+              {"type": "group_norm", "num_groups": 2}, {"type": "gelu"},
+              {"type": "global_avg_pool2d"}, {"type": "flatten"},
+              {"type": "linear", "out_features": 3}]
+    model = randomize(fastcnn.build_model({"input_shape": [2, 6, 6], "seed": 0,
+                                           "layers": layers})).eval()
+    proto = fastcnn.onnx.to_onnx(model, opset)
+    del proto.metadata_props[:]
+    onnx.save(proto, tmp_path / "f.onnx")
+    plain = load_model(tmp_path / "f.onnx").eval()
+    assert [type(l).__name__ for l in plain.layers.values()] == [
+        "Conv2d", "GroupNorm", "GELU", "GlobalAvgPool2d", "Flatten", "Linear"]
+    x = np.random.default_rng(0).standard_normal((3, 2, 6, 6)).astype(np.float32)
+    assert_close(plain(x), model(x))
+
+
 # -- torch-built models, both exporters -----------------------------------------------------
 def _torch_models(torch):
     nn = torch.nn
@@ -117,7 +138,7 @@ def _torch_models(torch):
     def separable(c_in, c_out, stride):
         return nn.Sequential(
             nn.Conv2d(c_in, c_in, 3, stride, 1, groups=c_in, bias=False), nn.BatchNorm2d(c_in),
-            nn.ReLU(), nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+            nn.ReLU6(), nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
 
     mobilenet = nn.Sequential(
         nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
@@ -506,3 +527,21 @@ def test_names_that_are_not_utf8(tmp_path):
     (tmp_path / "n.onnx").write_bytes(data)
     model = load_model(tmp_path / "n.onnx")
     assert type(next(iter(model.layers.values()))).__name__ == "ReLU"
+
+
+def test_gelu_erf_form_is_one_gelu(th, tmp_path):
+    """Before opset 20 torch writes GELU as x * 0.5 * (1 + erf(x / sqrt 2)): one gelu layer."""
+    module = th.nn.Sequential(th.nn.Conv1d(2, 4, 3), th.nn.GELU(), th.nn.Flatten(),
+                              th.nn.Linear(4 * 6, 3)).eval()
+    path = tmp_path / "gelu.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        th.onnx.export(module, (th.randn(1, 2, 8),), str(path), dynamo=False, opset_version=17,
+                       input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    assert "Erf" in [n.op_type for n in onnx.load(path).graph.node]
+    model = load_model(path).eval()
+    assert [type(l).__name__ for l in model.layers.values()] == ["Conv1d", "GELU", "Flatten",
+                                                                  "Linear"]
+    x = np.random.default_rng(0).standard_normal((3, 2, 8)).astype(np.float32)
+    with th.no_grad():
+        assert_close(model(x), module(th.from_numpy(x)).numpy())

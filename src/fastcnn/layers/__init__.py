@@ -1,7 +1,7 @@
 """Layer classes, each registered under a snake_case name and its torch class name."""
 from fastcnn.layers.base import Layer, Parameter
-from fastcnn.layers.activation import (ELU, GELU, LeakyReLU, LogSoftmax, PReLU, ReLU, SELU,
-                                       Sigmoid, Softmax, Tanh)
+from fastcnn.layers.activation import (ELU, GELU, Hardtanh, LeakyReLU, LogSoftmax, PReLU, ReLU,
+                                       ReLU6, SELU, Sigmoid, Softmax, Tanh)
 from fastcnn.layers.conv import (Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d,
                                  ConvTranspose3d)
 from fastcnn.layers.linear import Dropout, Dropout2d, Linear
@@ -23,5 +23,5 @@ __all__ = [
     "InstanceNorm3d", "MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d",
     "AvgPool3d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
     "GlobalAvgPool2d", "Upsample", "Add", "Concat", "Flatten", "Identity",
-    "Reshape", "Pad", "Elementwise",
+    "Reshape", "Pad", "Elementwise", "Hardtanh", "ReLU6",
 ]

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from fastcnn import functional as F
 from fastcnn._checks import as_int
 from fastcnn.layers.base import Layer
 from fastcnn.registry import register_layer
 
 __all__ = ["ReLU", "LeakyReLU", "ELU", "SELU", "GELU", "Sigmoid", "Tanh", "Softmax",
-           "LogSoftmax", "PReLU"]
+           "LogSoftmax", "PReLU", "Hardtanh", "ReLU6"]
 
 
 class _Activation(Layer):
@@ -174,3 +176,38 @@ class PReLU(Layer):
         gx, gw = F.prelu_backward(grad, x, self.weight.data)
         self.weight.grad += gw
         return gx
+
+
+@register_layer("hardtanh", aliases=("Hardtanh", "clip"))
+class Hardtanh(Layer):
+    """min(max(x, min_val), max_val) (torch.nn.Hardtanh; ONNX Clip). The gradient passes where
+    min_val < x < max_val, as torch's."""
+    output_is_private = True      # a new array, not kept, no view of the input
+
+    def __init__(self, min_val=-1.0, max_val=1.0):
+        for name, value in (("min_val", min_val), ("max_val", max_val)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{self.type_name}: {name} must be a finite number, got {value!r}")
+        if min_val > max_val:
+            raise ValueError(f"{self.type_name}: min_val={min_val} must not exceed "
+                             f"max_val={max_val}")
+        self.min_val, self.max_val = float(min_val), float(max_val)
+
+    def forward(self, x):
+        self.save_for_backward(x)
+        return np.clip(x, self.min_val, self.max_val)
+
+    def backward(self, grad):
+        (x,) = self.saved()
+        return np.where((x > self.min_val) & (x < self.max_val), grad, 0).astype(grad.dtype)
+
+    def flops(self):
+        return math.prod(self.output_shape)
+
+
+@register_layer("relu6", aliases=("ReLU6",))
+class ReLU6(Hardtanh):
+    """min(max(x, 0), 6) (torch.nn.ReLU6, MobileNet's activation)."""
+
+    def __init__(self):
+        super().__init__(0.0, 6.0)

@@ -125,8 +125,15 @@ def _gelu(layer, b, inputs):
         t = b.node("Erf", [b.node("Div", [x, b.constant(math.sqrt(2.0), "sqrt2")], "arg")],
                    "erf")
     one_plus = b.node("Add", [t, b.constant(1.0, "one")], "one_plus")
-    half_x = b.node("Mul", [x, b.constant(0.5, "half")], "half_x")
-    return b.node("Mul", [half_x, one_plus], output=b.out)
+    # (x * (1 + t)) * 0.5: torch's order, which fastcnn's importer reads back as one gelu
+    return b.node("Mul", [b.node("Mul", [x, one_plus], "x_one_plus"), b.constant(0.5, "half")],
+                  output=b.out)
+
+
+@exporter("hardtanh", "relu6")
+def _hardtanh(layer, b, inputs):
+    return b.node("Clip", [inputs[0], b.constant(layer.min_val, "min"),
+                           b.constant(layer.max_val, "max")], output=b.out)
 
 
 @exporter("softmax", "log_softmax")

@@ -266,6 +266,8 @@ def _broadcasts(a, b):
 
 def _binary(node, cx):
     op = node.op_type.lower()
+    if op == "div" and _gelu_pattern(node, cx):
+        return
     if cx.is_const(node, 0) or cx.is_const(node, 1):
         _with_constant(node, cx, op)
     elif op == "add":
@@ -329,6 +331,25 @@ def _selu(node, cx):
 def _gelu(node, cx):
     approximate = cx.attrs(node).get("approximate", "none")
     cx.add_layer(node, {"type": "gelu", "approximate": approximate}, [cx.tensor(node, 0)])
+
+
+@handler("Clip", 13)
+def _clip(node, cx):
+    """Clip(0, inf) -> relu, Clip(0, 6) -> relu6, other finite bounds -> hardtanh."""
+    x = cx.tensor(node, 0)
+    lo, hi = cx.const(node, 1, optional=True), cx.const(node, 2, optional=True)
+    lo = -math.inf if lo is None or np.size(lo) == 0 else float(lo)
+    hi = math.inf if hi is None or np.size(hi) == 0 else float(hi)
+    if lo == 0 and hi == math.inf:
+        spec = {"type": "relu"}
+    elif lo == 0 and hi == 6:
+        spec = {"type": "relu6"}
+    elif math.isfinite(lo) and math.isfinite(hi):
+        spec = {"type": "hardtanh", "min_val": lo, "max_val": hi}
+    else:
+        raise Unsupported(f"bounds ({lo}, {hi}): fastcnn clips to two finite bounds "
+                          f"(hardtanh) or to [0, inf) (relu)")
+    cx.add_layer(node, spec, [x])
 
 
 @handler("PRelu", 9)
@@ -746,6 +767,44 @@ def _resize(node, cx):
 
 
 # -- patterns -------------------------------------------------------------------------------
+def _gelu_pattern(node, cx):
+    """x / sqrt(2) -> Erf -> + 1 -> * x -> * 0.5 (GELU before opset 20, as torch exports it):
+    one gelu layer. True when matched (nodes consumed)."""
+    if not cx.is_const(node, 1) or cx.is_const(node, 0):
+        return False
+    x = cx.tensor(node, 0)
+    source = node.input[0]
+
+    def scalar(n, i, value):
+        info = cx.const_info(n.input[i])
+        return (info is not None and not info.batched and info.value.size == 1
+                and math.isclose(float(info.value.reshape(())), value, rel_tol=1e-6))
+
+    def other(n, name):
+        return 1 if n.input[0] == name else 0
+
+    if not scalar(node, 1, math.sqrt(2.0)):
+        return False
+    chain, last = [], node
+    for op in ("Erf", "Add", "Mul", "Mul"):
+        step = cx.single_consumer(last.output[0])
+        if step is None or step[1].op_type != op:
+            return False
+        index, n = step
+        k = other(n, last.output[0])
+        if op == "Add" and not scalar(n, k, 1.0):
+            return False
+        if op == "Mul" and len(chain) == 2 and n.input[k] != source:
+            return False
+        if op == "Mul" and len(chain) == 3 and not scalar(n, k, 0.5):
+            return False
+        chain.append(index)
+        last = n
+    for index in chain:
+        cx.skip(index)
+    cx.add_layer(node, {"type": "gelu"}, [x], output=last.output[0])
+    return True
+
 def _group_norm_pattern(node, cx, x, shape):
     """Reshape(N, G, -1) -> InstanceNormalization(ones, zeros) -> Reshape(back) [-> Mul(gamma)
     -> Add(beta)], the form torch (and fastcnn before opset 21) exports GroupNorm in: one
