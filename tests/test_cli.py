@@ -123,6 +123,11 @@ def test_predict_errors_name_the_input(mnist_run, tmp_path):
         done = fastcnn_cli("predict", run / "best.fcnn", arg, cwd=tmp_path)
         assert done.returncode == 2 and message in done.stderr, (arg, done.stderr)
         assert "Traceback" not in done.stderr
+    fastcnn.save(fastcnn.build_model("unet_small"), tmp_path / "unet.fcnn")
+    done = fastcnn_cli("predict", tmp_path / "unet.fcnn", "wrong.npy", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "scores classifiers (an output of class scores per sample), and this model's " \
+           "output is (2, 32, 32)" in done.stderr
 
 
 def test_eval_works_from_any_folder_and_on_other_data(tmp_path):

@@ -83,6 +83,15 @@ def _load_checkpoint(path):
     return ck
 
 
+def _check_classifier(model, path, command):
+    """eval and predict score classes: the model's output must be one vector per sample."""
+    shape = model.output_shape
+    if isinstance(shape, list) or len(tuple(shape)) != 1:
+        raise ValueError(f"{path}: fastcnn {command} scores classifiers (an output of class "
+                         f"scores per sample), and this model's output is {shape}: run it from "
+                         f"Python (fastcnn.load(path)) instead")
+
+
 def _data_spec(text):
     """The data ``fastcnn eval --data`` names: an .npz file, a JSON/YAML file holding a data
     section or a training config (its ``data``), a JSON object, or a dataset name."""
@@ -136,6 +145,7 @@ def _cmd_eval(args):
     from fastcnn.training import data_seed, evaluate
 
     ck = _load_checkpoint(args.checkpoint)
+    _check_classifier(ck.model, args.checkpoint, args.command)
     train_config = ck.extra.get("train_config") or {}
     if args.data is not None:
         # other data: all of it, its test split when it has one
@@ -182,6 +192,7 @@ def _cmd_predict(args):
     from fastcnn.images import read_inputs
 
     ck = _load_checkpoint(args.checkpoint)
+    _check_classifier(ck.model, args.checkpoint, args.command)
     model = ck.model.eval()
     if args.top < 1:
         raise ValueError(f"--top: expected a number >= 1, got {args.top}")
