@@ -300,3 +300,13 @@ def test_an_onnx_file_runs_in_a_session(tmp_path):
     session = fastcnn.InferenceSession(path)
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32), dtype=np.float32)
     np.testing.assert_allclose(session(x), model(x), rtol=1e-4, atol=2e-5)
+
+
+def test_a_float64_model_runs_in_float64():
+    config = dict(fastcnn.load_config("resnet_small"), dtype="float64")
+    model = _with_running_stats(fastcnn.build_model(config))
+    session = fastcnn.InferenceSession(model)
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32))
+    y = session(x.astype(np.float32))              # cast to the model's dtype
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y, model(x.astype(np.float32)), rtol=1e-10, atol=1e-12)
