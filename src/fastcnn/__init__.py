@@ -8,6 +8,7 @@ from fastcnn import data  # noqa: F401  (registers the datasets)
 from fastcnn import functional
 from fastcnn import layers  # noqa: F401  (registers the built-in layers)
 from fastcnn import init
+from fastcnn import onnx  # noqa: F401  (fastcnn.onnx; the onnx package itself is imported lazily)
 from fastcnn._memory import memory_stats, release_memory, set_memory_limit
 from fastcnn._threads import get_num_threads, set_num_threads
 from fastcnn.functional import set_conv_autotune
