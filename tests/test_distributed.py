@@ -87,6 +87,22 @@ def test_every_rank_takes_its_share_of_the_same_global_batches():
     assert not np.array_equal(other, single[0][0])
 
 
+@pytest.mark.parametrize("local_sets,expected", [
+    ([[0, 1, 2, 3]] * 4, 1),                      # 4 unbound ranks on 4 cores: one each
+    ([[0, 1, 2, 3]] * 2, 2),                      # 2 unbound ranks: two each
+    ([[0, 1], [2, 3]], 2),                        # bound to their own pairs: keep them
+    ([[0, 1, 2, 3]] * 8, 1),                      # more ranks than cores: still one
+])
+def test_threads_per_rank_share_the_machine(monkeypatch, local_sets, expected):
+    from fastcnn.distributed import default_num_threads
+
+    class Node(_Rank):
+        def local_allgather(self, obj):
+            return local_sets
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(local_sets[0]), raising=False)
+    assert default_num_threads(Node(0, len(local_sets))) == expected
+
+
 def test_each_rank_draws_its_own_augmentation_stream():
     """Streams from (seed, epoch, rank): another rank or epoch draws other numbers, the same
     triple (a resumed run) the same ones; the permutation's stream is none of them."""
