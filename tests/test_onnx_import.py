@@ -381,12 +381,12 @@ def test_old_opset_is_upgraded(th, tmp_path):
 def test_handler_registry_picks_newest_not_above_opset():
     from fastcnn.onnx import handlers
 
-    assert handlers.find_handler("GroupNormalization", 18) is handlers._group_norm_18
-    assert handlers.find_handler("GroupNormalization", 20) is handlers._group_norm_18
-    assert handlers.find_handler("GroupNormalization", 21) is handlers._group_norm_21
+    assert handlers.find_handler("GroupNormalization", 18) is handlers.norm._group_norm_18
+    assert handlers.find_handler("GroupNormalization", 20) is handlers.norm._group_norm_18
+    assert handlers.find_handler("GroupNormalization", 21) is handlers.norm._group_norm_21
     assert handlers.find_handler("GroupNormalization", 17) is None
-    assert handlers.find_handler("ReduceMean", 17) is handlers._reduce_mean_13
-    assert handlers.find_handler("ReduceMean", 28) is handlers._reduce_mean_18
+    assert handlers.find_handler("ReduceMean", 17) is handlers.pool._reduce_mean_13
+    assert handlers.find_handler("ReduceMean", 28) is handlers.pool._reduce_mean_18
     assert handlers.find_handler("ReduceMean", 29) is None
     assert handlers.find_handler("NoSuchOp", 17) is None
 

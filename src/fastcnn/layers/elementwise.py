@@ -72,7 +72,8 @@ class Elementwise(Layer):
     def forward(self, x):
         c = self._value()
         a, b = (c, x) if self.reverse else (x, c)
-        y = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}[self.op](a, b)
+        fn = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}[self.op]
+        y = fn(a, b)
         self.save_for_backward(x)
         return np.ascontiguousarray(y, dtype=x.dtype)
 

@@ -30,7 +30,8 @@ class Pad(Layer):
             raise TypeError(f"pad: pad must hold ints, got {pad!r}")
         if mode not in _MODES:
             raise ValueError(f"pad: mode must be one of {', '.join(_MODES)}, got {mode!r}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value)):
             raise ValueError(f"pad: value must be a finite number, got {value!r}")
         self.pad = tuple(pad)
         self.mode = mode

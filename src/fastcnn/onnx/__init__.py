@@ -13,7 +13,8 @@ from fastcnn.onnx.errors import OnnxExportError, OnnxImportError, UnsupportedOnn
 from fastcnn.onnx.export import DEFAULT_OPSET, export, to_onnx
 from fastcnn.onnx.importer import load_model
 
-__all__ = ["export", "to_onnx", "load_model", "Backend", "DEFAULT_OPSET", "OnnxExportError", "OnnxImportError",
+__all__ = ["export", "to_onnx", "load_model", "Backend", "DEFAULT_OPSET", "OnnxExportError",
+           "OnnxImportError",
            "UnsupportedOnnxError"]
 
 

@@ -482,7 +482,8 @@ def _from_metadata(proto, where, props):
     try:
         model.load_state_dict(state, strict=True)
     except ValueError as exc:
-        raise OnnxImportError(f"{where}: its weights do not fit its fastcnn config ({exc})") from None
+        raise OnnxImportError(f"{where}: its weights do not fit its fastcnn config "
+                              f"({exc})") from None
     return model
 
 
