@@ -138,6 +138,7 @@ def test_random_graphs_agree(seed):
     {"type": "max_pool2d", "kernel_size": 3, "stride": 1, "dilation": 2, "padding": 1},
     {"type": "upsample", "scale_factor": 2, "mode": "bilinear", "align_corners": False},
     {"type": "layer_norm", "normalized_shape": [7, 9]},
+    {"type": "reshape", "shape": [9, -1, 6]},
 ])
 def test_each_step_agrees_with_its_layer(layer):
     """Every built-in layer, fast step or not, gives its layer's own eval output."""

@@ -29,7 +29,7 @@ from fastcnn.layers.activation import ReLU
 from fastcnn.layers.conv import _ConvNd, _ConvTransposeNd
 from fastcnn.layers.linear import _DropoutBase, Linear
 from fastcnn.layers.pool import GlobalAvgPool2d, _AdaptiveAvgPool, _AvgPool, _MaxPool
-from fastcnn.layers.shape import Add, Concat, Flatten, Identity
+from fastcnn.layers.shape import Add, Concat, Identity, _PerSampleReshape
 
 __all__ = ["StepSpec", "builder_for", "build_step"]
 
@@ -199,8 +199,8 @@ def _adaptive_avg_pool(layer, shapes, dtype):
     return _planes(layer.type_name, pool, shape, nd)
 
 
-def _flatten(layer, shapes, dtype):
-    return _view("flatten", (shapes[0][0],) + tuple(layer.output_shape))
+def _reshape(layer, shapes, dtype):
+    return _view(layer.type_name, (shapes[0][0],) + tuple(layer.output_shape))
 
 
 def _pass_through(layer, shapes, dtype):
@@ -228,7 +228,7 @@ _BUILDERS = (
     (_AvgPool, _avg_pool),
     (_AdaptiveAvgPool, _adaptive_avg_pool),
     (GlobalAvgPool2d, _adaptive_avg_pool),
-    (Flatten, _flatten),
+    (_PerSampleReshape, _reshape),             # flatten, reshape: views
     (Identity, _pass_through),
     (_DropoutBase, _pass_through),            # the identity in eval mode
 )

@@ -31,8 +31,21 @@ class Identity(Layer):
         return grad
 
 
+class _PerSampleReshape(Layer):
+    """A layer that gives each sample its output shape (a view; the gradient is reshaped
+    back): flatten and reshape."""
+
+    def forward(self, x):
+        self.save_for_backward(x.shape)
+        return x.reshape((x.shape[0],) + self.output_shape)
+
+    def backward(self, grad):
+        (shape,) = self.saved()
+        return grad.reshape(shape)
+
+
 @register_layer("flatten", aliases=("Flatten",))
-class Flatten(Layer):
+class Flatten(_PerSampleReshape):
     """Flatten per-sample axes start_dim..end_dim into one (torch.nn.Flatten; dim 0 is the
     batch, which is never flattened)."""
 
@@ -52,17 +65,9 @@ class Flatten(Layer):
         shape = full[1:start] + (math.prod(full[start:end + 1]),) + full[end + 1:]
         return shape
 
-    def forward(self, x):
-        self.save_for_backward(x.shape)
-        return x.reshape((x.shape[0],) + self.output_shape)
-
-    def backward(self, grad):
-        (shape,) = self.saved()
-        return grad.reshape(shape)
-
 
 @register_layer("reshape", aliases=("Reshape", "Unflatten"))
-class Reshape(Layer):
+class Reshape(_PerSampleReshape):
     """Give each sample the shape ``shape`` (batch excluded; one entry may be -1, inferred), as
     ``x.reshape(N, *shape)``: what an imported ONNX Reshape / Squeeze / Unsqueeze that keeps
     the batch becomes."""
@@ -83,14 +88,6 @@ class Reshape(Layer):
             raise ValueError(f"{self.where()}: cannot reshape samples of shape "
                              f"{tuple(input_shape)} ({size} values) to {list(self.shape)}")
         return out
-
-    def forward(self, x):
-        self.save_for_backward(x.shape)
-        return x.reshape((x.shape[0],) + self.output_shape)
-
-    def backward(self, grad):
-        (shape,) = self.saved()
-        return grad.reshape(shape)
 
 
 class _Merge(Layer):

@@ -155,11 +155,7 @@ class Converter:
                 self._unsupported(node, f"domain {node.domain!r} (only standard ONNX ops)")
                 continue
             try:
-                if node.op_type in ("Shape", "Size") and isinstance(inputs[0], Tensor):
-                    self._shape_of(node, inputs[0])
-                elif all(v is None or isinstance(v, Const) for v in inputs):
-                    self._fold(node, inputs)
-                else:
+                if not self._evaluate(node, inputs):
                     handler = find_handler(node.op_type, self.opset)
                     if handler is None:
                         raise Unsupported("no fastcnn equivalent for this op")
@@ -297,16 +293,23 @@ class Converter:
         if any(v is None or v is UNKNOWN for n, v in zip(node.input, inputs) if n):
             return None
         try:
-            if node.op_type in ("Shape", "Size") and isinstance(inputs[0], Tensor):
-                self._shape_of(node, inputs[0])
-            elif all(v is None or isinstance(v, Const) for v in inputs):
-                self._fold(node, inputs)
-            else:
+            if not self._evaluate(node, inputs):
                 return None
         except Unsupported:
             return None
         self.done.add(index)
         return self.env.get(name)
+
+    def _evaluate(self, node, inputs):
+        """Compute ``node`` now when it needs no layer: the shape of a tensor, or an op on
+        constants (folded); True when it did."""
+        if node.op_type in ("Shape", "Size") and isinstance(inputs[0], Tensor):
+            self._shape_of(node, inputs[0])
+        elif all(v is None or isinstance(v, Const) for v in inputs):
+            self._fold(node, inputs)
+        else:
+            return False
+        return True
 
     # -- for handlers ---------------------------------------------------------------------------
     def attrs(self, node) -> dict:
