@@ -9,15 +9,20 @@ from fastcnn.onnx.handlers.registry import handler
 from fastcnn.onnx.importer import Unsupported
 
 
-@handler("Conv", 11)
-def _conv(node, cx):
+def _operands(node, cx):
+    """What Conv and ConvTranspose read alike: the data x, the weight w (a constant), the
+    optional bias b, the attributes, the spatial rank and the kernel, strides and dilations."""
     x, w = cx.tensor(node, 0), cx.const(node, 1)
     b = cx.const(node, 2, optional=True)
     a = cx.attrs(node)
     nd = _spatial_rank(cx, x)
-    kernel = list(w.shape[2:])
-    strides = _ints(a.get("strides"), nd, 1)
-    dilations = _ints(a.get("dilations"), nd, 1)
+    return (x, w, b, a, nd, list(w.shape[2:]), _ints(a.get("strides"), nd, 1),
+            _ints(a.get("dilations"), nd, 1))
+
+
+@handler("Conv", 11)
+def _conv(node, cx):
+    x, w, b, a, nd, kernel, strides, dilations = _operands(node, cx)
     pairs = _resolve_pads(a, x.shape[1:], kernel, strides, dilations)
     x, padding = _split_padding(cx, node, x, pairs)
     spec = {"type": f"conv{nd}d", "out_channels": int(w.shape[0]), "kernel_size": kernel,
@@ -28,14 +33,8 @@ def _conv(node, cx):
 
 @handler("ConvTranspose", 11)
 def _conv_transpose(node, cx):
-    x, w = cx.tensor(node, 0), cx.const(node, 1)
-    b = cx.const(node, 2, optional=True)
-    a = cx.attrs(node)
-    nd = _spatial_rank(cx, x)
+    x, w, b, a, nd, kernel, strides, dilations = _operands(node, cx)
     groups = int(a.get("group", 1))
-    kernel = list(w.shape[2:])
-    strides = _ints(a.get("strides"), nd, 1)
-    dilations = _ints(a.get("dilations"), nd, 1)
     out_pad = _ints(a.get("output_padding"), nd, 0)
     auto = a.get("auto_pad", "NOTSET")
     spatial = x.shape[1:]
