@@ -130,8 +130,9 @@ class Plan:
         return chosen
 
     def run(self, x):
-        """The outputs (copies) for ``x``, an array of the template's input shape and dtype."""
-        np.copyto(self.input, x)
+        """The outputs (copies) for ``x``, an array of the template's input shape (any dtype
+        and layout: cast and copied into the plan's input buffer)."""
+        np.copyto(self.input, x, casting="unsafe")
         with single_threaded_blas:
             for run in self._runs:
                 run()

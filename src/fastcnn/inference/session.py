@@ -109,7 +109,12 @@ class InferenceSession:
         if x.shape[0] == 0:
             outs = [np.empty((0,) + tuple(shape), self.dtype) for shape in self._output_shapes()]
             return outs[0] if len(outs) == 1 else tuple(outs)
-        plan = self._take_plan(x.shape)
+        shape = x.shape
+        with self._lock:                     # an idle plan of this shape, if there is one
+            idle = self._idle.get(shape)
+            plan = idle.pop() if idle else None
+        if plan is None:
+            plan = Plan(self._template(shape))
         try:
             outs = plan.run(x)
         finally:
@@ -131,17 +136,19 @@ class InferenceSession:
         return [by_name[name] for name in self.model.outputs]
 
     def _check_input(self, x):
-        if not isinstance(x, np.ndarray):
+        """``x`` checked (real numbers, shape (N, *input_shape)) and preprocessed; it may be of
+        any dtype and layout (the plan copies it into its own buffer, casting)."""
+        if type(x) is not np.ndarray:
             x = np.asarray(x)
         if x.dtype.kind not in "biuf":
             raise TypeError(f"{self.name}: input must hold real numbers, got dtype {x.dtype}")
-        expected = ", ".join(map(str, self.input_shape))
-        if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
+        if x.shape[1:] != self.input_shape or x.ndim != len(self.input_shape) + 1:
+            expected = ", ".join(map(str, self.input_shape))
             raise ValueError(f"{self.name}: input must have shape (N, {expected}), got "
                              f"{x.shape}")
         if self.preprocessing is not None:
             x = self.model.preprocess(x)
-        return np.ascontiguousarray(x, dtype=self.dtype)
+        return x
 
     # An inference session is always in eval mode: code written for a model (evaluation
     # loops that call model.eval() and restore model.train(mode)) takes a session as well.
@@ -173,18 +180,11 @@ class InferenceSession:
                 self._idle.pop(old, None)
         return template
 
-    def _take_plan(self, shape):
-        with self._lock:
-            idle = self._idle.get(shape)
-            if idle:
-                self._templates.move_to_end(shape)
-                return idle.pop()
-        return Plan(self._template(shape))
-
     def _return_plan(self, plan):
         shape = plan.template.input_shape
         with self._lock:
             if self._templates.get(shape) is plan.template:       # not evicted meanwhile
+                self._templates.move_to_end(shape)                 # the shape used last
                 self._idle.setdefault(shape, []).append(plan)
 
     def __repr__(self):
