@@ -22,6 +22,11 @@ from cython.parallel cimport prange
 from fastcnn._ops._simd cimport (affine, dot, exp_store, low_part, mul_sub,
                                  row_max, scale, sub_exp, sub_exp_cols, sum_shifted)
 from fastcnn._ops._softmax cimport block_exp_sums, block_lse, row_lse
+from fastcnn._ops.plan_steps cimport CompiledStep, address
+
+import numpy as np
+
+from fastcnn._ops.plan_steps import check_arrays
 
 
 cdef enum:
@@ -192,24 +197,86 @@ cdef void _relu_grad_chunk(const floating* dy, const floating* x, floating* dx,
         dx[i] = g if v > 0 else 0                # a select: inf * 0 would be NaN
 
 
+cdef void _relu(const floating* x, floating* y, Py_ssize_t n, int num_threads) noexcept nogil:
+    """y[:n] = max(x[:n], 0), NaN kept, on the team in fixed chunks."""
+    cdef Py_ssize_t chunks = (n + CHUNK - 1) // CHUNK, j, start
+    for j in prange(chunks, schedule='static', num_threads=num_threads):
+        start = j * CHUNK
+        _relu_chunk(x + start, y + start, min(CHUNK, n - start))
+
+
+cdef void _add(const floating* a, const floating* b, floating* y, Py_ssize_t n, bint relu,
+               int num_threads) noexcept nogil:
+    """y[:n] = a + b (then max(., 0), NaN kept, if relu), on the team in fixed chunks."""
+    cdef Py_ssize_t chunks = (n + CHUNK - 1) // CHUNK, j, start
+    for j in prange(chunks, schedule='static', num_threads=num_threads):
+        start = j * CHUNK
+        _add_chunk(a + start, b + start, y + start, min(CHUNK, n - start), relu)
+
+
 def relu_forward(const floating[::1] x, floating[::1] y, int num_threads):
     """y = max(x, 0), NaN kept."""
-    cdef Py_ssize_t n = x.shape[0], chunks = (n + CHUNK - 1) // CHUNK, j, start
+    if x.shape[0] == 0:
+        return
     with nogil:
-        for j in prange(chunks, schedule='static', num_threads=num_threads):
-            start = j * CHUNK
-            _relu_chunk(&x[start], &y[start], min(CHUNK, n - start))
+        _relu(&x[0], &y[0], x.shape[0], num_threads)
 
 
 def add(const floating[::1] a, const floating[::1] b, floating[::1] y, bint relu,
         int num_threads):
     """y = a + b, or max(a + b, 0) with NaN kept if relu (a residual sum and its ReLU in one
     pass), on the team (numpy's add runs on one thread). y may be a or b."""
-    cdef Py_ssize_t n = a.shape[0], chunks = (n + CHUNK - 1) // CHUNK, j, start
+    if a.shape[0] == 0:
+        return
     with nogil:
-        for j in prange(chunks, schedule='static', num_threads=num_threads):
-            start = j * CHUNK
-            _add_chunk(&a[start], &b[start], &y[start], min(CHUNK, n - start), relu)
+        _add(&a[0], &b[0], &y[0], a.shape[0], relu, num_threads)
+
+
+# The inference plan's steps (plan_steps.pxd): a ReLU (b NULL) or a sum of two, into y.
+cdef struct _Eltwise:
+    const void* a
+    const void* b
+    void* y
+    Py_ssize_t n
+    bint relu
+    bint is_double
+
+
+cdef void _eltwise_step(void* args, int num_threads) noexcept nogil:
+    cdef _Eltwise* p = <_Eltwise*> args
+    if p.n == 0:
+        return
+    if p.b == NULL:
+        if p.is_double:
+            _relu(<const double*> p.a, <double*> p.y, p.n, num_threads)
+        else:
+            _relu(<const float*> p.a, <float*> p.y, p.n, num_threads)
+    elif p.is_double:
+        _add(<const double*> p.a, <const double*> p.b, <double*> p.y, p.n, p.relu,
+             num_threads)
+    else:
+        _add(<const float*> p.a, <const float*> p.b, <float*> p.y, p.n, p.relu, num_threads)
+
+
+cdef class EltwiseStep(CompiledStep):
+    """relu_forward(a, y) when ``b`` is None, else add(a, b, y, relu), as a plan step: a, b, y
+    1-D C-contiguous arrays of one float dtype and size (y may be a or b)."""
+    cdef _Eltwise p
+
+    def __init__(self, a, b, y, bint relu=False):
+        inputs = [a] if b is None else [a, b]
+        dtype = check_arrays("EltwiseStep", inputs, [y])
+        if any(x.size != y.size for x in inputs):
+            raise ValueError("EltwiseStep: the arrays' sizes differ")
+        self.keep = (a, b, y)
+        self.p.a = address(a)
+        self.p.b = NULL if b is None else address(b)
+        self.p.y = address(y)
+        self.p.n = y.size
+        self.p.relu = relu
+        self.p.is_double = dtype == np.float64
+        self.body = _eltwise_step
+        self.args = &self.p
 
 
 def relu_backward(const floating[::1] dy, const floating[::1] x, floating[::1] dx,

@@ -9,6 +9,12 @@ from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
 from libc.string cimport memcpy, memset
 
+from fastcnn._ops.plan_steps cimport CompiledStep, address
+
+import numpy as np
+
+from fastcnn._ops.plan_steps import check_arrays
+
 
 cdef extern from "_conv_direct.h" nogil:
     void fc_direct_conv_f(const float* xp, const float* wt, const float* bias, float* y,
@@ -113,6 +119,76 @@ cdef inline void _pad_sample(const floating* x, floating* xp, Py_ssize_t size, P
                               cols, pad_w, phases, Hp * Wq)
 
 
+cdef void _direct_forward(const floating* x, Py_ssize_t N, Py_ssize_t x_row,
+                          const floating* wt, Py_ssize_t K, Py_ssize_t cpad,
+                          const floating* bias, floating* out, Py_ssize_t out_row,
+                          floating* workspace, const Py_ssize_t* offsets, Py_ssize_t C,
+                          Py_ssize_t H, Py_ssize_t W, Py_ssize_t pad_h, Py_ssize_t pad_w,
+                          Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t out_h, Py_ssize_t out_w,
+                          Py_ssize_t stride_h, Py_ssize_t stride_w, bint by_rows, bint relu,
+                          int num_threads, Py_ssize_t C_out, Py_ssize_t y0, Py_ssize_t yc,
+                          Py_ssize_t yh, Py_ssize_t yw) noexcept nogil:
+    """direct_forward on pointers (N > 0): x (N, x_row), wt (K, cpad), out (N, out_row), the
+    output layout (C_out, y0, yc, yh, yw); the workspace holds max(N, num_threads) samples'
+    scratch (_direct_scratch) when N < num_threads, num_threads of them otherwise."""
+    cdef Py_ssize_t phases = stride_w if by_rows else 1
+    cdef Py_ssize_t Wq = _phase_width(Wp, phases)
+    cdef Py_ssize_t stride = _direct_scratch(C, Hp, Wp, stride_h, stride_w, phases)
+    cdef Py_ssize_t n, t, c, r, co0, co1, r0, r1
+    cdef Py_ssize_t blocks = (C_out + FC_CO_PAD - 1) // FC_CO_PAD
+    cdef Py_ssize_t cchunks = 1, rchunks = 1, parts
+    cdef floating* xp
+    # Fewer samples than threads (inference at batch 1): each sample's outputs are also cut
+    # into parts, by blocks of FC_CO_PAD channels, then (row kernel) by rows, so that every
+    # thread has work. Every output is computed by the same code on the same padded planes:
+    # the same bits as one part per sample.
+    if N < num_threads:
+        cchunks = min(blocks, (num_threads + N - 1) // N)
+        if by_rows and N * cchunks < num_threads:
+            rchunks = min(out_h, (num_threads + N * cchunks - 1) // (N * cchunks))
+    parts = cchunks * rchunks
+    if parts > 1:
+        for n in prange(N, schedule='static', num_threads=num_threads):
+            _pad_sample(x + n * x_row, workspace + n * stride, stride, C, H, W, pad_h, pad_w,
+                        Hp, Wp, phases)
+        for t in prange(N * parts, schedule='static', num_threads=num_threads):
+            n = t // parts
+            c = (t % parts) // rchunks
+            r = t % rchunks
+            co0 = (c * blocks // cchunks) * FC_CO_PAD
+            co1 = min(((c + 1) * blocks // cchunks) * FC_CO_PAD, C_out)
+            r0 = r * out_h // rchunks
+            r1 = (r + 1) * out_h // rchunks
+            xp = workspace + n * stride
+            if co1 <= co0 or r1 <= r0:
+                continue
+            if by_rows:
+                _rows_kernel(xp + r0 * stride_h * Wq, wt + co0, bias + co0,
+                             out + n * out_row + y0 + co0 * yc + r0 * yh, offsets, K,
+                             co1 - co0, cpad, r1 - r0, out_w, Wq, stride_h, relu, yc, yh, yw)
+            elif floating is float:
+                fc_direct_conv_f(xp, wt + co0, bias + co0, out + n * out_row + co0 * yc,
+                                 offsets, K, co1 - co0, cpad, out_h, out_w, Wp, stride_h,
+                                 stride_w, relu)
+            else:
+                fc_direct_conv_d(xp, wt + co0, bias + co0, out + n * out_row + co0 * yc,
+                                 offsets, K, co1 - co0, cpad, out_h, out_w, Wp, stride_h,
+                                 stride_w, relu)
+        return
+    for n in prange(N, schedule='static', num_threads=num_threads):
+        xp = workspace + threadid() * stride
+        _pad_sample(x + n * x_row, xp, stride, C, H, W, pad_h, pad_w, Hp, Wp, phases)
+        if by_rows:
+            _rows_kernel(xp, wt, bias, out + n * out_row + y0, offsets, K, C_out, cpad, out_h,
+                         out_w, Wq, stride_h, relu, yc, yh, yw)
+        elif floating is float:
+            fc_direct_conv_f(xp, wt, bias, out + n * out_row, offsets, K, C_out, cpad, out_h,
+                             out_w, Wp, stride_h, stride_w, relu)
+        else:
+            fc_direct_conv_d(xp, wt, bias, out + n * out_row, offsets, K, C_out, cpad, out_h,
+                             out_w, Wp, stride_h, stride_w, relu)
+
+
 def direct_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
                    const floating[::1] bias, floating[:, ::1] out, floating[::1] workspace,
                    const Py_ssize_t[::1] offsets, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
@@ -131,72 +207,93 @@ def direct_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
     column strides) places the row kernel's output (co, oh, ow) of sample n at out[n, offset +
     co * channel + oh * row + ow * column] (one phase of a transposed convolution); by default
     out[n] is (C_out, out_h, out_w)."""
-    cdef Py_ssize_t N = x.shape[0], K = wt.shape[0], cpad = wt.shape[1]
+    cdef Py_ssize_t N = x.shape[0]
     cdef Py_ssize_t C_out = out.shape[1] // (out_h * out_w)
     cdef Py_ssize_t y0 = 0, yc = out_h * out_w, yh = out_w, yw = 1
     if out_layout is not None:
         C_out, y0, yc, yh, yw = out_layout
-    cdef Py_ssize_t phases = stride_w if by_rows else 1
-    cdef Py_ssize_t Wq = _phase_width(Wp, phases)
-    cdef Py_ssize_t stride = _direct_scratch(C, Hp, Wp, stride_h, stride_w, phases)
-    cdef Py_ssize_t n, t, c, r, co0, co1, r0, r1
-    cdef Py_ssize_t blocks = (C_out + FC_CO_PAD - 1) // FC_CO_PAD
-    cdef Py_ssize_t cchunks = 1, rchunks = 1, parts
-    cdef floating* xp
     if N == 0:
         return
-    # Fewer samples than threads (inference at batch 1): each sample's outputs are also cut
-    # into parts, by blocks of FC_CO_PAD channels, then (row kernel) by rows, so that every
-    # thread has work. Every output is computed by the same code on the same padded planes:
-    # the same bits as one part per sample.
-    if N < num_threads:
-        cchunks = min(blocks, (num_threads + N - 1) // N)
-        if by_rows and N * cchunks < num_threads:
-            rchunks = min(out_h, (num_threads + N * cchunks - 1) // (N * cchunks))
-    parts = cchunks * rchunks
-    if parts > 1:
-        with nogil:
-            for n in prange(N, schedule='static', num_threads=num_threads):
-                _pad_sample(&x[n, 0], &workspace[0] + n * stride, stride, C, H, W, pad_h,
-                            pad_w, Hp, Wp, phases)
-            for t in prange(N * parts, schedule='static', num_threads=num_threads):
-                n = t // parts
-                c = (t % parts) // rchunks
-                r = t % rchunks
-                co0 = (c * blocks // cchunks) * FC_CO_PAD
-                co1 = min(((c + 1) * blocks // cchunks) * FC_CO_PAD, C_out)
-                r0 = r * out_h // rchunks
-                r1 = (r + 1) * out_h // rchunks
-                xp = &workspace[0] + n * stride
-                if co1 <= co0 or r1 <= r0:
-                    continue
-                if by_rows:
-                    _rows_kernel(xp + r0 * stride_h * Wq, &wt[0, co0], &bias[co0],
-                                 &out[n, 0] + y0 + co0 * yc + r0 * yh, &offsets[0], K,
-                                 co1 - co0, cpad, r1 - r0, out_w, Wq, stride_h, relu, yc, yh,
-                                 yw)
-                elif floating is float:
-                    fc_direct_conv_f(xp, &wt[0, co0], &bias[co0], &out[n, 0] + co0 * yc,
-                                     &offsets[0], K, co1 - co0, cpad, out_h, out_w, Wp,
-                                     stride_h, stride_w, relu)
-                else:
-                    fc_direct_conv_d(xp, &wt[0, co0], &bias[co0], &out[n, 0] + co0 * yc,
-                                     &offsets[0], K, co1 - co0, cpad, out_h, out_w, Wp,
-                                     stride_h, stride_w, relu)
-        return
     with nogil:
-        for n in prange(N, schedule='static', num_threads=num_threads):
-            xp = &workspace[0] + threadid() * stride
-            _pad_sample(&x[n, 0], xp, stride, C, H, W, pad_h, pad_w, Hp, Wp, phases)
-            if by_rows:
-                _rows_kernel(xp, &wt[0, 0], &bias[0], &out[n, y0], &offsets[0], K, C_out, cpad,
-                             out_h, out_w, Wq, stride_h, relu, yc, yh, yw)
-            elif floating is float:
-                fc_direct_conv_f(xp, &wt[0, 0], &bias[0], &out[n, 0], &offsets[0], K, C_out,
-                                 cpad, out_h, out_w, Wp, stride_h, stride_w, relu)
-            else:
-                fc_direct_conv_d(xp, &wt[0, 0], &bias[0], &out[n, 0], &offsets[0], K, C_out,
-                                 cpad, out_h, out_w, Wp, stride_h, stride_w, relu)
+        _direct_forward(&x[0, 0], N, x.shape[1], &wt[0, 0], wt.shape[0], wt.shape[1],
+                        &bias[0], &out[0, 0], out.shape[1], &workspace[0], &offsets[0], C, H,
+                        W, pad_h, pad_w, Hp, Wp, out_h, out_w, stride_h, stride_w, by_rows,
+                        relu, num_threads, C_out, y0, yc, yh, yw)
+
+
+# The inference plan's direct convolution (plan_steps.pxd): direct_forward with the default
+# output layout, its operands (DirectOperands) and a workspace of its own bound once.
+cdef struct _Direct:
+    const void* x
+    const void* wt
+    const void* bias
+    void* out
+    void* workspace
+    const Py_ssize_t* offsets
+    Py_ssize_t N, x_row, K, cpad, out_row, C, H, W, pad_h, pad_w, Hp, Wp, out_h, out_w
+    Py_ssize_t stride_h, stride_w, C_out
+    bint by_rows, relu, is_double
+    int max_threads             # the workspace serves this many threads
+
+
+cdef void _direct_step(void* args, int num_threads) noexcept nogil:
+    cdef _Direct* p = <_Direct*> args
+    if num_threads > p.max_threads:         # fewer threads: the same bits, a bit slower
+        num_threads = p.max_threads
+    if p.is_double:
+        _direct_forward(<const double*> p.x, p.N, p.x_row, <const double*> p.wt, p.K, p.cpad,
+                        <const double*> p.bias, <double*> p.out, p.out_row,
+                        <double*> p.workspace, p.offsets, p.C, p.H, p.W, p.pad_h, p.pad_w,
+                        p.Hp, p.Wp, p.out_h, p.out_w, p.stride_h, p.stride_w, p.by_rows,
+                        p.relu, num_threads, p.C_out, 0, p.out_h * p.out_w, p.out_w, 1)
+    else:
+        _direct_forward(<const float*> p.x, p.N, p.x_row, <const float*> p.wt, p.K, p.cpad,
+                        <const float*> p.bias, <float*> p.out, p.out_row,
+                        <float*> p.workspace, p.offsets, p.C, p.H, p.W, p.pad_h, p.pad_w,
+                        p.Hp, p.Wp, p.out_h, p.out_w, p.stride_h, p.stride_w, p.by_rows,
+                        p.relu, num_threads, p.C_out, 0, p.out_h * p.out_w, p.out_w, 1)
+
+
+cdef class DirectStep(CompiledStep):
+    """direct_forward(x, wt, bias, out, <own workspace>, offsets, C, H, W, pad_h, pad_w, Hp,
+    Wp, out_h, out_w, stride_h, stride_w, by_rows, relu, threads) as a plan step, on up to
+    ``max_threads`` threads (its workspace is sized for them; a run asking more uses these)."""
+    cdef _Direct p
+
+    def __init__(self, x, wt, bias, out, offsets, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                 Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t Hp, Py_ssize_t Wp,
+                 Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
+                 bint by_rows, bint relu, int max_threads):
+        dtype = check_arrays("DirectStep", [x, wt, bias], [out])
+        if (not isinstance(offsets, np.ndarray) or offsets.dtype != np.intp
+                or offsets.shape != (wt.shape[0],) or not offsets.flags.c_contiguous):
+            raise TypeError("DirectStep: offsets must be a C-contiguous intp array, one per "
+                            "row of wt")
+        if (x.ndim != 2 or out.ndim != 2 or wt.ndim != 2 or x.shape[0] != out.shape[0]
+                or x.shape[0] == 0 or x.shape[1] != C * H * W or out_h * out_w == 0
+                or out.shape[1] % (out_h * out_w) or bias.shape != (wt.shape[1],)
+                or out.shape[1] // (out_h * out_w) > wt.shape[1] or max_threads < 1):
+            raise ValueError(f"DirectStep: x {x.shape}, wt {wt.shape}, out {out.shape} do not "
+                             f"match the geometry")
+        phases = stride_w if by_rows else 1
+        workspace = np.empty(max(1, max_threads)
+                             * _direct_scratch(C, Hp, Wp, stride_h, stride_w, phases), dtype)
+        self.keep = (x, wt, bias, out, offsets, workspace)
+        self.p.x, self.p.wt, self.p.bias = address(x), address(wt), address(bias)
+        self.p.out, self.p.workspace = address(out), address(workspace)
+        self.p.offsets = <const Py_ssize_t*> address(offsets)
+        self.p.N, self.p.x_row, self.p.out_row = x.shape[0], x.shape[1], out.shape[1]
+        self.p.K, self.p.cpad = wt.shape[0], wt.shape[1]
+        self.p.C, self.p.H, self.p.W = C, H, W
+        self.p.pad_h, self.p.pad_w, self.p.Hp, self.p.Wp = pad_h, pad_w, Hp, Wp
+        self.p.out_h, self.p.out_w = out_h, out_w
+        self.p.stride_h, self.p.stride_w = stride_h, stride_w
+        self.p.C_out = out.shape[1] // (out_h * out_w)
+        self.p.by_rows, self.p.relu = by_rows, relu
+        self.p.is_double = dtype == np.float64
+        self.p.max_threads = max_threads
+        self.body = _direct_step
+        self.args = &self.p
 
 
 # The kernels' layout constants (_conv_direct.h), for the Python side that prepares operands.

@@ -11,8 +11,36 @@ from cython cimport floating
 from cython.parallel cimport prange
 
 from fastcnn._ops._blas cimport gemm
+from fastcnn._ops.plan_steps cimport CompiledStep, address
+
+import numpy as np
+
+from fastcnn._ops.plan_steps import check_arrays
 
 DEF BLOCK = 64
+
+
+cdef void _matmul(const floating* pa, const floating* pb, floating* pc, Py_ssize_t M,
+                  Py_ssize_t N, Py_ssize_t K, Py_ssize_t lda, Py_ssize_t ldb, bint trans_a,
+                  bint trans_b, int num_threads) noexcept nogil:
+    """pc (M, N) = op(pa) @ op(pb) (see matmul; M, N, K > 0), in fixed blocks of BLOCK rows or
+    columns, each one single-threaded BLAS call on one OpenMP thread."""
+    cdef bint by_rows = M >= N
+    cdef Py_ssize_t extent = M if by_rows else N
+    cdef Py_ssize_t blocks = (extent + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t j, start, size
+    for j in prange(blocks, schedule='static', num_threads=num_threads):
+        start = j * BLOCK
+        size = BLOCK if start + BLOCK <= extent else extent - start
+        if by_rows:
+            # rows [start, start+size) of op(A): row offset, or column offset when transposed
+            gemm(trans_a, trans_b, <int> size, <int> N, <int> K, <floating> 1.0,
+                 pa + (start if trans_a else start * lda), <int> lda, pb, <int> ldb,
+                 <floating> 0.0, pc + start * N, <int> N)
+        else:
+            gemm(trans_a, trans_b, <int> M, <int> size, <int> K, <floating> 1.0,
+                 pa, <int> lda, pb + (start * ldb if trans_b else start), <int> ldb,
+                 <floating> 0.0, pc + start, <int> N)
 
 
 def matmul(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
@@ -21,29 +49,69 @@ def matmul(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] 
     op(b) (K, N): b is (K, N), or (N, K) when trans_b. Overwrites c."""
     cdef Py_ssize_t M = c.shape[0], N = c.shape[1]
     cdef Py_ssize_t K = a.shape[0] if trans_a else a.shape[1]
-    cdef Py_ssize_t lda = a.shape[1], ldb = b.shape[1]
-    cdef bint by_rows = M >= N
-    cdef Py_ssize_t extent = M if by_rows else N
-    cdef Py_ssize_t blocks = (extent + BLOCK - 1) // BLOCK
-    cdef Py_ssize_t j, start, size
-    cdef const floating* pa = &a[0, 0] if a.shape[0] > 0 and a.shape[1] > 0 else NULL
-    cdef const floating* pb = &b[0, 0] if b.shape[0] > 0 and b.shape[1] > 0 else NULL
-    cdef floating* pc = &c[0, 0] if M > 0 and N > 0 else NULL
     if M == 0 or N == 0:
         return
     if K == 0:
         c[:, :] = 0
         return
     with nogil:
-        for j in prange(blocks, schedule='static', num_threads=num_threads):
-            start = j * BLOCK
-            size = BLOCK if start + BLOCK <= extent else extent - start
-            if by_rows:
-                # rows [start, start+size) of op(A): row offset, or column offset when transposed
-                gemm(trans_a, trans_b, <int> size, <int> N, <int> K, <floating> 1.0,
-                     pa + (start if trans_a else start * lda), <int> lda, pb, <int> ldb,
-                     <floating> 0.0, pc + start * N, <int> N)
-            else:
-                gemm(trans_a, trans_b, <int> M, <int> size, <int> K, <floating> 1.0,
-                     pa, <int> lda, pb + (start * ldb if trans_b else start), <int> ldb,
-                     <floating> 0.0, pc + start, <int> N)
+        _matmul(&a[0, 0], &b[0, 0], &c[0, 0], M, N, K, a.shape[1], b.shape[1], trans_a,
+                trans_b, num_threads)
+
+
+# The inference plan's linear layer (plan_steps.pxd): y (M, N) = x (M, K) @ w (N, K)^T, then
+# y += bias row by row (as F.linear: the same GEMM blocks, then the same float additions as
+# numpy's y += bias).
+cdef struct _Linear:
+    const void* x
+    const void* w
+    const void* bias            # NULL: none
+    void* y
+    Py_ssize_t M, N, K
+    bint is_double
+
+
+cdef void _add_bias(floating* y, const floating* bias, Py_ssize_t M,
+                    Py_ssize_t N) noexcept nogil:
+    cdef Py_ssize_t i, j
+    for i in range(M):
+        for j in range(N):
+            y[i * N + j] = y[i * N + j] + bias[j]
+
+
+cdef void _linear_step(void* args, int num_threads) noexcept nogil:
+    cdef _Linear* p = <_Linear*> args
+    if p.is_double:
+        _matmul(<const double*> p.x, <const double*> p.w, <double*> p.y, p.M, p.N, p.K, p.K,
+                p.K, False, True, num_threads)
+        if p.bias != NULL:
+            _add_bias(<double*> p.y, <const double*> p.bias, p.M, p.N)
+    else:
+        _matmul(<const float*> p.x, <const float*> p.w, <float*> p.y, p.M, p.N, p.K, p.K,
+                p.K, False, True, num_threads)
+        if p.bias != NULL:
+            _add_bias(<float*> p.y, <const float*> p.bias, p.M, p.N)
+
+
+cdef class LinearStep(CompiledStep):
+    """y (M, N) = x (M, K) @ w (N, K)^T + bias (N,) (bias None: none) as a plan step; all
+    C-contiguous, one float dtype, M, N, K > 0. Run it between single_threaded_blas's bounds
+    (the plan does)."""
+    cdef _Linear p
+
+    def __init__(self, x, w, bias, y):
+        inputs = [x, w] if bias is None else [x, w, bias]
+        dtype = check_arrays("LinearStep", inputs, [y])
+        M, K = x.shape
+        N = w.shape[0]
+        if (w.shape != (N, K) or y.shape != (M, N) or min(M, N, K) == 0
+                or (bias is not None and bias.shape != (N,))):
+            raise ValueError(f"LinearStep: shapes x {x.shape}, w {w.shape}, y {y.shape} do "
+                             f"not make a product")
+        self.keep = (x, w, bias, y)
+        self.p.x, self.p.w, self.p.y = address(x), address(w), address(y)
+        self.p.bias = NULL if bias is None else address(bias)
+        self.p.M, self.p.N, self.p.K = M, N, K
+        self.p.is_double = dtype == np.float64
+        self.body = _linear_step
+        self.args = &self.p

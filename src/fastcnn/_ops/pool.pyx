@@ -24,6 +24,14 @@ from cython.parallel cimport prange
 from libc.string cimport memset
 from libc.math cimport INFINITY
 
+from fastcnn._ops.plan_steps cimport CompiledStep, address
+
+import math
+
+import numpy as np
+
+from fastcnn._ops.plan_steps import check_arrays
+
 ctypedef long long idx_t      # int64, the dtype of the index arrays
 
 
@@ -150,6 +158,19 @@ cdef inline void _max_2x2_plane(const floating* x, floating* y, idx_t* ind, Py_s
         fc_max_2x2_d(x, y, ind, W, oH, oW)
 
 
+cdef void _max_pool(const floating* x, floating* out, idx_t* indices, Py_ssize_t P,
+                    Py_ssize_t S, Py_ssize_t L, const Windows* w, bint two_by_two,
+                    int num_threads) noexcept nogil:
+    """out (P, L) (and indices (P, L) unless NULL) of x (P, S), one plane per task."""
+    cdef Py_ssize_t p
+    for p in prange(P, schedule='static', num_threads=num_threads):
+        if two_by_two:
+            _max_2x2_plane(x + p * S, out + p * L, indices + p * L if indices != NULL else NULL,
+                           w.W, w.oH, w.oW)
+        else:
+            _max_plane(x + p * S, out + p * L, indices + p * L if indices != NULL else NULL, w)
+
+
 def max_pool_forward(const floating[:, ::1] x, floating[:, ::1] out, idx_t[:, ::1] indices,
                      tuple in_size, tuple step, const idx_t[:, ::1] starts,
                      const idx_t[:, ::1] counts, tuple out_size, tuple interior,
@@ -158,17 +179,12 @@ def max_pool_forward(const floating[:, ::1] x, floating[:, ::1] out, idx_t[:, ::
     ``indices`` has no rows (then they are not stored). ``two_by_two``: the windows are 2x2 at
     stride 2 without padding, dilation or overhang (2-D planes; the tables are then unused)."""
     cdef Windows w = _windows(in_size, step, starts, counts, out_size, interior)
-    cdef Py_ssize_t P = x.shape[0], L = out.shape[1], p
-    cdef bint store = indices.shape[0] > 0
+    cdef Py_ssize_t P = x.shape[0], L = out.shape[1]
     if P == 0 or L == 0:
         return
     with nogil:
-        for p in prange(P, schedule='static', num_threads=num_threads):
-            if two_by_two:
-                _max_2x2_plane(&x[p, 0], &out[p, 0], &indices[p, 0] if store else NULL, w.W,
-                               w.oH, w.oW)
-            else:
-                _max_plane(&x[p, 0], &out[p, 0], &indices[p, 0] if store else NULL, &w)
+        _max_pool(&x[0, 0], &out[0, 0], &indices[0, 0] if indices.shape[0] > 0 else NULL, P,
+                  x.shape[1], L, &w, two_by_two, num_threads)
 
 
 def scatter_add(const floating[:, ::1] grad_out, const idx_t[:, ::1] indices,
@@ -325,6 +341,21 @@ cdef inline void _avg_plane_backward(const floating* dy, floating* dx, const Win
                             xr[ow * sW] = xr[ow * sW] + dyr[ow] / div
 
 
+cdef void _avg_pool(const floating* x, floating* out, Py_ssize_t P, Py_ssize_t S,
+                    Py_ssize_t L, const Windows* w, double divisor_override, bint two_by_two,
+                    int num_threads) noexcept nogil:
+    """out (P, L) = window averages of x (P, S), one plane per task."""
+    cdef Py_ssize_t p
+    cdef double div = divisor_override if divisor_override > 0 else 4
+    for p in prange(P, schedule='static', num_threads=num_threads):
+        if not two_by_two:
+            _avg_plane(x + p * S, out + p * L, w, divisor_override)
+        elif floating is float:
+            fc_avg_2x2_f(x + p * S, out + p * L, w.W, w.oH, w.oW, <float> div)
+        else:
+            fc_avg_2x2_d(x + p * S, out + p * L, w.W, w.oH, w.oW, div)
+
+
 def avg_pool_forward(const floating[:, ::1] x, floating[:, ::1] out, tuple in_size,
                      const idx_t[:, ::1] starts, const idx_t[:, ::1] counts,
                      const idx_t[:, ::1] spans, double divisor_override, tuple out_size,
@@ -334,18 +365,12 @@ def avg_pool_forward(const floating[:, ::1] x, floating[:, ::1] out, tuple in_si
     ``two_by_two``: 2-D 2x2 windows at stride 2, all inside (_pool.h's loop)."""
     cdef Windows w = _windows(in_size, (1, 1, 1), starts, counts, out_size, interior)
     w.dsp, w.hsp, w.wsp = &spans[0, 0], &spans[1, 0], &spans[2, 0]
-    cdef Py_ssize_t P = x.shape[0], L = out.shape[1], p
-    cdef double div = divisor_override if divisor_override > 0 else 4
+    cdef Py_ssize_t P = x.shape[0], L = out.shape[1]
     if P == 0 or L == 0:
         return
     with nogil:
-        for p in prange(P, schedule='static', num_threads=num_threads):
-            if not two_by_two:
-                _avg_plane(&x[p, 0], &out[p, 0], &w, divisor_override)
-            elif floating is float:
-                fc_avg_2x2_f(&x[p, 0], &out[p, 0], w.W, w.oH, w.oW, <float> div)
-            else:
-                fc_avg_2x2_d(&x[p, 0], &out[p, 0], w.W, w.oH, w.oW, div)
+        _avg_pool(&x[0, 0], &out[0, 0], P, x.shape[1], L, &w, divisor_override, two_by_two,
+                  num_threads)
 
 
 def avg_pool_backward(const floating[:, ::1] grad_out, floating[:, ::1] grad_in, tuple in_size,
@@ -372,3 +397,68 @@ def avg_pool_backward(const floating[:, ::1] grad_out, floating[:, ::1] grad_in,
                 continue
             memset(&grad_in[p, 0], 0, S * sizeof(floating))
             _avg_plane_backward(&grad_out[p, 0], &grad_in[p, 0], &w, divisor_override)
+
+
+# The inference plan's pooling steps (plan_steps.pxd): max pooling (no indices) or average
+# pooling of the planes x (P, S) into out (P, L), the window tables bound once.
+cdef struct _Pool:
+    const void* x
+    void* out
+    Py_ssize_t P, S, L
+    Windows w
+    bint average
+    double divisor_override
+    bint two_by_two
+    bint is_double
+
+
+cdef void _pool_step(void* args, int num_threads) noexcept nogil:
+    cdef _Pool* p = <_Pool*> args
+    if p.P == 0 or p.L == 0:
+        return
+    if p.average:
+        if p.is_double:
+            _avg_pool(<const double*> p.x, <double*> p.out, p.P, p.S, p.L, &p.w,
+                      p.divisor_override, p.two_by_two, num_threads)
+        else:
+            _avg_pool(<const float*> p.x, <float*> p.out, p.P, p.S, p.L, &p.w,
+                      p.divisor_override, p.two_by_two, num_threads)
+    elif p.is_double:
+        _max_pool(<const double*> p.x, <double*> p.out, NULL, p.P, p.S, p.L, &p.w,
+                  p.two_by_two, num_threads)
+    else:
+        _max_pool(<const float*> p.x, <float*> p.out, NULL, p.P, p.S, p.L, &p.w, p.two_by_two,
+                  num_threads)
+
+
+cdef class PoolStep(CompiledStep):
+    """max_pool_forward (no indices; ``spans`` None) or avg_pool_forward of x (P, S) into
+    out (P, L) as a plan step, with the same table arguments."""
+    cdef _Pool p
+
+    def __init__(self, x, out, tuple in_size, tuple step, starts, counts, spans,
+                 double divisor_override, tuple out_size, tuple interior, bint two_by_two):
+        dtype = check_arrays("PoolStep", [x], [out])
+        tables = [starts, counts] + ([] if spans is None else [spans])
+        for t in tables:
+            if (not isinstance(t, np.ndarray) or t.dtype != np.int64 or t.ndim != 2
+                    or t.shape[0] != 3 or not t.flags.c_contiguous):
+                raise TypeError("PoolStep: window tables must be C-contiguous int64 (3, n)")
+        if (x.ndim != 2 or out.ndim != 2 or x.shape[0] != out.shape[0]
+                or x.shape[1] != math.prod(in_size) or out.shape[1] != math.prod(out_size)):
+            raise ValueError(f"PoolStep: planes {x.shape} -> {out.shape} do not match the "
+                             f"windows {in_size} -> {out_size}")
+        self.keep = (x, out, tables)
+        cdef const idx_t[:, ::1] sp
+        self.p.w = _windows(in_size, step, starts, counts, out_size, interior)
+        if spans is not None:
+            sp = spans
+            self.p.w.dsp, self.p.w.hsp, self.p.w.wsp = &sp[0, 0], &sp[1, 0], &sp[2, 0]
+        self.p.x, self.p.out = address(x), address(out)
+        self.p.P, self.p.S, self.p.L = x.shape[0], x.shape[1], out.shape[1]
+        self.p.average = spans is not None
+        self.p.divisor_override = divisor_override
+        self.p.two_by_two = two_by_two
+        self.p.is_double = dtype == np.float64
+        self.body = _pool_step
+        self.args = &self.p

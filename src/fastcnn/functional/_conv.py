@@ -118,8 +118,9 @@ class ConvForward:
     InferenceSession once per plan. With ``set_conv_autotune`` on, Winograd is timed against
     the rules' other choice; with ``fastest``, every algorithm that can compute the problem is
     timed and the fastest kept (an InferenceSession's plans). Timing runs on ``probe`` = (x2,
-    out2), or on zeros."""
-    __slots__ = ("algorithm", "run")
+    out2), or on zeros. ``direct``: the chosen algorithm's DirectOperands for "rows" and
+    "direct" (an inference plan binds them into a compiled step), else None."""
+    __slots__ = ("algorithm", "run", "direct")
 
     def __init__(self, geom, nd, w4, b1, dtype, relu=False, probe=None, fastest=False):
         w2 = w4.reshape(geom.out_channels, -1)
@@ -137,7 +138,8 @@ class ConvForward:
                                                   geom.out_size, dtype)
                 return lambda x2, out2: ops.run(x2, out2, dtype, relu)
             if algorithm in ("rows", "direct"):
-                ops = algorithms.DirectOperands(w4, b1, geom, dtype, algorithm == "rows")
+                ops = direct[algorithm] = algorithms.DirectOperands(w4, b1, geom, dtype,
+                                                                    algorithm == "rows")
                 return lambda x2, out2: ops.run(x2, out2, dtype, relu)
             args = geom.kernel_args()
             pointwise = _conv.is_pointwise(args[1], args[2], args[3])
@@ -153,7 +155,7 @@ class ConvForward:
                                        threads)
             return im2col
 
-        made = {}
+        made, direct = {}, {}
 
         def prepared(algorithm):            # each algorithm's operands made once
             if algorithm not in made:
@@ -177,6 +179,7 @@ class ConvForward:
         else:
             self.algorithm = algorithms.select("forward", geom, nd, dtype, runners)
         self.run = prepared(self.algorithm)
+        self.direct = direct.get(self.algorithm)
 
 
 def _conv_forward(fname, nd, input, weight, bias, stride, padding, dilation, groups,

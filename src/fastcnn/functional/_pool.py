@@ -176,6 +176,12 @@ class MaxPoolForward:
     def run(self, x2, out2, ind2):
         _pool.max_pool_forward(x2, out2, ind2, *self._tables, get_num_threads())
 
+    def step(self, x2, out2):
+        """run(x2, out2) without indices as a compiled step of an inference plan."""
+        in_size, step, starts, counts, out_size, interior, two_by_two = self._tables
+        return _pool.PoolStep(x2, out2, in_size, step, starts, counts, None, 0.0, out_size,
+                              interior, two_by_two)
+
 
 _NO_INDICES = np.empty((0, 0), np.int64)
 
@@ -261,6 +267,12 @@ class AvgPool:
 
     def run(self, x2, out2):
         _pool.avg_pool_forward(x2, out2, *self._args, get_num_threads())
+
+    def step(self, x2, out2):
+        """run(x2, out2) as a compiled step of an inference plan."""
+        in_size, starts, counts, spans, divisor, out_size, interior, two_by_two = self._args
+        return _pool.PoolStep(x2, out2, in_size, (1, 1, 1), starts, counts, spans, divisor,
+                              out_size, interior, two_by_two)
 
     def run_backward(self, dy2, grad2):
         _pool.avg_pool_backward(dy2, grad2, *self._args, get_num_threads())

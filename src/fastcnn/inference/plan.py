@@ -5,7 +5,9 @@ prepared (steps.build_step: the convolutions' algorithms chosen and their weight
 and every value's last reader is known. ``Plan`` gives each value a buffer (arena.Arena:
 reused once the value is dead; a ReLU or an add writes over its input when nothing reads it
 later; a flatten, an identity or a fused ReLU is a view) and binds every step to its buffers.
-Running a plan is then a copy of the input into its buffer and one call per step.
+Running a plan is then a copy of the input into its buffer, one call per run of consecutive
+compiled steps (plan_steps.CompiledRun: the kernels called from C, the GIL released) and one
+per Python step.
 
 A template is shared by every plan of its shape (its prepared weights are read-only); a plan's
 buffers belong to one run at a time, so concurrent callers each take a plan of their own
@@ -17,6 +19,7 @@ import numpy as np
 
 import time
 
+from fastcnn._ops.plan_steps import CompiledRun, CompiledStep
 from fastcnn._threads import get_num_threads, one_thread, single_threaded_blas
 from fastcnn.inference.arena import Arena
 from fastcnn.inference.steps import build_step
@@ -41,7 +44,7 @@ class Template:
             shapes[node.name] = spec.out_shape
             self.steps.append((node, spec))
         self.autotune = autotune
-        # with autotune: which bound steps (in Plan._runs' order) run on one thread, measured
+        # with autotune: which bound steps (in Plan._steps' order) run on one thread, measured
         # by the first plan; the same for every later plan of this template
         self.one_thread_steps = None
         self.outputs = list(model.outputs)
@@ -71,7 +74,7 @@ class Plan:
         flat, values["input"] = arena.take(template.input_shape)
         base["input"], live[id(flat)] = flat, {"input"}
         self.input = values["input"]
-        self._runs = []
+        self._steps = []                # one callable per step that has work
         for index, (node, spec) in enumerate(template.steps):
             inputs = [values[ref] for ref in node.inputs]
             first = node.inputs[0]
@@ -87,7 +90,7 @@ class Plan:
             values[node.name], base[node.name] = out, flat
             live.setdefault(id(flat), set()).add(node.name)
             if spec.bind is not None:
-                self._runs.append(spec.bind(inputs, out))
+                self._steps.append(spec.bind(inputs, out))
             for ref in set(node.inputs) | {node.name}:
                 if template.last_read.get(ref, -1) <= index and ref not in keep:
                     names = live[id(base[ref])]
@@ -98,8 +101,7 @@ class Plan:
         self.nbytes = arena.total_elements * template.dtype.itemsize
         if template.autotune and template.one_thread_steps is None:
             template.one_thread_steps = self._measure_threads()
-        for index in template.one_thread_steps or ():
-            self._runs[index] = _on_one_thread(self._runs[index])
+        self._runs = _sequences(self._steps, set(template.one_thread_steps or ()))
 
     def _measure_threads(self, repeat=3):
         """The steps that ran faster on one thread than on the team (small layers at batch 1:
@@ -111,7 +113,7 @@ class Plan:
         self.input[...] = 0
         chosen = []
         with single_threaded_blas:
-            for index, run in enumerate(self._runs):
+            for index, run in enumerate(self._steps):
                 run()
                 spent = {}
                 for one in (False, True):
@@ -137,6 +139,24 @@ class Plan:
             for run in self._runs:
                 run()
         return [out.copy() for out in self.outputs]
+
+
+def _sequences(steps, one):
+    """The plan's loop: each run of consecutive compiled steps as one CompiledRun, the other
+    steps as they are; step i on one thread if i is in ``one``."""
+    runs, compiled, flags = [], [], []
+    for index, step in enumerate(steps):
+        if isinstance(step, CompiledStep):
+            compiled.append(step)
+            flags.append(index in one)
+            continue
+        if compiled:
+            runs.append(CompiledRun(compiled, flags))
+            compiled, flags = [], []
+        runs.append(_on_one_thread(step) if index in one else step)
+    if compiled:
+        runs.append(CompiledRun(compiled, flags))
+    return runs
 
 
 def _on_one_thread(run):

@@ -5,6 +5,9 @@ the plan's dtype, checks and prepares everything once (geometry, the convolution
 and transformed weights, pooling tables) and returns a ``StepSpec``. ``spec.bind(inputs, out)``
 then returns a callable with no arguments that runs the layer from the input arrays into
 ``out``: the plan's loop calls it on every run, with no checks, no allocation and no lookup.
+For ReLU, add, linear, max and average pooling and the direct convolutions that callable is a
+compiled step (fastcnn._ops.plan_steps.CompiledStep: the kernel's pointers bound once), which
+the plan runs in sequences without Python between the layers; the others are Python callables.
 
 Layers with no builder here (a user's plugin, a rarely used layer) run their own ``forward``
 as Python and their result is copied into the plan's buffer: they work, at the cost of an
@@ -20,7 +23,9 @@ from typing import Callable, Optional
 import numpy as np
 
 from fastcnn._ops import activation as _act
+from fastcnn._ops import conv_direct as _direct
 from fastcnn._ops import gemm as _gemm
+from fastcnn._ops.parallel import openmp_max_threads
 from fastcnn._threads import get_num_threads
 from fastcnn.functional._conv import ConvForward, _conv_geometry
 from fastcnn.functional._conv_transpose import ConvTransposeForward, _conv_transpose_geometry
@@ -76,15 +81,30 @@ def _by_samples(kind, prepared, out_shape):
     return StepSpec(kind, out_shape, bind)
 
 
+def _team_size():
+    """The most threads a compiled step's workspace is made for: a run asking for more gets
+    this many (the same bits, results never depend on the count)."""
+    return max(get_num_threads(), openmp_max_threads(), 1)
+
+
 def _conv(layer, shapes, dtype, fastest=False):
     (shape,) = shapes
     fname = f"conv{layer.nd}d"
     w, b1 = _weights(layer, dtype)
     geom = _conv_geometry(fname, layer.nd, _stand_in(shape, dtype), w, **layer._args())
-    conv = ConvForward(geom, layer.nd, w, b1, dtype, relu=layer.fused_activation == "relu",
-                       fastest=fastest)
-    return _by_samples(f"{fname} {conv.algorithm}", conv,
-                       (shape[0], geom.out_channels) + geom.out_size)
+    relu = layer.fused_activation == "relu"
+    conv = ConvForward(geom, layer.nd, w, b1, dtype, relu=relu, fastest=fastest)
+    out_shape = (shape[0], geom.out_channels) + geom.out_size
+    kind = f"{fname} {conv.algorithm}"
+    if conv.direct is None:
+        return _by_samples(kind, conv, out_shape)
+    ops, n = conv.direct, shape[0]
+
+    def bind(inputs, out):          # the direct kernels: a compiled step
+        return _direct.DirectStep(inputs[0].reshape(n, -1), ops.wt, ops.bias,
+                                  out.reshape(n, -1), ops.offsets, *ops.scalars, ops.by_rows,
+                                  relu, _team_size())
+    return StepSpec(kind, out_shape, bind)
 
 
 def _conv_transpose(layer, shapes, dtype, fastest=False):
@@ -106,14 +126,9 @@ def _linear(layer, shapes, dtype):
     w = np.ascontiguousarray(layer.weight.data, dtype=dtype)
     b = None if layer.bias is None else np.ascontiguousarray(layer.bias.data, dtype=dtype)
 
-    def bind(inputs, out):
-        x2, y2 = inputs[0].reshape(rows, features), out.reshape(rows, layer.out_features)
-
-        def run():                  # as F.linear: one GEMM on the team, then += bias
-            _gemm.matmul(x2, w, y2, False, True, get_num_threads())
-            if b is not None:
-                np.add(y2, b, out=y2)
-        return run
+    def bind(inputs, out):          # as F.linear: one GEMM on the team, then += bias
+        return _gemm.LinearStep(inputs[0].reshape(rows, features), w, b,
+                                out.reshape(rows, layer.out_features))
     return StepSpec("linear", tuple(shape[:-1]) + (layer.out_features,), bind)
 
 
@@ -123,8 +138,7 @@ def _relu(layer, shapes, dtype):
         return _view("relu (fused)", shape)
 
     def bind(inputs, out):
-        x, y = inputs[0].reshape(-1), out.reshape(-1)
-        return lambda: _act.relu_forward(x, y, get_num_threads())
+        return _act.EltwiseStep(inputs[0].reshape(-1), None, out.reshape(-1))
     return StepSpec("relu", tuple(shape), bind, in_place=True)
 
 
@@ -134,6 +148,8 @@ def _add(layer, shapes, dtype):
     def bind(inputs, out):
         flat = [x.reshape(-1) for x in inputs]
         y = out.reshape(-1)
+        if len(flat) == 2:
+            return _act.EltwiseStep(flat[0], flat[1], y, relu)
 
         def run():                  # as Add.forward: left to right, the ReLU on the last sum
             threads = get_num_threads()
@@ -171,14 +187,17 @@ class _WithoutIndices:
     def run(self, x2, out2):
         self.pool.run(x2, out2, _NO_INDICES)
 
+    def step(self, x2, out2):
+        return self.pool.step(x2, out2)
+
 
 def _planes(kind, pool, shape, nd):
-    """A pooling step: ``pool.run`` over the (N*C, -1) planes of its input and output."""
+    """A pooling step: ``pool.step``, a compiled step over the (N*C, -1) planes of its input
+    and output."""
     planes = math.prod(shape[:-nd])
 
     def bind(inputs, out):
-        return functools.partial(pool.run, inputs[0].reshape(planes, -1),
-                                 out.reshape(planes, -1))
+        return pool.step(inputs[0].reshape(planes, -1), out.reshape(planes, -1))
     return StepSpec(kind, tuple(shape[:-nd]) + pool.out_size, bind)
 
 

@@ -1,0 +1,85 @@
+"""Running an inference plan's compiled steps without Python between the layers.
+
+A CompiledStep (plan_steps.pxd) is one layer's kernel bound to fixed buffers; the kernel
+modules define them (activation.EltwiseStep, gemm.LinearStep, pool.MaxPoolStep /
+AvgPoolStep, conv_direct.DirectStep). ``step()`` runs one alone; ``CompiledRun(steps,
+one_thread)`` runs a sequence of them in one call with the GIL released, each on the team of
+``get_num_threads()`` threads or, where ``one_thread`` says so (the plan's autotuning), on one
+thread. A plan runs its layers as such sequences, and a layer without a compiled step (a
+plugin, a convolution algorithm without one) as Python in between.
+"""
+from libc.stdlib cimport free, malloc
+
+import numpy as np
+
+from fastcnn._threads import get_num_threads
+
+
+def check_arrays(who, arrays, written=()):
+    """Every one of ``arrays`` a C-contiguous numpy array of one float dtype (float32 or
+    float64), those in ``written`` writeable: what a step's pointers may be taken from."""
+    dtype = arrays[0].dtype if arrays and isinstance(arrays[0], np.ndarray) else None
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"{who}: arrays must be float32 or float64 numpy arrays")
+    for a in list(arrays) + list(written):
+        if not isinstance(a, np.ndarray) or a.dtype != dtype or not a.flags.c_contiguous:
+            raise TypeError(f"{who}: arrays must be C-contiguous numpy arrays of {dtype}")
+    for a in written:
+        if not a.flags.writeable:
+            raise ValueError(f"{who}: the output array is read-only")
+    return dtype
+
+
+cdef class CompiledStep:
+    """One layer's kernel on fixed buffers; calling it runs it alone on get_num_threads()
+    threads (the plan's thread measurements)."""
+
+    def __call__(self):
+        cdef int threads = get_num_threads()
+        with nogil:
+            self.body(self.args, threads)
+
+
+cdef struct _Entry:
+    step_body body
+    void* args
+    bint one_thread
+
+
+cdef class CompiledRun:
+    """``steps`` (CompiledStep) run in order by one call, the GIL released;
+    ``one_thread[i]``: step i runs on one thread, the others on get_num_threads()."""
+    cdef _Entry* entries
+    cdef Py_ssize_t n
+    cdef readonly tuple steps
+
+    def __cinit__(self, steps, one_thread):
+        cdef CompiledStep step
+        cdef Py_ssize_t i
+        self.steps = tuple(steps)
+        if len(one_thread) != len(self.steps):
+            raise ValueError(f"CompiledRun: one_thread has {len(one_thread)} flags for "
+                             f"{len(self.steps)} steps")
+        self.n = len(self.steps)
+        self.entries = <_Entry*> malloc(max(self.n, 1) * sizeof(_Entry))
+        if self.entries == NULL:
+            raise MemoryError()
+        for i in range(self.n):
+            step = self.steps[i]
+            self.entries[i].body = step.body
+            self.entries[i].args = step.args
+            self.entries[i].one_thread = bool(one_thread[i])
+
+    def __dealloc__(self):
+        free(self.entries)
+
+    def __len__(self):
+        return self.n
+
+    def __call__(self):
+        cdef int threads = get_num_threads()
+        cdef Py_ssize_t i
+        with nogil:
+            for i in range(self.n):
+                self.entries[i].body(self.entries[i].args,
+                                     1 if self.entries[i].one_thread else threads)
