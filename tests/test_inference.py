@@ -133,6 +133,11 @@ def test_random_graphs_agree(seed):
     {"type": "conv1d", "out_channels": 4, "kernel_size": 3},
     {"type": "avg_pool2d", "kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True},
     {"type": "avg_pool2d", "kernel_size": 2, "count_include_pad": False},
+    {"type": "avg_pool2d", "kernel_size": 2, "divisor_override": 3},
+    {"type": "max_pool2d", "kernel_size": 2},
+    {"type": "conv2d", "out_channels": 5, "kernel_size": 3, "stride": 2, "padding": 1},
+    {"type": "conv2d", "out_channels": 3, "kernel_size": 5, "padding": 2},
+    {"type": "linear", "out_features": 4},
     {"type": "adaptive_avg_pool2d", "output_size": [3, 2]},
     {"type": "global_avg_pool2d"},
     {"type": "max_pool2d", "kernel_size": 3, "stride": 1, "dilation": 2, "padding": 1},
@@ -311,3 +316,49 @@ def test_a_float64_model_runs_in_float64():
     y = session(x.astype(np.float32))              # cast to the model's dtype
     assert y.dtype == np.float64
     np.testing.assert_allclose(y, model(x.astype(np.float32)), rtol=1e-10, atol=1e-12)
+
+
+def test_a_sequential_network_runs_as_one_compiled_run(sessions, threads):
+    """LeNet-5's steps (direct convolutions, pooling, linear, ReLU) all have a compiled form:
+    a run is one call into C; the same bits with the steps on one thread or on the team."""
+    from fastcnn._ops.plan_steps import CompiledRun
+    from fastcnn.inference.plan import Plan
+    model, session = sessions["lenet5"]
+    plan = Plan(session.plan(2))
+    assert len(plan._runs) == 1 and isinstance(plan._runs[0], CompiledRun)
+    assert len(plan._runs[0]) == len(plan._steps) == 9
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28), dtype=np.float32)
+    want = session.model(x)
+    np.testing.assert_array_equal(plan.run(x)[0], want)
+    alone = CompiledRun(plan._steps, [True] * 9)          # every step on one thread
+    times = alone.times(True)
+    assert len(times) == 9 and all(t >= 0 for t in times)
+    plan._runs = [alone]
+    np.testing.assert_array_equal(plan.run(x)[0], want)
+    # more threads than the direct kernels' workspaces were made for: they use what they have
+    from fastcnn._ops.parallel import openmp_max_threads
+    threads(openmp_max_threads() + 2)
+    np.testing.assert_array_equal(session(x), want)
+
+
+def test_compiled_steps_refuse_what_they_cannot_run():
+    from fastcnn._ops.activation import EltwiseStep
+    from fastcnn._ops.gemm import LinearStep
+    from fastcnn._ops.plan_steps import CompiledRun
+    x, y = np.zeros(4, np.float32), np.zeros(4, np.float32)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        EltwiseStep(x.astype(np.int64), None, y)
+    with pytest.raises(TypeError, match="C-contiguous"):
+        EltwiseStep(np.zeros(8, np.float32)[::2], None, y)
+    y.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        EltwiseStep(x, None, y)
+    with pytest.raises(ValueError, match="sizes differ"):
+        EltwiseStep(x, np.zeros(3, np.float32), np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="do not make a product"):
+        LinearStep(np.zeros((2, 3), np.float32), np.zeros((4, 5), np.float32), None,
+                   np.zeros((2, 4), np.float32))
+    with pytest.raises(TypeError):
+        CompiledRun([lambda: None], [False])
+    with pytest.raises(ValueError, match="flags"):
+        CompiledRun([EltwiseStep(x, None, np.zeros(4, np.float32))], [])

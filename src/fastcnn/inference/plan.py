@@ -105,31 +105,41 @@ class Plan:
 
     def _measure_threads(self, repeat=3):
         """The steps that ran faster on one thread than on the team (small layers at batch 1:
-        waking the team costs more than it saves), each timed right after it ran in order on
-        zeros (results are the same bits for any thread count: only speed is at stake). A
-        step must win by 10% to leave the team."""
+        waking the team costs more than it saves), each timed in order on zeros: the compiled
+        steps from C in one pass (CompiledRun.times), the others one by one right after they
+        ran (results are the same bits for any thread count: only speed is at stake). A step
+        must win by 10% to leave the team."""
         if get_num_threads() == 1:
             return []
         self.input[...] = 0
-        chosen = []
+        compiled = [i for i, step in enumerate(self._steps) if isinstance(step, CompiledStep)]
+        spent = {}                      # (step index, on one thread) -> best seconds
         with single_threaded_blas:
-            for index, run in enumerate(self._steps):
+            for run in self._steps:     # every buffer written once (no stale memory timed)
                 run()
-                spent = {}
+            for index, run in enumerate(self._steps):
+                if index in compiled:
+                    continue
+                run()
                 for one in (False, True):
-                    best = float("inf")
-                    for _ in range(repeat):
-                        start = time.perf_counter()
-                        if one:
-                            with one_thread():
-                                run()
-                        else:
-                            run()
-                        best = min(best, time.perf_counter() - start)
-                    spent[one] = best
-                if spent[True] < 0.9 * spent[False]:
-                    chosen.append(index)
-        return chosen
+                    spent[index, one] = min(self._time(run, one) for _ in range(repeat))
+            together = CompiledRun([self._steps[i] for i in compiled], [False] * len(compiled))
+            for _ in range(repeat):
+                for one in (False, True):
+                    for index, seconds in zip(compiled, together.times(one)):
+                        spent[index, one] = min(spent.get((index, one), seconds), seconds)
+        return [index for index in range(len(self._steps))
+                if spent[index, True] < 0.9 * spent[index, False]]
+
+    @staticmethod
+    def _time(run, one):
+        start = time.perf_counter()
+        if one:
+            with one_thread():
+                run()
+        else:
+            run()
+        return time.perf_counter() - start
 
     def run(self, x):
         """The outputs (copies) for ``x``, an array of the template's input shape (any dtype
