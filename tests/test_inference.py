@@ -344,7 +344,7 @@ def test_a_sequential_network_runs_as_one_compiled_run(sessions, threads):
 def test_compiled_steps_refuse_what_they_cannot_run():
     from fastcnn._ops.activation import EltwiseStep
     from fastcnn._ops.gemm import LinearStep
-    from fastcnn._ops.plan_steps import CompiledRun
+    from fastcnn._ops.plan_steps import CompiledRun, ConcatStep
     x, y = np.zeros(4, np.float32), np.zeros(4, np.float32)
     with pytest.raises(TypeError, match="float32 or float64"):
         EltwiseStep(x.astype(np.int64), None, y)
@@ -358,6 +358,8 @@ def test_compiled_steps_refuse_what_they_cannot_run():
     with pytest.raises(ValueError, match="do not make a product"):
         LinearStep(np.zeros((2, 3), np.float32), np.zeros((4, 5), np.float32), None,
                    np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match="add up"):
+        ConcatStep([x.reshape(1, 4), x.reshape(1, 4)], np.zeros((1, 9), np.float32), 1)
     with pytest.raises(TypeError):
         CompiledRun([lambda: None], [False])
     with pytest.raises(ValueError, match="flags"):

@@ -28,6 +28,11 @@ from fastcnn._ops._blas cimport gemm
 from fastcnn._ops._epilogue cimport bias_relu
 from fastcnn._ops._simd cimport sum_shifted
 from fastcnn._ops.im2col cimport Geom, make_geom, im2col_plane, col2im_plane
+from fastcnn._ops.plan_steps cimport CompiledStep, address
+
+import numpy as np
+
+from fastcnn._ops.plan_steps import check_arrays
 
 
 cdef inline void _im2col_sample(const floating* x, floating* cols, Py_ssize_t C,
@@ -137,6 +142,55 @@ cdef ConvDims _conv_transpose_dims(Py_ssize_t N, Py_ssize_t C_in, Py_ssize_t M,
     return d
 
 
+cdef void _conv_forward(const floating* x, Py_ssize_t x_row, const floating* weight,
+                        Py_ssize_t K, const floating* bias, floating* out, Py_ssize_t out_row,
+                        floating* ws, const ConvDims* d, Py_ssize_t groups, Py_ssize_t block,
+                        bint relu, int num_threads) noexcept nogil:
+    """conv_forward on pointers: x (N, x_row), weight (C_out, K), bias (C_out) or NULL,
+    out (N, out_row), ws num_threads * d.ws_stride elements (NULL for 1x1); d.N, d.L > 0."""
+    cdef Py_ssize_t blocks = (d.N + block - 1) // block
+    cdef bint has_bias = bias != NULL
+    cdef const floating* cols
+    cdef floating* cols_w
+    cdef floating* dst
+    cdef floating* row
+    cdef floating b
+    cdef Py_ssize_t j, n0, nb, ld, s_, n, gi, co, l
+    cdef int tid
+    with parallel(num_threads=num_threads):
+        for j in prange(blocks, schedule='static'):
+            tid = threadid()
+            n0 = j * block
+            nb = block if n0 + block <= d.N else d.N - n0
+            ld = nb * d.L
+            if d.pointwise:
+                cols = x + n0 * x_row               # nb == 1: the columns are the sample
+            else:
+                cols_w = ws + tid * d.ws_stride
+                for s_ in range(nb):
+                    _im2col_sample(x + (n0 + s_) * x_row, cols_w + s_ * d.L, d.C_in, d.S, ld,
+                                   &d.g)
+                cols = cols_w
+            # one sample: straight into out[n0]; several: into scratch, then to each sample
+            dst = out + n0 * out_row if nb == 1 else ws + tid * d.ws_stride + d.cols_size
+            for gi in range(groups):
+                gemm(False, False, <int> d.Cog, <int> ld, <int> K, <floating> 1.0,
+                     weight + gi * d.Cog * K, <int> K, cols + gi * K * ld, <int> ld,
+                     <floating> 0.0, dst + gi * d.Cog * ld, <int> ld)
+            for s_ in range(nb):
+                n = n0 + s_
+                for co in range(d.C_out):
+                    b = bias[co] if has_bias else 0
+                    row = out + n * out_row + co * d.L
+                    if nb == 1:
+                        if has_bias or relu:
+                            for l in range(d.L):
+                                row[l] = bias_relu(row[l], b, relu)
+                    else:
+                        for l in range(d.L):
+                            row[l] = bias_relu(dst[co * ld + s_ * d.L + l], b, relu)
+
+
 def conv_forward(const floating[:, ::1] x, const floating[:, ::1] weight,
                  const floating[::1] bias, floating[:, ::1] out, floating[::1] workspace,
                  Py_ssize_t groups, tuple in_size, tuple kernel, tuple stride, tuple padding,
@@ -150,50 +204,13 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] weight,
     """
     cdef ConvDims d = _conv_dims(x.shape[0], weight.shape[0], weight.shape[1], groups,
                                  in_size, kernel, stride, padding, dilation, out_size, block)
-    cdef Py_ssize_t K = weight.shape[1]
-    cdef Py_ssize_t blocks = (d.N + block - 1) // block
-    cdef bint has_bias = bias.shape[0] > 0
-    cdef floating* ws = &workspace[0] if workspace.shape[0] > 0 else NULL
-    cdef const floating* cols
-    cdef floating* cols_w
-    cdef floating* dst
-    cdef floating* row
-    cdef floating b
-    cdef Py_ssize_t j, n0, nb, ld, s_, n, gi, co, l
-    cdef int tid
     if d.N == 0 or d.L == 0:
         return
-    with nogil, parallel(num_threads=num_threads):
-        for j in prange(blocks, schedule='static'):
-            tid = threadid()
-            n0 = j * block
-            nb = block if n0 + block <= d.N else d.N - n0
-            ld = nb * d.L
-            if d.pointwise:
-                cols = &x[n0, 0]                    # nb == 1: the columns are the sample
-            else:
-                cols_w = ws + tid * d.ws_stride
-                for s_ in range(nb):
-                    _im2col_sample(&x[n0 + s_, 0], cols_w + s_ * d.L, d.C_in, d.S, ld, &d.g)
-                cols = cols_w
-            # one sample: straight into out[n0]; several: into scratch, then to each sample
-            dst = &out[n0, 0] if nb == 1 else ws + tid * d.ws_stride + d.cols_size
-            for gi in range(groups):
-                gemm(False, False, <int> d.Cog, <int> ld, <int> K, <floating> 1.0,
-                     &weight[gi * d.Cog, 0], <int> K, cols + gi * K * ld, <int> ld,
-                     <floating> 0.0, dst + gi * d.Cog * ld, <int> ld)
-            for s_ in range(nb):
-                n = n0 + s_
-                for co in range(d.C_out):
-                    b = bias[co] if has_bias else 0
-                    row = &out[n, co * d.L]
-                    if nb == 1:
-                        if has_bias or relu:
-                            for l in range(d.L):
-                                row[l] = bias_relu(row[l], b, relu)
-                    else:
-                        for l in range(d.L):
-                            row[l] = bias_relu(dst[co * ld + s_ * d.L + l], b, relu)
+    with nogil:
+        _conv_forward(&x[0, 0], x.shape[1], &weight[0, 0], weight.shape[1],
+                      &bias[0] if bias.shape[0] > 0 else NULL, &out[0, 0], out.shape[1],
+                      &workspace[0] if workspace.shape[0] > 0 else NULL, &d, groups, block,
+                      relu, num_threads)
 
 
 def conv_backward(const floating[:, ::1] x, const floating[:, ::1] weight,
@@ -332,6 +349,39 @@ def conv_transpose_workspace_size(Py_ssize_t out_channels, tuple kernel, tuple s
     return out_channels * kD * kH * kW * iD * iH * iW
 
 
+cdef void _conv_transpose_forward(const floating* x, Py_ssize_t x_row,
+                                  const floating* weight, Py_ssize_t M, const floating* bias,
+                                  floating* out, Py_ssize_t out_row, floating* ws,
+                                  const ConvDims* d, Py_ssize_t groups,
+                                  int num_threads) noexcept nogil:
+    """conv_transpose_forward on pointers: x (N, x_row), weight (C_in, M), bias (C_out) or
+    NULL, out (N, out_row), ws num_threads * d.ws_stride elements (NULL for 1x1); d.N, d.S >
+    0."""
+    cdef floating* cols
+    cdef floating* yn
+    cdef floating* row
+    cdef floating b
+    cdef Py_ssize_t n, gi, co, l
+    cdef int tid
+    with parallel(num_threads=num_threads):
+        for n in prange(d.N, schedule='static'):
+            tid = threadid()
+            yn = out + n * out_row
+            cols = yn if d.pointwise else ws + tid * d.ws_stride
+            for gi in range(groups):
+                gemm(True, False, <int> M, <int> d.L, <int> d.Cg, <floating> 1.0,
+                     weight + gi * d.Cg * M, <int> M, x + n * x_row + gi * d.Cg * d.L,
+                     <int> d.L, <floating> 0.0, cols + gi * M * d.L, <int> d.L)
+            if not d.pointwise:
+                _col2im_sample(cols, yn, d.C_out, d.S, d.L, &d.g)
+            if bias != NULL:
+                for co in range(d.C_out):
+                    b = bias[co]
+                    row = yn + co * d.S
+                    for l in range(d.S):
+                        row[l] = row[l] + b
+
+
 def conv_transpose_forward(const floating[:, ::1] x, const floating[:, ::1] weight,
                            const floating[::1] bias, floating[:, ::1] out,
                            floating[::1] workspace, Py_ssize_t groups, tuple out_size,
@@ -343,34 +393,13 @@ def conv_transpose_forward(const floating[:, ::1] x, const floating[:, ::1] weig
     """
     cdef ConvDims d = _conv_transpose_dims(x.shape[0], weight.shape[0], weight.shape[1], groups,
                                            out_size, kernel, stride, padding, dilation, in_size)
-    cdef Py_ssize_t M = weight.shape[1]
-    cdef bint has_bias = bias.shape[0] > 0
-    cdef floating* ws = &workspace[0] if workspace.shape[0] > 0 else NULL
-    cdef floating* cols
-    cdef floating* yn
-    cdef floating* row
-    cdef floating b
-    cdef Py_ssize_t n, gi, co, l
-    cdef int tid
     if d.N == 0 or d.S == 0:
         return
-    with nogil, parallel(num_threads=num_threads):
-        for n in prange(d.N, schedule='static'):
-            tid = threadid()
-            yn = &out[n, 0]
-            cols = yn if d.pointwise else ws + tid * d.ws_stride
-            for gi in range(groups):
-                gemm(True, False, <int> M, <int> d.L, <int> d.Cg, <floating> 1.0,
-                     &weight[gi * d.Cg, 0], <int> M, &x[n, gi * d.Cg * d.L], <int> d.L,
-                     <floating> 0.0, cols + gi * M * d.L, <int> d.L)
-            if not d.pointwise:
-                _col2im_sample(cols, yn, d.C_out, d.S, d.L, &d.g)
-            if has_bias:
-                for co in range(d.C_out):
-                    b = bias[co]
-                    row = yn + co * d.S
-                    for l in range(d.S):
-                        row[l] = row[l] + b
+    with nogil:
+        _conv_transpose_forward(&x[0, 0], x.shape[1], &weight[0, 0], weight.shape[1],
+                                &bias[0] if bias.shape[0] > 0 else NULL, &out[0, 0],
+                                out.shape[1], &workspace[0] if workspace.shape[0] > 0 else NULL,
+                                &d, groups, num_threads)
 
 
 def conv_transpose_backward(const floating[:, ::1] x, const floating[:, ::1] weight,
@@ -423,3 +452,87 @@ def conv_transpose_backward(const floating[:, ::1] x, const floating[:, ::1] wei
                         gemm(False, False, <int> d.Cg, <int> d.L, <int> M, <floating> 1.0,
                              &weight[gi * d.Cg, 0], <int> M, cols + gi * M * d.L, <int> d.L,
                              <floating> 0.0, &grad_x[n, gi * d.Cg * d.L], <int> d.L)
+
+
+# The inference plan's im2col + GEMM convolution and transposed convolution (plan_steps.pxd):
+# conv_forward / conv_transpose_forward with their geometry and a workspace of their own
+# bound once.
+cdef struct _Im2col:
+    const void* x
+    const void* weight
+    const void* bias            # NULL: none
+    void* out
+    void* workspace             # NULL: 1x1, none needed
+    Py_ssize_t x_row, out_row, K, groups, block
+    ConvDims d
+    bint transposed, relu, is_double
+    int max_threads             # the workspace serves this many threads
+
+
+cdef void _im2col_step(void* args, int num_threads) noexcept nogil:
+    cdef _Im2col* p = <_Im2col*> args
+    if num_threads > p.max_threads:         # fewer threads: the same bits
+        num_threads = p.max_threads
+    if p.transposed:
+        if p.is_double:
+            _conv_transpose_forward(<const double*> p.x, p.x_row, <const double*> p.weight,
+                                    p.K, <const double*> p.bias, <double*> p.out, p.out_row,
+                                    <double*> p.workspace, &p.d, p.groups, num_threads)
+        else:
+            _conv_transpose_forward(<const float*> p.x, p.x_row, <const float*> p.weight, p.K,
+                                    <const float*> p.bias, <float*> p.out, p.out_row,
+                                    <float*> p.workspace, &p.d, p.groups, num_threads)
+    elif p.is_double:
+        _conv_forward(<const double*> p.x, p.x_row, <const double*> p.weight, p.K,
+                      <const double*> p.bias, <double*> p.out, p.out_row,
+                      <double*> p.workspace, &p.d, p.groups, p.block, p.relu, num_threads)
+    else:
+        _conv_forward(<const float*> p.x, p.x_row, <const float*> p.weight, p.K,
+                      <const float*> p.bias, <float*> p.out, p.out_row, <float*> p.workspace,
+                      &p.d, p.groups, p.block, p.relu, num_threads)
+
+
+cdef class Im2colStep(CompiledStep):
+    """conv_forward (``block`` samples at a time) or, with ``transposed``, conv_transpose_forward
+    (block 1, no relu) of x into out as a plan step, with the same arguments after the arrays:
+    ``geometry`` = (in_size, kernel, stride, padding, dilation, out_size) as those functions
+    take them; ``per_thread`` = their workspace size; on up to ``max_threads`` threads."""
+    cdef _Im2col p
+
+    def __init__(self, x, weight, bias, out, Py_ssize_t groups, tuple geometry,
+                 Py_ssize_t block, bint relu, bint transposed, Py_ssize_t per_thread,
+                 int max_threads):
+        inputs = [x, weight] if bias.size == 0 else [x, weight, bias]
+        dtype = check_arrays("Im2colStep", inputs, [out])
+        if (x.ndim != 2 or out.ndim != 2 or weight.ndim != 2 or x.shape[0] != out.shape[0]
+                or x.shape[0] == 0 or block < 1 or max_threads < 1 or groups < 1
+                or (transposed and (block != 1 or relu))):
+            raise ValueError(f"Im2colStep: x {x.shape}, weight {weight.shape}, out "
+                             f"{out.shape} do not make a convolution")
+        first, kernel, stride, padding, dilation, last = geometry
+        if transposed:
+            self.p.d = _conv_transpose_dims(x.shape[0], weight.shape[0], weight.shape[1],
+                                            groups, first, kernel, stride, padding, dilation,
+                                            last)
+            size_in, size_out = self.p.d.C_in * self.p.d.L, self.p.d.C_out * self.p.d.S
+        else:
+            self.p.d = _conv_dims(x.shape[0], weight.shape[0], weight.shape[1], groups,
+                                  first, kernel, stride, padding, dilation, last, block)
+            size_in, size_out = self.p.d.C_in * self.p.d.S, self.p.d.C_out * self.p.d.L
+        if (x.shape[1] != size_in or out.shape[1] != size_out
+                or (bias.size and bias.shape != (self.p.d.C_out,))
+                or per_thread < self.p.d.ws_stride):
+            raise ValueError(f"Im2colStep: x {x.shape}, weight {weight.shape}, out "
+                             f"{out.shape} do not match the geometry {geometry}")
+        workspace = np.empty(max(1, per_thread * max_threads), dtype)
+        self.keep = (x, weight, bias, out, workspace)
+        self.p.x, self.p.weight, self.p.out = address(x), address(weight), address(out)
+        self.p.bias = address(bias) if bias.size else NULL
+        self.p.workspace = address(workspace) if per_thread > 0 else NULL
+        self.p.x_row, self.p.out_row = x.shape[1], out.shape[1]
+        self.p.K, self.p.groups, self.p.block = weight.shape[1], groups, block
+        self.p.transposed, self.p.relu = transposed, relu
+        self.p.is_double = dtype == np.float64
+        self.p.max_threads = max_threads
+        self.body = _im2col_step
+        self.args = &self.p

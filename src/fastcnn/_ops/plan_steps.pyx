@@ -1,14 +1,15 @@
 """Running an inference plan's compiled steps without Python between the layers.
 
 A CompiledStep (plan_steps.pxd) is one layer's kernel bound to fixed buffers; the kernel
-modules define them (activation.EltwiseStep, gemm.LinearStep, pool.MaxPoolStep /
-AvgPoolStep, conv_direct.DirectStep). ``step()`` runs one alone; ``CompiledRun(steps,
+modules define them (activation.EltwiseStep, gemm.LinearStep, pool.PoolStep,
+conv_direct.DirectStep, conv.Im2colStep), and this one the concatenation (ConcatStep). ``step()`` runs one alone; ``CompiledRun(steps,
 one_thread)`` runs a sequence of them in one call with the GIL released, each on the team of
 ``get_num_threads()`` threads or, where ``one_thread`` says so (the plan's autotuning), on one
 thread. A plan runs its layers as such sequences, and a layer without a compiled step (a
 plugin, a convolution algorithm without one) as Python in between.
 """
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 import numpy as np
@@ -39,6 +40,63 @@ cdef class CompiledStep:
         cdef int threads = get_num_threads()
         with nogil:
             self.body(self.args, threads)
+
+
+# A concatenation: out (outer, sum of parts) gets each input (outer, part[i]) in turn.
+cdef struct _Concat:
+    Py_ssize_t count, outer, row        # inputs, outer rows, bytes of an output row
+    const char** inputs
+    Py_ssize_t* part                    # bytes of an input's row
+    char* out
+
+
+cdef void _concat_step(void* args, int num_threads) noexcept nogil:
+    cdef _Concat* p = <_Concat*> args
+    cdef Py_ssize_t o, i, at
+    for o in range(p.outer):
+        at = o * p.row
+        for i in range(p.count):
+            memcpy(p.out + at, p.inputs[i] + o * p.part[i], p.part[i])
+            at += p.part[i]
+
+
+cdef class ConcatStep(CompiledStep):
+    """np.concatenate(inputs, axis, out=out) as a plan step (a copy: the same bits), the
+    arrays C-contiguous of one float dtype, the same shape but along ``axis``."""
+    cdef _Concat p
+
+    def __init__(self, inputs, out, int axis):
+        inputs = list(inputs)
+        check_arrays("ConcatStep", inputs, [out])
+        if not 0 <= axis < out.ndim:
+            raise ValueError(f"ConcatStep: axis {axis} is not one of out's {out.ndim}")
+        for x in inputs:
+            if (x.ndim != out.ndim or x.shape[:axis] != out.shape[:axis]
+                    or x.shape[axis + 1:] != out.shape[axis + 1:]):
+                raise ValueError(f"ConcatStep: {x.shape} does not fit {out.shape} along "
+                                 f"axis {axis}")
+        if sum(x.shape[axis] for x in inputs) != out.shape[axis]:
+            raise ValueError(f"ConcatStep: the inputs do not add up to {out.shape}")
+        self.keep = (tuple(inputs), out)
+        self.p.count = len(inputs)
+        self.p.outer = 1
+        for size in out.shape[:axis]:
+            self.p.outer *= size
+        self.p.row = out.nbytes // self.p.outer if self.p.outer else 0
+        self.p.out = <char*> address(out)
+        self.p.inputs = <const char**> malloc(max(1, self.p.count) * sizeof(char*))
+        self.p.part = <Py_ssize_t*> malloc(max(1, self.p.count) * sizeof(Py_ssize_t))
+        if self.p.inputs == NULL or self.p.part == NULL:
+            raise MemoryError()
+        for i, x in enumerate(inputs):
+            self.p.inputs[i] = <const char*> address(x)
+            self.p.part[i] = x.nbytes // self.p.outer if self.p.outer else 0
+        self.body = _concat_step
+        self.args = &self.p
+
+    def __dealloc__(self):
+        free(self.p.inputs)
+        free(self.p.part)
 
 
 cdef struct _Entry:

@@ -11,6 +11,7 @@ import numpy as np
 from fastcnn import _checks, _memory
 from fastcnn._checks import as_array, as_int, check_ndim, contiguous, float_dtype, lift3, ntuple
 from fastcnn._ops import conv as _conv
+from fastcnn._ops import conv_direct as _direct
 from fastcnn._ops import depthwise as _depthwise
 from fastcnn._threads import get_num_threads, single_threaded_blas
 from fastcnn._workspace import scratch
@@ -118,9 +119,10 @@ class ConvForward:
     InferenceSession once per plan. With ``set_conv_autotune`` on, Winograd is timed against
     the rules' other choice; with ``fastest``, every algorithm that can compute the problem is
     timed and the fastest kept (an InferenceSession's plans). Timing runs on ``probe`` = (x2,
-    out2), or on zeros. ``direct``: the chosen algorithm's DirectOperands for "rows" and
-    "direct" (an inference plan binds them into a compiled step), else None."""
-    __slots__ = ("algorithm", "run", "direct")
+    out2), or on zeros. ``step(x2, out2, max_threads)``: run's work as a compiled step of an
+    inference plan (fastcnn._ops.plan_steps), on up to max_threads threads; None for the
+    algorithms without one (Winograd, depthwise)."""
+    __slots__ = ("algorithm", "run", "step")
 
     def __init__(self, geom, nd, w4, b1, dtype, relu=False, probe=None, fastest=False):
         w2 = w4.reshape(geom.out_channels, -1)
@@ -138,8 +140,10 @@ class ConvForward:
                                                   geom.out_size, dtype)
                 return lambda x2, out2: ops.run(x2, out2, dtype, relu)
             if algorithm in ("rows", "direct"):
-                ops = direct[algorithm] = algorithms.DirectOperands(w4, b1, geom, dtype,
-                                                                    algorithm == "rows")
+                ops = algorithms.DirectOperands(w4, b1, geom, dtype, algorithm == "rows")
+                steps[algorithm] = lambda x2, out2, threads: _direct.DirectStep(
+                    x2, ops.wt, ops.bias, out2, ops.offsets, *ops.scalars, ops.by_rows, relu,
+                    threads)
                 return lambda x2, out2: ops.run(x2, out2, dtype, relu)
             args = geom.kernel_args()
             pointwise = _conv.is_pointwise(args[1], args[2], args[3])
@@ -153,9 +157,11 @@ class ConvForward:
                 with single_threaded_blas:
                     _conv.conv_forward(x2, w2, b1, out2, ws, geom.groups, *args, block, relu,
                                        threads)
+            steps[algorithm] = lambda x2, out2, threads: _conv.Im2colStep(
+                x2, w2, b1, out2, geom.groups, args, block, relu, False, per_thread, threads)
             return im2col
 
-        made, direct = {}, {}
+        made, steps = {}, {}
 
         def prepared(algorithm):            # each algorithm's operands made once
             if algorithm not in made:
@@ -179,7 +185,7 @@ class ConvForward:
         else:
             self.algorithm = algorithms.select("forward", geom, nd, dtype, runners)
         self.run = prepared(self.algorithm)
-        self.direct = direct.get(self.algorithm)
+        self.step = steps.get(self.algorithm)
 
 
 def _conv_forward(fname, nd, input, weight, bias, stride, padding, dilation, groups,

@@ -86,8 +86,10 @@ class ConvTransposeForward:
     makes it, weight w4 (C_in, C_out/groups, *kernel), bias b1 (C_out,) or empty), prepared:
     the algorithm chosen and, by phases, each output phase's kernels as the row kernel reads
     them. ``run(x2, out2)``: out2 (N, C_out*prod(out)) from x2 (N, C_in*prod(in)).
-    F.conv_transpose*d prepares one per call; an InferenceSession once per plan."""
-    __slots__ = ("algorithm", "run")
+    F.conv_transpose*d prepares one per call; an InferenceSession once per plan.
+    ``step(x2, out2, max_threads)``: run's work as a compiled step of an inference plan
+    (fastcnn._ops.plan_steps); None for the algorithms without one (subpixel)."""
+    __slots__ = ("algorithm", "run", "step")
 
     def __init__(self, geom, nd, w4, b1, dtype, fastest=False):
         made = {}
@@ -95,7 +97,7 @@ class ConvTransposeForward:
         def prepared(algorithm):
             if algorithm not in made:
                 made[algorithm] = self._prepared(algorithm, geom, nd, w4, b1, dtype)
-            return made[algorithm]
+            return made[algorithm][0]
 
         if fastest:
             probe = (np.zeros((geom.n, geom.in_channels * math.prod(geom.in_size)), dtype),
@@ -106,10 +108,12 @@ class ConvTransposeForward:
         else:
             self.algorithm = algorithms.select("transposed forward", geom, nd, dtype)
         self.run = prepared(self.algorithm)
+        self.step = made[self.algorithm][1]
 
     @staticmethod
     def _prepared(algorithm, geom, nd, w4, b1, dtype):
-        """run(x2, out2) of ``algorithm`` with its operands made."""
+        """(run(x2, out2), step(x2, out2, max_threads) or None) of ``algorithm`` with its
+        operands made."""
         if algorithm == "subpixel":
             # the row kernel per output phase: a k4 s2 upsampling 64 -> 32 channels, 16x16 ->
             # 32x32 maps (the speed table's case) 2.16 -> 1.82 ms
@@ -126,7 +130,7 @@ class ConvTransposeForward:
             def by_phases(x2, out2):
                 for ops, layout in phases:
                     ops.run(x2, out2, dtype, out_layout=layout)
-            return by_phases
+            return by_phases, None
         else:
             args = _conv_transpose_args(geom)
             per_thread = _conv.conv_transpose_workspace_size(geom.out_channels, *args[1:4],
@@ -139,7 +143,11 @@ class ConvTransposeForward:
                 with single_threaded_blas:
                     _conv.conv_transpose_forward(x2, w2, b1, out2, ws, geom.groups, *args,
                                                  threads)
-            return gemm_col2im
+
+            def step(x2, out2, threads):
+                return _conv.Im2colStep(x2, w2, b1, out2, geom.groups, args, 1, False, True,
+                                        per_thread, threads)
+            return gemm_col2im, step
 
 
 def _conv_transpose_forward(fname, nd, input, weight, bias, stride, padding, output_padding,

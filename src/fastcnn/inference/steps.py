@@ -5,7 +5,8 @@ the plan's dtype, checks and prepares everything once (geometry, the convolution
 and transformed weights, pooling tables) and returns a ``StepSpec``. ``spec.bind(inputs, out)``
 then returns a callable with no arguments that runs the layer from the input arrays into
 ``out``: the plan's loop calls it on every run, with no checks, no allocation and no lookup.
-For ReLU, add, linear, max and average pooling and the direct convolutions that callable is a
+For ReLU, add, concat, linear, max and average pooling and the convolutions (all algorithms but
+Winograd, depthwise and the transposed convolution's subpixel phases) that callable is a
 compiled step (fastcnn._ops.plan_steps.CompiledStep: the kernel's pointers bound once), which
 the plan runs in sequences without Python between the layers; the others are Python callables.
 
@@ -23,8 +24,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from fastcnn._ops import activation as _act
-from fastcnn._ops import conv_direct as _direct
 from fastcnn._ops import gemm as _gemm
+from fastcnn._ops import plan_steps as _plan_steps
 from fastcnn._ops.parallel import openmp_max_threads
 from fastcnn._threads import get_num_threads
 from fastcnn.functional._conv import ConvForward, _conv_geometry
@@ -73,11 +74,15 @@ def _stand_in(shape, dtype):
 
 
 def _by_samples(kind, prepared, out_shape):
-    """A step running ``prepared.run(x2, out2)`` on (N, -1) views of its input and output."""
+    """A step running a prepared convolution on (N, -1) views of its input and output: its
+    compiled step (``prepared.step``) where it has one, else ``prepared.run(x2, out2)``."""
     n = out_shape[0]
 
     def bind(inputs, out):
-        return functools.partial(prepared.run, inputs[0].reshape(n, -1), out.reshape(n, -1))
+        x2, out2 = inputs[0].reshape(n, -1), out.reshape(n, -1)
+        if prepared.step is not None:
+            return prepared.step(x2, out2, _team_size())
+        return functools.partial(prepared.run, x2, out2)
     return StepSpec(kind, out_shape, bind)
 
 
@@ -92,19 +97,10 @@ def _conv(layer, shapes, dtype, fastest=False):
     fname = f"conv{layer.nd}d"
     w, b1 = _weights(layer, dtype)
     geom = _conv_geometry(fname, layer.nd, _stand_in(shape, dtype), w, **layer._args())
-    relu = layer.fused_activation == "relu"
-    conv = ConvForward(geom, layer.nd, w, b1, dtype, relu=relu, fastest=fastest)
-    out_shape = (shape[0], geom.out_channels) + geom.out_size
-    kind = f"{fname} {conv.algorithm}"
-    if conv.direct is None:
-        return _by_samples(kind, conv, out_shape)
-    ops, n = conv.direct, shape[0]
-
-    def bind(inputs, out):          # the direct kernels: a compiled step
-        return _direct.DirectStep(inputs[0].reshape(n, -1), ops.wt, ops.bias,
-                                  out.reshape(n, -1), ops.offsets, *ops.scalars, ops.by_rows,
-                                  relu, _team_size())
-    return StepSpec(kind, out_shape, bind)
+    conv = ConvForward(geom, layer.nd, w, b1, dtype, relu=layer.fused_activation == "relu",
+                       fastest=fastest)
+    return _by_samples(f"{fname} {conv.algorithm}", conv,
+                       (shape[0], geom.out_channels) + geom.out_size)
 
 
 def _conv_transpose(layer, shapes, dtype, fastest=False):
@@ -165,7 +161,7 @@ def _concat(layer, shapes, dtype):
     out_shape[layer._axis] = sum(s[layer._axis] for s in shapes)
 
     def bind(inputs, out):
-        return functools.partial(np.concatenate, inputs, axis=layer._axis, out=out)
+        return _plan_steps.ConcatStep(inputs, out, layer._axis)
     return StepSpec("concat", tuple(out_shape), bind)
 
 
