@@ -121,3 +121,29 @@ def test_one_thread_limits_only_the_calling_python_thread(threads):
         worker.join()
     assert get_num_threads() == (2 if fastcnn._threads._parallel.openmp_enabled() else 1)
     assert seen["other"] == get_num_threads()
+
+
+def test_the_guard_in_c_and_through_threadpoolctl_agree():
+    """single_threaded_blas runs in C (blas_threads.CountGuard) when every BLAS has C
+    functions for its count, else through threadpoolctl: both set one thread inside, nested,
+    and restore the counts after."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import scipy.linalg.cython_blas  # noqa: F401
+    from fastcnn._ops.blas_threads import CountGuard
+    from fastcnn._threads import _SingleThreadedBlas
+
+    def counts():
+        return [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+                if lib["user_api"] == "blas"]
+    before = counts()
+    through_python = _SingleThreadedBlas()
+    through_python._blas_libs()
+    through_python._in_c = None
+    for guard in (single_threaded_blas, through_python):
+        with guard:
+            with guard:
+                assert counts() and all(n == 1 for n in counts())
+            assert all(n == 1 for n in counts())
+        assert counts() == before
+    with pytest.raises(RuntimeError, match="without enter"):
+        CountGuard([]).exit()

@@ -57,6 +57,33 @@ FC_KERNEL_VOID(fc_max_2x2_##sfx,                                                
     }                                                                                        \
 })                                                                                           \
                                                                                              \
+/* fc_max_2x2 without the offsets (inference): the same maxima by the selects of the keys  \
+ * only (LeNet's first pooling at batch 1: 2.7 -> 2.4 us on one thread) */                  \
+FC_KERNEL_VOID(fc_max_2x2_values_##sfx,                                                      \
+    (const T *x, T *y, ptrdiff_t W, ptrdiff_t oH, ptrdiff_t oW),                             \
+    (x, y, W, oH, oW),                                                                       \
+{                                                                                            \
+    ptrdiff_t oh, ow;                                                                        \
+    for (oh = 0; oh < oH; oh++) {                                                            \
+        const fc_bits_##sfx *r0 = (const fc_bits_##sfx *) (x + 2 * oh * W);                  \
+        const fc_bits_##sfx *r1 = (const fc_bits_##sfx *) (x + (2 * oh + 1) * W);            \
+        fc_bits_##sfx *yo = (fc_bits_##sfx *) (y + oh * oW);                                 \
+        for (ow = 0; ow < oW; ow++) {                                                        \
+            IT bits = r0[2 * ow], key = fc_pool_key_##sfx(bits), v, k;                       \
+            int take;                                                                        \
+            v = r0[2 * ow + 1]; k = fc_pool_key_##sfx(v);                                    \
+            take = k > key || k == (MAG);                                                    \
+            bits = take ? v : bits; key = take ? k : key;                                    \
+            v = r1[2 * ow]; k = fc_pool_key_##sfx(v);                                        \
+            take = k > key || k == (MAG);                                                    \
+            bits = take ? v : bits; key = take ? k : key;                                    \
+            v = r1[2 * ow + 1]; k = fc_pool_key_##sfx(v);                                    \
+            take = k > key || k == (MAG);                                                    \
+            yo[ow] = take ? v : bits;                                                        \
+        }                                                                                    \
+    }                                                                                        \
+})                                                                                           \
+                                                                                             \
 /* A run of n interior outputs of one output row, any window (max_pool's general path):    \
  * output i's taps are at flat offsets start + i * sw + a * step_a + b * step_b + e * dw     \
  * (a < na, b < nb, e < kw: depth rows, rows, columns), swept tap by tap over the run in   \

@@ -76,6 +76,10 @@ cdef extern from "_pool.h" nogil:
                       Py_ssize_t oW)
     void fc_max_2x2_d(const double* x, double* y, idx_t* ind, Py_ssize_t W, Py_ssize_t oH,
                       Py_ssize_t oW)
+    void fc_max_2x2_values_f(const float* x, float* y, Py_ssize_t W, Py_ssize_t oH,
+                             Py_ssize_t oW)
+    void fc_max_2x2_values_d(const double* x, double* y, Py_ssize_t W, Py_ssize_t oH,
+                             Py_ssize_t oW)
     void fc_avg_2x2_f(const float* x, float* y, Py_ssize_t W, Py_ssize_t oH, Py_ssize_t oW,
                       float div)
     void fc_avg_2x2_d(const double* x, double* y, Py_ssize_t W, Py_ssize_t oH, Py_ssize_t oW,
@@ -152,7 +156,12 @@ cdef inline void _max_2x2_plane(const floating* x, floating* y, idx_t* ind, Py_s
     maxima and offsets as _max_plane, by the branch-free C loop of _pool.h (its per-tap
     sweeps spent their time in per-row setup on small planes, and the offsets' selects did not
     vectorize)."""
-    if floating is float:
+    if ind == NULL:                 # the maxima only: a loop that vectorizes
+        if floating is float:
+            fc_max_2x2_values_f(x, y, W, oH, oW)
+        else:
+            fc_max_2x2_values_d(x, y, W, oH, oW)
+    elif floating is float:
         fc_max_2x2_f(x, y, ind, W, oH, oW)
     else:
         fc_max_2x2_d(x, y, ind, W, oH, oW)

@@ -103,7 +103,7 @@ class Plan:
             template.one_thread_steps = self._measure_threads()
         self._runs = _sequences(self._steps, set(template.one_thread_steps or ()))
 
-    def _measure_threads(self, repeat=3):
+    def _measure_threads(self, repeat=5):
         """The steps that ran faster on one thread than on the team (small layers at batch 1:
         waking the team costs more than it saves), each timed in order on zeros: the compiled
         steps from C in one pass (CompiledRun.times), the others one by one right after they
