@@ -163,6 +163,28 @@ def test_linear_matches_torch(th, rng, dtype, shape, bias):
     assert F.linear_backward(dy, x, w, output_mask=(False, True, False))[::2] == (None, None)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_single_row_products_by_gemv(rng, same_bits_for_1_and_2_threads, dtype, trans_a,
+                                     trans_b):
+    """A one-row product (a linear layer at batch 1) runs as GEMVs over column blocks: the
+    product of every operand layout, over several blocks, any thread count."""
+    from fastcnn import get_num_threads
+    from fastcnn._ops.gemm import matmul
+    k, n = 70, 150
+    a = rng.standard_normal((k, 1) if trans_a else (1, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    want = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b)
+
+    def product():
+        c = np.full((1, n), np.nan, dtype)
+        matmul(a, b, c, trans_a, trans_b, get_num_threads())
+        return [c]
+    np.testing.assert_allclose(product()[0], want, **TOL[dtype])
+    same_bits_for_1_and_2_threads(product)
+
+
 def test_linear_finite_differences(rng):
     x, w, b = rng.standard_normal((3, 4)), rng.standard_normal((2, 4)), rng.standard_normal(2)
     dy = rng.standard_normal((3, 2))

@@ -3,14 +3,15 @@
 numpy's matmul would run OpenBLAS's own thread pool, whose threads keep spinning after each call
 and starve the OpenMP team of the next kernel (measured: a LeNet-5 training step went from 5 ms
 to 80+ ms on 2 cores). Here the output is cut into fixed blocks of ``BLOCK`` rows or columns
-(whichever side is longer), each block one single-threaded BLAS call on one OpenMP thread.
+(whichever side is longer), each block one single-threaded BLAS call on one OpenMP thread (a
+GEMV when C is a single row: _blas.gemv_row).
 The cut depends on the shapes only, and each output element is one BLAS dot over the full K, so
 the result is the same whatever the number of threads.
 """
 from cython cimport floating
 from cython.parallel cimport prange
 
-from fastcnn._ops._blas cimport gemm
+from fastcnn._ops._blas cimport gemm, gemv_row
 from fastcnn._ops.plan_steps cimport CompiledStep, address
 
 import numpy as np
@@ -25,10 +26,17 @@ cdef void _matmul(const floating* pa, const floating* pb, floating* pc, Py_ssize
                   bint trans_b, int num_threads) noexcept nogil:
     """pc (M, N) = op(pa) @ op(pb) (see matmul; M, N, K > 0), in fixed blocks of BLOCK rows or
     columns, each one single-threaded BLAS call on one OpenMP thread."""
-    cdef bint by_rows = M >= N
+    cdef bint by_rows = M >= N and M > 1
     cdef Py_ssize_t extent = M if by_rows else N
     cdef Py_ssize_t blocks = (extent + BLOCK - 1) // BLOCK
     cdef Py_ssize_t j, start, size
+    if M == 1:          # one row (a linear layer at batch 1): one GEMV per block of columns
+        for j in prange(blocks, schedule='static', num_threads=num_threads):
+            start = j * BLOCK
+            size = BLOCK if start + BLOCK <= extent else extent - start
+            gemv_row(trans_b, <int> size, <int> K, pa, <int> (lda if trans_a else 1),
+                     pb + (start * ldb if trans_b else start), <int> ldb, pc + start)
+        return
     for j in prange(blocks, schedule='static', num_threads=num_threads):
         start = j * BLOCK
         size = BLOCK if start + BLOCK <= extent else extent - start
