@@ -29,26 +29,34 @@ cdef void _matmul(const floating* pa, const floating* pb, floating* pc, Py_ssize
     cdef bint by_rows = M >= N and M > 1
     cdef Py_ssize_t extent = M if by_rows else N
     cdef Py_ssize_t blocks = (extent + BLOCK - 1) // BLOCK
-    cdef Py_ssize_t j, start, size
-    if M == 1:          # one row (a linear layer at batch 1): one GEMV per block of columns
-        for j in prange(blocks, schedule='static', num_threads=num_threads):
-            start = j * BLOCK
-            size = BLOCK if start + BLOCK <= extent else extent - start
-            gemv_row(trans_b, <int> size, <int> K, pa, <int> (lda if trans_a else 1),
-                     pb + (start * ldb if trans_b else start), <int> ldb, pc + start)
+    cdef Py_ssize_t j
+    if num_threads == 1 or blocks == 1:     # no team to start (~0.3 us)
+        for j in range(blocks):
+            _block(pa, pb, pc, M, N, K, lda, ldb, trans_a, trans_b, by_rows, extent, j)
         return
     for j in prange(blocks, schedule='static', num_threads=num_threads):
-        start = j * BLOCK
-        size = BLOCK if start + BLOCK <= extent else extent - start
-        if by_rows:
-            # rows [start, start+size) of op(A): row offset, or column offset when transposed
-            gemm(trans_a, trans_b, <int> size, <int> N, <int> K, <floating> 1.0,
-                 pa + (start if trans_a else start * lda), <int> lda, pb, <int> ldb,
-                 <floating> 0.0, pc + start * N, <int> N)
-        else:
-            gemm(trans_a, trans_b, <int> M, <int> size, <int> K, <floating> 1.0,
-                 pa, <int> lda, pb + (start * ldb if trans_b else start), <int> ldb,
-                 <floating> 0.0, pc + start, <int> N)
+        _block(pa, pb, pc, M, N, K, lda, ldb, trans_a, trans_b, by_rows, extent, j)
+
+
+cdef inline void _block(const floating* pa, const floating* pb, floating* pc, Py_ssize_t M,
+                        Py_ssize_t N, Py_ssize_t K, Py_ssize_t lda, Py_ssize_t ldb,
+                        bint trans_a, bint trans_b, bint by_rows, Py_ssize_t extent,
+                        Py_ssize_t j) noexcept nogil:
+    """Block j of _matmul: BLOCK rows (by_rows) or columns of pc, one BLAS call."""
+    cdef Py_ssize_t start = j * BLOCK
+    cdef Py_ssize_t size = BLOCK if start + BLOCK <= extent else extent - start
+    if M == 1:          # one row (a linear layer at batch 1): a GEMV per block of columns
+        gemv_row(trans_b, <int> size, <int> K, pa, <int> (lda if trans_a else 1),
+                 pb + (start * ldb if trans_b else start), <int> ldb, pc + start)
+    elif by_rows:
+        # rows [start, start+size) of op(A): row offset, or column offset when transposed
+        gemm(trans_a, trans_b, <int> size, <int> N, <int> K, <floating> 1.0,
+             pa + (start if trans_a else start * lda), <int> lda, pb, <int> ldb,
+             <floating> 0.0, pc + start * N, <int> N)
+    else:
+        gemm(trans_a, trans_b, <int> M, <int> size, <int> K, <floating> 1.0,
+             pa, <int> lda, pb + (start * ldb if trans_b else start), <int> ldb,
+             <floating> 0.0, pc + start, <int> N)
 
 
 def matmul(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,

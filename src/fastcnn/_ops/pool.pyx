@@ -172,12 +172,22 @@ cdef void _max_pool(const floating* x, floating* out, idx_t* indices, Py_ssize_t
                     int num_threads) noexcept nogil:
     """out (P, L) (and indices (P, L) unless NULL) of x (P, S), one plane per task."""
     cdef Py_ssize_t p
+    if num_threads == 1 or P == 1:          # no team to start (~0.3 us)
+        for p in range(P):
+            _max_pool_plane(x, out, indices, S, L, w, two_by_two, p)
+        return
     for p in prange(P, schedule='static', num_threads=num_threads):
-        if two_by_two:
-            _max_2x2_plane(x + p * S, out + p * L, indices + p * L if indices != NULL else NULL,
-                           w.W, w.oH, w.oW)
-        else:
-            _max_plane(x + p * S, out + p * L, indices + p * L if indices != NULL else NULL, w)
+        _max_pool_plane(x, out, indices, S, L, w, two_by_two, p)
+
+
+cdef inline void _max_pool_plane(const floating* x, floating* out, idx_t* indices, Py_ssize_t S,
+                                 Py_ssize_t L, const Windows* w, bint two_by_two,
+                                 Py_ssize_t p) noexcept nogil:
+    if two_by_two:
+        _max_2x2_plane(x + p * S, out + p * L, indices + p * L if indices != NULL else NULL,
+                       w.W, w.oH, w.oW)
+    else:
+        _max_plane(x + p * S, out + p * L, indices + p * L if indices != NULL else NULL, w)
 
 
 def max_pool_forward(const floating[:, ::1] x, floating[:, ::1] out, idx_t[:, ::1] indices,
@@ -355,14 +365,23 @@ cdef void _avg_pool(const floating* x, floating* out, Py_ssize_t P, Py_ssize_t S
                     int num_threads) noexcept nogil:
     """out (P, L) = window averages of x (P, S), one plane per task."""
     cdef Py_ssize_t p
-    cdef double div = divisor_override if divisor_override > 0 else 4
+    if num_threads == 1 or P == 1:          # no team to start
+        for p in range(P):
+            _avg_pool_plane(x + p * S, out + p * L, w, divisor_override, two_by_two)
+        return
     for p in prange(P, schedule='static', num_threads=num_threads):
-        if not two_by_two:
-            _avg_plane(x + p * S, out + p * L, w, divisor_override)
-        elif floating is float:
-            fc_avg_2x2_f(x + p * S, out + p * L, w.W, w.oH, w.oW, <float> div)
-        else:
-            fc_avg_2x2_d(x + p * S, out + p * L, w.W, w.oH, w.oW, div)
+        _avg_pool_plane(x + p * S, out + p * L, w, divisor_override, two_by_two)
+
+
+cdef inline void _avg_pool_plane(const floating* x, floating* y, const Windows* w,
+                                 double divisor_override, bint two_by_two) noexcept nogil:
+    cdef double div = divisor_override if divisor_override > 0 else 4
+    if not two_by_two:
+        _avg_plane(x, y, w, divisor_override)
+    elif floating is float:
+        fc_avg_2x2_f(x, y, w.W, w.oH, w.oW, <float> div)
+    else:
+        fc_avg_2x2_d(x, y, w.W, w.oH, w.oW, div)
 
 
 def avg_pool_forward(const floating[:, ::1] x, floating[:, ::1] out, tuple in_size,
