@@ -15,10 +15,11 @@
  *
  *     y[co, oh, ow] = bias[co] + sum_k wt[k, co] * xp[off[k] + oh*sH * Wp + ow*sW]
  *
- * with k = (ci, kh, kw) and off[k] = ci*Hp*Wp + kh*dH*Wp + kw*dW. The innermost loop runs over
- * one vector of output channels (16 floats on AVX-512, 8 on AVX2), eight outputs (2 rows x
- * FC_POS) share each weight load, and their accumulators stay in registers. The sum over k runs
- * in a fixed order: the result does not depend on threads (nor on the level, but for FMA).
+ * with k = (ci, kh, kw) and off[k] = ci*Hp*Wp + kh*dH*Wp + kw*dW (in the column-phase layout
+ * with a width stride: see fc_direct_conv). The innermost loop runs over one or two vectors of output
+ * channels (16 floats each on AVX-512, 8 on AVX2) by up to 24 (AVX-512) or 12 outputs, whose
+ * accumulators stay in registers (_conv_direct.inc). The sum over k runs in a fixed order: the
+ * result does not depend on threads nor on the block shape (nor on the level, but for FMA).
  */
 #ifndef FASTCNN_CONV_DIRECT_H
 #define FASTCNN_CONV_DIRECT_H
@@ -28,7 +29,6 @@
 /* Layout constants, shared with conv_direct.pyx (which exports them to Python) and the same on
  * every level: the kernels' blocks divide them. */
 #define FC_CO_PAD 16    /* the channel and row kernels' wt and bias: C_out padded to a multiple */
-#define FC_POS 4        /* the channel kernel's output positions per block along a row */
 #define FC_ROW_CO 8     /* the row kernel's channels per block */
 #define FC_ROW_TAIL 16  /* the row kernel reads fewer than this many elements past a row (its
                            widest vector; conv_direct.pyx allocates it after each sample) */
@@ -37,12 +37,13 @@
 #define FC_DW_LANES 16  /* its accumulator slot per (channel, tap): 64 bytes (16 floats or 8
                            doubles); conv_direct.pyx adds each slot up */
 
-/* fc_direct_conv: y (cout, oh_n*ow_n) of one sample from its padded planes xp; wt (K, cpad),
- * bias (cpad); relu: max(y, 0) as it is stored (NaN kept, -0 -> 0, as fastcnn's relu).
- * xp must hold sh + 1 rows and FC_POS * sw elements past the last plane (the tail blocks read
- * them; conv_direct.pyx's direct_workspace_size). Strides sh, sw: output (oh, ow) reads the planes
- * from (oh*sh, ow*sw). The channels are GCC vectors, not left to the auto-vectorizer, which
- * kept the accumulators in memory. */
+/* fc_direct_conv: y (cout, oh_n*ow_n) of one sample from its padded planes xp, stored (as the
+ * row kernel's) in column phases with rows wp long (a width stride sw makes sw phase planes per
+ * channel: output (oh, ow) reads its taps at xp + off[k] + oh*sh*wp + ow); wt in panels of
+ * fc_direct_conv_panel() channels, each (K, panel) (cpad, a multiple of the panel, is not read);
+ * bias (cpad); relu: max(y, 0) as it is stored (NaN kept, -0 -> 0, as fastcnn's relu). It reads
+ * only the planes' elements of real outputs. The channels are GCC vectors, not left to the
+ * auto-vectorizer, which kept the accumulators in memory. */
 #define FC_DIRECT_CONV_PARAMS(T)                                                           \
     (const T *xp, const T *wt, const T *bias, T *y, const ptrdiff_t *off, ptrdiff_t K,     \
      ptrdiff_t cout, ptrdiff_t cpad, ptrdiff_t oh_n, ptrdiff_t ow_n, ptrdiff_t wp,         \
@@ -119,6 +120,10 @@ static FC_UNUSED inline void fc_direct_conv_f FC_DIRECT_CONV_PARAMS(float)
 { FC_LEVELS_CALL(fc_direct_conv_f, FC_DIRECT_CONV_ARGS); }
 static FC_UNUSED inline void fc_direct_conv_d FC_DIRECT_CONV_PARAMS(double)
 { FC_LEVELS_CALL(fc_direct_conv_d, FC_DIRECT_CONV_ARGS); }
+static FC_UNUSED inline ptrdiff_t fc_direct_conv_panel_f(void)
+{ return FC_LEVELS_CALL(fc_direct_conv_panel_f, ()); }
+static FC_UNUSED inline ptrdiff_t fc_direct_conv_panel_d(void)
+{ return FC_LEVELS_CALL(fc_direct_conv_panel_d, ()); }
 static FC_UNUSED inline void fc_direct_conv_rows_f FC_DIRECT_CONV_ROWS_PARAMS(float)
 { FC_LEVELS_CALL(fc_direct_conv_rows_f, FC_DIRECT_CONV_ROWS_ARGS); }
 static FC_UNUSED inline void fc_direct_conv_rows_d FC_DIRECT_CONV_ROWS_PARAMS(double)

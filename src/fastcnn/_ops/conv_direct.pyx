@@ -37,6 +37,8 @@ cdef extern from "_conv_direct.h" nogil:
     void fc_dw_rows_d(const double* xp, const double* dyp, double* acc,
                       const Py_ssize_t* off, Py_ssize_t kpad, Py_ssize_t cout, Py_ssize_t oh_n,
                       Py_ssize_t ow_n, Py_ssize_t ldy, Py_ssize_t wp, Py_ssize_t sh)
+    Py_ssize_t fc_direct_conv_panel_f()
+    Py_ssize_t fc_direct_conv_panel_d()
     enum: FC_CO_PAD
     enum: FC_DW_CO
     enum: FC_DW_K
@@ -53,6 +55,13 @@ cdef inline Py_ssize_t _phase_width(Py_ssize_t Wp, Py_ssize_t phases) noexcept n
     return (Wp + phases - 1) // phases
 
 
+cdef inline Py_ssize_t _panel(floating dummy) noexcept nogil:
+    if floating is float:
+        return fc_direct_conv_panel_f()
+    else:
+        return fc_direct_conv_panel_d()
+
+
 cdef inline Py_ssize_t _direct_scratch(Py_ssize_t C, Py_ssize_t Hp, Py_ssize_t Wp,
                                        Py_ssize_t stride_h, Py_ssize_t stride_w,
                                        Py_ssize_t phases) noexcept nogil:
@@ -65,9 +74,10 @@ cdef inline Py_ssize_t _direct_scratch(Py_ssize_t C, Py_ssize_t Hp, Py_ssize_t W
 
 def direct_workspace_size(Py_ssize_t C, Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t stride_h,
                           Py_ssize_t stride_w, bint by_rows):
-    """Per-thread scratch of direct_forward: one zero-bordered sample (in column phases for the
-    row kernel with a width stride) and a tail that the kernels' last blocks read into."""
-    return _direct_scratch(C, Hp, Wp, stride_h, stride_w, stride_w if by_rows else 1)
+    """Per-thread scratch of direct_forward: one zero-bordered sample (in column phases with a
+    width stride, for either kernel) and a tail that the row kernel's last blocks read into
+    (``by_rows`` no longer changes it)."""
+    return _direct_scratch(C, Hp, Wp, stride_h, stride_w, stride_w)
 
 
 cdef inline void _split_phases(const floating* src, floating* dst, Py_ssize_t cols,
@@ -75,14 +85,30 @@ cdef inline void _split_phases(const floating* src, floating* dst, Py_ssize_t co
                               Py_ssize_t phase_stride) noexcept nogil:
     """Input row src[0:cols], placed at padded column pad + j, into its column phases: padded
     column q goes to dst[(q % phases) * phase_stride + q // phases]."""
-    cdef Py_ssize_t p, j, q
+    cdef Py_ssize_t p, j, q, i, count
+    cdef const floating* s
+    cdef floating* d
+    if phases == 2:
+        # stride 2, the common case, with constants: no divisions per row (they cost as much
+        # as the copy), and a gather the compiler vectorizes
+        for p in range(2):
+            j = (p - pad) & 1                         # first j with (pad + j) % 2 == p
+            q = (pad + j) >> 1
+            s = src + j
+            d = dst + p * phase_stride + q
+            for i in range((cols - j + 1) >> 1):
+                d[i] = s[2 * i]
+        return
     for p in range(phases):
         j = (p - pad % phases + phases) % phases      # first j with (pad + j) % phases == p
         q = (pad + j) // phases
-        while j < cols:
-            dst[p * phase_stride + q] = src[j]
-            j += phases
-            q += 1
+        if j >= cols:
+            continue
+        count = (cols - j + phases - 1) // phases
+        s = src + j
+        d = dst + p * phase_stride + q
+        for i in range(count):
+            d[i] = s[i * phases]
 
 
 cdef inline void _rows_kernel(const floating* xp, const floating* wt, const floating* bias,
@@ -131,11 +157,13 @@ cdef void _direct_forward(const floating* x, Py_ssize_t N, Py_ssize_t x_row,
     """direct_forward on pointers (N > 0): x (N, x_row), wt (K, cpad), out (N, out_row), the
     output layout (C_out, y0, yc, yh, yw); the workspace holds max(N, num_threads) samples'
     scratch (_direct_scratch) when N < num_threads, num_threads of them otherwise."""
-    cdef Py_ssize_t phases = stride_w if by_rows else 1
+    cdef Py_ssize_t phases = stride_w
     cdef Py_ssize_t Wq = _phase_width(Wp, phases)
     cdef Py_ssize_t stride = _direct_scratch(C, Hp, Wp, stride_h, stride_w, phases)
     cdef Py_ssize_t n, t, c, r, co0, co1, r0, r1
-    cdef Py_ssize_t blocks = (C_out + FC_CO_PAD - 1) // FC_CO_PAD
+    # the channel kernel's weight panels (see channel_panel) cannot be cut
+    cdef Py_ssize_t unit = FC_CO_PAD if by_rows else _panel(<floating> 0)
+    cdef Py_ssize_t blocks = (C_out + unit - 1) // unit
     cdef Py_ssize_t cchunks = 1, rchunks = 1, parts
     cdef floating* xp
     # Fewer samples than threads (inference at batch 1): each sample's outputs are also cut
@@ -155,8 +183,8 @@ cdef void _direct_forward(const floating* x, Py_ssize_t N, Py_ssize_t x_row,
             n = t // parts
             c = (t % parts) // rchunks
             r = t % rchunks
-            co0 = (c * blocks // cchunks) * FC_CO_PAD
-            co1 = min(((c + 1) * blocks // cchunks) * FC_CO_PAD, C_out)
+            co0 = (c * blocks // cchunks) * unit
+            co1 = min(((c + 1) * blocks // cchunks) * unit, C_out)
             r0 = r * out_h // rchunks
             r1 = (r + 1) * out_h // rchunks
             xp = workspace + n * stride
@@ -167,12 +195,12 @@ cdef void _direct_forward(const floating* x, Py_ssize_t N, Py_ssize_t x_row,
                              out + n * out_row + y0 + co0 * yc + r0 * yh, offsets, K,
                              co1 - co0, cpad, r1 - r0, out_w, Wq, stride_h, relu, yc, yh, yw)
             elif floating is float:
-                fc_direct_conv_f(xp, wt + co0, bias + co0, out + n * out_row + co0 * yc,
-                                 offsets, K, co1 - co0, cpad, out_h, out_w, Wp, stride_h,
+                fc_direct_conv_f(xp, wt + co0 * K, bias + co0, out + n * out_row + co0 * yc,
+                                 offsets, K, co1 - co0, cpad, out_h, out_w, Wq, stride_h,
                                  stride_w, relu)
             else:
-                fc_direct_conv_d(xp, wt + co0, bias + co0, out + n * out_row + co0 * yc,
-                                 offsets, K, co1 - co0, cpad, out_h, out_w, Wp, stride_h,
+                fc_direct_conv_d(xp, wt + co0 * K, bias + co0, out + n * out_row + co0 * yc,
+                                 offsets, K, co1 - co0, cpad, out_h, out_w, Wq, stride_h,
                                  stride_w, relu)
         return
     if num_threads == 1:                    # no team to start (~0.3 us)
@@ -199,16 +227,16 @@ cdef inline void _direct_sample(const floating* x, const floating* wt, Py_ssize_
                                 Py_ssize_t yw) noexcept nogil:
     """One sample of _direct_forward (one part per sample): x (C*H*W) padded into the
     scratch xp (``stride`` elements), then the kernel into out (that sample's row)."""
-    cdef Py_ssize_t phases = stride_w if by_rows else 1
+    cdef Py_ssize_t phases = stride_w, Wq = _phase_width(Wp, stride_w)
     _pad_sample(x, xp, stride, C, H, W, pad_h, pad_w, Hp, Wp, phases)
     if by_rows:
-        _rows_kernel(xp, wt, bias, out + y0, offsets, K, C_out, cpad, out_h, out_w,
-                     _phase_width(Wp, phases), stride_h, relu, yc, yh, yw)
+        _rows_kernel(xp, wt, bias, out + y0, offsets, K, C_out, cpad, out_h, out_w, Wq,
+                     stride_h, relu, yc, yh, yw)
     elif floating is float:
-        fc_direct_conv_f(xp, wt, bias, out, offsets, K, C_out, cpad, out_h, out_w, Wp,
+        fc_direct_conv_f(xp, wt, bias, out, offsets, K, C_out, cpad, out_h, out_w, Wq,
                          stride_h, stride_w, relu)
     else:
-        fc_direct_conv_d(xp, wt, bias, out, offsets, K, C_out, cpad, out_h, out_w, Wp,
+        fc_direct_conv_d(xp, wt, bias, out, offsets, K, C_out, cpad, out_h, out_w, Wq,
                          stride_h, stride_w, relu)
 
 
@@ -219,12 +247,13 @@ def direct_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
                    Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
                    bint by_rows, bint relu, int num_threads, tuple out_layout=None):
     """out (N, C_out*oH*oW) = the convolution of x (N, C*H*W) with wt (K, cpad) (the
-    weight transposed, C_out padded to cpad) and bias (cpad), then max(out, 0) if relu (as the
-    kernel stores). Each sample is copied into its thread's workspace as C zero-bordered planes
+    weight transposed, C_out padded to cpad; for the channel kernel in panels: see
+    channel_panel) and bias (cpad), then max(out, 0) if relu (as the kernel stores). Each
+    sample is copied into its thread's workspace as C zero-bordered planes
     of Hp x Wp, the input at (pad_h, pad_w); ``offsets`` (K,) are the taps' positions in those
     planes (see _conv_direct.h). ``by_rows``: the kernel vectorized along output rows instead
-    of output channels; with stride_w > 1 each plane is stored as stride_w planes of its
-    column phases (column j at phase j % stride_w, position j // stride_w, rows Wq =
+    of output channels. With stride_w > 1 (either kernel) each plane is stored as stride_w
+    planes of its column phases (column j at phase j % stride_w, position j // stride_w, rows Wq =
     ceil(Wp / stride_w) long), so that a tap's inputs for consecutive outputs are contiguous
     (``offsets`` then address that layout). ``out_layout`` = (C_out, offset, channel, row,
     column strides) places the row kernel's output (co, oh, ow) of sample n at out[n, offset +
@@ -298,7 +327,7 @@ cdef class DirectStep(CompiledStep):
                 or out.shape[1] // (out_h * out_w) > wt.shape[1] or max_threads < 1):
             raise ValueError(f"DirectStep: x {x.shape}, wt {wt.shape}, out {out.shape} do not "
                              f"match the geometry")
-        phases = stride_w if by_rows else 1
+        phases = stride_w
         workspace = np.empty(max(1, max_threads)
                              * _direct_scratch(C, Hp, Wp, stride_h, stride_w, phases), dtype)
         self.keep = (x, wt, bias, out, offsets, workspace)
@@ -321,6 +350,13 @@ cdef class DirectStep(CompiledStep):
 
 # The kernels' layout constants (_conv_direct.h), for the Python side that prepares operands.
 CO_PAD = FC_CO_PAD     # the forward kernels' weight and bias: C_out padded to a multiple of it
+
+
+def channel_panel(dtype):
+    """The channel kernel's weight panel at this module's level: its weight (K, cpad) holds
+    cpad / panel blocks, each (K, panel) for channels [b*panel, (b+1)*panel) (panel: 2 vectors
+    of ``dtype``; cpad a multiple of it)."""
+    return fc_direct_conv_panel_f() if np.dtype(dtype) == np.float32 else fc_direct_conv_panel_d()
 
 
 def direct_weight_grad_layout(Py_ssize_t C_out, Py_ssize_t K, Py_ssize_t out_w):

@@ -100,6 +100,10 @@ class Rules:
 
 # Measured on AVX-512 (Intel Sapphire Rapids, 2 cores; float32, 2 threads):
 # - Winograd: below 16 channels it loses (LeNet/VGG shapes), and first layers are such a case.
+# - The channel kernel with blocks of 2 vectors by up to 12 positions (24 accumulators; before:
+#   1 vector by 8), its weights in panels read in L1-sized chunks of taps, on an Intel Xeon
+#   (AVX-512, KVM, 2 cores), ms, against im2col: stride 2, 64 -> 128 channels from 56x56 7.4-8.1
+#   (9.5-9.6; the kernel before 10.9), LeNet's second layer 0.18 (0.42).
 # - The channel kernel against im2col + GEMM: LeNet's second layer 0.41 -> 0.26 ms,
 #   resnet_small's stride-2 3x3 layers 1.28 -> 0.46 and 0.79 -> 0.43 ms; stride 2, 64 -> 128
 #   channels on 56x56 maps 12.3 -> 9.9 ms, 128 -> 128 23.8 -> 18.8 ms; slower for 1x1 kernels,
@@ -146,9 +150,14 @@ _V4 = Rules()
 #   kernels with 32 channels on both sides (32 -> 32 5x5: 10.95 vs 10.34), which AVX-512 wins.
 # - transposed convolution by phases: k4 s2 64 -> 32 channels, 16x16 -> 32x32, 3.53 against 2.73
 #   for GEMM + col2im (its stores interleave the phases: no full-vector store on 8 lanes).
+# - the channel kernel again, with its blocks of 2 vectors by 6 positions (12 accumulators;
+#   before: 1 vector by 8), on an Intel Xeon (AVX-512 machine, FASTCNN_SIMD=x86-64-v3), ms, against
+#   im2col: stride 2, 64 -> 128 channels from 56x56 11.66 (12.67), 32 -> 64 from 16x16 0.55
+#   (0.84), 16 -> 32 from 32x32 0.57 (1.01): stride-2 layers up to 128 output channels, as
+#   AVX-512.
 _V3 = replace(_V4, rows_lanes=8, rows_over_winograd_max_out_channels=32,
-              rows_input_grad_min_channels=2, direct_stride2_max_out_channels=32,
-              dw_rows_min_width=24, dw_rows_min_kernel_area=None, subpixel=False)
+              rows_input_grad_min_channels=2, dw_rows_min_width=24,
+              dw_rows_min_kernel_area=None, subpixel=False)
 
 # Baseline (SSE2, 4-float vectors): OpenBLAS picks its GEMM kernels for the CPU by itself, so
 # im2col + GEMM and Winograd (whose GEMMs are BLAS) keep every layer. Measured with
@@ -504,9 +513,11 @@ def direct_offsets(c_in, kh, kw, dh, dw, hp, wp, phases=1):
 
 class DirectOperands:
     """A convolution's weight and bias as the direct kernels read them, prepared once: the
-    weight transposed to (K, C_out padded to _direct.CO_PAD), the bias padded alike, the taps'
-    offsets in the padded planes, and the geometry's scalars (a layer's forward prepares them
-    per call; an InferenceSession once per plan)."""
+    weight transposed to (K, C_out padded to _direct.CO_PAD) for the row kernel, or in the
+    channel kernel's panels (_direct.channel_panel: (C_out padded / panel) blocks of (K, panel),
+    held in a (K, cpad) array); the bias padded alike, the taps' offsets in the padded planes,
+    and the geometry's scalars (a layer's forward prepares them per call; an InferenceSession
+    once per plan)."""
     __slots__ = ("wt", "bias", "offsets", "scalars", "by_rows", "workspace")
 
     def __init__(self, w, b1, geom, dtype, by_rows=False):
@@ -514,13 +525,20 @@ class DirectOperands:
         (_, dh, dw), (_, ph, pw), (_, sh, sw) = geom.dilation, geom.padding, geom.stride
         oh, ow = geom.out_size
         hp, wp = padded_plane(geom)
-        cpad = -(-c_out // _direct.CO_PAD) * _direct.CO_PAD
-        self.wt = np.zeros((c_in * kh * kw, cpad), dtype=dtype)
-        self.wt[:, :c_out] = w.reshape(c_out, -1).T
+        taps = c_in * kh * kw
+        unit = _direct.CO_PAD if by_rows else max(_direct.CO_PAD, _direct.channel_panel(dtype))
+        cpad = -(-c_out // unit) * unit
+        wt = np.zeros((taps, cpad), dtype=dtype)
+        wt[:, :c_out] = w.reshape(c_out, -1).T
+        if not by_rows:
+            panel = _direct.channel_panel(dtype)
+            wt = np.ascontiguousarray(
+                wt.reshape(taps, cpad // panel, panel).transpose(1, 0, 2)).reshape(taps, cpad)
+        self.wt = wt
         self.bias = np.zeros(cpad, dtype=dtype)
         if b1.size:
             self.bias[:c_out] = b1
-        self.offsets = direct_offsets(c_in, kh, kw, dh, dw, hp, wp, sw if by_rows else 1)
+        self.offsets = direct_offsets(c_in, kh, kw, dh, dw, hp, wp, sw)
         self.scalars = (c_in, *geom.in_size, ph, pw, hp, wp, oh, ow, sh, sw)
         self.by_rows = by_rows
         self.workspace = _direct.direct_workspace_size(c_in, hp, wp, sh, sw, by_rows)
