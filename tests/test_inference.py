@@ -130,6 +130,8 @@ def test_random_graphs_agree(seed):
      "output_padding": 1, "groups": 2},
     {"type": "conv2d", "out_channels": 6, "kernel_size": 3, "groups": 3, "padding": 1},
     {"type": "conv2d", "out_channels": 6, "kernel_size": 1},
+    {"type": "conv2d", "out_channels": 12, "kernel_size": 3, "groups": 6, "stride": 2,
+     "padding": 1},
     {"type": "conv1d", "out_channels": 4, "kernel_size": 3},
     {"type": "avg_pool2d", "kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True},
     {"type": "avg_pool2d", "kernel_size": 2, "count_include_pad": False},
@@ -364,3 +366,19 @@ def test_compiled_steps_refuse_what_they_cannot_run():
         CompiledRun([lambda: None], [False])
     with pytest.raises(ValueError, match="flags"):
         CompiledRun([EltwiseStep(x, None, np.zeros(4, np.float32))], [])
+
+
+def test_a_depthwise_network_runs_as_one_compiled_run():
+    from fastcnn._ops.plan_steps import CompiledRun
+    from fastcnn.inference.plan import Plan
+    model = _with_running_stats(fastcnn.build_model({"input_shape": [4, 9, 9], "layers": [
+        {"type": "conv2d", "out_channels": 8, "kernel_size": 3, "groups": 4, "padding": 1},
+        {"type": "batch_norm2d"}, {"type": "relu"},
+        {"type": "conv2d", "out_channels": 6, "kernel_size": 1}]}))
+    session = fastcnn.InferenceSession(model, autotune=False)
+    assert "depthwise" in session.plan(2).describe()
+    plan = Plan(session.plan(2))
+    assert len(plan._runs) == 1 and isinstance(plan._runs[0], CompiledRun)
+    x = np.random.default_rng(0).standard_normal((2, 4, 9, 9), dtype=np.float32)
+    np.testing.assert_array_equal(plan.run(x)[0], session.model(x))
+    np.testing.assert_allclose(session(x), model(x), rtol=1e-4, atol=1e-5)

@@ -24,6 +24,9 @@ import numpy as np
 
 from fastcnn._ops._epilogue cimport bias_relu
 from fastcnn._ops.im2col cimport Geom, make_geom, valid_range
+from fastcnn._ops.plan_steps cimport CompiledStep, address
+
+from fastcnn._ops.plan_steps import check_arrays
 
 
 cdef enum Sweep:
@@ -94,6 +97,37 @@ cdef object tap_columns(const Geom* g):
     return cols
 
 
+cdef void _forward(const floating* x, Py_ssize_t C_in, Py_ssize_t S, const floating* weight,
+                   Py_ssize_t kk, const floating* bias, floating* out, Py_ssize_t N,
+                   Py_ssize_t C_out, Py_ssize_t L, const Geom* g, const Py_ssize_t* cols,
+                   bint relu, int num_threads) noexcept nogil:
+    """forward on pointers: x (N, C_in, S), weight (C_out, kk), bias (C_out) or NULL, out
+    (N, C_out, L); one output plane per task."""
+    cdef Py_ssize_t planes = N * C_out, p
+    if num_threads == 1 or planes == 1:     # no team to start (~0.3 us)
+        for p in range(planes):
+            _forward_plane(x, C_in, S, weight, kk, bias, out, C_out, L, g, cols, relu, p)
+        return
+    for p in prange(planes, schedule='static', num_threads=num_threads):
+        _forward_plane(x, C_in, S, weight, kk, bias, out, C_out, L, g, cols, relu, p)
+
+
+cdef inline void _forward_plane(const floating* x, Py_ssize_t C_in, Py_ssize_t S,
+                                const floating* weight, Py_ssize_t kk, const floating* bias,
+                                floating* out, Py_ssize_t C_out, Py_ssize_t L, const Geom* g,
+                                const Py_ssize_t* cols, bint relu, Py_ssize_t p) noexcept nogil:
+    """Output plane p = (n, co): the bias, every tap's sweep, then the ReLU (in L1)."""
+    cdef Py_ssize_t n = p // C_out, co = p % C_out, M = C_out // C_in, l
+    cdef floating* y = out + p * L
+    for l in range(L):
+        y[l] = bias[co] if bias != NULL else 0
+    _sweep(FORWARD, y, <floating*> (x + (n * C_in + co // M) * S), weight + co * kk, NULL, cols,
+           g)
+    if relu:
+        for l in range(L):
+            y[l] = bias_relu(y[l], 0, True)
+
+
 def forward(const floating[:, :, ::1] x, const floating[:, ::1] weight,
             const floating[::1] bias, floating[:, :, ::1] out, tuple in_size, tuple kernel,
             tuple stride, tuple padding, tuple dilation, tuple out_size, bint relu,
@@ -101,26 +135,73 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] weight,
     """out (N, C_out, L) = depthwise conv of x (N, C_in, S) by weight (C_out, kk) + bias, then
     max(out, 0) if relu (over the plane just written, still in L1)."""
     cdef Geom g = make_geom(in_size, kernel, stride, padding, dilation, out_size)
-    cdef Py_ssize_t N = out.shape[0], C_out = out.shape[1], C_in = x.shape[1]
-    cdef Py_ssize_t M = C_out // C_in, planes = N * C_out, p, n, co
-    cdef Py_ssize_t L = out.shape[2], l
-    cdef bint has_bias = bias.shape[0] > 0
     cdef const Py_ssize_t[::1] cols = tap_columns(&g)
-    cdef floating* y
-    if planes == 0 or L == 0:
+    if out.shape[0] * out.shape[1] == 0 or out.shape[2] == 0:
         return
     with nogil:
-        for p in prange(planes, schedule='static', num_threads=num_threads):
-            n = p // C_out
-            co = p % C_out
-            y = &out[n, co, 0]
-            for l in range(L):
-                y[l] = bias[co] if has_bias else 0
-            _sweep(FORWARD, y, <floating*> &x[n, co // M, 0], &weight[co, 0], NULL, &cols[0],
-                   &g)
-            if relu:
-                for l in range(L):
-                    y[l] = bias_relu(y[l], 0, True)
+        _forward(&x[0, 0, 0], x.shape[1], x.shape[2], &weight[0, 0], weight.shape[1],
+                 &bias[0] if bias.shape[0] > 0 else NULL, &out[0, 0, 0], out.shape[0],
+                 out.shape[1], out.shape[2], &g, &cols[0], relu, num_threads)
+
+
+# The inference plan's depthwise convolution (plan_steps.pxd): forward with its geometry and
+# tap columns bound once.
+cdef struct _Depthwise:
+    const void* x
+    const void* weight
+    const void* bias            # NULL: none
+    void* out
+    Py_ssize_t C_in, S, kk, N, C_out, L
+    Geom g
+    const Py_ssize_t* cols
+    bint relu, is_double
+
+
+cdef void _depthwise_step(void* args, int num_threads) noexcept nogil:
+    cdef _Depthwise* p = <_Depthwise*> args
+    if p.N * p.C_out == 0 or p.L == 0:
+        return
+    if p.is_double:
+        _forward(<const double*> p.x, p.C_in, p.S, <const double*> p.weight, p.kk,
+                 <const double*> p.bias, <double*> p.out, p.N, p.C_out, p.L, &p.g, p.cols,
+                 p.relu, num_threads)
+    else:
+        _forward(<const float*> p.x, p.C_in, p.S, <const float*> p.weight, p.kk,
+                 <const float*> p.bias, <float*> p.out, p.N, p.C_out, p.L, &p.g, p.cols,
+                 p.relu, num_threads)
+
+
+cdef class DepthwiseStep(CompiledStep):
+    """forward(x, weight, bias, out, in_size, kernel, stride, padding, dilation, out_size,
+    relu, threads) as a plan step: x (N, C_in, S), weight (C_out, kk), bias (C_out,) or empty,
+    out (N, C_out, L)."""
+    cdef _Depthwise p
+
+    def __init__(self, x, weight, bias, out, tuple in_size, tuple kernel, tuple stride,
+                 tuple padding, tuple dilation, tuple out_size, bint relu):
+        inputs = [x, weight] if bias.size == 0 else [x, weight, bias]
+        dtype = check_arrays("DepthwiseStep", inputs, [out])
+        self.p.g = make_geom(in_size, kernel, stride, padding, dilation, out_size)
+        if (x.ndim != 3 or weight.ndim != 2 or out.ndim != 3 or x.shape[0] != out.shape[0]
+                or x.shape[1] == 0 or out.shape[1] % x.shape[1]
+                or weight.shape[0] != out.shape[1]
+                or x.shape[2] != self.p.g.D * self.p.g.H * self.p.g.W
+                or out.shape[2] != self.p.g.oD * self.p.g.oH * self.p.g.oW
+                or weight.shape[1] != self.p.g.kD * self.p.g.kH * self.p.g.kW
+                or (bias.size and bias.shape != (out.shape[1],))):
+            raise ValueError(f"DepthwiseStep: x {x.shape}, weight {weight.shape}, out "
+                             f"{out.shape} do not match the geometry")
+        cols = tap_columns(&self.p.g)
+        self.keep = (x, weight, bias, out, cols)
+        self.p.x, self.p.weight, self.p.out = address(x), address(weight), address(out)
+        self.p.bias = address(bias) if bias.size else NULL
+        self.p.cols = <const Py_ssize_t*> address(cols)
+        self.p.N, self.p.C_in, self.p.S = x.shape[0], x.shape[1], x.shape[2]
+        self.p.C_out, self.p.L, self.p.kk = out.shape[1], out.shape[2], weight.shape[1]
+        self.p.relu = relu
+        self.p.is_double = dtype == np.float64
+        self.body = _depthwise_step
+        self.args = &self.p
 
 
 def grad_input(const floating[:, :, ::1] grad_out, const floating[:, ::1] weight,

@@ -2,7 +2,8 @@
 
 A CompiledStep (plan_steps.pxd) is one layer's kernel bound to fixed buffers; the kernel
 modules define them (activation.EltwiseStep, gemm.LinearStep, pool.PoolStep,
-conv_direct.DirectStep, conv.Im2colStep), and this one the concatenation (ConcatStep). ``step()`` runs one alone; ``CompiledRun(steps,
+conv_direct.DirectStep, conv.Im2colStep, depthwise.DepthwiseStep), and this one the
+concatenation (ConcatStep). ``step()`` runs one alone; ``CompiledRun(steps,
 one_thread)`` runs a sequence of them in one call with the GIL released, each on the team of
 ``get_num_threads()`` threads or, where ``one_thread`` says so (the plan's autotuning), on one
 thread. A plan runs its layers as such sequences, and a layer without a compiled step (a

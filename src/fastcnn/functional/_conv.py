@@ -121,7 +121,7 @@ class ConvForward:
     timed and the fastest kept (an InferenceSession's plans). Timing runs on ``probe`` = (x2,
     out2), or on zeros. ``step(x2, out2, max_threads)``: run's work as a compiled step of an
     inference plan (fastcnn._ops.plan_steps), on up to max_threads threads; None for the
-    algorithms without one (Winograd, depthwise)."""
+    algorithm without one (Winograd)."""
     __slots__ = ("algorithm", "run", "step")
 
     def __init__(self, geom, nd, w4, b1, dtype, relu=False, probe=None, fastest=False):
@@ -132,6 +132,8 @@ class ConvForward:
                 kernel_args = geom.kernel_args()
                 shape_x = (geom.n, geom.in_channels, -1)
                 shape_y = (geom.n, geom.out_channels, -1)
+                steps[algorithm] = lambda x2, out2, threads: _depthwise.DepthwiseStep(
+                    x2.reshape(shape_x), w2, b1, out2.reshape(shape_y), *kernel_args, relu)
                 return lambda x2, out2: _depthwise.forward(
                     x2.reshape(shape_x), w2, b1, out2.reshape(shape_y), *kernel_args, relu,
                     get_num_threads())

@@ -6,9 +6,9 @@ and transformed weights, pooling tables) and returns a ``StepSpec``. ``spec.bind
 then returns a callable with no arguments that runs the layer from the input arrays into
 ``out``: the plan's loop calls it on every run, with no checks, no allocation and no lookup.
 For ReLU, add, concat, linear, max and average pooling and the convolutions (all algorithms but
-Winograd, depthwise and the transposed convolution's subpixel phases) that callable is a
-compiled step (fastcnn._ops.plan_steps.CompiledStep: the kernel's pointers bound once), which
-the plan runs in sequences without Python between the layers; the others are Python callables.
+Winograd and the transposed convolution's subpixel phases) that callable is a compiled step
+(fastcnn._ops.plan_steps.CompiledStep: the kernel's pointers bound once), which the plan runs
+in sequences without Python between the layers; the others are Python callables.
 
 Layers with no builder here (a user's plugin, a rarely used layer) run their own ``forward``
 as Python and their result is copied into the plan's buffer: they work, at the cost of an
