@@ -11,6 +11,7 @@ plugin, a convolution algorithm without one) as Python in between.
 """
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
+from cython.parallel cimport prange
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 import numpy as np
@@ -53,12 +54,21 @@ cdef struct _Concat:
 
 cdef void _concat_step(void* args, int num_threads) noexcept nogil:
     cdef _Concat* p = <_Concat*> args
-    cdef Py_ssize_t o, i, at
-    for o in range(p.outer):
-        at = o * p.row
-        for i in range(p.count):
-            memcpy(p.out + at, p.inputs[i] + o * p.part[i], p.part[i])
-            at += p.part[i]
+    cdef Py_ssize_t o
+    if num_threads == 1 or p.outer == 1:
+        for o in range(p.outer):
+            _concat_row(p, o)
+        return
+    # rows over the team (a U-Net's skip concatenations at batch 32: 2-4 MB each)
+    for o in prange(p.outer, schedule='static', num_threads=num_threads):
+        _concat_row(p, o)
+
+
+cdef inline void _concat_row(const _Concat* p, Py_ssize_t o) noexcept nogil:
+    cdef Py_ssize_t i, at = o * p.row
+    for i in range(p.count):
+        memcpy(p.out + at, p.inputs[i] + o * p.part[i], p.part[i])
+        at += p.part[i]
 
 
 cdef class ConcatStep(CompiledStep):

@@ -116,7 +116,7 @@ class Plan:
         if get_num_threads() == 1:
             return []
         self.input[...] = 0
-        compiled = [i for i, step in enumerate(self._steps) if isinstance(step, CompiledStep)]
+        compiled = {i for i, step in enumerate(self._steps) if isinstance(step, CompiledStep)}
         spent = {}                      # (step index, on one thread) -> best seconds
         with single_threaded_blas:
             for run in self._steps:     # every buffer written once (no stale memory timed)
@@ -127,10 +127,11 @@ class Plan:
                 run()
                 for one in (False, True):
                     spent[index, one] = min(self._time(run, one) for _ in range(repeat))
-            together = CompiledRun([self._steps[i] for i in compiled], [False] * len(compiled))
+            order = sorted(compiled)
+            together = CompiledRun([self._steps[i] for i in order], [False] * len(order))
             for _ in range(repeat):
                 for one in (False, True):
-                    for index, seconds in zip(compiled, together.times(one)):
+                    for index, seconds in zip(order, together.times(one)):
                         spent[index, one] = min(spent.get((index, one), seconds), seconds)
             chosen = [index for index in range(len(self._steps))
                       if spent[index, True] < 0.9 * spent[index, False]]
