@@ -43,13 +43,21 @@ ROUTES = [
     ("a 3-channel 3x3 stem", "forward", conv(3, 16, 32, 3),
      {V4: "rows", V3: "rows", BASE: "im2col"}),
     ("16 -> 16 3x3 on 32x32", "forward", conv(16, 16, 32, 3),
-     {V4: "rows", V3: "rows", BASE: "winograd"}),
+     {V4: "rows", V3: "rows", BASE: "winograd4"}),
     ("32 -> 32 3x3 on 32x32", "forward", conv(32, 32, 32, 3),
-     {V4: "winograd", V3: "rows", BASE: "winograd"}),
+     {V4: "winograd4", V3: "winograd4", BASE: "winograd4"}),
     ("64 -> 64 3x3 on 32x32", "forward", conv(64, 64, 32, 3),
+     {V4: "winograd4", V3: "winograd4", BASE: "winograd4"}),
+    ("16 -> 16 3x3 on 8x8 maps (8 tiles of 4x4)", "forward", conv(16, 16, 8, 3),
      {V4: "winograd", V3: "winograd", BASE: "winograd"}),
-    ("16 -> 16 3x3 on 8x8 maps", "forward", conv(16, 16, 8, 3),
+    ("64 -> 64 3x3 on 16x16, batch 1 (16 tiles of 4x4)", "forward", conv(64, 64, 16, 3, n=1),
+     {V4: "winograd", V3: "winograd4", BASE: "winograd4"}),
+    ("128 -> 128 3x3 on 8x8, batch 1 (4 tiles of 4x4)", "forward", conv(128, 128, 8, 3, n=1),
      {V4: "winograd", V3: "winograd", BASE: "winograd"}),
+    ("128 -> 128 3x3 on 8x8, batch 32", "forward", conv(128, 128, 8, 3, n=32),
+     {V4: "winograd", V3: "winograd4", BASE: "winograd4"}),
+    ("32 -> 32 3x3 on 16x16, batch 8", "forward", conv(32, 32, 16, 3, n=8),
+     {V4: "winograd4", V3: "winograd4", BASE: "winograd4"}),
     ("16 -> 16 3x3 stride 2 (144 taps)", "forward", conv(16, 16, 32, 3, stride=2),
      {V4: "direct", V3: "direct", BASE: "im2col"}),
     ("64 -> 128 3x3 stride 2 on 56x56", "forward", conv(64, 128, 56, 3, stride=2),
@@ -66,7 +74,9 @@ ROUTES = [
     ("LeNet's first layer, input gradient (1 channel)", "input gradient", conv(1, 6, 28, 5),
      {V4: "im2col", V3: "im2col", BASE: "im2col"}),
     ("32 -> 32 3x3 input gradient", "input gradient", conv(32, 32, 32, 3),
-     {V4: "winograd", V3: "rows", BASE: "winograd"}),
+     {V4: "winograd4", V3: "winograd4", BASE: "winograd4"}),
+    ("64 -> 64 3x3 input gradient on 8x8 maps", "input gradient", conv(64, 64, 8, 3),
+     {V4: "winograd", V3: "winograd", BASE: "winograd"}),
     ("3 -> 16 3x3 input gradient", "input gradient", conv(3, 16, 32, 3),
      {V4: "im2col", V3: "rows", BASE: "im2col"}),
     ("LeNet's first layer, weight gradient", "weight gradient", conv(1, 6, 28, 5),
@@ -104,8 +114,9 @@ def test_choose_and_conv_algorithms_reject_unknown_names():
         algorithms.choose("forward", geom, 2, "avx2")
     with pytest.raises(ValueError, match=r"direction must be one of .*got 'backward'"):
         algorithms.choose("backward", geom, 2, V4)
-    with pytest.raises(ValueError, match=r"conv_algorithms: forward must be one of 'winograd', "
-                                         r"'rows', 'direct', 'im2col' or None, got 'gemm'"):
+    with pytest.raises(ValueError, match=r"conv_algorithms: forward must be one of 'winograd4', "
+                                         r"'winograd', 'rows', 'direct', 'im2col' or None, "
+                                         r"got 'gemm'"):
         with F.conv_algorithms(forward="gemm"):
             pass
     with pytest.raises(ValueError, match=r"weight_grad must be one of .*got 'rows'"):
@@ -240,8 +251,8 @@ def test_direct_weight_gradient_matches_im2col_on_random_shapes():
 
 
 def test_winograd_on_every_possible_shape_matches_im2col():
-    """Winograd forced onto random small shapes (few channels, odd and tiny maps, padding 0-2):
-    output, input and weight gradients equal im2col's. Caught a race in the weight transform
+    """Winograd (F(2x2, 3x3) and F(4x4, 3x3)) forced onto random small shapes (few channels, odd
+    and tiny maps, padding 0-2): output, input and weight gradients equal im2col's. Caught a race in the weight transform
     that the >= 16-channel shapes missed."""
     rng = np.random.default_rng(7)
     cases = 0
@@ -254,12 +265,14 @@ def test_winograd_on_every_possible_shape_matches_im2col():
         x = rng.standard_normal((n % 5 + 1, c, h, w_))
         w = rng.standard_normal((k, c, 3, 3))
         results = []
-        for forced in ("winograd", "im2col"):
-            with F.conv_algorithms(forward=forced, input_grad=forced, weight_grad=forced):
+        for forward, weight_grad in (("winograd", "winograd"), ("winograd4", "winograd"),
+                                     ("im2col", "im2col")):
+            with F.conv_algorithms(forward=forward, input_grad=forward, weight_grad=weight_grad):
                 y = F.conv2d(x, w, padding=p)
                 results.append((y,) + F.conv2d_backward(np.cos(y), x, w, padding=p)[:2])
-        for a, b in zip(*results):
-            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+        for wino in results[:2]:
+            for a, b in zip(wino, results[2]):
+                np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
 def test_subpixel_forward_matches_the_gemm_path_on_random_shapes():
@@ -294,14 +307,14 @@ def test_subpixel_forward_matches_the_gemm_path_on_random_shapes():
         np.testing.assert_allclose(results[0], results[1], **TOL[dtype])
 
 
-@pytest.mark.parametrize("path", ["im2col", "winograd", "direct", "rows", "depthwise",
-                                  "pointwise"])
+@pytest.mark.parametrize("path", ["im2col", "winograd", "winograd4", "direct", "rows",
+                                  "depthwise", "pointwise"])
 def test_activation_relu_is_applied_in_the_epilogue_of_every_path(path):
     """conv2d(..., activation="relu") == relu(conv2d(...)) bit for bit, on each algorithm, with
     and without bias, float32 and float64 (NaN kept, -0 turned into 0 as relu does)."""
     rng = np.random.default_rng(5)
     c_in, groups, kernel = {"depthwise": (6, 6, 3), "pointwise": (5, 1, 1)}.get(path, (5, 1, 3))
-    forced = path if path in ("im2col", "winograd", "direct", "rows") else None
+    forced = path if path in ("im2col", "winograd", "winograd4", "direct", "rows") else None
     with F.conv_algorithms(forward=forced):
         for dtype in (np.float32, np.float64):
             for n, size in ((1, 7), (4, 10), (33, 5)):     # odd maps, several samples per GEMM
@@ -335,8 +348,8 @@ def test_windows_that_read_padding_only_give_the_bias(th, path):
 
 
 @pytest.mark.parametrize("forward,input_grad,weight_grad", [
-    ("rows", "rows", "direct"), ("direct", "im2col", "direct"), ("winograd", "winograd",
-                                                                   "winograd")])
+    ("rows", "rows", "direct"), ("direct", "im2col", "direct"),
+    ("winograd", "winograd", "winograd"), ("winograd4", "winograd4", "winograd")])
 def test_each_algorithm_agrees_with_torch(th, rng, forward, input_grad, weight_grad):
     with F.conv_algorithms(forward=forward, input_grad=input_grad, weight_grad=weight_grad):
         check_against_torch(th, rng, 2, 3, 3, 20, (21, 33), (3, 3), np.float32, padding=1)

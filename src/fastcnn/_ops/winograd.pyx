@@ -1,4 +1,5 @@
-"""Winograd F(2x2, 3x3) convolution: 3x3 kernels, stride 1, no dilation, one group.
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) convolutions: 3x3 kernels, stride 1, no dilation, one
+group.
 
 Each 2x2 block of outputs is computed from a 4x4 input tile d with 16 multiplications per
 (input, output) channel pair instead of 36 (Lavin & Gray, 2015):
@@ -18,6 +19,22 @@ once per call; then come the input transform, the GEMMs and the output transform
 in fixed blocks (a function of the shapes), each block on one thread with single-threaded
 BLAS: the result does not depend on the number of threads.
 
+F(4x4, 3x3) computes each 4x4 block of outputs from a 6x6 input tile with 36 multiplications
+per channel pair instead of 144 (4x fewer than direct; F(2x2, 3x3) saves 2.25x), on the points
+0, +-1, +-2 and infinity (Lavin & Gray's matrices):
+
+    B^T = [4  0 -5  0  1  0]     G = [ 1/4     0     0]     A^T = [1  1  1  1  1  0]
+          [0 -4 -4  1  1  0]         [-1/6  -1/6  -1/6]           [0  1 -1  2 -2  0]
+          [0  4 -4 -1  1  0]         [-1/6   1/6  -1/6]           [0  1  1  4  4  0]
+          [0 -2 -1  2  1  0]         [1/24  1/12   1/6]           [0  1 -1  8 -8  1]
+          [0  2 -1 -2  1  0]         [1/24 -1/12   1/6]
+          [0  4  0 -5  0  1]         [   0     0     1]
+
+36 GEMMs then, on 4x fewer tiles. Its transforms' larger coefficients cost float32 rounding:
+a relative error of about 1e-6 of the largest output (F(2x2, 3x3): a few 1e-7). ``forward``
+runs either, as its transformed kernels u say (16 or 36 matrices); the weight gradient below
+is F(2x2, 3x3)'s.
+
 The weight gradient goes back through the same algebra. With Y = A^T M A, dM = A dY A^T (the
 2x2 output gradient of a tile spread to 4x4), and since M = sum_c U . V elementwise,
 
@@ -34,109 +51,51 @@ from cython.parallel cimport prange, parallel, threadid
 from libc.string cimport memcpy, memset
 
 from fastcnn._ops._blas cimport gemm
-from fastcnn._ops._epilogue cimport bias_relu
+
+cdef extern from "_winograd.h" nogil:
+    Py_ssize_t fc_wino_scratch(Py_ssize_t m, Py_ssize_t tiles_h, Py_ssize_t tiles_w)
+    void fc_wino_input_f(const float* x, Py_ssize_t sample_stride, Py_ssize_t nb, float* v,
+                         float* scratch, Py_ssize_t m, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                         Py_ssize_t pad, Py_ssize_t tiles_h, Py_ssize_t tiles_w, Py_ssize_t ld,
+                         Py_ssize_t xs)
+    void fc_wino_input_d(const double* x, Py_ssize_t sample_stride, Py_ssize_t nb, double* v,
+                         double* scratch, Py_ssize_t m, Py_ssize_t C, Py_ssize_t H,
+                         Py_ssize_t W, Py_ssize_t pad, Py_ssize_t tiles_h, Py_ssize_t tiles_w,
+                         Py_ssize_t ld, Py_ssize_t xs)
+    void fc_wino_output_f(const float* mm, float* y, float* scratch, Py_ssize_t m, Py_ssize_t K,
+                          Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t tiles_h, Py_ssize_t tiles_w,
+                          Py_ssize_t ld, Py_ssize_t xs, const float* bias, int relu)
+    void fc_wino_output_d(const double* mm, double* y, double* scratch, Py_ssize_t m,
+                          Py_ssize_t K, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t tiles_h,
+                          Py_ssize_t tiles_w, Py_ssize_t ld, Py_ssize_t xs, const double* bias,
+                          int relu)
 
 
-cdef void _pad_plane(const floating* plane, floating* pb, Py_ssize_t H, Py_ssize_t W,
-                     Py_ssize_t pad, Py_ssize_t Hp, Py_ssize_t Wp) noexcept nogil:
-    """pb (Hp, Wp) = the plane (H, W) with ``pad`` zero rows and columns before it and zeros
-    after, up to Hp x Wp (>= H + pad, W + pad)."""
-    cdef Py_ssize_t r, ih
-    cdef floating* row
-    for r in range(Hp):
-        row = pb + r * Wp
-        ih = r - pad
-        if ih < 0 or ih >= H:
-            memset(row, 0, Wp * sizeof(floating))
-        else:
-            memset(row, 0, pad * sizeof(floating))
-            memcpy(row + pad, plane + ih * W, W * sizeof(floating))
-            memset(row + pad + W, 0, (Wp - pad - W) * sizeof(floating))
+cdef inline void _input_transform(const floating* x, Py_ssize_t sample_stride, Py_ssize_t nb,
+                                  floating* v, floating* scratch, Py_ssize_t m, Py_ssize_t C,
+                                  Py_ssize_t H, Py_ssize_t W, Py_ssize_t pad, Py_ssize_t tiles_h,
+                                  Py_ssize_t tiles_w, Py_ssize_t ld,
+                                  Py_ssize_t xs) noexcept nogil:
+    """V = B^T d B of F(m x m, 3x3) for nb samples x (C, H, W), sample_stride apart:
+    v[xi * xs + c * ld + s * T + tile] (_winograd.inc, vectorized along the tiles)."""
+    if floating is float:
+        fc_wino_input_f(x, sample_stride, nb, v, scratch, m, C, H, W, pad, tiles_h, tiles_w,
+                        ld, xs)
+    else:
+        fc_wino_input_d(x, sample_stride, nb, v, scratch, m, C, H, W, pad, tiles_h, tiles_w,
+                        ld, xs)
 
 
-cdef void _input_transform(const floating* x, floating* v, floating* pb, Py_ssize_t C,
-                           Py_ssize_t H, Py_ssize_t W, Py_ssize_t pad, Py_ssize_t tiles_h,
-                           Py_ssize_t tiles_w, Py_ssize_t ld, Py_ssize_t xi_stride) noexcept nogil:
-    """V for one sample: v[xi * xi_stride + c * ld + tile] (tile = ti * tiles_w + tj).
-
-    Each channel is first copied into the zero-bordered plane ``pb`` (padded_plane_size
-    elements), so that every tile reads 4x4 values without bounds checks (a third of the
-    tiles touch the border on an 8x8 map)."""
-    cdef Py_ssize_t Hp = 2 * tiles_h + 2, Wp = 2 * tiles_w + 2
-    cdef Py_ssize_t c, ti, tj, k
-    cdef floating t[4][4]
-    cdef const floating* r0
-    cdef const floating* r1
-    cdef const floating* r2
-    cdef const floating* r3
-    cdef floating* dst
-    for c in range(C):
-        _pad_plane(x + c * H * W, pb, H, W, pad, Hp, Wp)
-        for ti in range(tiles_h):
-            r0 = pb + 2 * ti * Wp
-            r1 = r0 + Wp
-            r2 = r1 + Wp
-            r3 = r2 + Wp
-            dst = v + c * ld + ti * tiles_w
-            for tj in range(tiles_w):
-                for k in range(4):          # B^T d: combine rows
-                    t[0][k] = r0[2 * tj + k] - r2[2 * tj + k]
-                    t[1][k] = r1[2 * tj + k] + r2[2 * tj + k]
-                    t[2][k] = r2[2 * tj + k] - r1[2 * tj + k]
-                    t[3][k] = r1[2 * tj + k] - r3[2 * tj + k]
-                for k in range(4):          # (B^T d) B: combine columns
-                    dst[(4 * k + 0) * xi_stride + tj] = t[k][0] - t[k][2]
-                    dst[(4 * k + 1) * xi_stride + tj] = t[k][1] + t[k][2]
-                    dst[(4 * k + 2) * xi_stride + tj] = t[k][2] - t[k][1]
-                    dst[(4 * k + 3) * xi_stride + tj] = t[k][1] - t[k][3]
-
-
-cdef Py_ssize_t padded_plane_size(Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil:
-    """Elements of the zero-bordered copy of one input plane the input transform reads."""
-    return (2 * ((out_h + 1) // 2) + 2) * (2 * ((out_w + 1) // 2) + 2)
-
-
-cdef void _output_transform(const floating* m, floating* y, Py_ssize_t K, Py_ssize_t OH,
-                            Py_ssize_t OW, Py_ssize_t tiles_h, Py_ssize_t tiles_w,
-                            Py_ssize_t ld, Py_ssize_t xi_stride, const floating* bias,
-                            bint has_bias, bint relu) noexcept nogil:
-    """y (K, OH, OW) of one sample from m[xi * xi_stride + k * ld + tile], plus the bias, then
-    max(y, 0) if relu."""
-    cdef Py_ssize_t k, ti, tj, r, a, b, tile, oh, ow
-    cdef floating q[4][4]
-    cdef floating u[2][4]
-    cdef floating out[2][2]
-    cdef floating bk
-    cdef const floating* src
-    for k in range(K):
-        bk = bias[k] if has_bias else 0
-        for ti in range(tiles_h):
-            for tj in range(tiles_w):
-                tile = ti * tiles_w + tj
-                src = m + k * ld + tile
-                for r in range(4):
-                    for a in range(4):
-                        q[r][a] = src[(4 * r + a) * xi_stride]
-                for a in range(4):          # A^T q: combine rows
-                    u[0][a] = q[0][a] + q[1][a] + q[2][a]
-                    u[1][a] = q[1][a] - q[2][a] - q[3][a]
-                for r in range(2):          # (A^T q) A: combine columns
-                    out[r][0] = u[r][0] + u[r][1] + u[r][2]
-                    out[r][1] = u[r][1] - u[r][2] - u[r][3]
-                oh = 2 * ti
-                ow = 2 * tj
-                if oh + 1 < OH and ow + 1 < OW:      # all but the last row/column of odd maps
-                    y[(k * OH + oh) * OW + ow] = bias_relu(out[0][0], bk, relu)
-                    y[(k * OH + oh) * OW + ow + 1] = bias_relu(out[0][1], bk, relu)
-                    y[(k * OH + oh + 1) * OW + ow] = bias_relu(out[1][0], bk, relu)
-                    y[(k * OH + oh + 1) * OW + ow + 1] = bias_relu(out[1][1], bk, relu)
-                    continue
-                for a in range(2):
-                    if oh + a >= OH:
-                        break
-                    for b in range(2):
-                        if ow + b < OW:
-                            y[(k * OH + oh + a) * OW + ow + b] = bias_relu(out[a][b], bk, relu)
+cdef inline void _output_transform(const floating* mm, floating* y, floating* scratch,
+                                   Py_ssize_t m, Py_ssize_t K, Py_ssize_t OH, Py_ssize_t OW,
+                                   Py_ssize_t tiles_h, Py_ssize_t tiles_w, Py_ssize_t ld,
+                                   Py_ssize_t xs, const floating* bias, bint relu) noexcept nogil:
+    """y (K, OH, OW) of one sample = A^T M A of F(m x m, 3x3), M = mm[xi * xs + k * ld +
+    tile], plus the bias (NULL: none), then max(y, 0) if relu (_winograd.inc)."""
+    if floating is float:
+        fc_wino_output_f(mm, y, scratch, m, K, OH, OW, tiles_h, tiles_w, ld, xs, bias, relu)
+    else:
+        fc_wino_output_d(mm, y, scratch, m, K, OH, OW, tiles_h, tiles_w, ld, xs, bias, relu)
 
 
 cdef void _grad_output_transform(const floating* dy, floating* m, Py_ssize_t K, Py_ssize_t OH,
@@ -214,20 +173,79 @@ cdef inline void _kernel_grad_transform(const floating* parts, Py_ssize_t n_chun
         dw[3 * r + 2] = (p[r][1] + p[r][2]) * <floating> 0.5 + p[r][3]
 
 
+cdef inline void _kernel_transform4(const floating* g, Py_ssize_t row, Py_ssize_t col,
+                                    floating* u, Py_ssize_t xi_stride) noexcept nogil:
+    """u[xi * xi_stride] = (G g G^T)[xi] of F(4x4, 3x3) for the 3x3 kernel g[r*row + q*col],
+    computed in double (G's sixths and twenty-fourths are not exact in binary) and rounded
+    once."""
+    cdef double t[6][3]
+    cdef double g0, g1, g2
+    cdef double sixth = 1.0 / 6, twelfth = 1.0 / 12, twenty_fourth = 1.0 / 24
+    cdef Py_ssize_t r, q
+    for q in range(3):                      # G g: combine rows
+        g0 = g[q * col]
+        g1 = g[row + q * col]
+        g2 = g[2 * row + q * col]
+        t[0][q] = g0 * 0.25
+        t[1][q] = -(g0 + g1 + g2) * sixth
+        t[2][q] = -(g0 - g1 + g2) * sixth
+        t[3][q] = g0 * twenty_fourth + g1 * twelfth + g2 * sixth
+        t[4][q] = g0 * twenty_fourth - g1 * twelfth + g2 * sixth
+        t[5][q] = g2
+    for r in range(6):                      # (G g) G^T: combine columns
+        g0 = t[r][0]
+        g1 = t[r][1]
+        g2 = t[r][2]
+        u[0] = <floating> (g0 * 0.25)
+        u[xi_stride] = <floating> (-(g0 + g1 + g2) * sixth)
+        u[2 * xi_stride] = <floating> (-(g0 - g1 + g2) * sixth)
+        u[3 * xi_stride] = <floating> (g0 * twenty_fourth + g1 * twelfth + g2 * sixth)
+        u[4 * xi_stride] = <floating> (g0 * twenty_fourth - g1 * twelfth + g2 * sixth)
+        u[5 * xi_stride] = <floating> g2
+        u = u + 6 * xi_stride
+
+
+# Kernels transformed per pass of _transform_row: its buffer holds (xis, _ROW_BLOCK) values.
+DEF _ROW_BLOCK = 64
+
+
+cdef void _transform_row(const floating[:, :, :, ::1] w, floating[:, :, ::1] u, Py_ssize_t k,
+                         bint flip) noexcept nogil:
+    """u[:, k, :] = G g G^T of the kernels g[k, c] (c < C), _ROW_BLOCK at a time through a
+    buffer: u's matrices are K*C elements apart, so one kernel's 16 or 36 values written
+    directly would touch as many pages (0.44 ms for 128 x 128 kernels, 27 ns a kernel); a
+    block's values go out as contiguous rows of u instead."""
+    cdef floating buf[36 * _ROW_BLOCK]
+    cdef Py_ssize_t xis = u.shape[0], C = u.shape[2], c0, c, nc, xi
+    for c0 in range(0, C, _ROW_BLOCK):
+        nc = min(_ROW_BLOCK, C - c0)
+        for c in range(nc):
+            if flip:                        # start at [c, k, 2, 2] and walk backwards
+                if xis == 36:
+                    _kernel_transform4(&w[c0 + c, k, 2, 2], -3, -1, &buf[c], _ROW_BLOCK)
+                else:
+                    _kernel_transform(&w[c0 + c, k, 2, 2], -3, -1, &buf[c], _ROW_BLOCK)
+            elif xis == 36:
+                _kernel_transform4(&w[k, c0 + c, 0, 0], 3, 1, &buf[c], _ROW_BLOCK)
+            else:
+                _kernel_transform(&w[k, c0 + c, 0, 0], 3, 1, &buf[c], _ROW_BLOCK)
+        for xi in range(xis):
+            memcpy(&u[xi, k, c0], &buf[xi * _ROW_BLOCK], nc * sizeof(floating))
+
+
 def weight_transform(const floating[:, :, :, ::1] w, floating[:, :, ::1] u, bint flip,
                      int num_threads):
-    """u (16, K, C) = G g G^T for every 3x3 kernel g of w (K, C, 3, 3); with ``flip``, of the
-    input gradient's kernels instead: w (C, K, 3, 3) read transposed and rotated by 180
-    degrees, g[k, c] = w[c, k, ::-1, ::-1]. G's entries are 0, 1/2 and 1: exact."""
-    cdef Py_ssize_t K = u.shape[1], C = u.shape[2], KC = K * C
-    cdef Py_ssize_t k, c
+    """u (xis, K, C) = G g G^T for every 3x3 kernel g of w (K, C, 3, 3): F(2x2, 3x3)'s 16
+    matrices (G's entries are 0, 1/2 and 1: exact) or F(4x4, 3x3)'s 36, as u's first axis
+    says. With ``flip``, of the input gradient's kernels instead: w (C, K, 3, 3) read
+    transposed and rotated by 180 degrees, g[k, c] = w[c, k, ::-1, ::-1]."""
+    cdef Py_ssize_t K = u.shape[1]
+    cdef Py_ssize_t k
+    if u.shape[0] not in (16, 36):
+        raise ValueError(f"u must hold 16 or 36 matrices, got {u.shape[0]}")
     with nogil:
         for k in prange(K, schedule='static', num_threads=num_threads):
-            for c in range(C):
-                if flip:                    # start at [c, k, 2, 2] and walk backwards
-                    _kernel_transform(&w[c, k, 2, 2], -3, -1, &u[0, k, c], KC)
-                else:
-                    _kernel_transform(&w[k, c, 0, 0], 3, 1, &u[0, k, c], KC)
+            _transform_row(w, u, k, flip)
 
 
 def weight_grad_finish(const floating[:, :, ::1] parts, floating[:, :, :, ::1] dw,
@@ -243,59 +261,79 @@ def weight_grad_finish(const floating[:, :, ::1] parts, floating[:, :, :, ::1] d
                                        &dw[k, c, 0, 0])
 
 
-# The 16 matrices of V (and of M) are written (read) together, tile by tile: at a distance of a
+# The 16 (36) matrices of V (and of M) are written (read) together, tile by tile: at a distance of a
 # power of two they would all fall in the same cache sets. A small skew spreads them.
 DEF SKEW = 16
 
 
 def block_size(Py_ssize_t n, Py_ssize_t tiles):
-    """Samples per GEMM block: enough tiles for efficient GEMMs (a function of shapes only)."""
-    return max(1, min(n, 128 // tiles)) if tiles < 128 else 1
+    """Samples per block of ``forward`` (``tiles`` a sample): about 32 tiles per GEMM, a
+    function of the shapes only (never of the thread count: the same bits for any).
+
+    Measured (AVX-512 and AVX2, batch 32, 2 threads; ms): F(2x2, 3x3) on 8x8 maps (16 tiles)
+    128 -> 128 channels 1.79 with 2 samples a block, 2.34 with 8 (the earlier rule of 128
+    tiles); F(4x4, 3x3) on 8x8 maps (4 tiles) 1.83 with 8, 2.55 with 2; on 16x16 (16 tiles)
+    1.74 with 2, 1.84 with 8; from 32x32 maps one sample a block is fastest at both sizes.
+    Blocks of more tiles leave threads idle and V and M out of cache."""
+    return max(1, min(n, 32 // tiles)) if tiles < 32 else 1
+
+
+cdef inline Py_ssize_t _tiles(Py_ssize_t size, Py_ssize_t m) noexcept nogil:
+    """Tiles of m outputs along an axis of ``size`` outputs (the last one may be partial)."""
+    return (size + m - 1) // m
 
 
 cdef Py_ssize_t _thread_scratch(Py_ssize_t C, Py_ssize_t K, Py_ssize_t span, Py_ssize_t out_h,
-                                Py_ssize_t out_w) noexcept nogil:
-    """One thread's scratch: V (16, C, span) and M (16, K, span), each of the 16 matrices
-    padded by SKEW elements, then the zero-bordered input plane. forward and weight_grad carve
-    it up the same way (_after)."""
-    return 16 * ((C + K) * span + 2 * SKEW) + padded_plane_size(out_h, out_w)
+                                Py_ssize_t out_w, Py_ssize_t m) noexcept nogil:
+    """One thread's scratch for F(m x m, 3x3) (xis = (m + 2)^2 matrices): V (xis, C, span) and
+    M (xis, K, span), each matrix padded by SKEW elements, then the transforms' own scratch
+    (fc_wino_scratch). forward and weight_grad carve it up the same way (_after)."""
+    cdef Py_ssize_t xis = (m + 2) * (m + 2)
+    return xis * ((C + K) * span + 2 * SKEW) + fc_wino_scratch(m, _tiles(out_h, m), _tiles(out_w, m))
 
 
-cdef inline floating* _after(floating* matrices, Py_ssize_t rows,
+cdef inline floating* _after(floating* matrices, Py_ssize_t xis, Py_ssize_t rows,
                              Py_ssize_t span) noexcept nogil:
-    """Where the scratch continues after 16 skewed (rows, span) matrices starting at
+    """Where the scratch continues after ``xis`` skewed (rows, span) matrices starting at
     ``matrices``: V -> M -> the input plane. (Assigned directly in the prange loops, so that
     Cython makes the pointers thread-private.)"""
-    return matrices + 16 * (rows * span + SKEW)
+    return matrices + xis * (rows * span + SKEW)
 
 
 def workspace_size(Py_ssize_t channels, Py_ssize_t out_channels, Py_ssize_t out_h,
-                   Py_ssize_t out_w, Py_ssize_t block):
-    """Per-thread scratch of forward and weight_grad, for ``block`` samples per GEMM."""
-    cdef Py_ssize_t tiles = ((out_h + 1) // 2) * ((out_w + 1) // 2)
-    return _thread_scratch(channels, out_channels, block * tiles, out_h, out_w)
+                   Py_ssize_t out_w, Py_ssize_t block, Py_ssize_t m=2):
+    """Per-thread scratch of forward (F(m x m, 3x3), m = 2 or 4) and weight_grad (m = 2), for
+    ``block`` samples per GEMM."""
+    cdef Py_ssize_t tiles = _tiles(out_h, m) * _tiles(out_w, m)
+    if m not in (2, 4):
+        raise ValueError(f"m must be 2 or 4, got {m}")
+    return _thread_scratch(channels, out_channels, block * tiles, out_h, out_w, m)
 
 
 def forward(const floating[:, ::1] x, const floating[:, :, ::1] u, const floating[::1] bias,
             floating[:, ::1] out, floating[::1] workspace, Py_ssize_t height, Py_ssize_t width,
             Py_ssize_t pad, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t block, bint relu,
             int num_threads):
-    """out (N, C_out*OH*OW) = conv3x3(x (N, C*H*W), pad) with u (16, C_out, C) = G g G^T, plus
-    bias, then max(out, 0) if relu."""
-    cdef Py_ssize_t N = x.shape[0], K = u.shape[1], C = u.shape[2]
-    cdef Py_ssize_t tiles_h = (out_h + 1) // 2, tiles_w = (out_w + 1) // 2
+    """out (N, C_out*OH*OW) = conv3x3(x (N, C*H*W), pad) with u (xis, C_out, C) = G g G^T
+    (weight_transform: 16 matrices for F(2x2, 3x3), 36 for F(4x4, 3x3)), plus bias, then
+    max(out, 0) if relu. The workspace is workspace_size(..., block, m) per thread."""
+    cdef Py_ssize_t N = x.shape[0], xis = u.shape[0], K = u.shape[1], C = u.shape[2]
+    cdef Py_ssize_t m_ = 4 if xis == 36 else 2
+    cdef Py_ssize_t tiles_h = _tiles(out_h, m_), tiles_w = _tiles(out_w, m_)
     cdef Py_ssize_t T = tiles_h * tiles_w
     cdef Py_ssize_t span = block * T
-    cdef Py_ssize_t ws_stride = _thread_scratch(C, K, span, out_h, out_w)
+    cdef Py_ssize_t ws_stride = _thread_scratch(C, K, span, out_h, out_w, m_)
     cdef Py_ssize_t blocks = (N + block - 1) // block
     cdef bint has_bias = bias.shape[0] > 0
     cdef floating* ws = &workspace[0]
     cdef const floating* pbias = &bias[0] if has_bias else NULL
     cdef floating* v
     cdef floating* m
-    cdef floating* pb
+    cdef floating* sc
     cdef Py_ssize_t j, n0, nb, ld, s_, xi
     cdef int tid
+    if xis != 16 and xis != 36:
+        raise ValueError(f"u must hold 16 or 36 matrices, got {xis}")
     if N == 0:
         return
     with nogil, parallel(num_threads=num_threads):
@@ -305,18 +343,17 @@ def forward(const floating[:, ::1] x, const floating[:, :, ::1] u, const floatin
             nb = block if n0 + block <= N else N - n0
             ld = nb * T
             v = ws + tid * ws_stride
-            m = _after(v, C, span)
-            pb = _after(m, K, span)
-            for s_ in range(nb):
-                _input_transform(&x[n0 + s_, 0], v + s_ * T, pb, C, height, width, pad, tiles_h,
-                                 tiles_w, ld, C * ld + SKEW)
-            for xi in range(16):
+            m = _after(v, xis, C, span)
+            sc = _after(m, xis, K, span)
+            _input_transform(&x[n0, 0], x.shape[1], nb, v, sc, m_, C, height, width, pad,
+                             tiles_h, tiles_w, ld, C * ld + SKEW)
+            for xi in range(xis):
                 gemm(False, False, <int> K, <int> ld, <int> C, <floating> 1.0,
                      &u[xi, 0, 0], <int> C, v + xi * (C * ld + SKEW), <int> ld,
                      <floating> 0.0, m + xi * (K * ld + SKEW), <int> ld)
             for s_ in range(nb):
-                _output_transform(m + s_ * T, &out[n0 + s_, 0], K, out_h, out_w, tiles_h,
-                                  tiles_w, ld, K * ld + SKEW, pbias, has_bias, relu)
+                _output_transform(m + s_ * T, &out[n0 + s_, 0], sc, m_, K, out_h, out_w,
+                                  tiles_h, tiles_w, ld, K * ld + SKEW, pbias, relu)
 
 
 def weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy, floating[:, :, ::1] parts,
@@ -333,11 +370,11 @@ def weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy, floating[:,
     cdef Py_ssize_t tiles_h = (out_h + 1) // 2, tiles_w = (out_w + 1) // 2
     cdef Py_ssize_t T = tiles_h * tiles_w
     cdef Py_ssize_t span = block * T
-    cdef Py_ssize_t ws_stride = _thread_scratch(C, K, span, out_h, out_w)
+    cdef Py_ssize_t ws_stride = _thread_scratch(C, K, span, out_h, out_w, 2)
     cdef floating* ws = &workspace[0]
     cdef floating* v
     cdef floating* m
-    cdef floating* pb
+    cdef floating* sc
     cdef Py_ssize_t j, n0, n1, m0, nb, ld, s_, xi
     cdef int tid
     if N == 0:
@@ -348,15 +385,15 @@ def weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy, floating[:,
             n0 = j * N // n_chunks
             n1 = (j + 1) * N // n_chunks
             v = ws + tid * ws_stride
-            m = _after(v, C, span)
-            pb = _after(m, K, span)
+            m = _after(v, 16, C, span)
+            sc = _after(m, 16, K, span)
             m0 = n0
             while m0 < n1:
                 nb = block if m0 + block <= n1 else n1 - m0
                 ld = nb * T
+                _input_transform(&x[m0, 0], x.shape[1], nb, v, sc, 2, C, height, width, pad,
+                                 tiles_h, tiles_w, ld, C * ld + SKEW)
                 for s_ in range(nb):
-                    _input_transform(&x[m0 + s_, 0], v + s_ * T, pb, C, height, width, pad,
-                                     tiles_h, tiles_w, ld, C * ld + SKEW)
                     _grad_output_transform(&dy[m0 + s_, 0], m + s_ * T, K, out_h, out_w,
                                            tiles_h, tiles_w, ld, K * ld + SKEW)
                 for xi in range(16):

@@ -137,9 +137,10 @@ class ConvForward:
                 return lambda x2, out2: _depthwise.forward(
                     x2.reshape(shape_x), w2, b1, out2.reshape(shape_y), *kernel_args, relu,
                     get_num_threads())
-            if algorithm == "winograd":
+            if algorithm in algorithms.WINOGRAD_TILE:
                 ops = algorithms.WinogradOperands(w4, b1, geom.in_size, geom.padding[1],
-                                                  geom.out_size, dtype)
+                                                  geom.out_size, dtype,
+                                                  m=algorithms.WINOGRAD_TILE[algorithm])
                 return lambda x2, out2: ops.run(x2, out2, dtype, relu)
             if algorithm in ("rows", "direct"):
                 ops = algorithms.DirectOperands(w4, b1, geom, dtype, algorithm == "rows")
@@ -248,6 +249,9 @@ def _conv_backward(fname, nd, grad_output, input, weight, stride, padding, dilat
         "winograd": lambda: algorithms.winograd_conv2d(
             dy2, w4, np.empty(0, dtype), _rows(b.grad_x, n), geom.out_size,
             2 - geom.padding[1], geom.in_size, dtype, flip=True),
+        "winograd4": lambda: algorithms.winograd_conv2d(
+            dy2, w4, np.empty(0, dtype), _rows(b.grad_x, n), geom.out_size,
+            2 - geom.padding[1], geom.in_size, dtype, flip=True, m=4),
         "im2col": lambda: run_im2col(True, False),
     }
     input_algorithm = (algorithms.select("input gradient", geom, nd, dtype, input_runners)

@@ -40,11 +40,13 @@ ISAS = ("x86-64-v4", "x86-64-v3", "baseline")
 DIRECTIONS = ("forward", "input gradient", "weight gradient", "transposed forward")
 # The algorithms of each direction, in the order the rules consider them.
 ALGORITHMS = {
-    "forward": ("depthwise", "winograd", "rows", "direct", "im2col"),
-    "input gradient": ("depthwise", "rows", "winograd", "im2col"),
+    "forward": ("depthwise", "winograd4", "winograd", "rows", "direct", "im2col"),
+    "input gradient": ("depthwise", "rows", "winograd4", "winograd", "im2col"),
     "weight gradient": ("depthwise", "winograd", "direct", "im2col"),
     "transposed forward": ("subpixel", "im2col"),
 }
+# Winograd's output tile per algorithm name: F(2x2, 3x3) and F(4x4, 3x3) (_ops/winograd.pyx).
+WINOGRAD_TILE = {"winograd": 2, "winograd4": 4}
 
 
 @functools.lru_cache(maxsize=1)
@@ -69,6 +71,12 @@ class Rules:
     # multiplications than im2col + GEMM; below this many channels (on either side) its
     # transforms cost more than they save.
     winograd_min_channels: int = 16
+    # Winograd F(4x4, 3x3) instead of F(2x2, 3x3) (4x fewer multiplications than direct
+    # instead of 2.25x; its transforms cost more a tile) from this many 4x4 output tiles in
+    # the batch (N * ceil(OH/4) * ceil(OW/4)): fewer make GEMMs too short to pay.
+    winograd4_min_tiles: int = 32
+    # ... and from this many tiles a sample (AVX-512: maps of at least 13x13).
+    winograd4_min_sample_tiles: int = 16
     # The channel kernel (_conv_direct.h fc_direct_conv): small maps with few output channels
     # and a moderate sum, and stride-2 layers (whose im2col reads with poor locality).
     direct: bool = True
@@ -104,6 +112,15 @@ class Rules:
 #   1 vector by 8), its weights in panels read in L1-sized chunks of taps, on an Intel Xeon
 #   (AVX-512, KVM, 2 cores), ms, against im2col: stride 2, 64 -> 128 channels from 56x56 7.4-8.1
 #   (9.5-9.6; the kernel before 10.9), LeNet's second layer 0.18 (0.42).
+# - Winograd F(4x4, 3x3) against F(2x2, 3x3) (Intel Xeon, AVX-512, KVM; kernel alone, ms):
+#   batch 32, 32 -> 32 channels on 32x32 maps 1.98 vs 2.69, 64 -> 64 on 32x32 5.70 vs 10.16,
+#   on 16x16 1.74 vs 1.82, 128 -> 128 on 8x8 1.83 vs 1.88-2.13, 16 -> 16 on 32x32 0.82 vs
+#   1.09; batch 8, 64 -> 64 on 28x28 1.18 vs 1.46; batch 1, 32 -> 32 on 32x32 0.127 vs 0.174.
+#   It loses with few tiles: batch 1, 64 -> 64 on 16x16 (16 tiles) 0.128 vs 0.115, 128 -> 128
+#   on 8x8 (4 tiles) 0.178 vs 0.109; batch 4 on 16x16 (64 tiles) is a tie (0.223 vs 0.230);
+#   and on 8x8 maps (4 tiles a sample) even in large batches: F.conv2d 128 -> 128, batch 64,
+#   4.26 vs 3.79 (input gradient 4.31 vs 3.88). Against the row kernel (F.conv2d, batch 32):
+#   16 -> 16 on 32x32 0.87 vs 0.68 (rows kept), 32 -> 32 2.04 vs 3.02.
 # - The channel kernel against im2col + GEMM: LeNet's second layer 0.41 -> 0.26 ms,
 #   resnet_small's stride-2 3x3 layers 1.28 -> 0.46 and 0.79 -> 0.43 ms; stride 2, 64 -> 128
 #   channels on 56x56 maps 12.3 -> 9.9 ms, 128 -> 128 23.8 -> 18.8 ms; slower for 1x1 kernels,
@@ -133,9 +150,12 @@ _V4 = Rules()
 # Zen 4, 2 cores; float32, 2 threads, best of 15), in ms:
 # - forward, the row kernel against the others: LeNet's first layer 0.26 (im2col 0.72); 3 -> 32
 #   3x3 1.13 (1.75); 16 -> 16 3x3 on 32x32 1.10 (Winograd 2.10, im2col 2.94); 32 -> 32 3x3 on
-#   16x16 1.11 (Winograd 1.22) and on 32x32 9.52 (9.81): on AVX2 it beats Winograd up to 32
-#   output channels, and loses from 64 (64 -> 64 on 32x32: 21.5 vs 13.2); 32 -> 32 5x5 on 32x32
-#   6.49 (im2col 10.20); 32 -> 32 3x3 dilation 2 2.55 (3.94).
+#   16x16 1.11 (Winograd 1.22) and on 32x32 9.52 (9.81): on AVX2 it beat Winograd F(2x2, 3x3)
+#   up to 32 output channels, and lost from 64 (64 -> 64 on 32x32: 21.5 vs 13.2); 32 -> 32 5x5
+#   on 32x32 6.49 (im2col 10.20); 32 -> 32 3x3 dilation 2 2.55 (3.94). Winograd F(4x4, 3x3)
+#   moved the line back to 16 (Intel Xeon, F.conv2d, batch 32, ms): 32 -> 32 on 32x32 2.78
+#   (rows 4.21, F(2x2) 3.87), on 16x16 0.98 (1.02); 16 -> 16 on 32x32 1.35 (rows 0.99); input
+#   gradients alike (2.98 vs 4.15; 1.37 vs 1.07).
 # - forward, the channel kernel: LeNet's second layer 0.38 (im2col 0.78; the row kernel 0.36 on
 #   its 10-wide maps); stride 2, 16 -> 32 channels from 32x32 0.98 (1.40), but 32 -> 64 from
 #   16x16 0.89 (0.85) and 64 -> 128 from 56x56 20.75 (13.58): stride-2 layers only up to 32
@@ -155,7 +175,12 @@ _V4 = Rules()
 #   im2col: stride 2, 64 -> 128 channels from 56x56 11.66 (12.67), 32 -> 64 from 16x16 0.55
 #   (0.84), 16 -> 32 from 32x32 0.57 (1.01): stride-2 layers up to 128 output channels, as
 #   AVX-512.
-_V3 = replace(_V4, rows_lanes=8, rows_over_winograd_max_out_channels=32,
+# - Winograd F(4x4, 3x3) against F(2x2, 3x3) (FASTCNN_SIMD=x86-64-v3 OPENBLAS_CORETYPE=Haswell
+#   on the Intel Xeon; ms): AVX2's slower GEMMs make its 1.8x fewer multiplications count more:
+#   batch 32, 32 -> 32 on 32x32 2.71 vs 4.13, 64 -> 64 on 16x16 2.10 vs 2.71, 128 -> 128 on 8x8
+#   2.20 vs 2.62 (batch 64: 5.00 vs 5.32); batch 1, 64 -> 64 on 16x16 (16 tiles) 0.149 vs
+#   0.175, but 128 -> 128 on 8x8 (4 tiles) 0.283 vs 0.175.
+_V3 = replace(_V4, rows_lanes=8, winograd4_min_tiles=16, winograd4_min_sample_tiles=1,
               rows_input_grad_min_channels=2, dw_rows_min_width=24,
               dw_rows_min_kernel_area=None, subpixel=False)
 
@@ -165,8 +190,13 @@ _V3 = replace(_V4, rows_lanes=8, rows_over_winograd_max_out_channels=32,
 # first layer 0.38 (row kernel) vs 0.30 (im2col), its second 0.70 (channel kernel) vs 0.36,
 # 16 -> 16 3x3 on 32x32 3.43 (rows) vs 1.29 (Winograd), 16 -> 32 stride 2 2.66 vs 1.25; weight
 # gradients by fc_dw_rows 0.28 / 0.88 / 2.89 / 2.66 vs 0.24 / 0.70 / 1.32 / 1.46.
+# Winograd F(4x4, 3x3) against F(2x2, 3x3) (FASTCNN_SIMD=baseline OPENBLAS_CORETYPE=Nehalem,
+# the Intel Xeon; ms): batch 32, 32 -> 32 on 32x32 4.57 vs 7.26, 128 -> 128 on 8x8 4.11 vs
+# 5.79; batch 1, 64 -> 64 on 16x16 (16 tiles) 0.273 vs 0.362, 128 -> 128 on 8x8 (4 tiles)
+# 0.431 vs 0.400.
 _BASELINE = replace(_V4, direct=False, rows=False, rows_input_grad=False, dw_rows=False,
-                    subpixel=False, rows_lanes=4)
+                    subpixel=False, rows_lanes=4, winograd4_min_tiles=16,
+                    winograd4_min_sample_tiles=1)
 
 RULES = {"x86-64-v4": _V4, "x86-64-v3": _V3, "baseline": _BASELINE}
 
@@ -205,6 +235,16 @@ def winograd_ok(geom, nd, rules, direction="forward"):
     if direction == "weight gradient":
         return not dw_rows_ok(geom, nd, rules)
     return True
+
+
+def winograd4_ok(geom, nd, rules, direction="forward"):
+    """Winograd F(4x4, 3x3) rather than F(2x2, 3x3): where the rules choose Winograd, with
+    enough 4x4 output tiles in the batch (the input gradient's outputs are the input's size)."""
+    size = geom.in_size if direction == "input gradient" else geom.out_size
+    per_sample = math.prod(-(-s // 4) for s in size)
+    return (per_sample >= rules.winograd4_min_sample_tiles
+            and geom.n * per_sample >= rules.winograd4_min_tiles
+            and winograd_ok(geom, nd, rules, direction))
 
 
 def direct_ok(geom, nd, rules):
@@ -279,6 +319,7 @@ def subpixel_ok(geom, nd, rules):
 _USABLE = {
     "depthwise": lambda direction, geom, nd: is_depthwise(geom),
     "winograd": lambda direction, geom, nd: winograd_possible(geom, nd),
+    "winograd4": lambda direction, geom, nd: winograd_possible(geom, nd),
     "rows": lambda direction, geom, nd: (_direct_kernels_apply(geom, nd) if direction == "forward"
                                          else input_grad_as_conv(geom, nd) is not None),
     "direct": lambda direction, geom, nd: _direct_kernels_apply(geom, nd),
@@ -289,11 +330,14 @@ _USABLE = {
 # Whether the rules of a level prefer each algorithm, in ALGORITHMS' order.
 _PREFERRED = {
     ("forward", "depthwise"): lambda geom, nd, r: is_depthwise(geom),
+    ("forward", "winograd4"): lambda geom, nd, r: winograd4_ok(geom, nd, r, "forward"),
     ("forward", "winograd"): lambda geom, nd, r: winograd_ok(geom, nd, r, "forward"),
     ("forward", "rows"): rows_ok,
     ("forward", "direct"): direct_ok,
     ("input gradient", "depthwise"): lambda geom, nd, r: is_depthwise(geom),
     ("input gradient", "rows"): rows_input_grad_ok,
+    ("input gradient", "winograd4"): lambda geom, nd, r: winograd4_ok(geom, nd, r,
+                                                                      "input gradient"),
     ("input gradient", "winograd"): lambda geom, nd, r: winograd_ok(geom, nd, r,
                                                                     "input gradient"),
     ("weight gradient", "depthwise"): lambda geom, nd, r: is_depthwise(geom),
@@ -342,9 +386,10 @@ _KEYWORDS = {"forward": "forward", "input_grad": "input gradient",
 @contextlib.contextmanager
 def conv_algorithms(*, forward=None, input_grad=None, weight_grad=None, transposed=None):
     """Force the algorithm of convolutions run inside the ``with`` block, per direction:
-    ``forward`` one of "winograd", "rows" (the direct kernel along output rows), "direct" (the
-    direct kernel along output channels), "im2col"; ``input_grad`` one of "rows", "winograd",
-    "im2col"; ``weight_grad`` one of "winograd", "direct", "im2col"; ``transposed`` (a
+    ``forward`` one of "winograd4" (Winograd F(4x4, 3x3)), "winograd" (F(2x2, 3x3)), "rows"
+    (the direct kernel along output rows), "direct" (the direct kernel along output channels),
+    "im2col"; ``input_grad`` one of "rows", "winograd4", "winograd", "im2col"; ``weight_grad``
+    one of "winograd" (F(2x2, 3x3)), "direct", "im2col"; ``transposed`` (a
     transposed convolution's forward) "subpixel" or "im2col". None keeps the rules. A problem
     the forced algorithm cannot compute (Winograd on a 5x5 kernel, a direct kernel on a 1-D or
     grouped convolution) keeps the rules' choice; depthwise layers keep their own loops. The
@@ -402,14 +447,15 @@ def select(direction, geom, nd, dtype, runners=None):
     choice = choose(direction, geom, nd, isa)
     if not (_autotune["enabled"] and runners and winograd_possible(geom, nd)):
         return choice
-    other = choose(direction, geom, nd, isa, exclude=("winograd",))
+    winograd = choice if choice in WINOGRAD_TILE else "winograd"
+    other = choose(direction, geom, nd, isa, exclude=tuple(WINOGRAD_TILE))
     key = (direction, geom.n, geom.in_channels, geom.out_channels, geom.in_size, geom.padding,
            np.dtype(dtype).name, get_num_threads())
     with _tuned_lock:
         choice = _tuned.get(key)
     if choice is None:
         timings = {}
-        for algorithm in ("winograd", other):
+        for algorithm in (winograd, other):
             runners[algorithm]()                    # warm: workspaces, caches
             start = time.perf_counter()
             runners[algorithm]()
@@ -585,37 +631,39 @@ def direct_weight_grad(x2, dy2, geom, dtype):
 
 
 class WinogradOperands:
-    """A 3x3 stride-1 convolution's transformed kernels U = G g G^T (16, C_out, C_in), one GEMM
-    operand per xi, prepared once; with ``flip``, of the kernels of w (C, C_out, 3, 3)
-    transposed and rotated (the input gradient's)."""
-    __slots__ = ("u", "bias", "in_size", "pad", "out_size")
+    """A 3x3 stride-1 convolution's transformed kernels U = G g G^T ((m + 2)^2, C_out, C_in),
+    one GEMM operand per xi, prepared once, for Winograd F(m x m, 3x3) (m = 2 or 4); with
+    ``flip``, of the kernels of w (C, C_out, 3, 3) transposed and rotated (the input
+    gradient's)."""
+    __slots__ = ("u", "m", "bias", "in_size", "pad", "out_size")
 
-    def __init__(self, w, bias, in_size, pad, out_size, dtype, flip=False):
+    def __init__(self, w, bias, in_size, pad, out_size, dtype, flip=False, m=2):
         k, c = (w.shape[1], w.shape[0]) if flip else (w.shape[0], w.shape[1])
-        self.u = np.empty((16, k, c), dtype=dtype)
+        self.u = np.empty(((m + 2) ** 2, k, c), dtype=dtype)
         _winograd.weight_transform(w, self.u, flip, get_num_threads())
-        self.bias, self.in_size, self.pad, self.out_size = bias, in_size, pad, out_size
+        self.m, self.bias, self.in_size, self.pad, self.out_size = m, bias, in_size, pad, out_size
 
     def run(self, x2, out2, dtype, relu=False, threads=None):
         """out2 (N, C_out*OH*OW) = the convolution of x2 (N, C*H*W), plus bias, then max(., 0)
         if relu."""
         threads = threads or get_num_threads()
-        (h, w), (oh, ow) = self.in_size, self.out_size
+        (h, w), (oh, ow), m = self.in_size, self.out_size, self.m
         k, c = self.u.shape[1:]
-        tiles = ((oh + 1) // 2) * ((ow + 1) // 2)
+        tiles = -(-oh // m) * -(-ow // m)
         block = _winograd.block_size(x2.shape[0], tiles)
-        ws = scratch(_winograd.workspace_size(c, k, oh, ow, block) * threads, dtype)
+        ws = scratch(_winograd.workspace_size(c, k, oh, ow, block, m) * threads, dtype)
         with single_threaded_blas:
             _winograd.forward(x2, self.u, self.bias, out2, ws, h, w, self.pad, oh, ow, block,
                               relu, threads)
 
 
 def winograd_conv2d(x2, w, bias, out2, in_size, pad, out_size, dtype, flip=False,
-                    relu=False):
+                    relu=False, m=2):
     """out2 (N, C_out*OH*OW) = 3x3 stride-1 convolution of x2 (N, C*H*W) by w (C_out, C, 3, 3),
     or with ``flip`` by the kernels of w (C, C_out, 3, 3) transposed and rotated (the input
-    gradient's); plus bias, then max(., 0) if relu."""
-    WinogradOperands(w, bias, in_size, pad, out_size, dtype, flip).run(x2, out2, dtype, relu)
+    gradient's); plus bias, then max(., 0) if relu; by Winograd F(m x m, 3x3)."""
+    WinogradOperands(w, bias, in_size, pad, out_size, dtype, flip, m).run(x2, out2, dtype,
+                                                                          relu)
 
 
 # The Winograd weight gradient sums over samples in fixed chunks (one dU partial each, added in

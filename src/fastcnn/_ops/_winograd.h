@@ -1,0 +1,93 @@
+/* The transforms of Winograd F(m x m, 3x3) (m = 2 or 4; the algebra is in winograd.pyx's
+ * docstring), compiled per x86-64 level (_winograd.inc) and dispatched as _simd.h's kernels are.
+ *
+ * Layout. winograd.pyx keeps V (and M) as (m + 2)^2 matrices, one per tile position xi, each
+ * (channels, tiles) with the tiles of a block of samples contiguous: the GEMMs' operands. The
+ * transforms are therefore written along the tiles: a chunk of whole tile rows of one sample
+ * is first gathered into d[k][j][tile] (the input value at row m*ti + k, column m*tj + j of the
+ * zero-padded plane), and then every step of B^T d B (and of A^T M A) is an elementwise
+ * combination of contiguous rows of tiles, which the compiler vectorizes at every level and
+ * for any map width (a loop along one tile row of an 8x8 map would be 2 to 4 elements long).
+ * The scalar work is the gather (one load per element of d) and the output's scatter.
+ *
+ * Each output is the same fixed sum in every copy, so the result does not depend on threads;
+ * copies of different levels may differ in the last bits (FMA contraction).
+ */
+#ifndef FASTCNN_WINOGRAD_H
+#define FASTCNN_WINOGRAD_H
+
+#include "_simd.h"
+
+/* Tiles per chunk of a transform (whole tile rows; at least one row): d and its row transform
+ * stay in L1/L2 (2 * 36 * 256 floats = 72 KiB for F(4x4, 3x3)). */
+#define FC_WINO_CHUNK 256
+
+static FC_UNUSED inline ptrdiff_t fc_wino_chunk_rows(ptrdiff_t tiles_w)
+{
+    return tiles_w >= FC_WINO_CHUNK ? 1 : FC_WINO_CHUNK / tiles_w;
+}
+
+/* Elements of the scratch one call of fc_wino_input or fc_wino_output needs: two chunks of
+ * (m + 2)^2 tile values (d; the output's row transform and result), then the input plane split
+ * by column phase. */
+static FC_UNUSED inline ptrdiff_t fc_wino_scratch(ptrdiff_t m, ptrdiff_t tiles_h,
+                                                  ptrdiff_t tiles_w)
+{
+    return 2 * (m + 2) * (m + 2) * fc_wino_chunk_rows(tiles_w) * tiles_w
+           + m * (m * tiles_h + 2) * (tiles_w + 1);
+}
+
+#define FC_WINO_INPUT_PARAMS(T)                                                            \
+    (const T *x, ptrdiff_t sample_stride, ptrdiff_t nb, T *v, T *scratch, ptrdiff_t m,     \
+     ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t pad, ptrdiff_t tiles_h,              \
+     ptrdiff_t tiles_w, ptrdiff_t ld, ptrdiff_t xs)
+#define FC_WINO_INPUT_ARGS                                                                 \
+    (x, sample_stride, nb, v, scratch, m, C, H, W, pad, tiles_h, tiles_w, ld, xs)
+#define FC_WINO_OUTPUT_PARAMS(T)                                                           \
+    (const T *mm, T *y, T *scratch, ptrdiff_t m, ptrdiff_t K, ptrdiff_t OH, ptrdiff_t OW,   \
+     ptrdiff_t tiles_h, ptrdiff_t tiles_w, ptrdiff_t ld, ptrdiff_t xs, const T *bias,       \
+     int relu)
+#define FC_WINO_OUTPUT_ARGS (mm, y, scratch, m, K, OH, OW, tiles_h, tiles_w, ld, xs, bias, relu)
+
+/* one copy per (level, type) */
+#if FC_DISPATCH
+#  pragma GCC push_options
+#  pragma GCC target("arch=x86-64-v4")
+#  define FC_LEVEL v4
+#  define FC_VBYTES 64
+#  include "_winograd_types.inc"
+#  undef FC_LEVEL
+#  undef FC_VBYTES
+#  pragma GCC pop_options
+#  pragma GCC push_options
+#  pragma GCC target("arch=x86-64-v3")
+#  define FC_LEVEL v3
+#  define FC_VBYTES 32
+#  include "_winograd_types.inc"
+#  undef FC_LEVEL
+#  undef FC_VBYTES
+#  pragma GCC pop_options
+#  define FC_LEVEL base
+#  define FC_VBYTES 16
+#  include "_winograd_types.inc"
+#  undef FC_LEVEL
+#  undef FC_VBYTES
+#else
+#  define FC_LEVEL base           /* built without dispatch: one copy, for the compiler's target */
+#  define FC_VBYTES 32
+#  include "_winograd_types.inc"
+#  undef FC_LEVEL
+#  undef FC_VBYTES
+#endif
+
+/* the entry points winograd.pyx calls: the copy of this module's level */
+static FC_UNUSED inline void fc_wino_input_f FC_WINO_INPUT_PARAMS(float)
+{ FC_LEVELS_CALL(fc_wino_input_f, FC_WINO_INPUT_ARGS); }
+static FC_UNUSED inline void fc_wino_input_d FC_WINO_INPUT_PARAMS(double)
+{ FC_LEVELS_CALL(fc_wino_input_d, FC_WINO_INPUT_ARGS); }
+static FC_UNUSED inline void fc_wino_output_f FC_WINO_OUTPUT_PARAMS(float)
+{ FC_LEVELS_CALL(fc_wino_output_f, FC_WINO_OUTPUT_ARGS); }
+static FC_UNUSED inline void fc_wino_output_d FC_WINO_OUTPUT_PARAMS(double)
+{ FC_LEVELS_CALL(fc_wino_output_d, FC_WINO_OUTPUT_ARGS); }
+
+#endif
