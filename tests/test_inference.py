@@ -364,6 +364,11 @@ def test_compiled_steps_refuse_what_they_cannot_run():
         ConcatStep([x.reshape(1, 4), x.reshape(1, 4)], np.zeros((1, 9), np.float32), 1)
     with pytest.raises(TypeError):
         CompiledRun([lambda: None], [False])
+    unbound = EltwiseStep.__new__(EltwiseStep)          # never crashes the process
+    with pytest.raises(TypeError, match="not bound"):
+        unbound()
+    with pytest.raises(TypeError, match="not bound"):
+        CompiledRun([unbound], [False])
     with pytest.raises(ValueError, match="flags"):
         CompiledRun([EltwiseStep(x, None, np.zeros(4, np.float32))], [])
 

@@ -40,6 +40,8 @@ cdef class CompiledStep:
 
     def __call__(self):
         cdef int threads = get_num_threads()
+        if self.body == NULL:
+            raise TypeError(f"{type(self).__name__}: not bound to a kernel")
         with nogil:
             self.body(self.args, threads)
 
@@ -136,6 +138,9 @@ cdef class CompiledRun:
             raise MemoryError()
         for i in range(self.n):
             step = self.steps[i]
+            if step.body == NULL:
+                raise TypeError(f"CompiledRun: step {i} ({type(step).__name__}) is not bound "
+                                f"to a kernel")
             self.entries[i].body = step.body
             self.entries[i].args = step.args
             self.entries[i].one_thread = bool(one_thread[i])
