@@ -89,8 +89,10 @@ ROUTES = [
      {V4: "direct", V3: "im2col", BASE: "im2col"}),
     ("64 -> 64 3x3 weight gradient", "weight gradient", conv(64, 64, 16, 3),
      {V4: "winograd", V3: "winograd", BASE: "winograd"}),
-    ("U-Net's k4 s2 upsampling", "transposed forward", conv_transpose(8, 5, 16, 4, 2, 1),
-     {V4: "subpixel", V3: "im2col", BASE: "im2col"}),
+    ("a k4 s2 upsampling, few channels (row kernel phases)", "transposed forward",
+     conv_transpose(8, 5, 16, 4, 2, 1), {V4: "subpixel", V3: "im2col", BASE: "im2col"}),
+    ("U-Net's k4 s2 upsampling 64 -> 32 (channel kernel phases)", "transposed forward",
+     conv_transpose(64, 32, 16, 4, 2, 1), {V4: "subpixel", V3: "subpixel", BASE: "im2col"}),
 ]
 
 
@@ -277,17 +279,20 @@ def test_winograd_on_every_possible_shape_matches_im2col():
 
 def test_subpixel_forward_matches_the_gemm_path_on_random_shapes():
     """The transposed convolution's forward as one stride-1 convolution per output phase (the
-    row kernel storing into the interleaved outputs), forced onto random shapes (strides 1-3,
+    row kernel or the channel kernel storing into the interleaved outputs), forced onto random
+    shapes (strides 1-3,
     kernels from the stride up, paddings, output_padding, odd sizes, bias or not), equals
     GEMM + col2im; float64 and float32."""
     rng = np.random.default_rng(23)
-    cases = 0
+    cases = by_channels = 0
     while cases < 50:
         s = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
         k = tuple(int(v + rng.integers(0, 3)) for v in s)
         p = tuple(int(rng.integers(0, kk)) for kk in k)
         op = tuple(int(rng.integers(0, ss)) for ss in s)
         c_in, c_out = int(rng.integers(1, 7)), int(rng.integers(1, 20))
+        if cases % 4 == 1:              # phases with the taps and channels of the channel kernel
+            c_in, c_out = int(rng.integers(16, 40)), int(rng.integers(16, 40))
         dtype = np.float64 if cases % 2 else np.float32
         x = rng.standard_normal((int(rng.integers(1, 4)), c_in, int(rng.integers(1, 9)),
                                  int(rng.integers(1, 12)))).astype(dtype)
@@ -300,11 +305,14 @@ def test_subpixel_forward_matches_the_gemm_path_on_random_shapes():
         if not algorithms.usable("subpixel", "transposed forward", geom, 2):
             continue
         cases += 1
+        by_channels += not all(algorithms.subpixel_by_rows(sub, 2, algorithms.machine_rules())
+                               for _, _, sub, _, _ in algorithms.subpixel_phases(geom, 2))
         results = []
         for forced in ("subpixel", "im2col"):
             with F.conv_algorithms(transposed=forced):
                 results.append(F.conv_transpose2d(x, w, b, s, p, op))
         np.testing.assert_allclose(results[0], results[1], **TOL[dtype])
+    assert by_channels >= 5             # both direct kernels were tried
 
 
 @pytest.mark.parametrize("path", ["im2col", "winograd", "winograd4", "direct", "rows",

@@ -42,13 +42,15 @@
  * channel: output (oh, ow) reads its taps at xp + off[k] + oh*sh*wp + ow); wt in panels of
  * fc_direct_conv_panel() channels, each (K, panel) (cpad, a multiple of the panel, is not read);
  * bias (cpad); relu: max(y, 0) as it is stored (NaN kept, -0 -> 0, as fastcnn's relu). It reads
- * only the planes' elements of real outputs. The channels are GCC vectors, not left to the
+ * only the planes' elements of real outputs. Output (co, oh, ow) goes to y[co * yc + oh * yh +
+ * ow * yw], as the row kernel's (below). The channels are GCC vectors, not left to the
  * auto-vectorizer, which kept the accumulators in memory. */
 #define FC_DIRECT_CONV_PARAMS(T)                                                           \
     (const T *xp, const T *wt, const T *bias, T *y, const ptrdiff_t *off, ptrdiff_t K,     \
      ptrdiff_t cout, ptrdiff_t cpad, ptrdiff_t oh_n, ptrdiff_t ow_n, ptrdiff_t wp,         \
-     ptrdiff_t sh, ptrdiff_t sw, int relu)
-#define FC_DIRECT_CONV_ARGS (xp, wt, bias, y, off, K, cout, cpad, oh_n, ow_n, wp, sh, sw, relu)
+     ptrdiff_t sh, ptrdiff_t sw, int relu, ptrdiff_t yc, ptrdiff_t yh, ptrdiff_t yw)
+#define FC_DIRECT_CONV_ARGS                                                                \
+    (xp, wt, bias, y, off, K, cout, cpad, oh_n, ow_n, wp, sh, sw, relu, yc, yh, yw)
 
 /* fc_direct_conv_rows: the same convolution vectorized along the output rows instead of the
  * channels, for wide maps with few taps or few output channels (first layers, among others).

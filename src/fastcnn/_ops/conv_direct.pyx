@@ -20,7 +20,7 @@ cdef extern from "_conv_direct.h" nogil:
     void fc_direct_conv_f(const float* xp, const float* wt, const float* bias, float* y,
                           const Py_ssize_t* off, Py_ssize_t K, Py_ssize_t cout, Py_ssize_t cpad,
                           Py_ssize_t oh_n, Py_ssize_t ow_n, Py_ssize_t wp, Py_ssize_t sh,
-                          Py_ssize_t sw, int relu)
+                          Py_ssize_t sw, int relu, Py_ssize_t yc, Py_ssize_t yh, Py_ssize_t yw)
     void fc_direct_conv_rows_f(const float* xp, const float* wt, const float* bias, float* y,
                                const Py_ssize_t* off, Py_ssize_t K, Py_ssize_t cout,
                                Py_ssize_t cpad, Py_ssize_t oh_n, Py_ssize_t ow_n, Py_ssize_t wp,
@@ -47,7 +47,7 @@ cdef extern from "_conv_direct.h" nogil:
     void fc_direct_conv_d(const double* xp, const double* wt, const double* bias, double* y,
                           const Py_ssize_t* off, Py_ssize_t K, Py_ssize_t cout, Py_ssize_t cpad,
                           Py_ssize_t oh_n, Py_ssize_t ow_n, Py_ssize_t wp, Py_ssize_t sh,
-                          Py_ssize_t sw, int relu)
+                          Py_ssize_t sw, int relu, Py_ssize_t yc, Py_ssize_t yh, Py_ssize_t yw)
 
 
 cdef inline Py_ssize_t _phase_width(Py_ssize_t Wp, Py_ssize_t phases) noexcept nogil:
@@ -195,13 +195,13 @@ cdef void _direct_forward(const floating* x, Py_ssize_t N, Py_ssize_t x_row,
                              out + n * out_row + y0 + co0 * yc + r0 * yh, offsets, K,
                              co1 - co0, cpad, r1 - r0, out_w, Wq, stride_h, relu, yc, yh, yw)
             elif floating is float:
-                fc_direct_conv_f(xp, wt + co0 * K, bias + co0, out + n * out_row + co0 * yc,
-                                 offsets, K, co1 - co0, cpad, out_h, out_w, Wq, stride_h,
-                                 stride_w, relu)
+                fc_direct_conv_f(xp, wt + co0 * K, bias + co0,
+                                 out + n * out_row + y0 + co0 * yc, offsets, K, co1 - co0,
+                                 cpad, out_h, out_w, Wq, stride_h, stride_w, relu, yc, yh, yw)
             else:
-                fc_direct_conv_d(xp, wt + co0 * K, bias + co0, out + n * out_row + co0 * yc,
-                                 offsets, K, co1 - co0, cpad, out_h, out_w, Wq, stride_h,
-                                 stride_w, relu)
+                fc_direct_conv_d(xp, wt + co0 * K, bias + co0,
+                                 out + n * out_row + y0 + co0 * yc, offsets, K, co1 - co0,
+                                 cpad, out_h, out_w, Wq, stride_h, stride_w, relu, yc, yh, yw)
         return
     if num_threads == 1:                    # no team to start (~0.3 us)
         for n in range(N):
@@ -233,11 +233,11 @@ cdef inline void _direct_sample(const floating* x, const floating* wt, Py_ssize_
         _rows_kernel(xp, wt, bias, out + y0, offsets, K, C_out, cpad, out_h, out_w, Wq,
                      stride_h, relu, yc, yh, yw)
     elif floating is float:
-        fc_direct_conv_f(xp, wt, bias, out, offsets, K, C_out, cpad, out_h, out_w, Wq,
-                         stride_h, stride_w, relu)
+        fc_direct_conv_f(xp, wt, bias, out + y0, offsets, K, C_out, cpad, out_h, out_w, Wq,
+                         stride_h, stride_w, relu, yc, yh, yw)
     else:
-        fc_direct_conv_d(xp, wt, bias, out, offsets, K, C_out, cpad, out_h, out_w, Wq,
-                         stride_h, stride_w, relu)
+        fc_direct_conv_d(xp, wt, bias, out + y0, offsets, K, C_out, cpad, out_h, out_w, Wq,
+                         stride_h, stride_w, relu, yc, yh, yw)
 
 
 def direct_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
@@ -256,7 +256,7 @@ def direct_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
     planes of its column phases (column j at phase j % stride_w, position j // stride_w, rows Wq =
     ceil(Wp / stride_w) long), so that a tap's inputs for consecutive outputs are contiguous
     (``offsets`` then address that layout). ``out_layout`` = (C_out, offset, channel, row,
-    column strides) places the row kernel's output (co, oh, ow) of sample n at out[n, offset +
+    column strides) places the output (co, oh, ow) of sample n at out[n, offset +
     co * channel + oh * row + ow * column] (one phase of a transposed convolution); by default
     out[n] is (C_out, out_h, out_w)."""
     cdef Py_ssize_t N = x.shape[0]

@@ -102,8 +102,11 @@ class Rules:
     dw_rows_min_kernel_area: int | None = 25   # a kernel this large (None: no such rule);
     dw_rows_max_out_channels: int = 64      # and at most this many output channels,
     dw_rows_min_width: int = 8              # outputs this wide
-    # A transposed convolution's forward as one row-kernel convolution per output phase.
+    # A transposed convolution's forward as one direct convolution per output phase, by the
+    # channel kernel from this many output channels (and direct_taps[0] taps), else by rows.
     subpixel: bool = True
+    subpixel_channels_min_out_channels: int = 16
+    subpixel_rows: bool = True              # phases on the row kernel too (else none)
 
 
 # Measured on AVX-512 (Intel Sapphire Rapids, 2 cores; float32, 2 threads):
@@ -141,7 +144,8 @@ class Rules:
 #   8.8 ms; slower from 32 channels on both sides with 3x3 kernels (32 -> 32 on 16x16: 1.17 vs
 #   0.82 ms; 64 -> 128 at stride 2: 15.5 vs 12.6 ms).
 # - Sub-pixel transposed convolution: a k4 s2 upsampling 64 -> 32 channels, 16x16 -> 32x32
-#   maps 2.16 -> 1.82 ms against GEMM + col2im.
+#   maps 2.16 -> 1.82 ms against GEMM + col2im; its phases (64 -> 32 channels, 2x2 taps) on the
+#   channel kernel instead of the row kernel 1.49 vs 1.68 ms (Intel Xeon; GEMM + col2im 1.86).
 _V4 = Rules()
 
 # AVX2 (x86-64-v3): the kernels' AVX2 copies have their own register blocks (_conv_direct.inc:
@@ -168,8 +172,9 @@ _V4 = Rules()
 #   (0.74), 16 -> 16 3x3 on 32x32 1.95 (Winograd 2.33); it loses on maps narrower than 24 (LeNet's
 #   second layer, 10 wide: 1.03 vs 0.81; 16 -> 32 stride 2, 16 wide: 1.90 vs 1.47) and on large
 #   kernels with 32 channels on both sides (32 -> 32 5x5: 10.95 vs 10.34), which AVX-512 wins.
-# - transposed convolution by phases: k4 s2 64 -> 32 channels, 16x16 -> 32x32, 3.53 against 2.73
-#   for GEMM + col2im (its stores interleave the phases: no full-vector store on 8 lanes).
+# - transposed convolution by phases on the row kernel: k4 s2 64 -> 32 channels, 16x16 -> 32x32,
+#   3.53 against 2.73 for GEMM + col2im (its stores interleave the phases: no full-vector store
+#   on 8 lanes); on the channel kernel, below, it wins.
 # - the channel kernel again, with its blocks of 2 vectors by 6 positions (12 accumulators;
 #   before: 1 vector by 8), on an Intel Xeon (AVX-512 machine, FASTCNN_SIMD=x86-64-v3), ms, against
 #   im2col: stride 2, 64 -> 128 channels from 56x56 11.66 (12.67), 32 -> 64 from 16x16 0.55
@@ -180,9 +185,11 @@ _V4 = Rules()
 #   batch 32, 32 -> 32 on 32x32 2.71 vs 4.13, 64 -> 64 on 16x16 2.10 vs 2.71, 128 -> 128 on 8x8
 #   2.20 vs 2.62 (batch 64: 5.00 vs 5.32); batch 1, 64 -> 64 on 16x16 (16 tiles) 0.149 vs
 #   0.175, but 128 -> 128 on 8x8 (4 tiles) 0.283 vs 0.175.
+# - transposed convolution by phases on the channel kernel: k4 s2 64 -> 32 channels, 16x16 ->
+#   32x32, 1.91 against 2.12 for GEMM + col2im (same machine, forced AVX2).
 _V3 = replace(_V4, rows_lanes=8, winograd4_min_tiles=16, winograd4_min_sample_tiles=1,
               rows_input_grad_min_channels=2, dw_rows_min_width=24,
-              dw_rows_min_kernel_area=None, subpixel=False)
+              dw_rows_min_kernel_area=None, subpixel_rows=False)
 
 # Baseline (SSE2, 4-float vectors): OpenBLAS picks its GEMM kernels for the CPU by itself, so
 # im2col + GEMM and Winograd (whose GEMMs are BLAS) keep every layer. Measured with
@@ -309,10 +316,22 @@ def dw_rows_ok(geom, nd, rules):
                      and geom.kernel[1] * geom.kernel[2] >= rules.dw_rows_min_kernel_area)))
 
 
+def subpixel_by_rows(sub, nd, rules):
+    """Which direct kernel runs one phase ``sub`` of a transposed convolution by phases: the
+    channel kernel where it has the taps and channels to fill its blocks (as direct_ok: at
+    least direct_taps[0] taps; at least subpixel_channels_min_out_channels), else the row
+    kernel."""
+    return not (tap_count(sub) >= rules.direct_taps[0]
+                and sub.out_channels >= rules.subpixel_channels_min_out_channels)
+
+
 def subpixel_ok(geom, nd, rules):
-    """A transposed convolution by phases where the row kernel suits every phase."""
+    """A transposed convolution by phases where a direct kernel suits every phase: the channel
+    kernel (subpixel_by_rows false), or the row kernel where rows_ok."""
     phases = subpixel_phases(geom, nd) if rules.subpixel else None
-    return phases is not None and all(rows_ok(sub, nd, rules) for _, _, sub, _, _ in phases)
+    return phases is not None and all(not subpixel_by_rows(sub, nd, rules)
+                                      or (rules.subpixel_rows and rows_ok(sub, nd, rules))
+                                      for _, _, sub, _, _ in phases)
 
 
 # Where each algorithm can compute a problem at all (is_usable_for), whatever its speed.

@@ -115,16 +115,18 @@ class ConvTransposeForward:
         """(run(x2, out2), step(x2, out2, max_threads) or None) of ``algorithm`` with its
         operands made."""
         if algorithm == "subpixel":
-            # the row kernel per output phase: a k4 s2 upsampling 64 -> 32 channels, 16x16 ->
-            # 32x32 maps (the speed table's case) 2.16 -> 1.82 ms
+            # a direct kernel per output phase (algorithms.subpixel_by_rows: the row kernel
+            # or the channel kernel), stored into the phase's interleaved outputs
             oh, ow = geom.out_size
             sh, sw = geom.stride[1:]
+            rules = algorithms.machine_rules()
             phases = []
             for ra, rb, sub, taps_h, taps_w in algorithms.subpixel_phases(geom, nd):
                 sub_w = np.ascontiguousarray(
                     w4[:, :, taps_h][:, :, :, taps_w].transpose(1, 0, 2, 3))
                 layout = (geom.out_channels, ra * ow + rb, oh * ow, sh * ow, sw)
-                phases.append((algorithms.DirectOperands(sub_w, b1, sub, dtype, by_rows=True),
+                by_rows = algorithms.subpixel_by_rows(sub, nd, rules)
+                phases.append((algorithms.DirectOperands(sub_w, b1, sub, dtype, by_rows),
                                layout))
 
             def by_phases(x2, out2):
