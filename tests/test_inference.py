@@ -23,6 +23,14 @@ def _with_running_stats(model, seed=0):
     return model.eval()
 
 
+def assert_float32_close(y, reference):
+    """Equal up to float32 rounding through a network: within 1e-4 relative, or 1e-5 of the
+    largest output (an output near zero carries the rounding of its layer's scale; through
+    U-Net's 15 convolutions, batch norms folded and Winograd F(4x4, 3x3), errors reach ~3e-5
+    of outputs up to ~10)."""
+    np.testing.assert_allclose(y, reference, rtol=1e-4, atol=1e-5 * np.abs(reference).max())
+
+
 @pytest.fixture(scope="module")
 def sessions():
     out = {}
@@ -42,7 +50,7 @@ def test_bundled_networks_agree_with_their_eval_forward(sessions, name, batch):
     # the rules' algorithms: the same bits as the session's own folded model layer by layer
     np.testing.assert_array_equal(y, session.model(x))
     # and the unfused model's forward up to float32 rounding (batch norms folded)
-    np.testing.assert_allclose(y, model(x), rtol=1e-4, atol=2e-5)
+    assert_float32_close(y, model(x))
     assert y.dtype == np.float32 and y.shape == (batch,) + model.output_shape
 
 
@@ -54,7 +62,7 @@ def test_autotuned_plans_agree_with_the_eval_forward(name):
     session = fastcnn.InferenceSession(model)
     x = np.random.default_rng(0).standard_normal((2,) + model.input_shape, dtype=np.float32)
     y = session(x)
-    np.testing.assert_allclose(y, model(x), rtol=1e-4, atol=2e-5)
+    assert_float32_close(y, model(x))
     np.testing.assert_array_equal(session(x), y)
 
 
@@ -307,7 +315,7 @@ def test_an_onnx_file_runs_in_a_session(tmp_path):
     path = fastcnn_onnx.export(model, tmp_path / "resnet_small.onnx")
     session = fastcnn.InferenceSession(path)
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32), dtype=np.float32)
-    np.testing.assert_allclose(session(x), model(x), rtol=1e-4, atol=2e-5)
+    assert_float32_close(session(x), model(x))
 
 
 def test_a_float64_model_runs_in_float64():

@@ -65,6 +65,11 @@ cdef extern from "_winograd.h" nogil:
     void fc_wino_output_f(const float* mm, float* y, float* scratch, Py_ssize_t m, Py_ssize_t K,
                           Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t tiles_h, Py_ssize_t tiles_w,
                           Py_ssize_t ld, Py_ssize_t xs, const float* bias, int relu)
+    void fc_wino_gemm_f(const float* u, const float* v, float* m, Py_ssize_t xis, Py_ssize_t K,
+                        Py_ssize_t C, Py_ssize_t ld, Py_ssize_t vxs, Py_ssize_t mxs)
+    void fc_wino_gemm_d(const double* u, const double* v, double* m, Py_ssize_t xis,
+                        Py_ssize_t K, Py_ssize_t C, Py_ssize_t ld, Py_ssize_t vxs,
+                        Py_ssize_t mxs)
     void fc_wino_output_d(const double* mm, double* y, double* scratch, Py_ssize_t m,
                           Py_ssize_t K, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t tiles_h,
                           Py_ssize_t tiles_w, Py_ssize_t ld, Py_ssize_t xs, const double* bias,
@@ -313,7 +318,7 @@ def workspace_size(Py_ssize_t channels, Py_ssize_t out_channels, Py_ssize_t out_
 def forward(const floating[:, ::1] x, const floating[:, :, ::1] u, const floating[::1] bias,
             floating[:, ::1] out, floating[::1] workspace, Py_ssize_t height, Py_ssize_t width,
             Py_ssize_t pad, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t block, bint relu,
-            int num_threads):
+            int num_threads, bint own_gemm=False):
     """out (N, C_out*OH*OW) = conv3x3(x (N, C*H*W), pad) with u (xis, C_out, C) = G g G^T
     (weight_transform: 16 matrices for F(2x2, 3x3), 36 for F(4x4, 3x3)), plus bias, then
     max(out, 0) if relu. The workspace is workspace_size(..., block, m) per thread."""
@@ -347,10 +352,18 @@ def forward(const floating[:, ::1] x, const floating[:, :, ::1] u, const floatin
             sc = _after(m, xis, K, span)
             _input_transform(&x[n0, 0], x.shape[1], nb, v, sc, m_, C, height, width, pad,
                              tiles_h, tiles_w, ld, C * ld + SKEW)
-            for xi in range(xis):
-                gemm(False, False, <int> K, <int> ld, <int> C, <floating> 1.0,
-                     &u[xi, 0, 0], <int> C, v + xi * (C * ld + SKEW), <int> ld,
-                     <floating> 0.0, m + xi * (K * ld + SKEW), <int> ld)
+            if own_gemm:
+                if floating is float:
+                    fc_wino_gemm_f(&u[0, 0, 0], v, m, xis, K, C, ld, C * ld + SKEW,
+                                   K * ld + SKEW)
+                else:
+                    fc_wino_gemm_d(&u[0, 0, 0], v, m, xis, K, C, ld, C * ld + SKEW,
+                                   K * ld + SKEW)
+            else:
+                for xi in range(xis):
+                    gemm(False, False, <int> K, <int> ld, <int> C, <floating> 1.0,
+                         &u[xi, 0, 0], <int> C, v + xi * (C * ld + SKEW), <int> ld,
+                         <floating> 0.0, m + xi * (K * ld + SKEW), <int> ld)
             for s_ in range(nb):
                 _output_transform(m + s_ * T, &out[n0 + s_, 0], sc, m_, K, out_h, out_w,
                                   tiles_h, tiles_w, ld, K * ld + SKEW, pbias, relu)

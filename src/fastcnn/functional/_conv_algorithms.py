@@ -77,6 +77,10 @@ class Rules:
     winograd4_min_tiles: int = 32
     # ... and from this many tiles a sample (AVX-512: maps of at least 13x13).
     winograd4_min_sample_tiles: int = 16
+    # Winograd's (xis) GEMMs M = U V by its own kernel (_winograd.inc fc_wino_gemm: 4 rows by 2
+    # vectors of tiles in registers) instead of one BLAS call each, where a block of samples
+    # has at least a vector (rows_lanes) of tiles.
+    winograd_own_gemm: bool = False
     # The channel kernel (_conv_direct.h fc_direct_conv): small maps with few output channels
     # and a moderate sum, and stride-2 layers (whose im2col reads with poor locality).
     direct: bool = True
@@ -122,8 +126,12 @@ class Rules:
 #   It loses with few tiles: batch 1, 64 -> 64 on 16x16 (16 tiles) 0.128 vs 0.115, 128 -> 128
 #   on 8x8 (4 tiles) 0.178 vs 0.109; batch 4 on 16x16 (64 tiles) is a tie (0.223 vs 0.230);
 #   and on 8x8 maps (4 tiles a sample) even in large batches: F.conv2d 128 -> 128, batch 64,
-#   4.26 vs 3.79 (input gradient 4.31 vs 3.88). Against the row kernel (F.conv2d, batch 32):
-#   16 -> 16 on 32x32 0.87 vs 0.68 (rows kept), 32 -> 32 2.04 vs 3.02.
+#   4.26 vs 3.79 (input gradient 4.31 vs 3.88). Winograd's own GEMM kernel against OpenBLAS's
+#   SkylakeX sgemm (kernel alone, ms, F(4x4) / F(2x2)): batch 32, 32 -> 32 on 32x32 1.89 / 2.37
+#   vs 1.88 / 2.37, 64 -> 64 on 16x16 1.72 / 1.98 vs 1.71 / 1.84; batch 8, 256 -> 256 on 8x8
+#   2.94 / 1.48 vs 3.31 / 1.91: a tie but for the widest layers, BLAS kept. Against the row
+#   kernel (F.conv2d, batch 32): 16 -> 16 on 32x32 0.87 vs 0.68 (rows kept), 32 -> 32 2.04 vs
+#   3.02.
 # - The channel kernel against im2col + GEMM: LeNet's second layer 0.41 -> 0.26 ms,
 #   resnet_small's stride-2 3x3 layers 1.28 -> 0.46 and 0.79 -> 0.43 ms; stride 2, 64 -> 128
 #   channels on 56x56 maps 12.3 -> 9.9 ms, 128 -> 128 23.8 -> 18.8 ms; slower for 1x1 kernels,
@@ -187,7 +195,13 @@ _V4 = Rules()
 #   0.175, but 128 -> 128 on 8x8 (4 tiles) 0.283 vs 0.175.
 # - transposed convolution by phases on the channel kernel: k4 s2 64 -> 32 channels, 16x16 ->
 #   32x32, 1.91 against 2.12 for GEMM + col2im (same machine, forced AVX2).
+# - Winograd's GEMMs by its own kernel against OpenBLAS's Haswell sgemm (kernel alone, ms, F(4x4)
+#   / F(2x2)): batch 32, 32 -> 32 on 32x32 1.99 / 2.60 vs 2.72 / 3.64, 64 -> 64 on 16x16 1.74 /
+#   2.22 vs 2.13 / 2.71, 128 -> 128 on 8x8 1.72 / 2.08 vs 2.10 / 2.54, 16 -> 16 on 32x32 0.79 /
+#   0.96 vs 1.20 / 1.48; batch 1, 64 -> 64 on 16x16 0.105 / 0.123 vs 0.139 / 0.158; only with
+#   fewer tiles than a vector it loses (batch 1, 128 -> 128 on 8x8, F(4x4): 4 tiles, 0.87 vs 0.26).
 _V3 = replace(_V4, rows_lanes=8, winograd4_min_tiles=16, winograd4_min_sample_tiles=1,
+              winograd_own_gemm=True,
               rows_input_grad_min_channels=2, dw_rows_min_width=24,
               dw_rows_min_kernel_area=None, subpixel_rows=False)
 
@@ -201,9 +215,12 @@ _V3 = replace(_V4, rows_lanes=8, winograd4_min_tiles=16, winograd4_min_sample_ti
 # the Intel Xeon; ms): batch 32, 32 -> 32 on 32x32 4.57 vs 7.26, 128 -> 128 on 8x8 4.11 vs
 # 5.79; batch 1, 64 -> 64 on 16x16 (16 tiles) 0.273 vs 0.362, 128 -> 128 on 8x8 (4 tiles)
 # 0.431 vs 0.400.
+# Winograd's own GEMM kernel (SSE2) against OpenBLAS (OPENBLAS_CORETYPE=Nehalem), F(4x4) / F(2x2):
+# batch 32, 32 -> 32 on 32x32 3.68 / 5.46 vs 4.69 / 6.88; 128 -> 128 on 8x8 3.28 / 4.94 vs 4.15
+# / 6.26; batch 1, 128 -> 128 on 8x8 0.255 / 0.295 vs 0.439 / 0.421.
 _BASELINE = replace(_V4, direct=False, rows=False, rows_input_grad=False, dw_rows=False,
                     subpixel=False, rows_lanes=4, winograd4_min_tiles=16,
-                    winograd4_min_sample_tiles=1)
+                    winograd4_min_sample_tiles=1, winograd_own_gemm=True)
 
 RULES = {"x86-64-v4": _V4, "x86-64-v3": _V3, "baseline": _BASELINE}
 
@@ -671,9 +688,11 @@ class WinogradOperands:
         tiles = -(-oh // m) * -(-ow // m)
         block = _winograd.block_size(x2.shape[0], tiles)
         ws = scratch(_winograd.workspace_size(c, k, oh, ow, block, m) * threads, dtype)
+        rules = machine_rules()
+        own_gemm = rules.winograd_own_gemm and min(block, x2.shape[0]) * tiles >= rules.rows_lanes
         with single_threaded_blas:
             _winograd.forward(x2, self.u, self.bias, out2, ws, h, w, self.pad, oh, ow, block,
-                              relu, threads)
+                              relu, threads, own_gemm)
 
 
 def winograd_conv2d(x2, w, bias, out2, in_size, pad, out_size, dtype, flip=False,
