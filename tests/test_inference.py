@@ -337,6 +337,8 @@ def test_a_sequential_network_runs_as_one_compiled_run(sessions, threads):
     plan = Plan(session.plan(2))
     assert len(plan._runs) == 1 and isinstance(plan._runs[0], CompiledRun)
     assert len(plan._runs[0]) == len(plan._steps) == 9
+    # the convolutions' workspaces are one buffer, the size of the largest (steps run in turn)
+    assert plan.scratch.size == max(spec.scratch for _, spec in plan.template.steps) > 0
     x = np.random.default_rng(0).standard_normal((2, 1, 28, 28), dtype=np.float32)
     want = session.model(x)
     np.testing.assert_array_equal(plan.run(x)[0], want)

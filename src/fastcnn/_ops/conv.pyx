@@ -496,14 +496,16 @@ cdef class Im2colStep(CompiledStep):
     """conv_forward (``block`` samples at a time) or, with ``transposed``, conv_transpose_forward
     (block 1, no relu) of x into out as a plan step, with the same arguments after the arrays:
     ``geometry`` = (in_size, kernel, stride, padding, dilation, out_size) as those functions
-    take them; ``per_thread`` = their workspace size; on up to ``max_threads`` threads."""
+    take them; ``per_thread`` = their workspace size, ``workspace`` at least max_threads *
+    per_thread elements (a plan's scratch, shared by its steps); on up to ``max_threads``
+    threads."""
     cdef _Im2col p
 
-    def __init__(self, x, weight, bias, out, Py_ssize_t groups, tuple geometry,
+    def __init__(self, x, weight, bias, out, workspace, Py_ssize_t groups, tuple geometry,
                  Py_ssize_t block, bint relu, bint transposed, Py_ssize_t per_thread,
                  int max_threads):
         inputs = [x, weight] if bias.size == 0 else [x, weight, bias]
-        dtype = check_arrays("Im2colStep", inputs, [out])
+        dtype = check_arrays("Im2colStep", inputs, [out, workspace])
         if (x.ndim != 2 or out.ndim != 2 or weight.ndim != 2 or x.shape[0] != out.shape[0]
                 or x.shape[0] == 0 or block < 1 or max_threads < 1 or groups < 1
                 or (transposed and (block != 1 or relu))):
@@ -524,7 +526,9 @@ cdef class Im2colStep(CompiledStep):
                 or per_thread < self.p.d.ws_stride):
             raise ValueError(f"Im2colStep: x {x.shape}, weight {weight.shape}, out "
                              f"{out.shape} do not match the geometry {geometry}")
-        workspace = np.empty(max(1, per_thread * max_threads), dtype)
+        if workspace.size < per_thread * max_threads:
+            raise ValueError(f"Im2colStep: a workspace of {workspace.size} elements is too "
+                             f"small for {max_threads} threads")
         self.keep = (x, weight, bias, out, workspace)
         self.p.x, self.p.weight, self.p.out = address(x), address(weight), address(out)
         self.p.bias = address(bias) if bias.size else NULL

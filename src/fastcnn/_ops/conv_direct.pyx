@@ -307,16 +307,19 @@ cdef void _direct_step(void* args, int num_threads) noexcept nogil:
 
 
 cdef class DirectStep(CompiledStep):
-    """direct_forward(x, wt, bias, out, <own workspace>, offsets, C, H, W, pad_h, pad_w, Hp,
-    Wp, out_h, out_w, stride_h, stride_w, by_rows, relu, threads) as a plan step, on up to
-    ``max_threads`` threads (its workspace is sized for them; a run asking more uses these)."""
+    """direct_forward(x, wt, bias, out, workspace, offsets, C, H, W, pad_h, pad_w, Hp, Wp,
+    out_h, out_w, stride_h, stride_w, by_rows, relu, threads) as a plan step, on up to
+    ``max_threads`` threads: ``workspace`` holds at least max_threads *
+    direct_workspace_size(...) elements (a plan's scratch, shared by its steps, which run one
+    at a time); a run asking for more threads uses max_threads."""
     cdef _Direct p
 
-    def __init__(self, x, wt, bias, out, offsets, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+    def __init__(self, x, wt, bias, out, workspace, offsets, Py_ssize_t C, Py_ssize_t H,
+                 Py_ssize_t W,
                  Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t Hp, Py_ssize_t Wp,
                  Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
                  bint by_rows, bint relu, int max_threads):
-        dtype = check_arrays("DirectStep", [x, wt, bias], [out])
+        dtype = check_arrays("DirectStep", [x, wt, bias], [out, workspace])
         if (not isinstance(offsets, np.ndarray) or offsets.dtype != np.intp
                 or offsets.shape != (wt.shape[0],) or not offsets.flags.c_contiguous):
             raise TypeError("DirectStep: offsets must be a C-contiguous intp array, one per "
@@ -327,9 +330,10 @@ cdef class DirectStep(CompiledStep):
                 or out.shape[1] // (out_h * out_w) > wt.shape[1] or max_threads < 1):
             raise ValueError(f"DirectStep: x {x.shape}, wt {wt.shape}, out {out.shape} do not "
                              f"match the geometry")
-        phases = stride_w
-        workspace = np.empty(max(1, max_threads)
-                             * _direct_scratch(C, Hp, Wp, stride_h, stride_w, phases), dtype)
+        if workspace.size < max_threads * _direct_scratch(C, Hp, Wp, stride_h, stride_w,
+                                                          stride_w):
+            raise ValueError(f"DirectStep: a workspace of {workspace.size} elements is too "
+                             f"small for {max_threads} threads")
         self.keep = (x, wt, bias, out, offsets, workspace)
         self.p.x, self.p.wt, self.p.bias = address(x), address(wt), address(bias)
         self.p.out, self.p.workspace = address(out), address(workspace)

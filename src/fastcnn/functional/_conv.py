@@ -119,10 +119,11 @@ class ConvForward:
     InferenceSession once per plan. With ``set_conv_autotune`` on, Winograd is timed against
     the rules' other choice; with ``fastest``, every algorithm that can compute the problem is
     timed and the fastest kept (an InferenceSession's plans). Timing runs on ``probe`` = (x2,
-    out2), or on zeros. ``step(x2, out2, max_threads)``: run's work as a compiled step of an
-    inference plan (fastcnn._ops.plan_steps), on up to max_threads threads; None for the
-    algorithm without one (Winograd)."""
-    __slots__ = ("algorithm", "run", "step")
+    out2), or on zeros. ``step(x2, out2, workspace, max_threads)``: run's work as a compiled
+    step of an inference plan (fastcnn._ops.plan_steps) on up to max_threads threads, with
+    ``workspace`` of at least max_threads * ``step_scratch`` elements; None for the algorithm
+    without one (Winograd)."""
+    __slots__ = ("algorithm", "run", "step", "step_scratch")
 
     def __init__(self, geom, nd, w4, b1, dtype, relu=False, probe=None, fastest=False):
         w2 = w4.reshape(geom.out_channels, -1)
@@ -132,7 +133,7 @@ class ConvForward:
                 kernel_args = geom.kernel_args()
                 shape_x = (geom.n, geom.in_channels, -1)
                 shape_y = (geom.n, geom.out_channels, -1)
-                steps[algorithm] = lambda x2, out2, threads: _depthwise.DepthwiseStep(
+                steps[algorithm] = 0, lambda x2, out2, ws, threads: _depthwise.DepthwiseStep(
                     x2.reshape(shape_x), w2, b1, out2.reshape(shape_y), *kernel_args, relu)
                 return lambda x2, out2: _depthwise.forward(
                     x2.reshape(shape_x), w2, b1, out2.reshape(shape_y), *kernel_args, relu,
@@ -144,9 +145,9 @@ class ConvForward:
                 return lambda x2, out2: ops.run(x2, out2, dtype, relu)
             if algorithm in ("rows", "direct"):
                 ops = algorithms.DirectOperands(w4, b1, geom, dtype, algorithm == "rows")
-                steps[algorithm] = lambda x2, out2, threads: _direct.DirectStep(
-                    x2, ops.wt, ops.bias, out2, ops.offsets, *ops.scalars, ops.by_rows, relu,
-                    threads)
+                steps[algorithm] = ops.workspace, lambda x2, out2, ws, threads: (
+                    _direct.DirectStep(x2, ops.wt, ops.bias, out2, ws, ops.offsets,
+                                       *ops.scalars, ops.by_rows, relu, threads))
                 return lambda x2, out2: ops.run(x2, out2, dtype, relu)
             args = geom.kernel_args()
             pointwise = _conv.is_pointwise(args[1], args[2], args[3])
@@ -160,8 +161,8 @@ class ConvForward:
                 with single_threaded_blas:
                     _conv.conv_forward(x2, w2, b1, out2, ws, geom.groups, *args, block, relu,
                                        threads)
-            steps[algorithm] = lambda x2, out2, threads: _conv.Im2colStep(
-                x2, w2, b1, out2, geom.groups, args, block, relu, False, per_thread, threads)
+            steps[algorithm] = per_thread, lambda x2, out2, ws, threads: _conv.Im2colStep(
+                x2, w2, b1, out2, ws, geom.groups, args, block, relu, False, per_thread, threads)
             return im2col
 
         made, steps = {}, {}
@@ -188,7 +189,7 @@ class ConvForward:
         else:
             self.algorithm = algorithms.select("forward", geom, nd, dtype, runners)
         self.run = prepared(self.algorithm)
-        self.step = steps.get(self.algorithm)
+        self.step_scratch, self.step = steps.get(self.algorithm, (0, None))
 
 
 def _conv_forward(fname, nd, input, weight, bias, stride, padding, dilation, groups,

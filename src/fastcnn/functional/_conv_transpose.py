@@ -87,9 +87,9 @@ class ConvTransposeForward:
     the algorithm chosen and, by phases, each output phase's kernels as the row kernel reads
     them. ``run(x2, out2)``: out2 (N, C_out*prod(out)) from x2 (N, C_in*prod(in)).
     F.conv_transpose*d prepares one per call; an InferenceSession once per plan.
-    ``step(x2, out2, max_threads)``: run's work as a compiled step of an inference plan
-    (fastcnn._ops.plan_steps); None for the algorithms without one (subpixel)."""
-    __slots__ = ("algorithm", "run", "step")
+    ``step(x2, out2, workspace, max_threads)``, ``step_scratch``: as ConvForward's; step None
+    for the algorithm without one (subpixel)."""
+    __slots__ = ("algorithm", "run", "step", "step_scratch")
 
     def __init__(self, geom, nd, w4, b1, dtype, fastest=False):
         made = {}
@@ -108,12 +108,12 @@ class ConvTransposeForward:
         else:
             self.algorithm = algorithms.select("transposed forward", geom, nd, dtype)
         self.run = prepared(self.algorithm)
-        self.step = made[self.algorithm][1]
+        self.step_scratch, self.step = made[self.algorithm][1]
 
     @staticmethod
     def _prepared(algorithm, geom, nd, w4, b1, dtype):
-        """(run(x2, out2), step(x2, out2, max_threads) or None) of ``algorithm`` with its
-        operands made."""
+        """(run(x2, out2), (step_scratch, step or None)) of ``algorithm`` with its operands
+        made (see the class)."""
         if algorithm == "subpixel":
             # a direct kernel per output phase (algorithms.subpixel_by_rows: the row kernel
             # or the channel kernel), stored into the phase's interleaved outputs
@@ -132,7 +132,7 @@ class ConvTransposeForward:
             def by_phases(x2, out2):
                 for ops, layout in phases:
                     ops.run(x2, out2, dtype, out_layout=layout)
-            return by_phases, None
+            return by_phases, (0, None)
         else:
             args = _conv_transpose_args(geom)
             per_thread = _conv.conv_transpose_workspace_size(geom.out_channels, *args[1:4],
@@ -146,10 +146,10 @@ class ConvTransposeForward:
                     _conv.conv_transpose_forward(x2, w2, b1, out2, ws, geom.groups, *args,
                                                  threads)
 
-            def step(x2, out2, threads):
-                return _conv.Im2colStep(x2, w2, b1, out2, geom.groups, args, 1, False, True,
+            def step(x2, out2, ws, threads):
+                return _conv.Im2colStep(x2, w2, b1, out2, ws, geom.groups, args, 1, False, True,
                                         per_thread, threads)
-            return gemm_col2im, step
+            return gemm_col2im, (per_thread, step)
 
 
 def _conv_transpose_forward(fname, nd, input, weight, bias, stride, padding, output_padding,

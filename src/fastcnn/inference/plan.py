@@ -74,6 +74,9 @@ class Plan:
         flat, values["input"] = arena.take(template.input_shape)
         base["input"], live[id(flat)] = flat, {"input"}
         self.input = values["input"]
+        # the compiled steps' workspace: one, as they run one at a time
+        self.scratch = np.empty(max([spec.scratch for _, spec in template.steps] + [1]),
+                                template.dtype)
         self._steps = []                # one callable per step that has work
         for index, (node, spec) in enumerate(template.steps):
             inputs = [values[ref] for ref in node.inputs]
@@ -90,7 +93,7 @@ class Plan:
             values[node.name], base[node.name] = out, flat
             live.setdefault(id(flat), set()).add(node.name)
             if spec.bind is not None:
-                self._steps.append(spec.bind(inputs, out))
+                self._steps.append(spec.bind(inputs, out, self.scratch))
             for ref in set(node.inputs) | {node.name}:
                 if template.last_read.get(ref, -1) <= index and ref not in keep:
                     names = live[id(base[ref])]

@@ -2,9 +2,11 @@
 
 A step builder takes an eval-mode layer, the full shapes of its inputs (batch included) and
 the plan's dtype, checks and prepares everything once (geometry, the convolution's algorithm
-and transformed weights, pooling tables) and returns a ``StepSpec``. ``spec.bind(inputs, out)``
-then returns a callable with no arguments that runs the layer from the input arrays into
-``out``: the plan's loop calls it on every run, with no checks, no allocation and no lookup.
+and transformed weights, pooling tables) and returns a ``StepSpec``. ``spec.bind(inputs, out,
+scratch)`` then returns a callable with no arguments that runs the layer from the input arrays
+into ``out`` (``scratch``: the plan's workspace, at least ``spec.scratch`` elements, shared by
+its steps, which run one at a time): the plan's loop calls it on every run, with no checks, no
+allocation and no lookup.
 For ReLU, add, concat, linear, max and average pooling and the convolutions (all algorithms but
 Winograd and the transposed convolution's subpixel phases) that callable is a compiled step
 (fastcnn._ops.plan_steps.CompiledStep: the kernel's pointers bound once), which the plan runs
@@ -48,13 +50,15 @@ class StepSpec:
     out_shape: the output's full shape (batch included);
     view: the output is the first input reshaped (no work, no buffer of its own);
     in_place: the output may take the first input's buffer when nothing reads that input later;
-    bind(inputs, out) -> run(): the kernel on fixed arrays (None for a view).
+    bind(inputs, out, scratch) -> run(): the kernel on fixed arrays (None for a view);
+    scratch: elements of workspace the kernel needs (the plan's, shared by all its steps).
     """
     kind: str
     out_shape: tuple
     bind: Optional[Callable] = None
     view: bool = False
     in_place: bool = False
+    scratch: int = 0
 
 
 def _view(kind, shape):
@@ -76,19 +80,20 @@ def _stand_in(shape, dtype):
 def _by_samples(kind, prepared, out_shape):
     """A step running a prepared convolution on (N, -1) views of its input and output: its
     compiled step (``prepared.step``) where it has one, else ``prepared.run(x2, out2)``."""
-    n = out_shape[0]
+    n, threads = out_shape[0], _team_size()
 
-    def bind(inputs, out):
+    def bind(inputs, out, scratch):
         x2, out2 = inputs[0].reshape(n, -1), out.reshape(n, -1)
         if prepared.step is not None:
-            return prepared.step(x2, out2, _team_size())
+            return prepared.step(x2, out2, scratch, threads)
         return functools.partial(prepared.run, x2, out2)
-    return StepSpec(kind, out_shape, bind)
+    need = prepared.step_scratch * threads if prepared.step is not None else 0
+    return StepSpec(kind, out_shape, bind, scratch=need)
 
 
 def _team_size():
     """The most threads a compiled step's workspace is made for: a run asking for more gets
-    this many (the same bits, results never depend on the count)."""
+    this many (the same bits: results never depend on the count)."""
     return max(get_num_threads(), openmp_max_threads(), 1)
 
 
@@ -122,7 +127,7 @@ def _linear(layer, shapes, dtype):
     w = np.ascontiguousarray(layer.weight.data, dtype=dtype)
     b = None if layer.bias is None else np.ascontiguousarray(layer.bias.data, dtype=dtype)
 
-    def bind(inputs, out):          # as F.linear: one GEMM on the team, then += bias
+    def bind(inputs, out, scratch):  # as F.linear: one GEMM on the team, then += bias
         return _gemm.LinearStep(inputs[0].reshape(rows, features), w, b,
                                 out.reshape(rows, layer.out_features))
     return StepSpec("linear", tuple(shape[:-1]) + (layer.out_features,), bind)
@@ -133,7 +138,7 @@ def _relu(layer, shapes, dtype):
     if layer.fused_into is not None:             # applied by the layer before it
         return _view("relu (fused)", shape)
 
-    def bind(inputs, out):
+    def bind(inputs, out, scratch):
         return _act.EltwiseStep(inputs[0].reshape(-1), None, out.reshape(-1))
     return StepSpec("relu", tuple(shape), bind, in_place=True)
 
@@ -141,7 +146,7 @@ def _relu(layer, shapes, dtype):
 def _add(layer, shapes, dtype):
     relu = layer.fused_activation == "relu"
 
-    def bind(inputs, out):
+    def bind(inputs, out, scratch):
         flat = [x.reshape(-1) for x in inputs]
         y = out.reshape(-1)
         if len(flat) == 2:
@@ -160,7 +165,7 @@ def _concat(layer, shapes, dtype):
     out_shape = list(shapes[0])
     out_shape[layer._axis] = sum(s[layer._axis] for s in shapes)
 
-    def bind(inputs, out):
+    def bind(inputs, out, scratch):
         return _plan_steps.ConcatStep(inputs, out, layer._axis)
     return StepSpec("concat", tuple(out_shape), bind)
 
@@ -192,7 +197,7 @@ def _planes(kind, pool, shape, nd):
     and output."""
     planes = math.prod(shape[:-nd])
 
-    def bind(inputs, out):
+    def bind(inputs, out, scratch):
         return pool.step(inputs[0].reshape(planes, -1), out.reshape(planes, -1))
     return StepSpec(kind, tuple(shape[:-nd]) + pool.out_size, bind)
 
@@ -226,7 +231,7 @@ def _python(layer, shapes, dtype):
     """Any other layer: its own forward (eval mode), copied into the plan's buffer."""
     out_shape = (shapes[0][0],) + tuple(layer.output_shape)
 
-    def bind(inputs, out):
+    def bind(inputs, out, scratch):
         return lambda: np.copyto(out, layer.forward(*inputs), casting="same_kind")
     return StepSpec(f"{layer.type_name} (python)", out_shape, bind)
 
