@@ -56,8 +56,12 @@ ROUTES = [
      {V4: "winograd", V3: "winograd", BASE: "winograd"}),
     ("128 -> 128 3x3 on 8x8, batch 32", "forward", conv(128, 128, 8, 3, n=32),
      {V4: "winograd", V3: "winograd4", BASE: "winograd4"}),
-    ("32 -> 32 3x3 on 16x16, batch 8", "forward", conv(32, 32, 16, 3, n=8),
+    ("64 -> 64 3x3 on 16x16, batch 8", "forward", conv(64, 64, 16, 3, n=8),
      {V4: "winograd4", V3: "winograd4", BASE: "winograd4"}),
+    ("32 -> 32 3x3 on 16x16 (8,192 outputs a sample)", "forward", conv(32, 32, 16, 3, n=8),
+     {V4: "direct", V3: "winograd4", BASE: "winograd4"}),
+    ("64 -> 64 3x3 on 8x8", "forward", conv(64, 64, 8, 3, n=32),
+     {V4: "direct", V3: "winograd4", BASE: "winograd4"}),
     ("16 -> 16 3x3 stride 2 (144 taps)", "forward", conv(16, 16, 32, 3, stride=2),
      {V4: "direct", V3: "direct", BASE: "im2col"}),
     ("64 -> 128 3x3 stride 2 on 56x56", "forward", conv(64, 128, 56, 3, stride=2),
@@ -76,6 +80,8 @@ ROUTES = [
     ("32 -> 32 3x3 input gradient", "input gradient", conv(32, 32, 32, 3),
      {V4: "winograd4", V3: "winograd4", BASE: "winograd4"}),
     ("64 -> 64 3x3 input gradient on 8x8 maps", "input gradient", conv(64, 64, 8, 3),
+     {V4: "direct", V3: "winograd", BASE: "winograd"}),
+    ("128 -> 128 3x3 input gradient on 8x8 maps", "input gradient", conv(128, 128, 8, 3),
      {V4: "winograd", V3: "winograd", BASE: "winograd"}),
     ("3 -> 16 3x3 input gradient", "input gradient", conv(3, 16, 32, 3),
      {V4: "im2col", V3: "rows", BASE: "im2col"}),
@@ -356,7 +362,7 @@ def test_windows_that_read_padding_only_give_the_bias(th, path):
 
 
 @pytest.mark.parametrize("forward,input_grad,weight_grad", [
-    ("rows", "rows", "direct"), ("direct", "im2col", "direct"),
+    ("rows", "rows", "direct"), ("direct", "im2col", "direct"), ("direct", "direct", "im2col"),
     ("winograd", "winograd", "winograd"), ("winograd4", "winograd4", "winograd")])
 def test_each_algorithm_agrees_with_torch(th, rng, forward, input_grad, weight_grad):
     with F.conv_algorithms(forward=forward, input_grad=input_grad, weight_grad=weight_grad):
@@ -419,7 +425,7 @@ for dtype in (np.float32, np.float64):
         x = rng.standard_normal(xs).astype(dtype)
         w = rng.standard_normal(ws).astype(dtype)
         b = rng.standard_normal(ws[0]).astype(dtype)
-        for fwd, gx, gw in (("direct", "im2col", "direct"), ("rows", "rows", "direct"),
+        for fwd, gx, gw in (("direct", "direct", "direct"), ("rows", "rows", "direct"),
                             ("winograd", "winograd", "winograd"), ("im2col", "im2col", "im2col")):
             with F.conv_algorithms(forward=fwd, input_grad=gx, weight_grad=gw):
                 y = F.conv2d(x, w, b, stride, pad, activation="relu")

@@ -236,16 +236,17 @@ def _conv_backward(fname, nd, grad_output, input, weight, stride, padding, dilat
                                 *args, block, threads)
 
     # input gradient: dL/dx is the convolution of dy by the kernels transposed and flipped
-    def rows_input_grad():
+    def direct_input_grad(by_rows):
         flipped = np.ascontiguousarray(w4.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
         algorithms.direct_conv2d(dy2, flipped, np.empty(0, dtype), _rows(b.grad_x, n),
-                                 algorithms.input_grad_as_conv(geom, nd), dtype, by_rows=True)
+                                 algorithms.input_grad_as_conv(geom, nd), dtype, by_rows=by_rows)
 
     input_runners = {
         "depthwise": lambda: _depthwise.grad_input(
             b.dy3, b.w2, b.grad_x.reshape(n, geom.in_channels, -1), *geom.kernel_args(),
             threads),
-        "rows": rows_input_grad,
+        "direct": lambda: direct_input_grad(False),
+        "rows": lambda: direct_input_grad(True),
         # Winograd on dy, padded 2 - p, by the flipped kernels
         "winograd": lambda: algorithms.winograd_conv2d(
             dy2, w4, np.empty(0, dtype), _rows(b.grad_x, n), geom.out_size,

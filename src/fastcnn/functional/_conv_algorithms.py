@@ -41,7 +41,7 @@ DIRECTIONS = ("forward", "input gradient", "weight gradient", "transposed forwar
 # The algorithms of each direction, in the order the rules consider them.
 ALGORITHMS = {
     "forward": ("depthwise", "winograd4", "winograd", "rows", "direct", "im2col"),
-    "input gradient": ("depthwise", "rows", "winograd4", "winograd", "im2col"),
+    "input gradient": ("depthwise", "direct", "rows", "winograd4", "winograd", "im2col"),
     "weight gradient": ("depthwise", "winograd", "direct", "im2col"),
     "transposed forward": ("subpixel", "im2col"),
 }
@@ -89,6 +89,12 @@ class Rules:
     direct_max_positions: int = 256         # at most this many outputs per channel, or
     direct_stride2_max_out_channels: int = 128   # stride 2 with at most this many channels
     direct_stride2_max_taps: int = 1152          # and taps
+    # ... and, ahead of Winograd (and the row kernel), 3x3 stride-1 layers with at least
+    # this many and at most direct_max_out_channels output channels, and at most this many
+    # outputs a sample (C_out * OH * OW): small maps, where Winograd's tiles are few and its
+    # GEMMs short (the input gradient too, as the convolution of dy). None: never.
+    direct_over_winograd_min_out_channels: int = 32
+    direct_over_winograd_max_outputs: int | None = 8192
     # The row kernel (fc_direct_conv_rows): wide maps, first layers, few output channels.
     rows: bool = True
     rows_lanes: int = 16                    # outputs per vector (float32) on this level
@@ -151,6 +157,14 @@ class Rules:
 #   (32x32 maps) and 1.01 -> 0.84 ms (stride 2), 5x5 32 -> 32 channels on 32x32 maps 21.2 ->
 #   8.8 ms; slower from 32 channels on both sides with 3x3 kernels (32 -> 32 on 16x16: 1.17 vs
 #   0.82 ms; 64 -> 128 at stride 2: 15.5 vs 12.6 ms).
+# - The channel kernel (its 24-accumulator blocks) against Winograd F(2x2) / F(4x4) and the row
+#   kernel on 3x3 stride-1 layers (same Xeon, ms): 32 -> 32 on 16x16 at batch 32 0.59 (0.79 /
+#   0.74; rows 0.70), 64 -> 64 on 8x8 0.59 (0.72 / 0.86); but 64 -> 64 on 16x16 at batch 64
+#   4.36 (4.08 / 3.68), 128 -> 128 on 8x8 4.32 (3.96 / 5.22), 32 -> 32 on 32x32 4.84 (5.78 /
+#   5.03): direct_over_winograd_max_outputs = 8192 outputs a sample, 32 to 64 channels (the
+#   wins measured; fewer channels fill fewer of its lanes). Input gradients as that
+#   convolution of dy: 32 -> 32 on 16x16 0.60 (0.77 / 0.75; rows 0.69), 64 -> 64 on 8x8 0.59
+#   (0.70 / 0.80).
 # - Sub-pixel transposed convolution: a k4 s2 upsampling 64 -> 32 channels, 16x16 -> 32x32
 #   maps 2.16 -> 1.82 ms against GEMM + col2im; its phases (64 -> 32 channels, 2x2 taps) on the
 #   channel kernel instead of the row kernel 1.49 vs 1.68 ms (Intel Xeon; GEMM + col2im 1.86).
@@ -200,10 +214,16 @@ _V4 = Rules()
 #   2.22 vs 2.13 / 2.71, 128 -> 128 on 8x8 1.72 / 2.08 vs 2.10 / 2.54, 16 -> 16 on 32x32 0.79 /
 #   0.96 vs 1.20 / 1.48; batch 1, 64 -> 64 on 16x16 0.105 / 0.123 vs 0.139 / 0.158; only with
 #   fewer tiles than a vector it loses (batch 1, 128 -> 128 on 8x8, F(4x4): 4 tiles, 0.87 vs 0.26).
+# - the channel kernel against Winograd F(2x2) / F(4x4) on its own GEMMs (above) on 3x3
+#   stride-1 layers (same machine, forced AVX2, ms): 32 -> 32 on 16x16 at batch 32 0.79 (0.74
+#   / 0.70), 64 -> 64 on 8x8 0.80 (0.72 / 0.76); input gradients 0.82 (0.74 / 0.70), 0.88 (0.70
+#   / 0.75): Winograd keeps them (direct_over_winograd_max_outputs None). (Against OpenBLAS's
+#   GEMMs the channel kernel had won: 0.85 vs 0.97 and 0.85 vs 0.90.)
 _V3 = replace(_V4, rows_lanes=8, winograd4_min_tiles=16, winograd4_min_sample_tiles=1,
               winograd_own_gemm=True,
               rows_input_grad_min_channels=2, dw_rows_min_width=24,
-              dw_rows_min_kernel_area=None, subpixel_rows=False)
+              dw_rows_min_kernel_area=None, subpixel_rows=False,
+              direct_over_winograd_max_outputs=None)
 
 # Baseline (SSE2, 4-float vectors): OpenBLAS picks its GEMM kernels for the CPU by itself, so
 # im2col + GEMM and Winograd (whose GEMMs are BLAS) keep every layer. Measured with
@@ -255,7 +275,7 @@ def winograd_ok(geom, nd, rules, direction="forward"):
         return False
     if direction == "forward":
         return not (geom.out_channels <= rules.rows_over_winograd_max_out_channels
-                    and rows_ok(geom, nd, rules))
+                    and rows_ok(geom, nd, rules)) and not direct_over_winograd(geom, nd, rules)
     if direction == "weight gradient":
         return not dw_rows_ok(geom, nd, rules)
     return True
@@ -271,8 +291,21 @@ def winograd4_ok(geom, nd, rules, direction="forward"):
             and winograd_ok(geom, nd, rules, direction))
 
 
+def direct_over_winograd(geom, nd, rules):
+    """A 3x3 stride-1 layer on small maps, where the channel kernel is ahead of Winograd and
+    of the row kernel (Rules.direct_over_winograd_max_outputs)."""
+    limit = rules.direct_over_winograd_max_outputs
+    return (rules.direct and limit is not None and winograd_possible(geom, nd)
+            and rules.direct_over_winograd_min_out_channels <= geom.out_channels
+            <= rules.direct_max_out_channels
+            and geom.out_channels * math.prod(geom.out_size) <= limit
+            and tap_count(geom) >= rules.direct_taps[0])
+
+
 def direct_ok(geom, nd, rules):
     """The channel kernel for the forward."""
+    if direct_over_winograd(geom, nd, rules):
+        return True
     taps = tap_count(geom)
     small = (geom.out_channels <= rules.direct_max_out_channels
              and taps <= rules.direct_taps[1]
@@ -323,6 +356,13 @@ def rows_input_grad_ok(geom, nd, rules):
                      and geom.in_channels > rules.rows_over_winograd_max_out_channels))
 
 
+def direct_input_grad_ok(geom, nd, rules):
+    """The channel kernel for the input gradient of a stride-1 convolution (dy by the flipped
+    kernels) where, as that convolution, it is ahead of Winograd (direct_over_winograd)."""
+    as_conv = input_grad_as_conv(geom, nd)
+    return as_conv is not None and direct_over_winograd(as_conv, nd, rules)
+
+
 def dw_rows_ok(geom, nd, rules):
     """The direct weight gradient: few channels on one side, or a large kernel."""
     return (rules.dw_rows and _direct_kernels_apply(geom, nd) and geom.kernel != (1, 1, 1)
@@ -358,7 +398,9 @@ _USABLE = {
     "winograd4": lambda direction, geom, nd: winograd_possible(geom, nd),
     "rows": lambda direction, geom, nd: (_direct_kernels_apply(geom, nd) if direction == "forward"
                                          else input_grad_as_conv(geom, nd) is not None),
-    "direct": lambda direction, geom, nd: _direct_kernels_apply(geom, nd),
+    "direct": lambda direction, geom, nd: (input_grad_as_conv(geom, nd) is not None
+                                           if direction == "input gradient"
+                                           else _direct_kernels_apply(geom, nd)),
     "subpixel": lambda direction, geom, nd: subpixel_phases(geom, nd) is not None,
     "im2col": lambda direction, geom, nd: True,
 }
@@ -368,9 +410,11 @@ _PREFERRED = {
     ("forward", "depthwise"): lambda geom, nd, r: is_depthwise(geom),
     ("forward", "winograd4"): lambda geom, nd, r: winograd4_ok(geom, nd, r, "forward"),
     ("forward", "winograd"): lambda geom, nd, r: winograd_ok(geom, nd, r, "forward"),
-    ("forward", "rows"): rows_ok,
+    ("forward", "rows"): lambda geom, nd, r: (rows_ok(geom, nd, r)
+                                              and not direct_over_winograd(geom, nd, r)),
     ("forward", "direct"): direct_ok,
     ("input gradient", "depthwise"): lambda geom, nd, r: is_depthwise(geom),
+    ("input gradient", "direct"): lambda geom, nd, r: direct_input_grad_ok(geom, nd, r),
     ("input gradient", "rows"): rows_input_grad_ok,
     ("input gradient", "winograd4"): lambda geom, nd, r: winograd4_ok(geom, nd, r,
                                                                       "input gradient"),
@@ -424,7 +468,8 @@ def conv_algorithms(*, forward=None, input_grad=None, weight_grad=None, transpos
     """Force the algorithm of convolutions run inside the ``with`` block, per direction:
     ``forward`` one of "winograd4" (Winograd F(4x4, 3x3)), "winograd" (F(2x2, 3x3)), "rows"
     (the direct kernel along output rows), "direct" (the direct kernel along output channels),
-    "im2col"; ``input_grad`` one of "rows", "winograd4", "winograd", "im2col"; ``weight_grad``
+    "im2col"; ``input_grad`` one of "direct", "rows" (either direct kernel on dy, stride-1
+    layers), "winograd4", "winograd", "im2col"; ``weight_grad``
     one of "winograd" (F(2x2, 3x3)), "direct", "im2col"; ``transposed`` (a
     transposed convolution's forward) "subpixel" or "im2col". None keeps the rules. A problem
     the forced algorithm cannot compute (Winograd on a 5x5 kernel, a direct kernel on a 1-D or
