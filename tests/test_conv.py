@@ -371,7 +371,7 @@ def test_winograd_shapes_match_torch(th, rng, n, c_in, c_out, size, padding, win
     # F(4x4, 3x3) rounds float32 to about 1e-5 of the largest output (outputs reach ~90 here,
     # from 40 channels of unit data: errors up to ~4e-4, beyond TOL's 2e-4)
     tol32 = dict(rtol=1e-3, atol=1e-3) if winograd == "winograd4" else None
-    with F.conv_algorithms(forward=winograd, input_grad=winograd):
+    with F.conv_algorithms(forward=winograd, input_grad=winograd, weight_grad=winograd):
         check_against_torch(th, rng, 2, n, c_in, c_out, size, (3, 3), np.float64,
                             padding=padding)
         check_against_torch(th, rng, 2, n, c_in, c_out, size, (3, 3), np.float32, tol=tol32,
@@ -435,7 +435,8 @@ def test_winograd_float32_error_is_measured_and_small(rng):
     assert err_wino < 1e-5 and err_wino < 20 * max(err_im2col, 1e-7)
 
 
-def test_winograd_weight_gradient_float32_error_is_small(rng):
+@pytest.mark.parametrize("winograd,limit", [("winograd", 1e-5), ("winograd4", 3e-5)])
+def test_winograd_weight_gradient_float32_error_is_small(rng, winograd, limit):
     """dW = G^T (sum over tiles of dM . V) G in float32, against float64 (VGG-like sizes: long
     sums over 32 samples x 256 tiles)."""
     x = rng.standard_normal((32, 16, 32, 32))
@@ -443,10 +444,11 @@ def test_winograd_weight_gradient_float32_error_is_small(rng):
     dy = rng.standard_normal((32, 16, 32, 32))
     mask = (False, True, False)
     exact = F.conv2d_backward(dy, x, w, padding=1, output_mask=mask)[1]
-    single = F.conv2d_backward(dy.astype(np.float32), x.astype(np.float32),
-                               w.astype(np.float32), padding=1, output_mask=mask)[1]
+    with F.conv_algorithms(weight_grad=winograd):
+        single = F.conv2d_backward(dy.astype(np.float32), x.astype(np.float32),
+                                   w.astype(np.float32), padding=1, output_mask=mask)[1]
     assert single.dtype == np.float32
-    assert np.abs(single - exact).max() / np.abs(exact).max() < 1e-5
+    assert np.abs(single - exact).max() / np.abs(exact).max() < limit
 
 
 @pytest.mark.parametrize("winograd", ["winograd", "winograd4"])
@@ -455,25 +457,27 @@ def test_winograd_bit_identical_for_1_and_2_threads(rng, same_bits_for_1_and_2_t
     w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
 
     def compute():
-        with F.conv_algorithms(forward=winograd, input_grad=winograd, weight_grad="winograd"):
+        with F.conv_algorithms(forward=winograd, input_grad=winograd, weight_grad=winograd):
             y = F.conv2d(x, w, padding=1)
             return (y,) + F.conv2d_backward(np.cos(y), x, w, padding=1)[:2]
     same_bits_for_1_and_2_threads(compute)
 
 
-def test_winograd_weight_gradient_is_bit_identical_for_1_and_2_threads(rng, threads):
+@pytest.mark.parametrize("winograd", ["winograd", "winograd4"])
+def test_winograd_weight_gradient_is_bit_identical_for_1_and_2_threads(rng, threads, winograd):
     """Sample chunks (a function of the shapes) each sum their own dU partial, added in chunk
     order: repeated 2-thread runs over several chunks and blocks equal 1 thread's."""
     x = rng.standard_normal((24, 16, 12, 12)).astype(np.float32)    # 36 tiles each: 7 per block
     w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
     dy = rng.standard_normal((24, 16, 12, 12)).astype(np.float32)
     mask = (False, True, False)
-    threads(1)
-    expected = F.conv2d_backward(dy, x, w, padding=1, output_mask=mask)[1]
-    threads(2)
-    for _ in range(20):
-        np.testing.assert_array_equal(
-            F.conv2d_backward(dy, x, w, padding=1, output_mask=mask)[1], expected)
+    with F.conv_algorithms(weight_grad=winograd):
+        threads(1)
+        expected = F.conv2d_backward(dy, x, w, padding=1, output_mask=mask)[1]
+        threads(2)
+        for _ in range(20):
+            np.testing.assert_array_equal(
+                F.conv2d_backward(dy, x, w, padding=1, output_mask=mask)[1], expected)
 
 
 def test_autotune_picks_per_shape_and_keeps_results(rng, monkeypatch):

@@ -95,6 +95,8 @@ ROUTES = [
      {V4: "direct", V3: "im2col", BASE: "im2col"}),
     ("64 -> 64 3x3 weight gradient", "weight gradient", conv(64, 64, 16, 3),
      {V4: "winograd", V3: "winograd", BASE: "winograd"}),
+    ("64 -> 64 3x3 weight gradient on 32x32", "weight gradient", conv(64, 64, 32, 3),
+     {V4: "winograd4", V3: "winograd4", BASE: "winograd4"}),
     ("a k4 s2 upsampling, few channels (row kernel phases)", "transposed forward",
      conv_transpose(8, 5, 16, 4, 2, 1), {V4: "subpixel", V3: "im2col", BASE: "im2col"}),
     ("U-Net's k4 s2 upsampling 64 -> 32 (channel kernel phases)", "transposed forward",
@@ -273,7 +275,7 @@ def test_winograd_on_every_possible_shape_matches_im2col():
         x = rng.standard_normal((n % 5 + 1, c, h, w_))
         w = rng.standard_normal((k, c, 3, 3))
         results = []
-        for forward, weight_grad in (("winograd", "winograd"), ("winograd4", "winograd"),
+        for forward, weight_grad in (("winograd", "winograd"), ("winograd4", "winograd4"),
                                      ("im2col", "im2col")):
             with F.conv_algorithms(forward=forward, input_grad=forward, weight_grad=weight_grad):
                 y = F.conv2d(x, w, padding=p)
@@ -363,7 +365,7 @@ def test_windows_that_read_padding_only_give_the_bias(th, path):
 
 @pytest.mark.parametrize("forward,input_grad,weight_grad", [
     ("rows", "rows", "direct"), ("direct", "im2col", "direct"), ("direct", "direct", "im2col"),
-    ("winograd", "winograd", "winograd"), ("winograd4", "winograd4", "winograd")])
+    ("winograd", "winograd", "winograd"), ("winograd4", "winograd4", "winograd4")])
 def test_each_algorithm_agrees_with_torch(th, rng, forward, input_grad, weight_grad):
     with F.conv_algorithms(forward=forward, input_grad=input_grad, weight_grad=weight_grad):
         check_against_torch(th, rng, 2, 3, 3, 20, (21, 33), (3, 3), np.float32, padding=1)

@@ -48,6 +48,12 @@ static FC_UNUSED inline ptrdiff_t fc_wino_scratch(ptrdiff_t m, ptrdiff_t tiles_h
      ptrdiff_t tiles_h, ptrdiff_t tiles_w, ptrdiff_t ld, ptrdiff_t xs, const T *bias,       \
      int relu)
 #define FC_WINO_OUTPUT_ARGS (mm, y, scratch, m, K, OH, OW, tiles_h, tiles_w, ld, xs, bias, relu)
+#define FC_WINO_GRAD_OUTPUT_PARAMS(T)                                                      \
+    (const T *dy, ptrdiff_t sample_stride, ptrdiff_t nb, T *dm, T *scratch, ptrdiff_t m,      \
+     ptrdiff_t K, ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t tiles_h, ptrdiff_t tiles_w,           \
+     ptrdiff_t ld, ptrdiff_t xs)
+#define FC_WINO_GRAD_OUTPUT_ARGS                                                           \
+    (dy, sample_stride, nb, dm, scratch, m, K, OH, OW, tiles_h, tiles_w, ld, xs)
 #define FC_WINO_GEMM_PARAMS(T)                                                             \
     (const T *u, const T *v, T *m, ptrdiff_t xis, ptrdiff_t K, ptrdiff_t C, ptrdiff_t ld,    \
      ptrdiff_t vxs, ptrdiff_t mxs)
@@ -93,6 +99,10 @@ static FC_UNUSED inline void fc_wino_output_f FC_WINO_OUTPUT_PARAMS(float)
 { FC_LEVELS_CALL(fc_wino_output_f, FC_WINO_OUTPUT_ARGS); }
 static FC_UNUSED inline void fc_wino_output_d FC_WINO_OUTPUT_PARAMS(double)
 { FC_LEVELS_CALL(fc_wino_output_d, FC_WINO_OUTPUT_ARGS); }
+static FC_UNUSED inline void fc_wino_grad_output_f FC_WINO_GRAD_OUTPUT_PARAMS(float)
+{ FC_LEVELS_CALL(fc_wino_grad_output_f, FC_WINO_GRAD_OUTPUT_ARGS); }
+static FC_UNUSED inline void fc_wino_grad_output_d FC_WINO_GRAD_OUTPUT_PARAMS(double)
+{ FC_LEVELS_CALL(fc_wino_grad_output_d, FC_WINO_GRAD_OUTPUT_ARGS); }
 static FC_UNUSED inline void fc_wino_gemm_f FC_WINO_GEMM_PARAMS(float)
 { FC_LEVELS_CALL(fc_wino_gemm_f, FC_WINO_GEMM_ARGS); }
 static FC_UNUSED inline void fc_wino_gemm_d FC_WINO_GEMM_PARAMS(double)

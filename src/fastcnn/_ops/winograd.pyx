@@ -65,6 +65,14 @@ cdef extern from "_winograd.h" nogil:
     void fc_wino_output_f(const float* mm, float* y, float* scratch, Py_ssize_t m, Py_ssize_t K,
                           Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t tiles_h, Py_ssize_t tiles_w,
                           Py_ssize_t ld, Py_ssize_t xs, const float* bias, int relu)
+    void fc_wino_grad_output_f(const float* dy, Py_ssize_t sample_stride, Py_ssize_t nb,
+                               float* dm, float* scratch, Py_ssize_t m, Py_ssize_t K,
+                               Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t tiles_h,
+                               Py_ssize_t tiles_w, Py_ssize_t ld, Py_ssize_t xs)
+    void fc_wino_grad_output_d(const double* dy, Py_ssize_t sample_stride, Py_ssize_t nb,
+                               double* dm, double* scratch, Py_ssize_t m, Py_ssize_t K,
+                               Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t tiles_h,
+                               Py_ssize_t tiles_w, Py_ssize_t ld, Py_ssize_t xs)
     void fc_wino_gemm_f(const float* u, const float* v, float* m, Py_ssize_t xis, Py_ssize_t K,
                         Py_ssize_t C, Py_ssize_t ld, Py_ssize_t vxs, Py_ssize_t mxs)
     void fc_wino_gemm_d(const double* u, const double* v, double* m, Py_ssize_t xis,
@@ -103,40 +111,19 @@ cdef inline void _output_transform(const floating* mm, floating* y, floating* sc
         fc_wino_output_d(mm, y, scratch, m, K, OH, OW, tiles_h, tiles_w, ld, xs, bias, relu)
 
 
-cdef void _grad_output_transform(const floating* dy, floating* m, Py_ssize_t K, Py_ssize_t OH,
-                                 Py_ssize_t OW, Py_ssize_t tiles_h, Py_ssize_t tiles_w,
-                                 Py_ssize_t ld, Py_ssize_t xi_stride) noexcept nogil:
-    """dM = A dY A^T for one sample's dy (K, OH, OW): m[xi * xi_stride + k * ld + tile]."""
-    cdef Py_ssize_t k, ti, tj, a, b, oh, ow, r
-    cdef floating y[2][2]
-    cdef floating q[4][2]
-    cdef floating* dst
-    for k in range(K):
-        for ti in range(tiles_h):
-            for tj in range(tiles_w):
-                oh = 2 * ti
-                ow = 2 * tj
-                if oh + 1 < OH and ow + 1 < OW:      # all but the last row/column of odd maps
-                    y[0][0] = dy[(k * OH + oh) * OW + ow]
-                    y[0][1] = dy[(k * OH + oh) * OW + ow + 1]
-                    y[1][0] = dy[(k * OH + oh + 1) * OW + ow]
-                    y[1][1] = dy[(k * OH + oh + 1) * OW + ow + 1]
-                else:
-                    for a in range(2):
-                        for b in range(2):
-                            y[a][b] = (dy[(k * OH + oh + a) * OW + ow + b]
-                                       if oh + a < OH and ow + b < OW else 0)
-                for b in range(2):          # A y: spread rows
-                    q[0][b] = y[0][b]
-                    q[1][b] = y[0][b] + y[1][b]
-                    q[2][b] = y[0][b] - y[1][b]
-                    q[3][b] = -y[1][b]
-                dst = m + k * ld + ti * tiles_w + tj
-                for r in range(4):          # (A y) A^T: spread columns
-                    dst[(4 * r + 0) * xi_stride] = q[r][0]
-                    dst[(4 * r + 1) * xi_stride] = q[r][0] + q[r][1]
-                    dst[(4 * r + 2) * xi_stride] = q[r][0] - q[r][1]
-                    dst[(4 * r + 3) * xi_stride] = -q[r][1]
+cdef inline void _grad_output_transform(const floating* dy, Py_ssize_t sample_stride,
+                                        Py_ssize_t nb, floating* dm, floating* scratch,
+                                        Py_ssize_t m, Py_ssize_t K, Py_ssize_t OH, Py_ssize_t OW,
+                                        Py_ssize_t tiles_h, Py_ssize_t tiles_w, Py_ssize_t ld,
+                                        Py_ssize_t xs) noexcept nogil:
+    """dM = A dY A^T of F(m x m, 3x3) for nb samples dy (K, OH, OW), sample_stride apart:
+    dm[xi * xs + k * ld + s * T + tile] (_winograd.inc)."""
+    if floating is float:
+        fc_wino_grad_output_f(dy, sample_stride, nb, dm, scratch, m, K, OH, OW, tiles_h,
+                              tiles_w, ld, xs)
+    else:
+        fc_wino_grad_output_d(dy, sample_stride, nb, dm, scratch, m, K, OH, OW, tiles_h,
+                              tiles_w, ld, xs)
 
 
 cdef inline void _kernel_transform(const floating* g, Py_ssize_t row, Py_ssize_t col,
@@ -253,17 +240,52 @@ def weight_transform(const floating[:, :, :, ::1] w, floating[:, :, ::1] u, bint
             _transform_row(w, u, k, flip)
 
 
+cdef inline void _kernel_grad_transform4(const floating* parts, Py_ssize_t n_chunks,
+                                         Py_ssize_t chunk_stride, Py_ssize_t xi_stride,
+                                         floating* dw) noexcept nogil:
+    """dw (3x3) = G^T dU G of F(4x4, 3x3) (G 6x3 as in the module doc), dU[xi] = the sum over
+    chunks j, in order, of parts[j * chunk_stride + xi * xi_stride]; in double."""
+    cdef double d[36]
+    cdef double p[3][6]
+    cdef double sixth = 1.0 / 6, twelfth = 1.0 / 12, twenty_fourth = 1.0 / 24
+    cdef Py_ssize_t j, xi, r, q
+    for xi in range(36):
+        d[xi] = parts[xi * xi_stride]
+        for j in range(1, n_chunks):
+            d[xi] = d[xi] + parts[j * chunk_stride + xi * xi_stride]
+    for q in range(6):                      # G^T dU: combine rows (G's columns)
+        p[0][q] = (0.25 * d[q] - sixth * (d[6 + q] + d[12 + q])
+                   + twenty_fourth * (d[18 + q] + d[24 + q]))
+        p[1][q] = sixth * (d[12 + q] - d[6 + q]) + twelfth * (d[18 + q] - d[24 + q])
+        p[2][q] = (-sixth * (d[6 + q] + d[12 + q]) + sixth * (d[18 + q] + d[24 + q])
+                   + d[30 + q])
+    for r in range(3):                      # (G^T dU) G: combine columns
+        dw[3 * r + 0] = <floating> (0.25 * p[r][0] - sixth * (p[r][1] + p[r][2])
+                                    + twenty_fourth * (p[r][3] + p[r][4]))
+        dw[3 * r + 1] = <floating> (sixth * (p[r][2] - p[r][1]) + twelfth * (p[r][3] - p[r][4]))
+        dw[3 * r + 2] = <floating> (-sixth * (p[r][1] + p[r][2]) + sixth * (p[r][3] + p[r][4])
+                                    + p[r][5])
+
+
 def weight_grad_finish(const floating[:, :, ::1] parts, floating[:, :, :, ::1] dw,
                        int num_threads):
-    """dw (K, C, 3, 3) = G^T dU G with dU (16, K*C) the sum of the chunk partials parts
-    (n_chunks, 16, K*C), added in chunk order (the same bits for any number of threads)."""
-    cdef Py_ssize_t n_chunks = parts.shape[0], K = dw.shape[0], C = dw.shape[1], KC = K * C
+    """dw (K, C, 3, 3) = G^T dU G with dU (xis, K*C) the sum of the chunk partials parts
+    (n_chunks, xis, K*C), added in chunk order (the same bits for any number of threads);
+    xis = 16 for F(2x2, 3x3), 36 for F(4x4, 3x3)."""
+    cdef Py_ssize_t n_chunks = parts.shape[0], xis = parts.shape[1]
+    cdef Py_ssize_t K = dw.shape[0], C = dw.shape[1], KC = K * C
     cdef Py_ssize_t k, c
+    if xis != 16 and xis != 36:
+        raise ValueError(f"parts must hold 16 or 36 matrices, got {xis}")
     with nogil:
         for k in prange(K, schedule='static', num_threads=num_threads):
             for c in range(C):
-                _kernel_grad_transform(&parts[0, 0, k * C + c], n_chunks, 16 * KC, KC,
-                                       &dw[k, c, 0, 0])
+                if xis == 36:
+                    _kernel_grad_transform4(&parts[0, 0, k * C + c], n_chunks, 36 * KC, KC,
+                                            &dw[k, c, 0, 0])
+                else:
+                    _kernel_grad_transform(&parts[0, 0, k * C + c], n_chunks, 16 * KC, KC,
+                                           &dw[k, c, 0, 0])
 
 
 # The 16 (36) matrices of V (and of M) are written (read) together, tile by tile: at a distance of a
@@ -372,24 +394,29 @@ def forward(const floating[:, ::1] x, const floating[:, :, ::1] u, const floatin
 def weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy, floating[:, :, ::1] parts,
                 floating[::1] workspace, Py_ssize_t height, Py_ssize_t width, Py_ssize_t pad,
                 Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t block, int num_threads):
-    """parts (n_chunks, 16, C_out*C): dU partials of the 3x3 weight gradient (see module doc).
+    """parts (n_chunks, xis, C_out*C): dU partials of the 3x3 weight gradient (see module doc)
+    by F(2x2, 3x3) (xis = 16) or F(4x4, 3x3) (xis = 36), as parts' second axis says.
 
     x (N, C*H*W), dy (N, C_out*OH*OW). Chunk j sums samples [j*N//n_chunks, (j+1)*N//n_chunks)
     in order, ``block`` at a time; adding the partials in chunk order and applying
-    dW = G^T dU G is the caller's. The workspace is as for ``forward``, per thread.
+    dW = G^T dU G is the caller's (weight_grad_finish). The workspace is
+    workspace_size(..., block, m) per thread.
     """
-    cdef Py_ssize_t N = x.shape[0], n_chunks = parts.shape[0]
+    cdef Py_ssize_t N = x.shape[0], n_chunks = parts.shape[0], xis = parts.shape[1]
+    cdef Py_ssize_t m_ = 4 if xis == 36 else 2
     cdef Py_ssize_t K = dy.shape[1] // (out_h * out_w), C = x.shape[1] // (height * width)
-    cdef Py_ssize_t tiles_h = (out_h + 1) // 2, tiles_w = (out_w + 1) // 2
+    cdef Py_ssize_t tiles_h = _tiles(out_h, m_), tiles_w = _tiles(out_w, m_)
     cdef Py_ssize_t T = tiles_h * tiles_w
     cdef Py_ssize_t span = block * T
-    cdef Py_ssize_t ws_stride = _thread_scratch(C, K, span, out_h, out_w, 2)
+    cdef Py_ssize_t ws_stride = _thread_scratch(C, K, span, out_h, out_w, m_)
     cdef floating* ws = &workspace[0]
     cdef floating* v
     cdef floating* m
     cdef floating* sc
-    cdef Py_ssize_t j, n0, n1, m0, nb, ld, s_, xi
+    cdef Py_ssize_t j, n0, n1, m0, nb, ld, xi
     cdef int tid
+    if xis != 16 and xis != 36:
+        raise ValueError(f"parts must hold 16 or 36 matrices, got {xis}")
     if N == 0:
         return
     with nogil, parallel(num_threads=num_threads):
@@ -398,18 +425,17 @@ def weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy, floating[:,
             n0 = j * N // n_chunks
             n1 = (j + 1) * N // n_chunks
             v = ws + tid * ws_stride
-            m = _after(v, 16, C, span)
-            sc = _after(m, 16, K, span)
+            m = _after(v, xis, C, span)
+            sc = _after(m, xis, K, span)
             m0 = n0
             while m0 < n1:
                 nb = block if m0 + block <= n1 else n1 - m0
                 ld = nb * T
-                _input_transform(&x[m0, 0], x.shape[1], nb, v, sc, 2, C, height, width, pad,
+                _input_transform(&x[m0, 0], x.shape[1], nb, v, sc, m_, C, height, width, pad,
                                  tiles_h, tiles_w, ld, C * ld + SKEW)
-                for s_ in range(nb):
-                    _grad_output_transform(&dy[m0 + s_, 0], m + s_ * T, K, out_h, out_w,
-                                           tiles_h, tiles_w, ld, K * ld + SKEW)
-                for xi in range(16):
+                _grad_output_transform(&dy[m0, 0], dy.shape[1], nb, m, sc, m_, K, out_h,
+                                       out_w, tiles_h, tiles_w, ld, K * ld + SKEW)
+                for xi in range(xis):
                     gemm(False, True, <int> K, <int> C, <int> ld, <floating> 1.0,
                          m + xi * (K * ld + SKEW), <int> ld, v + xi * (C * ld + SKEW), <int> ld,
                          <floating> (1.0 if m0 > n0 else 0.0), &parts[j, xi, 0], <int> C)

@@ -270,6 +270,8 @@ def _conv_backward(fname, nd, grad_output, input, weight, stride, padding, dilat
         "depthwise": depthwise_weight_grad,
         "winograd": lambda: setattr(b, "grad_w", algorithms.winograd_weight_grad(
             x2, dy2, geom, dtype)),
+        "winograd4": lambda: setattr(b, "grad_w", algorithms.winograd_weight_grad(
+            x2, dy2, geom, dtype, m=4)),
         "direct": lambda: setattr(b, "grad_w", algorithms.direct_weight_grad(
             x2, dy2, geom, dtype)),
         "im2col": lambda: run_im2col(False, True),

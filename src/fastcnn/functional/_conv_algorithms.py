@@ -42,7 +42,7 @@ DIRECTIONS = ("forward", "input gradient", "weight gradient", "transposed forwar
 ALGORITHMS = {
     "forward": ("depthwise", "winograd4", "winograd", "rows", "direct", "im2col"),
     "input gradient": ("depthwise", "direct", "rows", "winograd4", "winograd", "im2col"),
-    "weight gradient": ("depthwise", "winograd", "direct", "im2col"),
+    "weight gradient": ("depthwise", "winograd4", "winograd", "direct", "im2col"),
     "transposed forward": ("subpixel", "im2col"),
 }
 # Winograd's output tile per algorithm name: F(2x2, 3x3) and F(4x4, 3x3) (_ops/winograd.pyx).
@@ -81,6 +81,10 @@ class Rules:
     # vectors of tiles in registers) instead of one BLAS call each, where a block of samples
     # has at least a vector (rows_lanes) of tiles.
     winograd_own_gemm: bool = False
+    # F(4x4, 3x3) for the weight gradient too (dU = sum over tiles dM V^T, 36 GEMMs on 4x fewer
+    # tiles) from this many channels on both sides and maps of at least 25x25 (49 tiles a
+    # sample); None: never.
+    winograd4_weight_grad_min_channels: int | None = 64
     # The channel kernel (_conv_direct.h fc_direct_conv): small maps with few output channels
     # and a moderate sum, and stride-2 layers (whose im2col reads with poor locality).
     direct: bool = True
@@ -132,7 +136,12 @@ class Rules:
 #   It loses with few tiles: batch 1, 64 -> 64 on 16x16 (16 tiles) 0.128 vs 0.115, 128 -> 128
 #   on 8x8 (4 tiles) 0.178 vs 0.109; batch 4 on 16x16 (64 tiles) is a tie (0.223 vs 0.230);
 #   and on 8x8 maps (4 tiles a sample) even in large batches: F.conv2d 128 -> 128, batch 64,
-#   4.26 vs 3.79 (input gradient 4.31 vs 3.88). Winograd's own GEMM kernel against OpenBLAS's
+#   4.26 vs 3.79 (input gradient 4.31 vs 3.88). The weight gradient by F(4x4, 3x3) against
+#   F(2x2, 3x3) (F.conv2d_backward, best of 9 interleaved, ms; AVX-512 / AVX2): 64 -> 64 on
+#   32x32, batch 32, 9.46 vs 10.13 / 9.79 vs 10.59; 128 -> 128 on 28x28, batch 16, 10.62 vs
+#   11.85 / 10.81 vs 13.30; but 32 -> 32 on 32x32 (batch 64) 6.71 vs 6.53 / 6.98 vs 7.34, and on
+#   16x16 and 8x8 maps it loses by 10-30% (64 -> 64 on 16x16: 6.71 vs 6.04 / 7.30 vs 5.79).
+#   Winograd's own GEMM kernel against OpenBLAS's
 #   SkylakeX sgemm (kernel alone, ms, F(4x4) / F(2x2)): batch 32, 32 -> 32 on 32x32 1.89 / 2.37
 #   vs 1.88 / 2.37, 64 -> 64 on 16x16 1.72 / 1.98 vs 1.71 / 1.84; batch 8, 256 -> 256 on 8x8
 #   2.94 / 1.48 vs 3.31 / 1.91: a tie but for the widest layers, BLAS kept. Against the row
@@ -286,6 +295,10 @@ def winograd4_ok(geom, nd, rules, direction="forward"):
     enough 4x4 output tiles in the batch (the input gradient's outputs are the input's size)."""
     size = geom.in_size if direction == "input gradient" else geom.out_size
     per_sample = math.prod(-(-s // 4) for s in size)
+    if direction == "weight gradient" and (
+            rules.winograd4_weight_grad_min_channels is None or per_sample < 49
+            or min(geom.in_channels, geom.out_channels) < rules.winograd4_weight_grad_min_channels):
+        return False
     return (per_sample >= rules.winograd4_min_sample_tiles
             and geom.n * per_sample >= rules.winograd4_min_tiles
             and winograd_ok(geom, nd, rules, direction))
@@ -421,6 +434,8 @@ _PREFERRED = {
     ("input gradient", "winograd"): lambda geom, nd, r: winograd_ok(geom, nd, r,
                                                                     "input gradient"),
     ("weight gradient", "depthwise"): lambda geom, nd, r: is_depthwise(geom),
+    ("weight gradient", "winograd4"): lambda geom, nd, r: winograd4_ok(geom, nd, r,
+                                                                       "weight gradient"),
     ("weight gradient", "winograd"): lambda geom, nd, r: winograd_ok(geom, nd, r,
                                                                      "weight gradient"),
     ("weight gradient", "direct"): dw_rows_ok,
@@ -469,8 +484,8 @@ def conv_algorithms(*, forward=None, input_grad=None, weight_grad=None, transpos
     ``forward`` one of "winograd4" (Winograd F(4x4, 3x3)), "winograd" (F(2x2, 3x3)), "rows"
     (the direct kernel along output rows), "direct" (the direct kernel along output channels),
     "im2col"; ``input_grad`` one of "direct", "rows" (either direct kernel on dy, stride-1
-    layers), "winograd4", "winograd", "im2col"; ``weight_grad``
-    one of "winograd" (F(2x2, 3x3)), "direct", "im2col"; ``transposed`` (a
+    layers), "winograd4", "winograd", "im2col"; ``weight_grad`` one of "winograd4",
+    "winograd", "direct", "im2col"; ``transposed`` (a
     transposed convolution's forward) "subpixel" or "im2col". None keeps the rules. A problem
     the forced algorithm cannot compute (Winograd on a 5x5 kernel, a direct kernel on a 1-D or
     grouped convolution) keeps the rules' choice; depthwise layers keep their own loops. The
@@ -759,17 +774,18 @@ _WINOGRAD_TILES_PER_CHUNK = 2048
 _WINOGRAD_WEIGHT_BLOCK_TILES = 256
 
 
-def winograd_weight_grad(x2, dy2, geom, dtype):
-    """dW (C_out, C, 3, 3) of a 3x3 stride-1 convolution: the dU partials of fixed sample
-    chunks from the kernel, added in chunk order, then dW = G^T dU G."""
+def winograd_weight_grad(x2, dy2, geom, dtype, m=2):
+    """dW (C_out, C, 3, 3) of a 3x3 stride-1 convolution by Winograd F(m x m, 3x3): the dU
+    partials of fixed sample chunks from the kernel, added in chunk order, then dW = G^T dU G."""
     n, c, k = geom.n, geom.in_channels, geom.out_channels
     (h, w), (oh, ow) = geom.in_size, geom.out_size
-    tiles = ((oh + 1) // 2) * ((ow + 1) // 2)
-    chunks = min(n, _WEIGHT_GRAD_CHUNKS, max(2, n * tiles // _WINOGRAD_TILES_PER_CHUNK))
+    tiles2 = ((oh + 1) // 2) * ((ow + 1) // 2)          # the chunks: as many for either m
+    chunks = min(n, _WEIGHT_GRAD_CHUNKS, max(2, n * tiles2 // _WINOGRAD_TILES_PER_CHUNK))
+    tiles = -(-oh // m) * -(-ow // m)
     threads = get_num_threads()
     block = max(1, min(n, _WINOGRAD_WEIGHT_BLOCK_TILES // tiles))
-    ws = scratch(_winograd.workspace_size(c, k, oh, ow, block) * threads, dtype)
-    du = _memory.empty((chunks, 16, k * c), dtype)
+    ws = scratch(_winograd.workspace_size(c, k, oh, ow, block, m) * threads, dtype)
+    du = _memory.empty((chunks, (m + 2) ** 2, k * c), dtype)
     with single_threaded_blas:
         _winograd.weight_grad(x2, dy2, du, ws, h, w, geom.padding[1], oh, ow, block, threads)
     grad_w = np.empty((k, c, 3, 3), dtype=dtype)
