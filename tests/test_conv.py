@@ -518,3 +518,21 @@ def test_activation_relu_in_1d_and_3d(rng, nd):
                                   F.relu(conv(x, w, b, stride=2)))
 
 
+
+
+def test_checked_geometries_are_cached_by_argument_types():
+    """A geometry checked once is reused (the checks cost ~10 us a call), keyed by the
+    arguments with their types: stride=True or 1.0 after stride=1 still fail, a list is
+    checked every time, and an input of another shape or dtype gets its own checks."""
+    from fastcnn.functional import _conv
+    x = np.zeros((1, 2, 5, 5), np.float32)
+    w = np.zeros((3, 2, 3, 3), np.float32)
+    first = _conv._conv_geometry("conv2d", 2, x, w, 1, 1, 1, 1)
+    assert _conv._conv_geometry("conv2d", 2, x, w, 1, 1, 1, 1) is first
+    F.conv2d(x, w, stride=1)
+    for bad in (dict(stride=True), dict(stride=1.0), dict(groups=True), dict(dilation=(1, 0))):
+        with pytest.raises((TypeError, ValueError), match="conv2d: "):
+            F.conv2d(x, w, **bad)
+    assert F.conv2d(x, w, padding=[1, 1]).shape == (1, 3, 5, 5)
+    with pytest.raises(ValueError, match="input has 4 channels"):
+        F.conv2d(np.zeros((1, 4, 5, 5), np.float32), w)
