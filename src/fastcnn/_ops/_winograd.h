@@ -3,12 +3,17 @@
  *
  * Layout. winograd.pyx keeps V (and M) as (m + 2)^2 matrices, one per tile position xi, each
  * (channels, tiles) with the tiles of a block of samples contiguous: the GEMMs' operands. The
- * transforms are therefore written along the tiles: a chunk of whole tile rows of one sample
- * is first gathered into d[k][j][tile] (the input value at row m*ti + k, column m*tj + j of the
- * zero-padded plane), and then every step of B^T d B (and of A^T M A) is an elementwise
- * combination of contiguous rows of tiles, which the compiler vectorizes at every level and
- * for any map width (a loop along one tile row of an 8x8 map would be 2 to 4 elements long).
- * The scalar work is the gather (one load per element of d) and the output's scatter.
+ * transforms are therefore vectorized along the tiles. Each input plane is first copied into
+ * the zero-padded plane split by column phase (fc_wino_split: D[p][r][q] = the value at row r,
+ * column m*q + p), so that the values of a tile row sit contiguous along tj. On maps with at
+ * least a vector of tiles a row, a whole tile row is loaded from D as vectors and transformed
+ * in registers (FC_TILE2/4, one pass); on narrower maps the tiles of several samples (or of
+ * several tile rows) are first gathered into d[k][j][tile] and transformed as one run of
+ * vectors (a loop along one tile row of an 8x8 map would be 2 to 4 elements long). The output
+ * transform combines contiguous runs of tiles the same way and scatters the m x m results;
+ * dM = A dY A^T of the weight gradient (fc_wino_grad_output) reads dY split as the input is.
+ * fc_wino_gemm multiplies U by V for every xi with register blocks (AVX2 and the baseline,
+ * where a BLAS call per xi cost more than its work).
  *
  * Each output is the same fixed sum in every copy, so the result does not depend on threads;
  * copies of different levels may differ in the last bits (FMA contraction).

@@ -14,10 +14,11 @@ Each 2x2 block of outputs is computed from a 4x4 input tile d with 16 multiplica
 The sum over channels is 16 GEMMs, one per tile position xi: M[xi] (C_out, T) =
 U[xi] (C_out, C) @ V[xi] (C, T), T being the tiles of a block of samples. The input gradient of
 such a convolution is one too (dy convolved with the flipped, transposed kernels, padding 2 - p),
-so functional.py uses this kernel for both. The weight transform (weight_transform) is done
-once per call; then come the input transform, the GEMMs and the output transform. Samples go
-in fixed blocks (a function of the shapes), each block on one thread with single-threaded
-BLAS: the result does not depend on the number of threads.
+so functional/_conv.py uses this kernel for both. The weight transform (weight_transform) is
+done once per call (once per plan in an InferenceSession); then come the input transform, the
+GEMMs (single-threaded BLAS, or _winograd.h's own kernel) and the output transform, the
+transforms in _winograd.inc. Samples go in fixed blocks (a function of the shapes), each block
+on one thread: the result does not depend on the number of threads.
 
 F(4x4, 3x3) computes each 4x4 block of outputs from a 6x6 input tile with 36 multiplications
 per channel pair instead of 144 (4x fewer than direct; F(2x2, 3x3) saves 2.25x), on the points
@@ -31,16 +32,15 @@ per channel pair instead of 144 (4x fewer than direct; F(2x2, 3x3) saves 2.25x),
           [0  4  0 -5  0  1]         [   0     0     1]
 
 36 GEMMs then, on 4x fewer tiles. Its transforms' larger coefficients cost float32 rounding:
-a relative error of about 1e-6 of the largest output (F(2x2, 3x3): a few 1e-7). ``forward``
-runs either, as its transformed kernels u say (16 or 36 matrices); the weight gradient below
-is F(2x2, 3x3)'s.
+a relative error of about 5e-6 to 1e-5 of the largest output (F(2x2, 3x3): a few 1e-7).
+``forward`` and ``weight_grad`` run either, as their u (16 or 36 matrices) and parts say.
 
 The weight gradient goes back through the same algebra. With Y = A^T M A, dM = A dY A^T (the
-2x2 output gradient of a tile spread to 4x4), and since M = sum_c U . V elementwise,
+m x m output gradient of a tile spread to (m + 2)^2), and since M = sum_c U . V elementwise,
 
     dU[xi] (C_out, C) = sum over tiles dM[xi] (C_out, T) @ V[xi]^T (T, C)       dW = G^T dU G
 
-16 GEMMs whose inner dimension is the number of tiles (long: efficient), on 2.25x fewer
+16 (36) GEMMs whose inner dimension is the number of tiles (long: efficient), on 2.25x (4x) fewer
 products than im2col's dW = dy @ cols^T and without the 9x larger columns matrix. Tiles past an
 odd output size get zero gradient, so they add nothing. As conv.pyx's weight gradient, samples
 are cut into fixed chunks, each summed in order into its own dU partial.
