@@ -87,52 +87,17 @@
 #define FC_DW_ROWS_ARGS (xp, dyp, acc, off, kpad, cout, oh_n, ow_n, ldy, wp, sh)
 
 /* one copy per (level, type) */
-#if FC_DISPATCH
-#  pragma GCC push_options
-#  pragma GCC target("arch=x86-64-v4")
-#  define FC_LEVEL v4
-#  define FC_VBYTES 64
-#  include "_conv_direct_types.inc"
-#  undef FC_LEVEL
-#  undef FC_VBYTES
-#  pragma GCC pop_options
-#  pragma GCC push_options
-#  pragma GCC target("arch=x86-64-v3")
-#  define FC_LEVEL v3
-#  define FC_VBYTES 32
-#  include "_conv_direct_types.inc"
-#  undef FC_LEVEL
-#  undef FC_VBYTES
-#  pragma GCC pop_options
-#  define FC_LEVEL base
-#  define FC_VBYTES 16
-#  include "_conv_direct_types.inc"
-#  undef FC_LEVEL
-#  undef FC_VBYTES
-#else
-#  define FC_LEVEL base           /* built without dispatch: one copy, for the compiler's target */
-#  define FC_VBYTES 32
-#  include "_conv_direct_types.inc"
-#  undef FC_LEVEL
-#  undef FC_VBYTES
-#endif
+#define FC_KERNELS_INC "_conv_direct.inc"
+#include "_per_level.inc"
+#undef FC_KERNELS_INC
 
 /* the entry points conv_direct.pyx calls: the copy of this module's level */
-static FC_UNUSED inline void fc_direct_conv_f FC_DIRECT_CONV_PARAMS(float)
-{ FC_LEVELS_CALL(fc_direct_conv_f, FC_DIRECT_CONV_ARGS); }
-static FC_UNUSED inline void fc_direct_conv_d FC_DIRECT_CONV_PARAMS(double)
-{ FC_LEVELS_CALL(fc_direct_conv_d, FC_DIRECT_CONV_ARGS); }
+FC_VOID_ENTRIES(fc_direct_conv, FC_DIRECT_CONV_PARAMS, FC_DIRECT_CONV_ARGS)
 static FC_UNUSED inline ptrdiff_t fc_direct_conv_panel_f(void)
 { return FC_LEVELS_CALL(fc_direct_conv_panel_f, ()); }
 static FC_UNUSED inline ptrdiff_t fc_direct_conv_panel_d(void)
 { return FC_LEVELS_CALL(fc_direct_conv_panel_d, ()); }
-static FC_UNUSED inline void fc_direct_conv_rows_f FC_DIRECT_CONV_ROWS_PARAMS(float)
-{ FC_LEVELS_CALL(fc_direct_conv_rows_f, FC_DIRECT_CONV_ROWS_ARGS); }
-static FC_UNUSED inline void fc_direct_conv_rows_d FC_DIRECT_CONV_ROWS_PARAMS(double)
-{ FC_LEVELS_CALL(fc_direct_conv_rows_d, FC_DIRECT_CONV_ROWS_ARGS); }
-static FC_UNUSED inline void fc_dw_rows_f FC_DW_ROWS_PARAMS(float)
-{ FC_LEVELS_CALL(fc_dw_rows_f, FC_DW_ROWS_ARGS); }
-static FC_UNUSED inline void fc_dw_rows_d FC_DW_ROWS_PARAMS(double)
-{ FC_LEVELS_CALL(fc_dw_rows_d, FC_DW_ROWS_ARGS); }
+FC_VOID_ENTRIES(fc_direct_conv_rows, FC_DIRECT_CONV_ROWS_PARAMS, FC_DIRECT_CONV_ROWS_ARGS)
+FC_VOID_ENTRIES(fc_dw_rows, FC_DW_ROWS_PARAMS, FC_DW_ROWS_ARGS)
 
 #endif

@@ -19,18 +19,10 @@
 
 #include "_simd.h"
 
-#define FC_MAX_2X2(T, IT, sfx, MAG, EXP)                                                     \
-typedef IT fc_bits_##sfx __attribute__((may_alias));   /* the floats read as their bits */   \
-static inline IT fc_pool_key_##sfx(IT bits)                                                  \
-{                                                                                            \
-    const IT mag = bits & (MAG), s = bits < 0 ? -1 : 0;    /* arithmetic, no branch */     \
-    return mag > (EXP) ? (MAG) : (mag ^ s) - s;                                              \
-}                                                                                            \
-                                                                                             \
-/* y (oH, oW) and ind (oH, oW; NULL: not stored) of one plane x (rows W long) */          \
-FC_KERNEL_VOID(fc_max_2x2_##sfx,                                                             \
-    (const T *x, T *y, long long *ind, ptrdiff_t W, ptrdiff_t oH, ptrdiff_t oW),             \
-    (x, y, ind, W, oH, oW),                                                                  \
+/* The body of fc_max_2x2: the maximum of each 2x2 window by selects on the keys, in scan
+ * order (NaN always taken), and its flat offset into ind when STORE (a compile-time 0 drops
+ * the offsets' work). */
+#define FC_MAX_2X2_BODY(IT, sfx, MAG, STORE)                                                 \
 {                                                                                            \
     ptrdiff_t oh, ow;                                                                        \
     for (oh = 0; oh < oH; oh++) {                                                            \
@@ -51,38 +43,32 @@ FC_KERNEL_VOID(fc_max_2x2_##sfx,                                                
             take = k > key || k == (MAG);                                                    \
             bits = take ? v : bits; tap = take ? W + 1 : tap;                                \
             yo[ow] = bits;                                                                   \
-            if (ind != NULL)                                                                 \
+            if (STORE)                                                                       \
                 ind[oh * oW + ow] = 2 * oh * W + 2 * ow + tap;                               \
         }                                                                                    \
     }                                                                                        \
-})                                                                                           \
+}
+
+#define FC_MAX_2X2(T, IT, sfx, MAG, EXP)                                                     \
+typedef IT fc_bits_##sfx __attribute__((may_alias));   /* the floats read as their bits */   \
+static inline IT fc_pool_key_##sfx(IT bits)                                                  \
+{                                                                                            \
+    const IT mag = bits & (MAG), s = bits < 0 ? -1 : 0;    /* arithmetic, no branch */     \
+    return mag > (EXP) ? (MAG) : (mag ^ s) - s;                                              \
+}                                                                                            \
                                                                                              \
-/* fc_max_2x2 without the offsets (inference): the same maxima by the selects of the keys  \
- * only (LeNet's first pooling at batch 1: 2.7 -> 2.4 us on one thread) */                  \
+/* y (oH, oW) and ind (oH, oW; NULL: not stored) of one plane x (rows W long) */          \
+FC_KERNEL_VOID(fc_max_2x2_##sfx,                                                             \
+    (const T *x, T *y, long long *ind, ptrdiff_t W, ptrdiff_t oH, ptrdiff_t oW),             \
+    (x, y, ind, W, oH, oW),                                                                  \
+    FC_MAX_2X2_BODY(IT, sfx, MAG, ind != NULL))                                              \
+                                                                                             \
+/* fc_max_2x2 without the offsets (inference): the same body with the offsets' work left out \
+ * at compile time (LeNet's first pooling at batch 1: 2.7 -> 2.4 us on one thread) */       \
 FC_KERNEL_VOID(fc_max_2x2_values_##sfx,                                                      \
     (const T *x, T *y, ptrdiff_t W, ptrdiff_t oH, ptrdiff_t oW),                             \
     (x, y, W, oH, oW),                                                                       \
-{                                                                                            \
-    ptrdiff_t oh, ow;                                                                        \
-    for (oh = 0; oh < oH; oh++) {                                                            \
-        const fc_bits_##sfx *r0 = (const fc_bits_##sfx *) (x + 2 * oh * W);                  \
-        const fc_bits_##sfx *r1 = (const fc_bits_##sfx *) (x + (2 * oh + 1) * W);            \
-        fc_bits_##sfx *yo = (fc_bits_##sfx *) (y + oh * oW);                                 \
-        for (ow = 0; ow < oW; ow++) {                                                        \
-            IT bits = r0[2 * ow], key = fc_pool_key_##sfx(bits), v, k;                       \
-            int take;                                                                        \
-            v = r0[2 * ow + 1]; k = fc_pool_key_##sfx(v);                                    \
-            take = k > key || k == (MAG);                                                    \
-            bits = take ? v : bits; key = take ? k : key;                                    \
-            v = r1[2 * ow]; k = fc_pool_key_##sfx(v);                                        \
-            take = k > key || k == (MAG);                                                    \
-            bits = take ? v : bits; key = take ? k : key;                                    \
-            v = r1[2 * ow + 1]; k = fc_pool_key_##sfx(v);                                    \
-            take = k > key || k == (MAG);                                                    \
-            yo[ow] = take ? v : bits;                                                        \
-        }                                                                                    \
-    }                                                                                        \
-})                                                                                           \
+    { long long *ind = NULL; FC_MAX_2X2_BODY(IT, sfx, MAG, 0) })                             \
                                                                                              \
 /* A run of n interior outputs of one output row, any window (max_pool's general path):    \
  * output i's taps are at flat offsets start + i * sw + a * step_a + b * step_b + e * dw     \

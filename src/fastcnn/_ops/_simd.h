@@ -118,6 +118,13 @@ static FC_UNUSED int fc_simd_cpu_level(void) { return FC_LEVEL_BASELINE; }
     static FC_UNUSED void name params __VA_ARGS__
 #endif
 
+/* The entry points name_f and name_d of a void kernel compiled per level and type by
+ * _per_level.inc (name_<f|d>_<level>), PARAMS(T) its parameter list and ARGS the names in it:
+ * each runs the copy of this module's level. */
+#define FC_VOID_ENTRIES(name, PARAMS, ARGS)                                                 \
+    static FC_UNUSED inline void name##_f PARAMS(float) { FC_LEVELS_CALL(name##_f, ARGS); } \
+    static FC_UNUSED inline void name##_d PARAMS(double) { FC_LEVELS_CALL(name##_d, ARGS); }
+
 static FC_UNUSED const char *fc_level_name(int level)
 {
     return level == FC_LEVEL_V4 ? "x86-64-v4" : level == FC_LEVEL_V3 ? "x86-64-v3" : "baseline";

@@ -1,5 +1,6 @@
 /* The transforms of Winograd F(m x m, 3x3) (m = 2 or 4; the algebra is in winograd.pyx's
- * docstring), compiled per x86-64 level (_winograd.inc) and dispatched as _simd.h's kernels are.
+ * docstring), compiled per x86-64 level and float type (_winograd.inc, through _per_level.inc) and
+ * dispatched as _simd.h's kernels are.
  *
  * Layout. winograd.pyx keeps V (and M) as (m + 2)^2 matrices, one per tile position xi, each
  * (channels, tiles) with the tiles of a block of samples contiguous: the GEMMs' operands. The
@@ -65,52 +66,14 @@ static FC_UNUSED inline ptrdiff_t fc_wino_scratch(ptrdiff_t m, ptrdiff_t tiles_h
 #define FC_WINO_GEMM_ARGS (u, v, m, xis, K, C, ld, vxs, mxs)
 
 /* one copy per (level, type) */
-#if FC_DISPATCH
-#  pragma GCC push_options
-#  pragma GCC target("arch=x86-64-v4")
-#  define FC_LEVEL v4
-#  define FC_VBYTES 64
-#  include "_winograd_types.inc"
-#  undef FC_LEVEL
-#  undef FC_VBYTES
-#  pragma GCC pop_options
-#  pragma GCC push_options
-#  pragma GCC target("arch=x86-64-v3")
-#  define FC_LEVEL v3
-#  define FC_VBYTES 32
-#  include "_winograd_types.inc"
-#  undef FC_LEVEL
-#  undef FC_VBYTES
-#  pragma GCC pop_options
-#  define FC_LEVEL base
-#  define FC_VBYTES 16
-#  include "_winograd_types.inc"
-#  undef FC_LEVEL
-#  undef FC_VBYTES
-#else
-#  define FC_LEVEL base           /* built without dispatch: one copy, for the compiler's target */
-#  define FC_VBYTES 32
-#  include "_winograd_types.inc"
-#  undef FC_LEVEL
-#  undef FC_VBYTES
-#endif
+#define FC_KERNELS_INC "_winograd.inc"
+#include "_per_level.inc"
+#undef FC_KERNELS_INC
 
 /* the entry points winograd.pyx calls: the copy of this module's level */
-static FC_UNUSED inline void fc_wino_input_f FC_WINO_INPUT_PARAMS(float)
-{ FC_LEVELS_CALL(fc_wino_input_f, FC_WINO_INPUT_ARGS); }
-static FC_UNUSED inline void fc_wino_input_d FC_WINO_INPUT_PARAMS(double)
-{ FC_LEVELS_CALL(fc_wino_input_d, FC_WINO_INPUT_ARGS); }
-static FC_UNUSED inline void fc_wino_output_f FC_WINO_OUTPUT_PARAMS(float)
-{ FC_LEVELS_CALL(fc_wino_output_f, FC_WINO_OUTPUT_ARGS); }
-static FC_UNUSED inline void fc_wino_output_d FC_WINO_OUTPUT_PARAMS(double)
-{ FC_LEVELS_CALL(fc_wino_output_d, FC_WINO_OUTPUT_ARGS); }
-static FC_UNUSED inline void fc_wino_grad_output_f FC_WINO_GRAD_OUTPUT_PARAMS(float)
-{ FC_LEVELS_CALL(fc_wino_grad_output_f, FC_WINO_GRAD_OUTPUT_ARGS); }
-static FC_UNUSED inline void fc_wino_grad_output_d FC_WINO_GRAD_OUTPUT_PARAMS(double)
-{ FC_LEVELS_CALL(fc_wino_grad_output_d, FC_WINO_GRAD_OUTPUT_ARGS); }
-static FC_UNUSED inline void fc_wino_gemm_f FC_WINO_GEMM_PARAMS(float)
-{ FC_LEVELS_CALL(fc_wino_gemm_f, FC_WINO_GEMM_ARGS); }
-static FC_UNUSED inline void fc_wino_gemm_d FC_WINO_GEMM_PARAMS(double)
-{ FC_LEVELS_CALL(fc_wino_gemm_d, FC_WINO_GEMM_ARGS); }
+FC_VOID_ENTRIES(fc_wino_input, FC_WINO_INPUT_PARAMS, FC_WINO_INPUT_ARGS)
+FC_VOID_ENTRIES(fc_wino_output, FC_WINO_OUTPUT_PARAMS, FC_WINO_OUTPUT_ARGS)
+FC_VOID_ENTRIES(fc_wino_grad_output, FC_WINO_GRAD_OUTPUT_PARAMS, FC_WINO_GRAD_OUTPUT_ARGS)
+FC_VOID_ENTRIES(fc_wino_gemm, FC_WINO_GEMM_PARAMS, FC_WINO_GEMM_ARGS)
 
 #endif

@@ -62,11 +62,11 @@ _GEOMETRIES_MAX = 4096
 
 
 def _typed(value):
-    """A hashable key of an argument and its type (a tuple element by element); raises
+    """A key of an argument and its type (a tuple element by element); the dict lookup raises
     TypeError for an unhashable one (a list: such a call is checked every time)."""
     if type(value) is tuple:
         return tuple((type(v), v) for v in value)
-    return (type(value), hash(value), value)
+    return (type(value), value)
 
 
 def _conv_geometry(fname, nd, x, w, stride, padding, dilation, groups) -> _ConvGeometry:
