@@ -452,8 +452,12 @@ def test_winograd_weight_gradient_float32_error_is_small(rng, winograd, limit):
 
 
 @pytest.mark.parametrize("winograd", ["winograd", "winograd4"])
-def test_winograd_bit_identical_for_1_and_2_threads(rng, same_bits_for_1_and_2_threads, winograd):
-    x = rng.standard_normal((7, 16, 10, 9)).astype(np.float32)
+@pytest.mark.parametrize("n", [7, 1])
+def test_winograd_bit_identical_for_1_and_2_threads(rng, same_bits_for_1_and_2_threads, winograd,
+                                                    n):
+    """7 samples: blocks over the threads; 1 sample: one block, its transforms and GEMMs cut
+    over the threads (by channels, by xi, by output channels)."""
+    x = rng.standard_normal((n, 16, 10, 9)).astype(np.float32)
     w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
 
     def compute():

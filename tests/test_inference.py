@@ -397,3 +397,64 @@ def test_a_depthwise_network_runs_as_one_compiled_run():
     x = np.random.default_rng(0).standard_normal((2, 4, 9, 9), dtype=np.float32)
     np.testing.assert_array_equal(plan.run(x)[0], session.model(x))
     np.testing.assert_allclose(session(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("winograd", ["winograd", "winograd4"])
+def test_winograd_layers_run_compiled(threads, winograd):
+    """Winograd convolutions (F(2x2) and F(4x4), bias + ReLU fused, padding 1 and 0, odd
+    maps) are compiled steps: a plan is one CompiledRun, the same bits as the folded model at
+    1, 2 and more threads than the workspace was made for, at batch 1 (one block: its phases
+    cut over the threads) and 5 (blocks over the threads); and the unfused model by im2col up
+    to float32 rounding."""
+    from fastcnn._ops.plan_steps import CompiledRun
+    from fastcnn._ops.parallel import openmp_max_threads
+    from fastcnn.functional import conv_algorithms
+    from fastcnn.inference.plan import Plan
+    model = _with_running_stats(fastcnn.build_model({"input_shape": [5, 11, 9], "layers": [
+        {"type": "conv2d", "out_channels": 7, "kernel_size": 3, "padding": 1},
+        {"type": "batch_norm2d"}, {"type": "relu"},
+        {"type": "conv2d", "out_channels": 6, "kernel_size": 3, "padding": 0}]}))
+    with conv_algorithms(forward=winograd):
+        session = fastcnn.InferenceSession(model, autotune=False)
+        for batch in (1, 5):
+            assert session.plan(batch).describe().count(f"{winograd} ") == 2
+            plan = Plan(session.plan(batch))
+            assert len(plan._runs) == 1 and isinstance(plan._runs[0], CompiledRun)
+            x = np.random.default_rng(batch).standard_normal((batch, 5, 11, 9),
+                                                             dtype=np.float32)
+            want = session.model(x)
+            for count in (1, 2, openmp_max_threads() + 2):
+                threads(count)
+                np.testing.assert_array_equal(plan.run(x)[0], want)
+                np.testing.assert_array_equal(session(x), want)
+            threads(2)
+            with conv_algorithms(forward="im2col"):     # another algorithm, unfused
+                assert_float32_close(want, model(x))
+
+
+def test_winograd_step_refuses_what_it_cannot_run():
+    from fastcnn._ops.winograd import WinogradStep, workspace_size
+    u = np.zeros((36, 4, 3), np.float32)
+    x, out = np.zeros((2, 3 * 8 * 8), np.float32), np.zeros((2, 4 * 8 * 8), np.float32)
+    ws = np.zeros(2 * workspace_size(3, 4, 8, 8, 1, 4), np.float32)
+    b = np.zeros(4, np.float32)
+    WinogradStep(x, u, b, out, ws, 8, 8, 1, 8, 8, 1, True, False, 2)       # fits
+    with pytest.raises(TypeError, match="float32 or float64"):
+        WinogradStep(x.astype(np.int32), u, b, out, ws, 8, 8, 1, 8, 8, 1, True, False, 2)
+    with pytest.raises(TypeError, match="C-contiguous"):
+        WinogradStep(x, u, b, np.zeros((2, 512), np.float32)[:, ::2], ws, 8, 8, 1, 8, 8, 1,
+                     True, False, 2)
+    with pytest.raises(ValueError, match="16 or 36"):
+        WinogradStep(x, u[:20], b, out, ws, 8, 8, 1, 8, 8, 1, True, False, 2)
+    with pytest.raises(ValueError, match="do not match"):
+        WinogradStep(x, u, b, out, ws, 8, 8, 0, 8, 8, 1, True, False, 2)      # out 6x6
+    with pytest.raises(ValueError, match="do not match"):
+        WinogradStep(x, u, b[:3], out, ws, 8, 8, 1, 8, 8, 1, True, False, 2)
+    with pytest.raises(ValueError, match="too small"):
+        WinogradStep(x, u, b, out, ws, 8, 8, 1, 8, 8, 1, True, False, 3)
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        WinogradStep(x, u, b, out, ws, 8, 8, 1, 8, 8, 1, True, False, 2)
+    unbound = WinogradStep.__new__(WinogradStep)
+    with pytest.raises(TypeError, match="not bound"):
+        unbound()

@@ -51,6 +51,11 @@ from cython.parallel cimport prange, parallel, threadid
 from libc.string cimport memcpy, memset
 
 from fastcnn._ops._blas cimport gemm
+from fastcnn._ops.plan_steps cimport CompiledStep, address
+
+import numpy as np
+
+from fastcnn._ops.plan_steps import check_arrays
 
 cdef extern from "_winograd.h" nogil:
     Py_ssize_t fc_wino_scratch(Py_ssize_t m, Py_ssize_t tiles_h, Py_ssize_t tiles_w)
@@ -337,58 +342,203 @@ def workspace_size(Py_ssize_t channels, Py_ssize_t out_channels, Py_ssize_t out_
     return _thread_scratch(channels, out_channels, block * tiles, out_h, out_w, m)
 
 
-def forward(const floating[:, ::1] x, const floating[:, :, ::1] u, const floating[::1] bias,
-            floating[:, ::1] out, floating[::1] workspace, Py_ssize_t height, Py_ssize_t width,
-            Py_ssize_t pad, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t block, bint relu,
-            int num_threads, bint own_gemm=False):
-    """out (N, C_out*OH*OW) = conv3x3(x (N, C*H*W), pad) with u (xis, C_out, C) = G g G^T
-    (weight_transform: 16 matrices for F(2x2, 3x3), 36 for F(4x4, 3x3)), plus bias, then
-    max(out, 0) if relu. The workspace is workspace_size(..., block, m) per thread."""
-    cdef Py_ssize_t N = x.shape[0], xis = u.shape[0], K = u.shape[1], C = u.shape[2]
+cdef inline void _block(const floating* x, Py_ssize_t x_row, Py_ssize_t nb,
+                        const floating* u, Py_ssize_t xis, Py_ssize_t K, Py_ssize_t C,
+                        const floating* bias, floating* out, Py_ssize_t out_row, floating* v,
+                        Py_ssize_t span, Py_ssize_t height, Py_ssize_t width, Py_ssize_t pad,
+                        Py_ssize_t out_h, Py_ssize_t out_w, bint relu,
+                        bint own_gemm) noexcept nogil:
+    """One block of nb samples of _forward on one thread: V, M and the transforms' scratch
+    carved from ``v`` (_thread_scratch)."""
+    cdef Py_ssize_t m_ = 4 if xis == 36 else 2
+    cdef Py_ssize_t tiles_h = _tiles(out_h, m_), tiles_w = _tiles(out_w, m_)
+    cdef Py_ssize_t T = tiles_h * tiles_w, ld = nb * T, s_
+    cdef floating* m = _after(v, xis, C, span)
+    cdef floating* sc = _after(m, xis, K, span)
+    _input_transform(x, x_row, nb, v, sc, m_, C, height, width, pad, tiles_h, tiles_w, ld,
+                     C * ld + SKEW)
+    _gemms(u, v, m, 0, xis, K, C, ld, C * ld + SKEW, K * ld + SKEW, own_gemm)
+    for s_ in range(nb):
+        _output_transform(m + s_ * T, out + s_ * out_row, sc, m_, K, out_h, out_w, tiles_h,
+                          tiles_w, ld, K * ld + SKEW, bias, relu)
+
+
+cdef inline void _gemms(const floating* u, const floating* v, floating* m, Py_ssize_t xi0,
+                        Py_ssize_t xi1, Py_ssize_t K, Py_ssize_t C, Py_ssize_t ld,
+                        Py_ssize_t vxs, Py_ssize_t mxs, bint own_gemm) noexcept nogil:
+    """M[xi] (K, ld) = U[xi] (K, C) @ V[xi] (C, ld) for xi in [xi0, xi1): one fixed sum per
+    output, whichever thread or range computes it."""
+    cdef Py_ssize_t xi
+    if own_gemm:
+        if floating is float:
+            fc_wino_gemm_f(u + xi0 * K * C, v + xi0 * vxs, m + xi0 * mxs, xi1 - xi0, K, C, ld,
+                           vxs, mxs)
+        else:
+            fc_wino_gemm_d(u + xi0 * K * C, v + xi0 * vxs, m + xi0 * mxs, xi1 - xi0, K, C, ld,
+                           vxs, mxs)
+        return
+    for xi in range(xi0, xi1):
+        gemm(False, False, <int> K, <int> ld, <int> C, <floating> 1.0, u + xi * K * C, <int> C,
+             v + xi * vxs, <int> ld, <floating> 0.0, m + xi * mxs, <int> ld)
+
+
+cdef void _forward(const floating* x, Py_ssize_t N, Py_ssize_t x_row, const floating* u,
+                   Py_ssize_t xis, Py_ssize_t K, Py_ssize_t C, const floating* bias,
+                   floating* out, Py_ssize_t out_row, floating* ws, Py_ssize_t height,
+                   Py_ssize_t width, Py_ssize_t pad, Py_ssize_t out_h, Py_ssize_t out_w,
+                   Py_ssize_t block, bint relu, int num_threads, bint own_gemm) noexcept nogil:
+    """forward on pointers (N > 0; bias NULL: none). Blocks of ``block`` samples, each on one
+    thread; with fewer blocks than threads (inference at batch 1), each block's three phases
+    are cut over the team instead: the input transform by channels, the GEMMs by xi, the
+    output transform by output channels, V and M in thread 0's scratch. Every value is
+    computed by the same code on the same operands either way: the same bits."""
     cdef Py_ssize_t m_ = 4 if xis == 36 else 2
     cdef Py_ssize_t tiles_h = _tiles(out_h, m_), tiles_w = _tiles(out_w, m_)
     cdef Py_ssize_t T = tiles_h * tiles_w
     cdef Py_ssize_t span = block * T
     cdef Py_ssize_t ws_stride = _thread_scratch(C, K, span, out_h, out_w, m_)
     cdef Py_ssize_t blocks = (N + block - 1) // block
-    cdef bint has_bias = bias.shape[0] > 0
-    cdef floating* ws = &workspace[0]
-    cdef const floating* pbias = &bias[0] if has_bias else NULL
+    cdef Py_ssize_t j, n0, nb, ld, s_, part, lo, hi, parts
     cdef floating* v
     cdef floating* m
     cdef floating* sc
-    cdef Py_ssize_t j, n0, nb, ld, s_, xi
-    cdef int tid
+    if num_threads == 1:                    # no team to start
+        for j in range(blocks):
+            n0 = j * block
+            nb = block if n0 + block <= N else N - n0
+            _block(x + n0 * x_row, x_row, nb, u, xis, K, C, bias, out + n0 * out_row, out_row,
+                   ws, span, height, width, pad, out_h, out_w, relu, own_gemm)
+        return
+    if blocks >= num_threads:
+        for j in prange(blocks, schedule='static', num_threads=num_threads):
+            n0 = j * block
+            nb = block if n0 + block <= N else N - n0
+            _block(x + n0 * x_row, x_row, nb, u, xis, K, C, bias, out + n0 * out_row, out_row,
+                   ws + threadid() * ws_stride, span, height, width, pad, out_h, out_w, relu,
+                   own_gemm)
+        return
+    v = ws
+    m = _after(v, xis, C, span)
+    parts = num_threads
+    for j in range(blocks):
+        n0 = j * block
+        nb = block if n0 + block <= N else N - n0
+        ld = nb * T
+        for part in prange(parts, schedule='static', num_threads=num_threads):
+            lo = part * C // parts
+            hi = (part + 1) * C // parts
+            sc = _after(_after(ws + threadid() * ws_stride, xis, C, span), xis, K, span)
+            if hi > lo:
+                _input_transform(x + n0 * x_row + lo * height * width, x_row, nb, v + lo * ld,
+                                 sc, m_, hi - lo, height, width, pad, tiles_h, tiles_w, ld,
+                                 C * ld + SKEW)
+        for part in prange(parts, schedule='static', num_threads=num_threads):
+            _gemms(u, v, m, part * xis // parts, (part + 1) * xis // parts, K, C, ld,
+                   C * ld + SKEW, K * ld + SKEW, own_gemm)
+        for part in prange(parts, schedule='static', num_threads=num_threads):
+            lo = part * K // parts
+            hi = (part + 1) * K // parts
+            sc = _after(_after(ws + threadid() * ws_stride, xis, C, span), xis, K, span)
+            if hi > lo:
+                for s_ in range(nb):
+                    _output_transform(m + s_ * T + lo * ld,
+                                      out + (n0 + s_) * out_row + lo * out_h * out_w, sc, m_,
+                                      hi - lo, out_h, out_w, tiles_h, tiles_w, ld,
+                                      K * ld + SKEW, bias + lo if bias != NULL else NULL,
+                                      relu)
+
+
+def forward(const floating[:, ::1] x, const floating[:, :, ::1] u, const floating[::1] bias,
+            floating[:, ::1] out, floating[::1] workspace, Py_ssize_t height, Py_ssize_t width,
+            Py_ssize_t pad, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t block, bint relu,
+            int num_threads, bint own_gemm=False):
+    """out (N, C_out*OH*OW) = conv3x3(x (N, C*H*W), pad) with u (xis, C_out, C) = G g G^T
+    (weight_transform: 16 matrices for F(2x2, 3x3), 36 for F(4x4, 3x3)), plus bias, then
+    max(out, 0) if relu. The workspace is workspace_size(..., block, m) per thread.
+    ``own_gemm``: the GEMMs by fc_wino_gemm rather than BLAS (single-threaded: the caller's
+    single_threaded_blas)."""
+    cdef Py_ssize_t N = x.shape[0], xis = u.shape[0], K = u.shape[1], C = u.shape[2]
     if xis != 16 and xis != 36:
         raise ValueError(f"u must hold 16 or 36 matrices, got {xis}")
     if N == 0:
         return
-    with nogil, parallel(num_threads=num_threads):
-        for j in prange(blocks, schedule='static'):
-            tid = threadid()
-            n0 = j * block
-            nb = block if n0 + block <= N else N - n0
-            ld = nb * T
-            v = ws + tid * ws_stride
-            m = _after(v, xis, C, span)
-            sc = _after(m, xis, K, span)
-            _input_transform(&x[n0, 0], x.shape[1], nb, v, sc, m_, C, height, width, pad,
-                             tiles_h, tiles_w, ld, C * ld + SKEW)
-            if own_gemm:
-                if floating is float:
-                    fc_wino_gemm_f(&u[0, 0, 0], v, m, xis, K, C, ld, C * ld + SKEW,
-                                   K * ld + SKEW)
-                else:
-                    fc_wino_gemm_d(&u[0, 0, 0], v, m, xis, K, C, ld, C * ld + SKEW,
-                                   K * ld + SKEW)
-            else:
-                for xi in range(xis):
-                    gemm(False, False, <int> K, <int> ld, <int> C, <floating> 1.0,
-                         &u[xi, 0, 0], <int> C, v + xi * (C * ld + SKEW), <int> ld,
-                         <floating> 0.0, m + xi * (K * ld + SKEW), <int> ld)
-            for s_ in range(nb):
-                _output_transform(m + s_ * T, &out[n0 + s_, 0], sc, m_, K, out_h, out_w,
-                                  tiles_h, tiles_w, ld, K * ld + SKEW, pbias, relu)
+    with nogil:
+        _forward(&x[0, 0], N, x.shape[1], &u[0, 0, 0], xis, K, C,
+                 &bias[0] if bias.shape[0] > 0 else NULL, &out[0, 0], out.shape[1],
+                 &workspace[0], height, width, pad, out_h, out_w, block, relu, num_threads,
+                 own_gemm)
+
+
+# The inference plan's Winograd convolution (plan_steps.pxd): forward with its transformed
+# kernels (WinogradOperands) and the plan's workspace bound once.
+cdef struct _Winograd:
+    const void* x
+    const void* u
+    const void* bias            # NULL: none
+    void* out
+    void* workspace
+    Py_ssize_t N, x_row, out_row, xis, K, C, height, width, pad, out_h, out_w, block
+    bint relu, own_gemm, is_double
+    int max_threads             # the workspace serves this many threads
+
+
+cdef void _winograd_step(void* args, int num_threads) noexcept nogil:
+    cdef _Winograd* p = <_Winograd*> args
+    if num_threads > p.max_threads:         # fewer threads: the same bits
+        num_threads = p.max_threads
+    if p.is_double:
+        _forward(<const double*> p.x, p.N, p.x_row, <const double*> p.u, p.xis, p.K, p.C,
+                 <const double*> p.bias, <double*> p.out, p.out_row, <double*> p.workspace,
+                 p.height, p.width, p.pad, p.out_h, p.out_w, p.block, p.relu, num_threads,
+                 p.own_gemm)
+    else:
+        _forward(<const float*> p.x, p.N, p.x_row, <const float*> p.u, p.xis, p.K, p.C,
+                 <const float*> p.bias, <float*> p.out, p.out_row, <float*> p.workspace,
+                 p.height, p.width, p.pad, p.out_h, p.out_w, p.block, p.relu, num_threads,
+                 p.own_gemm)
+
+
+cdef class WinogradStep(CompiledStep):
+    """forward(x, u, bias, out, workspace, height, width, pad, out_h, out_w, block, relu,
+    threads, own_gemm) as a plan step, on up to ``max_threads`` threads: ``workspace`` holds
+    at least max_threads * workspace_size(...) elements (the plan's scratch, shared by its
+    steps, which run one at a time); a run asking for more threads uses max_threads. BLAS
+    GEMMs (own_gemm False) need single-threaded BLAS, as the plan's run sets."""
+    cdef _Winograd p
+
+    def __init__(self, x, u, bias, out, workspace, Py_ssize_t height, Py_ssize_t width,
+                 Py_ssize_t pad, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t block,
+                 bint relu, bint own_gemm, int max_threads):
+        dtype = check_arrays("WinogradStep", [x, u, bias], [out, workspace])
+        if u.ndim != 3 or u.shape[0] not in (16, 36):
+            raise ValueError(f"WinogradStep: u must hold 16 or 36 matrices (xis, C_out, C), "
+                             f"got shape {u.shape}")
+        xis, K, C = u.shape
+        m_ = 4 if xis == 36 else 2
+        if (x.ndim != 2 or out.ndim != 2 or x.shape[0] != out.shape[0] or x.shape[0] == 0
+                or x.shape[1] != C * height * width or out.shape[1] != K * out_h * out_w
+                or out_h != height + 2 * pad - 2 or out_w != width + 2 * pad - 2
+                or min(height, width, out_h, out_w) < 1 or not 0 <= pad <= 2
+                or bias.shape not in ((0,), (K,)) or block < 1 or max_threads < 1):
+            raise ValueError(f"WinogradStep: x {x.shape}, u {u.shape}, bias {bias.shape}, "
+                             f"out {out.shape} do not match a 3x3 convolution of "
+                             f"{height}x{width} maps padded by {pad}")
+        if workspace.size < max_threads * workspace_size(C, K, out_h, out_w, block, m_):
+            raise ValueError(f"WinogradStep: a workspace of {workspace.size} elements is too "
+                             f"small for {max_threads} threads")
+        self.keep = (x, u, bias, out, workspace)
+        self.p.x, self.p.u, self.p.out = address(x), address(u), address(out)
+        self.p.bias = address(bias) if bias.shape[0] else NULL
+        self.p.workspace = address(workspace)
+        self.p.N, self.p.x_row, self.p.out_row = x.shape[0], x.shape[1], out.shape[1]
+        self.p.xis, self.p.K, self.p.C = xis, K, C
+        self.p.height, self.p.width, self.p.pad = height, width, pad
+        self.p.out_h, self.p.out_w, self.p.block = out_h, out_w, block
+        self.p.relu, self.p.own_gemm = relu, own_gemm
+        self.p.is_double = dtype == np.float64
+        self.p.max_threads = max_threads
+        self.body = _winograd_step
+        self.args = &self.p
 
 
 def weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy, floating[:, :, ::1] parts,

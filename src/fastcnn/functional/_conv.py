@@ -154,8 +154,8 @@ class ConvForward:
     timed and the fastest kept (an InferenceSession's plans). Timing runs on ``probe`` = (x2,
     out2), or on zeros. ``step(x2, out2, workspace, max_threads)``: run's work as a compiled
     step of an inference plan (fastcnn._ops.plan_steps) on up to max_threads threads, with
-    ``workspace`` of at least max_threads * ``step_scratch`` elements; None for the algorithm
-    without one (Winograd)."""
+    ``workspace`` of at least max_threads * ``step_scratch`` elements (every algorithm has
+    one)."""
     __slots__ = ("algorithm", "run", "step", "step_scratch")
 
     def __init__(self, geom, nd, w4, b1, dtype, relu=False, probe=None, fastest=False):
@@ -175,6 +175,8 @@ class ConvForward:
                 ops = algorithms.WinogradOperands(w4, b1, geom.in_size, geom.padding[1],
                                                   geom.out_size, dtype,
                                                   m=algorithms.WINOGRAD_TILE[algorithm])
+                steps[algorithm] = ops.step_scratch(geom.n), (
+                    lambda x2, out2, ws, threads: ops.step(x2, out2, ws, relu, threads))
                 return lambda x2, out2: ops.run(x2, out2, dtype, relu)
             if algorithm in ("rows", "direct"):
                 ops = algorithms.DirectOperands(w4, b1, geom, dtype, algorithm == "rows")

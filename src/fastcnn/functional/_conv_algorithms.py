@@ -745,20 +745,38 @@ class WinogradOperands:
         _winograd.weight_transform(w, self.u, flip, get_num_threads())
         self.m, self.bias, self.in_size, self.pad, self.out_size = m, bias, in_size, pad, out_size
 
+    def _layout(self, n):
+        """(block, per-thread workspace, own GEMM kernel) for a batch of n samples."""
+        (oh, ow), m = self.out_size, self.m
+        k, c = self.u.shape[1:]
+        tiles = -(-oh // m) * -(-ow // m)
+        block = _winograd.block_size(n, tiles)
+        rules = machine_rules()
+        own_gemm = rules.winograd_own_gemm and min(block, n) * tiles >= rules.rows_lanes
+        return block, _winograd.workspace_size(c, k, oh, ow, block, m), own_gemm
+
     def run(self, x2, out2, dtype, relu=False, threads=None):
         """out2 (N, C_out*OH*OW) = the convolution of x2 (N, C*H*W), plus bias, then max(., 0)
         if relu."""
         threads = threads or get_num_threads()
-        (h, w), (oh, ow), m = self.in_size, self.out_size, self.m
-        k, c = self.u.shape[1:]
-        tiles = -(-oh // m) * -(-ow // m)
-        block = _winograd.block_size(x2.shape[0], tiles)
-        ws = scratch(_winograd.workspace_size(c, k, oh, ow, block, m) * threads, dtype)
-        rules = machine_rules()
-        own_gemm = rules.winograd_own_gemm and min(block, x2.shape[0]) * tiles >= rules.rows_lanes
+        (h, w), (oh, ow) = self.in_size, self.out_size
+        block, per_thread, own_gemm = self._layout(x2.shape[0])
+        ws = scratch(per_thread * threads, dtype)
         with single_threaded_blas:
             _winograd.forward(x2, self.u, self.bias, out2, ws, h, w, self.pad, oh, ow, block,
                               relu, threads, own_gemm)
+
+    def step_scratch(self, n):
+        """Elements of workspace per thread of ``step`` on batches of n samples."""
+        return self._layout(n)[1]
+
+    def step(self, x2, out2, workspace, relu, max_threads):
+        """run's work as a compiled step of an inference plan (_winograd.WinogradStep) on fixed
+        arrays, on up to max_threads threads (workspace: max_threads * step_scratch(N))."""
+        (h, w), (oh, ow) = self.in_size, self.out_size
+        block, _, own_gemm = self._layout(x2.shape[0])
+        return _winograd.WinogradStep(x2, self.u, self.bias, out2, workspace, h, w, self.pad,
+                                      oh, ow, block, relu, own_gemm, max_threads)
 
 
 def winograd_conv2d(x2, w, bias, out2, in_size, pad, out_size, dtype, flip=False,

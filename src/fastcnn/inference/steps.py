@@ -7,8 +7,8 @@ scratch)`` then returns a callable with no arguments that runs the layer from th
 into ``out`` (``scratch``: the plan's workspace, at least ``spec.scratch`` elements, shared by
 its steps, which run one at a time): the plan's loop calls it on every run, with no checks, no
 allocation and no lookup.
-For ReLU, add, concat, linear, max and average pooling and the convolutions (all algorithms but
-Winograd and the transposed convolution's subpixel phases) that callable is a compiled step
+For ReLU, add, concat, linear, max and average pooling and the convolutions (every algorithm,
+but the transposed convolution's subpixel phases) that callable is a compiled step
 (fastcnn._ops.plan_steps.CompiledStep: the kernel's pointers bound once), which the plan runs
 in sequences without Python between the layers; the others are Python callables.
 
