@@ -88,15 +88,28 @@ ROUTES = [
     ("LeNet's first layer, weight gradient", "weight gradient", conv(1, 6, 28, 5),
      {V4: "direct", V3: "direct", BASE: "im2col"}),
     ("LeNet's second layer, weight gradient (10 wide)", "weight gradient",
-     conv(6, 16, 14, 5, padding=0), {V4: "direct", V3: "im2col", BASE: "im2col"}),
+     conv(6, 16, 14, 5, padding=0), {V4: "channels", V3: "channels", BASE: "channels"}),
     ("16 -> 16 3x3 weight gradient", "weight gradient", conv(16, 16, 32, 3),
-     {V4: "direct", V3: "direct", BASE: "winograd"}),
+     {V4: "channels", V3: "channels", BASE: "winograd4"}),
+    ("32 -> 32 3x3 weight gradient on 16x16", "weight gradient", conv(32, 32, 16, 3),
+     {V4: "channels", V3: "channels", BASE: "winograd4"}),
+    ("32 -> 32 3x3 weight gradient on 32x32", "weight gradient", conv(32, 32, 32, 3),
+     {V4: "channels", V3: "winograd4", BASE: "winograd4"}),
+    ("16 -> 32 3x3 stride 2 weight gradient", "weight gradient", conv(16, 32, 32, 3, stride=2),
+     {V4: "channels", V3: "channels", BASE: "channels"}),
+    ("a k4 s2 upsampling's weight gradient, as the convolution of dy (32 -> 64, stride 2)",
+     "weight gradient", conv(32, 64, 32, 4, stride=2, padding=1),
+     {V4: "channels", V3: "channels", BASE: "channels"}),
     ("32 -> 32 5x5 weight gradient", "weight gradient", conv(32, 32, 32, 5),
-     {V4: "direct", V3: "im2col", BASE: "im2col"}),
+     {V4: "channels", V3: "channels", BASE: "channels"}),
+    ("a 3-channel stem's weight gradient (27 taps)", "weight gradient", conv(3, 16, 32, 3),
+     {V4: "direct", V3: "direct", BASE: "im2col"}),
     ("64 -> 64 3x3 weight gradient", "weight gradient", conv(64, 64, 16, 3),
-     {V4: "winograd", V3: "winograd", BASE: "winograd"}),
+     {V4: "winograd", V3: "winograd", BASE: "winograd4"}),
     ("64 -> 64 3x3 weight gradient on 32x32", "weight gradient", conv(64, 64, 32, 3),
      {V4: "winograd4", V3: "winograd4", BASE: "winograd4"}),
+    ("stride 2, 64 -> 128 weight gradient", "weight gradient", conv(64, 128, 56, 3, stride=2),
+     {V4: "im2col", V3: "im2col", BASE: "im2col"}),
     ("a k4 s2 upsampling, few channels (row kernel phases)", "transposed forward",
      conv_transpose(8, 5, 16, 4, 2, 1), {V4: "subpixel", V3: "im2col", BASE: "im2col"}),
     ("U-Net's k4 s2 upsampling 64 -> 32 (channel kernel phases)", "transposed forward",
@@ -240,11 +253,12 @@ def test_row_kernel_matches_im2col_on_random_shapes():
 
 
 def test_direct_weight_gradient_matches_im2col_on_random_shapes():
-    """The weight gradient without im2col (fc_dw_rows), forced onto random shapes (widths that
-    are not a multiple of its vectors, channel and tap counts that are not a multiple of its
-    blocks, strides, dilation, padding) equals im2col + GEMM's; float64 and float32.
-    Infinities in the input stay where they belong: the lanes past a row's end are cleared
-    before they meet dy's zero padding."""
+    """The weight gradients without im2col (fc_dw_rows, and fc_dw_channels with the channels in
+    the lanes), forced onto random shapes (widths that are not a multiple of their vectors,
+    channel and tap counts that are not a multiple of their blocks, strides, dilation, padding)
+    equal im2col + GEMM's; float64 and float32. Infinities in the input stay where they
+    belong: fc_dw_rows clears the lanes past a row's end before they meet dy's zero padding,
+    and fc_dw_channels' padded channels and taps are never read back."""
     rng = np.random.default_rng(17)
     for case in range(60):
         x, w, _, stride, padding, dilation = random_direct_problem(rng, case, 7, 19, 11, 40)
@@ -253,11 +267,12 @@ def test_direct_weight_gradient_matches_im2col_on_random_shapes():
         y = F.conv2d(x, w, stride=stride, padding=padding, dilation=dilation)
         dy = rng.standard_normal(y.shape).astype(x.dtype)
         results = []
-        for forced in ("direct", "im2col"):
+        for forced in ("direct", "channels", "im2col"):
             with F.conv_algorithms(weight_grad=forced):
                 results.append(F.conv2d_backward(dy, x, w, stride, padding, dilation,
                                                  output_mask=(False, True, False))[1])
-        np.testing.assert_allclose(results[0], results[1], **TOL[x.dtype.type])
+        for result in results[:2]:
+            np.testing.assert_allclose(result, results[2], **TOL[x.dtype.type])
 
 
 def test_winograd_on_every_possible_shape_matches_im2col():
@@ -363,8 +378,42 @@ def test_windows_that_read_padding_only_give_the_bias(th, path):
             np.testing.assert_allclose(y, ref.numpy(), **TOL[np.float32])
 
 
+def test_transposed_weight_gradient_by_channels_matches_the_gemm_path(th):
+    """A transposed convolution's weight gradient as the weight gradient of the convolution of
+    dy (x as its output's gradient) with the channels in the lanes, forced onto random shapes
+    (strides 1-3, kernels from the stride up, paddings, output_padding, dilation, odd sizes),
+    equals GEMM + im2col's and torch's; float64 and float32."""
+    rng = np.random.default_rng(31)
+    for case in range(40):
+        s = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+        k = tuple(int(v + rng.integers(0, 3)) for v in s)
+        p = tuple(int(rng.integers(0, kk)) for kk in k)
+        op = tuple(int(rng.integers(0, ss)) for ss in s)
+        d = int(rng.integers(1, 3)) if case % 4 == 3 else 1
+        if d > 1:
+            op = (0, 0)
+        dtype = np.float64 if case % 2 else np.float32
+        c_in, c_out = int(rng.integers(1, 24)), int(rng.integers(1, 40))
+        x = rng.standard_normal((int(rng.integers(1, 5)), c_in, int(rng.integers(1, 9)),
+                                 int(rng.integers(1, 12)))).astype(dtype)
+        w = rng.standard_normal((c_in, c_out) + k).astype(dtype)
+        y = F.conv_transpose2d(x, w, None, s, p, op, dilation=d)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        results = []
+        for forced in ("channels", "im2col"):
+            with F.conv_algorithms(weight_grad=forced):
+                results.append(F.conv_transpose2d_backward(dy, x, w, s, p, op, dilation=d,
+                                                           output_mask=(False, True, False))[1])
+        np.testing.assert_allclose(results[0], results[1], **TOL[dtype])
+        tx, tw = th.tensor(x, requires_grad=True), th.tensor(w, requires_grad=True)
+        th.nn.functional.conv_transpose2d(tx, tw, None, s, p, op, dilation=d).backward(
+            th.tensor(dy))
+        np.testing.assert_allclose(results[0], tw.grad.numpy(), **TOL[dtype])
+
+
 @pytest.mark.parametrize("forward,input_grad,weight_grad", [
     ("rows", "rows", "direct"), ("direct", "im2col", "direct"), ("direct", "direct", "im2col"),
+    ("direct", "direct", "channels"),
     ("winograd", "winograd", "winograd"), ("winograd4", "winograd4", "winograd4")])
 def test_each_algorithm_agrees_with_torch(th, rng, forward, input_grad, weight_grad):
     with F.conv_algorithms(forward=forward, input_grad=input_grad, weight_grad=weight_grad):
@@ -379,10 +428,19 @@ def test_direct_weight_gradient_is_bit_identical_for_1_and_2_threads(
     x = rng.standard_normal((13, 3, 20, 30)).astype(np.float32)
     w = rng.standard_normal((10, 3, 5, 5)).astype(np.float32)
     dy = rng.standard_normal((13, 10, 16, 26)).astype(np.float32)
+    up = rng.standard_normal((11, 6, 7, 9)).astype(np.float32)
+    up_w = rng.standard_normal((6, 5, 4, 4)).astype(np.float32)
+    up_dy = rng.standard_normal((11, 5, 14, 18)).astype(np.float32)
 
     def compute():
-        with F.conv_algorithms(weight_grad="direct"):
-            return F.conv2d_backward(dy, x, w, output_mask=(False, True, False))[1:2]
+        out = []
+        for forced in ("direct", "channels"):
+            with F.conv_algorithms(weight_grad=forced):
+                out.append(F.conv2d_backward(dy, x, w, output_mask=(False, True, False))[1])
+        with F.conv_algorithms(weight_grad="channels"):       # a transposed convolution's
+            out.append(F.conv_transpose2d_backward(up_dy, up, up_w, stride=2, padding=1,
+                                                   output_mask=(False, True, False))[1])
+        return out
     same_bits_for_1_and_2_threads(compute)
 
 
@@ -427,7 +485,7 @@ for dtype in (np.float32, np.float64):
         x = rng.standard_normal(xs).astype(dtype)
         w = rng.standard_normal(ws).astype(dtype)
         b = rng.standard_normal(ws[0]).astype(dtype)
-        for fwd, gx, gw in (("direct", "direct", "direct"), ("rows", "rows", "direct"),
+        for fwd, gx, gw in (("direct", "direct", "direct"), ("rows", "rows", "channels"),
                             ("winograd", "winograd", "winograd"), ("im2col", "im2col", "im2col")):
             with F.conv_algorithms(forward=fwd, input_grad=gx, weight_grad=gw):
                 y = F.conv2d(x, w, b, stride, pad, activation="relu")

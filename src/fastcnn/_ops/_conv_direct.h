@@ -5,7 +5,8 @@
  *   - fc_direct_conv: vectorized along output channels, for small maps (below);
  *   - fc_direct_conv_rows: vectorized along output rows, for wide maps and few taps or
  *     channels (first layers, transposed convolutions' phases, stride-1 input gradients);
- *   - fc_dw_rows: the weight gradient on the row kernel's layout.
+ *   - fc_dw_rows: the weight gradient on the row kernel's layout;
+ *   - fc_dw_channels: the weight gradient with the output channels in the vector lanes.
  *
  * The channel kernel, for small layers (LeNet's, strided ones): few output channels.
  *
@@ -36,6 +37,9 @@
 #define FC_DW_K 4       /* its taps per block: offsets rounded up to a multiple */
 #define FC_DW_LANES 16  /* its accumulator slot per (channel, tap): 64 bytes (16 floats or 8
                            doubles); conv_direct.pyx adds each slot up */
+#define FC_DWC_CO 16    /* fc_dw_channels' dy^T and accumulators: channels padded to a multiple
+                           (whole vectors of either type on every level) */
+#define FC_DWC_K 24     /* its taps per block divide this: offsets padded to a multiple */
 
 /* fc_direct_conv: y (cout, oh_n*ow_n) of one sample from its padded planes xp, stored (as the
  * row kernel's) in column phases with rows wp long (a width stride sw makes sw phase planes per
@@ -86,6 +90,23 @@
      ptrdiff_t sh)
 #define FC_DW_ROWS_ARGS (xp, dyp, acc, off, kpad, cout, oh_n, ow_n, ldy, wp, sh)
 
+/* fc_dw_channels: the weight gradient with the output channels in the vector lanes, an
+ * implicit GEMM over one sample's outputs p = (oh, ow) with no im2col:
+ *
+ *     acc[k, co] += sum_p xp[off[k] + oh*sh*wp + ow] * dyt[p, co]
+ *
+ * dyt is the sample's dy transposed to (oh_n * ow_n, cpad), its channels padded with zeros to
+ * cpad (a multiple of FC_DWC_CO); acc is (kpad, cpad); off has kpad entries (a multiple of
+ * FC_DWC_K, the extra ones 0: their sums are never read); xp as the row kernel's (column phases
+ * with a width stride). Each product is one vector of dy times one broadcast input: few output
+ * channels fill the lanes (LeNet's 16, a transposed convolution's 32 or 64) where fc_dw_rows'
+ * lanes, along rows, stay part empty on narrow maps, and large maps cost no im2col. The sums
+ * over p run in order: the result does not depend on the block shape nor on threads. */
+#define FC_DW_CHANNELS_PARAMS(T)                                                           \
+    (const T *xp, const T *dyt, T *acc, const ptrdiff_t *off, ptrdiff_t kpad,              \
+     ptrdiff_t cpad, ptrdiff_t oh_n, ptrdiff_t ow_n, ptrdiff_t wp, ptrdiff_t sh)
+#define FC_DW_CHANNELS_ARGS (xp, dyt, acc, off, kpad, cpad, oh_n, ow_n, wp, sh)
+
 /* one copy per (level, type) */
 #define FC_KERNELS_INC "_conv_direct.inc"
 #include "_per_level.inc"
@@ -99,5 +120,6 @@ static FC_UNUSED inline ptrdiff_t fc_direct_conv_panel_d(void)
 { return FC_LEVELS_CALL(fc_direct_conv_panel_d, ()); }
 FC_VOID_ENTRIES(fc_direct_conv_rows, FC_DIRECT_CONV_ROWS_PARAMS, FC_DIRECT_CONV_ROWS_ARGS)
 FC_VOID_ENTRIES(fc_dw_rows, FC_DW_ROWS_PARAMS, FC_DW_ROWS_ARGS)
+FC_VOID_ENTRIES(fc_dw_channels, FC_DW_CHANNELS_PARAMS, FC_DW_CHANNELS_ARGS)
 
 #endif

@@ -2,7 +2,7 @@
 paths that functional/_conv_algorithms.py picks by measured rules per CPU level: the forward
 along output channels or along output rows (the latter also serves stride-1 input gradients
 and, storing with strides, each output phase of a transposed convolution), and the weight
-gradient on the row kernel's layout. Each sample is first copied into zero-bordered planes in
+gradient on the row kernel's layout or with the output channels in the vector lanes. Each sample is first copied into zero-bordered planes in
 the thread's workspace (_pad_sample); the layout constants come from the header.
 """
 from cython cimport floating
@@ -37,12 +37,20 @@ cdef extern from "_conv_direct.h" nogil:
     void fc_dw_rows_d(const double* xp, const double* dyp, double* acc,
                       const Py_ssize_t* off, Py_ssize_t kpad, Py_ssize_t cout, Py_ssize_t oh_n,
                       Py_ssize_t ow_n, Py_ssize_t ldy, Py_ssize_t wp, Py_ssize_t sh)
+    void fc_dw_channels_f(const float* xp, const float* dyt, float* acc, const Py_ssize_t* off,
+                          Py_ssize_t kpad, Py_ssize_t cpad, Py_ssize_t oh_n, Py_ssize_t ow_n,
+                          Py_ssize_t wp, Py_ssize_t sh)
+    void fc_dw_channels_d(const double* xp, const double* dyt, double* acc,
+                          const Py_ssize_t* off, Py_ssize_t kpad, Py_ssize_t cpad,
+                          Py_ssize_t oh_n, Py_ssize_t ow_n, Py_ssize_t wp, Py_ssize_t sh)
     Py_ssize_t fc_direct_conv_panel_f()
     Py_ssize_t fc_direct_conv_panel_d()
     enum: FC_CO_PAD
     enum: FC_DW_CO
     enum: FC_DW_K
     enum: FC_DW_LANES
+    enum: FC_DWC_CO
+    enum: FC_DWC_K
     enum: FC_ROW_TAIL
     void fc_direct_conv_d(const double* xp, const double* wt, const double* bias, double* y,
                           const Py_ssize_t* off, Py_ssize_t K, Py_ssize_t cout, Py_ssize_t cpad,
@@ -439,3 +447,90 @@ def direct_weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy,
                     for lane in range(V):
                         t = t + acc[(co * kpad + k) * V + lane]
                     parts[j, co * K + k] = t
+
+
+def channels_weight_grad_layout(Py_ssize_t C_out, Py_ssize_t K):
+    """(channels, taps) of direct_weight_grad_channels' dy^T and accumulators and of its
+    offsets: rounded up to FC_DWC_CO channels and FC_DWC_K taps."""
+    return ((C_out + FC_DWC_CO - 1) // FC_DWC_CO * FC_DWC_CO,
+            (K + FC_DWC_K - 1) // FC_DWC_K * FC_DWC_K)
+
+
+def channels_weight_grad_workspace_size(Py_ssize_t C, Py_ssize_t Hp, Py_ssize_t Wp,
+                                        Py_ssize_t stride_h, Py_ssize_t stride_w,
+                                        Py_ssize_t C_out, Py_ssize_t K, Py_ssize_t out_h,
+                                        Py_ssize_t out_w):
+    """Per-thread scratch of direct_weight_grad_channels: the padded sample (column phases for
+    stride_w > 1), the sample's dy^T (out_h*out_w, cpad) and the accumulators (kpad, cpad)."""
+    cpad, kpad = channels_weight_grad_layout(C_out, K)
+    return (_direct_scratch(C, Hp, Wp, stride_h, stride_w, stride_w) + out_h * out_w * cpad
+            + kpad * cpad)
+
+
+def direct_weight_grad_channels(const floating[:, ::1] x, const floating[:, ::1] dy,
+                                double[:, ::1] parts, floating[::1] workspace,
+                                const Py_ssize_t[::1] offsets, Py_ssize_t K, Py_ssize_t C,
+                                Py_ssize_t H, Py_ssize_t W, Py_ssize_t pad_h, Py_ssize_t pad_w,
+                                Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t out_h,
+                                Py_ssize_t out_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
+                                int num_threads):
+    """parts (n_chunks, C_out*K): the weight gradient of a 2-D convolution (one group) with the
+    output channels in the vector lanes (_conv_direct.h's fc_dw_channels), one partial per fixed
+    chunk of samples (chunk j: samples [j*N//n_chunks, (j+1)*N//n_chunks), in order; summed in
+    chunk order by the caller):
+
+        parts[j, co*K + k] = sum over the chunk's samples and outputs p of
+                             dy[n, co, p] * xpad[n, off[k] + p's corner]
+
+    Each sample is padded as for direct_forward's row kernel (column phases for stride_w > 1),
+    its dy transposed to (out_h*out_w, cpad) with zero channels past C_out, and the float
+    accumulators (kpad, cpad) carry the chunk's sums, stored to parts in double at its end.
+    Thread workspace: channels_weight_grad_workspace_size(...) elements; ``offsets`` has kpad
+    entries (channels_weight_grad_layout; the extra ones 0)."""
+    cdef Py_ssize_t N = x.shape[0], n_chunks = parts.shape[0], L = out_h * out_w
+    cdef Py_ssize_t C_out = dy.shape[1] // L if L > 0 else 0
+    cdef Py_ssize_t cpad, kpad
+    cpad, kpad = channels_weight_grad_layout(C_out, K)
+    if offsets.shape[0] != kpad:
+        raise ValueError(f"direct_weight_grad_channels: offsets must have {kpad} entries, got "
+                         f"{offsets.shape[0]}")
+    cdef Py_ssize_t Wq = _phase_width(Wp, stride_w)
+    cdef Py_ssize_t xp_size = _direct_scratch(C, Hp, Wp, stride_h, stride_w, stride_w)
+    cdef Py_ssize_t dyt_size = L * cpad, acc_size = kpad * cpad
+    cdef Py_ssize_t stride = xp_size + dyt_size + acc_size
+    cdef Py_ssize_t j, n, co, p, p0, p1, k
+    cdef const floating* src
+    cdef floating* xp
+    cdef floating* dyt
+    cdef floating* acc
+    memset(&parts[0, 0], 0, n_chunks * parts.shape[1] * sizeof(double))
+    if N == 0 or L == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        for j in prange(n_chunks, schedule='dynamic'):
+            xp = &workspace[0] + threadid() * stride
+            dyt = xp + xp_size
+            acc = dyt + dyt_size
+            memset(acc, 0, acc_size * sizeof(floating))
+            memset(dyt, 0, dyt_size * sizeof(floating))    # the padding: never written below
+            for n in range((j * N) // n_chunks, ((j + 1) * N) // n_chunks):
+                _pad_sample(&x[n, 0], xp, xp_size, C, H, W, pad_h, pad_w, Hp, Wp, stride_w)
+                # dy^T in blocks of 16 outputs: each block's rows of dyt (16 cache lines of
+                # 16 channels) stay in L1 while every channel is written into them (one pass
+                # per channel over the whole of dyt, 64 KB on 32x32 maps, took as long as the
+                # products)
+                for p0 in range(0, L, 16):
+                    p1 = min(p0 + 16, L)
+                    for co in range(C_out):
+                        src = &dy[n, co * L]
+                        for p in range(p0, p1):
+                            dyt[p * cpad + co] = src[p]
+                if floating is float:
+                    fc_dw_channels_f(xp, dyt, acc, &offsets[0], kpad, cpad, out_h, out_w, Wq,
+                                     stride_h)
+                else:
+                    fc_dw_channels_d(xp, dyt, acc, &offsets[0], kpad, cpad, out_h, out_w, Wq,
+                                     stride_h)
+            for co in range(C_out):
+                for k in range(K):
+                    parts[j, co * K + k] = acc[k * cpad + co]

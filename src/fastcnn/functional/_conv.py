@@ -309,6 +309,8 @@ def _conv_backward(fname, nd, grad_output, input, weight, stride, padding, dilat
             x2, dy2, geom, dtype, m=4)),
         "direct": lambda: setattr(b, "grad_w", algorithms.direct_weight_grad(
             x2, dy2, geom, dtype)),
+        "channels": lambda: setattr(b, "grad_w", algorithms.direct_weight_grad(
+            x2, dy2, geom, dtype, by_channels=True)),
         "im2col": lambda: run_im2col(False, True),
     }
     weight_algorithm = (algorithms.select("weight gradient", geom, nd, dtype, weight_runners)

@@ -42,7 +42,7 @@ DIRECTIONS = ("forward", "input gradient", "weight gradient", "transposed forwar
 ALGORITHMS = {
     "forward": ("depthwise", "winograd4", "winograd", "rows", "direct", "im2col"),
     "input gradient": ("depthwise", "direct", "rows", "winograd4", "winograd", "im2col"),
-    "weight gradient": ("depthwise", "winograd4", "winograd", "direct", "im2col"),
+    "weight gradient": ("depthwise", "channels", "winograd4", "winograd", "direct", "im2col"),
     "transposed forward": ("subpixel", "im2col"),
 }
 # Winograd's output tile per algorithm name: F(2x2, 3x3) and F(4x4, 3x3) (_ops/winograd.pyx).
@@ -82,9 +82,10 @@ class Rules:
     # has at least a vector (rows_lanes) of tiles.
     winograd_own_gemm: bool = False
     # F(4x4, 3x3) for the weight gradient too (dU = sum over tiles dM V^T, 36 GEMMs on 4x fewer
-    # tiles) from this many channels on both sides and maps of at least 25x25 (49 tiles a
-    # sample); None: never.
+    # tiles) from this many channels on both sides and this many 4x4 tiles a sample (49: maps
+    # of at least 25x25); None: never.
     winograd4_weight_grad_min_channels: int | None = 64
+    winograd4_weight_grad_min_sample_tiles: int = 49
     # The channel kernel (_conv_direct.h fc_direct_conv): small maps with few output channels
     # and a moderate sum, and stride-2 layers (whose im2col reads with poor locality).
     direct: bool = True
@@ -110,6 +111,17 @@ class Rules:
     # least one full block of the kernel's 8 output channels (the layer's input channels).
     rows_input_grad: bool = True
     rows_input_grad_min_channels: int = 8
+    # The weight gradient with the output channels in the vector lanes (fc_dw_channels, an
+    # implicit GEMM over the outputs: no im2col, and no lane left empty on narrow maps): from
+    # this many taps (C_in * kH * kW; fewer leave most of its 24-tap blocks padding) up to
+    # this many output channels (its lanes); against Winograd (3x3 stride 1) only up to
+    # dw_channels_over_winograd_max_out_channels, or on maps of at most
+    # dw_channels_over_winograd_small[1] outputs with up to [0] channels.
+    dw_channels: bool = True
+    dw_channels_min_taps: int = 64
+    dw_channels_max_out_channels: int = 64
+    dw_channels_over_winograd_max_out_channels: int = 32
+    dw_channels_over_winograd_small: tuple | None = None
     # The weight gradient on the row kernel's layout (fc_dw_rows): no im2col.
     dw_rows: bool = True
     dw_rows_max_channels: int = 16          # min(C_in, C_out) at most this, or
@@ -177,6 +189,20 @@ class Rules:
 # - Sub-pixel transposed convolution: a k4 s2 upsampling 64 -> 32 channels, 16x16 -> 32x32
 #   maps 2.16 -> 1.82 ms against GEMM + col2im; its phases (64 -> 32 channels, 2x2 taps) on the
 #   channel kernel instead of the row kernel 1.49 vs 1.68 ms (Intel Xeon; GEMM + col2im 1.86).
+# - The weight gradient with the channels in the lanes (fc_dw_channels) against the rules'
+#   choice before it (F.conv2d_backward, weight only, best of 11, ms; batch, C_in -> C_out,
+#   map, kernel): 64, LeNet's 6 -> 16 on 14x14 5x5 0.22-0.24 (fc_dw_rows 0.49-0.51, im2col
+#   0.50); 32, 16 -> 16 on 32x32 3x3 0.90 (fc_dw_rows 1.01-1.02, F(2x2) 1.10-1.15); 32 -> 32
+#   on 16x16 0.65-0.66 (F(2x2) 1.02-1.08); 32 -> 32 on 32x32 2.31 (F(4x4) 2.67, F(2x2) 2.80);
+#   64 -> 64 on 8x8 0.99 (F(2x2) 0.95-0.96: Winograd kept from 64 channels); stride 2, 16 -> 32
+#   from 32x32 0.52 (im2col 0.94), 32 -> 64 from 16x16 0.59 (0.65-0.66); 5x5 32 -> 32 on 32x32
+#   6.04 (fc_dw_rows 8.64); a k4 s2 transposed convolution's (64 -> 32 channels, 16x16 ->
+#   32x32: the convolution of dy, 32 -> 64 at stride 2) 1.47 (im2col 1.88); batch 64, 32 ->
+#   32 on 32x32 4.73 (F(2x2) 5.70), 64 -> 64 on 16x16 4.54 (4.72 / 5.07), but 128 -> 128 on 8x8
+#   5.99 (4.38), and stride 2, 64 -> 128 from 56x56 (batch 16) 9.16 (im2col 8.49); with few
+#   taps it loses: LeNet's first layer (25 taps) 0.41 (0.19), a 3-channel stem (27) 0.36
+#   (fc_dw_rows 0.23). Per perf, the kernel itself runs at about 80% of the FMA rate; padding,
+#   transposing dy and the partials take the rest.
 _V4 = Rules()
 
 # AVX2 (x86-64-v3): the kernels' AVX2 copies have their own register blocks (_conv_direct.inc:
@@ -228,8 +254,21 @@ _V4 = Rules()
 #   / 0.70), 64 -> 64 on 8x8 0.80 (0.72 / 0.76); input gradients 0.82 (0.74 / 0.70), 0.88 (0.70
 #   / 0.75): Winograd keeps them (direct_over_winograd_max_outputs None). (Against OpenBLAS's
 #   GEMMs the channel kernel had won: 0.85 vs 0.97 and 0.85 vs 0.90.)
+# - The weight gradient with the channels in the lanes (as for AVX-512 above, same machine,
+#   forced AVX2, ms): LeNet's second layer 0.23 (im2col 0.53); batch 32, 16 -> 16 on 32x32 0.95
+#   (F(4x4) 1.05, fc_dw_rows 1.68), 32 -> 32 on 16x16 0.86 (F(2x2) 1.02); batch 8, 16 -> 16 on
+#   64x64 1.17 (F(4x4) 1.38); stride 2, 16 -> 32 from 32x32 0.56 (im2col 0.90), the k4 s2
+#   transposed convolution's 1.86 (2.14), 5x5 32 -> 32 on 32x32 8.83 (14.7); but against
+#   Winograd F(4x4) it loses from 32 channels on 32x32 maps (batch 32: 3.24 vs 2.62; batch 64:
+#   6.92 vs 5.47) and from 64 channels (64 -> 64 on 8x8: 1.19 vs F(2x2) 0.88): on AVX2 only 16
+#   channels, or 32 on maps of up to 16x16, over Winograd.
+# - Winograd F(4x4) for the weight gradient from 32 channels (forced AVX2, ms): batch 64, 32 ->
+#   32 on 32x32 5.47 vs F(2x2) 6.62; batch 32 2.62 vs 3.27; on 16x16 and 8x8 maps F(2x2) kept
+#   (32 -> 32 on 16x16 1.03 vs 1.02; 64 -> 64 on 8x8 0.94 vs 0.88).
 _V3 = replace(_V4, rows_lanes=8, winograd4_min_tiles=16, winograd4_min_sample_tiles=1,
-              winograd_own_gemm=True,
+              winograd_own_gemm=True, winograd4_weight_grad_min_channels=32,
+              dw_channels_over_winograd_max_out_channels=16,
+              dw_channels_over_winograd_small=(32, 256),
               rows_input_grad_min_channels=2, dw_rows_min_width=24,
               dw_rows_min_kernel_area=None, subpixel_rows=False,
               direct_over_winograd_max_outputs=None)
@@ -247,9 +286,18 @@ _V3 = replace(_V4, rows_lanes=8, winograd4_min_tiles=16, winograd4_min_sample_ti
 # Winograd's own GEMM kernel (SSE2) against OpenBLAS (OPENBLAS_CORETYPE=Nehalem), F(4x4) / F(2x2):
 # batch 32, 32 -> 32 on 32x32 3.68 / 5.46 vs 4.69 / 6.88; 128 -> 128 on 8x8 3.28 / 4.94 vs 4.15
 # / 6.26; batch 1, 128 -> 128 on 8x8 0.255 / 0.295 vs 0.439 / 0.421.
+# The weight gradient with the channels in the lanes (SSE2, FASTCNN_SIMD=baseline
+# OPENBLAS_CORETYPE=Nehalem, ms): LeNet's second layer 0.54 (im2col 0.75), stride 2, 16 -> 32
+# from 32x32 1.23 (1.58), the k4 s2 transposed convolution's 4.38 (4.90); but never against
+# Winograd: batch 32, 16 -> 16 on 32x32 2.26 vs F(4x4) 1.48, 32 -> 32 on 16x16 2.26 vs 1.24.
+# Winograd F(4x4) for the weight gradient from 16 channels and 16 tiles a sample (F(2x2): 2.02
+# and 1.57 on those two).
 _BASELINE = replace(_V4, direct=False, rows=False, rows_input_grad=False, dw_rows=False,
                     subpixel=False, rows_lanes=4, winograd4_min_tiles=16,
-                    winograd4_min_sample_tiles=1, winograd_own_gemm=True)
+                    winograd4_min_sample_tiles=1, winograd_own_gemm=True,
+                    winograd4_weight_grad_min_channels=16,
+                    winograd4_weight_grad_min_sample_tiles=16,
+                    dw_channels_over_winograd_max_out_channels=0)
 
 RULES = {"x86-64-v4": _V4, "x86-64-v3": _V3, "baseline": _BASELINE}
 
@@ -296,7 +344,8 @@ def winograd4_ok(geom, nd, rules, direction="forward"):
     size = geom.in_size if direction == "input gradient" else geom.out_size
     per_sample = math.prod(-(-s // 4) for s in size)
     if direction == "weight gradient" and (
-            rules.winograd4_weight_grad_min_channels is None or per_sample < 49
+            rules.winograd4_weight_grad_min_channels is None
+            or per_sample < rules.winograd4_weight_grad_min_sample_tiles
             or min(geom.in_channels, geom.out_channels) < rules.winograd4_weight_grad_min_channels):
         return False
     return (per_sample >= rules.winograd4_min_sample_tiles
@@ -386,6 +435,22 @@ def dw_rows_ok(geom, nd, rules):
                      and geom.kernel[1] * geom.kernel[2] >= rules.dw_rows_min_kernel_area)))
 
 
+def dw_channels_ok(geom, nd, rules):
+    """The weight gradient with the output channels in the vector lanes: enough taps, few
+    enough output channels, and where Winograd applies, fewer still (or small maps)."""
+    if not (rules.dw_channels and _direct_kernels_apply(geom, nd)
+            and tap_count(geom) >= rules.dw_channels_min_taps
+            and geom.out_channels <= rules.dw_channels_max_out_channels):
+        return False
+    if not (winograd_possible(geom, nd)
+            and min(geom.in_channels, geom.out_channels) >= rules.winograd_min_channels):
+        return True
+    small = rules.dw_channels_over_winograd_small
+    return (geom.out_channels <= rules.dw_channels_over_winograd_max_out_channels
+            or (small is not None and geom.out_channels <= small[0]
+                and math.prod(geom.out_size) <= small[1]))
+
+
 def subpixel_by_rows(sub, nd, rules):
     """Which direct kernel runs one phase ``sub`` of a transposed convolution by phases: the
     channel kernel where it has the taps and channels to fill its blocks (as direct_ok: at
@@ -414,6 +479,7 @@ _USABLE = {
     "direct": lambda direction, geom, nd: (input_grad_as_conv(geom, nd) is not None
                                            if direction == "input gradient"
                                            else _direct_kernels_apply(geom, nd)),
+    "channels": lambda direction, geom, nd: _direct_kernels_apply(geom, nd),
     "subpixel": lambda direction, geom, nd: subpixel_phases(geom, nd) is not None,
     "im2col": lambda direction, geom, nd: True,
 }
@@ -438,6 +504,7 @@ _PREFERRED = {
                                                                        "weight gradient"),
     ("weight gradient", "winograd"): lambda geom, nd, r: winograd_ok(geom, nd, r,
                                                                      "weight gradient"),
+    ("weight gradient", "channels"): lambda geom, nd, r: dw_channels_ok(geom, nd, r),
     ("weight gradient", "direct"): dw_rows_ok,
     ("transposed forward", "subpixel"): subpixel_ok,
 }
@@ -707,25 +774,31 @@ def direct_conv2d(x2, w, b1, out2, geom, dtype, relu=False, by_rows=False, out_l
     DirectOperands(w, b1, geom, dtype, by_rows).run(x2, out2, dtype, relu, out_layout)
 
 
-def direct_weight_grad(x2, dy2, geom, dtype):
-    """dW (C_out, C_in, kH, kW) of a 2-D one-group convolution by _direct.direct_weight_grad (no
-    im2col): double partials over fixed sample chunks, added in chunk order."""
+def direct_weight_grad(x2, dy2, geom, dtype, by_channels=False):
+    """dW (C_out, C_in, kH, kW) of a 2-D one-group convolution by a direct kernel (no im2col):
+    _direct.direct_weight_grad (along the output rows), or with ``by_channels``
+    _direct.direct_weight_grad_channels (the output channels in the vector lanes); double
+    partials over fixed sample chunks, added in chunk order."""
     n, c_in, c_out = geom.n, geom.in_channels, geom.out_channels
     _, kh, kw = geom.kernel
     (_, dh, dw), (_, ph, pw), (_, sh, sw) = geom.dilation, geom.padding, geom.stride
     oh, ow = geom.out_size
     hp, wp = padded_plane(geom)
     taps = c_in * kh * kw
-    _, kpad, _ = _direct.direct_weight_grad_layout(c_out, taps, ow)
+    if by_channels:
+        _, kpad = _direct.channels_weight_grad_layout(c_out, taps)
+        size, kernel = (_direct.channels_weight_grad_workspace_size,
+                        _direct.direct_weight_grad_channels)
+    else:
+        _, kpad, _ = _direct.direct_weight_grad_layout(c_out, taps, ow)
+        size, kernel = _direct.direct_weight_grad_workspace_size, _direct.direct_weight_grad
     offsets = np.zeros(kpad, np.intp)
     offsets[:taps] = direct_offsets(c_in, kh, kw, dh, dw, hp, wp, sw)
     threads = get_num_threads()
-    per_thread = _direct.direct_weight_grad_workspace_size(c_in, hp, wp, sh, sw, c_out, taps,
-                                                           oh, ow)
-    ws = scratch(per_thread * threads, dtype)
+    ws = scratch(size(c_in, hp, wp, sh, sw, c_out, taps, oh, ow) * threads, dtype)
     parts = np.empty((max(1, min(n, _WEIGHT_GRAD_CHUNKS)), c_out * taps))
-    _direct.direct_weight_grad(x2, dy2, parts, ws, offsets, taps, c_in, *geom.in_size, ph, pw,
-                               hp, wp, oh, ow, sh, sw, threads)
+    kernel(x2, dy2, parts, ws, offsets, taps, c_in, *geom.in_size, ph, pw, hp, wp, oh, ow,
+           sh, sw, threads)
     total = parts[0].copy()
     for part in parts[1:]:          # in chunk order: the same bits for any number of threads
         total += part

@@ -177,19 +177,27 @@ def _conv_transpose_backward(fname, nd, grad_output, input, weight, stride, padd
                                     dilation)
     b = _BackwardOperands(fname, geom, x, w, dy, output_mask)
     need_x, need_w, dtype, n, threads = b.need_x, b.need_w, b.dtype, geom.n, b.threads
-    if need_x and n and nd == 2:
-        # dL/dx is the convolution of dy by the same weight, stride and padding; where that
-        # convolution is small enough for the direct kernel, it beats the GEMM + im2col below
-        # (U-Net's k4 s2 upsampling: 64 -> 32 channels on 16x16)
+    if (need_x or need_w) and n and nd == 2:
+        # The transposed convolution's gradients are those of the convolution of dy by the
+        # same weight, stride and padding (whose output is x): dL/dx is that convolution, and
+        # dL/dW its weight gradient with x as the output's gradient. Where the direct kernels
+        # suit that convolution they beat the GEMM + im2col below (U-Net's k4 s2 upsampling,
+        # 64 -> 32 channels on 16x16: dx by the channel kernel; dW, channels in the lanes,
+        # 1.47 ms against 1.88 on AVX-512).
         dy4 = b.dy3.reshape((n, geom.out_channels) + geom.out_size)
         w4 = b.w2.reshape(w.shape)
         as_conv = _conv_geometry(fname, nd, dy4, w4, geom.stride[1:], geom.padding[1:],
                                  geom.dilation[1:], geom.groups)
-        if (algorithms.direct_ok(as_conv, nd, algorithms.machine_rules())
-                and as_conv.out_size == geom.in_size):
-            b.grad_x = _conv_forward(fname, nd, dy4, w4, None, geom.stride[1:],
-                                     geom.padding[1:], geom.dilation[1:], geom.groups)
-            need_x = False
+        if as_conv.out_size == geom.in_size:
+            if need_x and algorithms.direct_ok(as_conv, nd, algorithms.machine_rules()):
+                b.grad_x = _conv_forward(fname, nd, dy4, w4, None, geom.stride[1:],
+                                         geom.padding[1:], geom.dilation[1:], geom.groups)
+                need_x = False
+            if need_w and algorithms.select("weight gradient", as_conv, nd,
+                                            dtype) == "channels":
+                b.grad_w = algorithms.direct_weight_grad(_rows(b.dy3, n), b.x2, as_conv, dtype,
+                                                         by_channels=True)
+                need_w = False
     if (need_x or need_w) and n:
         args = _conv_transpose_args(geom)
         per_thread = _conv.conv_transpose_workspace_size(geom.out_channels, *args[1:4],
