@@ -393,6 +393,46 @@ def test_bit_identical_for_1_and_2_threads(rng, same_bits_for_1_and_2_threads, n
     same_bits_for_1_and_2_threads(compute)
 
 
+def test_batch_norm_channel_blocks_match_float64_for_any_thread_count(rng, threads):
+    """Training's batch norm runs blocks of channels (about 512 KiB of input each, at most
+    C / threads channels): here 9 + 4 channels forward and 4 + 4 + 4 + 1 backward on 1 thread,
+    7 + 6 and 4 + 3 + 3 + 3 on 2, 5 + 5 + 3 and 4 + 4 + 4 + 1 on 3. Each blocking must give the
+    same bits, within float32 rounding of the float64 formulas."""
+    n, c, h, w_ = 3, 13, 48, 100
+    x = (rng.standard_normal((n, c, h, w_)) * 2 + rng.standard_normal((1, c, 1, 1))).astype(
+        np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    w, b = rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    runs = []
+    for t in (1, 2, 3):
+        threads(t)
+        y, mean, invstd = F.batch_norm(x, None, None, w, b, training=True, return_stats=True,
+                                       activation="relu")
+        grads = F.batch_norm_backward(dy, x, w, save_mean=mean, save_invstd=invstd, bias=b,
+                                      activation="relu")
+        runs.append([y, mean, invstd, *grads])
+    for other in runs[1:]:
+        for a, o in zip(runs[0], other):
+            np.testing.assert_array_equal(a, o)
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    axes, m = (0, 2, 3), n * h * w_
+    mu = x64.mean(axis=axes, keepdims=True)
+    rs = 1 / np.sqrt(x64.var(axis=axes, keepdims=True) + 1e-5)
+    xhat = (x64 - mu) * rs
+    pre = xhat * w.reshape(1, c, 1, 1) + b.reshape(1, c, 1, 1)
+    g = np.where(pre > 0, dy64, 0.0)
+    gsum, gxhat = g.sum(axis=axes, keepdims=True), (g * xhat).sum(axis=axes, keepdims=True)
+    dx = w.reshape(1, c, 1, 1) * rs * (g - gsum / m - xhat * gxhat / m)
+    y, mean, invstd, gx, gw, gb = runs[0]
+    assert 0.1 < (y > 0).mean() < 0.9          # the ReLU both keeps and clears outputs
+    np.testing.assert_allclose(mean, mu.ravel(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(invstd, rs.ravel(), rtol=1e-5)
+    np.testing.assert_allclose(y, np.maximum(pre, 0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gx, dx, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(gw, gxhat.ravel(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(gb, gsum.ravel(), rtol=1e-4, atol=1e-3)
+
+
 # ---- invalid arguments ------------------------------------------------------------------------
 
 X = np.zeros((2, 4, 3, 3), np.float32)
