@@ -57,6 +57,43 @@ def test_matches_torch_over_20_steps(th, kind, options, cls, _):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
+def _sgd_numpy_steps(p, grads, lr, momentum, dampening, nesterov):
+    """SGD with momentum by numpy's in-place steps, as fastcnn.optim did before its fused
+    kernel: the reference for the kernel's bits."""
+    buf = None
+    for g in grads:
+        if buf is None:
+            buf = g.copy()
+        else:
+            buf *= momentum
+            buf += g * (1.0 - dampening)
+        step = buf * momentum + g if nesterov else buf
+        p += step * -lr
+    return p
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("options", [dict(momentum=0.9), dict(momentum=0.8, dampening=0.25),
+                                     dict(momentum=0.9, nesterov=True)])
+def test_sgd_fused_update_same_bits_as_numpy_steps_for_any_thread_count(threads, dtype, options):
+    """The fused momentum update (_ops/update.pyx): the bits of numpy's separate steps, on a
+    parameter updated by the team (>= 2**15 elements) and a small one (one thread)."""
+    rng = np.random.default_rng(3)
+    shapes = [(70, 33, 17), (5, 3)]
+    init = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(4)]
+    lr = 0.05
+    full = dict(dampening=0.0, nesterov=False) | options
+    want = [_sgd_numpy_steps(a.copy(), [g[i] for g in grads], lr, full["momentum"],
+                             full["dampening"], full["nesterov"]) for i, a in enumerate(init)]
+    for t in (1, 2, 3):
+        threads(t)
+        ours, _ = _run_fastcnn("sgd", dict(lr=lr, **options), grads, init)
+        for a, b in zip(ours, want):
+            assert a.dtype == dtype
+            np.testing.assert_array_equal(a, b)
+
+
 def test_float32_updates_are_in_place_and_keep_dtype():
     p = Parameter(np.ones(3, np.float32), "w")
     data = p.data

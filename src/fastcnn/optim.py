@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from fastcnn._ops import update as _updates
+from fastcnn._threads import get_num_threads
 from fastcnn.layers.base import Parameter
 from fastcnn.registry import OPTIMIZERS, register_optimizer
 
@@ -215,6 +217,19 @@ class Optimizer:
             self.state[id(p)] = s
 
 
+# Parameters of at least this many elements are updated by the whole team (smaller ones on one
+# thread: waking the team costs more than their sweep).
+_FUSED_MIN_TEAM = 1 << 15
+
+
+def _fused(data, grad, buf):
+    """Whether the fused kernels (_ops/update.pyx) apply: C-contiguous arrays of one float
+    dtype (a parameter's own arrays always are; anything else keeps the numpy steps)."""
+    return (data.dtype == grad.dtype == buf.dtype and data.dtype in (np.float32, np.float64)
+            and data.flags.c_contiguous and grad.flags.c_contiguous and buf.flags.c_contiguous
+            and data.shape == grad.shape == buf.shape)
+
+
 @register_optimizer("sgd", aliases=("SGD",))
 class SGD(Optimizer):
     """v = momentum*v + (1-dampening)*g (v = g at the first step); p -= lr * (g + momentum*v
@@ -233,6 +248,13 @@ class SGD(Optimizer):
             buf = state.get("momentum_buffer")
             if buf is None:
                 buf = state["momentum_buffer"] = np.array(grad, copy=True)
+            elif _fused(p.data, grad, buf):
+                # one pass on the team, the same bits as the numpy steps below
+                size = p.data.size
+                _updates.sgd_momentum(p.data.reshape(-1), grad.reshape(-1), buf.reshape(-1),
+                                     mom, 1.0 - group["dampening"], -lr, group["nesterov"],
+                                     get_num_threads() if size >= _FUSED_MIN_TEAM else 1)
+                return
             else:
                 buf *= mom
                 np.multiply(grad, 1.0 - group["dampening"], out=state["tmp"])
