@@ -114,14 +114,13 @@ class Rules:
     # The weight gradient with the output channels in the vector lanes (fc_dw_channels, an
     # implicit GEMM over the outputs: no im2col, and no lane left empty on narrow maps): from
     # this many taps (C_in * kH * kW; fewer leave most of its 24-tap blocks padding) up to
-    # this many output channels (its lanes); against Winograd (3x3 stride 1) only up to
-    # dw_channels_over_winograd_max_out_channels, or on maps of at most
-    # dw_channels_over_winograd_small[1] outputs with up to [0] channels.
+    # this many output channels (its lanes); against Winograd (3x3 stride 1) only where one
+    # of dw_channels_over_winograd's (most output channels, fewest outputs a channel, most
+    # outputs a channel or None) holds.
     dw_channels: bool = True
     dw_channels_min_taps: int = 64
     dw_channels_max_out_channels: int = 64
-    dw_channels_over_winograd_max_out_channels: int = 32
-    dw_channels_over_winograd_small: tuple | None = None
+    dw_channels_over_winograd: tuple = ((32, 0, None), (64, 256, 576))
     # The weight gradient on the row kernel's layout (fc_dw_rows): no im2col.
     dw_rows: bool = True
     dw_rows_max_channels: int = 16          # min(C_in, C_out) at most this, or
@@ -198,8 +197,11 @@ class Rules:
 #   from 32x32 0.52 (im2col 0.94), 32 -> 64 from 16x16 0.59 (0.65-0.66); 5x5 32 -> 32 on 32x32
 #   6.04 (fc_dw_rows 8.64); a k4 s2 transposed convolution's (64 -> 32 channels, 16x16 ->
 #   32x32: the convolution of dy, 32 -> 64 at stride 2) 1.47 (im2col 1.88); batch 64, 32 ->
-#   32 on 32x32 4.73 (F(2x2) 5.70), 64 -> 64 on 16x16 4.54 (4.72 / 5.07), but 128 -> 128 on 8x8
-#   5.99 (4.38), and stride 2, 64 -> 128 from 56x56 (batch 16) 9.16 (im2col 8.49); with few
+#   32 on 32x32 4.73 (F(2x2) 5.70), 64 -> 64 on 16x16 4.54-5.50 (F(4x4) 4.72-5.50, F(2x2)
+#   5.07-5.90), 32 -> 64 on 16x16 2.67 (F(2x2) 3.45; batch 32 1.48 vs 1.72): up to 64 channels
+#   on 16x16 to 24x24 maps (batch 16, 64 -> 64 on 24x24 2.81 vs F(2x2) 3.04; on 32x32 4.65
+#   vs F(4x4) 4.05); but 128 -> 128 on 8x8 5.99 (4.38), 64 -> 128 on 8x8 3.42 (3.25), and
+#   stride 2, 64 -> 128 from 56x56 (batch 16) 9.16 (im2col 8.49); with few
 #   taps it loses: LeNet's first layer (25 taps) 0.41 (0.19), a 3-channel stem (27) 0.36
 #   (fc_dw_rows 0.23). Per perf, the kernel itself runs at about 80% of the FMA rate; padding,
 #   transposing dy and the partials take the rest.
@@ -260,15 +262,15 @@ _V4 = Rules()
 #   64x64 1.17 (F(4x4) 1.38); stride 2, 16 -> 32 from 32x32 0.56 (im2col 0.90), the k4 s2
 #   transposed convolution's 1.86 (2.14), 5x5 32 -> 32 on 32x32 8.83 (14.7); but against
 #   Winograd F(4x4) it loses from 32 channels on 32x32 maps (batch 32: 3.24 vs 2.62; batch 64:
-#   6.92 vs 5.47) and from 64 channels (64 -> 64 on 8x8: 1.19 vs F(2x2) 0.88): on AVX2 only 16
-#   channels, or 32 on maps of up to 16x16, over Winograd.
+#   6.92 vs 5.47) and from 64 channels (64 -> 64 on 8x8: 1.19 vs F(2x2) 0.88; batch 64 on 16x16
+#   7.27 vs F(4x4) 4.73; 32 -> 64 on 16x16 4.11 vs 3.38): on AVX2 only 16 channels, or 32 on
+#   maps of up to 16x16, over Winograd.
 # - Winograd F(4x4) for the weight gradient from 32 channels (forced AVX2, ms): batch 64, 32 ->
 #   32 on 32x32 5.47 vs F(2x2) 6.62; batch 32 2.62 vs 3.27; on 16x16 and 8x8 maps F(2x2) kept
 #   (32 -> 32 on 16x16 1.03 vs 1.02; 64 -> 64 on 8x8 0.94 vs 0.88).
 _V3 = replace(_V4, rows_lanes=8, winograd4_min_tiles=16, winograd4_min_sample_tiles=1,
               winograd_own_gemm=True, winograd4_weight_grad_min_channels=32,
-              dw_channels_over_winograd_max_out_channels=16,
-              dw_channels_over_winograd_small=(32, 256),
+              dw_channels_over_winograd=((16, 0, None), (32, 0, 256)),
               rows_input_grad_min_channels=2, dw_rows_min_width=24,
               dw_rows_min_kernel_area=None, subpixel_rows=False,
               direct_over_winograd_max_outputs=None)
@@ -297,7 +299,7 @@ _BASELINE = replace(_V4, direct=False, rows=False, rows_input_grad=False, dw_row
                     winograd4_min_sample_tiles=1, winograd_own_gemm=True,
                     winograd4_weight_grad_min_channels=16,
                     winograd4_weight_grad_min_sample_tiles=16,
-                    dw_channels_over_winograd_max_out_channels=0)
+                    dw_channels_over_winograd=())
 
 RULES = {"x86-64-v4": _V4, "x86-64-v3": _V3, "baseline": _BASELINE}
 
@@ -445,10 +447,10 @@ def dw_channels_ok(geom, nd, rules):
     if not (winograd_possible(geom, nd)
             and min(geom.in_channels, geom.out_channels) >= rules.winograd_min_channels):
         return True
-    small = rules.dw_channels_over_winograd_small
-    return (geom.out_channels <= rules.dw_channels_over_winograd_max_out_channels
-            or (small is not None and geom.out_channels <= small[0]
-                and math.prod(geom.out_size) <= small[1]))
+    outputs = math.prod(geom.out_size)
+    return any(geom.out_channels <= most_channels and outputs >= fewest
+               and (most is None or outputs <= most)
+               for most_channels, fewest, most in rules.dw_channels_over_winograd)
 
 
 def subpixel_by_rows(sub, nd, rules):
