@@ -121,5 +121,9 @@ static FC_UNUSED inline ptrdiff_t fc_direct_conv_panel_d(void)
 FC_VOID_ENTRIES(fc_direct_conv_rows, FC_DIRECT_CONV_ROWS_PARAMS, FC_DIRECT_CONV_ROWS_ARGS)
 FC_VOID_ENTRIES(fc_dw_rows, FC_DW_ROWS_PARAMS, FC_DW_ROWS_ARGS)
 FC_VOID_ENTRIES(fc_dw_channels, FC_DW_CHANNELS_PARAMS, FC_DW_CHANNELS_ARGS)
+#define FC_DW_CHANNELS_TRANSPOSE_PARAMS(T)                                                 \
+    (const T *dy, T *dyt, ptrdiff_t cout, ptrdiff_t L, ptrdiff_t cpad)
+FC_VOID_ENTRIES(fc_dw_channels_transpose, FC_DW_CHANNELS_TRANSPOSE_PARAMS,
+                (dy, dyt, cout, L, cpad))
 
 #endif

@@ -43,6 +43,10 @@ cdef extern from "_conv_direct.h" nogil:
     void fc_dw_channels_d(const double* xp, const double* dyt, double* acc,
                           const Py_ssize_t* off, Py_ssize_t kpad, Py_ssize_t cpad,
                           Py_ssize_t oh_n, Py_ssize_t ow_n, Py_ssize_t wp, Py_ssize_t sh)
+    void fc_dw_channels_transpose_f(const float* dy, float* dyt, Py_ssize_t cout, Py_ssize_t L,
+                                    Py_ssize_t cpad)
+    void fc_dw_channels_transpose_d(const double* dy, double* dyt, Py_ssize_t cout,
+                                    Py_ssize_t L, Py_ssize_t cpad)
     Py_ssize_t fc_direct_conv_panel_f()
     Py_ssize_t fc_direct_conv_panel_d()
     enum: FC_CO_PAD
@@ -474,13 +478,13 @@ def direct_weight_grad_channels(const floating[:, ::1] x, const floating[:, ::1]
                                 Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t out_h,
                                 Py_ssize_t out_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
                                 int num_threads):
-    """parts (n_chunks, C_out*K): the weight gradient of a 2-D convolution (one group) with the
-    output channels in the vector lanes (_conv_direct.h's fc_dw_channels), one partial per fixed
-    chunk of samples (chunk j: samples [j*N//n_chunks, (j+1)*N//n_chunks), in order; summed in
-    chunk order by the caller):
+    """parts (n_chunks, K*C_out): the weight gradient of a 2-D convolution (one group),
+    transposed, with the output channels in the vector lanes (_conv_direct.h's fc_dw_channels),
+    one partial per fixed chunk of samples (chunk j: samples [j*N//n_chunks,
+    (j+1)*N//n_chunks), in order; summed in chunk order, then transposed, by the caller):
 
-        parts[j, co*K + k] = sum over the chunk's samples and outputs p of
-                             dy[n, co, p] * xpad[n, off[k] + p's corner]
+        parts[j, k*C_out + co] = sum over the chunk's samples and outputs p of
+                                 dy[n, co, p] * xpad[n, off[k] + p's corner]
 
     Each sample is padded as for direct_forward's row kernel (column phases for stride_w > 1),
     its dy transposed to (out_h*out_w, cpad) with zero channels past C_out, and the float
@@ -498,8 +502,7 @@ def direct_weight_grad_channels(const floating[:, ::1] x, const floating[:, ::1]
     cdef Py_ssize_t xp_size = _direct_scratch(C, Hp, Wp, stride_h, stride_w, stride_w)
     cdef Py_ssize_t dyt_size = L * cpad, acc_size = kpad * cpad
     cdef Py_ssize_t stride = xp_size + dyt_size + acc_size
-    cdef Py_ssize_t j, n, co, p, p0, p1, k
-    cdef const floating* src
+    cdef Py_ssize_t j, n, co, k
     cdef floating* xp
     cdef floating* dyt
     cdef floating* acc
@@ -515,22 +518,16 @@ def direct_weight_grad_channels(const floating[:, ::1] x, const floating[:, ::1]
             memset(dyt, 0, dyt_size * sizeof(floating))    # the padding: never written below
             for n in range((j * N) // n_chunks, ((j + 1) * N) // n_chunks):
                 _pad_sample(&x[n, 0], xp, xp_size, C, H, W, pad_h, pad_w, Hp, Wp, stride_w)
-                # dy^T in blocks of 16 outputs: each block's rows of dyt (16 cache lines of
-                # 16 channels) stay in L1 while every channel is written into them (one pass
-                # per channel over the whole of dyt, 64 KB on 32x32 maps, took as long as the
-                # products)
-                for p0 in range(0, L, 16):
-                    p1 = min(p0 + 16, L)
-                    for co in range(C_out):
-                        src = &dy[n, co * L]
-                        for p in range(p0, p1):
-                            dyt[p * cpad + co] = src[p]
+                if floating is float:
+                    fc_dw_channels_transpose_f(&dy[n, 0], dyt, C_out, L, cpad)
+                else:
+                    fc_dw_channels_transpose_d(&dy[n, 0], dyt, C_out, L, cpad)
                 if floating is float:
                     fc_dw_channels_f(xp, dyt, acc, &offsets[0], kpad, cpad, out_h, out_w, Wq,
                                      stride_h)
                 else:
                     fc_dw_channels_d(xp, dyt, acc, &offsets[0], kpad, cpad, out_h, out_w, Wq,
                                      stride_h)
-            for co in range(C_out):
-                for k in range(K):
-                    parts[j, co * K + k] = acc[k * cpad + co]
+            for k in range(K):
+                for co in range(C_out):
+                    parts[j, k * C_out + co] = acc[k * cpad + co]

@@ -804,6 +804,9 @@ def direct_weight_grad(x2, dy2, geom, dtype, by_channels=False):
     total = parts[0].copy()
     for part in parts[1:]:          # in chunk order: the same bits for any number of threads
         total += part
+    if by_channels:                 # its partials are (taps, C_out)
+        return np.ascontiguousarray(total.reshape(taps, c_out).T, dtype).reshape(c_out, c_in,
+                                                                                 kh, kw)
     return total.astype(dtype).reshape(c_out, c_in, kh, kw)
 
 
