@@ -559,8 +559,9 @@ def conv_algorithms(*, forward=None, input_grad=None, weight_grad=None, transpos
     ``forward`` one of "winograd4" (Winograd F(4x4, 3x3)), "winograd" (F(2x2, 3x3)), "rows"
     (the direct kernel along output rows), "direct" (the direct kernel along output channels),
     "im2col"; ``input_grad`` one of "direct", "rows" (either direct kernel on dy, stride-1
-    layers), "winograd4", "winograd", "im2col"; ``weight_grad`` one of "winograd4",
-    "winograd", "direct", "im2col"; ``transposed`` (a
+    layers), "winograd4", "winograd", "im2col"; ``weight_grad`` one of "channels" (the
+    output channels in the vector lanes; also a transposed convolution's), "winograd4",
+    "winograd", "direct" (along output rows), "im2col"; ``transposed`` (a
     transposed convolution's forward) "subpixel" or "im2col". None keeps the rules. A problem
     the forced algorithm cannot compute (Winograd on a 5x5 kernel, a direct kernel on a 1-D or
     grouped convolution) keeps the rules' choice; depthwise layers keep their own loops. The
