@@ -383,11 +383,14 @@ def test_winograd_shapes_match_torch(th, rng, n, c_in, c_out, size, padding, win
 def test_winograd_own_gemm_and_blas_agree_with_float64(rng, m, dtype):
     """The Winograd forward with its GEMMs by BLAS and by its own kernel (fc_wino_gemm, the copy
     of this level), on shapes with row and tile tails (channels not a multiple of 4, blocks
-    shorter than a vector, odd maps), against the float64 convolution."""
+    shorter than a vector, odd maps; maps wide enough for whole vectors of tiles in the
+    transforms at every level, and rows of 4 and 8 tiles), with and without the ReLU, against
+    the float64 convolution."""
     from fastcnn._ops import winograd as W
     from fastcnn._threads import single_threaded_blas
     for n, c, k, h, w_ in ((3, 17, 19, 9, 7), (1, 8, 5, 4, 4), (5, 32, 36, 16, 13),
-                           (2, 3, 1, 1, 2)):
+                           (2, 3, 1, 1, 2), (1, 3, 5, 9, 70), (2, 4, 6, 5, 32), (2, 4, 3, 6, 16),
+                           (3, 4, 3, 5, 8)):
         x = rng.standard_normal((n, c, h, w_))
         wt = rng.standard_normal((k, c, 3, 3))
         bias = rng.standard_normal(k)
@@ -396,15 +399,16 @@ def test_winograd_own_gemm_and_blas_agree_with_float64(rng, m, dtype):
         W.weight_transform(wt.astype(dtype), u, False, 2)
         tiles = -(-h // m) * -(-w_ // m)
         block = W.block_size(n, tiles)
-        for own in (False, True):
+        for own, relu in ((False, False), (True, False), (True, True)):
             out = np.full((n, k * h * w_), np.nan, dtype)
             ws = np.empty(W.workspace_size(c, k, h, w_, block, m) * 2, dtype)
             with single_threaded_blas:
                 W.forward(x.astype(dtype).reshape(n, -1), u, bias.astype(dtype), out, ws, h, w_,
-                          1, h, w_, block, False, 2, own)
+                          1, h, w_, block, relu, 2, own)
+            want = np.maximum(exact, 0) if relu else exact
             scale = np.abs(exact).max()
             limit = 3e-5 if dtype == np.float32 else 1e-12
-            assert np.abs(out.reshape(exact.shape) - exact).max() / scale < limit
+            assert np.abs(out.reshape(exact.shape) - want).max() / scale < limit
 
 
 @pytest.mark.parametrize("winograd,limit", [("winograd", 1e-6), ("winograd4", 3e-5)])
