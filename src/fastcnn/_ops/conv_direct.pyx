@@ -472,42 +472,45 @@ def channels_weight_grad_workspace_size(Py_ssize_t C, Py_ssize_t Hp, Py_ssize_t 
 
 
 def direct_weight_grad_channels(const floating[:, ::1] x, const floating[:, ::1] dy,
-                                double[:, ::1] parts, floating[::1] workspace,
-                                const Py_ssize_t[::1] offsets, Py_ssize_t K, Py_ssize_t C,
-                                Py_ssize_t H, Py_ssize_t W, Py_ssize_t pad_h, Py_ssize_t pad_w,
-                                Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t out_h,
-                                Py_ssize_t out_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
-                                int num_threads):
-    """parts (n_chunks, K*C_out): the weight gradient of a 2-D convolution (one group),
-    transposed, with the output channels in the vector lanes (_conv_direct.h's fc_dw_channels),
-    one partial per fixed chunk of samples (chunk j: samples [j*N//n_chunks,
-    (j+1)*N//n_chunks), in order; summed in chunk order, then transposed, by the caller):
+                                floating[:, ::1] grad_w, double[:, ::1] parts,
+                                floating[::1] workspace, const Py_ssize_t[::1] offsets,
+                                Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t pad_h,
+                                Py_ssize_t pad_w, Py_ssize_t Hp, Py_ssize_t Wp,
+                                Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t stride_h,
+                                Py_ssize_t stride_w, int num_threads):
+    """grad_w (C_out, K): the weight gradient of a 2-D convolution (one group) with the output
+    channels in the vector lanes (_conv_direct.h's fc_dw_channels):
 
-        parts[j, k*C_out + co] = sum over the chunk's samples and outputs p of
-                                 dy[n, co, p] * xpad[n, off[k] + p's corner]
+        grad_w[co, k] = sum over samples n and outputs p of dy[n, co, p] * xpad[n, off[k] + p's corner]
 
-    Each sample is padded as for direct_forward's row kernel (column phases for stride_w > 1),
-    its dy transposed to (out_h*out_w, cpad) with zero channels past C_out, and the float
-    accumulators (kpad, cpad) carry the chunk's sums, stored to parts in double at its end.
-    Thread workspace: channels_weight_grad_workspace_size(...) elements; ``offsets`` has kpad
-    entries (channels_weight_grad_layout; the extra ones 0)."""
+    Each fixed chunk of samples (chunk j: samples [j*N//n_chunks, (j+1)*N//n_chunks), n_chunks
+    = parts.shape[0]) sums into its own float accumulators (kpad, cpad), stored to the double
+    partials parts[j] (K*C_out, in that order); then the partials are added in chunk order,
+    each sum by one thread (the same bits for any number of threads). Each sample is padded as
+    for direct_forward's row kernel (column phases for stride_w > 1) and its dy transposed to
+    (out_h*out_w, cpad) with zero channels past C_out. Thread workspace:
+    channels_weight_grad_workspace_size(...) elements; ``offsets`` has kpad entries
+    (channels_weight_grad_layout; the extra ones 0)."""
     cdef Py_ssize_t N = x.shape[0], n_chunks = parts.shape[0], L = out_h * out_w
-    cdef Py_ssize_t C_out = dy.shape[1] // L if L > 0 else 0
+    cdef Py_ssize_t C_out = grad_w.shape[0], K = grad_w.shape[1]
     cdef Py_ssize_t cpad, kpad
     cpad, kpad = channels_weight_grad_layout(C_out, K)
-    if offsets.shape[0] != kpad:
-        raise ValueError(f"direct_weight_grad_channels: offsets must have {kpad} entries, got "
-                         f"{offsets.shape[0]}")
+    if offsets.shape[0] != kpad or parts.shape[1] != K * C_out or dy.shape[1] != C_out * L:
+        raise ValueError(f"direct_weight_grad_channels: offsets ({offsets.shape[0]}), parts "
+                         f"({parts.shape[1]} a chunk) or dy ({dy.shape[1]} a sample) do not "
+                         f"match C_out={C_out}, K={K}, L={L} (want {kpad}, {K * C_out}, "
+                         f"{C_out * L})")
     cdef Py_ssize_t Wq = _phase_width(Wp, stride_w)
     cdef Py_ssize_t xp_size = _direct_scratch(C, Hp, Wp, stride_h, stride_w, stride_w)
     cdef Py_ssize_t dyt_size = L * cpad, acc_size = kpad * cpad
     cdef Py_ssize_t stride = xp_size + dyt_size + acc_size
     cdef Py_ssize_t j, n, co, k
+    cdef double t
     cdef floating* xp
     cdef floating* dyt
     cdef floating* acc
-    memset(&parts[0, 0], 0, n_chunks * parts.shape[1] * sizeof(double))
-    if N == 0 or L == 0:
+    if N == 0 or L == 0 or n_chunks == 0:
+        memset(&grad_w[0, 0], 0, C_out * K * sizeof(floating))
         return
     with nogil, parallel(num_threads=num_threads):
         for j in prange(n_chunks, schedule='dynamic'):
@@ -520,14 +523,19 @@ def direct_weight_grad_channels(const floating[:, ::1] x, const floating[:, ::1]
                 _pad_sample(&x[n, 0], xp, xp_size, C, H, W, pad_h, pad_w, Hp, Wp, stride_w)
                 if floating is float:
                     fc_dw_channels_transpose_f(&dy[n, 0], dyt, C_out, L, cpad)
-                else:
-                    fc_dw_channels_transpose_d(&dy[n, 0], dyt, C_out, L, cpad)
-                if floating is float:
                     fc_dw_channels_f(xp, dyt, acc, &offsets[0], kpad, cpad, out_h, out_w, Wq,
                                      stride_h)
                 else:
+                    fc_dw_channels_transpose_d(&dy[n, 0], dyt, C_out, L, cpad)
                     fc_dw_channels_d(xp, dyt, acc, &offsets[0], kpad, cpad, out_h, out_w, Wq,
                                      stride_h)
             for k in range(K):
                 for co in range(C_out):
                     parts[j, k * C_out + co] = acc[k * cpad + co]
+    # the partials in chunk order (in double), each (k, co) by one thread
+    for k in prange(K, nogil=True, schedule='static', num_threads=num_threads):
+        for co in range(C_out):
+            t = parts[0, k * C_out + co]
+            for j in range(1, n_chunks):
+                t = t + parts[j, k * C_out + co]
+            grad_w[co, k] = <floating> t

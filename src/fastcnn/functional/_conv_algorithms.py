@@ -119,8 +119,8 @@ class Rules:
     # outputs a channel or None) holds.
     dw_channels: bool = True
     dw_channels_min_taps: int = 64
-    dw_channels_max_out_channels: int = 64
-    dw_channels_over_winograd: tuple = ((32, 0, None), (64, 256, 576))
+    dw_channels_max_out_channels: int = 128
+    dw_channels_over_winograd: tuple = ((32, 0, None), (64, 0, 576))
     # The weight gradient on the row kernel's layout (fc_dw_rows): no im2col.
     dw_rows: bool = True
     dw_rows_max_channels: int = 16          # min(C_in, C_out) at most this, or
@@ -201,7 +201,10 @@ class Rules:
 #   5.07-5.90), 32 -> 64 on 16x16 2.67 (F(2x2) 3.45; batch 32 1.48 vs 1.72): up to 64 channels
 #   on 16x16 to 24x24 maps (batch 16, 64 -> 64 on 24x24 2.81 vs F(2x2) 3.04; on 32x32 4.65
 #   vs F(4x4) 4.05); but 128 -> 128 on 8x8 5.99 (4.38), 64 -> 128 on 8x8 3.42 (3.25), and
-#   stride 2, 64 -> 128 from 56x56 (batch 16) 9.16 (im2col 8.49); with few
+#   stride 2, 64 -> 128 from 56x56 (batch 16) 9.16 (im2col 8.49). With the partials summed in
+#   the kernel's module and no Python pass over them (same machine, later): 64 -> 64 on 8x8
+#   (batch 32) 0.73 (F(2x2) 0.98), 64 -> 128 on 8x8 (batch 64) 2.76 (3.10), stride 2, 64 ->
+#   128 from 56x56 8.37 (im2col 9.22), but 128 -> 128 on 8x8 5.65 (F(4x4) 5.29); with few
 #   taps it loses: LeNet's first layer (25 taps) 0.41 (0.19), a 3-channel stem (27) 0.36
 #   (fc_dw_rows 0.23). Per perf, the kernel itself runs at about 80% of the FMA rate; padding,
 #   transposing dy and the partials take the rest.
@@ -264,7 +267,8 @@ _V4 = Rules()
 #   Winograd F(4x4) it loses from 32 channels on 32x32 maps (batch 32: 3.24 vs 2.62; batch 64:
 #   6.92 vs 5.47) and from 64 channels (64 -> 64 on 8x8: 1.19 vs F(2x2) 0.88; batch 64 on 16x16
 #   7.27 vs F(4x4) 4.73; 32 -> 64 on 16x16 4.11 vs 3.38): on AVX2 only 16 channels, or 32 on
-#   maps of up to 16x16, over Winograd.
+#   maps of up to 16x16, over Winograd; stride 2, 64 -> 128 channels from 56x56 (batch 16)
+#   7.45-11.1 (im2col 8.46-12.2), from 16x16 (batch 32) 1.72-2.09 (1.75-2.14).
 # - Winograd F(4x4) for the weight gradient from 32 channels (forced AVX2, ms): batch 64, 32 ->
 #   32 on 32x32 5.47 vs F(2x2) 6.62; batch 32 2.62 vs 3.27; on 16x16 and 8x8 maps F(2x2) kept
 #   (32 -> 32 on 16x16 1.03 vs 1.02; 64 -> 64 on 8x8 0.94 vs 0.88).
@@ -299,7 +303,7 @@ _BASELINE = replace(_V4, direct=False, rows=False, rows_input_grad=False, dw_row
                     winograd4_min_sample_tiles=1, winograd_own_gemm=True,
                     winograd4_weight_grad_min_channels=16,
                     winograd4_weight_grad_min_sample_tiles=16,
-                    dw_channels_over_winograd=())
+                    dw_channels_max_out_channels=64, dw_channels_over_winograd=())
 
 RULES = {"x86-64-v4": _V4, "x86-64-v3": _V3, "baseline": _BASELINE}
 
@@ -788,26 +792,31 @@ def direct_weight_grad(x2, dy2, geom, dtype, by_channels=False):
     oh, ow = geom.out_size
     hp, wp = padded_plane(geom)
     taps = c_in * kh * kw
+    threads = get_num_threads()
+    chunks = max(1, min(n, _WEIGHT_GRAD_CHUNKS))
     if by_channels:
         _, kpad = _direct.channels_weight_grad_layout(c_out, taps)
-        size, kernel = (_direct.channels_weight_grad_workspace_size,
-                        _direct.direct_weight_grad_channels)
-    else:
-        _, kpad, _ = _direct.direct_weight_grad_layout(c_out, taps, ow)
-        size, kernel = _direct.direct_weight_grad_workspace_size, _direct.direct_weight_grad
+        offsets = np.zeros(kpad, np.intp)
+        offsets[:taps] = direct_offsets(c_in, kh, kw, dh, dw, hp, wp, sw)
+        ws = scratch(_direct.channels_weight_grad_workspace_size(
+            c_in, hp, wp, sh, sw, c_out, taps, oh, ow) * threads, dtype)
+        grad_w = np.empty((c_out, taps), dtype)
+        _direct.direct_weight_grad_channels(x2, dy2, grad_w, _memory.empty((chunks, taps * c_out),
+                                                                           np.float64),
+                                            ws, offsets, c_in, *geom.in_size, ph, pw, hp, wp,
+                                            oh, ow, sh, sw, threads)
+        return grad_w.reshape(c_out, c_in, kh, kw)
+    _, kpad, _ = _direct.direct_weight_grad_layout(c_out, taps, ow)
     offsets = np.zeros(kpad, np.intp)
     offsets[:taps] = direct_offsets(c_in, kh, kw, dh, dw, hp, wp, sw)
-    threads = get_num_threads()
-    ws = scratch(size(c_in, hp, wp, sh, sw, c_out, taps, oh, ow) * threads, dtype)
-    parts = np.empty((max(1, min(n, _WEIGHT_GRAD_CHUNKS)), c_out * taps))
-    kernel(x2, dy2, parts, ws, offsets, taps, c_in, *geom.in_size, ph, pw, hp, wp, oh, ow,
-           sh, sw, threads)
+    ws = scratch(_direct.direct_weight_grad_workspace_size(c_in, hp, wp, sh, sw, c_out, taps,
+                                                           oh, ow) * threads, dtype)
+    parts = np.empty((chunks, c_out * taps))
+    _direct.direct_weight_grad(x2, dy2, parts, ws, offsets, taps, c_in, *geom.in_size, ph, pw,
+                               hp, wp, oh, ow, sh, sw, threads)
     total = parts[0].copy()
     for part in parts[1:]:          # in chunk order: the same bits for any number of threads
         total += part
-    if by_channels:                 # its partials are (taps, C_out)
-        return np.ascontiguousarray(total.reshape(taps, c_out).T, dtype).reshape(c_out, c_in,
-                                                                                 kh, kw)
     return total.astype(dtype).reshape(c_out, c_in, kh, kw)
 
 
