@@ -114,6 +114,8 @@ ROUTES = [
      {V4: "winograd4", V3: "winograd4", BASE: "winograd4"}),
     ("stride 2, 64 -> 128 weight gradient", "weight gradient", conv(64, 128, 56, 3, stride=2),
      {V4: "channels", V3: "channels", BASE: "im2col"}),
+    ("1x1 weight gradient", "weight gradient", conv(256, 64, 14, 1),
+     {V4: "im2col", V3: "im2col", BASE: "im2col"}),
     ("stride 2, 128 -> 256 weight gradient", "weight gradient", conv(128, 256, 28, 3, stride=2),
      {V4: "im2col", V3: "im2col", BASE: "im2col"}),
     ("a k4 s2 upsampling, few channels (row kernel phases)", "transposed forward",
