@@ -47,13 +47,13 @@ static FC_UNUSED inline ptrdiff_t fc_wino_split_row(ptrdiff_t tiles_w, ptrdiff_t
 
 /* Elements of the scratch one call of fc_wino_input or fc_wino_output needs: two chunks of
  * (m + 2)^2 tile values (d; the output's row transform and result), then the input plane split
- * by column phase and one padded row (fc_wino_split's buffer). */
+ * by column phase and the padded rows (fc_wino_split's buffer). */
 static FC_UNUSED inline ptrdiff_t fc_wino_scratch(ptrdiff_t m, ptrdiff_t tiles_h,
                                                   ptrdiff_t tiles_w)
 {
     const ptrdiff_t Q = fc_wino_split_row(tiles_w, 16);
     return 2 * (m + 2) * (m + 2) * fc_wino_chunk_rows(tiles_w) * tiles_w
-           + m * (m * tiles_h + 2) * Q + m * Q;
+           + 2 * m * (m * tiles_h + 2) * Q;
 }
 
 #define FC_WINO_INPUT_PARAMS(T)                                                            \
