@@ -111,6 +111,8 @@ class Rules:
     # least one full block of the kernel's 8 output channels (the layer's input channels).
     rows_input_grad: bool = True
     rows_input_grad_min_channels: int = 8
+    # ... on maps at least this wide (None: rows_min_width, as the forward)
+    rows_input_grad_min_width: int | None = None
     # The weight gradient with the output channels in the vector lanes (fc_dw_channels, an
     # implicit GEMM over the outputs: no im2col, and no lane left empty on narrow maps): from
     # this many taps (C_in * kH * kW; fewer leave most of its 24-tap blocks padding) up to
@@ -208,7 +210,12 @@ class Rules:
 #   taps it loses: LeNet's first layer (25 taps) 0.41 (0.19), a 3-channel stem (27) 0.36
 #   (fc_dw_rows 0.23). Per perf, the kernel itself runs at about 80% of the FMA rate; padding,
 #   transposing dy and the partials take the rest.
-_V4 = Rules()
+# - The row kernel's input gradient on narrower maps and fewer channels (conv2d_backward, best
+#   of 5 interleaved, ms, against im2col): LeNet's second layer (6 channels, 14 wide, 5x5) 0.32
+#   (0.39), 6 -> 16 channels 0.36 (0.40), 8 -> 16 3x3 on 13 wide 0.159 (0.172); but 4 channels
+#   on 14 wide 0.32 (0.26), 5 channels on 12 wide 0.091 (0.075), 6 channels from 32 on 12 wide
+#   0.31 (0.12): from 6 channels on maps from 13 wide.
+_V4 = Rules(rows_input_grad_min_channels=6, rows_input_grad_min_width=13)
 
 # AVX2 (x86-64-v3): the kernels' AVX2 copies have their own register blocks (_conv_direct.inc:
 # 8-float vectors; the row kernel two of them by 4 channels, the others 8 accumulators).
@@ -275,7 +282,8 @@ _V4 = Rules()
 _V3 = replace(_V4, rows_lanes=8, winograd4_min_tiles=16, winograd4_min_sample_tiles=1,
               winograd_own_gemm=True, winograd4_weight_grad_min_channels=32,
               dw_channels_over_winograd=((16, 0, None), (32, 0, 256)),
-              rows_input_grad_min_channels=2, dw_rows_min_width=24,
+              rows_input_grad_min_channels=2, rows_input_grad_min_width=None,
+              dw_rows_min_width=24,
               dw_rows_min_kernel_area=None, subpixel_rows=False,
               direct_over_winograd_max_outputs=None)
 
@@ -415,8 +423,12 @@ def input_grad_as_conv(geom, nd):
 
 def rows_input_grad_ok(geom, nd, rules):
     """The row kernel for the input gradient: as for a forward (wide maps, and Winograd not
-    ahead: at most 16 input channels where Winograd applies), and at least 8 input channels."""
+    ahead: at most 16 input channels where Winograd applies), with at least
+    rows_input_grad_min_channels input channels, on maps at least rows_input_grad_min_width
+    wide."""
     as_conv = input_grad_as_conv(geom, nd)
+    if rules.rows_input_grad_min_width is not None:
+        rules = replace(rules, rows_min_width=rules.rows_input_grad_min_width)
     return (as_conv is not None and rules.rows_input_grad
             and geom.in_channels >= rules.rows_input_grad_min_channels
             and rows_ok(as_conv, nd, rules)
