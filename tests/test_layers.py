@@ -164,6 +164,36 @@ def test_sequential_state_dict_runs_in_torch(th):
     np.testing.assert_allclose(model(x), ref(th.tensor(x)).detach().numpy(), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batch_norm_layers_fast_path_same_bits_as_the_functional_calls(monkeypatch, dtype):
+    """A batch norm layer's training forward and backward skip batch_norm's checks for its own
+    operands (_norm._batch_norm_train): two train steps give the same bits as through
+    F.batch_norm / F.batch_norm_backward (outputs, every gradient, running statistics, the
+    batch counter); with a fused ReLU, without, in 1-D and 2-D layers, without affine."""
+    from fastcnn.functional import _norm
+    config = _vgg_like() | {"dtype": dtype}
+    config["layers"] = config["layers"] + [{"type": "batch_norm1d", "affine": False}]
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal((5, 3, 8, 8)).astype(dtype) for _ in range(2)]
+    taken = []
+    fast = _norm._batch_norm_train
+    monkeypatch.setattr(_norm, "_batch_norm_train", lambda *a: taken.append(1) or fast(*a))
+    runs = []
+    for ready in (_norm._layer_ready, lambda *a: False):
+        monkeypatch.setattr(_norm, "_layer_ready", ready)
+        model = fastcnn.build_model(config)
+        outs = []
+        for x in xs:
+            y = model(x)
+            model.zero_grad()
+            outs += [y, model.backward(np.cos(y))]
+            outs += [p.grad.copy() for p in model.parameters()]
+        runs.append(outs + list(model.state_dict().values()))
+    assert len(taken) == 8                          # 4 batch norms, 2 steps, fast run only
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_fuse_folds_batch_norm_and_keeps_outputs():
     model = fastcnn.build_model(_vgg_like())
     rng = np.random.default_rng(0)

@@ -461,6 +461,17 @@ def channel_train_backward(const floating[:, :, ::1] dy, const floating[:, :, ::
                                   &work[0], &work[C], &work[2 * C])
 
 
+def running_update(floating[::1] running, const double[::1] batch, double scale, double factor):
+    """running[c] = (1 - factor) * running[c] + factor * (batch[c] * scale), in double, stored in
+    running's precision: the update of batch_norm's running statistics (functional/_norm.py
+    _update_running), the same operations in the same order (the module is compiled without
+    FMA contraction), without its numpy temporaries."""
+    cdef Py_ssize_t c
+    cdef double keep = 1.0 - factor
+    for c in range(running.shape[0]):
+        running[c] = <floating> (keep * <double> running[c] + factor * (batch[c] * scale))
+
+
 # ---- row norms (layer / group / instance): one row per task ----------------------------------
 
 def rows_forward(const floating[:, ::1] x, const floating[::1] weight,

@@ -291,6 +291,66 @@ def batch_norm_backward(grad_output, input, weight=None, running_mean=None, runn
     return grad_x, grad_w, grad_b
 
 
+# A batch norm layer's own calls in training (layers/norm.py): its operands are checked once,
+# when it is built, so these skip batch_norm's and batch_norm_backward's checks and run the same
+# kernels (the same bits). In a train step every one of batch_norm's small numpy calls and
+# checks runs with cold caches: ResNet-18-like resnet_small at batch 32, 9 batch norms, spent
+# 71 us a forward and 62 us a backward around kernels of 93 and 130 us.
+
+def _layer_ready(x, c, dtype):
+    """Whether a layer's input can take the fast path: a C-contiguous, aligned array of the
+    layer's dtype with c channels and more than one value per channel."""
+    return (type(x) is np.ndarray and x.dtype == dtype and dtype in _FLOATS
+            and 2 <= x.ndim <= 5 and x.shape[1] == c and x.flags.c_contiguous
+            and x.flags.aligned and x.size > c)
+
+
+def _batch_norm_train(x, running_mean, running_var, weight, bias, factor, eps, relu):
+    """batch_norm(x, ..., training=True, return_stats=True, activation="relu" if relu) for a
+    layer's own operands: x passed _layer_ready; weight, bias (C,) of x's dtype or None;
+    running_mean, running_var writable (C,) or both None; factor the resolved momentum."""
+    n, c = x.shape[:2]
+    x3 = x.reshape(n, c, -1)
+    out = _memory.empty(x.shape, x.dtype)
+    stats = np.empty((3, c))
+    mean, var, invstd = stats
+    w = _NONE if weight is None else weight.astype(np.float64)
+    b = _NONE if bias is None else bias.astype(np.float64)
+    _norm.channel_train_forward(x3, w, b, eps, out.reshape(x3.shape), mean, var, invstd, relu,
+                                get_num_threads())
+    if running_mean is not None:
+        m = n * x3.shape[2]
+        _norm.running_update(running_mean, mean, 1.0, factor)
+        _norm.running_update(running_var, var, m / (m - 1), factor)
+    return out, mean, invstd
+
+
+def _batch_norm_train_backward(dy, x, weight, bias, mean, invstd, relu):
+    """batch_norm_backward(dy, x, weight, training=True, save_mean=mean, save_invstd=invstd,
+    bias=bias, activation="relu" if relu) for a layer's own operands (those of
+    _batch_norm_train; dy passed _layer_ready with x's shape): (grad_input, grad_weight,
+    grad_bias), the last two None without weight."""
+    n, c = x.shape[:2]
+    x3 = x.reshape(n, c, -1)
+    w = _NONE if weight is None else weight.astype(np.float64)
+    fscale = fshift = _NONE
+    if relu:        # the forward's scale and shift, formed as it formed them
+        fscale = invstd * w if w.size else invstd
+        fshift = np.zeros(c) if bias is None else bias.astype(np.float64)
+    sums = np.zeros((2, c))
+    grad_x = _memory.empty(x.shape, x.dtype)
+    _norm.channel_train_backward(dy.reshape(x3.shape), x3, mean, invstd, w, fscale, fshift,
+                                 grad_x.reshape(x3.shape), sums[0], sums[1], get_num_threads())
+    if weight is None:
+        return grad_x, None, None
+    return grad_x, (sums[1] * invstd).astype(x.dtype), sums[0].astype(x.dtype)
+
+
+_NONE = np.empty(0)
+_NONE.flags.writeable = False
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def _rows_forward(fname, x, rows, groups, k, weight, bias, eps):
     """out, mean, rstd of the row norm of x viewed as (rows, M); affine indexed by g*k + kk."""
     dtype = float_dtype(x)

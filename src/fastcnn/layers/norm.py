@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from fastcnn import functional as F
+from fastcnn.functional import _norm as _norm_ops
 from fastcnn._checks import as_int
 from fastcnn.layers.base import Layer
 from fastcnn.registry import register_layer
@@ -97,22 +98,46 @@ class _BatchNorm(_RunningStats):
         if not batch_stats:
             return F.batch_norm(x, self.running_mean, self.running_var, w, b, training=False,
                                 eps=self.eps, activation=act)
-        y, mean, invstd = F.batch_norm(
-            x, self.running_mean, self.running_var, w, b, training=True,
-            momentum=self.momentum, eps=self.eps,
-            num_batches_tracked=self.num_batches_tracked if self.training else None,
-            return_stats=True, activation=act)
+        if self._fast(x):
+            # the layer's own operands, checked when it was built: batch_norm's checks skipped
+            if self.num_batches_tracked is not None:
+                self.num_batches_tracked += 1
+            y, mean, invstd = _norm_ops._batch_norm_train(
+                x, self.running_mean, self.running_var, w, b, self.momentum, self.eps,
+                act == "relu")
+        else:
+            y, mean, invstd = F.batch_norm(
+                x, self.running_mean, self.running_var, w, b, training=True,
+                momentum=self.momentum, eps=self.eps,
+                num_batches_tracked=self.num_batches_tracked if self.training else None,
+                return_stats=True, activation=act)
         self.save_for_backward(x, mean, invstd, act)
         return y
+
+    def _fast(self, x):
+        """Whether this training forward takes the fast path (_norm._batch_norm_train): a
+        float momentum (not the cumulative average), the weight, bias and running statistics
+        of the input's dtype, and an input _layer_ready for them."""
+        dtype = x.dtype if type(x) is np.ndarray else None
+        return (self.momentum is not None and isinstance(self.momentum, float)
+                and (self.weight is None or self.weight.data.dtype == dtype)
+                and (self.running_mean is None or (self.running_mean.dtype == dtype
+                                                   and self.running_var.dtype == dtype))
+                and _norm_ops._layer_ready(x, self.num_features, dtype))
 
     def backward(self, grad):
         if self.sync is not None:
             return self.sync.backward(self, grad)
         x, mean, invstd, act = self.saved()
         w, b = self._affine()
-        gx, gw, gb = F.batch_norm_backward(grad, x, w, training=True, eps=self.eps,
-                                           save_mean=mean, save_invstd=invstd, bias=b,
-                                           activation=act)
+        if (self._fast(x) and type(grad) is np.ndarray and grad.shape == x.shape
+                and _norm_ops._layer_ready(grad, self.num_features, x.dtype)):
+            gx, gw, gb = _norm_ops._batch_norm_train_backward(grad, x, w, b, mean, invstd,
+                                                              act == "relu")
+        else:
+            gx, gw, gb = F.batch_norm_backward(grad, x, w, training=True, eps=self.eps,
+                                               save_mean=mean, save_invstd=invstd, bias=b,
+                                               activation=act)
         self._accumulate(gw, gb)
         return gx
 
