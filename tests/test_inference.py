@@ -452,9 +452,55 @@ def test_winograd_step_refuses_what_it_cannot_run():
         WinogradStep(x, u, b[:3], out, ws, 8, 8, 1, 8, 8, 1, True, False, 2)
     with pytest.raises(ValueError, match="too small"):
         WinogradStep(x, u, b, out, ws, 8, 8, 1, 8, 8, 1, True, False, 3)
+    with pytest.raises(ValueError, match="residual"):
+        WinogradStep(x, u, b, out, ws, 8, 8, 1, 8, 8, 1, True, False, 2, residual=x)
+    with pytest.raises(TypeError, match="C-contiguous"):
+        WinogradStep(x, u, b, out, ws, 8, 8, 1, 8, 8, 1, True, False, 2,
+                     residual=out.astype(np.float64))
     out.flags.writeable = False
     with pytest.raises(ValueError, match="read-only"):
         WinogradStep(x, u, b, out, ws, 8, 8, 1, 8, 8, 1, True, False, 2)
     unbound = WinogradStep.__new__(WinogradStep)
     with pytest.raises(TypeError, match="not bound"):
         unbound()
+
+
+@pytest.mark.parametrize("winograd", ["winograd", "winograd4"])
+def test_residual_adds_go_into_winograd_convolutions(threads, winograd):
+    """A residual add (with and without its ReLU; the convolution either input; batch norms
+    folded between) is fused into the Winograd convolution that makes one of its inputs, the
+    shortcut's own convolution moved before it: the same bits as the folded model run layer by
+    layer, at 1 and 2 threads, batch 1 (phases over the threads) and 3."""
+    from fastcnn._ops.plan_steps import CompiledRun
+    from fastcnn.functional import conv_algorithms
+    from fastcnn.inference.plan import Plan
+    conv3 = {"type": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1}
+    model = _with_running_stats(fastcnn.build_model({"input_shape": [6, 9, 10], "layers": [
+        dict(conv3, name="c0", inputs=["input"]), {"type": "batch_norm2d", "name": "c0_bn"},
+        {"type": "relu", "name": "c0_relu"},
+        dict(conv3, name="a", inputs=["c0_relu"]), {"type": "batch_norm2d", "name": "a_bn"},
+        {"type": "conv2d", "name": "down", "inputs": ["input"], "out_channels": 8,
+         "kernel_size": 1},
+        {"type": "batch_norm2d", "name": "down_bn"},
+        {"type": "add", "name": "add1", "inputs": ["down_bn", "a_bn"]},
+        {"type": "relu", "name": "add1_relu"},
+        dict(conv3, name="b", inputs=["add1_relu"]),
+        {"type": "add", "name": "add2", "inputs": ["add1_relu", "b"]},
+        {"type": "global_avg_pool2d", "name": "gap"}, {"type": "flatten", "name": "flat"}]}))
+    with conv_algorithms(forward=winograd):
+        session = fastcnn.InferenceSession(model, autotune=False)
+        described = session.plan(3).describe()
+        assert described.count(f"{winograd} + add + relu") == 1      # add1 (and its ReLU)
+        assert described.count(f"{winograd} + add ") == 2            # and add2
+        assert described.count("(fused)") == 2 + 2          # the adds; c0_relu, add1_relu
+        for batch in (1, 3):
+            plan = Plan(session.plan(batch))
+            assert len(plan._runs) == 1 and isinstance(plan._runs[0], CompiledRun)
+            x = np.random.default_rng(batch).standard_normal((batch, 6, 9, 10),
+                                                             dtype=np.float32)
+            want = session.model(x)
+            for count in (1, 2):
+                threads(count)
+                np.testing.assert_array_equal(plan.run(x)[0], want)
+        with conv_algorithms(forward="im2col"):     # another algorithm, unfused
+            assert_float32_close(session(x), model(x))

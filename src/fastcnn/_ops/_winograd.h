@@ -65,8 +65,9 @@ static FC_UNUSED inline ptrdiff_t fc_wino_scratch(ptrdiff_t m, ptrdiff_t tiles_h
 #define FC_WINO_OUTPUT_PARAMS(T)                                                           \
     (const T *mm, T *y, T *scratch, ptrdiff_t m, ptrdiff_t K, ptrdiff_t OH, ptrdiff_t OW,   \
      ptrdiff_t tiles_h, ptrdiff_t tiles_w, ptrdiff_t ld, ptrdiff_t xs, const T *bias,       \
-     int relu)
-#define FC_WINO_OUTPUT_ARGS (mm, y, scratch, m, K, OH, OW, tiles_h, tiles_w, ld, xs, bias, relu)
+     int relu, const T *res)
+#define FC_WINO_OUTPUT_ARGS                                                                \
+    (mm, y, scratch, m, K, OH, OW, tiles_h, tiles_w, ld, xs, bias, relu, res)
 #define FC_WINO_GRAD_OUTPUT_PARAMS(T)                                                      \
     (const T *dy, ptrdiff_t sample_stride, ptrdiff_t nb, T *dm, T *scratch, ptrdiff_t m,      \
      ptrdiff_t K, ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t tiles_h, ptrdiff_t tiles_w,           \

@@ -69,7 +69,8 @@ cdef extern from "_winograd.h" nogil:
                          Py_ssize_t ld, Py_ssize_t xs)
     void fc_wino_output_f(const float* mm, float* y, float* scratch, Py_ssize_t m, Py_ssize_t K,
                           Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t tiles_h, Py_ssize_t tiles_w,
-                          Py_ssize_t ld, Py_ssize_t xs, const float* bias, int relu)
+                          Py_ssize_t ld, Py_ssize_t xs, const float* bias, int relu,
+                          const float* res)
     void fc_wino_grad_output_f(const float* dy, Py_ssize_t sample_stride, Py_ssize_t nb,
                                float* dm, float* scratch, Py_ssize_t m, Py_ssize_t K,
                                Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t tiles_h,
@@ -86,7 +87,7 @@ cdef extern from "_winograd.h" nogil:
     void fc_wino_output_d(const double* mm, double* y, double* scratch, Py_ssize_t m,
                           Py_ssize_t K, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t tiles_h,
                           Py_ssize_t tiles_w, Py_ssize_t ld, Py_ssize_t xs, const double* bias,
-                          int relu)
+                          int relu, const double* res)
 
 
 cdef inline void _input_transform(const floating* x, Py_ssize_t sample_stride, Py_ssize_t nb,
@@ -107,13 +108,15 @@ cdef inline void _input_transform(const floating* x, Py_ssize_t sample_stride, P
 cdef inline void _output_transform(const floating* mm, floating* y, floating* scratch,
                                    Py_ssize_t m, Py_ssize_t K, Py_ssize_t OH, Py_ssize_t OW,
                                    Py_ssize_t tiles_h, Py_ssize_t tiles_w, Py_ssize_t ld,
-                                   Py_ssize_t xs, const floating* bias, bint relu) noexcept nogil:
+                                   Py_ssize_t xs, const floating* bias, bint relu,
+                                   const floating* res) noexcept nogil:
     """y (K, OH, OW) of one sample = A^T M A of F(m x m, 3x3), M = mm[xi * xs + k * ld +
-    tile], plus the bias (NULL: none), then max(y, 0) if relu (_winograd.inc)."""
+    tile], plus the bias (NULL: none), plus res (y's shape; NULL: none), then max(y, 0) if
+    relu (_winograd.inc)."""
     if floating is float:
-        fc_wino_output_f(mm, y, scratch, m, K, OH, OW, tiles_h, tiles_w, ld, xs, bias, relu)
+        fc_wino_output_f(mm, y, scratch, m, K, OH, OW, tiles_h, tiles_w, ld, xs, bias, relu, res)
     else:
-        fc_wino_output_d(mm, y, scratch, m, K, OH, OW, tiles_h, tiles_w, ld, xs, bias, relu)
+        fc_wino_output_d(mm, y, scratch, m, K, OH, OW, tiles_h, tiles_w, ld, xs, bias, relu, res)
 
 
 cdef inline void _grad_output_transform(const floating* dy, Py_ssize_t sample_stride,
@@ -346,10 +349,11 @@ cdef inline void _block(const floating* x, Py_ssize_t x_row, Py_ssize_t nb,
                         const floating* u, Py_ssize_t xis, Py_ssize_t K, Py_ssize_t C,
                         const floating* bias, floating* out, Py_ssize_t out_row, floating* v,
                         Py_ssize_t span, Py_ssize_t height, Py_ssize_t width, Py_ssize_t pad,
-                        Py_ssize_t out_h, Py_ssize_t out_w, bint relu,
-                        bint own_gemm) noexcept nogil:
+                        Py_ssize_t out_h, Py_ssize_t out_w, bint relu, bint own_gemm,
+                        const floating* res) noexcept nogil:
     """One block of nb samples of _forward on one thread: V, M and the transforms' scratch
-    carved from ``v`` (_thread_scratch)."""
+    carved from ``v`` (_thread_scratch); res: the block's residual rows (out_row apart) or
+    NULL."""
     cdef Py_ssize_t m_ = 4 if xis == 36 else 2
     cdef Py_ssize_t tiles_h = _tiles(out_h, m_), tiles_w = _tiles(out_w, m_)
     cdef Py_ssize_t T = tiles_h * tiles_w, ld = nb * T, s_
@@ -360,7 +364,8 @@ cdef inline void _block(const floating* x, Py_ssize_t x_row, Py_ssize_t nb,
     _gemms(u, v, m, 0, xis, K, C, ld, C * ld + SKEW, K * ld + SKEW, own_gemm)
     for s_ in range(nb):
         _output_transform(m + s_ * T, out + s_ * out_row, sc, m_, K, out_h, out_w, tiles_h,
-                          tiles_w, ld, K * ld + SKEW, bias, relu)
+                          tiles_w, ld, K * ld + SKEW, bias, relu,
+                          res + s_ * out_row if res != NULL else NULL)
 
 
 cdef inline void _gemms(const floating* u, const floating* v, floating* m, Py_ssize_t xi0,
@@ -386,8 +391,9 @@ cdef void _forward(const floating* x, Py_ssize_t N, Py_ssize_t x_row, const floa
                    Py_ssize_t xis, Py_ssize_t K, Py_ssize_t C, const floating* bias,
                    floating* out, Py_ssize_t out_row, floating* ws, Py_ssize_t height,
                    Py_ssize_t width, Py_ssize_t pad, Py_ssize_t out_h, Py_ssize_t out_w,
-                   Py_ssize_t block, bint relu, int num_threads, bint own_gemm) noexcept nogil:
-    """forward on pointers (N > 0; bias NULL: none). Blocks of ``block`` samples, each on one
+                   Py_ssize_t block, bint relu, int num_threads, bint own_gemm,
+                   const floating* res) noexcept nogil:
+    """forward on pointers (N > 0; bias, res NULL: none; res has out's rows). Blocks of ``block`` samples, each on one
     thread; with fewer blocks than threads (inference at batch 1), each block's three phases
     are cut over the team instead: the input transform by channels, the GEMMs by xi, the
     output transform by output channels, V and M in thread 0's scratch. Every value is
@@ -407,7 +413,8 @@ cdef void _forward(const floating* x, Py_ssize_t N, Py_ssize_t x_row, const floa
             n0 = j * block
             nb = block if n0 + block <= N else N - n0
             _block(x + n0 * x_row, x_row, nb, u, xis, K, C, bias, out + n0 * out_row, out_row,
-                   ws, span, height, width, pad, out_h, out_w, relu, own_gemm)
+                   ws, span, height, width, pad, out_h, out_w, relu, own_gemm,
+                   res + n0 * out_row if res != NULL else NULL)
         return
     if blocks >= num_threads:
         for j in prange(blocks, schedule='static', num_threads=num_threads):
@@ -415,7 +422,7 @@ cdef void _forward(const floating* x, Py_ssize_t N, Py_ssize_t x_row, const floa
             nb = block if n0 + block <= N else N - n0
             _block(x + n0 * x_row, x_row, nb, u, xis, K, C, bias, out + n0 * out_row, out_row,
                    ws + threadid() * ws_stride, span, height, width, pad, out_h, out_w, relu,
-                   own_gemm)
+                   own_gemm, res + n0 * out_row if res != NULL else NULL)
         return
     v = ws
     m = _after(v, xis, C, span)
@@ -445,28 +452,37 @@ cdef void _forward(const floating* x, Py_ssize_t N, Py_ssize_t x_row, const floa
                                       out + (n0 + s_) * out_row + lo * out_h * out_w, sc, m_,
                                       hi - lo, out_h, out_w, tiles_h, tiles_w, ld,
                                       K * ld + SKEW, bias + lo if bias != NULL else NULL,
-                                      relu)
+                                      relu,
+                                      res + (n0 + s_) * out_row + lo * out_h * out_w
+                                      if res != NULL else NULL)
 
 
 def forward(const floating[:, ::1] x, const floating[:, :, ::1] u, const floating[::1] bias,
             floating[:, ::1] out, floating[::1] workspace, Py_ssize_t height, Py_ssize_t width,
             Py_ssize_t pad, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t block, bint relu,
-            int num_threads, bint own_gemm=False):
+            int num_threads, bint own_gemm=False, const floating[:, ::1] residual=None):
     """out (N, C_out*OH*OW) = conv3x3(x (N, C*H*W), pad) with u (xis, C_out, C) = G g G^T
-    (weight_transform: 16 matrices for F(2x2, 3x3), 36 for F(4x4, 3x3)), plus bias, then
-    max(out, 0) if relu. The workspace is workspace_size(..., block, m) per thread.
-    ``own_gemm``: the GEMMs by fc_wino_gemm rather than BLAS (single-threaded: the caller's
-    single_threaded_blas)."""
+    (weight_transform: 16 matrices for F(2x2, 3x3), 36 for F(4x4, 3x3)), plus bias, plus
+    ``residual`` (out's shape; None: none), then max(out, 0) if relu. The workspace is
+    workspace_size(..., block, m) per thread. ``own_gemm``: the GEMMs by fc_wino_gemm rather
+    than BLAS (single-threaded: the caller's single_threaded_blas)."""
     cdef Py_ssize_t N = x.shape[0], xis = u.shape[0], K = u.shape[1], C = u.shape[2]
+    cdef const floating* res = NULL
     if xis != 16 and xis != 36:
         raise ValueError(f"u must hold 16 or 36 matrices, got {xis}")
+    if residual is not None:
+        if residual.shape[0] != out.shape[0] or residual.shape[1] != out.shape[1]:
+            raise ValueError(f"residual must have out's shape ({out.shape[0]}, "
+                             f"{out.shape[1]}), got ({residual.shape[0]}, {residual.shape[1]})")
+        if N > 0:
+            res = &residual[0, 0]
     if N == 0:
         return
     with nogil:
         _forward(&x[0, 0], N, x.shape[1], &u[0, 0, 0], xis, K, C,
                  &bias[0] if bias.shape[0] > 0 else NULL, &out[0, 0], out.shape[1],
                  &workspace[0], height, width, pad, out_h, out_w, block, relu, num_threads,
-                 own_gemm)
+                 own_gemm, res)
 
 
 # The inference plan's Winograd convolution (plan_steps.pxd): forward with its transformed
@@ -475,6 +491,7 @@ cdef struct _Winograd:
     const void* x
     const void* u
     const void* bias            # NULL: none
+    const void* res             # the residual added before the ReLU; NULL: none
     void* out
     void* workspace
     Py_ssize_t N, x_row, out_row, xis, K, C, height, width, pad, out_h, out_w, block
@@ -490,17 +507,19 @@ cdef void _winograd_step(void* args, int num_threads) noexcept nogil:
         _forward(<const double*> p.x, p.N, p.x_row, <const double*> p.u, p.xis, p.K, p.C,
                  <const double*> p.bias, <double*> p.out, p.out_row, <double*> p.workspace,
                  p.height, p.width, p.pad, p.out_h, p.out_w, p.block, p.relu, num_threads,
-                 p.own_gemm)
+                 p.own_gemm, <const double*> p.res)
     else:
         _forward(<const float*> p.x, p.N, p.x_row, <const float*> p.u, p.xis, p.K, p.C,
                  <const float*> p.bias, <float*> p.out, p.out_row, <float*> p.workspace,
                  p.height, p.width, p.pad, p.out_h, p.out_w, p.block, p.relu, num_threads,
-                 p.own_gemm)
+                 p.own_gemm, <const float*> p.res)
 
 
 cdef class WinogradStep(CompiledStep):
     """forward(x, u, bias, out, workspace, height, width, pad, out_h, out_w, block, relu,
-    threads, own_gemm) as a plan step, on up to ``max_threads`` threads: ``workspace`` holds
+    threads, own_gemm, residual) as a plan step, on up to ``max_threads`` threads: ``residual``
+    (out's shape, or None) is added before the ReLU (a residual block's add fused into its
+    convolution); ``workspace`` holds
     at least max_threads * workspace_size(...) elements (the plan's scratch, shared by its
     steps, which run one at a time); a run asking for more threads uses max_threads. BLAS
     GEMMs (own_gemm False) need single-threaded BLAS, as the plan's run sets."""
@@ -508,8 +527,13 @@ cdef class WinogradStep(CompiledStep):
 
     def __init__(self, x, u, bias, out, workspace, Py_ssize_t height, Py_ssize_t width,
                  Py_ssize_t pad, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t block,
-                 bint relu, bint own_gemm, int max_threads):
-        dtype = check_arrays("WinogradStep", [x, u, bias], [out, workspace])
+                 bint relu, bint own_gemm, int max_threads, residual=None):
+        dtype = check_arrays("WinogradStep", [x, u, bias] + ([] if residual is None
+                                                                else [residual]),
+                             [out, workspace])
+        if residual is not None and residual.shape != out.shape:
+            raise ValueError(f"WinogradStep: residual {residual.shape} is not out's shape "
+                             f"{out.shape}")
         if u.ndim != 3 or u.shape[0] not in (16, 36):
             raise ValueError(f"WinogradStep: u must hold 16 or 36 matrices (xis, C_out, C), "
                              f"got shape {u.shape}")
@@ -526,8 +550,9 @@ cdef class WinogradStep(CompiledStep):
         if workspace.size < max_threads * workspace_size(C, K, out_h, out_w, block, m_):
             raise ValueError(f"WinogradStep: a workspace of {workspace.size} elements is too "
                              f"small for {max_threads} threads")
-        self.keep = (x, u, bias, out, workspace)
+        self.keep = (x, u, bias, out, workspace, residual)
         self.p.x, self.p.u, self.p.out = address(x), address(u), address(out)
+        self.p.res = address(residual) if residual is not None else NULL
         self.p.bias = address(bias) if bias.shape[0] else NULL
         self.p.workspace = address(workspace)
         self.p.N, self.p.x_row, self.p.out_row = x.shape[0], x.shape[1], out.shape[1]

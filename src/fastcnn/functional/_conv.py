@@ -155,8 +155,10 @@ class ConvForward:
     out2), or on zeros. ``step(x2, out2, workspace, max_threads)``: run's work as a compiled
     step of an inference plan (fastcnn._ops.plan_steps) on up to max_threads threads, with
     ``workspace`` of at least max_threads * ``step_scratch`` elements (every algorithm has
-    one)."""
-    __slots__ = ("algorithm", "run", "step", "step_scratch")
+    one). ``residual_step(x2, out2, workspace, relu, max_threads, residual)``: the step with
+    a residual (out2's shape) added before the ReLU, for the algorithms that can (Winograd;
+    else None)."""
+    __slots__ = ("algorithm", "run", "step", "step_scratch", "residual_step")
 
     def __init__(self, geom, nd, w4, b1, dtype, relu=False, probe=None, fastest=False):
         w2 = w4.reshape(geom.out_channels, -1)
@@ -177,6 +179,7 @@ class ConvForward:
                                                   m=algorithms.WINOGRAD_TILE[algorithm])
                 steps[algorithm] = ops.step_scratch(geom.n), (
                     lambda x2, out2, ws, threads: ops.step(x2, out2, ws, relu, threads))
+                residual_steps[algorithm] = ops.step
                 return lambda x2, out2: ops.run(x2, out2, dtype, relu)
             if algorithm in ("rows", "direct"):
                 ops = algorithms.DirectOperands(w4, b1, geom, dtype, algorithm == "rows")
@@ -200,7 +203,7 @@ class ConvForward:
                 x2, w2, b1, out2, ws, geom.groups, args, block, relu, False, per_thread, threads)
             return im2col
 
-        made, steps = {}, {}
+        made, steps, residual_steps = {}, {}, {}
 
         def prepared(algorithm):            # each algorithm's operands made once
             if algorithm not in made:
@@ -225,6 +228,7 @@ class ConvForward:
             self.algorithm = algorithms.select("forward", geom, nd, dtype, runners)
         self.run = prepared(self.algorithm)
         self.step_scratch, self.step = steps.get(self.algorithm, (0, None))
+        self.residual_step = residual_steps.get(self.algorithm)
 
 
 def _conv_forward(fname, nd, input, weight, bias, stride, padding, dilation, groups,

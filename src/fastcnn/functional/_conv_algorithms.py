@@ -872,13 +872,15 @@ class WinogradOperands:
         """Elements of workspace per thread of ``step`` on batches of n samples."""
         return self._layout(n)[1]
 
-    def step(self, x2, out2, workspace, relu, max_threads):
+    def step(self, x2, out2, workspace, relu, max_threads, residual=None):
         """run's work as a compiled step of an inference plan (_winograd.WinogradStep) on fixed
-        arrays, on up to max_threads threads (workspace: max_threads * step_scratch(N))."""
+        arrays, on up to max_threads threads (workspace: max_threads * step_scratch(N)); with
+        ``residual`` (out2's shape), out2 = relu?(conv + bias + residual): a residual block's
+        add fused into its convolution (the same operations in the same order)."""
         (h, w), (oh, ow) = self.in_size, self.out_size
         block, _, own_gemm = self._layout(x2.shape[0])
         return _winograd.WinogradStep(x2, self.u, self.bias, out2, workspace, h, w, self.pad,
-                                      oh, ow, block, relu, own_gemm, max_threads)
+                                      oh, ow, block, relu, own_gemm, max_threads, residual)
 
 
 def winograd_conv2d(x2, w, bias, out2, in_size, pad, out_size, dtype, flip=False,

@@ -22,7 +22,7 @@ import time
 from fastcnn._ops.plan_steps import CompiledRun, CompiledStep
 from fastcnn._threads import get_num_threads, one_thread, single_threaded_blas
 from fastcnn.inference.arena import Arena
-from fastcnn.inference.steps import build_step
+from fastcnn.inference.steps import StepSpec, build_step
 
 __all__ = ["Template", "Plan"]
 
@@ -49,10 +49,65 @@ class Template:
         self.one_thread_steps = None
         self.outputs = list(model.outputs)
         self.output_shapes = [shapes[name] for name in self.outputs]
+        self._fuse_residual_adds()
         self.last_read = {}
-        for index, (node, _) in enumerate(self.steps):
-            for ref in node.inputs:
+        for index, (node, spec) in enumerate(self.steps):
+            for ref in list(node.inputs) + list(spec.extra_inputs):
                 self.last_read[ref] = index
+
+    def _fuse_residual_adds(self):
+        """An add of two values (with or without its ReLU) whose one input is a convolution's
+        output that nothing else reads goes into the convolution's store
+        (StepSpec.fuse_residual: y = relu?(conv + bias + other), the operations of the conv and
+        then the add: the same bits); the add becomes a view of it. Views in between (a batch
+        norm folded into the convolution leaves an identity), each read once, stay views of
+        the same buffer. The other input must exist when the convolution runs: a chain of
+        one-input steps making it later (a ResNet block's 1x1 downsampling and its folded batch
+        norm) moves to right before the convolution. Saves a pass over the block's output."""
+        while self._fuse_one_residual_add():
+            pass
+
+    def _fuse_one_residual_add(self):
+        made = {"input": -1}
+        readers = {}
+        for index, (node, _) in enumerate(self.steps):
+            made[node.name] = index
+            for ref in node.inputs:
+                readers[ref] = readers.get(ref, 0) + 1
+        for index, (node, spec) in enumerate(self.steps):
+            if spec.kind not in ("add", "add + relu") or len(node.inputs) != 2:
+                continue
+            for side in (0, 1):
+                ref, other = node.inputs[side], node.inputs[1 - side]
+                producer = made.get(ref, -1)
+                while (producer >= 0 and ref != other and ref not in self.outputs
+                       and readers[ref] == 1 and self.steps[producer][1].view
+                       and len(self.steps[producer][0].inputs) == 1):
+                    ref = self.steps[producer][0].inputs[0]     # a batch norm folded away:
+                    producer = made.get(ref, -1)                # the value it views
+                if producer < 0 or ref == other or ref in self.outputs or readers[ref] != 1:
+                    continue
+                conv_node, conv_spec = self.steps[producer]
+                if conv_spec.fuse_residual is None:
+                    continue
+                chain, source = [], other           # the steps making `other` after the conv
+                while made[source] > producer:
+                    step_node = self.steps[made[source]][0]
+                    if len(step_node.inputs) != 1:
+                        break
+                    chain.append(made[source])
+                    source = step_node.inputs[0]
+                if made[source] > producer:
+                    continue
+                self.steps[producer] = (conv_node, conv_spec.fuse_residual(
+                    other, spec.kind == "add + relu"))
+                self.steps[index] = (node, StepSpec(f"{spec.kind} (fused)", spec.out_shape,
+                                                    view=True, view_input=side))
+                moved = [self.steps[i] for i in sorted(chain)]
+                rest = [step for i, step in enumerate(self.steps) if i not in set(chain)]
+                self.steps = rest[:producer] + moved + rest[producer:]
+                return True
+        return False
 
     def describe(self) -> str:
         """One line per step: the layer, how it runs, its output shape."""
@@ -79,10 +134,11 @@ class Plan:
                                 template.dtype)
         self._steps = []                # one callable per step that has work
         for index, (node, spec) in enumerate(template.steps):
-            inputs = [values[ref] for ref in node.inputs]
+            inputs = [values[ref] for ref in list(node.inputs) + list(spec.extra_inputs)]
             first = node.inputs[0]
             if spec.view:
-                out, flat = inputs[0].reshape(spec.out_shape), base[first]
+                source = node.inputs[spec.view_input]
+                out, flat = values[source].reshape(spec.out_shape), base[source]
             elif (spec.in_place and template.last_read[first] == index and first not in keep
                   and live[id(base[first])] == {first}
                   and base[first].size >= int(np.prod(spec.out_shape))):
@@ -94,7 +150,7 @@ class Plan:
             live.setdefault(id(flat), set()).add(node.name)
             if spec.bind is not None:
                 self._steps.append(spec.bind(inputs, out, self.scratch))
-            for ref in set(node.inputs) | {node.name}:
+            for ref in set(node.inputs) | set(spec.extra_inputs) | {node.name}:
                 if template.last_read.get(ref, -1) <= index and ref not in keep:
                     names = live[id(base[ref])]
                     names.discard(ref)

@@ -51,7 +51,13 @@ class StepSpec:
     view: the output is the first input reshaped (no work, no buffer of its own);
     in_place: the output may take the first input's buffer when nothing reads that input later;
     bind(inputs, out, scratch) -> run(): the kernel on fixed arrays (None for a view);
-    scratch: elements of workspace the kernel needs (the plan's, shared by all its steps).
+    scratch: elements of workspace the kernel needs (the plan's, shared by all its steps);
+    extra_inputs: names of values read besides the node's own inputs (appended to bind's
+    inputs: a fused residual);
+    view_input: which input a view reshapes;
+    fuse_residual(name, relu) -> StepSpec: this step with the value ``name`` (its output's
+    shape) added to its output, then the ReLU if relu: a following add fused into it (None
+    where the kernel cannot).
     """
     kind: str
     out_shape: tuple
@@ -59,6 +65,9 @@ class StepSpec:
     view: bool = False
     in_place: bool = False
     scratch: int = 0
+    extra_inputs: tuple = ()
+    view_input: int = 0
+    fuse_residual: Optional[Callable] = None
 
 
 def _view(kind, shape):
@@ -88,7 +97,17 @@ def _by_samples(kind, prepared, out_shape):
             return prepared.step(x2, out2, scratch, threads)
         return functools.partial(prepared.run, x2, out2)
     need = prepared.step_scratch * threads if prepared.step is not None else 0
-    return StepSpec(kind, out_shape, bind, scratch=need)
+    residual_step = getattr(prepared, "residual_step", None)
+    if residual_step is None:
+        return StepSpec(kind, out_shape, bind, scratch=need)
+
+    def fuse_residual(name, relu):
+        def bind_fused(inputs, out, scratch):
+            x2, res2, out2 = inputs[0].reshape(n, -1), inputs[1].reshape(n, -1), out.reshape(n, -1)
+            return residual_step(x2, out2, scratch, relu, threads, res2)
+        return StepSpec(f"{kind} + add" + (" + relu" if relu else ""), out_shape, bind_fused,
+                        scratch=need, extra_inputs=(name,))
+    return StepSpec(kind, out_shape, bind, scratch=need, fuse_residual=fuse_residual)
 
 
 def _team_size():
@@ -102,10 +121,13 @@ def _conv(layer, shapes, dtype, fastest=False):
     fname = f"conv{layer.nd}d"
     w, b1 = _weights(layer, dtype)
     geom = _conv_geometry(fname, layer.nd, _stand_in(shape, dtype), w, **layer._args())
-    conv = ConvForward(geom, layer.nd, w, b1, dtype, relu=layer.fused_activation == "relu",
-                       fastest=fastest)
-    return _by_samples(f"{fname} {conv.algorithm}", conv,
+    relu = layer.fused_activation == "relu"
+    conv = ConvForward(geom, layer.nd, w, b1, dtype, relu=relu, fastest=fastest)
+    spec = _by_samples(f"{fname} {conv.algorithm}", conv,
                        (shape[0], geom.out_channels) + geom.out_size)
+    if relu:                        # an add after its own ReLU cannot go into its store
+        spec.fuse_residual = None
+    return spec
 
 
 def _conv_transpose(layer, shapes, dtype, fastest=False):
