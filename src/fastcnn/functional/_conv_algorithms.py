@@ -279,8 +279,13 @@ _V4 = Rules(rows_input_grad_min_channels=6, rows_input_grad_min_width=13)
 # - Winograd F(4x4) for the weight gradient from 32 channels (forced AVX2, ms): batch 64, 32 ->
 #   32 on 32x32 5.47 vs F(2x2) 6.62; batch 32 2.62 vs 3.27; on 16x16 and 8x8 maps F(2x2) kept
 #   (32 -> 32 on 16x16 1.03 vs 1.02; 64 -> 64 on 8x8 0.94 vs 0.88).
+# - Winograd F(4x4, 3x3) against the row kernel on 16-channel layers, after the transforms'
+#   column-phase split and shuffled output rows (same machine, forced AVX2, ms, forward / input
+#   gradient): batch 32, 16 -> 16 on 32x32 0.71 / 0.59 (rows 0.92 / 0.97); batch 8 on 64x64
+#   0.57 / 0.74 (0.89 / 0.90): Winograd from 16 channels (rows_over_winograd_max_out_channels 8).
 _V3 = replace(_V4, rows_lanes=8, winograd4_min_tiles=16, winograd4_min_sample_tiles=1,
               winograd_own_gemm=True, winograd4_weight_grad_min_channels=32,
+              rows_over_winograd_max_out_channels=8,
               dw_channels_over_winograd=((16, 0, None), (32, 0, 256)),
               rows_input_grad_min_channels=2, rows_input_grad_min_width=None,
               dw_rows_min_width=24,
