@@ -84,8 +84,8 @@ class Rules:
     # F(4x4, 3x3) for the weight gradient too (dU = sum over tiles dM V^T, 36 GEMMs on 4x fewer
     # tiles) from this many channels on both sides and this many 4x4 tiles a sample (49: maps
     # of at least 25x25); None: never.
-    winograd4_weight_grad_min_channels: int | None = 64
-    winograd4_weight_grad_min_sample_tiles: int = 49
+    winograd4_weight_grad_min_channels: int | None = 16
+    winograd4_weight_grad_min_sample_tiles: int = 16
     # The channel kernel (_conv_direct.h fc_direct_conv): small maps with few output channels
     # and a moderate sum, and stride-2 layers (whose im2col reads with poor locality).
     direct: bool = True
@@ -122,7 +122,7 @@ class Rules:
     dw_channels: bool = True
     dw_channels_min_taps: int = 64
     dw_channels_max_out_channels: int = 128
-    dw_channels_over_winograd: tuple = ((32, 0, None), (64, 0, 576))
+    dw_channels_over_winograd: tuple = ((32, 0, 256), (64, 0, 64))
     # The weight gradient on the row kernel's layout (fc_dw_rows): no im2col.
     dw_rows: bool = True
     dw_rows_max_channels: int = 16          # min(C_in, C_out) at most this, or
@@ -206,7 +206,15 @@ class Rules:
 #   stride 2, 64 -> 128 from 56x56 (batch 16) 9.16 (im2col 8.49). With the partials summed in
 #   the kernel's module and no Python pass over them (same machine, later): 64 -> 64 on 8x8
 #   (batch 32) 0.73 (F(2x2) 0.98), 64 -> 128 on 8x8 (batch 64) 2.76 (3.10), stride 2, 64 ->
-#   128 from 56x56 8.37 (im2col 9.22), but 128 -> 128 on 8x8 5.65 (F(4x4) 5.29); with few
+#   128 from 56x56 8.37 (im2col 9.22), but 128 -> 128 on 8x8 5.65 (F(4x4) 5.29). After
+#   Winograd's transforms got their column-phase split and shuffled output rows (1a4d129),
+#   F(4x4) took back the larger maps (ms): batch 32, 16 -> 16 on 32x32 0.65 (channels 0.81,
+#   F(2x2) 0.70); batch 64, 32 -> 32 on 32x32 4.09 (4.42), 32 -> 64 on 16x16 2.11 (2.41; F(2x2)
+#   2.59), 64 -> 64 on 16x16 3.54 (4.62; 4.00); batch 16, 64 -> 64 on 24x24 1.87 (2.42); and
+#   F(2x2) 128 -> 128 on 8x8 3.69 (4.92); the channels keep 32 -> 32 on 16x16 (batch 32, 0.55
+#   vs F(2x2) 0.65, F(4x4) 0.67) and 64 -> 64 on 8x8 (0.72 vs 0.81 / 0.82): F(4x4) for the
+#   weight gradient from 16 channels and 16 tiles a sample, the channels over Winograd up to
+#   32 channels on maps up to 16x16 and 64 on 8x8; with few
 #   taps it loses: LeNet's first layer (25 taps) 0.41 (0.19), a 3-channel stem (27) 0.36
 #   (fc_dw_rows 0.23). Per perf, the kernel itself runs at about 80% of the FMA rate; padding,
 #   transposing dy and the partials take the rest.
@@ -283,10 +291,14 @@ _V4 = Rules(rows_input_grad_min_channels=6, rows_input_grad_min_width=13)
 #   column-phase split and shuffled output rows (same machine, forced AVX2, ms, forward / input
 #   gradient): batch 32, 16 -> 16 on 32x32 0.71 / 0.59 (rows 0.92 / 0.97); batch 8 on 64x64
 #   0.57 / 0.74 (0.89 / 0.90): Winograd from 16 channels (rows_over_winograd_max_out_channels 8).
+# - After the transforms' change (1a4d129; forced AVX2, ms, channels / F(4x4) / F(2x2)): batch
+#   32, 16 -> 16 on 32x32 0.92 / 0.93 / 1.19, 32 -> 32 on 16x16 0.82 / 0.78 / 0.89, 64 -> 64 on
+#   8x8 0.90 / 0.76 / 0.78; batch 64, 32 -> 32 on 32x32 9.05 / 5.36 / 6.16; batch 8, 16 -> 16
+#   on 64x64 0.88 / 0.83 / 1.21: Winograd keeps every 3x3 stride-1 weight gradient, F(4x4) from
+#   16 channels and 16 tiles a sample.
 _V3 = replace(_V4, rows_lanes=8, winograd4_min_tiles=16, winograd4_min_sample_tiles=1,
-              winograd_own_gemm=True, winograd4_weight_grad_min_channels=32,
-              rows_over_winograd_max_out_channels=8,
-              dw_channels_over_winograd=((16, 0, None), (32, 0, 256)),
+              winograd_own_gemm=True, rows_over_winograd_max_out_channels=8,
+              dw_channels_over_winograd=(),
               rows_input_grad_min_channels=2, rows_input_grad_min_width=None,
               dw_rows_min_width=24,
               dw_rows_min_kernel_area=None, subpixel_rows=False,
@@ -314,8 +326,6 @@ _V3 = replace(_V4, rows_lanes=8, winograd4_min_tiles=16, winograd4_min_sample_ti
 _BASELINE = replace(_V4, direct=False, rows=False, rows_input_grad=False, dw_rows=False,
                     subpixel=False, rows_lanes=4, winograd4_min_tiles=16,
                     winograd4_min_sample_tiles=1, winograd_own_gemm=True,
-                    winograd4_weight_grad_min_channels=16,
-                    winograd4_weight_grad_min_sample_tiles=16,
                     dw_channels_max_out_channels=64, dw_channels_over_winograd=())
 
 RULES = {"x86-64-v4": _V4, "x86-64-v3": _V3, "baseline": _BASELINE}
@@ -344,16 +354,17 @@ def _direct_kernels_apply(geom, nd):
 
 def winograd_ok(geom, nd, rules, direction="forward"):
     """Winograd where possible and both channel counts reach the minimum, unless a direct
-    kernel is faster: the row kernel for the forward (few output channels on wide maps), the
-    direct weight gradient."""
+    kernel is faster: for the forward, the row kernel (few output channels on wide maps) or the
+    channel kernel (direct_over_winograd)."""
     if not (winograd_possible(geom, nd)
             and min(geom.in_channels, geom.out_channels) >= rules.winograd_min_channels):
         return False
     if direction == "forward":
         return not (geom.out_channels <= rules.rows_over_winograd_max_out_channels
                     and rows_ok(geom, nd, rules)) and not direct_over_winograd(geom, nd, rules)
-    if direction == "weight gradient":
-        return not dw_rows_ok(geom, nd, rules)
+    # (the weight gradient: Winograd ahead of fc_dw_rows since the transforms' phase split,
+    # 16 -> 16 on 32x32 at batch 32 F(4x4) 0.65 ms against 1.01; the channels are ahead of it
+    # where dw_channels_ok says, being first in ALGORITHMS)
     return True
 
 
