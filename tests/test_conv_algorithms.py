@@ -572,3 +572,28 @@ def test_forcing_a_level_is_checked_at_import():
     else:
         assert res.returncode == 1
         assert f"this CPU runs at most {cpu}" in res.stderr
+
+
+def test_fastest_times_the_candidates_in_turns_and_keeps_the_fastest():
+    """An InferenceSession's autotuning: every usable algorithm warmed once, then timed round
+    after round in turns (a burst of load hits them alike); the clearly fastest is kept."""
+    import time
+    geom = conv(16, 16, 32, 3)
+    ruled = algorithms.choose("forward", geom, 2, algorithms.machine_isa())
+    usable = [a for a in algorithms.ALGORITHMS["forward"]
+              if a != "depthwise" and algorithms.usable(a, "forward", geom, 2)]
+    calls = []
+
+    def runner(name, seconds):
+        def run():
+            calls.append(name)
+            time.sleep(seconds)
+        return run
+    winner = next(a for a in usable if a != ruled)
+    runners = {a: runner(a, 0.0 if a == winner else 0.004) for a in usable}
+    assert algorithms.fastest("forward", geom, 2, runners) == winner
+    assert calls == usable + usable * 3                 # warm, then 3 rounds in turns
+    calls.clear()
+    runners = {a: runner(a, 0.0) for a in usable}
+    assert algorithms.fastest("forward", geom, 2, runners) in usable
+    assert calls == usable + usable * 5                 # rounds under a millisecond: 5
