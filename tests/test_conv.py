@@ -544,3 +544,59 @@ def test_checked_geometries_are_cached_by_argument_types():
     assert F.conv2d(x, w, padding=[1, 1]).shape == (1, 3, 5, 5)
     with pytest.raises(ValueError, match="input has 4 channels"):
         F.conv2d(np.zeros((1, 4, 5, 5), np.float32), w)
+
+
+def test_cached_plans_honor_forced_algorithms_and_keep_the_bits(rng):
+    """Forward plans and backward choices are cached per problem, yet a conv_algorithms()
+    block entered after the first (cached) call still runs its algorithm: each forced forward
+    gives the bits of a ConvForward made for that call (the uncached path), and the forced
+    algorithms give different bits from each other (so the cached rules' choice did not run);
+    a layer built and run before the block follows it too."""
+    from fastcnn.functional import _conv
+    import fastcnn
+    x = rng.standard_normal((2, 16, 12, 12)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    dy = rng.standard_normal((2, 16, 12, 12)).astype(np.float32)
+    ruled = F.conv2d(x, w, b, padding=1)                 # the rules' plan, cached
+    ruled_grads = F.conv2d_backward(dy, x, w, padding=1)
+    geom = _conv._conv_geometry("conv2d", 2, x, w, 1, 1, 1, 1)
+    forward = {}
+    for algorithm in ("winograd4", "winograd", "rows", "direct", "im2col"):
+        with F.conv_algorithms(forward=algorithm):
+            reference = _conv.ConvForward(geom, 2, w, b, np.dtype(np.float32))
+            assert reference.algorithm == algorithm
+            expected = np.empty_like(ruled)
+            reference.run(x.reshape(2, -1), expected.reshape(2, -1))
+            for _ in range(2):                              # planned, then from the cache
+                np.testing.assert_array_equal(F.conv2d(x, w, b, padding=1), expected)
+                np.testing.assert_array_equal(
+                    F.conv2d(x, w, b, padding=1, activation="relu"), np.maximum(expected, 0))
+        forward[algorithm] = expected
+        np.testing.assert_allclose(expected, ruled, rtol=1e-4, atol=1e-4)
+    assert not np.array_equal(forward["winograd4"], forward["im2col"])
+    assert not np.array_equal(forward["winograd"], forward["im2col"])
+    np.testing.assert_array_equal(F.conv2d(x, w, b, padding=1), ruled)   # the rules again
+
+    input_grads = {}
+    for algorithm in ("direct", "rows", "winograd4", "winograd", "im2col"):
+        with F.conv_algorithms(input_grad=algorithm, weight_grad=algorithm
+                               if algorithm != "rows" else "channels"):
+            chosen = _conv._backward_algorithms(geom, 2, np.dtype(np.float32), True, True)
+            assert chosen == (algorithm, algorithm if algorithm != "rows" else "channels")
+            first = F.conv2d_backward(dy, x, w, padding=1)
+            again = F.conv2d_backward(dy, x, w, padding=1)
+        for got, twice, want in zip(first, again, ruled_grads):
+            np.testing.assert_array_equal(got, twice)
+            np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+        input_grads[algorithm] = first[0]
+    assert not np.array_equal(input_grads["winograd4"], input_grads["im2col"])
+
+    layer = fastcnn.build_model({"input_shape": [16, 12, 12], "layers": [
+        {"type": "conv2d", "out_channels": 16, "kernel_size": 3, "padding": 1}]})
+    layer.layers[next(iter(layer.layers))].weight.data[...] = w
+    layer.layers[next(iter(layer.layers))].bias.data[...] = b
+    np.testing.assert_array_equal(layer(x), ruled)
+    for algorithm in ("winograd4", "im2col"):
+        with F.conv_algorithms(forward=algorithm):
+            np.testing.assert_array_equal(layer(x), forward[algorithm])

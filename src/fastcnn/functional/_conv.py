@@ -246,8 +246,83 @@ def _conv_forward(fname, nd, input, weight, bias, stride, padding, dilation, gro
     if geom.n == 0:
         return out if geom.batched else out[0]
     out2 = _rows(out, geom.n)
-    ConvForward(geom, nd, w4, b1, dtype, relu, probe=(x2, out2)).run(x2, out2)
+    plan = _forward_plan(geom, nd, dtype, relu)
+    if plan is None:        # autotuning: ConvForward times its candidates on this call
+        ConvForward(geom, nd, w4, b1, dtype, relu, probe=(x2, out2)).run(x2, out2)
+    else:
+        plan.run(w4, b1, x2, out2)
     return out if geom.batched else out[0]
+
+
+class _ForwardPlan:
+    """A convolution forward's work that does not read the weight's values, made once per
+    problem: the algorithm (algorithms.select: the rules, or the one forced by
+    conv_algorithms) and that algorithm's layout (the im2col blocking and workspace, the
+    depthwise loops' shapes; the direct kernels' offsets and scalars are algorithms'
+    direct_layout). ``run(w4, b1, x2, out2)`` prepares the weight operands and runs the same
+    kernels as ConvForward: the same bits."""
+    __slots__ = ("geom", "dtype", "relu", "algorithm", "args", "shapes", "block", "per_thread",
+                 "layout")
+
+    def __init__(self, geom, nd, dtype, relu, algorithm):
+        self.geom, self.dtype, self.relu, self.algorithm = geom, dtype, relu, algorithm
+        self.args = geom.kernel_args()
+        self.shapes = ((geom.n, geom.in_channels, -1), (geom.n, geom.out_channels, -1))
+        self.block = self.per_thread = 0
+        self.layout = None
+        if algorithm in ("rows", "direct"):
+            self.layout = algorithms.direct_layout(
+                (geom.out_channels, geom.in_channels) + geom.kernel[3 - nd:], geom, dtype,
+                algorithm == "rows")
+        if algorithm == "im2col":
+            args = self.args
+            pointwise = _conv.is_pointwise(args[1], args[2], args[3])
+            self.block = _conv.sample_block(geom.n, math.prod(geom.out_size), pointwise)
+            self.per_thread = _conv.workspace_size(geom.in_channels, geom.out_channels,
+                                                   args[1], args[2], args[3], args[5],
+                                                   self.block)
+
+    def run(self, w4, b1, x2, out2):
+        geom, dtype, relu, algorithm = self.geom, self.dtype, self.relu, self.algorithm
+        if algorithm == "im2col":
+            threads = get_num_threads()
+            ws = scratch(self.per_thread * threads, dtype)
+            with single_threaded_blas:
+                _conv.conv_forward(x2, w4.reshape(geom.out_channels, -1), b1, out2, ws,
+                                   geom.groups, *self.args, self.block, relu, threads)
+        elif algorithm in ("rows", "direct"):
+            algorithms.DirectOperands(w4, b1, geom, dtype, algorithm == "rows",
+                                      self.layout).run(x2, out2, dtype, relu)
+        elif algorithm == "depthwise":
+            shape_x, shape_y = self.shapes
+            _depthwise.forward(x2.reshape(shape_x), w4.reshape(geom.out_channels, -1), b1,
+                               out2.reshape(shape_y), *self.args, relu, get_num_threads())
+        else:
+            algorithms.WinogradOperands(w4, b1, geom.in_size, geom.padding[1], geom.out_size,
+                                        dtype, m=algorithms.WINOGRAD_TILE[algorithm]).run(
+                x2, out2, dtype, relu)
+
+
+# Forward plans by (geometry, nd, dtype, relu, forced forward algorithm); a training step asks
+# for the same ones every step (ConvForward's closures, select() and the operands' layout
+# cost ~10-20 us a call: LeNet's second layer at batch 64 runs ~140 us).
+_FORWARD_PLANS: dict = {}
+_PLANS_MAX = 1024
+
+
+def _forward_plan(geom, nd, dtype, relu):
+    """The cached _ForwardPlan of this problem, or None with autotuning on (its choice is
+    timed per shape and thread count by ConvForward)."""
+    if algorithms._autotune["enabled"]:
+        return None
+    key = (geom, nd, dtype.num, relu, algorithms._forced.get().get("forward"))
+    plan = _FORWARD_PLANS.get(key)
+    if plan is None:
+        plan = _ForwardPlan(geom, nd, dtype, relu, algorithms.select("forward", geom, nd, dtype))
+        if len(_FORWARD_PLANS) >= _PLANS_MAX:
+            _FORWARD_PLANS.clear()
+        _FORWARD_PLANS[key] = plan
+    return plan
 
 
 def _conv_backward(fname, nd, grad_output, input, weight, stride, padding, dilation, groups,
@@ -295,8 +370,12 @@ def _conv_backward(fname, nd, grad_output, input, weight, stride, padding, dilat
             2 - geom.padding[1], geom.in_size, dtype, flip=True, m=4),
         "im2col": lambda: run_im2col(True, False),
     }
-    input_algorithm = (algorithms.select("input gradient", geom, nd, dtype, input_runners)
-                       if b.need_x else None)
+    chosen = _backward_algorithms(geom, nd, dtype, b.need_x, b.need_w)
+    if chosen is not None:
+        input_algorithm, weight_algorithm = chosen
+    else:
+        input_algorithm = (algorithms.select("input gradient", geom, nd, dtype, input_runners)
+                           if b.need_x else None)
 
     # weight gradient
     def depthwise_weight_grad():
@@ -317,9 +396,10 @@ def _conv_backward(fname, nd, grad_output, input, weight, stride, padding, dilat
             x2, dy2, geom, dtype, by_channels=True)),
         "im2col": lambda: run_im2col(False, True),
     }
-    weight_algorithm = (algorithms.select("weight gradient", geom, nd, dtype, weight_runners)
-                        if b.need_w else None)
-    b.grad_w = None                       # autotuning may have run a candidate that set it
+    if chosen is None:
+        weight_algorithm = (algorithms.select("weight gradient", geom, nd, dtype,
+                                              weight_runners) if b.need_w else None)
+        b.grad_w = None                   # autotuning may have run a candidate that set it
 
     if input_algorithm == weight_algorithm == "im2col":
         run_im2col(True, True)            # one pass: the columns of dy shared by both
@@ -329,6 +409,30 @@ def _conv_backward(fname, nd, grad_output, input, weight, stride, padding, dilat
         if weight_algorithm is not None:
             weight_runners[weight_algorithm]()
     return b.gradients()
+
+
+# The backward's (input gradient, weight gradient) algorithms by (geometry, nd, dtype, which
+# gradients, forced algorithms): select() per direction costs a few us a call, and a training
+# step asks for the same ones every step.
+_BACKWARD_ALGORITHMS: dict = {}
+
+
+def _backward_algorithms(geom, nd, dtype, need_x, need_w):
+    """(input gradient algorithm or None, weight gradient algorithm or None) of this problem
+    (algorithms.select), cached; None with autotuning on (select times the candidates)."""
+    if algorithms._autotune["enabled"]:
+        return None
+    forced = algorithms._forced.get()
+    key = (geom, nd, dtype.num, need_x, need_w, forced.get("input gradient"),
+           forced.get("weight gradient"))
+    chosen = _BACKWARD_ALGORITHMS.get(key)
+    if chosen is None:
+        chosen = (algorithms.select("input gradient", geom, nd, dtype) if need_x else None,
+                  algorithms.select("weight gradient", geom, nd, dtype) if need_w else None)
+        if len(_BACKWARD_ALGORITHMS) >= _PLANS_MAX:
+            _BACKWARD_ALGORITHMS.clear()
+        _BACKWARD_ALGORITHMS[key] = chosen
+    return chosen
 
 
 class _BackwardOperands:

@@ -771,37 +771,48 @@ def direct_offsets(c_in, kh, kw, dh, dw, hp, wp, phases=1):
     return offsets
 
 
+@functools.lru_cache(maxsize=256)
+def direct_layout(weight_shape, geom, dtype, by_rows):
+    """What DirectOperands holds besides the weight's values, for a weight of ``weight_shape``
+    (C_out, C_in, kH, kW) on ``geom``: (cpad, panel or 0, offsets, scalars, workspace), made
+    once per problem (every convolution call of a training step asks for the same ones)."""
+    c_out, c_in, kh, kw = weight_shape
+    (_, dh, dw), (_, ph, pw), (_, sh, sw) = geom.dilation, geom.padding, geom.stride
+    oh, ow = geom.out_size
+    hp, wp = padded_plane(geom)
+    unit = _direct.CO_PAD if by_rows else max(_direct.CO_PAD, _direct.channel_panel(dtype))
+    cpad = -(-c_out // unit) * unit
+    panel = 0 if by_rows else _direct.channel_panel(dtype)
+    offsets = direct_offsets(c_in, kh, kw, dh, dw, hp, wp, sw)
+    scalars = (c_in, *geom.in_size, ph, pw, hp, wp, oh, ow, sh, sw)
+    workspace = _direct.direct_workspace_size(c_in, hp, wp, sh, sw, by_rows)
+    return cpad, panel, offsets, scalars, workspace
+
+
 class DirectOperands:
     """A convolution's weight and bias as the direct kernels read them, prepared once: the
     weight transposed to (K, C_out padded to _direct.CO_PAD) for the row kernel, or in the
     channel kernel's panels (_direct.channel_panel: (C_out padded / panel) blocks of (K, panel),
     held in a (K, cpad) array); the bias padded alike, the taps' offsets in the padded planes,
-    and the geometry's scalars (a layer's forward prepares them per call; an InferenceSession
-    once per plan)."""
+    and the geometry's scalars (direct_layout: made once per problem; the weight's layout per
+    call of a layer's forward, once per plan of an InferenceSession)."""
     __slots__ = ("wt", "bias", "offsets", "scalars", "by_rows", "workspace")
 
-    def __init__(self, w, b1, geom, dtype, by_rows=False):
-        c_out, c_in, kh, kw = w.shape
-        (_, dh, dw), (_, ph, pw), (_, sh, sw) = geom.dilation, geom.padding, geom.stride
-        oh, ow = geom.out_size
-        hp, wp = padded_plane(geom)
-        taps = c_in * kh * kw
-        unit = _direct.CO_PAD if by_rows else max(_direct.CO_PAD, _direct.channel_panel(dtype))
-        cpad = -(-c_out // unit) * unit
+    def __init__(self, w, b1, geom, dtype, by_rows=False, layout=None):
+        c_out = w.shape[0]
+        cpad, panel, self.offsets, self.scalars, self.workspace = (
+            layout or direct_layout(w.shape, geom, np.dtype(dtype), by_rows))
+        taps = w.size // c_out
         wt = np.zeros((taps, cpad), dtype=dtype)
         wt[:, :c_out] = w.reshape(c_out, -1).T
-        if not by_rows:
-            panel = _direct.channel_panel(dtype)
+        if panel:
             wt = np.ascontiguousarray(
                 wt.reshape(taps, cpad // panel, panel).transpose(1, 0, 2)).reshape(taps, cpad)
         self.wt = wt
         self.bias = np.zeros(cpad, dtype=dtype)
         if b1.size:
             self.bias[:c_out] = b1
-        self.offsets = direct_offsets(c_in, kh, kw, dh, dw, hp, wp, sw)
-        self.scalars = (c_in, *geom.in_size, ph, pw, hp, wp, oh, ow, sh, sw)
         self.by_rows = by_rows
-        self.workspace = _direct.direct_workspace_size(c_in, hp, wp, sh, sw, by_rows)
 
     def run(self, x2, out2, dtype, relu=False, out_layout=None, threads=None):
         """out2 (N, C_out*L) = the convolution of x2 (N, C_in*H*W) (see
