@@ -504,3 +504,48 @@ def test_residual_adds_go_into_winograd_convolutions(threads, winograd):
                 np.testing.assert_array_equal(plan.run(x)[0], want)
         with conv_algorithms(forward="im2col"):     # another algorithm, unfused
             assert_float32_close(session(x), model(x))
+
+
+@pytest.mark.parametrize("layer", [
+    {"type": "conv_transpose2d", "out_channels": 5, "kernel_size": 4, "stride": 2, "padding": 1},
+    {"type": "conv_transpose2d", "out_channels": 16, "kernel_size": 3, "stride": 2,
+     "output_padding": 1},
+    {"type": "conv_transpose2d", "out_channels": 4, "kernel_size": 2, "stride": 2},
+])
+def test_transposed_convolutions_by_phases_run_compiled(threads, layer):
+    """A transposed convolution by output phases is one compiled step per phase (its outputs
+    interleaved by the direct kernels' output layout): the plan is one CompiledRun, the same
+    bits as the layer at 1, 2 and more threads than the workspace was made for."""
+    from fastcnn._ops.parallel import openmp_max_threads
+    from fastcnn._ops.plan_steps import CompiledRun
+    from fastcnn.functional import conv_algorithms
+    from fastcnn.inference.plan import Plan
+    model = fastcnn.build_model({"input_shape": [6, 7, 9], "layers": [layer]}).eval()
+    with conv_algorithms(transposed="subpixel"):
+        session = fastcnn.InferenceSession(model, autotune=False)
+        for batch in (1, 3):
+            assert "subpixel" in session.plan(batch).describe()
+            plan = Plan(session.plan(batch))
+            assert len(plan._runs) == 1 and isinstance(plan._runs[0], CompiledRun)
+            assert len(plan._steps) > 1                          # a step per phase
+            x = np.random.default_rng(batch).standard_normal((batch, 6, 7, 9),
+                                                             dtype=np.float32)
+            want = model(x)
+            for count in (1, 2, openmp_max_threads() + 2):
+                threads(count)
+                np.testing.assert_array_equal(plan.run(x)[0], want)
+
+
+def test_direct_step_refuses_an_output_layout_outside_its_output():
+    from fastcnn._ops.conv_direct import DirectStep, direct_workspace_size
+    x = np.zeros((1, 2 * 4 * 4), np.float32)
+    wt, bias = np.zeros((18, 8), np.float32), np.zeros(8, np.float32)
+    out = np.zeros((1, 3 * 8 * 8), np.float32)
+    offsets = np.zeros(18, np.intp)
+    ws = np.zeros(direct_workspace_size(2, 6, 6, 1, 1, True), np.float32)
+    args = (2, 4, 4, 1, 1, 6, 6, 4, 4, 1, 1, True, False, 1)
+    DirectStep(x, wt, bias, out, ws, offsets, *args, (3, 9, 64, 16, 2))      # one phase: fits
+    for layout in [(3, 10, 64, 16, 2), (9, 0, 64, 16, 2), (3, 0, 64, 16, 0), (3, -1, 64, 16, 2),
+                   (3, 0, 64)]:
+        with pytest.raises(ValueError, match="layout|geometry"):
+            DirectStep(x, wt, bias, out, ws, offsets, *args, layout)

@@ -8,6 +8,7 @@ import numpy as np
 from fastcnn import _checks, _memory
 from fastcnn._checks import as_array, as_int, contiguous, float_dtype, lift3, ntuple
 from fastcnn._ops import conv as _conv
+from fastcnn._ops import conv_direct as _direct
 from fastcnn._threads import get_num_threads, single_threaded_blas
 from fastcnn._workspace import scratch
 from fastcnn.functional._common import _INT32_MAX, _rows
@@ -87,8 +88,8 @@ class ConvTransposeForward:
     the algorithm chosen and, by phases, each output phase's kernels as the row kernel reads
     them. ``run(x2, out2)``: out2 (N, C_out*prod(out)) from x2 (N, C_in*prod(in)).
     F.conv_transpose*d prepares one per call; an InferenceSession once per plan.
-    ``step(x2, out2, workspace, max_threads)``, ``step_scratch``: as ConvForward's; step None
-    for the algorithm without one (subpixel)."""
+    ``step(x2, out2, workspace, max_threads)``, ``step_scratch``: as ConvForward's (by
+    phases: a list of compiled steps, one per output phase)."""
     __slots__ = ("algorithm", "run", "step", "step_scratch")
 
     def __init__(self, geom, nd, w4, b1, dtype, fastest=False):
@@ -132,7 +133,12 @@ class ConvTransposeForward:
             def by_phases(x2, out2):
                 for ops, layout in phases:
                     ops.run(x2, out2, dtype, out_layout=layout)
-            return by_phases, (0, None)
+
+            def step(x2, out2, ws, threads):        # one compiled step per phase, in turn
+                return [_direct.DirectStep(x2, ops.wt, ops.bias, out2, ws, ops.offsets,
+                                           *ops.scalars, ops.by_rows, False, threads, layout)
+                        for ops, layout in phases]
+            return by_phases, (max(ops.workspace for ops, _ in phases), step)
         else:
             args = _conv_transpose_args(geom)
             per_thread = _conv.conv_transpose_workspace_size(geom.out_channels, *args[1:4],

@@ -148,8 +148,9 @@ class Plan:
                 flat, out = arena.take(spec.out_shape)
             values[node.name], base[node.name] = out, flat
             live.setdefault(id(flat), set()).add(node.name)
-            if spec.bind is not None:
-                self._steps.append(spec.bind(inputs, out, self.scratch))
+            if spec.bind is not None:               # one callable, or several in turn
+                bound = spec.bind(inputs, out, self.scratch)
+                self._steps.extend(bound if isinstance(bound, list) else [bound])
             for ref in set(node.inputs) | set(spec.extra_inputs) | {node.name}:
                 if template.last_read.get(ref, -1) <= index and ref not in keep:
                     names = live[id(base[ref])]

@@ -7,8 +7,8 @@ scratch)`` then returns a callable with no arguments that runs the layer from th
 into ``out`` (``scratch``: the plan's workspace, at least ``spec.scratch`` elements, shared by
 its steps, which run one at a time): the plan's loop calls it on every run, with no checks, no
 allocation and no lookup.
-For ReLU, add, concat, linear, max and average pooling and the convolutions (every algorithm,
-but the transposed convolution's subpixel phases) that callable is a compiled step
+For ReLU, add, concat, linear, max and average pooling and the convolutions (every algorithm;
+a transposed convolution by phases: one per phase) that callable is a compiled step
 (fastcnn._ops.plan_steps.CompiledStep: the kernel's pointers bound once), which the plan runs
 in sequences without Python between the layers; the others are Python callables.
 
@@ -50,7 +50,8 @@ class StepSpec:
     out_shape: the output's full shape (batch included);
     view: the output is the first input reshaped (no work, no buffer of its own);
     in_place: the output may take the first input's buffer when nothing reads that input later;
-    bind(inputs, out, scratch) -> run(): the kernel on fixed arrays (None for a view);
+    bind(inputs, out, scratch) -> run(): the kernel on fixed arrays (None for a view), or a
+    list of such run in turn (a transposed convolution's output phases);
     scratch: elements of workspace the kernel needs (the plan's, shared by all its steps);
     extra_inputs: names of values read besides the node's own inputs (appended to bind's
     inputs: a fused residual);
