@@ -270,3 +270,68 @@ def test_elementwise_buffer_and_bad_arguments():
     with pytest.raises(ValueError, match="does not broadcast"):
         fastcnn.build_model({"input_shape": [2, 3], "layers": [
             {"type": "elementwise", "op": "add", "shape": [4]}]})
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_conv_layers_fast_path_same_bits_as_the_functional_calls(monkeypatch, dtype):
+    """Convolution layers run their cached plans (_conv._layer_forward / _layer_backward,
+    skipping conv2d's checks for their own operands): two train steps give the same bits as
+    through F.conv{1,2}d / F.conv{1,2}d_backward (outputs, input and parameter gradients),
+    with a fused ReLU, 'same' padding, stride, groups, depthwise, 1x1, no bias, 1-D; an input
+    of another dtype takes the checked path, a wrong one gets conv2d's error."""
+    from fastcnn.functional import _conv
+    configs = [
+        {"input_shape": [3, 12, 12], "seed": 0, "layers": [
+            {"type": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1},
+            {"type": "relu"},
+            {"type": "conv2d", "out_channels": 16, "kernel_size": 5, "padding": "same",
+             "bias": False},
+            {"type": "conv2d", "out_channels": 16, "kernel_size": 3, "stride": 2, "groups": 2},
+            {"type": "relu"},
+            {"type": "conv2d", "out_channels": 16, "kernel_size": 3, "padding": 1,
+             "groups": 16},
+            {"type": "conv2d", "out_channels": 4, "kernel_size": 1},
+            {"type": "flatten"}, {"type": "linear", "out_features": 3}]},
+        {"input_shape": [3, 20], "seed": 0, "layers": [
+            {"type": "conv1d", "out_channels": 5, "kernel_size": 3, "padding": 1},
+            {"type": "relu"}, {"type": "flatten"}]},
+    ]
+    rng = np.random.default_rng(7)
+    fast_forward, fast_backward = _conv._layer_forward, _conv._layer_backward
+    for config in configs:
+        config = config | {"dtype": dtype}
+        shape = (4,) + tuple(config["input_shape"])
+        xs = [rng.standard_normal(shape).astype(dtype) for _ in range(2)]
+        runs, taken = [], []
+        for fast in (True, False):
+            if fast:
+                monkeypatch.setattr(_conv, "_layer_forward",
+                                    lambda *a: taken.append(1) or fast_forward(*a))
+                monkeypatch.setattr(_conv, "_layer_backward", fast_backward)
+            else:
+                monkeypatch.setattr(_conv, "_layer_forward", lambda *a: None)
+                monkeypatch.setattr(_conv, "_layer_backward", lambda nd, dy, x, w, s, p, d, g,
+                                    mask: _conv._conv_backward(f"conv{nd}d_backward", nd, dy,
+                                                               x, w, s, p, d, g, mask))
+            model = fastcnn.build_model(config)
+            outs = []
+            for x in xs:
+                y = model(x)
+                model.zero_grad()
+                outs += [y, model.backward(np.cos(y))]
+                outs += [p.grad.copy() for p in model.parameters()]
+            runs.append(outs)
+        convs = sum(layer["type"].startswith("conv") for layer in config["layers"])
+        assert len(taken) == 2 * convs
+        for a, b in zip(*runs):
+            np.testing.assert_array_equal(a, b)
+    monkeypatch.setattr(_conv, "_layer_forward", fast_forward)
+    monkeypatch.setattr(_conv, "_layer_backward", fast_backward)
+    model = fastcnn.build_model(configs[0] | {"dtype": dtype})
+    other = "float64" if dtype == "float32" else "float32"
+    x = rng.standard_normal((2, 3, 12, 12))
+    np.testing.assert_allclose(model(x.astype(other)), model(x.astype(dtype)), rtol=1e-4,
+                               atol=1e-4)
+    first = model.layers[next(iter(model.layers))]
+    with pytest.raises(ValueError, match="conv2d: input has 4 channels"):
+        first(np.zeros((2, 4, 12, 12), dtype))

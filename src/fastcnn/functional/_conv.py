@@ -325,6 +325,50 @@ def _forward_plan(geom, nd, dtype, relu):
     return plan
 
 
+# A layer's calls, by what they depend on: the layer's arguments were checked when it was
+# built (int tuples), its weight and bias are its own. In a train step every check and small
+# call runs with cold caches (~64 us a forward outside the kernels on resnet_small at batch 32).
+_LAYER_PLANS: dict = {}
+_FLOAT_NUMS = (np.dtype(np.float32).num, np.dtype(np.float64).num)
+
+
+def _layer_forward(nd, x, w, b, stride, padding, dilation, groups, relu):
+    """conv{nd}d(x, w, b, stride, padding, dilation, groups, activation="relu" if relu) for a
+    convolution layer (stride, padding, dilation: its checked tuples or padding string; w, b its
+    parameters), or None where the layer must call conv{nd}d (which checks everything): x not
+    a batched, C-contiguous, aligned array of w's float dtype, w or b not C-contiguous of that
+    dtype, or autotuning on. The first call of a problem is checked as conv{nd}d's; the same
+    plan runs (the same bits)."""
+    if (type(x) is not np.ndarray or x.ndim != nd + 2 or x.dtype != w.dtype
+            or algorithms._autotune["enabled"]):
+        return None
+    key = (nd, x.shape, w.shape, x.dtype.num, None if b is None else (b.shape, b.dtype.num),
+           stride, padding, dilation, groups, relu, algorithms._forced.get().get("forward"))
+    entry = _LAYER_PLANS.get(key)
+    if entry is None:
+        if (x.dtype.num not in _FLOAT_NUMS
+                or (b is not None and (type(b) is not np.ndarray or b.dtype != w.dtype))):
+            return None
+        fname = f"conv{nd}d"
+        geom = _conv_geometry(fname, nd, x, w, stride, padding, dilation, groups)
+        b1 = _checks.optional_vector(fname, "bias", b, geom.out_channels, x.dtype)
+        entry = (_forward_plan(geom, nd, x.dtype, relu),
+                 (geom.n, geom.out_channels) + geom.out_size, b1 if b is None else None)
+        if len(_LAYER_PLANS) >= _PLANS_MAX:
+            _LAYER_PLANS.clear()
+        _LAYER_PLANS[key] = entry
+    plan, shape, no_bias = entry
+    xf, wf = x.flags, w.flags
+    if not (xf.c_contiguous and xf.aligned and wf.c_contiguous and wf.aligned
+            and (b is None or b.flags.c_contiguous)):
+        return None
+    out = _memory.empty(shape, x.dtype)
+    n = shape[0]
+    if n:
+        plan.run(w, no_bias if b is None else b, _rows(x, n), _rows(out, n))
+    return out
+
+
 def _conv_backward(fname, nd, grad_output, input, weight, stride, padding, dilation, groups,
                    output_mask):
     """The three gradients, each by its own algorithm (algorithms.select per direction):
@@ -334,6 +378,11 @@ def _conv_backward(fname, nd, grad_output, input, weight, stride, padding, dilat
     w = as_array(fname, "weight", weight)
     dy = as_array(fname, "grad_output", grad_output)
     geom = _conv_geometry(fname, nd, x, w, stride, padding, dilation, groups)
+    return _backward(fname, nd, geom, x, w, dy, output_mask)
+
+
+def _backward(fname, nd, geom, x, w, dy, output_mask):
+    """_conv_backward's gradients once x, w (ndarrays) and their geometry are checked."""
     b = _BackwardOperands(fname, geom, x, w, dy, output_mask)
     if geom.n == 0:
         return b.gradients()
@@ -349,66 +398,85 @@ def _conv_backward(fname, nd, grad_output, input, weight, stride, padding, dilat
                                 b.parts if with_w else empty, ws, with_x, with_w, geom.groups,
                                 *args, block, threads)
 
-    # input gradient: dL/dx is the convolution of dy by the kernels transposed and flipped
-    def direct_input_grad(by_rows):
-        flipped = np.ascontiguousarray(w4.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
-        algorithms.direct_conv2d(dy2, flipped, np.empty(0, dtype), _rows(b.grad_x, n),
-                                 algorithms.input_grad_as_conv(geom, nd), dtype, by_rows=by_rows)
+    def input_grad(algorithm):
+        """dL/dx: the convolution of dy by the kernels transposed and flipped."""
+        if algorithm == "depthwise":
+            _depthwise.grad_input(b.dy3, b.w2, b.grad_x.reshape(n, geom.in_channels, -1),
+                                  *geom.kernel_args(), threads)
+        elif algorithm in ("direct", "rows"):
+            flipped = np.ascontiguousarray(w4.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+            algorithms.direct_conv2d(dy2, flipped, np.empty(0, dtype), _rows(b.grad_x, n),
+                                     algorithms.input_grad_as_conv(geom, nd), dtype,
+                                     by_rows=algorithm == "rows")
+        elif algorithm in algorithms.WINOGRAD_TILE:
+            # Winograd on dy, padded 2 - p, by the flipped kernels
+            algorithms.winograd_conv2d(dy2, w4, np.empty(0, dtype), _rows(b.grad_x, n),
+                                       geom.out_size, 2 - geom.padding[1], geom.in_size, dtype,
+                                       flip=True, m=algorithms.WINOGRAD_TILE[algorithm])
+        else:
+            run_im2col(True, False)
 
-    input_runners = {
-        "depthwise": lambda: _depthwise.grad_input(
-            b.dy3, b.w2, b.grad_x.reshape(n, geom.in_channels, -1), *geom.kernel_args(),
-            threads),
-        "direct": lambda: direct_input_grad(False),
-        "rows": lambda: direct_input_grad(True),
-        # Winograd on dy, padded 2 - p, by the flipped kernels
-        "winograd": lambda: algorithms.winograd_conv2d(
-            dy2, w4, np.empty(0, dtype), _rows(b.grad_x, n), geom.out_size,
-            2 - geom.padding[1], geom.in_size, dtype, flip=True),
-        "winograd4": lambda: algorithms.winograd_conv2d(
-            dy2, w4, np.empty(0, dtype), _rows(b.grad_x, n), geom.out_size,
-            2 - geom.padding[1], geom.in_size, dtype, flip=True, m=4),
-        "im2col": lambda: run_im2col(True, False),
-    }
+    def weight_grad(algorithm):
+        if algorithm == "depthwise":
+            acc = np.empty(b.w2.shape)
+            _depthwise.grad_weight(b.dy3, x2.reshape(n, geom.in_channels, -1), acc,
+                                   *geom.kernel_args(), threads)
+            b.grad_w = acc.astype(dtype, copy=False)
+        elif algorithm in algorithms.WINOGRAD_TILE:
+            b.grad_w = algorithms.winograd_weight_grad(x2, dy2, geom, dtype,
+                                                       m=algorithms.WINOGRAD_TILE[algorithm])
+        elif algorithm in ("direct", "channels"):
+            b.grad_w = algorithms.direct_weight_grad(x2, dy2, geom, dtype,
+                                                     by_channels=algorithm == "channels")
+        else:
+            run_im2col(False, True)
+
     chosen = _backward_algorithms(geom, nd, dtype, b.need_x, b.need_w)
     if chosen is not None:
         input_algorithm, weight_algorithm = chosen
-    else:
-        input_algorithm = (algorithms.select("input gradient", geom, nd, dtype, input_runners)
-                           if b.need_x else None)
-
-    # weight gradient
-    def depthwise_weight_grad():
-        acc = np.empty(b.w2.shape)
-        _depthwise.grad_weight(b.dy3, x2.reshape(n, geom.in_channels, -1), acc,
-                               *geom.kernel_args(), threads)
-        b.grad_w = acc.astype(dtype, copy=False)
-
-    weight_runners = {
-        "depthwise": depthwise_weight_grad,
-        "winograd": lambda: setattr(b, "grad_w", algorithms.winograd_weight_grad(
-            x2, dy2, geom, dtype)),
-        "winograd4": lambda: setattr(b, "grad_w", algorithms.winograd_weight_grad(
-            x2, dy2, geom, dtype, m=4)),
-        "direct": lambda: setattr(b, "grad_w", algorithms.direct_weight_grad(
-            x2, dy2, geom, dtype)),
-        "channels": lambda: setattr(b, "grad_w", algorithms.direct_weight_grad(
-            x2, dy2, geom, dtype, by_channels=True)),
-        "im2col": lambda: run_im2col(False, True),
-    }
-    if chosen is None:
-        weight_algorithm = (algorithms.select("weight gradient", geom, nd, dtype,
-                                              weight_runners) if b.need_w else None)
-        b.grad_w = None                   # autotuning may have run a candidate that set it
+    else:                                 # autotuning: select times the candidates
+        input_algorithm = weight_algorithm = None
+        if b.need_x:
+            input_algorithm = algorithms.select(
+                "input gradient", geom, nd, dtype,
+                {a: functools.partial(input_grad, a) for a in algorithms.ALGORITHMS["input gradient"]})
+        if b.need_w:
+            weight_algorithm = algorithms.select(
+                "weight gradient", geom, nd, dtype,
+                {a: functools.partial(weight_grad, a) for a in algorithms.ALGORITHMS["weight gradient"]})
+        b.grad_w = None                   # a candidate timed may have set it
 
     if input_algorithm == weight_algorithm == "im2col":
         run_im2col(True, True)            # one pass: the columns of dy shared by both
     else:
         if input_algorithm is not None:
-            input_runners[input_algorithm]()
+            input_grad(input_algorithm)
         if weight_algorithm is not None:
-            weight_runners[weight_algorithm]()
+            weight_grad(weight_algorithm)
     return b.gradients()
+
+
+def _layer_backward(nd, dy, x, w, stride, padding, dilation, groups, output_mask):
+    """conv{nd}d_backward for a convolution layer's saved input (which passed _layer_forward,
+    so its geometry is cached) and own weight; output_mask a tuple of 3 bools. Checks dy as
+    conv{nd}d_backward does; the same kernels, the same bits. Any other input (one the
+    forward took conv{nd}d's checks for) goes through conv{nd}d_backward."""
+    fname = f"conv{nd}d_backward"
+    if type(x) is not np.ndarray or x.ndim != nd + 2 or x.dtype != w.dtype:
+        return _conv_backward(fname, nd, dy, x, w, stride, padding, dilation, groups,
+                              output_mask)
+    key = (nd, x.shape, w.shape, x.dtype.num, stride, padding, dilation, groups)
+    geom = _LAYER_GEOMETRIES.get(key)
+    if geom is None:
+        geom = _conv_geometry(fname, nd, x, w, stride, padding, dilation,
+                              groups)
+        if len(_LAYER_GEOMETRIES) >= _PLANS_MAX:
+            _LAYER_GEOMETRIES.clear()
+        _LAYER_GEOMETRIES[key] = geom
+    return _backward(fname, nd, geom, x, w, as_array(fname, "grad_output", dy), output_mask)
+
+
+_LAYER_GEOMETRIES: dict = {}
 
 
 # The backward's (input gradient, weight gradient) algorithms by (geometry, nd, dtype, which

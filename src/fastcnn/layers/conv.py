@@ -5,6 +5,7 @@ import math
 
 from fastcnn import functional as F
 from fastcnn._checks import as_int, ntuple
+from fastcnn.functional import _conv as _conv_ops
 from fastcnn.layers.base import Layer
 from fastcnn.registry import register_layer
 
@@ -80,8 +81,14 @@ class _ConvBase(Layer):
     def _backward_from(self, grad, x):
         """Accumulate the parameter gradients for dL/d(output) ``grad``; return dL/dx."""
         need_x = getattr(self, "needs_input_grad", True)
-        gx, gw, gb = self._backward(grad, x, self.weight.data, **self._args(),
-                                    output_mask=(need_x, True, self.bias is not None))
+        mask = (need_x, True, self.bias is not None)
+        if self.op == "conv":
+            gx, gw, gb = _conv_ops._layer_backward(self.nd, grad, x, self.weight.data,
+                                                   self.stride, self.padding, self.dilation,
+                                                   self.groups, mask)
+        else:
+            gx, gw, gb = self._backward(grad, x, self.weight.data, **self._args(),
+                                        output_mask=mask)
         self.weight.grad += gw
         if self.bias is not None:
             self.bias.grad += gb
@@ -99,8 +106,11 @@ class _ConvNd(_ConvBase):
 
     def forward(self, x):
         act = self.fused_activation
-        y = self._forward(x, self.weight.data, None if self.bias is None else self.bias.data,
-                          **self._args(), activation=act)
+        w, b = self.weight.data, None if self.bias is None else self.bias.data
+        y = _conv_ops._layer_forward(self.nd, x, w, b, self.stride, self.padding,
+                                     self.dilation, self.groups, act == "relu")
+        if y is None:
+            y = self._forward(x, w, b, **self._args(), activation=act)
         self.save_for_backward(x, y if act else None)
         return y
 
