@@ -597,3 +597,30 @@ def test_fastest_times_the_candidates_in_turns_and_keeps_the_fastest():
     runners = {a: runner(a, 0.0) for a in usable}
     assert algorithms.fastest("forward", geom, 2, runners) in usable
     assert calls == usable + usable * 5                 # rounds under a millisecond: 5
+
+
+def test_channels_weight_gradient_kernel_refuses_mismatched_buffers():
+    """The kernel's driver checks its buffers before the nogil loop: a workspace too short for
+    the threads (which overran the heap before the check), offsets not padded to its blocks,
+    or x and dy rows that do not match the geometry are a ValueError."""
+    from fastcnn._ops import conv_direct as direct
+    c, h, w, k, c_out, n = 3, 5, 5, 3, 4, 2
+    cpad, kpad = direct.channels_weight_grad_layout(c_out, c * k * k)
+    size = direct.channels_weight_grad_workspace_size(c, h, w, 1, 1, c_out, c * k * k, 3, 3)
+    x = np.zeros((n, c * h * w), np.float32)
+    dy = np.zeros((n, c_out * 9), np.float32)
+    grad_w = np.zeros((c_out, c * k * k), np.float32)
+    parts = np.zeros((n, c * k * k * c_out))
+    good = dict(workspace=np.zeros(2 * size, np.float32), offsets=np.zeros(kpad, np.intp), x=x,
+                dy=dy)
+    bad = [dict(workspace=np.zeros(size, np.float32)), dict(offsets=np.zeros(kpad - 1, np.intp)),
+           dict(x=np.zeros((n, c * h * w - 1), np.float32)), dict(dy=dy[:1])]
+    for change in bad:
+        a = {**good, **change}
+        with pytest.raises(ValueError, match="direct_weight_grad_channels"):
+            direct.direct_weight_grad_channels(a["x"], a["dy"], grad_w, parts, a["workspace"],
+                                               a["offsets"], c, h, w, 0, 0, h, w, 3, 3, 1, 1, 2)
+    a = good
+    direct.direct_weight_grad_channels(a["x"], a["dy"], grad_w, parts, a["workspace"],
+                                       a["offsets"], c, h, w, 0, 0, h, w, 3, 3, 1, 1, 2)
+    assert not grad_w.any()

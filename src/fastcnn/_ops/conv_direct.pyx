@@ -2,8 +2,9 @@
 paths that functional/_conv_algorithms.py picks by measured rules per CPU level: the forward
 along output channels or along output rows (the latter also serves stride-1 input gradients
 and, storing with strides, each output phase of a transposed convolution), and the weight
-gradient on the row kernel's layout or with the output channels in the vector lanes. Each sample is first copied into zero-bordered planes in
-the thread's workspace (_pad_sample); the layout constants come from the header.
+gradient on the row kernel's layout or with the output channels in the vector lanes. Each
+sample is first copied into zero-bordered planes in the thread's workspace (_pad_sample); the
+layout constants come from the header.
 """
 from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
@@ -495,7 +496,8 @@ def direct_weight_grad_channels(const floating[:, ::1] x, const floating[:, ::1]
     """grad_w (C_out, K): the weight gradient of a 2-D convolution (one group) with the output
     channels in the vector lanes (_conv_direct.h's fc_dw_channels):
 
-        grad_w[co, k] = sum over samples n and outputs p of dy[n, co, p] * xpad[n, off[k] + p's corner]
+        grad_w[co, k] = sum over samples n and outputs p of
+                        dy[n, co, p] * xpad[n, off[k] + p's corner]
 
     Each fixed chunk of samples (chunk j: samples [j*N//n_chunks, (j+1)*N//n_chunks), n_chunks
     = parts.shape[0]) sums into its own float accumulators (kpad, cpad), stored to the double
@@ -518,6 +520,12 @@ def direct_weight_grad_channels(const floating[:, ::1] x, const floating[:, ::1]
     cdef Py_ssize_t xp_size = _direct_scratch(C, Hp, Wp, stride_h, stride_w, stride_w)
     cdef Py_ssize_t dyt_size = L * cpad, acc_size = kpad * cpad
     cdef Py_ssize_t stride = xp_size + dyt_size + acc_size
+    if (x.shape[1] != C * H * W or dy.shape[0] != N or num_threads < 1
+            or workspace.shape[0] < stride * num_threads):
+        raise ValueError(f"direct_weight_grad_channels: x ({x.shape[0]}, {x.shape[1]}), dy rows "
+                         f"{dy.shape[0]}, workspace {workspace.shape[0]} or num_threads "
+                         f"{num_threads} do not match C*H*W={C * H * W}, N={N}, "
+                         f"{stride} a thread")
     cdef Py_ssize_t j, n, co, k
     cdef double t
     cdef floating* xp
