@@ -384,12 +384,15 @@ def test_invalid_arguments(call, exc, match):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(3, 4, 10, 10), (2, 3, 7, 9), (1, 1, 2, 2), (2, 5, 28, 28)])
+@pytest.mark.parametrize("shape", [(3, 4, 10, 10), (2, 3, 7, 9), (1, 1, 2, 2), (2, 5, 28, 28),
+                                   (2, 6, 8, 8), (1, 3, 6, 26), (1, 2, 4, 32)])
 def test_max_pool_2x2_fast_path_equals_the_general_kernel(monkeypatch, dtype, shape):
     """The branch-free 2x2 stride-2 kernel (integer keys of the bit patterns) gives the general
     kernel's maxima bit for bit (the sign of a zero maximum included) and its offsets: ties
     (the first maximum), -0 against +0, infinities, all -inf windows, NaNs (the last one) and
-    odd sizes (the last row and column left out)."""
+    odd sizes (the last row and column left out); rows of every part of the kernel's loop (a
+    multiple of 8 outputs, groups of 4, one by one: 16, 13 = 8 + 4 + 1, 5, 4, 1 outputs);
+    the maxima alone (without the offsets) the same bits."""
     from fastcnn.functional import _pool
     rng = np.random.default_rng(4)
     x = rng.integers(-2, 3, shape).astype(dtype)          # many ties
@@ -400,6 +403,7 @@ def test_max_pool_2x2_fast_path_equals_the_general_kernel(monkeypatch, dtype, sh
     if shape[-1] >= 4:
         x[0, 0, :2, 2:4] = ((-0.0, 0.0), (0.0, -0.0))      # equal zeros: the first one
     fast = F.max_pool2d(x, 2, return_indices=True)
+    assert F.max_pool2d(x, 2).tobytes() == fast[0].tobytes()
     monkeypatch.setattr(_pool, "_two_by_two", lambda *args: False)
     slow = F.max_pool2d(x, 2, return_indices=True)
     np.testing.assert_array_equal(fast[1], slow[1])
