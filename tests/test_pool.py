@@ -457,3 +457,35 @@ def test_avg_pool_2x2_fast_path_equals_the_general_kernel(monkeypatch, dtype, sh
                      F.interpolate_backward(up, shape, scale_factor=2)])
     for a, b in zip(*runs):
         assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(5, 7, 8, 8), (2, 8, 3, 5), (1, 1, 1, 1), (0, 3, 4, 4),
+                                   (13, 6, 6), (3, 24, 17, 2)])
+def test_global_avg_pool_direct_loop_equals_the_adaptive_pooling(dtype, shape):
+    """global_avg_pool2d's own loop (several planes' sums at once) gives adaptive_avg_pool2d's
+    bits forward and backward (a -0 gradient included: 0 + g), for any thread count, and
+    plane counts that are and are not multiples of its block; errors name the function."""
+    from fastcnn._threads import set_num_threads, get_num_threads
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal(shape) * 10 ** rng.uniform(-3, 3, shape)).astype(dtype)
+    dy = rng.standard_normal(shape[:-2] + (1, 1)).astype(dtype)
+    if dy.size:
+        dy.flat[0] = -0.0
+    want = F.adaptive_avg_pool2d(x, 1), F.adaptive_avg_pool2d_backward(dy, x)
+    before = get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            set_num_threads(threads)
+            got = F.global_avg_pool2d(x), F.global_avg_pool2d_backward(dy, x)
+            for a, b in zip(got, want):
+                assert a.shape == b.shape and a.dtype == b.dtype
+                assert a.tobytes() == b.tobytes()
+    finally:
+        set_num_threads(before)
+    if dy.size:
+        assert not np.signbit(F.global_avg_pool2d_backward(dy, x).reshape(-1)[0])
+    with pytest.raises(ValueError, match="global_avg_pool2d_backward: grad_output must have"):
+        F.global_avg_pool2d_backward(np.zeros(shape[:-2] + (2, 1), dtype), x)
+    with pytest.raises(ValueError, match="global_avg_pool2d: input must be"):
+        F.global_avg_pool2d(np.zeros((2, 3), dtype))

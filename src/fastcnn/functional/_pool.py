@@ -574,11 +574,27 @@ del _nd
 
 def global_avg_pool2d(input):
     """Mean over the spatial axes, keeping them: (N, C, H, W) -> (N, C, 1, 1) (or (C, H, W) ->
-    (C, 1, 1)). Equals ``adaptive_avg_pool2d(input, 1)``."""
-    return _adaptive_avg_pool("global_avg_pool2d", 2, input, 1)
+    (C, 1, 1)). Equals ``adaptive_avg_pool2d(input, 1)``, bit for bit: each plane summed in
+    order from 0, then divided by H*W (several planes' sums at once in one loop)."""
+    x, lead, _ = _pool_input("global_avg_pool2d", 2, input)
+    dtype = float_dtype(x)
+    out = _memory.empty(lead + (1, 1), dtype)
+    p = math.prod(lead)
+    if p:
+        _pool.global_avg_forward(_planes(x, lead, dtype), out.reshape(p, 1), get_num_threads())
+    return out
 
 
 def global_avg_pool2d_backward(grad_output, input):
     """Gradient of :func:`global_avg_pool2d`: grad_output (N, C, 1, 1) / (H*W) broadcast over
-    each plane."""
-    return _adaptive_avg_pool("global_avg_pool2d_backward", 2, input, 1, grad_output)
+    each plane (as ``adaptive_avg_pool2d_backward(grad_output, input)``, bit for bit)."""
+    fname = "global_avg_pool2d_backward"
+    x, lead, in_size = _pool_input(fname, 2, input)
+    dy = _check_grad(fname, grad_output, lead + (1, 1))
+    dtype = float_dtype(x, dy)
+    grad = _memory.empty(lead + in_size, dtype)
+    p = math.prod(lead)
+    if p:
+        _pool.global_avg_backward(_planes(dy, lead, dtype), grad.reshape(p, -1),
+                                  get_num_threads())
+    return grad
