@@ -335,3 +335,8 @@ def test_conv_layers_fast_path_same_bits_as_the_functional_calls(monkeypatch, dt
     first = model.layers[next(iter(model.layers))]
     with pytest.raises(ValueError, match="conv2d: input has 4 channels"):
         first(np.zeros((2, 4, 12, 12), dtype))
+    x = x.astype(dtype)
+    expected = first(x)
+    first.padding = [1, 1]                      # a list, not hashable: the checked path
+    np.testing.assert_array_equal(first(x), expected)
+    first.backward(np.ones_like(expected))

@@ -344,7 +344,10 @@ def _layer_forward(nd, x, w, b, stride, padding, dilation, groups, relu):
         return None
     key = (nd, x.shape, w.shape, x.dtype.num, None if b is None else (b.shape, b.dtype.num),
            stride, padding, dilation, groups, relu, algorithms._forced.get().get("forward"))
-    entry = _LAYER_PLANS.get(key)
+    try:
+        entry = _LAYER_PLANS.get(key)
+    except TypeError:           # an argument replaced by an unhashable one (a list)
+        return None
     if entry is None:
         if (x.dtype.num not in _FLOAT_NUMS
                 or (b is not None and (type(b) is not np.ndarray or b.dtype != w.dtype))):
@@ -466,7 +469,11 @@ def _layer_backward(nd, dy, x, w, stride, padding, dilation, groups, output_mask
         return _conv_backward(fname, nd, dy, x, w, stride, padding, dilation, groups,
                               output_mask)
     key = (nd, x.shape, w.shape, x.dtype.num, stride, padding, dilation, groups)
-    geom = _LAYER_GEOMETRIES.get(key)
+    try:
+        geom = _LAYER_GEOMETRIES.get(key)
+    except TypeError:           # an argument replaced by an unhashable one (a list)
+        return _conv_backward(fname, nd, dy, x, w, stride, padding, dilation, groups,
+                              output_mask)
     if geom is None:
         geom = _conv_geometry(fname, nd, x, w, stride, padding, dilation,
                               groups)
