@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 import fastcnn
-from fastcnn.training import Trainer
+from fastcnn.training import Trainer, TrainingDiverged
 
 DATA = {"dataset": "synthetic", "n": 69, "num_classes": 3, "shape": [1, 8, 8], "test_size": 13,
         "validation_split": 0.2}      # 55 training samples: batches of 9 end with a single one
@@ -94,7 +94,18 @@ def main(mode, out):
         trainer = Trainer(config, os.path.join(out, "fail"), log=_quiet, progress=False,
                           distributed=True)
         _fail_on_rank_1(trainer, mode)
-        trainer.fit()
+        if mode == "raise":
+            trainer.fit()
+            return 0
+        try:
+            trainer.fit()
+        except TrainingDiverged as exc:
+            # every rank raises it; each prints before any exits, since mpiexec ends the job
+            # at the first exit and could drop a slower rank's message (seen once on a loaded
+            # machine)
+            print(f"TrainingDiverged: {exc}", file=sys.stderr, flush=True)
+            trainer.comm.barrier()
+            return 1
         return 0
     if mode == "disagree":
         from fastcnn.distributed import communicator
