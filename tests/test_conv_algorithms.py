@@ -624,3 +624,20 @@ def test_channels_weight_gradient_kernel_refuses_mismatched_buffers():
     direct.direct_weight_grad_channels(a["x"], a["dy"], grad_w, parts, a["workspace"],
                                        a["offsets"], c, h, w, 0, 0, h, w, 3, 3, 1, 1, 2)
     assert not grad_w.any()
+
+
+def test_rows_weight_gradient_kernel_refuses_mismatched_buffers():
+    """fc_dw_rows' driver shares the checks: a short workspace or a wrong dy is a ValueError."""
+    from fastcnn._ops import conv_direct as direct
+    c, h, w, k, c_out, n = 3, 5, 5, 3, 4, 2
+    kpad = direct.direct_weight_grad_layout(c_out, c * k * k, 3)[1]
+    size = direct.direct_weight_grad_workspace_size(c, h, w, 1, 1, c_out, c * k * k, 3, 3)
+    x = np.zeros((n, c * h * w), np.float32)
+    grad_w = np.zeros((c_out, c * k * k), np.float32)
+    parts = np.zeros((n, c * k * k * c_out))
+    offsets = np.zeros(kpad, np.intp)
+    for dy, workspace in ((np.zeros((n, c_out * 9), np.float32), np.zeros(size, np.float32)),
+                          (np.zeros((n, c_out * 8), np.float32), np.zeros(2 * size, np.float32))):
+        with pytest.raises(ValueError, match="direct_weight_grad"):
+            direct.direct_weight_grad(x, dy, grad_w, parts, workspace, offsets, c, h, w, 0, 0,
+                                      h, w, 3, 3, 1, 1, 2)

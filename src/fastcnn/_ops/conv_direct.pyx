@@ -408,23 +408,59 @@ def direct_weight_grad_workspace_size(Py_ssize_t C, Py_ssize_t Hp, Py_ssize_t Wp
             + cpad * kpad * FC_DW_LANES)
 
 
+cdef void _check_weight_grad_buffers(str name, Py_ssize_t x_cols, Py_ssize_t x_rows,
+                                     Py_ssize_t dy_cols, Py_ssize_t dy_rows,
+                                     Py_ssize_t parts_cols, Py_ssize_t n_offsets,
+                                     Py_ssize_t workspace, Py_ssize_t C, Py_ssize_t H,
+                                     Py_ssize_t W, Py_ssize_t C_out, Py_ssize_t K, Py_ssize_t L,
+                                     Py_ssize_t kpad, Py_ssize_t stride,
+                                     int num_threads) except *:
+    """The weight-gradient drivers' arrays against their geometry, before any nogil loop (a
+    workspace too short for the threads overran the heap)."""
+    if (x_cols != C * H * W or dy_rows != x_rows or dy_cols != C_out * L
+            or parts_cols != K * C_out or n_offsets != kpad or num_threads < 1
+            or workspace < stride * num_threads):
+        raise ValueError(f"{name}: x ({x_rows}, {x_cols}), dy ({dy_rows}, {dy_cols}), parts "
+                         f"({parts_cols} a chunk), offsets ({n_offsets}), workspace "
+                         f"({workspace}) or num_threads ({num_threads}) do not match "
+                         f"C*H*W={C * H * W}, C_out*L={C_out * L}, K*C_out={K * C_out}, "
+                         f"kpad={kpad}, {stride} a thread")
+
+
+cdef void _sum_chunks(const double[:, ::1] parts, floating[:, ::1] grad_w, bint transposed,
+                      int num_threads) noexcept nogil:
+    """grad_w (C_out, K) = the sum of the chunks' partials parts (n_chunks, C_out*K) in chunk
+    order, in double, each element by one thread (the same bits for any number of threads);
+    with ``transposed`` each partial is in (K, C_out) order."""
+    cdef Py_ssize_t n_chunks = parts.shape[0], C_out = grad_w.shape[0], K = grad_w.shape[1]
+    cdef Py_ssize_t j, k, co, e
+    cdef double t
+    for co in prange(C_out, schedule='static', num_threads=num_threads):
+        for k in range(K):
+            e = k * C_out + co if transposed else co * K + k
+            t = parts[0, e]
+            for j in range(1, n_chunks):
+                t = t + parts[j, e]
+            grad_w[co, k] = <floating> t
+
+
 def direct_weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy,
-                       double[:, ::1] parts, floating[::1] workspace,
-                       const Py_ssize_t[::1] offsets, Py_ssize_t K, Py_ssize_t C, Py_ssize_t H,
-                       Py_ssize_t W, Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t Hp,
-                       Py_ssize_t Wp, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t stride_h,
+                       floating[:, ::1] grad_w, double[:, ::1] parts, floating[::1] workspace,
+                       const Py_ssize_t[::1] offsets, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                       Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t Hp, Py_ssize_t Wp,
+                       Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t stride_h,
                        Py_ssize_t stride_w, int num_threads):
-    """parts (n_chunks, C_out*K): the weight gradient of a 2-D convolution (one group) without
-    im2col, one partial per fixed chunk of samples (chunk j: samples [j*N//n_chunks,
-    (j+1)*N//n_chunks), in order; summed in chunk order by the caller). Each sample is padded
-    as for direct_forward's row kernel (column phases for stride_w > 1) and its dy copied with
-    rows padded to whole vectors (direct_weight_grad_layout), and _conv_direct.h's fc_dw_rows
-    adds its products into per-lane accumulators, whose lanes are added up (in double, in a
-    fixed order) at the end of the chunk. Thread workspace:
-    direct_weight_grad_workspace_size(...) elements. ``offsets`` has kpad entries (the extra
-    ones 0)."""
+    """grad_w (C_out, K): the weight gradient of a 2-D convolution (one group) without im2col,
+    along the output rows. Each fixed chunk of samples (chunk j: samples [j*N//n_chunks,
+    (j+1)*N//n_chunks), n_chunks = parts.shape[0]) makes one double partial parts[j] (C_out*K),
+    added in chunk order by _sum_chunks. Each sample is padded as for direct_forward's row
+    kernel (column phases for stride_w > 1) and its dy copied with rows padded to whole vectors
+    (direct_weight_grad_layout), and _conv_direct.h's fc_dw_rows adds its products into
+    per-lane accumulators, whose lanes are added up (in double, in a fixed order) at the end of
+    the chunk. Thread workspace: direct_weight_grad_workspace_size(...) elements. ``offsets``
+    has kpad entries (the extra ones 0)."""
     cdef Py_ssize_t N = x.shape[0], n_chunks = parts.shape[0], L = out_h * out_w
-    cdef Py_ssize_t C_out = dy.shape[1] // L if L > 0 else 0
+    cdef Py_ssize_t C_out = grad_w.shape[0], K = grad_w.shape[1]
     cdef Py_ssize_t cpad, kpad, ldy
     cpad, kpad, ldy = direct_weight_grad_layout(C_out, K, out_w)
     cdef Py_ssize_t V = FC_DW_LANES * sizeof(float) // sizeof(floating)   # one slot
@@ -433,13 +469,17 @@ def direct_weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy,
     cdef Py_ssize_t dy_size = cpad * out_h * ldy, acc_size = cpad * kpad * FC_DW_LANES
     cdef Py_ssize_t stride = direct_weight_grad_workspace_size(C, Hp, Wp, stride_h, stride_w,
                                                                C_out, K, out_h, out_w)
+    _check_weight_grad_buffers("direct_weight_grad", x.shape[1], N, dy.shape[1], dy.shape[0],
+                               parts.shape[1], offsets.shape[0], workspace.shape[0], C, H, W,
+                               C_out, K, L, kpad, stride, num_threads)
     cdef Py_ssize_t j, n, co, r, k, lane
     cdef double t
     cdef floating* xp
     cdef floating* dyp
     cdef floating* acc
-    memset(&parts[0, 0], 0, n_chunks * parts.shape[1] * sizeof(double))
-    if N == 0 or L == 0:
+    if N == 0 or L == 0 or n_chunks == 0:
+        if C_out * K:
+            memset(&grad_w[0, 0], 0, C_out * K * sizeof(floating))
         return
     with nogil, parallel(num_threads=num_threads):
         for j in prange(n_chunks, schedule='dynamic'):
@@ -466,6 +506,8 @@ def direct_weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy,
                     for lane in range(V):
                         t = t + acc[(co * kpad + k) * V + lane]
                     parts[j, co * K + k] = t
+    with nogil:
+        _sum_chunks(parts, grad_w, False, num_threads)
 
 
 def channels_weight_grad_layout(Py_ssize_t C_out, Py_ssize_t K):
@@ -511,28 +553,21 @@ def direct_weight_grad_channels(const floating[:, ::1] x, const floating[:, ::1]
     cdef Py_ssize_t C_out = grad_w.shape[0], K = grad_w.shape[1]
     cdef Py_ssize_t cpad, kpad
     cpad, kpad = channels_weight_grad_layout(C_out, K)
-    if offsets.shape[0] != kpad or parts.shape[1] != K * C_out or dy.shape[1] != C_out * L:
-        raise ValueError(f"direct_weight_grad_channels: offsets ({offsets.shape[0]}), parts "
-                         f"({parts.shape[1]} a chunk) or dy ({dy.shape[1]} a sample) do not "
-                         f"match C_out={C_out}, K={K}, L={L} (want {kpad}, {K * C_out}, "
-                         f"{C_out * L})")
     cdef Py_ssize_t Wq = _phase_width(Wp, stride_w)
     cdef Py_ssize_t xp_size = _direct_scratch(C, Hp, Wp, stride_h, stride_w, stride_w)
     cdef Py_ssize_t dyt_size = L * cpad, acc_size = kpad * cpad
     cdef Py_ssize_t stride = xp_size + dyt_size + acc_size
-    if (x.shape[1] != C * H * W or dy.shape[0] != N or num_threads < 1
-            or workspace.shape[0] < stride * num_threads):
-        raise ValueError(f"direct_weight_grad_channels: x ({x.shape[0]}, {x.shape[1]}), dy rows "
-                         f"{dy.shape[0]}, workspace {workspace.shape[0]} or num_threads "
-                         f"{num_threads} do not match C*H*W={C * H * W}, N={N}, "
-                         f"{stride} a thread")
+    _check_weight_grad_buffers("direct_weight_grad_channels", x.shape[1], N, dy.shape[1],
+                               dy.shape[0], parts.shape[1], offsets.shape[0],
+                               workspace.shape[0], C, H, W, C_out, K, L, kpad, stride,
+                               num_threads)
     cdef Py_ssize_t j, n, co, k
-    cdef double t
     cdef floating* xp
     cdef floating* dyt
     cdef floating* acc
     if N == 0 or L == 0 or n_chunks == 0:
-        memset(&grad_w[0, 0], 0, C_out * K * sizeof(floating))
+        if C_out * K:
+            memset(&grad_w[0, 0], 0, C_out * K * sizeof(floating))
         return
     with nogil, parallel(num_threads=num_threads):
         for j in prange(n_chunks, schedule='dynamic'):
@@ -554,10 +589,5 @@ def direct_weight_grad_channels(const floating[:, ::1] x, const floating[:, ::1]
             for k in range(K):
                 for co in range(C_out):
                     parts[j, k * C_out + co] = acc[k * cpad + co]
-    # the partials in chunk order (in double), each (k, co) by one thread
-    for k in prange(K, nogil=True, schedule='static', num_threads=num_threads):
-        for co in range(C_out):
-            t = parts[0, k * C_out + co]
-            for j in range(1, n_chunks):
-                t = t + parts[j, k * C_out + co]
-            grad_w[co, k] = <floating> t
+    with nogil:
+        _sum_chunks(parts, grad_w, True, num_threads)

@@ -105,30 +105,43 @@ cdef inline void _row_moments(const floating* p, Py_ssize_t M, double* mean,
 # vector expression, hence exactly y > 0. The ReLU's own read and write of the activation, and
 # its backward's three arrays, are saved.
 
-cdef inline void _affine(const floating* x, floating* y, Py_ssize_t n, floating hi, floating lo,
-                         floating a, floating b, bint relu) noexcept nogil:
+# The three per-segment steps below take the channel's mean in double (split into the float
+# pair hi + lo here, as every caller did) and, for a fused ReLU, the channel's forward scale and
+# shift (fscale[c], fshift[c]; not read without relu).
+
+cdef inline void _affine(const floating* x, floating* y, Py_ssize_t n, double mean, floating a,
+                         floating b, bint relu) noexcept nogil:
+    """y = (x - mean) * a + b, then max(., 0) if relu."""
+    cdef floating hi = <floating> mean
+    cdef floating lo = low_part(mean, hi)
     if relu:
         affine_relu(x, y, n, hi, lo, a, b)
     else:
         affine(x, y, n, hi, lo, a, b)
 
 
-cdef inline void _grad_sums(const floating* dy, const floating* x, Py_ssize_t n, floating hi,
-                            floating lo, bint relu, floating fa, floating fb, double* s1,
-                            double* s2) noexcept nogil:
+cdef inline void _grad_sums(const floating* dy, const floating* x, Py_ssize_t n, double mean,
+                            bint relu, const double* fscale, const double* fshift, Py_ssize_t c,
+                            double* s1, double* s2) noexcept nogil:
     """s1 += sum g, s2 += sum g * (x - mean): g = dy, or dy masked by the fused ReLU."""
+    cdef floating hi = <floating> mean
+    cdef floating lo = low_part(mean, hi)
     if relu:
-        grad_sums_relu(dy, x, n, hi, lo, fa, fb, s1, s2)
+        grad_sums_relu(dy, x, n, hi, lo, <floating> fscale[c], <floating> fshift[c], s1, s2)
     else:
         grad_sums(dy, NULL, x, n, hi, lo, s1, s2)
 
 
 cdef inline void _grad_apply(const floating* dy, const floating* x, floating* dx, Py_ssize_t n,
-                             floating hi, floating lo, floating a, floating b, floating k,
-                             bint relu, floating fa, floating fb) noexcept nogil:
+                             double mean, floating a, floating b, floating k, bint relu,
+                             const double* fscale, const double* fshift,
+                             Py_ssize_t c) noexcept nogil:
     """dx = g * a + (x - mean) * b + k, g as in _grad_sums."""
+    cdef floating hi = <floating> mean
+    cdef floating lo = low_part(mean, hi)
     if relu:
-        grad_apply_relu(dy, x, dx, n, hi, lo, a, b, k, fa, fb)
+        grad_apply_relu(dy, x, dx, n, hi, lo, a, b, k, <floating> fscale[c],
+                        <floating> fshift[c])
     else:
         grad_apply(dy, NULL, x, dx, n, hi, lo, a, b, k)
 
@@ -183,13 +196,10 @@ cdef void _affine_segments(const floating[:, :, ::1] x, const double* mean, cons
     """out[n, c] = (x[n, c] - mean[c]) * scale[c] + shift[c], then max(., 0) if relu."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef Py_ssize_t i, n, c
-    cdef floating hi, lo
     for i in prange(N * C, schedule='static', num_threads=num_threads):
         n = i // C
         c = i - n * C
-        hi = <floating> mean[c]
-        lo = low_part(mean[c], hi)
-        _affine(&x[n, c, 0], &out[n, c, 0], S, hi, lo, <floating> scale[c],
+        _affine(&x[n, c, 0], &out[n, c, 0], S, mean[c], <floating> scale[c],
                 <floating> shift[c], relu)
 
 
@@ -201,17 +211,13 @@ cdef void _grad_sums_segments(const floating[:, :, ::1] dy, const floating[:, :,
     by the fused ReLU if relu); p1, p2 (N*C): workspace."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef Py_ssize_t i, n, c
-    cdef floating hi, lo, fa, fb
     for i in prange(N * C, schedule='static', num_threads=num_threads):
         n = i // C
         c = i - n * C
-        hi = <floating> mean[c]
-        lo = low_part(mean[c], hi)
-        fa = <floating> (fscale[c] if relu else 0)
-        fb = <floating> (fshift[c] if relu else 0)
         p1[i] = 0.0
         p2[i] = 0.0
-        _grad_sums(&dy[n, c, 0], &x[n, c, 0], S, hi, lo, relu, fa, fb, &p1[i], &p2[i])
+        _grad_sums(&dy[n, c, 0], &x[n, c, 0], S, mean[c], relu, fscale, fshift, c, &p1[i],
+                   &p2[i])
     _add_segments(p1, p2, N, C, sum_dy, sum_dy_xmu)
 
 
@@ -224,16 +230,11 @@ cdef void _grad_apply_segments(const floating[:, :, ::1] dy, const floating[:, :
     _grad_sums_segments."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef Py_ssize_t i, n, c
-    cdef floating hi, lo, fa, fb
     for i in prange(N * C, schedule='static', num_threads=num_threads):
         n = i // C
         c = i - n * C
-        hi = <floating> mean[c]
-        lo = low_part(mean[c], hi)
-        fa = <floating> (fscale[c] if relu else 0)
-        fb = <floating> (fshift[c] if relu else 0)
-        _grad_apply(&dy[n, c, 0], &x[n, c, 0], &dx[n, c, 0], S, hi, lo, <floating> a[c],
-                    <floating> b[c], <floating> k[c], relu, fa, fb)
+        _grad_apply(&dy[n, c, 0], &x[n, c, 0], &dx[n, c, 0], S, mean[c], <floating> a[c],
+                    <floating> b[c], <floating> k[c], relu, fscale, fshift, c)
 
 
 def channel_stats(const floating[:, :, ::1] x, double[::1] mean, double[::1] var,
@@ -359,9 +360,7 @@ cdef void _train_forward_block(const floating[:, :, ::1] x, Py_ssize_t c0, Py_ss
         offset[c] = bias[c] if has_b else 0.0
     for n in range(N):
         for c in range(c0, c1):
-            hi = <floating> mean[c]
-            lo = low_part(mean[c], hi)
-            _affine(&x[n, c, 0], &out[n, c, 0], S, hi, lo, <floating> scale[c],
+            _affine(&x[n, c, 0], &out[n, c, 0], S, mean[c], <floating> scale[c],
                     <floating> offset[c], relu)
 
 
@@ -399,17 +398,13 @@ cdef void _train_backward_block(const floating[:, :, ::1] dy, const floating[:, 
     cdef bint has_w = weight.shape[0] > 0
     cdef Py_ssize_t n, c, i
     cdef double a, b, rs, w, M = <double> (N * S)
-    cdef floating hi, lo, fa, fb
     for n in range(N):
         for c in range(c0, c1):
             i = n * C + c
-            hi = <floating> mean[c]
-            lo = low_part(mean[c], hi)
-            fa = <floating> (fscale[c] if relu else 0)
-            fb = <floating> (fshift[c] if relu else 0)
             p1[i] = 0.0
             p2[i] = 0.0
-            _grad_sums(&dy[n, c, 0], &x[n, c, 0], S, hi, lo, relu, fa, fb, &p1[i], &p2[i])
+            _grad_sums(&dy[n, c, 0], &x[n, c, 0], S, mean[c], relu, fscale, fshift, c, &p1[i],
+                       &p2[i])
     for c in range(c0, c1):
         a = 0.0
         b = 0.0
@@ -425,12 +420,8 @@ cdef void _train_backward_block(const floating[:, :, ::1] dy, const floating[:, 
         ck[c] = -ca[c] * a / M
     for n in range(N):
         for c in range(c0, c1):
-            hi = <floating> mean[c]
-            lo = low_part(mean[c], hi)
-            fa = <floating> (fscale[c] if relu else 0)
-            fb = <floating> (fshift[c] if relu else 0)
-            _grad_apply(&dy[n, c, 0], &x[n, c, 0], &dx[n, c, 0], S, hi, lo, <floating> ca[c],
-                        <floating> cb[c], <floating> ck[c], relu, fa, fb)
+            _grad_apply(&dy[n, c, 0], &x[n, c, 0], &dx[n, c, 0], S, mean[c], <floating> ca[c],
+                        <floating> cb[c], <floating> ck[c], relu, fscale, fshift, c)
 
 
 def channel_train_backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,

@@ -834,7 +834,7 @@ def direct_weight_grad(x2, dy2, geom, dtype, by_channels=False):
     """dW (C_out, C_in, kH, kW) of a 2-D one-group convolution by a direct kernel (no im2col):
     _direct.direct_weight_grad (along the output rows), or with ``by_channels``
     _direct.direct_weight_grad_channels (the output channels in the vector lanes); double
-    partials over fixed sample chunks, added in chunk order."""
+    partials over fixed sample chunks, added in chunk order by the driver."""
     n, c_in, c_out = geom.n, geom.in_channels, geom.out_channels
     _, kh, kw = geom.kernel
     (_, dh, dw), (_, ph, pw), (_, sh, sw) = geom.dilation, geom.padding, geom.stride
@@ -842,31 +842,21 @@ def direct_weight_grad(x2, dy2, geom, dtype, by_channels=False):
     hp, wp = padded_plane(geom)
     taps = c_in * kh * kw
     threads = get_num_threads()
-    chunks = max(1, min(n, _WEIGHT_GRAD_CHUNKS))
     if by_channels:
-        _, kpad = _direct.channels_weight_grad_layout(c_out, taps)
-        offsets = np.zeros(kpad, np.intp)
-        offsets[:taps] = direct_offsets(c_in, kh, kw, dh, dw, hp, wp, sw)
-        ws = scratch(_direct.channels_weight_grad_workspace_size(
-            c_in, hp, wp, sh, sw, c_out, taps, oh, ow) * threads, dtype)
-        grad_w = np.empty((c_out, taps), dtype)
-        _direct.direct_weight_grad_channels(x2, dy2, grad_w, _memory.empty((chunks, taps * c_out),
-                                                                           np.float64),
-                                            ws, offsets, c_in, *geom.in_size, ph, pw, hp, wp,
-                                            oh, ow, sh, sw, threads)
-        return grad_w.reshape(c_out, c_in, kh, kw)
-    _, kpad, _ = _direct.direct_weight_grad_layout(c_out, taps, ow)
+        kpad = _direct.channels_weight_grad_layout(c_out, taps)[1]
+        size, kernel = (_direct.channels_weight_grad_workspace_size,
+                        _direct.direct_weight_grad_channels)
+    else:
+        kpad = _direct.direct_weight_grad_layout(c_out, taps, ow)[1]
+        size, kernel = _direct.direct_weight_grad_workspace_size, _direct.direct_weight_grad
     offsets = np.zeros(kpad, np.intp)
     offsets[:taps] = direct_offsets(c_in, kh, kw, dh, dw, hp, wp, sw)
-    ws = scratch(_direct.direct_weight_grad_workspace_size(c_in, hp, wp, sh, sw, c_out, taps,
-                                                           oh, ow) * threads, dtype)
-    parts = np.empty((chunks, c_out * taps))
-    _direct.direct_weight_grad(x2, dy2, parts, ws, offsets, taps, c_in, *geom.in_size, ph, pw,
-                               hp, wp, oh, ow, sh, sw, threads)
-    total = parts[0].copy()
-    for part in parts[1:]:          # in chunk order: the same bits for any number of threads
-        total += part
-    return total.astype(dtype).reshape(c_out, c_in, kh, kw)
+    ws = scratch(size(c_in, hp, wp, sh, sw, c_out, taps, oh, ow) * threads, dtype)
+    parts = _memory.empty((max(1, min(n, _WEIGHT_GRAD_CHUNKS)), taps * c_out), np.float64)
+    grad_w = np.empty((c_out, taps), dtype)
+    kernel(x2, dy2, grad_w, parts, ws, offsets, c_in, *geom.in_size, ph, pw, hp, wp, oh, ow, sh,
+           sw, threads)
+    return grad_w.reshape(c_out, c_in, kh, kw)
 
 
 class WinogradOperands:
