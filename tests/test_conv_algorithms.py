@@ -352,6 +352,76 @@ def test_subpixel_forward_matches_the_gemm_path_on_random_shapes():
     assert by_channels >= 5             # both direct kernels were tried
 
 
+def test_subpixel_forward_is_the_same_bits_for_1_and_2_threads(
+        rng, same_bits_for_1_and_2_threads):
+    """All phases on one padded copy per sample, in one team: prange over samples (3, more
+    than the threads, odd), or at batch 1 (sample, phase, channel block) parts after padding
+    (stride 1: one phase, its channel blocks cut between the threads);
+    every output by the same code on the same planes, so the same bits; phases with different
+    tap counts (k3 s2), either direct kernel, float32 and float64."""
+    problems = []
+    for dtype in (np.float32, np.float64):
+        for n in (1, 3):
+            for c_in, c_out, k, s, p, op in ((24, 40, 4, 2, 1, 0), (20, 18, 3, 2, 1, 1),
+                                             (3, 5, 5, 3, 1, 2), (17, 33, 2, 2, 0, 0),
+                                             (20, 40, 3, 1, 1, 0), (3, 40, 2, 1, 0, 0)):
+                problems.append((rng.standard_normal((n, c_in, 7, 9)).astype(dtype),
+                                 rng.standard_normal((c_in, c_out, k, k)).astype(dtype),
+                                 rng.standard_normal(c_out).astype(dtype), s, p, op))
+
+    def compute():
+        with F.conv_algorithms(transposed="subpixel"):
+            return [F.conv_transpose2d(x, w, b, s, p, op) for x, w, b, s, p, op in problems]
+    same_bits_for_1_and_2_threads(compute)
+
+
+def test_subpixel_forward_refuses_buffers_that_do_not_fit():
+    """subpixel_forward and SubpixelStep check every phase of their table against their
+    arrays before taking a pointer: a clear ValueError (TypeError for the wrong kind of
+    array), never a read or write outside the buffers."""
+    from fastcnn._ops.conv_direct import SubpixelStep, subpixel_forward
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 6, 5, 5)).astype(np.float32)
+    w = rng.standard_normal((6, 4, 4, 4)).astype(np.float32)
+    geom = _conv_transpose_geometry("t", 2, x, w, 2, 1, 0, 1, 1)
+    ops = algorithms.SubpixelOperands(w, np.empty(0, np.float32), geom, np.float32,
+                                      algorithms.machine_rules())
+    x2, out2 = x.reshape(2, -1), np.empty((2, 4 * 10 * 10), np.float32)
+    ws = np.empty(ops.workspace * 2, np.float32)
+    args = (ops.wt, ops.bias, out2, ws, ops.offsets, ops.table)
+    subpixel_forward(x2, *args, *ops.scalars, 2)                   # fits
+    np.testing.assert_allclose(out2.reshape(2, 4, 10, 10),
+                               F.conv_transpose2d(x, w, None, 2, 1), rtol=1e-5, atol=1e-5)
+    SubpixelStep(x2, *args, *ops.scalars, 2)()
+    table, offsets = ops.table.copy(), ops.offsets.copy()
+    bad = []
+    t = table.copy()
+    t[1, 6] += 200                                                  # an output past the row
+    bad.append((x2, ops.wt, ops.bias, out2, ws, offsets, t))
+    t = table.copy()
+    t[3, 1] = len(ops.wt)                                           # weights past wt
+    bad.append((x2, ops.wt, ops.bias, out2, ws, offsets, t))
+    t = table.copy()
+    t[0, 2] = len(offsets) - 1                                      # offsets past the array
+    bad.append((x2, ops.wt, ops.bias, out2, ws, offsets, t))
+    o = offsets.copy()
+    o[5] = ops.workspace                                            # a tap past the planes
+    bad.append((x2, ops.wt, ops.bias, out2, ws, o, table))
+    bad.append((x2, ops.wt, ops.bias, out2, ws[:ops.workspace], offsets, table))  # 1 thread's
+    bad.append((x2[:1], ops.wt, ops.bias, out2, ws, offsets, table))             # N differs
+    bad.append((x2, ops.wt, ops.bias[:8], out2, ws, offsets, table))              # bias
+    bad.append((x2, ops.wt, ops.bias, out2, ws, offsets, table[:, :9].copy()))   # columns
+    for arrays in bad:
+        with pytest.raises(ValueError, match="subpixel_forward"):
+            subpixel_forward(*arrays, *ops.scalars, 2)
+        with pytest.raises(ValueError, match="SubpixelStep"):
+            SubpixelStep(*arrays, *ops.scalars, 2)
+    with pytest.raises(TypeError, match="table"):
+        SubpixelStep(x2, *args[:5], table.astype(np.int32), *ops.scalars, 2)
+    with pytest.raises(TypeError, match="C-contiguous"):
+        SubpixelStep(x2, *args[:2], out2[:, ::2], *args[3:], *ops.scalars, 2)
+
+
 @pytest.mark.parametrize("path", ["im2col", "winograd", "winograd4", "direct", "rows",
                                   "depthwise", "pointwise"])
 def test_activation_relu_is_applied_in_the_epilogue_of_every_path(path):

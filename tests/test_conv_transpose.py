@@ -5,6 +5,7 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 
 import fastcnn.functional as F
 from fastcnn.functional import _conv_algorithms as algorithms
+from fastcnn.functional._conv_transpose import _conv_transpose_geometry
 from conftest import TOL
 from gradcheck import numerical_grad, assert_grad_close
 
@@ -62,6 +63,40 @@ def test_conv_transpose2d_matches_torch(th, rng, dtype, kw):
 ])
 def test_conv_transpose2d_common_shapes(th, rng, dtype, kernel, kw):
     check_against_torch(th, rng, 2, 2, 4, 6, (5, 7), kernel, dtype, **kw)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transposed_convolution_by_phases_matches_torch(th, rng, dtype):
+    """The forward by output phases (forced: every phase a stride-1 direct convolution on one
+    padded copy of each sample) against torch: kernels 2-5, strides 1-3, paddings from 0 to
+    kernel-1, output_padding, odd sizes, channels for the row kernel and for the channel
+    kernel, batch 1 and more samples than threads."""
+    tested = by_channels = 0
+    rules = algorithms.machine_rules()
+    for k in range(2, 6):
+        for s in range(1, 4):
+            for p in sorted({0, k // 2, k - 1}):
+                for op in sorted({0, s - 1}):
+                    c_in, c_out = ((3, 5), (20, 18))[tested % 2]
+                    n = (1, 5)[tested // 2 % 2]
+                    x = rng.standard_normal((n, c_in, 5, 7)).astype(dtype)
+                    w = rng.standard_normal((c_in, c_out, k, k + (tested % 3 == 0))).astype(dtype)
+                    b = rng.standard_normal(c_out).astype(dtype)
+                    sw = max(1, s - tested % 2)
+                    kw = dict(stride=(s, sw), padding=p, output_padding=(op, min(op, sw - 1)))
+                    geom = _conv_transpose_geometry("t", 2, x, w, kw["stride"], p,
+                                                    kw["output_padding"], 1, 1)
+                    if not algorithms.usable("subpixel", "transposed forward", geom, 2):
+                        continue
+                    by_channels += not all(algorithms.subpixel_by_rows(sub, 2, rules) for _, _, sub,
+                                           _, _ in algorithms.subpixel_phases(geom, 2))
+                    with F.conv_algorithms(transposed="subpixel"):
+                        y = F.conv_transpose2d(x, w, b, **kw)
+                    want = th.nn.functional.conv_transpose2d(
+                        th.tensor(x), th.tensor(w), th.tensor(b), **kw).numpy()
+                    np.testing.assert_allclose(y, want, **TOL[dtype])
+                    tested += 1
+    assert tested >= 30 and by_channels >= 5        # both direct kernels were tried
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -379,6 +379,243 @@ cdef class DirectStep(CompiledStep):
         self.args = &self.p
 
 
+# ---- a transposed convolution by output phases ------------------------------------------
+# Each output phase of a 2-D transposed convolution is a stride-1 convolution of the input
+# (functional/_conv_algorithms.py: subpixel_phases) stored into its interleaved outputs. All
+# phases read one zero-bordered copy of each sample, large enough for every phase's padding
+# (each phase's plane starts at its own origin in it: the shift is in its offsets), padded once
+# and used by every phase while it is in cache; one team runs all phases of all samples.
+
+# The columns of subpixel_forward's phase table, one row per phase.
+cdef enum:
+    _PH_K = 0       # taps
+    _PH_WT = 1      # the phase's first row in wt (K rows of cpad)
+    _PH_OFF = 2     # its first entry in offsets (K entries, its origin in the planes included)
+    _PH_ROWS = 3    # 1: the row kernel, 0: the channel kernel (its wt rows in panels)
+    _PH_OH = 4      # the phase's outputs: rows
+    _PH_OW = 5      # and columns
+    _PH_Y0 = 6      # output (co, i, j) of a sample at y0 + co*yc + i*yh + j*yw of its row
+    _PH_YC = 7
+    _PH_YH = 8
+    _PH_YW = 9
+    _PH_COLS = 10
+PHASE_COLUMNS = _PH_COLS
+
+
+cdef inline void _phase_part(const floating* xp, const floating* wt, Py_ssize_t cpad,
+                             const floating* bias, floating* y, const Py_ssize_t* offsets,
+                             const Py_ssize_t* ph, Py_ssize_t Wp, Py_ssize_t co0,
+                             Py_ssize_t co1) noexcept nogil:
+    """Channels [co0, co1) of one phase (its row ``ph`` of the table) of one sample: padded
+    planes xp (rows Wp long), y that sample's output row."""
+    cdef Py_ssize_t K = ph[_PH_K]
+    cdef const floating* w = wt + ph[_PH_WT] * cpad
+    cdef floating* dst = y + ph[_PH_Y0] + co0 * ph[_PH_YC]
+    if ph[_PH_ROWS]:
+        _rows_kernel(xp, w + co0, bias + co0, dst, offsets + ph[_PH_OFF], K, co1 - co0, cpad,
+                     ph[_PH_OH], ph[_PH_OW], Wp, 1, False, ph[_PH_YC], ph[_PH_YH], ph[_PH_YW])
+    elif floating is float:
+        fc_direct_conv_f(xp, w + co0 * K, bias + co0, dst, offsets + ph[_PH_OFF], K, co1 - co0,
+                         cpad, ph[_PH_OH], ph[_PH_OW], Wp, 1, 1, False, ph[_PH_YC], ph[_PH_YH],
+                         ph[_PH_YW])
+    else:
+        fc_direct_conv_d(xp, w + co0 * K, bias + co0, dst, offsets + ph[_PH_OFF], K, co1 - co0,
+                         cpad, ph[_PH_OH], ph[_PH_OW], Wp, 1, 1, False, ph[_PH_YC], ph[_PH_YH],
+                         ph[_PH_YW])
+
+
+cdef void _subpixel_forward(const floating* x, Py_ssize_t N, Py_ssize_t x_row,
+                            const floating* wt, Py_ssize_t cpad, const floating* bias,
+                            floating* out, Py_ssize_t out_row, floating* workspace,
+                            const Py_ssize_t* offsets, const Py_ssize_t* table, Py_ssize_t P,
+                            Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t top,
+                            Py_ssize_t left, Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t C_out,
+                            int num_threads) noexcept nogil:
+    """subpixel_forward on pointers (N > 0; the workspace holds num_threads samples' scratch,
+    _direct_scratch(C, Hp, Wp, 1, 1, 1) each)."""
+    cdef Py_ssize_t stride = _direct_scratch(C, Hp, Wp, 1, 1, 1)
+    cdef Py_ssize_t n, p, t, c, co0, co1, cchunks, blocks, unit, parts
+    cdef floating* xp
+    if N < num_threads:
+        # Fewer samples than threads (inference at batch 1): every sample padded first, then
+        # (sample, phase, channel chunk) parts over the team; each output computed by the same
+        # code on the same planes as with one part per sample (the same bits).
+        cchunks = (num_threads + N * P - 1) // (N * P)
+        parts = P * cchunks
+        for n in prange(N, schedule='static', num_threads=num_threads):
+            _pad_sample(x + n * x_row, workspace + n * stride, stride, C, H, W, top, left, Hp,
+                        Wp, 1)
+        for t in prange(N * parts, schedule='static', num_threads=num_threads):
+            n = t // parts
+            p = (t % parts) // cchunks
+            c = t % cchunks
+            # the channel kernel's panels cannot be cut
+            unit = FC_CO_PAD if table[p * _PH_COLS + _PH_ROWS] else _panel(<floating> 0)
+            blocks = (C_out + unit - 1) // unit
+            co0 = (c * blocks // cchunks) * unit
+            co1 = min(((c + 1) * blocks // cchunks) * unit, C_out)
+            if co1 > co0:
+                _phase_part(workspace + n * stride, wt, cpad, bias, out + n * out_row, offsets,
+                            table + p * _PH_COLS, Wp, co0, co1)
+        return
+    if num_threads == 1:                    # no team to start
+        for n in range(N):
+            _pad_sample(x + n * x_row, workspace, stride, C, H, W, top, left, Hp, Wp, 1)
+            for p in range(P):
+                _phase_part(workspace, wt, cpad, bias, out + n * out_row, offsets,
+                            table + p * _PH_COLS, Wp, 0, C_out)
+        return
+    for n in prange(N, schedule='static', num_threads=num_threads):
+        xp = workspace + threadid() * stride
+        _pad_sample(x + n * x_row, xp, stride, C, H, W, top, left, Hp, Wp, 1)
+        for p in range(P):
+            _phase_part(xp, wt, cpad, bias, out + n * out_row, offsets, table + p * _PH_COLS,
+                        Wp, 0, C_out)
+
+
+def subpixel_workspace_size(Py_ssize_t C, Py_ssize_t Hp, Py_ssize_t Wp):
+    """Per-thread scratch of subpixel_forward: one sample's common zero-bordered planes and the
+    tail the kernels' last blocks read into."""
+    return _direct_scratch(C, Hp, Wp, 1, 1, 1)
+
+
+cdef _check_subpixel(str who, tuple shapes, const Py_ssize_t[:, ::1] table,
+                     const Py_ssize_t[::1] offsets, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                     Py_ssize_t top, Py_ssize_t left, Py_ssize_t Hp, Py_ssize_t Wp,
+                     Py_ssize_t C_out, Py_ssize_t workspace, int num_threads,
+                     Py_ssize_t panel):
+    """subpixel_forward's buffers (shapes: x, wt, bias, out) against its geometry and phase
+    table, before any pointer is taken: every phase's weights, offsets and outputs inside
+    their arrays, every tap inside the padded planes, cpad whole blocks of the row kernel
+    and (where a phase uses it) panels of the channel kernel (``panel``)."""
+    (N, x_row), (wt_rows, cpad), (n_bias,), (out_n, out_row) = shapes
+    if (N != out_n or N == 0 or x_row != C * H * W or n_bias != cpad or num_threads < 1
+            or min(C, H, W, Hp, Wp) < 1 or min(top, left) < 0 or table.shape[0] < 1
+            or not 0 < C_out <= cpad or cpad % FC_CO_PAD
+            or table.shape[1] != _PH_COLS):
+        raise ValueError(f"{who}: x ({N}, {x_row}), wt ({wt_rows}, {cpad}), bias ({n_bias},), "
+                         f"out ({out_n}, {out_row}), table ({table.shape[0]}, {table.shape[1]}) or "
+                         f"num_threads {num_threads} do not match C, H, W = {C}, {H}, {W} "
+                         f"(expected one row of C*H*W per sample, bias of cpad, table rows of "
+                         f"{_PH_COLS}, 0 < C_out = {C_out} <= cpad, a multiple of {FC_CO_PAD})")
+    cdef Py_ssize_t p, k, K, oh, ow, y0, yc, yh, yw, last
+    cdef Py_ssize_t plane = C * Hp * Wp
+    for p in range(table.shape[0]):
+        K, oh, ow = table[p, _PH_K], table[p, _PH_OH], table[p, _PH_OW]
+        y0, yc, yh, yw = table[p, _PH_Y0], table[p, _PH_YC], table[p, _PH_YH], table[p, _PH_YW]
+        last = y0 + (C_out - 1) * yc + (oh - 1) * yh + (ow - 1) * yw
+        if (K < 1 or min(oh, ow, yc, yh, yw) < 1 or y0 < 0 or C_out < 1 or last >= out_row
+                or table[p, _PH_WT] < 0 or table[p, _PH_WT] + K > wt_rows
+                or table[p, _PH_OFF] < 0 or table[p, _PH_OFF] + K > offsets.shape[0]
+                or table[p, _PH_ROWS] not in (0, 1)
+                or (table[p, _PH_ROWS] == 0 and cpad % panel)):
+            raise ValueError(f"{who}: phase {p} ({[table[p, i] for i in range(_PH_COLS)]}) "
+                             f"does not fit wt "
+                             f"({wt_rows}, {cpad}; the channel kernel's panels {panel} wide), "
+                             f"offsets ({offsets.shape[0]},) or out ({out_n}, {out_row})")
+        for k in range(table[p, _PH_OFF], table[p, _PH_OFF] + K):
+            if offsets[k] < 0 or offsets[k] + (oh - 1) * Wp + ow > plane:
+                raise ValueError(f"{who}: phase {p}'s tap offset {offsets[k]} reads outside "
+                                 f"the padded planes ({C} of {Hp} x {Wp})")
+    if workspace < num_threads * _direct_scratch(C, Hp, Wp, 1, 1, 1):
+        raise ValueError(f"{who}: a workspace of {workspace} elements is too small for "
+                         f"{num_threads} threads ({_direct_scratch(C, Hp, Wp, 1, 1, 1)} each)")
+
+
+def subpixel_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
+                     const floating[::1] bias, floating[:, ::1] out, floating[::1] workspace,
+                     const Py_ssize_t[::1] offsets, const Py_ssize_t[:, ::1] table,
+                     Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t top, Py_ssize_t left,
+                     Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t C_out, int num_threads):
+    """out (N, C_out*oH*oW) = a 2-D transposed convolution of x (N, C*H*W) by output phases,
+    each a stride-1 direct convolution (_conv_direct.h) stored into its interleaved outputs.
+    Each sample is copied once into its thread's workspace as C zero-bordered planes of Hp x Wp
+    (the input at (top, left)), which every phase reads; then every phase runs on it in turn
+    (one team for the call). ``table`` (P, PHASE_COLUMNS) describes phase p: its taps K, its
+    weights wt[wt0 : wt0 + K] ((K, cpad), the channel kernel's in panels: channel_panel), its
+    tap offsets offsets[off0 : off0 + K] in the common planes (its origin in them included),
+    which kernel (1: along rows, 0: along channels), its output rows and columns, and where
+    output (co, i, j) goes in a sample's row of out (y0 + co*yc + i*yh + j*yw), co < C_out.
+    bias (cpad). Workspace: num_threads * subpixel_workspace_size(C, Hp, Wp) elements. With
+    fewer samples than threads, the phases' channel blocks are cut between threads too: the
+    same bits for any thread count."""
+    _check_subpixel(
+        "subpixel_forward", ((x.shape[0], x.shape[1]), (wt.shape[0], wt.shape[1]),
+                             (bias.shape[0],), (out.shape[0], out.shape[1])), table, offsets, C, H, W, top, left, Hp,
+        Wp, C_out, workspace.shape[0], num_threads, _panel(<floating> 0))
+    with nogil:
+        _subpixel_forward(&x[0, 0], x.shape[0], x.shape[1], &wt[0, 0], wt.shape[1], &bias[0],
+                          &out[0, 0], out.shape[1], &workspace[0], &offsets[0], &table[0, 0],
+                          table.shape[0], C, H, W, top, left, Hp, Wp, C_out, num_threads)
+
+
+cdef struct _Subpixel:
+    const void* x
+    const void* wt
+    const void* bias
+    void* out
+    void* workspace
+    const Py_ssize_t* offsets
+    const Py_ssize_t* table
+    Py_ssize_t N, x_row, cpad, out_row, P, C, H, W, top, left, Hp, Wp, C_out
+    bint is_double
+    int max_threads             # the workspace serves this many threads
+
+
+cdef void _subpixel_step(void* args, int num_threads) noexcept nogil:
+    cdef _Subpixel* p = <_Subpixel*> args
+    if num_threads > p.max_threads:         # fewer threads: the same bits, a bit slower
+        num_threads = p.max_threads
+    if p.is_double:
+        _subpixel_forward(<const double*> p.x, p.N, p.x_row, <const double*> p.wt, p.cpad,
+                          <const double*> p.bias, <double*> p.out, p.out_row,
+                          <double*> p.workspace, p.offsets, p.table, p.P, p.C, p.H, p.W,
+                          p.top, p.left, p.Hp, p.Wp, p.C_out, num_threads)
+    else:
+        _subpixel_forward(<const float*> p.x, p.N, p.x_row, <const float*> p.wt, p.cpad,
+                          <const float*> p.bias, <float*> p.out, p.out_row,
+                          <float*> p.workspace, p.offsets, p.table, p.P, p.C, p.H, p.W,
+                          p.top, p.left, p.Hp, p.Wp, p.C_out, num_threads)
+
+
+cdef class SubpixelStep(CompiledStep):
+    """subpixel_forward(x, wt, bias, out, workspace, offsets, table, C, H, W, top, left, Hp,
+    Wp, C_out, threads) as one plan step for all phases, on up to ``max_threads`` threads:
+    ``workspace`` holds at least max_threads * subpixel_workspace_size(C, Hp, Wp) elements (a
+    plan's scratch); a run asking for more threads uses max_threads."""
+    cdef _Subpixel p
+
+    def __init__(self, x, wt, bias, out, workspace, offsets, table, Py_ssize_t C,
+                 Py_ssize_t H, Py_ssize_t W, Py_ssize_t top, Py_ssize_t left, Py_ssize_t Hp,
+                 Py_ssize_t Wp, Py_ssize_t C_out, int max_threads):
+        dtype = check_arrays("SubpixelStep", [x, wt, bias], [out, workspace])
+        for name, a, nd in (("offsets", offsets, 1), ("table", table, 2)):
+            if (not isinstance(a, np.ndarray) or a.dtype != np.intp or a.ndim != nd
+                    or not a.flags.c_contiguous):
+                raise TypeError(f"SubpixelStep: {name} must be a C-contiguous {nd}-D intp "
+                                f"array")
+        if x.ndim != 2 or wt.ndim != 2 or bias.ndim != 1 or out.ndim != 2:
+            raise ValueError(f"SubpixelStep: x {x.shape}, wt {wt.shape}, bias {bias.shape}, "
+                             f"out {out.shape}: expected 2-D, 2-D, 1-D, 2-D")
+        _check_subpixel("SubpixelStep", (x.shape, wt.shape, bias.shape, out.shape), table,
+                        offsets, C, H, W, top, left, Hp, Wp, C_out, workspace.size, max_threads,
+                        channel_panel(dtype))
+        self.keep = (x, wt, bias, out, offsets, table, workspace)
+        self.p.x, self.p.wt, self.p.bias = address(x), address(wt), address(bias)
+        self.p.out, self.p.workspace = address(out), address(workspace)
+        self.p.offsets = <const Py_ssize_t*> address(offsets)
+        self.p.table = <const Py_ssize_t*> address(table)
+        self.p.N, self.p.x_row, self.p.out_row = x.shape[0], x.shape[1], out.shape[1]
+        self.p.cpad, self.p.P = wt.shape[1], table.shape[0]
+        self.p.C, self.p.H, self.p.W = C, H, W
+        self.p.top, self.p.left, self.p.Hp, self.p.Wp = top, left, Hp, Wp
+        self.p.C_out = C_out
+        self.p.is_double = dtype == np.float64
+        self.p.max_threads = max_threads
+        self.body = _subpixel_step
+        self.args = &self.p
+
+
 # The kernels' layout constants (_conv_direct.h), for the Python side that prepares operands.
 CO_PAD = FC_CO_PAD     # the forward kernels' weight and bias: C_out padded to a multiple of it
 

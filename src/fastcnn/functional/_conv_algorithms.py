@@ -823,6 +823,92 @@ class DirectOperands:
                                self.by_rows, relu, threads, out_layout)
 
 
+@functools.lru_cache(maxsize=64)
+def subpixel_layout(geom, dtype, rules):
+    """What SubpixelOperands holds besides the weight's values, for a transposed convolution
+    ``geom`` (as _conv_transpose.py makes it; subpixel_phases not None) on level ``rules``,
+    made once per problem: (gather, cpad, offsets, table, scalars, workspace).
+
+    The phases (subpixel_phases) read one common zero-bordered plane per input channel, Hp x
+    Wp, the input at (top, left) = the largest of the phases' paddings; phase p's own padded
+    plane starts at (top - pad_h, left - pad_w) in it, which its offsets include. Each phase
+    runs the kernel subpixel_by_rows picks, storing output (co, i, j) at (ra + sh*i, rb + sw*j)
+    of plane co. ``gather`` (sum of K times cpad) indexes the flattened weight (C_in, C_out,
+    kH, kW) followed by one zero: element (k, co) of the phases' stacked (K, cpad) weights
+    (each phase's in the channel kernel's panels where it runs it; channels past C_out the
+    zero). ``table`` is _direct.subpixel_forward's phase table; ``scalars`` its (C, H, W, top,
+    left, Hp, Wp, C_out); ``workspace`` its per-thread scratch."""
+    # the phases with outputs (a 1-wide output of stride 2 has an empty phase)
+    phases = [ph for ph in subpixel_phases(geom, 2) if min(ph[2].out_size) > 0]
+    c_in, c_out = geom.in_channels, geom.out_channels
+    _, kh, kw = geom.kernel
+    oh, ow = geom.out_size
+    sh, sw = geom.stride[1:]
+    top = max(sub.padding[1] for _, _, sub, _, _ in phases)
+    left = max(sub.padding[2] for _, _, sub, _, _ in phases)
+    hp = wp = 0
+    for _, _, sub, _, _ in phases:
+        php, pwp = padded_plane(sub)
+        hp, wp = max(hp, top - sub.padding[1] + php), max(wp, left - sub.padding[2] + pwp)
+    by_rows = [subpixel_by_rows(sub, 2, rules) for _, _, sub, _, _ in phases]
+    panel = _direct.channel_panel(dtype)
+    unit = _direct.CO_PAD if all(by_rows) else max(_direct.CO_PAD, panel)
+    cpad = -(-c_out // unit) * unit
+    zero = c_in * c_out * kh * kw                       # the index of the appended zero
+    co = np.arange(cpad)
+    gathers, offsets, table, k0 = [], [], [], 0
+    for (ra, rb, sub, taps_h, taps_w), rows in zip(phases, by_rows):
+        ci, th, tw = np.meshgrid(np.arange(c_in), taps_h, taps_w, indexing="ij")
+        tap = (ci * c_out * kh * kw + th * kw + tw).reshape(-1, 1)      # (K, 1): co = 0
+        gather = np.where(co < c_out, tap + co * kh * kw, zero)          # (K, cpad)
+        if not rows:                                    # (cpad / panel) blocks of (K, panel)
+            gather = gather.reshape(len(tap), cpad // panel, panel).transpose(1, 0, 2)
+        gathers.append(gather.ravel())
+        shift = (top - sub.padding[1]) * wp + left - sub.padding[2]
+        offsets.append(direct_offsets(c_in, len(taps_h), len(taps_w), 1, 1, hp, wp) + shift)
+        table.append((len(tap), k0, k0, int(rows), *sub.out_size, ra * ow + rb, oh * ow,
+                      sh * ow, sw))
+        k0 += len(tap)
+    gather, offsets = np.concatenate(gathers), np.concatenate(offsets)
+    table = np.array(table, dtype=np.intp).reshape(-1, _direct.PHASE_COLUMNS)
+    for a in (gather, offsets, table):
+        a.flags.writeable = False
+    scalars = (c_in, *geom.in_size, top, left, hp, wp, c_out)
+    return gather, cpad, offsets, table, scalars, _direct.subpixel_workspace_size(c_in, hp, wp)
+
+
+class SubpixelOperands:
+    """A transposed convolution by output phases (subpixel_layout), prepared: every phase's
+    weights gathered from the weight w4 (C_in, C_out, kH, kW) in one indexing, the bias padded
+    to cpad, the phase table. ``run(x2, out2)``: out2 (N, C_out*prod(out)) from x2 (N,
+    C_in*H*W) by _direct.subpixel_forward; ``step(x2, out2, workspace, max_threads)``: the
+    same as one compiled plan step (_direct.SubpixelStep), ``workspace`` holding max_threads
+    * ``self.workspace`` elements."""
+    __slots__ = ("wt", "bias", "offsets", "table", "scalars", "workspace")
+
+    def __init__(self, w4, b1, geom, dtype, rules):
+        dtype = np.dtype(dtype)
+        gather, cpad, self.offsets, self.table, self.scalars, self.workspace = (
+            subpixel_layout(geom, dtype, rules))
+        source = np.empty(w4.size + 1, dtype)
+        source[:-1] = w4.ravel()
+        source[-1] = 0
+        self.wt = source[gather].reshape(-1, cpad)
+        self.bias = np.zeros(cpad, dtype)
+        if b1.size:
+            self.bias[:geom.out_channels] = b1
+
+    def run(self, x2, out2, threads=None):
+        threads = threads or get_num_threads()
+        ws = scratch(self.workspace * threads, self.wt.dtype)
+        _direct.subpixel_forward(x2, self.wt, self.bias, out2, ws, self.offsets, self.table,
+                                 *self.scalars, threads)
+
+    def step(self, x2, out2, workspace, max_threads):
+        return _direct.SubpixelStep(x2, self.wt, self.bias, out2, workspace, self.offsets,
+                                    self.table, *self.scalars, max_threads)
+
+
 def direct_conv2d(x2, w, b1, out2, geom, dtype, relu=False, by_rows=False, out_layout=None):
     """out2 (N, C_out*L) by _direct.direct_forward (DirectOperands prepared for this call);
     ``by_rows``: the kernel vectorized along output rows; ``out_layout``: where its outputs go

@@ -89,7 +89,7 @@ class ConvTransposeForward:
     them. ``run(x2, out2)``: out2 (N, C_out*prod(out)) from x2 (N, C_in*prod(in)).
     F.conv_transpose*d prepares one per call; an InferenceSession once per plan.
     ``step(x2, out2, workspace, max_threads)``, ``step_scratch``: as ConvForward's (by
-    phases: a list of compiled steps, one per output phase)."""
+    phases: one compiled step for all output phases)."""
     __slots__ = ("algorithm", "run", "step", "step_scratch")
 
     def __init__(self, geom, nd, w4, b1, dtype, fastest=False):
@@ -117,28 +117,10 @@ class ConvTransposeForward:
         made (see the class)."""
         if algorithm == "subpixel":
             # a direct kernel per output phase (algorithms.subpixel_by_rows: the row kernel
-            # or the channel kernel), stored into the phase's interleaved outputs
-            oh, ow = geom.out_size
-            sh, sw = geom.stride[1:]
-            rules = algorithms.machine_rules()
-            phases = []
-            for ra, rb, sub, taps_h, taps_w in algorithms.subpixel_phases(geom, nd):
-                sub_w = np.ascontiguousarray(
-                    w4[:, :, taps_h][:, :, :, taps_w].transpose(1, 0, 2, 3))
-                layout = (geom.out_channels, ra * ow + rb, oh * ow, sh * ow, sw)
-                by_rows = algorithms.subpixel_by_rows(sub, nd, rules)
-                phases.append((algorithms.DirectOperands(sub_w, b1, sub, dtype, by_rows),
-                               layout))
-
-            def by_phases(x2, out2):
-                for ops, layout in phases:
-                    ops.run(x2, out2, dtype, out_layout=layout)
-
-            def step(x2, out2, ws, threads):        # one compiled step per phase, in turn
-                return [_direct.DirectStep(x2, ops.wt, ops.bias, out2, ws, ops.offsets,
-                                           *ops.scalars, ops.by_rows, False, threads, layout)
-                        for ops, layout in phases]
-            return by_phases, (max(ops.workspace for ops, _ in phases), step)
+            # or the channel kernel), stored into the phase's interleaved outputs, all phases
+            # on one padded copy of each sample (algorithms.subpixel_layout)
+            ops = algorithms.SubpixelOperands(w4, b1, geom, dtype, algorithms.machine_rules())
+            return ops.run, (ops.workspace, ops.step)
         else:
             args = _conv_transpose_args(geom)
             per_thread = _conv.conv_transpose_workspace_size(geom.out_channels, *args[1:4],
