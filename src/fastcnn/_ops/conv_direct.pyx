@@ -664,21 +664,47 @@ cdef void _check_weight_grad_buffers(str name, Py_ssize_t x_cols, Py_ssize_t x_r
                          f"kpad={kpad}, {stride} a thread")
 
 
+cdef enum:
+    _SUM_BLOCK = 512      # elements of the partials summed at a time (4 KB of doubles)
+
+
+cdef inline void _sum_block(const double* parts, Py_ssize_t n_chunks, Py_ssize_t total,
+                            floating* grad_w, Py_ssize_t e0, Py_ssize_t e1, Py_ssize_t C_out,
+                            Py_ssize_t K, bint transposed) noexcept nogil:
+    """Elements [e0, e1) of the partials (n_chunks rows of ``total``) summed in chunk order
+    into grad_w (see _sum_chunks): along the rows, which the compiler vectorizes (each
+    element's sum keeps its order)."""
+    cdef double t[_SUM_BLOCK]
+    cdef Py_ssize_t j, e, m = e1 - e0
+    cdef const double* row
+    for e in range(m):
+        t[e] = parts[e0 + e]
+    for j in range(1, n_chunks):
+        row = parts + j * total + e0
+        for e in range(m):
+            t[e] = t[e] + row[e]
+    if transposed:                          # element e = k * C_out + co
+        for e in range(e0, e1):
+            grad_w[(e % C_out) * K + e // C_out] = <floating> t[e - e0]
+    else:
+        for e in range(m):
+            grad_w[e0 + e] = <floating> t[e]
+
+
 cdef void _sum_chunks(const double[:, ::1] parts, floating[:, ::1] grad_w, bint transposed,
                       int num_threads) noexcept nogil:
     """grad_w (C_out, K) = the sum of the chunks' partials parts (n_chunks, C_out*K) in chunk
     order, in double, each element by one thread (the same bits for any number of threads);
-    with ``transposed`` each partial is in (K, C_out) order."""
+    with ``transposed`` each partial is in (K, C_out) order. The partials are read along their
+    rows, a block of _SUM_BLOCK elements at a time (down their columns, the transposed
+    partials cost a k4 s2 transposed convolution's weight gradient 11% of its time on AVX2)."""
     cdef Py_ssize_t n_chunks = parts.shape[0], C_out = grad_w.shape[0], K = grad_w.shape[1]
-    cdef Py_ssize_t j, k, co, e
-    cdef double t
-    for co in prange(C_out, schedule='static', num_threads=num_threads):
-        for k in range(K):
-            e = k * C_out + co if transposed else co * K + k
-            t = parts[0, e]
-            for j in range(1, n_chunks):
-                t = t + parts[j, e]
-            grad_w[co, k] = <floating> t
+    cdef Py_ssize_t total = C_out * K, blocks = (total + _SUM_BLOCK - 1) // _SUM_BLOCK, b
+    if total == 0 or n_chunks == 0:
+        return
+    for b in prange(blocks, schedule='static', num_threads=num_threads):
+        _sum_block(&parts[0, 0], n_chunks, total, &grad_w[0, 0], b * _SUM_BLOCK,
+                   min((b + 1) * _SUM_BLOCK, total), C_out, K, transposed)
 
 
 def direct_weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy,
