@@ -375,6 +375,53 @@ def test_subpixel_forward_is_the_same_bits_for_1_and_2_threads(
     same_bits_for_1_and_2_threads(compute)
 
 
+def test_transposed_backward_in_one_pass_is_the_same_bits_as_two(
+        th, rng, monkeypatch, same_bits_for_1_and_2_threads):
+    """A transposed convolution's input and weight gradients by the channel kernels (forced,
+    so on every level) in one pass over the samples, dy padded once for both
+    (direct_forward_and_weight_grad_channels): the same bits as each gradient alone (two
+    passes) and, batch 1 taking the two passes at 2 threads, for 1 and 2 threads; against
+    torch too, float32 and float64."""
+    problems = [((3, 24, 8, 8), (24, 16, 4, 4), 2, 1, 0), ((5, 32, 7, 6), (32, 20, 4, 4), 2, 1, 1),
+                ((1, 40, 9, 9), (40, 24, 3, 3), 2, 1, 1), ((4, 17, 5, 7), (17, 40, 5, 5), 3, 2, 0)]
+    # (batch 1 takes the two passes at 2 threads: the same bits)
+    cases = []
+    for dtype in (np.float32, np.float64):
+        for xs, ws, s, p, op in problems:
+            x = rng.standard_normal(xs).astype(dtype)
+            w = rng.standard_normal(ws).astype(dtype)
+            y = F.conv_transpose2d(x, w, None, s, p, op)
+            cases.append((rng.standard_normal(y.shape).astype(dtype), x, w, s, p, op))
+
+    one_pass = algorithms._direct.direct_forward_and_weight_grad_channels
+    calls = []
+    monkeypatch.setattr(algorithms._direct, "direct_forward_and_weight_grad_channels",
+                        lambda *a: calls.append(1) or one_pass(*a))
+
+    def compute():
+        out = []
+        with F.conv_algorithms(forward="direct", weight_grad="channels"):
+            for dy, x, w, s, p, op in cases:
+                gx, gw, _ = F.conv_transpose2d_backward(dy, x, w, s, p, op)
+                alone_x = F.conv_transpose2d_backward(dy, x, w, s, p, op,
+                                                      output_mask=(True, False, False))[0]
+                alone_w = F.conv_transpose2d_backward(dy, x, w, s, p, op,
+                                                      output_mask=(False, True, False))[1]
+                np.testing.assert_array_equal(gx, alone_x)
+                np.testing.assert_array_equal(gw, alone_w)
+                out += [gx, gw]
+        return out
+    same_bits_for_1_and_2_threads(compute)
+    assert len(calls) >= 12                 # one pass: every batch at 1 thread, 3 of 4 at 2
+    for dy, x, w, s, p, op in cases:
+        with F.conv_algorithms(forward="direct", weight_grad="channels"):
+            gx, gw, _ = F.conv_transpose2d_backward(dy, x, w, s, p, op)
+        xt, wt = th.tensor(x, requires_grad=True), th.tensor(w, requires_grad=True)
+        th.nn.functional.conv_transpose2d(xt, wt, None, s, p, op).backward(th.tensor(dy))
+        np.testing.assert_allclose(gx, xt.grad.numpy(), **TOL[x.dtype.type])
+        np.testing.assert_allclose(gw, wt.grad.numpy(), **TOL[x.dtype.type])
+
+
 def test_subpixel_forward_refuses_buffers_that_do_not_fit():
     """subpixel_forward and SubpixelStep check every phase of their table against their
     arrays before taking a pointer: a clear ValueError (TypeError for the wrong kind of
@@ -694,6 +741,24 @@ def test_channels_weight_gradient_kernel_refuses_mismatched_buffers():
     direct.direct_weight_grad_channels(a["x"], a["dy"], grad_w, parts, a["workspace"],
                                        a["offsets"], c, h, w, 0, 0, h, w, 3, 3, 1, 1, 2)
     assert not grad_w.any()
+    # with the forward in the same pass: its weight (K, C_out in whole panels), bias and out too
+    panel = direct.channel_panel(np.float32)
+    fwd = dict(wt=np.zeros((c * k * k, panel), np.float32), bias=np.zeros(panel, np.float32),
+               out=np.ones((n, c_out * 9), np.float32))
+    for change in bad + [dict(wt=np.zeros((c * k * k, panel + 1), np.float32)),
+                         dict(wt=np.zeros((c * k * k - 1, panel), np.float32)),
+                         dict(bias=np.zeros(panel - 1, np.float32)),
+                         dict(out=np.zeros((n, c_out * 9 - 1), np.float32))]:
+        a = {**good, **fwd, **change}
+        with pytest.raises(ValueError, match="direct_forward_and_weight_grad_channels"):
+            direct.direct_forward_and_weight_grad_channels(
+                a["x"], a["dy"], a["wt"], a["bias"], a["out"], grad_w, parts, a["workspace"],
+                a["offsets"], c, h, w, 0, 0, h, w, 3, 3, 1, 1, 2)
+    a = {**good, **fwd}
+    direct.direct_forward_and_weight_grad_channels(
+        a["x"], a["dy"], a["wt"], a["bias"], a["out"], grad_w, parts, a["workspace"],
+        a["offsets"], c, h, w, 0, 0, h, w, 3, 3, 1, 1, 2)
+    assert not grad_w.any() and not a["out"].any()
 
 
 def test_rows_weight_gradient_kernel_refuses_mismatched_buffers():

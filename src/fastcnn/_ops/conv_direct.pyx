@@ -812,6 +812,47 @@ def direct_weight_grad_channels(const floating[:, ::1] x, const floating[:, ::1]
     (out_h*out_w, cpad) with zero channels past C_out. Thread workspace:
     channels_weight_grad_workspace_size(...) elements; ``offsets`` has kpad entries
     (channels_weight_grad_layout; the extra ones 0)."""
+    # (no forward: x, workspace and grad_w stand in for its unused wt, bias and out)
+    _weight_grad_channels("direct_weight_grad_channels", False, x, dy, x, workspace, grad_w,
+                          grad_w, parts, workspace, offsets, C, H, W, pad_h, pad_w, Hp, Wp,
+                          out_h, out_w, stride_h, stride_w, num_threads)
+
+
+def direct_forward_and_weight_grad_channels(
+        const floating[:, ::1] x, const floating[:, ::1] dy, const floating[:, ::1] wt,
+        const floating[::1] bias, floating[:, ::1] out, floating[:, ::1] grad_w,
+        double[:, ::1] parts, floating[::1] workspace, const Py_ssize_t[::1] offsets,
+        Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t pad_h, Py_ssize_t pad_w,
+        Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t stride_h,
+        Py_ssize_t stride_w, int num_threads):
+    """Two products of one 2-D convolution (one group) of x (N, C*H*W) that read the same
+    padded samples, in one pass over the samples: out (N, C_out*out_h*out_w) = its forward by
+    the channel kernel (wt (K, cpad) in its panels, channel_panel; bias (cpad)), as
+    direct_forward computes it; and grad_w (C_out, K) = its weight gradient for the output
+    gradient dy (N, C_out*out_h*out_w), as direct_weight_grad_channels (the same chunks,
+    partials and order). A transposed convolution's backward is both, for the convolution of
+    its dy by its weight: its input gradient is that convolution's forward, its weight
+    gradient that convolution's weight gradient with the transposed convolution's input as
+    output gradient. Each sample is padded once for both, and used by both while in cache.
+    Every result is computed by the same code on the same data as by those two drivers: the
+    same bits. Workspace and offsets (kpad entries) as direct_weight_grad_channels'."""
+    _weight_grad_channels("direct_forward_and_weight_grad_channels", True, x, dy, wt, bias, out,
+                          grad_w, parts, workspace, offsets, C, H, W, pad_h, pad_w, Hp, Wp,
+                          out_h, out_w, stride_h, stride_w, num_threads)
+
+
+cdef _weight_grad_channels(str who, bint forward, const floating[:, ::1] x,
+                           const floating[:, ::1] dy,
+                           const floating[:, ::1] wt, const floating[::1] bias,
+                           floating[:, ::1] out, floating[:, ::1] grad_w, double[:, ::1] parts,
+                           floating[::1] workspace, const Py_ssize_t[::1] offsets,
+                           Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t pad_h,
+                           Py_ssize_t pad_w, Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t out_h,
+                           Py_ssize_t out_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
+                           int num_threads):
+    """direct_weight_grad_channels, and with ``forward`` the forward by wt and bias into out
+    too (direct_forward_and_weight_grad_channels; else those are not read), after checking
+    every buffer."""
     cdef Py_ssize_t N = x.shape[0], n_chunks = parts.shape[0], L = out_h * out_w
     cdef Py_ssize_t C_out = grad_w.shape[0], K = grad_w.shape[1]
     cdef Py_ssize_t cpad, kpad
@@ -820,14 +861,23 @@ def direct_weight_grad_channels(const floating[:, ::1] x, const floating[:, ::1]
     cdef Py_ssize_t xp_size = _direct_scratch(C, Hp, Wp, stride_h, stride_w, stride_w)
     cdef Py_ssize_t dyt_size = L * cpad, acc_size = kpad * cpad
     cdef Py_ssize_t stride = xp_size + dyt_size + acc_size
-    _check_weight_grad_buffers("direct_weight_grad_channels", x.shape[1], N, dy.shape[1],
-                               dy.shape[0], parts.shape[1], offsets.shape[0],
-                               workspace.shape[0], C, H, W, C_out, K, L, kpad, stride,
-                               num_threads)
+    cdef Py_ssize_t cpad_f = wt.shape[1] if forward else 0
+    _check_weight_grad_buffers(who, x.shape[1], N, dy.shape[1], dy.shape[0], parts.shape[1],
+                               offsets.shape[0], workspace.shape[0], C, H, W, C_out, K, L,
+                               kpad, stride, num_threads)
+    if forward and (out.shape[0] != N or out.shape[1] != C_out * L or wt.shape[0] != K
+                    or cpad_f < C_out or cpad_f % _panel(<floating> 0)
+                    or bias.shape[0] != cpad_f):
+        raise ValueError(f"{who}: out, wt ({wt.shape[0]}, {cpad_f}) or bias do not match N={N}, "
+                         f"C_out*L={C_out * L}, K={K} (wt and bias: C_out padded to the "
+                         f"channel kernel's panels, {_panel(<floating> 0)})")
     cdef Py_ssize_t j, n, co, k
     cdef floating* xp
     cdef floating* dyt
     cdef floating* acc
+    cdef const floating* wt_p = &wt[0, 0] if forward else NULL
+    cdef const floating* bias_p = &bias[0] if forward else NULL
+    cdef floating* out_p = &out[0, 0] if forward else NULL
     if N == 0 or L == 0 or n_chunks == 0:
         if C_out * K:
             memset(&grad_w[0, 0], 0, C_out * K * sizeof(floating))
@@ -842,10 +892,18 @@ def direct_weight_grad_channels(const floating[:, ::1] x, const floating[:, ::1]
             for n in range((j * N) // n_chunks, ((j + 1) * N) // n_chunks):
                 _pad_sample(&x[n, 0], xp, xp_size, C, H, W, pad_h, pad_w, Hp, Wp, stride_w)
                 if floating is float:
+                    if forward:
+                        fc_direct_conv_f(xp, wt_p, bias_p, out_p + n * C_out * L, &offsets[0],
+                                         K, C_out, cpad_f, out_h, out_w, Wq, stride_h,
+                                         stride_w, False, L, out_w, 1)
                     fc_dw_channels_transpose_f(&dy[n, 0], dyt, C_out, L, cpad)
                     fc_dw_channels_f(xp, dyt, acc, &offsets[0], kpad, cpad, out_h, out_w, Wq,
                                      stride_h)
                 else:
+                    if forward:
+                        fc_direct_conv_d(xp, wt_p, bias_p, out_p + n * C_out * L, &offsets[0],
+                                         K, C_out, cpad_f, out_h, out_w, Wq, stride_h,
+                                         stride_w, False, L, out_w, 1)
                     fc_dw_channels_transpose_d(&dy[n, 0], dyt, C_out, L, cpad)
                     fc_dw_channels_d(xp, dyt, acc, &offsets[0], kpad, cpad, out_h, out_w, Wq,
                                      stride_h)
@@ -854,3 +912,4 @@ def direct_weight_grad_channels(const floating[:, ::1] x, const floating[:, ::1]
                     parts[j, k * C_out + co] = acc[k * cpad + co]
     with nogil:
         _sum_chunks(parts, grad_w, True, num_threads)
+

@@ -916,11 +916,14 @@ def direct_conv2d(x2, w, b1, out2, geom, dtype, relu=False, by_rows=False, out_l
     DirectOperands(w, b1, geom, dtype, by_rows).run(x2, out2, dtype, relu, out_layout)
 
 
-def direct_weight_grad(x2, dy2, geom, dtype, by_channels=False):
+def direct_weight_grad(x2, dy2, geom, dtype, by_channels=False, forward=None):
     """dW (C_out, C_in, kH, kW) of a 2-D one-group convolution by a direct kernel (no im2col):
     _direct.direct_weight_grad (along the output rows), or with ``by_channels``
     _direct.direct_weight_grad_channels (the output channels in the vector lanes); double
-    partials over fixed sample chunks, added in chunk order by the driver."""
+    partials over fixed sample chunks, added in chunk order by the driver. ``forward`` (with
+    ``by_channels``): (ops, out2), the convolution's forward by the channel kernel (ops: its
+    DirectOperands, not by rows) computed into out2 (N, C_out*L) in the same pass, each sample
+    padded once for both (_direct.direct_forward_and_weight_grad_channels)."""
     n, c_in, c_out = geom.n, geom.in_channels, geom.out_channels
     _, kh, kw = geom.kernel
     (_, dh, dw), (_, ph, pw), (_, sh, sw) = geom.dilation, geom.padding, geom.stride
@@ -940,8 +943,13 @@ def direct_weight_grad(x2, dy2, geom, dtype, by_channels=False):
     ws = scratch(size(c_in, hp, wp, sh, sw, c_out, taps, oh, ow) * threads, dtype)
     parts = _memory.empty((max(1, min(n, _WEIGHT_GRAD_CHUNKS)), taps * c_out), np.float64)
     grad_w = np.empty((c_out, taps), dtype)
-    kernel(x2, dy2, grad_w, parts, ws, offsets, c_in, *geom.in_size, ph, pw, hp, wp, oh, ow, sh,
-           sw, threads)
+    scalars = (c_in, *geom.in_size, ph, pw, hp, wp, oh, ow, sh, sw, threads)
+    if forward is not None:
+        ops, out2 = forward
+        _direct.direct_forward_and_weight_grad_channels(x2, dy2, ops.wt, ops.bias, out2, grad_w,
+                                                        parts, ws, offsets, *scalars)
+    else:
+        kernel(x2, dy2, grad_w, parts, ws, offsets, *scalars)
     return grad_w.reshape(c_out, c_in, kh, kw)
 
 

@@ -177,12 +177,26 @@ def _conv_transpose_backward(fname, nd, grad_output, input, weight, stride, padd
         as_conv = _conv_geometry(fname, nd, dy4, w4, geom.stride[1:], geom.padding[1:],
                                  geom.dilation[1:], geom.groups)
         if as_conv.out_size == geom.in_size:
-            if need_x and algorithms.direct_ok(as_conv, nd, algorithms.machine_rules()):
+            rules = algorithms.machine_rules()
+            by_channels = need_w and algorithms.select("weight gradient", as_conv, nd,
+                                                       dtype) == "channels"
+            by_direct = algorithms.select("forward", as_conv, nd, dtype) == "direct"
+            # (conv_algorithms(forward="direct") forces it too)
+            direct_x = need_x and (by_direct or algorithms.direct_ok(as_conv, nd, rules))
+            if direct_x and by_direct and by_channels and n >= threads:
+                # both by the channel kernels in one pass over the samples (dy padded once
+                # for both, one team): the same bits as the two passes below, which batches
+                # smaller than the team take (the forward cuts samples between threads)
+                ops = algorithms.DirectOperands(w4, np.empty(0, dtype), as_conv, dtype)
+                b.grad_w = algorithms.direct_weight_grad(
+                    _rows(b.dy3, n), b.x2, as_conv, dtype, by_channels=True,
+                    forward=(ops, _rows(b.grad_x, n)))
+                need_x = need_w = False
+            if need_x and direct_x:
                 b.grad_x = _conv_forward(fname, nd, dy4, w4, None, geom.stride[1:],
                                          geom.padding[1:], geom.dilation[1:], geom.groups)
                 need_x = False
-            if need_w and algorithms.select("weight gradient", as_conv, nd,
-                                            dtype) == "channels":
+            if need_w and by_channels:
                 b.grad_w = algorithms.direct_weight_grad(_rows(b.dy3, n), b.x2, as_conv, dtype,
                                                          by_channels=True)
                 need_w = False
