@@ -575,6 +575,46 @@ def test_direct_weight_gradient_is_bit_identical_for_1_and_2_threads(
     same_bits_for_1_and_2_threads(compute)
 
 
+@pytest.mark.parametrize("forced", ["direct", "rows"])
+def test_direct_kernels_clear_the_borders_a_previous_problem_wrote(forced):
+    """Each thread zeroes its scratch once per call and then copies only the inputs of its
+    samples (the borders stay as the first copy left them): a call after one that filled the
+    same scratch with NaN at other offsets (another geometry) must still read zero padding,
+    for every sample of each thread, and the column-phase split of stride 2 and 3 (odd and
+    even padding) must place every input."""
+    rng = np.random.default_rng(8)
+    with F.conv_algorithms(forward=forced):
+        F.conv2d(np.full((5, 6, 41, 43), np.nan, np.float32),
+                 np.ones((8, 6, 3, 3), np.float32), stride=1, padding=0)
+        for stride, padding in [(2, 1), (2, 2), (3, 1), (1, 2)]:
+            x = rng.standard_normal((7, 6, 37, 35)).astype(np.float32)
+            w = rng.standard_normal((20, 6, 3, 3)).astype(np.float32)
+            got = F.conv2d(x, w, stride=stride, padding=padding)
+            with F.conv_algorithms(forward="im2col"):
+                want = F.conv2d(x, w, stride=stride, padding=padding)
+            assert np.isfinite(got).all()
+            np.testing.assert_allclose(got, want, **TOL[np.float32])
+
+
+def test_transposed_phases_clear_the_borders_a_previous_problem_wrote():
+    """The same for the transposed convolution by phases (one padded copy per sample for all
+    its phases): after a call that left NaN in the scratch, every sample of each thread reads
+    zero padding."""
+    rng = np.random.default_rng(9)
+    with F.conv_algorithms(forward="direct"):
+        F.conv2d(np.full((5, 8, 41, 43), np.nan, np.float32),
+                 np.ones((8, 8, 3, 3), np.float32), stride=1, padding=0)
+    for kernel, stride, padding in [(4, 2, 1), (3, 2, 1), (5, 3, 2)]:
+        x = rng.standard_normal((7, 8, 13, 11)).astype(np.float32)
+        w = rng.standard_normal((8, 12, kernel, kernel)).astype(np.float32)
+        with F.conv_algorithms(transposed="subpixel"):
+            got = F.conv_transpose2d(x, w, stride=stride, padding=padding)
+        with F.conv_algorithms(transposed="im2col"):
+            want = F.conv_transpose2d(x, w, stride=stride, padding=padding)
+        assert np.isfinite(got).all()
+        np.testing.assert_allclose(got, want, **TOL[np.float32])
+
+
 def test_direct_kernels_cut_a_sample_between_threads_with_the_same_bits(
         rng, same_bits_for_1_and_2_threads):
     """With fewer samples than threads (batch 1) the direct kernels cut each sample's outputs

@@ -6,7 +6,8 @@
  *   - fc_direct_conv_rows: vectorized along output rows, for wide maps and few taps or
  *     channels (first layers, transposed convolutions' phases, stride-1 input gradients);
  *   - fc_dw_rows: the weight gradient on the row kernel's layout;
- *   - fc_dw_channels: the weight gradient with the output channels in the vector lanes.
+ *   - fc_dw_channels: the weight gradient with the output channels in the vector lanes;
+ *   - fc_pad_sample: the zero-bordered copy of a sample that all of them read.
  *
  * The channel kernel, for small layers (LeNet's, strided ones): few output channels.
  *
@@ -121,6 +122,12 @@ static FC_UNUSED inline ptrdiff_t fc_direct_conv_panel_d(void)
 FC_VOID_ENTRIES(fc_direct_conv_rows, FC_DIRECT_CONV_ROWS_PARAMS, FC_DIRECT_CONV_ROWS_ARGS)
 FC_VOID_ENTRIES(fc_dw_rows, FC_DW_ROWS_PARAMS, FC_DW_ROWS_ARGS)
 FC_VOID_ENTRIES(fc_dw_channels, FC_DW_CHANNELS_PARAMS, FC_DW_CHANNELS_ARGS)
+#define FC_PAD_SAMPLE_PARAMS(T)                                                            \
+    (const T *x, T *xp, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t rows,             \
+     ptrdiff_t cols, ptrdiff_t pad_h, ptrdiff_t pad_w, ptrdiff_t Hp, ptrdiff_t wq,         \
+     ptrdiff_t phases)
+FC_VOID_ENTRIES(fc_pad_sample, FC_PAD_SAMPLE_PARAMS,
+                (x, xp, C, H, W, rows, cols, pad_h, pad_w, Hp, wq, phases))
 #define FC_DW_CHANNELS_TRANSPOSE_PARAMS(T)                                                 \
     (const T *dy, T *dyt, ptrdiff_t cout, ptrdiff_t L, ptrdiff_t cpad)
 FC_VOID_ENTRIES(fc_dw_channels_transpose, FC_DW_CHANNELS_TRANSPOSE_PARAMS,

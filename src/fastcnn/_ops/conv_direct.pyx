@@ -18,6 +18,12 @@ from fastcnn._ops.plan_steps import check_arrays
 
 
 cdef extern from "_conv_direct.h" nogil:
+    void fc_pad_sample_f(const float* x, float* xp, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                         Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t pad_h, Py_ssize_t pad_w,
+                         Py_ssize_t Hp, Py_ssize_t wq, Py_ssize_t phases)
+    void fc_pad_sample_d(const double* x, double* xp, Py_ssize_t C, Py_ssize_t H,
+                         Py_ssize_t W, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t pad_h,
+                         Py_ssize_t pad_w, Py_ssize_t Hp, Py_ssize_t wq, Py_ssize_t phases)
     void fc_direct_conv_f(const float* xp, const float* wt, const float* bias, float* y,
                           const Py_ssize_t* off, Py_ssize_t K, Py_ssize_t cout, Py_ssize_t cpad,
                           Py_ssize_t oh_n, Py_ssize_t ow_n, Py_ssize_t wp, Py_ssize_t sh,
@@ -93,37 +99,6 @@ def direct_workspace_size(Py_ssize_t C, Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t
     return _direct_scratch(C, Hp, Wp, stride_h, stride_w, stride_w)
 
 
-cdef inline void _split_phases(const floating* src, floating* dst, Py_ssize_t cols,
-                              Py_ssize_t pad, Py_ssize_t phases,
-                              Py_ssize_t phase_stride) noexcept nogil:
-    """Input row src[0:cols], placed at padded column pad + j, into its column phases: padded
-    column q goes to dst[(q % phases) * phase_stride + q // phases]."""
-    cdef Py_ssize_t p, j, q, i, count
-    cdef const floating* s
-    cdef floating* d
-    if phases == 2:
-        # stride 2, the common case, with constants: no divisions per row (they cost as much
-        # as the copy), and a gather the compiler vectorizes
-        for p in range(2):
-            j = (p - pad) & 1                         # first j with (pad + j) % 2 == p
-            q = (pad + j) >> 1
-            s = src + j
-            d = dst + p * phase_stride + q
-            for i in range((cols - j + 1) >> 1):
-                d[i] = s[2 * i]
-        return
-    for p in range(phases):
-        j = (p - pad % phases + phases) % phases      # first j with (pad + j) % phases == p
-        q = (pad + j) // phases
-        if j >= cols:
-            continue
-        count = (cols - j + phases - 1) // phases
-        s = src + j
-        d = dst + p * phase_stride + q
-        for i in range(count):
-            d[i] = s[i * phases]
-
-
 cdef inline void _rows_kernel(const floating* xp, const floating* wt, const floating* bias,
                               floating* y, const Py_ssize_t* off, Py_ssize_t K,
                               Py_ssize_t cout, Py_ssize_t cpad, Py_ssize_t oh_n,
@@ -139,23 +114,24 @@ cdef inline void _rows_kernel(const floating* xp, const floating* wt, const floa
 
 cdef inline void _pad_sample(const floating* x, floating* xp, Py_ssize_t size, Py_ssize_t C,
                              Py_ssize_t H, Py_ssize_t W, Py_ssize_t pad_h, Py_ssize_t pad_w,
-                             Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t phases) noexcept nogil:
-    """The direct kernels' copy of one sample x (C, H, W): C zero-bordered planes of Hp x Wp
-    (``size`` elements zeroed first, the tail included), the input at (pad_h, pad_w), each
-    plane as ``phases`` column-phase planes when phases > 1 (see direct_forward)."""
-    cdef Py_ssize_t Wq = _phase_width(Wp, phases)
-    cdef Py_ssize_t rows = min(H, Hp - pad_h), cols = min(W, Wp - pad_w), c, r
-    memset(xp, 0, size * sizeof(floating))
+                             Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t phases,
+                             bint clear) noexcept nogil:
+    """The direct kernels' copy of one sample x (C, H, W): C zero-bordered planes of Hp x Wp,
+    the input at (pad_h, pad_w), each plane as ``phases`` column-phase planes when phases > 1
+    (see direct_forward). ``clear``: zero the ``size`` elements first (the tail included);
+    needed once per workspace and problem, since every sample of a problem writes the same
+    elements (fc_pad_sample) and leaves the borders as they are."""
+    cdef Py_ssize_t rows = min(H, Hp - pad_h), cols = min(W, Wp - pad_w)
+    if clear:
+        memset(xp, 0, size * sizeof(floating))
     if rows <= 0 or cols <= 0:     # the windows read padding only: the outputs are the bias
         return
-    for c in range(C):
-        for r in range(rows):
-            if phases == 1:
-                memcpy(xp + (c * Hp + r + pad_h) * Wp + pad_w, x + (c * H + r) * W,
-                       cols * sizeof(floating))
-            else:
-                _split_phases(x + (c * H + r) * W, xp + (c * phases * Hp + r + pad_h) * Wq,
-                              cols, pad_w, phases, Hp * Wq)
+    if floating is float:
+        fc_pad_sample_f(x, xp, C, H, W, rows, cols, pad_h, pad_w, Hp, _phase_width(Wp, phases),
+                        phases)
+    else:
+        fc_pad_sample_d(x, xp, C, H, W, rows, cols, pad_h, pad_w, Hp, _phase_width(Wp, phases),
+                        phases)
 
 
 cdef void _direct_forward(const floating* x, Py_ssize_t N, Py_ssize_t x_row,
@@ -191,7 +167,7 @@ cdef void _direct_forward(const floating* x, Py_ssize_t N, Py_ssize_t x_row,
     if parts > 1:
         for n in prange(N, schedule='static', num_threads=num_threads):
             _pad_sample(x + n * x_row, workspace + n * stride, stride, C, H, W, pad_h, pad_w,
-                        Hp, Wp, phases)
+                        Hp, Wp, phases, True)
         for t in prange(N * parts, schedule='static', num_threads=num_threads):
             n = t // parts
             c = (t % parts) // rchunks
@@ -216,17 +192,36 @@ cdef void _direct_forward(const floating* x, Py_ssize_t N, Py_ssize_t x_row,
                                  out + n * out_row + y0 + co0 * yc, offsets, K, co1 - co0,
                                  cpad, out_h, out_w, Wq, stride_h, stride_w, relu, yc, yh, yw)
         return
+    # Each thread takes a contiguous range of samples in its own scratch, cleared for the
+    # first of them only (the copies of the next ones overwrite the same elements).
     if num_threads == 1:                    # no team to start (~0.3 us)
-        for n in range(N):
-            _direct_sample(x + n * x_row, wt, K, cpad, bias, out + n * out_row, workspace,
-                           stride, offsets, C, H, W, pad_h, pad_w, Hp, Wp, out_h, out_w,
-                           stride_h, stride_w, by_rows, relu, C_out, y0, yc, yh, yw)
+        _direct_samples(x, 0, N, x_row, wt, K, cpad, bias, out, out_row, workspace, stride,
+                        offsets, C, H, W, pad_h, pad_w, Hp, Wp, out_h, out_w, stride_h,
+                        stride_w, by_rows, relu, C_out, y0, yc, yh, yw)
         return
-    for n in prange(N, schedule='static', num_threads=num_threads):
-        _direct_sample(x + n * x_row, wt, K, cpad, bias, out + n * out_row,
-                       workspace + threadid() * stride, stride, offsets, C, H, W, pad_h, pad_w,
-                       Hp, Wp, out_h, out_w, stride_h, stride_w, by_rows, relu, C_out, y0, yc,
-                       yh, yw)
+    for t in prange(num_threads, schedule='static', num_threads=num_threads):
+        _direct_samples(x, t * N // num_threads, (t + 1) * N // num_threads, x_row, wt, K,
+                        cpad, bias, out, out_row, workspace + t * stride, stride, offsets, C, H,
+                        W, pad_h, pad_w, Hp, Wp, out_h, out_w, stride_h, stride_w, by_rows,
+                        relu, C_out, y0, yc, yh, yw)
+
+
+cdef inline void _direct_samples(const floating* x, Py_ssize_t n0, Py_ssize_t n1,
+                                 Py_ssize_t x_row, const floating* wt, Py_ssize_t K,
+                                 Py_ssize_t cpad, const floating* bias, floating* out,
+                                 Py_ssize_t out_row, floating* xp, Py_ssize_t stride,
+                                 const Py_ssize_t* offsets, Py_ssize_t C, Py_ssize_t H,
+                                 Py_ssize_t W, Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t Hp,
+                                 Py_ssize_t Wp, Py_ssize_t out_h, Py_ssize_t out_w,
+                                 Py_ssize_t stride_h, Py_ssize_t stride_w, bint by_rows,
+                                 bint relu, Py_ssize_t C_out, Py_ssize_t y0, Py_ssize_t yc,
+                                 Py_ssize_t yh, Py_ssize_t yw) noexcept nogil:
+    """Samples n0 <= n < n1 of _direct_forward, one after the other in the scratch xp."""
+    cdef Py_ssize_t n
+    for n in range(n0, n1):
+        _direct_sample(x + n * x_row, wt, K, cpad, bias, out + n * out_row, xp, stride,
+                       offsets, C, H, W, pad_h, pad_w, Hp, Wp, out_h, out_w, stride_h,
+                       stride_w, by_rows, relu, C_out, y0, yc, yh, yw, n == n0)
 
 
 cdef inline void _direct_sample(const floating* x, const floating* wt, Py_ssize_t K,
@@ -236,12 +231,13 @@ cdef inline void _direct_sample(const floating* x, const floating* wt, Py_ssize_
                                 Py_ssize_t pad_w, Py_ssize_t Hp, Py_ssize_t Wp,
                                 Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t stride_h,
                                 Py_ssize_t stride_w, bint by_rows, bint relu, Py_ssize_t C_out,
-                                Py_ssize_t y0, Py_ssize_t yc, Py_ssize_t yh,
-                                Py_ssize_t yw) noexcept nogil:
+                                Py_ssize_t y0, Py_ssize_t yc, Py_ssize_t yh, Py_ssize_t yw,
+                                bint clear) noexcept nogil:
     """One sample of _direct_forward (one part per sample): x (C*H*W) padded into the
-    scratch xp (``stride`` elements), then the kernel into out (that sample's row)."""
+    scratch xp (``stride`` elements; ``clear``: zeroed first), then the kernel into out (that
+    sample's row)."""
     cdef Py_ssize_t phases = stride_w, Wq = _phase_width(Wp, stride_w)
-    _pad_sample(x, xp, stride, C, H, W, pad_h, pad_w, Hp, Wp, phases)
+    _pad_sample(x, xp, stride, C, H, W, pad_h, pad_w, Hp, Wp, phases, clear)
     if by_rows:
         _rows_kernel(xp, wt, bias, out + y0, offsets, K, C_out, cpad, out_h, out_w, Wq,
                      stride_h, relu, yc, yh, yw)
@@ -435,7 +431,6 @@ cdef void _subpixel_forward(const floating* x, Py_ssize_t N, Py_ssize_t x_row,
     _direct_scratch(C, Hp, Wp, 1, 1, 1) each)."""
     cdef Py_ssize_t stride = _direct_scratch(C, Hp, Wp, 1, 1, 1)
     cdef Py_ssize_t n, p, t, c, co0, co1, cchunks, blocks, unit, parts
-    cdef floating* xp
     if N < num_threads:
         # Fewer samples than threads (inference at batch 1): every sample padded first, then
         # (sample, phase, channel chunk) parts over the team; each output computed by the same
@@ -444,7 +439,7 @@ cdef void _subpixel_forward(const floating* x, Py_ssize_t N, Py_ssize_t x_row,
         parts = P * cchunks
         for n in prange(N, schedule='static', num_threads=num_threads):
             _pad_sample(x + n * x_row, workspace + n * stride, stride, C, H, W, top, left, Hp,
-                        Wp, 1)
+                        Wp, 1, True)
         for t in prange(N * parts, schedule='static', num_threads=num_threads):
             n = t // parts
             p = (t % parts) // cchunks
@@ -458,16 +453,30 @@ cdef void _subpixel_forward(const floating* x, Py_ssize_t N, Py_ssize_t x_row,
                 _phase_part(workspace + n * stride, wt, cpad, bias, out + n * out_row, offsets,
                             table + p * _PH_COLS, Wp, co0, co1)
         return
+    # each thread: a contiguous range of samples in its scratch, cleared for the first only
     if num_threads == 1:                    # no team to start
-        for n in range(N):
-            _pad_sample(x + n * x_row, workspace, stride, C, H, W, top, left, Hp, Wp, 1)
-            for p in range(P):
-                _phase_part(workspace, wt, cpad, bias, out + n * out_row, offsets,
-                            table + p * _PH_COLS, Wp, 0, C_out)
+        _subpixel_samples(x, 0, N, x_row, wt, cpad, bias, out, out_row, workspace, stride,
+                          offsets, table, P, C, H, W, top, left, Hp, Wp, C_out)
         return
-    for n in prange(N, schedule='static', num_threads=num_threads):
-        xp = workspace + threadid() * stride
-        _pad_sample(x + n * x_row, xp, stride, C, H, W, top, left, Hp, Wp, 1)
+    for t in prange(num_threads, schedule='static', num_threads=num_threads):
+        _subpixel_samples(x, t * N // num_threads, (t + 1) * N // num_threads, x_row, wt, cpad,
+                          bias, out, out_row, workspace + t * stride, stride, offsets, table, P,
+                          C, H, W, top, left, Hp, Wp, C_out)
+
+
+cdef inline void _subpixel_samples(const floating* x, Py_ssize_t n0, Py_ssize_t n1,
+                                   Py_ssize_t x_row, const floating* wt, Py_ssize_t cpad,
+                                   const floating* bias, floating* out, Py_ssize_t out_row,
+                                   floating* xp, Py_ssize_t stride, const Py_ssize_t* offsets,
+                                   const Py_ssize_t* table, Py_ssize_t P, Py_ssize_t C,
+                                   Py_ssize_t H, Py_ssize_t W, Py_ssize_t top, Py_ssize_t left,
+                                   Py_ssize_t Hp, Py_ssize_t Wp,
+                                   Py_ssize_t C_out) noexcept nogil:
+    """Samples n0 <= n < n1 of _subpixel_forward, one after the other in the scratch xp: each
+    padded once, then every phase of it."""
+    cdef Py_ssize_t n, p
+    for n in range(n0, n1):
+        _pad_sample(x + n * x_row, xp, stride, C, H, W, top, left, Hp, Wp, 1, n == n0)
         for p in range(P):
             _phase_part(xp, wt, cpad, bias, out + n * out_row, offsets, table + p * _PH_COLS,
                         Wp, 0, C_out)
@@ -752,7 +761,8 @@ def direct_weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy,
             memset(acc, 0, acc_size * sizeof(floating))
             memset(dyp, 0, dy_size * sizeof(floating))     # the padding: never written below
             for n in range(j * N // n_chunks, (j + 1) * N // n_chunks):
-                _pad_sample(&x[n, 0], xp, xp_size, C, H, W, pad_h, pad_w, Hp, Wp, stride_w)
+                _pad_sample(&x[n, 0], xp, xp_size, C, H, W, pad_h, pad_w, Hp, Wp, stride_w,
+                            n == (j * N) // n_chunks)
                 for co in range(C_out):
                     for r in range(out_h):
                         memcpy(dyp + (co * out_h + r) * ldy, &dy[n, (co * out_h + r) * out_w],
@@ -890,7 +900,8 @@ cdef _weight_grad_channels(str who, bint forward, const floating[:, ::1] x,
             memset(acc, 0, acc_size * sizeof(floating))
             memset(dyt, 0, dyt_size * sizeof(floating))    # the padding: never written below
             for n in range((j * N) // n_chunks, ((j + 1) * N) // n_chunks):
-                _pad_sample(&x[n, 0], xp, xp_size, C, H, W, pad_h, pad_w, Hp, Wp, stride_w)
+                _pad_sample(&x[n, 0], xp, xp_size, C, H, W, pad_h, pad_w, Hp, Wp, stride_w,
+                            n == (j * N) // n_chunks)
                 if floating is float:
                     if forward:
                         fc_direct_conv_f(xp, wt_p, bias_p, out_p + n * C_out * L, &offsets[0],
