@@ -625,6 +625,29 @@ cdef class SubpixelStep(CompiledStep):
         self.args = &self.p
 
 
+def gather(const floating[::1] source, const Py_ssize_t[::1] index, floating[::1] out):
+    """out[i] = source[index[i]], or 0 where index[i] is -1: the direct kernels' weight layouts
+    (transposed, padded, in panels, per phase) made in one pass from indices computed once per
+    problem, instead of numpy's transposes, copies and fancy indexing per call (30 us of a
+    64 -> 32 k4 transposed convolution's 1.2 ms). Every index is checked."""
+    cdef Py_ssize_t n = index.shape[0], m = source.shape[0], i, j, bad = -1
+    if out.shape[0] != n:
+        raise ValueError(f"gather: out has {out.shape[0]} elements, index {n}")
+    with nogil:
+        for i in range(n):
+            j = index[i]
+            if j >= 0 and j < m:
+                out[i] = source[j]
+            elif j == -1:
+                out[i] = 0
+            else:
+                bad = i
+                break
+    if bad >= 0:
+        raise ValueError(f"gather: index[{bad}] = {index[bad]} is outside the source "
+                         f"({m} elements) and not -1")
+
+
 # The kernels' layout constants (_conv_direct.h), for the Python side that prepares operands.
 CO_PAD = FC_CO_PAD     # the forward kernels' weight and bias: C_out padded to a multiple of it
 

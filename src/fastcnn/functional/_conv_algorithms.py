@@ -774,8 +774,11 @@ def direct_offsets(c_in, kh, kw, dh, dw, hp, wp, phases=1):
 @functools.lru_cache(maxsize=256)
 def direct_layout(weight_shape, geom, dtype, by_rows):
     """What DirectOperands holds besides the weight's values, for a weight of ``weight_shape``
-    (C_out, C_in, kH, kW) on ``geom``: (cpad, panel or 0, offsets, scalars, workspace), made
-    once per problem (every convolution call of a training step asks for the same ones)."""
+    (C_out, C_in, kH, kW) on ``geom``: (cpad, gather, offsets, scalars, workspace), made once
+    per problem (every convolution call of a training step asks for the same ones). ``gather``
+    (K*cpad, for _direct.gather) indexes the flattened weight: element (k, co) of its (K, cpad)
+    transpose, C_out padded with zeros (-1), in the channel kernel's panels unless
+    ``by_rows``."""
     c_out, c_in, kh, kw = weight_shape
     (_, dh, dw), (_, ph, pw), (_, sh, sw) = geom.dilation, geom.padding, geom.stride
     oh, ow = geom.out_size
@@ -783,10 +786,17 @@ def direct_layout(weight_shape, geom, dtype, by_rows):
     unit = _direct.CO_PAD if by_rows else max(_direct.CO_PAD, _direct.channel_panel(dtype))
     cpad = -(-c_out // unit) * unit
     panel = 0 if by_rows else _direct.channel_panel(dtype)
+    taps = c_in * kh * kw
+    co = np.arange(cpad)
+    gather = np.where(co < c_out, co * taps + np.arange(taps).reshape(-1, 1), -1)
+    if panel:                               # (cpad / panel) blocks of (K, panel)
+        gather = gather.reshape(taps, cpad // panel, panel).transpose(1, 0, 2)
+    gather = np.ascontiguousarray(gather, dtype=np.intp).ravel()
+    gather.flags.writeable = False
     offsets = direct_offsets(c_in, kh, kw, dh, dw, hp, wp, sw)
     scalars = (c_in, *geom.in_size, ph, pw, hp, wp, oh, ow, sh, sw)
     workspace = _direct.direct_workspace_size(c_in, hp, wp, sh, sw, by_rows)
-    return cpad, panel, offsets, scalars, workspace
+    return cpad, gather, offsets, scalars, workspace
 
 
 class DirectOperands:
@@ -800,15 +810,10 @@ class DirectOperands:
 
     def __init__(self, w, b1, geom, dtype, by_rows=False, layout=None):
         c_out = w.shape[0]
-        cpad, panel, self.offsets, self.scalars, self.workspace = (
+        cpad, gather, self.offsets, self.scalars, self.workspace = (
             layout or direct_layout(w.shape, geom, np.dtype(dtype), by_rows))
-        taps = w.size // c_out
-        wt = np.zeros((taps, cpad), dtype=dtype)
-        wt[:, :c_out] = w.reshape(c_out, -1).T
-        if panel:
-            wt = np.ascontiguousarray(
-                wt.reshape(taps, cpad // panel, panel).transpose(1, 0, 2)).reshape(taps, cpad)
-        self.wt = wt
+        self.wt = np.empty((w.size // c_out, cpad), dtype=dtype)
+        _direct.gather(np.ascontiguousarray(w, dtype=dtype).ravel(), gather, self.wt.ravel())
         self.bias = np.zeros(cpad, dtype=dtype)
         if b1.size:
             self.bias[:c_out] = b1
@@ -834,9 +839,9 @@ def subpixel_layout(geom, dtype, rules):
     plane starts at (top - pad_h, left - pad_w) in it, which its offsets include. Each phase
     runs the kernel subpixel_by_rows picks, storing output (co, i, j) at (ra + sh*i, rb + sw*j)
     of plane co. ``gather`` (sum of K times cpad) indexes the flattened weight (C_in, C_out,
-    kH, kW) followed by one zero: element (k, co) of the phases' stacked (K, cpad) weights
-    (each phase's in the channel kernel's panels where it runs it; channels past C_out the
-    zero). ``table`` is _direct.subpixel_forward's phase table; ``scalars`` its (C, H, W, top,
+    kH, kW) for _direct.gather: element (k, co) of the phases' stacked (K, cpad) weights
+    (each phase's in the channel kernel's panels where it runs it; channels past C_out
+    -1: zero). ``table`` is _direct.subpixel_forward's phase table; ``scalars`` its (C, H, W, top,
     left, Hp, Wp, C_out); ``workspace`` its per-thread scratch."""
     # the phases with outputs (a 1-wide output of stride 2 has an empty phase)
     phases = [ph for ph in subpixel_phases(geom, 2) if min(ph[2].out_size) > 0]
@@ -854,13 +859,12 @@ def subpixel_layout(geom, dtype, rules):
     panel = _direct.channel_panel(dtype)
     unit = _direct.CO_PAD if all(by_rows) else max(_direct.CO_PAD, panel)
     cpad = -(-c_out // unit) * unit
-    zero = c_in * c_out * kh * kw                       # the index of the appended zero
     co = np.arange(cpad)
     gathers, offsets, table, k0 = [], [], [], 0
     for (ra, rb, sub, taps_h, taps_w), rows in zip(phases, by_rows):
         ci, th, tw = np.meshgrid(np.arange(c_in), taps_h, taps_w, indexing="ij")
         tap = (ci * c_out * kh * kw + th * kw + tw).reshape(-1, 1)      # (K, 1): co = 0
-        gather = np.where(co < c_out, tap + co * kh * kw, zero)          # (K, cpad)
+        gather = np.where(co < c_out, tap + co * kh * kw, -1)            # (K, cpad)
         if not rows:                                    # (cpad / panel) blocks of (K, panel)
             gather = gather.reshape(len(tap), cpad // panel, panel).transpose(1, 0, 2)
         gathers.append(gather.ravel())
@@ -869,7 +873,7 @@ def subpixel_layout(geom, dtype, rules):
         table.append((len(tap), k0, k0, int(rows), *sub.out_size, ra * ow + rb, oh * ow,
                       sh * ow, sw))
         k0 += len(tap)
-    gather, offsets = np.concatenate(gathers), np.concatenate(offsets)
+    gather, offsets = np.concatenate(gathers).astype(np.intp), np.concatenate(offsets)
     table = np.array(table, dtype=np.intp).reshape(-1, _direct.PHASE_COLUMNS)
     for a in (gather, offsets, table):
         a.flags.writeable = False
@@ -890,10 +894,8 @@ class SubpixelOperands:
         dtype = np.dtype(dtype)
         gather, cpad, self.offsets, self.table, self.scalars, self.workspace = (
             subpixel_layout(geom, dtype, rules))
-        source = np.empty(w4.size + 1, dtype)
-        source[:-1] = w4.ravel()
-        source[-1] = 0
-        self.wt = source[gather].reshape(-1, cpad)
+        self.wt = np.empty((gather.size // cpad, cpad), dtype)
+        _direct.gather(np.ascontiguousarray(w4, dtype=dtype).ravel(), gather, self.wt.ravel())
         self.bias = np.zeros(cpad, dtype)
         if b1.size:
             self.bias[:geom.out_channels] = b1
