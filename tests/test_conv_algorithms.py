@@ -767,7 +767,7 @@ def test_channels_weight_gradient_kernel_refuses_mismatched_buffers():
     x = np.zeros((n, c * h * w), np.float32)
     dy = np.zeros((n, c_out * 9), np.float32)
     grad_w = np.zeros((c_out, c * k * k), np.float32)
-    parts = np.zeros((n, c * k * k * c_out))
+    parts = np.zeros((n, kpad * cpad), np.float32)
     good = dict(workspace=np.zeros(2 * size, np.float32), offsets=np.zeros(kpad, np.intp), x=x,
                 dy=dy)
     bad = [dict(workspace=np.zeros(size, np.float32)), dict(offsets=np.zeros(kpad - 1, np.intp)),

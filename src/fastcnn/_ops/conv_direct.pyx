@@ -682,17 +682,18 @@ cdef void _check_weight_grad_buffers(str name, Py_ssize_t x_cols, Py_ssize_t x_r
                                      Py_ssize_t parts_cols, Py_ssize_t n_offsets,
                                      Py_ssize_t workspace, Py_ssize_t C, Py_ssize_t H,
                                      Py_ssize_t W, Py_ssize_t C_out, Py_ssize_t K, Py_ssize_t L,
-                                     Py_ssize_t kpad, Py_ssize_t stride,
-                                     int num_threads) except *:
+                                     Py_ssize_t kpad, Py_ssize_t stride, int num_threads,
+                                     Py_ssize_t parts_row) except *:
     """The weight-gradient drivers' arrays against their geometry, before any nogil loop (a
-    workspace too short for the threads overran the heap)."""
+    workspace too short for the threads overran the heap); a chunk's partial has
+    ``parts_row`` elements."""
     if (x_cols != C * H * W or dy_rows != x_rows or dy_cols != C_out * L
-            or parts_cols != K * C_out or n_offsets != kpad or num_threads < 1
+            or parts_cols != parts_row or n_offsets != kpad or num_threads < 1
             or workspace < stride * num_threads):
         raise ValueError(f"{name}: x ({x_rows}, {x_cols}), dy ({dy_rows}, {dy_cols}), parts "
                          f"({parts_cols} a chunk), offsets ({n_offsets}), workspace "
                          f"({workspace}) or num_threads ({num_threads}) do not match "
-                         f"C*H*W={C * H * W}, C_out*L={C_out * L}, K*C_out={K * C_out}, "
+                         f"C*H*W={C * H * W}, C_out*L={C_out * L}, {parts_row} a chunk, "
                          f"kpad={kpad}, {stride} a thread")
 
 
@@ -701,8 +702,7 @@ cdef enum:
 
 
 cdef inline void _sum_block(const double* parts, Py_ssize_t n_chunks, Py_ssize_t total,
-                            floating* grad_w, Py_ssize_t e0, Py_ssize_t e1, Py_ssize_t C_out,
-                            Py_ssize_t K, bint transposed) noexcept nogil:
+                            floating* grad_w, Py_ssize_t e0, Py_ssize_t e1) noexcept nogil:
     """Elements [e0, e1) of the partials (n_chunks rows of ``total``) summed in chunk order
     into grad_w (see _sum_chunks): along the rows, which the compiler vectorizes (each
     element's sum keeps its order)."""
@@ -715,28 +715,57 @@ cdef inline void _sum_block(const double* parts, Py_ssize_t n_chunks, Py_ssize_t
         row = parts + j * total + e0
         for e in range(m):
             t[e] = t[e] + row[e]
-    if transposed:                          # element e = k * C_out + co
-        for e in range(e0, e1):
-            grad_w[(e % C_out) * K + e // C_out] = <floating> t[e - e0]
-    else:
-        for e in range(m):
-            grad_w[e0 + e] = <floating> t[e]
+    for e in range(m):
+        grad_w[e0 + e] = <floating> t[e]
 
 
-cdef void _sum_chunks(const double[:, ::1] parts, floating[:, ::1] grad_w, bint transposed,
+cdef void _sum_chunks(const double[:, ::1] parts, floating[:, ::1] grad_w,
                       int num_threads) noexcept nogil:
     """grad_w (C_out, K) = the sum of the chunks' partials parts (n_chunks, C_out*K) in chunk
-    order, in double, each element by one thread (the same bits for any number of threads);
-    with ``transposed`` each partial is in (K, C_out) order. The partials are read along their
-    rows, a block of _SUM_BLOCK elements at a time (down their columns, the transposed
-    partials cost a k4 s2 transposed convolution's weight gradient 11% of its time on AVX2)."""
-    cdef Py_ssize_t n_chunks = parts.shape[0], C_out = grad_w.shape[0], K = grad_w.shape[1]
-    cdef Py_ssize_t total = C_out * K, blocks = (total + _SUM_BLOCK - 1) // _SUM_BLOCK, b
+    order, in double, each element by one thread (the same bits for any number of threads),
+    read along the partials' rows, a block of _SUM_BLOCK elements at a time."""
+    cdef Py_ssize_t n_chunks = parts.shape[0], total = grad_w.shape[0] * grad_w.shape[1]
+    cdef Py_ssize_t blocks = (total + _SUM_BLOCK - 1) // _SUM_BLOCK, b
     if total == 0 or n_chunks == 0:
         return
     for b in prange(blocks, schedule='static', num_threads=num_threads):
         _sum_block(&parts[0, 0], n_chunks, total, &grad_w[0, 0], b * _SUM_BLOCK,
-                   min((b + 1) * _SUM_BLOCK, total), C_out, K, transposed)
+                   min((b + 1) * _SUM_BLOCK, total))
+
+
+cdef inline void _sum_acc_block(const floating* parts, Py_ssize_t n_chunks, Py_ssize_t row,
+                                floating* grad_w, Py_ssize_t e0, Py_ssize_t e1,
+                                Py_ssize_t C_out, Py_ssize_t K,
+                                Py_ssize_t cpad) noexcept nogil:
+    """Elements [e0, e1) (e = k * cpad + co) of the chunks' accumulators (n_chunks rows of
+    ``row``) summed in chunk order, in double, into grad_w[co, k] (co < C_out)."""
+    cdef double t[_SUM_BLOCK]
+    cdef Py_ssize_t j, e, m = e1 - e0
+    cdef const floating* r
+    for e in range(m):
+        t[e] = parts[e0 + e]
+    for j in range(1, n_chunks):
+        r = parts + j * row + e0
+        for e in range(m):
+            t[e] = t[e] + <double> r[e]
+    for e in range(e0, e1):
+        if e % cpad < C_out:
+            grad_w[(e % cpad) * K + e // cpad] = <floating> t[e - e0]
+
+
+cdef void _sum_acc_chunks(const floating[:, ::1] parts, floating[:, ::1] grad_w,
+                          Py_ssize_t cpad, int num_threads) noexcept nogil:
+    """grad_w (C_out, K) = the sum of the chunks' float accumulators parts (n_chunks, kpad *
+    cpad; (k, co) at k * cpad + co), in chunk order and in double, each element by one
+    thread (the same bits for any number of threads)."""
+    cdef Py_ssize_t n_chunks = parts.shape[0], total = grad_w.shape[1] * cpad
+    cdef Py_ssize_t blocks = (total + _SUM_BLOCK - 1) // _SUM_BLOCK, b
+    if total == 0 or n_chunks == 0:
+        return
+    for b in prange(blocks, schedule='static', num_threads=num_threads):
+        _sum_acc_block(&parts[0, 0], n_chunks, parts.shape[1], &grad_w[0, 0], b * _SUM_BLOCK,
+                       min((b + 1) * _SUM_BLOCK, total), grad_w.shape[0], grad_w.shape[1],
+                       cpad)
 
 
 def direct_weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy,
@@ -766,7 +795,7 @@ def direct_weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy,
                                                                C_out, K, out_h, out_w)
     _check_weight_grad_buffers("direct_weight_grad", x.shape[1], N, dy.shape[1], dy.shape[0],
                                parts.shape[1], offsets.shape[0], workspace.shape[0], C, H, W,
-                               C_out, K, L, kpad, stride, num_threads)
+                               C_out, K, L, kpad, stride, num_threads, K * C_out)
     cdef Py_ssize_t j, n, co, r, k, lane
     cdef double t
     cdef floating* xp
@@ -803,7 +832,7 @@ def direct_weight_grad(const floating[:, ::1] x, const floating[:, ::1] dy,
                         t = t + acc[(co * kpad + k) * V + lane]
                     parts[j, co * K + k] = t
     with nogil:
-        _sum_chunks(parts, grad_w, False, num_threads)
+        _sum_chunks(parts, grad_w, num_threads)
 
 
 def channels_weight_grad_layout(Py_ssize_t C_out, Py_ssize_t K):
@@ -818,14 +847,13 @@ def channels_weight_grad_workspace_size(Py_ssize_t C, Py_ssize_t Hp, Py_ssize_t 
                                         Py_ssize_t C_out, Py_ssize_t K, Py_ssize_t out_h,
                                         Py_ssize_t out_w):
     """Per-thread scratch of direct_weight_grad_channels: the padded sample (column phases for
-    stride_w > 1), the sample's dy^T (out_h*out_w, cpad) and the accumulators (kpad, cpad)."""
+    stride_w > 1) and the sample's dy^T (out_h*out_w, cpad)."""
     cpad, kpad = channels_weight_grad_layout(C_out, K)
-    return (_direct_scratch(C, Hp, Wp, stride_h, stride_w, stride_w) + out_h * out_w * cpad
-            + kpad * cpad)
+    return _direct_scratch(C, Hp, Wp, stride_h, stride_w, stride_w) + out_h * out_w * cpad
 
 
 def direct_weight_grad_channels(const floating[:, ::1] x, const floating[:, ::1] dy,
-                                floating[:, ::1] grad_w, double[:, ::1] parts,
+                                floating[:, ::1] grad_w, floating[:, ::1] parts,
                                 floating[::1] workspace, const Py_ssize_t[::1] offsets,
                                 Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t pad_h,
                                 Py_ssize_t pad_w, Py_ssize_t Hp, Py_ssize_t Wp,
@@ -838,9 +866,9 @@ def direct_weight_grad_channels(const floating[:, ::1] x, const floating[:, ::1]
                         dy[n, co, p] * xpad[n, off[k] + p's corner]
 
     Each fixed chunk of samples (chunk j: samples [j*N//n_chunks, (j+1)*N//n_chunks), n_chunks
-    = parts.shape[0]) sums into its own float accumulators (kpad, cpad), stored to the double
-    partials parts[j] (K*C_out, in that order); then the partials are added in chunk order,
-    each sum by one thread (the same bits for any number of threads). Each sample is padded as
+    = parts.shape[0]) sums into its own accumulators parts[j] (kpad*cpad: (k, co) at k*cpad +
+    co, of the gradient's type); then they are added in chunk order in double, each sum by one
+    thread (the same bits for any number of threads). Each sample is padded as
     for direct_forward's row kernel (column phases for stride_w > 1) and its dy transposed to
     (out_h*out_w, cpad) with zero channels past C_out. Thread workspace:
     channels_weight_grad_workspace_size(...) elements; ``offsets`` has kpad entries
@@ -854,7 +882,7 @@ def direct_weight_grad_channels(const floating[:, ::1] x, const floating[:, ::1]
 def direct_forward_and_weight_grad_channels(
         const floating[:, ::1] x, const floating[:, ::1] dy, const floating[:, ::1] wt,
         const floating[::1] bias, floating[:, ::1] out, floating[:, ::1] grad_w,
-        double[:, ::1] parts, floating[::1] workspace, const Py_ssize_t[::1] offsets,
+        floating[:, ::1] parts, floating[::1] workspace, const Py_ssize_t[::1] offsets,
         Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t pad_h, Py_ssize_t pad_w,
         Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t stride_h,
         Py_ssize_t stride_w, int num_threads):
@@ -877,7 +905,8 @@ def direct_forward_and_weight_grad_channels(
 cdef _weight_grad_channels(str who, bint forward, const floating[:, ::1] x,
                            const floating[:, ::1] dy,
                            const floating[:, ::1] wt, const floating[::1] bias,
-                           floating[:, ::1] out, floating[:, ::1] grad_w, double[:, ::1] parts,
+                           floating[:, ::1] out, floating[:, ::1] grad_w,
+                           floating[:, ::1] parts,
                            floating[::1] workspace, const Py_ssize_t[::1] offsets,
                            Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t pad_h,
                            Py_ssize_t pad_w, Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t out_h,
@@ -893,18 +922,18 @@ cdef _weight_grad_channels(str who, bint forward, const floating[:, ::1] x,
     cdef Py_ssize_t Wq = _phase_width(Wp, stride_w)
     cdef Py_ssize_t xp_size = _direct_scratch(C, Hp, Wp, stride_h, stride_w, stride_w)
     cdef Py_ssize_t dyt_size = L * cpad, acc_size = kpad * cpad
-    cdef Py_ssize_t stride = xp_size + dyt_size + acc_size
+    cdef Py_ssize_t stride = xp_size + dyt_size
     cdef Py_ssize_t cpad_f = wt.shape[1] if forward else 0
     _check_weight_grad_buffers(who, x.shape[1], N, dy.shape[1], dy.shape[0], parts.shape[1],
                                offsets.shape[0], workspace.shape[0], C, H, W, C_out, K, L,
-                               kpad, stride, num_threads)
+                               kpad, stride, num_threads, acc_size)
     if forward and (out.shape[0] != N or out.shape[1] != C_out * L or wt.shape[0] != K
                     or cpad_f < C_out or cpad_f % _panel(<floating> 0)
                     or bias.shape[0] != cpad_f):
         raise ValueError(f"{who}: out, wt ({wt.shape[0]}, {cpad_f}) or bias do not match N={N}, "
                          f"C_out*L={C_out * L}, K={K} (wt and bias: C_out padded to the "
                          f"channel kernel's panels, {_panel(<floating> 0)})")
-    cdef Py_ssize_t j, n, co, k
+    cdef Py_ssize_t j, n
     cdef floating* xp
     cdef floating* dyt
     cdef floating* acc
@@ -919,7 +948,7 @@ cdef _weight_grad_channels(str who, bint forward, const floating[:, ::1] x,
         for j in prange(n_chunks, schedule='dynamic'):
             xp = &workspace[0] + threadid() * stride
             dyt = xp + xp_size
-            acc = dyt + dyt_size
+            acc = &parts[j, 0]                  # the chunk's partial: its own accumulators
             memset(acc, 0, acc_size * sizeof(floating))
             memset(dyt, 0, dyt_size * sizeof(floating))    # the padding: never written below
             for n in range((j * N) // n_chunks, ((j + 1) * N) // n_chunks):
@@ -941,9 +970,6 @@ cdef _weight_grad_channels(str who, bint forward, const floating[:, ::1] x,
                     fc_dw_channels_transpose_d(&dy[n, 0], dyt, C_out, L, cpad)
                     fc_dw_channels_d(xp, dyt, acc, &offsets[0], kpad, cpad, out_h, out_w, Wq,
                                      stride_h)
-            for k in range(K):
-                for co in range(C_out):
-                    parts[j, k * C_out + co] = acc[k * cpad + co]
     with nogil:
-        _sum_chunks(parts, grad_w, True, num_threads)
+        _sum_acc_chunks(parts, grad_w, cpad, num_threads)
 

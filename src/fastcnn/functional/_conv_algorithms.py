@@ -921,8 +921,8 @@ def direct_conv2d(x2, w, b1, out2, geom, dtype, relu=False, by_rows=False, out_l
 def direct_weight_grad(x2, dy2, geom, dtype, by_channels=False, forward=None):
     """dW (C_out, C_in, kH, kW) of a 2-D one-group convolution by a direct kernel (no im2col):
     _direct.direct_weight_grad (along the output rows), or with ``by_channels``
-    _direct.direct_weight_grad_channels (the output channels in the vector lanes); double
-    partials over fixed sample chunks, added in chunk order by the driver. ``forward`` (with
+    _direct.direct_weight_grad_channels (the output channels in the vector lanes); partials
+    over fixed sample chunks, added in chunk order in double by the driver. ``forward`` (with
     ``by_channels``): (ops, out2), the convolution's forward by the channel kernel (ops: its
     DirectOperands, not by rows) computed into out2 (N, C_out*L) in the same pass, each sample
     padded once for both (_direct.direct_forward_and_weight_grad_channels)."""
@@ -933,17 +933,19 @@ def direct_weight_grad(x2, dy2, geom, dtype, by_channels=False, forward=None):
     hp, wp = padded_plane(geom)
     taps = c_in * kh * kw
     threads = get_num_threads()
-    if by_channels:
-        kpad = _direct.channels_weight_grad_layout(c_out, taps)[1]
+    chunks = max(1, min(n, _WEIGHT_GRAD_CHUNKS))
+    if by_channels:                 # each chunk's accumulators (kpad, cpad) are its partial
+        cpad, kpad = _direct.channels_weight_grad_layout(c_out, taps)
         size, kernel = (_direct.channels_weight_grad_workspace_size,
                         _direct.direct_weight_grad_channels)
-    else:
+        parts = _memory.empty((chunks, kpad * cpad), dtype)
+    else:                           # a double partial (C_out*K) per chunk
         kpad = _direct.direct_weight_grad_layout(c_out, taps, ow)[1]
         size, kernel = _direct.direct_weight_grad_workspace_size, _direct.direct_weight_grad
+        parts = _memory.empty((chunks, taps * c_out), np.float64)
     offsets = np.zeros(kpad, np.intp)
     offsets[:taps] = direct_offsets(c_in, kh, kw, dh, dw, hp, wp, sw)
     ws = scratch(size(c_in, hp, wp, sh, sw, c_out, taps, oh, ow) * threads, dtype)
-    parts = _memory.empty((max(1, min(n, _WEIGHT_GRAD_CHUNKS)), taps * c_out), np.float64)
     grad_w = np.empty((c_out, taps), dtype)
     scalars = (c_in, *geom.in_size, ph, pw, hp, wp, oh, ow, sh, sw, threads)
     if forward is not None:
