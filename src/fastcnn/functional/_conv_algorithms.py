@@ -296,10 +296,17 @@ _V4 = Rules(rows_input_grad_min_channels=6, rows_input_grad_min_width=13)
 #   8x8 0.90 / 0.76 / 0.78; batch 64, 32 -> 32 on 32x32 9.05 / 5.36 / 6.16; batch 8, 16 -> 16
 #   on 64x64 0.88 / 0.83 / 1.21: Winograd keeps every 3x3 stride-1 weight gradient, F(4x4) from
 #   16 channels and 16 tiles a sample.
+# - The row kernel's AVX2 blocks of 6 channels (2 vectors by 6: one block for LeNet's 6-channel
+#   input gradient instead of 4 + 2 half empty), its input gradient on narrower maps (forced
+#   AVX2 with OpenBLAS's Haswell kernels, conv2d_backward, best of 3 x 15, ms, against im2col /
+#   the channel kernel): LeNet's second layer (6 channels, 14 wide, 5x5, batch 64) 0.41 (0.59 /
+#   0.61); 4 channels on 14 wide 0.18 (0.21); 8 -> 16 3x3 on 13 wide 0.14 (0.21 / 0.15); 6 ->
+#   32 3x3 on 12 wide 0.17 (0.23); 6 channels on 12 wide 5x5 0.35 (0.37): from maps 13 wide, as
+#   AVX-512.
 _V3 = replace(_V4, rows_lanes=8, winograd4_min_tiles=16, winograd4_min_sample_tiles=1,
               winograd_own_gemm=True, rows_over_winograd_max_out_channels=8,
               dw_channels_over_winograd=(),
-              rows_input_grad_min_channels=2, rows_input_grad_min_width=None,
+              rows_input_grad_min_channels=2, rows_input_grad_min_width=13,
               dw_rows_min_width=24,
               dw_rows_min_kernel_area=None, subpixel_rows=False,
               direct_over_winograd_max_outputs=None)
