@@ -781,11 +781,8 @@ def direct_offsets(c_in, kh, kw, dh, dw, hp, wp, phases=1):
 @functools.lru_cache(maxsize=256)
 def direct_layout(weight_shape, geom, dtype, by_rows):
     """What DirectOperands holds besides the weight's values, for a weight of ``weight_shape``
-    (C_out, C_in, kH, kW) on ``geom``: (cpad, gather, offsets, scalars, workspace), made once
-    per problem (every convolution call of a training step asks for the same ones). ``gather``
-    (K*cpad, for _direct.gather) indexes the flattened weight: element (k, co) of its (K, cpad)
-    transpose, C_out padded with zeros (-1), in the channel kernel's panels unless
-    ``by_rows``."""
+    (C_out, C_in, kH, kW) on ``geom``: (cpad, panel or 0, offsets, scalars, workspace), made
+    once per problem (every convolution call of a training step asks for the same ones)."""
     c_out, c_in, kh, kw = weight_shape
     (_, dh, dw), (_, ph, pw), (_, sh, sw) = geom.dilation, geom.padding, geom.stride
     oh, ow = geom.out_size
@@ -793,17 +790,10 @@ def direct_layout(weight_shape, geom, dtype, by_rows):
     unit = _direct.CO_PAD if by_rows else max(_direct.CO_PAD, _direct.channel_panel(dtype))
     cpad = -(-c_out // unit) * unit
     panel = 0 if by_rows else _direct.channel_panel(dtype)
-    taps = c_in * kh * kw
-    co = np.arange(cpad)
-    gather = np.where(co < c_out, co * taps + np.arange(taps).reshape(-1, 1), -1)
-    if panel:                               # (cpad / panel) blocks of (K, panel)
-        gather = gather.reshape(taps, cpad // panel, panel).transpose(1, 0, 2)
-    gather = np.ascontiguousarray(gather, dtype=np.intp).ravel()
-    gather.flags.writeable = False
     offsets = direct_offsets(c_in, kh, kw, dh, dw, hp, wp, sw)
     scalars = (c_in, *geom.in_size, ph, pw, hp, wp, oh, ow, sh, sw)
     workspace = _direct.direct_workspace_size(c_in, hp, wp, sh, sw, by_rows)
-    return cpad, gather, offsets, scalars, workspace
+    return cpad, panel, offsets, scalars, workspace
 
 
 class DirectOperands:
@@ -817,10 +807,15 @@ class DirectOperands:
 
     def __init__(self, w, b1, geom, dtype, by_rows=False, layout=None):
         c_out = w.shape[0]
-        cpad, gather, self.offsets, self.scalars, self.workspace = (
+        cpad, panel, self.offsets, self.scalars, self.workspace = (
             layout or direct_layout(w.shape, geom, np.dtype(dtype), by_rows))
-        self.wt = np.empty((w.size // c_out, cpad), dtype=dtype)
-        _direct.gather(np.ascontiguousarray(w, dtype=dtype).ravel(), gather, self.wt.ravel())
+        taps = w.size // c_out
+        wt = np.zeros((taps, cpad), dtype=dtype)
+        wt[:, :c_out] = w.reshape(c_out, -1).T
+        if panel:
+            wt = np.ascontiguousarray(
+                wt.reshape(taps, cpad // panel, panel).transpose(1, 0, 2)).reshape(taps, cpad)
+        self.wt = wt
         self.bias = np.zeros(cpad, dtype=dtype)
         if b1.size:
             self.bias[:c_out] = b1
