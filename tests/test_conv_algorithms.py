@@ -356,7 +356,8 @@ def test_subpixel_forward_is_the_same_bits_for_1_and_2_threads(
         rng, same_bits_for_1_and_2_threads):
     """All phases on one padded copy per sample, in one team: prange over samples (3, more
     than the threads, odd), or at batch 1 (sample, phase, channel block) parts after padding
-    (stride 1: one phase, its channel blocks cut between the threads);
+    (stride 1: one phase, its channel blocks cut between the threads, or with one block of
+    the row kernel, its rows);
     every output by the same code on the same planes, so the same bits; phases with different
     tap counts (k3 s2), either direct kernel, float32 and float64."""
     problems = []
@@ -364,7 +365,8 @@ def test_subpixel_forward_is_the_same_bits_for_1_and_2_threads(
         for n in (1, 3):
             for c_in, c_out, k, s, p, op in ((24, 40, 4, 2, 1, 0), (20, 18, 3, 2, 1, 1),
                                              (3, 5, 5, 3, 1, 2), (17, 33, 2, 2, 0, 0),
-                                             (20, 40, 3, 1, 1, 0), (3, 40, 2, 1, 0, 0)):
+                                             (20, 40, 3, 1, 1, 0), (3, 40, 2, 1, 0, 0),
+                                             (3, 8, 3, 1, 1, 0)):
                 problems.append((rng.standard_normal((n, c_in, 7, 9)).astype(dtype),
                                  rng.standard_normal((c_in, c_out, k, k)).astype(dtype),
                                  rng.standard_normal(c_out).astype(dtype), s, p, op))

@@ -401,15 +401,17 @@ PHASE_COLUMNS = _PH_COLS
 cdef inline void _phase_part(const floating* xp, const floating* wt, Py_ssize_t cpad,
                              const floating* bias, floating* y, const Py_ssize_t* offsets,
                              const Py_ssize_t* ph, Py_ssize_t Wp, Py_ssize_t co0,
-                             Py_ssize_t co1) noexcept nogil:
+                             Py_ssize_t co1, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
     """Channels [co0, co1) of one phase (its row ``ph`` of the table) of one sample: padded
-    planes xp (rows Wp long), y that sample's output row."""
+    planes xp (rows Wp long), y that sample's output row; with the row kernel only its output
+    rows [r0, r1) (each row computed alone: the same bits), the channel kernel all rows."""
     cdef Py_ssize_t K = ph[_PH_K]
     cdef const floating* w = wt + ph[_PH_WT] * cpad
     cdef floating* dst = y + ph[_PH_Y0] + co0 * ph[_PH_YC]
     if ph[_PH_ROWS]:
-        _rows_kernel(xp, w + co0, bias + co0, dst, offsets + ph[_PH_OFF], K, co1 - co0, cpad,
-                     ph[_PH_OH], ph[_PH_OW], Wp, 1, False, ph[_PH_YC], ph[_PH_YH], ph[_PH_YW])
+        _rows_kernel(xp + r0 * Wp, w + co0, bias + co0, dst + r0 * ph[_PH_YH],
+                     offsets + ph[_PH_OFF], K, co1 - co0, cpad, r1 - r0, ph[_PH_OW], Wp, 1,
+                     False, ph[_PH_YC], ph[_PH_YH], ph[_PH_YW])
     elif floating is float:
         fc_direct_conv_f(xp, w + co0 * K, bias + co0, dst, offsets + ph[_PH_OFF], K, co1 - co0,
                          cpad, ph[_PH_OH], ph[_PH_OW], Wp, 1, 1, False, ph[_PH_YC], ph[_PH_YH],
@@ -430,28 +432,36 @@ cdef void _subpixel_forward(const floating* x, Py_ssize_t N, Py_ssize_t x_row,
     """subpixel_forward on pointers (N > 0; the workspace holds num_threads samples' scratch,
     _direct_scratch(C, Hp, Wp, 1, 1, 1) each)."""
     cdef Py_ssize_t stride = _direct_scratch(C, Hp, Wp, 1, 1, 1)
-    cdef Py_ssize_t n, p, t, c, co0, co1, cchunks, blocks, unit, parts
+    cdef Py_ssize_t n, p, t, c, r, q, co0, co1, cchunks, rchunks, blocks, unit, parts, oh
     if N < num_threads:
         # Fewer samples than threads (inference at batch 1): every sample padded first, then
-        # (sample, phase, channel chunk) parts over the team; each output computed by the same
-        # code on the same planes as with one part per sample (the same bits).
-        cchunks = (num_threads + N * P - 1) // (N * P)
-        parts = P * cchunks
+        # each phase of each sample cut into ``parts`` parts over the team: by blocks of
+        # channels, then (the row kernel) by rows; each output computed by the same code on
+        # the same planes as with one part per sample (the same bits).
+        parts = (num_threads + N * P - 1) // (N * P)
         for n in prange(N, schedule='static', num_threads=num_threads):
             _pad_sample(x + n * x_row, workspace + n * stride, stride, C, H, W, top, left, Hp,
                         Wp, 1, True)
-        for t in prange(N * parts, schedule='static', num_threads=num_threads):
-            n = t // parts
-            p = (t % parts) // cchunks
-            c = t % cchunks
-            # the channel kernel's panels cannot be cut
+        for t in prange(N * P * parts, schedule='static', num_threads=num_threads):
+            n = t // (P * parts)
+            p = (t // parts) % P
+            q = t % parts
+            # the channel kernel's panels cannot be cut, nor its rows (its blocks pair them)
             unit = FC_CO_PAD if table[p * _PH_COLS + _PH_ROWS] else _panel(<floating> 0)
             blocks = (C_out + unit - 1) // unit
+            oh = table[p * _PH_COLS + _PH_OH]
+            cchunks = min(blocks, parts)
+            rchunks = min(oh, parts // cchunks) if table[p * _PH_COLS + _PH_ROWS] else 1
+            if q >= cchunks * rchunks:
+                continue
+            c = q // rchunks
+            r = q % rchunks
             co0 = (c * blocks // cchunks) * unit
             co1 = min(((c + 1) * blocks // cchunks) * unit, C_out)
             if co1 > co0:
                 _phase_part(workspace + n * stride, wt, cpad, bias, out + n * out_row, offsets,
-                            table + p * _PH_COLS, Wp, co0, co1)
+                            table + p * _PH_COLS, Wp, co0, co1, r * oh // rchunks,
+                            (r + 1) * oh // rchunks)
         return
     # each thread: a contiguous range of samples in its scratch, cleared for the first only
     if num_threads == 1:                    # no team to start
@@ -479,7 +489,7 @@ cdef inline void _subpixel_samples(const floating* x, Py_ssize_t n0, Py_ssize_t 
         _pad_sample(x + n * x_row, xp, stride, C, H, W, top, left, Hp, Wp, 1, n == n0)
         for p in range(P):
             _phase_part(xp, wt, cpad, bias, out + n * out_row, offsets, table + p * _PH_COLS,
-                        Wp, 0, C_out)
+                        Wp, 0, C_out, 0, table[p * _PH_COLS + _PH_OH])
 
 
 def subpixel_workspace_size(Py_ssize_t C, Py_ssize_t Hp, Py_ssize_t Wp):
@@ -546,8 +556,8 @@ def subpixel_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
     which kernel (1: along rows, 0: along channels), its output rows and columns, and where
     output (co, i, j) goes in a sample's row of out (y0 + co*yc + i*yh + j*yw), co < C_out.
     bias (cpad). Workspace: num_threads * subpixel_workspace_size(C, Hp, Wp) elements. With
-    fewer samples than threads, the phases' channel blocks are cut between threads too: the
-    same bits for any thread count."""
+    fewer samples than threads, the phases' channel blocks (and the row kernel's rows) are cut
+    between threads too: the same bits for any thread count."""
     _check_subpixel(
         "subpixel_forward", ((x.shape[0], x.shape[1]), (wt.shape[0], wt.shape[1]),
                              (bias.shape[0],), (out.shape[0], out.shape[1])), table, offsets, C, H, W, top, left, Hp,
