@@ -733,10 +733,14 @@ def test_forcing_a_level_is_checked_at_import():
         assert f"this CPU runs at most {cpu}" in res.stderr
 
 
-def test_fastest_times_the_candidates_in_turns_and_keeps_the_fastest():
+def test_fastest_times_the_candidates_in_turns_and_keeps_the_fastest(monkeypatch):
     """An InferenceSession's autotuning: every usable algorithm warmed once, then timed round
-    after round in turns (a burst of load hits them alike); the clearly fastest is kept."""
-    import time
+    after round in turns (a burst of load hits them alike); the clearly fastest is kept. The
+    runners advance a fake clock instead of sleeping, so that the machine's load cannot change
+    the rounds counted (it did: a round of no-op runners took over a millisecond once)."""
+    import types
+    clock = types.SimpleNamespace(now=0.0)
+    monkeypatch.setattr(algorithms, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
     geom = conv(16, 16, 32, 3)
     ruled = algorithms.choose("forward", geom, 2, algorithms.machine_isa())
     usable = [a for a in algorithms.ALGORITHMS["forward"]
@@ -746,16 +750,19 @@ def test_fastest_times_the_candidates_in_turns_and_keeps_the_fastest():
     def runner(name, seconds):
         def run():
             calls.append(name)
-            time.sleep(seconds)
+            clock.now += seconds
         return run
     winner = next(a for a in usable if a != ruled)
-    runners = {a: runner(a, 0.0 if a == winner else 0.004) for a in usable}
+    runners = {a: runner(a, 1e-6 if a == winner else 0.004) for a in usable}
     assert algorithms.fastest("forward", geom, 2, runners) == winner
     assert calls == usable + usable * 3                 # warm, then 3 rounds in turns
     calls.clear()
-    runners = {a: runner(a, 0.0) for a in usable}
-    assert algorithms.fastest("forward", geom, 2, runners) in usable
+    runners = {a: runner(a, 1e-5) for a in usable}
+    assert algorithms.fastest("forward", geom, 2, runners) == ruled   # ties: the rules' choice
     assert calls == usable + usable * 5                 # rounds under a millisecond: 5
+    calls.clear()
+    runners = {a: runner(a, 0.001 if a == ruled else 0.00102) for a in usable}
+    assert algorithms.fastest("forward", geom, 2, runners) == ruled   # within 3%: kept
 
 
 def test_channels_weight_gradient_kernel_refuses_mismatched_buffers():
