@@ -29,6 +29,8 @@ _NORM_GRAD_CHUNKS = 16
 
 
 def _positive_float(fname, name, value) -> float:
+    if type(value) is float and 0.0 < value < math.inf:     # the common case, without the ABC
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{fname}: {name} must be a float > 0, got {_checks._describe(value)}")
     value = float(value)
@@ -72,6 +74,9 @@ def _affine_vector(fname, name, value, shape, dtype):
     """weight/bias of a norm: None, or an array of ``shape`` -> flat contiguous (or empty)."""
     if value is None:
         return np.empty(0, dtype=dtype)
+    if (type(value) is np.ndarray and value.dtype == dtype and value.shape == shape
+            and len(shape) == 1 and value.flags.c_contiguous):
+        return value            # the common case: already a contiguous vector of the dtype
     arr = as_array(fname, name, value)
     if arr.shape != tuple(shape):
         raise ValueError(f"{fname}: {name} must have shape {tuple(shape)}, got {arr.shape}")
@@ -356,8 +361,7 @@ def _rows_forward(fname, x, rows, groups, k, weight, bias, eps):
     dtype = float_dtype(x)
     x2 = _rows(contiguous(x, dtype), rows)
     out = _memory.empty(x.shape, dtype)
-    mean = np.empty(rows)
-    rstd = np.empty(rows)
+    mean, rstd = np.empty((2, rows))
     if x.size:
         _norm.rows_forward(x2, contiguous(weight, dtype), contiguous(bias, dtype), groups, k,
                            eps, out.reshape(x2.shape), mean, rstd, get_num_threads())
@@ -460,9 +464,12 @@ def layer_norm_backward(grad_output, input, normalized_shape, weight=None, bias=
 
 
 def _group_layout(fname, x, num_groups):
-    check_ndim(fname, "input", x, tuple(range(2, 33)), "(N, C, *spatial)")
+    if not 2 <= x.ndim <= 32:
+        raise ValueError(f"{fname}: input must be (N, C, *spatial), 2-D to 32-D, got shape "
+                         f"{x.shape}")
     n, c = x.shape[:2]
-    g = as_int(fname, "num_groups", num_groups, minimum=1)
+    g = (num_groups if type(num_groups) is int and num_groups >= 1
+         else as_int(fname, "num_groups", num_groups, minimum=1))
     if c % g:
         raise ValueError(f"{fname}: num_groups = {g} must divide the number of channels "
                          f"C = {c} (input shape {x.shape})")
