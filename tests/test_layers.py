@@ -150,6 +150,18 @@ def _vgg_like():
         {"type": "batch_norm1d"}, {"type": "linear", "out_features": 3}]}
 
 
+def _train_steps(model, xs):
+    """A forward and backward per input of xs (dL/dy = cos(y)): each output, input gradient
+    and the parameters' gradients, in order."""
+    outs = []
+    for x in xs:
+        y = model(x)
+        model.zero_grad()
+        outs += [y, model.backward(np.cos(y))]
+        outs += [p.grad.copy() for p in model.parameters()]
+    return outs
+
+
 def test_sequential_state_dict_runs_in_torch(th):
     model = fastcnn.build_model(_vgg_like())
     nn = th.nn
@@ -182,13 +194,7 @@ def test_batch_norm_layers_fast_path_same_bits_as_the_functional_calls(monkeypat
     for ready in (_norm._layer_ready, lambda *a: False):
         monkeypatch.setattr(_norm, "_layer_ready", ready)
         model = fastcnn.build_model(config)
-        outs = []
-        for x in xs:
-            y = model(x)
-            model.zero_grad()
-            outs += [y, model.backward(np.cos(y))]
-            outs += [p.grad.copy() for p in model.parameters()]
-        runs.append(outs + list(model.state_dict().values()))
+        runs.append(_train_steps(model, xs) + list(model.state_dict().values()))
     assert len(taken) == 8                          # 4 batch norms, 2 steps, fast run only
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)
@@ -313,14 +319,7 @@ def test_conv_layers_fast_path_same_bits_as_the_functional_calls(monkeypatch, dt
                 monkeypatch.setattr(_conv, "_layer_backward", lambda nd, dy, x, w, s, p, d, g,
                                     mask: _conv._conv_backward(f"conv{nd}d_backward", nd, dy,
                                                                x, w, s, p, d, g, mask))
-            model = fastcnn.build_model(config)
-            outs = []
-            for x in xs:
-                y = model(x)
-                model.zero_grad()
-                outs += [y, model.backward(np.cos(y))]
-                outs += [p.grad.copy() for p in model.parameters()]
-            runs.append(outs)
+            runs.append(_train_steps(fastcnn.build_model(config), xs))
         convs = sum(layer["type"].startswith("conv") for layer in config["layers"])
         assert len(taken) == 2 * convs
         for a, b in zip(*runs):

@@ -254,7 +254,7 @@ def direct_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
                    const Py_ssize_t[::1] offsets, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                    Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t Hp, Py_ssize_t Wp,
                    Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
-                   bint by_rows, bint relu, int num_threads, tuple out_layout=None):
+                   bint by_rows, bint relu, int num_threads):
     """out (N, C_out*oH*oW) = the convolution of x (N, C*H*W) with wt (K, cpad) (the
     weight transposed, C_out padded to cpad; for the channel kernel in panels: see
     channel_panel) and bias (cpad), then max(out, 0) if relu (as the kernel stores). Each
@@ -264,15 +264,10 @@ def direct_forward(const floating[:, ::1] x, const floating[:, ::1] wt,
     of output channels. With stride_w > 1 (either kernel) each plane is stored as stride_w
     planes of its column phases (column j at phase j % stride_w, position j // stride_w, rows Wq =
     ceil(Wp / stride_w) long), so that a tap's inputs for consecutive outputs are contiguous
-    (``offsets`` then address that layout). ``out_layout`` = (C_out, offset, channel, row,
-    column strides) places the output (co, oh, ow) of sample n at out[n, offset +
-    co * channel + oh * row + ow * column] (one phase of a transposed convolution); by default
-    out[n] is (C_out, out_h, out_w)."""
+    (``offsets`` then address that layout). out[n] is (C_out, out_h, out_w)."""
     cdef Py_ssize_t N = x.shape[0]
     cdef Py_ssize_t C_out = out.shape[1] // (out_h * out_w)
     cdef Py_ssize_t y0 = 0, yc = out_h * out_w, yh = out_w, yw = 1
-    if out_layout is not None:
-        C_out, y0, yc, yh, yw = out_layout
     if N == 0:
         return
     with nogil:
@@ -293,7 +288,7 @@ cdef struct _Direct:
     const Py_ssize_t* offsets
     Py_ssize_t N, x_row, K, cpad, out_row, C, H, W, pad_h, pad_w, Hp, Wp, out_h, out_w
     Py_ssize_t stride_h, stride_w, C_out
-    Py_ssize_t y0, yc, yh, yw   # the output layout (direct_forward's out_layout)
+    Py_ssize_t y0, yc, yh, yw   # the output layout: (0, out_h * out_w, out_w, 1)
     bint by_rows, relu, is_double
     int max_threads             # the workspace serves this many threads
 
@@ -318,41 +313,32 @@ cdef void _direct_step(void* args, int num_threads) noexcept nogil:
 
 cdef class DirectStep(CompiledStep):
     """direct_forward(x, wt, bias, out, workspace, offsets, C, H, W, pad_h, pad_w, Hp, Wp,
-    out_h, out_w, stride_h, stride_w, by_rows, relu, threads, out_layout) as a plan step, on
-    up to ``max_threads`` threads: ``workspace`` holds at least max_threads *
+    out_h, out_w, stride_h, stride_w, by_rows, relu, threads) as a plan step, on up to
+    ``max_threads`` threads: ``workspace`` holds at least max_threads *
     direct_workspace_size(...) elements (a plan's scratch, shared by its steps, which run one
-    at a time); a run asking for more threads uses max_threads. ``out_layout`` (C_out, offset,
-    channel, row, column strides; positive, inside out's rows) places the outputs as
-    direct_forward's does (one phase of a transposed convolution); None: out[n] is (C_out,
-    out_h, out_w)."""
+    at a time); a run asking for more threads uses max_threads. out[n] is (C_out, out_h,
+    out_w), C_out at most wt's (padded) columns."""
     cdef _Direct p
 
     def __init__(self, x, wt, bias, out, workspace, offsets, Py_ssize_t C, Py_ssize_t H,
                  Py_ssize_t W,
                  Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t Hp, Py_ssize_t Wp,
                  Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
-                 bint by_rows, bint relu, int max_threads, tuple out_layout=None):
+                 bint by_rows, bint relu, int max_threads):
         dtype = check_arrays("DirectStep", [x, wt, bias], [out, workspace])
         if (not isinstance(offsets, np.ndarray) or offsets.dtype != np.intp
                 or offsets.shape != (wt.shape[0],) or not offsets.flags.c_contiguous):
             raise TypeError("DirectStep: offsets must be a C-contiguous intp array, one per "
                             "row of wt")
-        if out_layout is None and out.ndim == 2 and out_h * out_w > 0:
-            if out.shape[1] % (out_h * out_w):
-                raise ValueError(f"DirectStep: out {out.shape} is not channels of {out_h} x "
-                                 f"{out_w}")
-            out_layout = (out.shape[1] // (out_h * out_w), 0, out_h * out_w, out_w, 1)
         if (x.ndim != 2 or out.ndim != 2 or wt.ndim != 2 or x.shape[0] != out.shape[0]
                 or x.shape[0] == 0 or x.shape[1] != C * H * W or out_h * out_w == 0
-                or bias.shape != (wt.shape[1],) or max_threads < 1 or out_layout is None
-                or len(out_layout) != 5):
+                or bias.shape != (wt.shape[1],) or max_threads < 1):
             raise ValueError(f"DirectStep: x {x.shape}, wt {wt.shape}, out {out.shape} do not "
                              f"match the geometry")
-        C_out, y0, yc, yh, yw = [int(v) for v in out_layout]
-        if (not 0 < C_out <= wt.shape[1] or min(y0, yc, yh, yw) < 0 or min(yc, yh, yw) < 1
-                or y0 + (C_out - 1) * yc + (out_h - 1) * yh + (out_w - 1) * yw >= out.shape[1]):
-            raise ValueError(f"DirectStep: the output layout {out_layout} does not fit out "
-                             f"{out.shape} with wt {wt.shape}")
+        C_out = out.shape[1] // (out_h * out_w)
+        if out.shape[1] % (out_h * out_w) or not 0 < C_out <= wt.shape[1]:
+            raise ValueError(f"DirectStep: out {out.shape} is not 1 to {wt.shape[1]} channels "
+                             f"of {out_h} x {out_w} (wt {wt.shape})")
         if workspace.size < max_threads * _direct_scratch(C, Hp, Wp, stride_h, stride_w,
                                                           stride_w):
             raise ValueError(f"DirectStep: a workspace of {workspace.size} elements is too "
@@ -367,7 +353,8 @@ cdef class DirectStep(CompiledStep):
         self.p.pad_h, self.p.pad_w, self.p.Hp, self.p.Wp = pad_h, pad_w, Hp, Wp
         self.p.out_h, self.p.out_w = out_h, out_w
         self.p.stride_h, self.p.stride_w = stride_h, stride_w
-        self.p.C_out, self.p.y0, self.p.yc, self.p.yh, self.p.yw = C_out, y0, yc, yh, yw
+        self.p.C_out, self.p.y0, self.p.yc = C_out, 0, out_h * out_w
+        self.p.yh, self.p.yw = out_w, 1
         self.p.by_rows, self.p.relu = by_rows, relu
         self.p.is_double = dtype == np.float64
         self.p.max_threads = max_threads

@@ -821,13 +821,13 @@ class DirectOperands:
             self.bias[:c_out] = b1
         self.by_rows = by_rows
 
-    def run(self, x2, out2, dtype, relu=False, out_layout=None, threads=None):
+    def run(self, x2, out2, dtype, relu=False, threads=None):
         """out2 (N, C_out*L) = the convolution of x2 (N, C_in*H*W) (see
         _direct.direct_forward), on ``threads`` threads (default get_num_threads())."""
         threads = threads or get_num_threads()
         ws = scratch(self.workspace * threads, dtype)
         _direct.direct_forward(x2, self.wt, self.bias, out2, ws, self.offsets, *self.scalars,
-                               self.by_rows, relu, threads, out_layout)
+                               self.by_rows, relu, threads)
 
 
 @functools.lru_cache(maxsize=64)
@@ -913,11 +913,10 @@ class SubpixelOperands:
                                     self.table, *self.scalars, max_threads)
 
 
-def direct_conv2d(x2, w, b1, out2, geom, dtype, relu=False, by_rows=False, out_layout=None):
+def direct_conv2d(x2, w, b1, out2, geom, dtype, relu=False, by_rows=False):
     """out2 (N, C_out*L) by _direct.direct_forward (DirectOperands prepared for this call);
-    ``by_rows``: the kernel vectorized along output rows; ``out_layout``: where its outputs go
-    (see direct_forward)."""
-    DirectOperands(w, b1, geom, dtype, by_rows).run(x2, out2, dtype, relu, out_layout)
+    ``by_rows``: the kernel vectorized along output rows."""
+    DirectOperands(w, b1, geom, dtype, by_rows).run(x2, out2, dtype, relu)
 
 
 def direct_weight_grad(x2, dy2, geom, dtype, by_channels=False, forward=None):
