@@ -222,19 +222,26 @@ def test_channel_kernel_matches_im2col_on_random_shapes():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("c_in,c_out,size,stride", [
-    (130, 40, (9, 37), 1),      # taps in several chunks (1,170) on every level, 3 blocks a row
-    (70, 17, (12, 5), 2),       # one channel past a vector; rows taken in pairs, an odd last
-    (64, 128, (30, 30), 2),     # the speed table's strided layer, smaller: 4 panels
-    (3, 5, (40, 61), 1),        # few taps, rows cut into many blocks
+@pytest.mark.parametrize("c_in,c_out,size,stride,k", [
+    (130, 40, (9, 37), 1, 3),   # taps in several chunks (1,170) on every level, 3 blocks a row
+    (70, 17, (12, 5), 2, 3),    # one channel past a vector; rows taken in pairs, an odd last
+    (64, 128, (30, 30), 2, 3),  # the speed table's strided layer, smaller: 4 panels
+    (3, 5, (40, 61), 1, 3),     # few taps, rows cut into many blocks
+    # runs of taps with consecutive inputs (AVX-512, one vector of channels: 16 floats, 8
+    # doubles): LeNet's second layer (runs of 5, rows in pairs); 300 taps in chunks of whole
+    # runs, rows 26 wide in two blocks; runs of 3 over 360 taps, 7 channels
+    (6, 16, (14, 14), 1, 5),
+    (12, 16, (10, 28), 1, 5),
+    (40, 7, (9, 20), 1, 3),
 ])
-def test_channel_kernel_blocks_match_im2col(dtype, c_in, c_out, size, stride):
+def test_channel_kernel_blocks_match_im2col(dtype, c_in, c_out, size, stride, k):
     """The channel kernel's block shapes (one or two vectors of channels by one or two rows of
-    positions, rows cut into near-equal blocks) and its taps in chunks with partial sums kept
-    between them, forced onto layers that need each, with ReLU, equal im2col + GEMM."""
+    positions, rows cut into near-equal blocks, runs of taps), and its taps in chunks with
+    partial sums kept between them, forced onto layers that need each, with ReLU, equal
+    im2col + GEMM."""
     rng = np.random.default_rng(c_in)
     x = rng.standard_normal((2, c_in) + size).astype(dtype)
-    w = rng.standard_normal((c_out, c_in, 3, 3)).astype(dtype) / np.sqrt(9 * c_in)
+    w = rng.standard_normal((c_out, c_in, k, k)).astype(dtype) / np.sqrt(k * k * c_in)
     b = rng.standard_normal(c_out).astype(dtype)
     results = []
     for forced in ("direct", "im2col"):
