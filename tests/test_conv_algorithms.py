@@ -65,9 +65,13 @@ ROUTES = [
     ("64 -> 64 3x3 on 8x8", "forward", conv(64, 64, 8, 3, n=32),
      {V4: "direct", V3: "winograd4", BASE: "winograd4"}),
     ("16 -> 16 3x3 stride 2 (144 taps)", "forward", conv(16, 16, 32, 3, stride=2),
-     {V4: "direct", V3: "direct", BASE: "im2col"}),
+     {V4: "direct", V3: "direct", BASE: "winograd_s2"}),
     ("64 -> 128 3x3 stride 2 on 56x56", "forward", conv(64, 128, 56, 3, stride=2),
-     {V4: "direct", V3: "direct", BASE: "im2col"}),
+     {V4: "winograd_s2", V3: "winograd_s2", BASE: "winograd_s2"}),
+    ("32 -> 64 3x3 stride 2 on 56x56", "forward", conv(32, 64, 56, 3, stride=2),
+     {V4: "direct", V3: "winograd_s2", BASE: "winograd_s2"}),
+    ("64 -> 128 3x3 stride 2 on 32x32 (16 tiles of 4x4 a sample)", "forward",
+     conv(64, 128, 32, 3, stride=2), {V4: "direct", V3: "direct", BASE: "winograd_s2"}),
     ("32 -> 32 5x5 on 32x32", "forward", conv(32, 32, 32, 5),
      {V4: "rows", V3: "rows", BASE: "im2col"}),
     ("3 -> 16 3x3 stride 2 (27 taps)", "forward", conv(3, 16, 64, 3, stride=2),
@@ -152,8 +156,8 @@ def test_choose_and_conv_algorithms_reject_unknown_names():
     with pytest.raises(ValueError, match=r"direction must be one of .*got 'backward'"):
         algorithms.choose("backward", geom, 2, V4)
     with pytest.raises(ValueError, match=r"conv_algorithms: forward must be one of 'winograd4', "
-                                         r"'winograd', 'rows', 'direct', 'im2col' or None, "
-                                         r"got 'gemm'"):
+                                         r"'winograd', 'winograd_s2', 'rows', 'direct', "
+                                         r"'im2col' or None, got 'gemm'"):
         with F.conv_algorithms(forward="gemm"):
             pass
     with pytest.raises(ValueError, match=r"weight_grad must be one of .*got 'rows'"):
@@ -666,7 +670,8 @@ for dtype in (np.float32, np.float64):
         w = rng.standard_normal(ws).astype(dtype)
         b = rng.standard_normal(ws[0]).astype(dtype)
         for fwd, gx, gw in (("direct", "direct", "direct"), ("rows", "rows", "channels"),
-                            ("winograd", "winograd", "winograd"), ("im2col", "im2col", "im2col")):
+                            ("winograd", "winograd", "winograd"),
+                            ("winograd_s2", "im2col", "im2col"), ("im2col", "im2col", "im2col")):
             with F.conv_algorithms(forward=fwd, input_grad=gx, weight_grad=gw):
                 y = F.conv2d(x, w, b, stride, pad, activation="relu")
                 grads = F.conv2d_backward(np.cos(y), x, w, stride, pad)
@@ -712,7 +717,7 @@ def test_every_level_this_cpu_runs_gives_the_same_results():
         assert run["path"] == level
         assert len(run["results"]) == len(reference)
         for i, (got, want) in enumerate(zip(run["results"], reference)):
-            # results come in groups of four algorithms (the last one im2col) per problem
+            # results come in groups of five algorithms (the last one im2col) per problem
             tol = dict(rtol=2e-4, atol=2e-4) if i < len(reference) // 2 else dict(rtol=1e-9,
                                                                                    atol=1e-9)
             for a, b in zip(got, want):

@@ -44,6 +44,38 @@ m x m output gradient of a tile spread to (m + 2)^2), and since M = sum_c U . V 
 products than im2col's dW = dy @ cols^T and without the 9x larger columns matrix. Tiles past an
 odd output size get zero gradient, so they add nothing. As conv.pyx's weight gradient, samples
 are cut into fixed chunks, each summed in order into its own dU partial.
+
+3x3 stride-2 convolutions (forward_s2) by Winograd on the polyphase components. With xp the
+padded input, y[i, j] = sum w[ki, kj] xp[2i + ki, 2j + kj]: split xp's rows and columns into
+even and odd phases and the three taps of an axis become two (ki = 0, 2) on the even phase,
+a correlation F(4, 2) computes 4 outputs from 5 inputs with 5 multiplications instead of
+8, and one (ki = 1) on the odd phase, 4 multiplications (the identity). On the points 0, 1,
+-1, 2 and infinity:
+
+    B^T = [2 -1 -2  1  0]     G = [1/2    0]     A^T = [1  1  1  1  0]
+          [0  2  1 -1  0]         [1/2  1/2]           [0  1 -1  2  0]
+          [0 -2  3 -1  0]         [1/6 -1/6]           [0  1  1  4  0]
+          [0 -1  0  1  0]         [1/6  1/3]           [0  1 -1  8  1]
+          [0  2 -1 -2  1]         [  0    1]
+
+(-1/2 or 1/2 for 2 would put 8/3 into B^T, inexact in binary, or 1/24 and 1/48 into G; with
+2, B^T and A^T are small integers, exact, and G alone holds sixths, made in double and rounded
+once; the float32 error measured alike, about 2.5e-6 of the largest output.) A tile of 4x4
+outputs reads the 9x9 region d[k][j] = xp[8 ti + k][8 tj + j]; its even rows and columns e =
+d[0::2, 0::2] (5x5), eo = d[0::2, 1::2] (5x4), oe = d[1::2, 0::2] (4x5), oo = d[1::2, 1::2]
+(4x4), with the kernel's g_ee = w[0::2, 0::2], g_eo = w[0::2, 1], g_oe = w[1, 0::2], g_oo =
+w[1, 1]:
+
+    V_ee = B^T e B, V_eo = B^T eo, V_oe = oe B, V_oo = oo         (81 values a tile)
+    U_ee = G g_ee G^T (25), U_eo = G g_eo (5), U_oe = G g_oe (5), U_oo = g_oo (1)
+    M_ee[a, b] = sum_c U_ee[a, b] V_ee[a, b], M_eo[a, b] = sum_c U_eo[a] V_eo[a, b], ...
+    Y = A^T (M_ee A + M_eo) + (M_oe A + M_oo)                     (4x4 outputs)
+
+81 multiplications per 16 outputs and channel pair instead of 144 (1.78x fewer). The sums
+over channels are 36 GEMMs with U's 36 matrices (weight_transform_s2): 25 for ee on the tiles,
+and, because U_eo[a] is the same for the 4 columns b (U_oe[b] for the 4 rows a, U_oo for all
+16), 5 + 5 on 4 times the tiles and one on 16 times: V_eo's columns b of a row a side by side
+in one operand, and so on.
 """
 from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
@@ -59,6 +91,27 @@ from fastcnn._ops.plan_steps import check_arrays
 
 cdef extern from "_winograd.h" nogil:
     Py_ssize_t fc_wino_scratch(Py_ssize_t m, Py_ssize_t tiles_h, Py_ssize_t tiles_w)
+    Py_ssize_t fc_wino_s2_scratch(Py_ssize_t tiles_h, Py_ssize_t tiles_w)
+    void fc_wino_s2_input_f(const float* x, Py_ssize_t sample_stride, Py_ssize_t nb,
+                            float* v_ee, float* v_eo, float* v_oe, float* v_oo, float* scratch,
+                            Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t pad,
+                            Py_ssize_t tiles_h, Py_ssize_t tiles_w, Py_ssize_t ld,
+                            Py_ssize_t xs, Py_ssize_t xs4)
+    void fc_wino_s2_input_d(const double* x, Py_ssize_t sample_stride, Py_ssize_t nb,
+                            double* v_ee, double* v_eo, double* v_oe, double* v_oo,
+                            double* scratch, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                            Py_ssize_t pad, Py_ssize_t tiles_h, Py_ssize_t tiles_w,
+                            Py_ssize_t ld, Py_ssize_t xs, Py_ssize_t xs4)
+    void fc_wino_s2_output_f(const float* m_ee, const float* m_eo, const float* m_oe,
+                             const float* m_oo, float* y, float* scratch, Py_ssize_t K,
+                             Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t tiles_h,
+                             Py_ssize_t tiles_w, Py_ssize_t ld, Py_ssize_t xs, Py_ssize_t xs4,
+                             const float* bias, int relu, const float* res)
+    void fc_wino_s2_output_d(const double* m_ee, const double* m_eo, const double* m_oe,
+                             const double* m_oo, double* y, double* scratch, Py_ssize_t K,
+                             Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t tiles_h,
+                             Py_ssize_t tiles_w, Py_ssize_t ld, Py_ssize_t xs, Py_ssize_t xs4,
+                             const double* bias, int relu, const double* res)
     void fc_wino_input_f(const float* x, Py_ssize_t sample_stride, Py_ssize_t nb, float* v,
                          float* scratch, Py_ssize_t m, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                          Py_ssize_t pad, Py_ssize_t tiles_h, Py_ssize_t tiles_w, Py_ssize_t ld,
@@ -205,12 +258,44 @@ cdef inline void _kernel_transform4(const floating* g, Py_ssize_t row, Py_ssize_
         u = u + 6 * xi_stride
 
 
+cdef inline void _g2(double g0, double g1, double* out) noexcept nogil:
+    """out (5) = G (g0, g1) of F(4, 2): G = [1/2 0; 1/2 1/2; 1/6 -1/6; 1/6 1/3; 0 1]."""
+    out[0] = g0 * 0.5
+    out[1] = (g0 + g1) * 0.5
+    out[2] = (g0 - g1) / 6
+    out[3] = (g0 + 2 * g1) / 6
+    out[4] = g1
+
+
+cdef inline void _kernel_transform_s2(const floating* g, Py_ssize_t row, Py_ssize_t col,
+                                      floating* u, Py_ssize_t xi_stride) noexcept nogil:
+    """u[xi * xi_stride] (36) = the stride-2 algorithm's transformed kernel of the 3x3 kernel
+    g[r*row + q*col] (module doc): G g_ee G^T (xi = 5 a + b), G (g01, g21) (xi = 25 + a),
+    G (g10, g12) (xi = 30 + b), g11 (xi = 35); in double (G's sixths), rounded once."""
+    cdef double t[2][5]
+    cdef double r[5]
+    cdef Py_ssize_t a, b
+    _g2(g[0], g[2 * row], t[0])                     # G along the rows of columns 0 and 2
+    _g2(g[2 * col], g[2 * row + 2 * col], t[1])
+    for a in range(5):                              # ... then along the columns
+        _g2(t[0][a], t[1][a], r)
+        for b in range(5):
+            u[(5 * a + b) * xi_stride] = <floating> r[b]
+    _g2(g[col], g[2 * row + col], r)
+    for a in range(5):
+        u[(25 + a) * xi_stride] = <floating> r[a]
+    _g2(g[row], g[row + 2 * col], r)
+    for b in range(5):
+        u[(30 + b) * xi_stride] = <floating> r[b]
+    u[35 * xi_stride] = g[row + col]
+
+
 # Kernels transformed per pass of _transform_row: its buffer holds (xis, _ROW_BLOCK) values.
 DEF _ROW_BLOCK = 64
 
 
 cdef void _transform_row(const floating[:, :, :, ::1] w, floating[:, :, ::1] u, Py_ssize_t k,
-                         bint flip) noexcept nogil:
+                         bint flip, bint s2=False) noexcept nogil:
     """u[:, k, :] = G g G^T of the kernels g[k, c] (c < C), _ROW_BLOCK at a time through a
     buffer: u's matrices are K*C elements apart, so one kernel's 16 or 36 values written
     directly would touch as many pages (0.44 ms for 128 x 128 kernels, 27 ns a kernel); a
@@ -220,7 +305,9 @@ cdef void _transform_row(const floating[:, :, :, ::1] w, floating[:, :, ::1] u, 
     for c0 in range(0, C, _ROW_BLOCK):
         nc = min(_ROW_BLOCK, C - c0)
         for c in range(nc):
-            if flip:                        # start at [c, k, 2, 2] and walk backwards
+            if s2:
+                _kernel_transform_s2(&w[k, c0 + c, 0, 0], 3, 1, &buf[c], _ROW_BLOCK)
+            elif flip:                        # start at [c, k, 2, 2] and walk backwards
                 if xis == 36:
                     _kernel_transform4(&w[c0 + c, k, 2, 2], -3, -1, &buf[c], _ROW_BLOCK)
                 else:
@@ -246,6 +333,20 @@ def weight_transform(const floating[:, :, :, ::1] w, floating[:, :, ::1] u, bint
     with nogil:
         for k in prange(K, schedule='static', num_threads=num_threads):
             _transform_row(w, u, k, flip)
+
+
+def weight_transform_s2(const floating[:, :, :, ::1] w, floating[:, :, ::1] u, int num_threads):
+    """u (36, K, C) = the stride-2 algorithm's transformed kernels of every 3x3 kernel of w
+    (K, C, 3, 3) (_kernel_transform_s2; forward_s2's GEMM operands)."""
+    cdef Py_ssize_t K = u.shape[1]
+    cdef Py_ssize_t k
+    if u.shape[0] != 36 or u.shape[1] != w.shape[0] or u.shape[2] != w.shape[1] \
+            or w.shape[2] != 3 or w.shape[3] != 3:
+        raise ValueError(f"u must have shape (36, {w.shape[0]}, {w.shape[1]}) for w of shape "
+                         f"{tuple(w.shape)} (3x3 kernels), got {tuple(u.shape)}")
+    with nogil:
+        for k in prange(K, schedule='static', num_threads=num_threads):
+            _transform_row(w, u, k, False, True)
 
 
 cdef inline void _kernel_grad_transform4(const floating* parts, Py_ssize_t n_chunks,
@@ -361,19 +462,27 @@ cdef inline void _block(const floating* x, Py_ssize_t x_row, Py_ssize_t nb,
     cdef floating* sc = _after(m, xis, K, span)
     _input_transform(x, x_row, nb, v, sc, m_, C, height, width, pad, tiles_h, tiles_w, ld,
                      C * ld + SKEW)
-    _gemms(u, v, m, 0, xis, K, C, ld, C * ld + SKEW, K * ld + SKEW, own_gemm)
+    _gemms(u, K * C, v, m, 0, xis, K, C, ld, C * ld + SKEW, K * ld + SKEW, own_gemm)
     for s_ in range(nb):
         _output_transform(m + s_ * T, out + s_ * out_row, sc, m_, K, out_h, out_w, tiles_h,
                           tiles_w, ld, K * ld + SKEW, bias, relu,
                           res + s_ * out_row if res != NULL else NULL)
 
 
-cdef inline void _gemms(const floating* u, const floating* v, floating* m, Py_ssize_t xi0,
-                        Py_ssize_t xi1, Py_ssize_t K, Py_ssize_t C, Py_ssize_t ld,
+cdef inline void _gemms(const floating* u, Py_ssize_t uxs, const floating* v, floating* m,
+                        Py_ssize_t xi0, Py_ssize_t xi1, Py_ssize_t K, Py_ssize_t C, Py_ssize_t ld,
                         Py_ssize_t vxs, Py_ssize_t mxs, bint own_gemm) noexcept nogil:
-    """M[xi] (K, ld) = U[xi] (K, C) @ V[xi] (C, ld) for xi in [xi0, xi1): one fixed sum per
-    output, whichever thread or range computes it."""
+    """M[xi] (K, ld) = U[xi] (K, C) @ V[xi] (C, ld) for xi in [xi0, xi1), U's matrices uxs
+    apart (K * C, or more: K of their rows): one fixed sum per output, whichever thread or
+    range computes it."""
     cdef Py_ssize_t xi
+    if own_gemm and uxs != K * C:
+        for xi in range(xi0, xi1):
+            if floating is float:
+                fc_wino_gemm_f(u + xi * uxs, v + xi * vxs, m + xi * mxs, 1, K, C, ld, vxs, mxs)
+            else:
+                fc_wino_gemm_d(u + xi * uxs, v + xi * vxs, m + xi * mxs, 1, K, C, ld, vxs, mxs)
+        return
     if own_gemm:
         if floating is float:
             fc_wino_gemm_f(u + xi0 * K * C, v + xi0 * vxs, m + xi0 * mxs, xi1 - xi0, K, C, ld,
@@ -383,7 +492,7 @@ cdef inline void _gemms(const floating* u, const floating* v, floating* m, Py_ss
                            vxs, mxs)
         return
     for xi in range(xi0, xi1):
-        gemm(False, False, <int> K, <int> ld, <int> C, <floating> 1.0, u + xi * K * C, <int> C,
+        gemm(False, False, <int> K, <int> ld, <int> C, <floating> 1.0, u + xi * uxs, <int> C,
              v + xi * vxs, <int> ld, <floating> 0.0, m + xi * mxs, <int> ld)
 
 
@@ -440,7 +549,7 @@ cdef void _forward(const floating* x, Py_ssize_t N, Py_ssize_t x_row, const floa
                                  sc, m_, hi - lo, height, width, pad, tiles_h, tiles_w, ld,
                                  C * ld + SKEW)
         for part in prange(parts, schedule='static', num_threads=num_threads):
-            _gemms(u, v, m, part * xis // parts, (part + 1) * xis // parts, K, C, ld,
+            _gemms(u, K * C, v, m, part * xis // parts, (part + 1) * xis // parts, K, C, ld,
                    C * ld + SKEW, K * ld + SKEW, own_gemm)
         for part in prange(parts, schedule='static', num_threads=num_threads):
             lo = part * K // parts
@@ -485,6 +594,271 @@ def forward(const floating[:, ::1] x, const floating[:, :, ::1] u, const floatin
                  own_gemm, res)
 
 
+# ---- 3x3 stride-2 convolutions: Winograd on the polyphase components (module doc) ----------
+# V (and M) of a block: four groups after one another, each row c (k) of a channel holding the
+# block's ld tiles per column block: ee, 25 matrices (rows, ld), xs apart; eo and oe, 5 matrices
+# each (rows, 4 ld), xs4 apart (eo's column blocks are the odd columns b, oe's the odd rows a);
+# oo, one matrix (rows, 16 ld). Each group is as many GEMMs with U's 36 matrices: M = U V.
+
+
+cdef inline Py_ssize_t _s2_size(Py_ssize_t rows, Py_ssize_t span) noexcept nogil:
+    """Elements of the four groups of V (rows = C) or M (rows = C_out) for span tiles."""
+    return 81 * rows * span + 36 * SKEW
+
+
+cdef inline void _s2_groups(floating* v, Py_ssize_t rows, Py_ssize_t ld, Py_ssize_t r0,
+                            floating** g, Py_ssize_t* xs, Py_ssize_t* xs4) noexcept nogil:
+    """g[0..3]: row r0 of the groups ee, eo, oe, oo of V or M (``rows`` rows, ld tiles a
+    column block) at v; xs, xs4: the matrix strides of ee and of eo / oe."""
+    xs[0] = rows * ld + SKEW
+    xs4[0] = 4 * rows * ld + SKEW
+    g[0] = v + r0 * ld
+    g[1] = v + 25 * xs[0] + r0 * 4 * ld
+    g[2] = v + 25 * xs[0] + 5 * xs4[0] + r0 * 4 * ld
+    g[3] = v + 25 * xs[0] + 10 * xs4[0] + r0 * 16 * ld
+
+
+cdef inline void _s2_input(const floating* x, Py_ssize_t x_row, Py_ssize_t nb, floating* v,
+                           floating* sc, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t C,
+                           Py_ssize_t H, Py_ssize_t W, Py_ssize_t pad, Py_ssize_t tiles_h,
+                           Py_ssize_t tiles_w, Py_ssize_t ld) noexcept nogil:
+    """V of channels [c0, c1) of nb samples x (C, H, W), x_row apart (_winograd.inc)."""
+    cdef floating* g[4]
+    cdef Py_ssize_t xs, xs4
+    _s2_groups(v, C, ld, c0, g, &xs, &xs4)
+    if floating is float:
+        fc_wino_s2_input_f(x + c0 * H * W, x_row, nb, g[0], g[1], g[2], g[3], sc, c1 - c0, H, W,
+                           pad, tiles_h, tiles_w, ld, xs, xs4)
+    else:
+        fc_wino_s2_input_d(x + c0 * H * W, x_row, nb, g[0], g[1], g[2], g[3], sc, c1 - c0, H, W,
+                           pad, tiles_h, tiles_w, ld, xs, xs4)
+
+
+cdef inline void _s2_output(floating* m, Py_ssize_t rows, Py_ssize_t r0, Py_ssize_t r1,
+                            Py_ssize_t s_, Py_ssize_t T, floating* y, floating* sc,
+                            Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t tiles_h, Py_ssize_t tiles_w,
+                            Py_ssize_t ld, const floating* bias, bint relu,
+                            const floating* res) noexcept nogil:
+    """Rows [r0, r1) of M (``rows`` rows: output channels), sample s_ of the block, into y
+    (r1 - r0, OH, OW) (+ bias (r1 - r0,), + res (y's shape, or NULL), ReLU) (_winograd.inc)."""
+    cdef floating* g[4]
+    cdef Py_ssize_t xs, xs4, i
+    _s2_groups(m, rows, ld, r0, g, &xs, &xs4)
+    for i in range(4):
+        g[i] = g[i] + s_ * T
+    if floating is float:
+        fc_wino_s2_output_f(g[0], g[1], g[2], g[3], y, sc, r1 - r0, OH, OW, tiles_h, tiles_w, ld,
+                            xs, xs4, bias, relu, res)
+    else:
+        fc_wino_s2_output_d(g[0], g[1], g[2], g[3], y, sc, r1 - r0, OH, OW, tiles_h, tiles_w, ld,
+                            xs, xs4, bias, relu, res)
+
+
+cdef inline Py_ssize_t _s2_cost(Py_ssize_t g) noexcept nogil:
+    """GEMM units before the group GEMM g (of 36): ee's 25 of 1, eo's and oe's 10 of 4 (column
+    blocks), oo's one of 16."""
+    if g <= 25:
+        return g
+    if g <= 35:
+        return 25 + 4 * (g - 25)
+    return 81
+
+
+# Output channels per GEMM call of forward_s2 (rows of U): a block's M is made and consumed
+# this many channels at a time, so that it stays in L2 with V (64 -> 128 channels from 56x56:
+# V 1 MB a sample, M 2 MB).
+DEF S2_K_BLOCK = 32
+
+
+cdef inline void _s2_gemms(const floating* u, Py_ssize_t K, Py_ssize_t k0, Py_ssize_t k1,
+                           floating* v, floating* m, Py_ssize_t m_rows, Py_ssize_t m_row0,
+                           Py_ssize_t g0, Py_ssize_t g1, Py_ssize_t C, Py_ssize_t ld,
+                           bint own_gemm) noexcept nogil:
+    """Rows [k0, k1) (a multiple of S2_K_BLOCK from k0, or to K) of the group GEMMs g in
+    [g0, g1) of a block (M = U V; g < 25 ee, < 35 eo and oe, 35 oo) into rows m_row0.. of M
+    (m_rows rows), S2_K_BLOCK rows a call: the same calls, so the same bits, whichever thread
+    runs them and however M is held."""
+    cdef floating* gv[4]
+    cdef floating* gm[4]
+    cdef Py_ssize_t vxs, vxs4, mxs, mxs4, a, b, kb, kn
+    cdef const floating* uk
+    _s2_groups(v, C, ld, 0, gv, &vxs, &vxs4)
+    for kb in range(k0, k1, S2_K_BLOCK):
+        kn = min(S2_K_BLOCK, k1 - kb)
+        uk = u + kb * C
+        _s2_groups(m, m_rows, ld, m_row0 + kb - k0, gm, &mxs, &mxs4)
+        a, b = max(g0, 0), min(g1, 25)
+        if b > a:
+            _gemms(uk, K * C, gv[0], gm[0], a, b, kn, C, ld, vxs, mxs, own_gemm)
+        a, b = max(g0, 25), min(g1, 35)
+        if b > a:
+            _gemms(uk + 25 * K * C, K * C, gv[1], gm[1], a - 25, b - 25, kn, C, 4 * ld, vxs4,
+                   mxs4, own_gemm)
+        if g0 <= 35 < g1:
+            _gemms(uk + 35 * K * C, K * C, gv[3], gm[3], 0, 1, kn, C, 16 * ld, 0, 0, own_gemm)
+
+
+cdef Py_ssize_t _s2_thread_scratch(Py_ssize_t C, Py_ssize_t K, Py_ssize_t span, Py_ssize_t out_h,
+                                   Py_ssize_t out_w) noexcept nogil:
+    """One thread's scratch of forward_s2: V, M (span tiles), the transforms' scratch."""
+    return _s2_size(C, span) + _s2_size(K, span) + fc_wino_s2_scratch(_tiles(out_h, 4),
+                                                                      _tiles(out_w, 4))
+
+
+def workspace_size_s2(Py_ssize_t channels, Py_ssize_t out_channels, Py_ssize_t out_h,
+                      Py_ssize_t out_w, Py_ssize_t block):
+    """Per-thread scratch of forward_s2 for ``block`` samples per GEMM."""
+    return _s2_thread_scratch(channels, out_channels,
+                              block * _tiles(out_h, 4) * _tiles(out_w, 4), out_h, out_w)
+
+
+cdef inline void _s2_block(const floating* x, Py_ssize_t x_row, Py_ssize_t nb,
+                           const floating* u, Py_ssize_t K, Py_ssize_t C, const floating* bias,
+                           floating* out, Py_ssize_t out_row, floating* v, Py_ssize_t span,
+                           Py_ssize_t height, Py_ssize_t width, Py_ssize_t pad, Py_ssize_t out_h,
+                           Py_ssize_t out_w, bint relu, bint own_gemm,
+                           const floating* res) noexcept nogil:
+    """One block of nb samples of _forward_s2 on one thread (V, M, scratch carved from v)."""
+    cdef Py_ssize_t tiles_h = _tiles(out_h, 4), tiles_w = _tiles(out_w, 4)
+    cdef Py_ssize_t T = tiles_h * tiles_w, ld = nb * T, s_
+    cdef Py_ssize_t kb, kn, plane = out_h * out_w
+    cdef floating* m = v + _s2_size(C, span)
+    cdef floating* sc = m + _s2_size(K, span)
+    _s2_input(x, x_row, nb, v, sc, 0, C, C, height, width, pad, tiles_h, tiles_w, ld)
+    for kb in range(0, K, S2_K_BLOCK):      # M made and consumed a block of channels at a time
+        kn = min(S2_K_BLOCK, K - kb)
+        _s2_gemms(u, K, kb, kb + kn, v, m, kn, 0, 0, 36, C, ld, own_gemm)
+        for s_ in range(nb):
+            _s2_output(m, kn, 0, kn, s_, T, out + s_ * out_row + kb * plane, sc, out_h, out_w,
+                       tiles_h, tiles_w, ld, bias + kb if bias != NULL else NULL, relu,
+                       res + s_ * out_row + kb * plane if res != NULL else NULL)
+
+
+cdef void _forward_s2(const floating* x, Py_ssize_t N, Py_ssize_t x_row, const floating* u,
+                      Py_ssize_t K, Py_ssize_t C, const floating* bias, floating* out,
+                      Py_ssize_t out_row, floating* ws, Py_ssize_t height, Py_ssize_t width,
+                      Py_ssize_t pad, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t block,
+                      bint relu, int num_threads, bint own_gemm,
+                      const floating* res) noexcept nogil:
+    """forward_s2 on pointers (N > 0), as _forward: blocks of ``block`` samples each on one
+    thread, or with fewer blocks than threads each block's phases cut over the team (the input
+    transform by channels, the group GEMMs by their cost, the output transform by output
+    channels): the same bits either way."""
+    cdef Py_ssize_t tiles_h = _tiles(out_h, 4), tiles_w = _tiles(out_w, 4)
+    cdef Py_ssize_t T = tiles_h * tiles_w
+    cdef Py_ssize_t span = block * T
+    cdef Py_ssize_t ws_stride = _s2_thread_scratch(C, K, span, out_h, out_w)
+    cdef Py_ssize_t blocks = (N + block - 1) // block
+    cdef Py_ssize_t j, n0, nb, ld, s_, part, lo, hi, parts, g0, g1
+    cdef floating* v
+    cdef floating* m
+    cdef floating* sc
+    if num_threads == 1:
+        for j in range(blocks):
+            n0 = j * block
+            nb = block if n0 + block <= N else N - n0
+            _s2_block(x + n0 * x_row, x_row, nb, u, K, C, bias, out + n0 * out_row, out_row, ws,
+                      span, height, width, pad, out_h, out_w, relu, own_gemm,
+                      res + n0 * out_row if res != NULL else NULL)
+        return
+    if blocks >= num_threads:
+        for j in prange(blocks, schedule='static', num_threads=num_threads):
+            n0 = j * block
+            nb = block if n0 + block <= N else N - n0
+            _s2_block(x + n0 * x_row, x_row, nb, u, K, C, bias, out + n0 * out_row, out_row,
+                      ws + threadid() * ws_stride, span, height, width, pad, out_h, out_w, relu,
+                      own_gemm, res + n0 * out_row if res != NULL else NULL)
+        return
+    v = ws
+    m = v + _s2_size(C, span)
+    parts = num_threads
+    for j in range(blocks):
+        n0 = j * block
+        nb = block if n0 + block <= N else N - n0
+        ld = nb * T
+        for part in prange(parts, schedule='static', num_threads=num_threads):
+            lo = part * C // parts
+            hi = (part + 1) * C // parts
+            sc = ws + threadid() * ws_stride + _s2_size(C, span) + _s2_size(K, span)
+            if hi > lo:
+                _s2_input(x + n0 * x_row, x_row, nb, v, sc, lo, hi, C, height, width, pad,
+                          tiles_h, tiles_w, ld)
+        for part in prange(parts, schedule='static', num_threads=num_threads):
+            g0 = 0                          # the GEMMs whose cost starts in this part's share
+            while _s2_cost(g0) < part * 81 // parts:
+                g0 = g0 + 1
+            g1 = g0
+            while g1 < 36 and _s2_cost(g1) < (part + 1) * 81 // parts:
+                g1 = g1 + 1
+            if part == parts - 1:
+                g1 = 36
+            _s2_gemms(u, K, 0, K, v, m, K, 0, g0, g1, C, ld, own_gemm)
+        for part in prange(parts, schedule='static', num_threads=num_threads):
+            lo = part * K // parts
+            hi = (part + 1) * K // parts
+            sc = ws + threadid() * ws_stride + _s2_size(C, span) + _s2_size(K, span)
+            if hi > lo:
+                for s_ in range(nb):
+                    _s2_output(m, K, lo, hi, s_, T,
+                               out + (n0 + s_) * out_row + lo * out_h * out_w, sc, out_h, out_w,
+                               tiles_h, tiles_w, ld, bias + lo if bias != NULL else NULL, relu,
+                               res + (n0 + s_) * out_row + lo * out_h * out_w
+                               if res != NULL else NULL)
+
+
+def s2_out_size(Py_ssize_t size, Py_ssize_t pad):
+    """Outputs along an axis of ``size`` inputs of a 3x3 stride-2 convolution padded by pad."""
+    return (size + 2 * pad - 3) // 2 + 1
+
+
+def forward_s2(const floating[:, ::1] x, const floating[:, :, ::1] u, const floating[::1] bias,
+               floating[:, ::1] out, floating[::1] workspace, Py_ssize_t height,
+               Py_ssize_t width, Py_ssize_t pad, Py_ssize_t block, bint relu, int num_threads,
+               bint own_gemm=False, const floating[:, ::1] residual=None):
+    """out (N, C_out*OH*OW) = the 3x3 stride-2 convolution of x (N, C*H*W) padded by ``pad``,
+    with u (36, C_out, C) = weight_transform_s2's, by Winograd on the polyphase components
+    (module doc), plus bias, plus ``residual`` (out's shape; None: none), then max(out, 0) if
+    relu. The workspace is workspace_size_s2(..., block) per thread; ``own_gemm``: the GEMMs
+    by fc_wino_gemm rather than single-threaded BLAS."""
+    cdef Py_ssize_t N = x.shape[0], K = u.shape[1], C = u.shape[2]
+    cdef Py_ssize_t out_h = s2_out_size(height, pad), out_w = s2_out_size(width, pad)
+    cdef const floating* res = NULL
+    _check_s2("forward_s2", x, u, bias, out, residual, height, width, pad, block, num_threads)
+    if workspace.shape[0] < num_threads * workspace_size_s2(C, K, out_h, out_w, block):
+        raise ValueError(f"forward_s2: a workspace of {workspace.shape[0]} elements is too small "
+                         f"for {num_threads} threads")
+    if N == 0:
+        return
+    if residual is not None:
+        res = &residual[0, 0]
+    with nogil:
+        _forward_s2(&x[0, 0], N, x.shape[1], &u[0, 0, 0], K, C,
+                    &bias[0] if bias.shape[0] > 0 else NULL, &out[0, 0], out.shape[1],
+                    &workspace[0], height, width, pad, out_h, out_w, block, relu, num_threads,
+                    own_gemm, res)
+
+
+def _check_s2(name, x, u, bias, out, residual, Py_ssize_t height, Py_ssize_t width,
+              Py_ssize_t pad, Py_ssize_t block, int num_threads):
+    """ValueError unless the arrays fit a 3x3 stride-2 convolution of height x width maps
+    padded by pad (0 <= pad <= 2) with u (36, C_out, C)."""
+    if u.shape[0] != 36:
+        raise ValueError(f"{name}: u must hold 36 matrices (36, C_out, C), got shape "
+                         f"{tuple(u.shape)}")
+    K, C = u.shape[1], u.shape[2]
+    out_h, out_w = s2_out_size(height, pad), s2_out_size(width, pad)
+    if (x.shape[0] != out.shape[0] or x.shape[1] != C * height * width
+            or out.shape[1] != K * out_h * out_w or min(height, width, out_h, out_w) < 1
+            or not 0 <= pad <= 2 or bias.shape[0] not in (0, K) or block < 1
+            or num_threads < 1):
+        raise ValueError(f"{name}: x {tuple(x.shape)}, u {tuple(u.shape)}, bias "
+                         f"{tuple(bias.shape)}, out {tuple(out.shape)} do not match a 3x3 "
+                         f"stride-2 convolution of {height}x{width} maps padded by {pad}")
+    if residual is not None and tuple(residual.shape) != tuple(out.shape):
+        raise ValueError(f"{name}: residual {tuple(residual.shape)} is not out's shape "
+                         f"{tuple(out.shape)}")
+
+
 # The inference plan's Winograd convolution (plan_steps.pxd): forward with its transformed
 # kernels (WinogradOperands) and the plan's workspace bound once.
 cdef struct _Winograd:
@@ -495,7 +869,7 @@ cdef struct _Winograd:
     void* out
     void* workspace
     Py_ssize_t N, x_row, out_row, xis, K, C, height, width, pad, out_h, out_w, block
-    bint relu, own_gemm, is_double
+    bint relu, own_gemm, is_double, s2     # s2: forward_s2 (3x3 stride 2)
     int max_threads             # the workspace serves this many threads
 
 
@@ -503,7 +877,18 @@ cdef void _winograd_step(void* args, int num_threads) noexcept nogil:
     cdef _Winograd* p = <_Winograd*> args
     if num_threads > p.max_threads:         # fewer threads: the same bits
         num_threads = p.max_threads
-    if p.is_double:
+    if p.s2:
+        if p.is_double:
+            _forward_s2(<const double*> p.x, p.N, p.x_row, <const double*> p.u, p.K, p.C,
+                        <const double*> p.bias, <double*> p.out, p.out_row,
+                        <double*> p.workspace, p.height, p.width, p.pad, p.out_h, p.out_w,
+                        p.block, p.relu, num_threads, p.own_gemm, <const double*> p.res)
+        else:
+            _forward_s2(<const float*> p.x, p.N, p.x_row, <const float*> p.u, p.K, p.C,
+                        <const float*> p.bias, <float*> p.out, p.out_row, <float*> p.workspace,
+                        p.height, p.width, p.pad, p.out_h, p.out_w, p.block, p.relu,
+                        num_threads, p.own_gemm, <const float*> p.res)
+    elif p.is_double:
         _forward(<const double*> p.x, p.N, p.x_row, <const double*> p.u, p.xis, p.K, p.C,
                  <const double*> p.bias, <double*> p.out, p.out_row, <double*> p.workspace,
                  p.height, p.width, p.pad, p.out_h, p.out_w, p.block, p.relu, num_threads,
@@ -522,32 +907,50 @@ cdef class WinogradStep(CompiledStep):
     convolution); ``workspace`` holds
     at least max_threads * workspace_size(...) elements (the plan's scratch, shared by its
     steps, which run one at a time); a run asking for more threads uses max_threads. BLAS
-    GEMMs (own_gemm False) need single-threaded BLAS, as the plan's run sets."""
+    GEMMs (own_gemm False) need single-threaded BLAS, as the plan's run sets. With
+    ``stride=2``, forward_s2's work instead (u: weight_transform_s2's 36 matrices; workspace
+    by workspace_size_s2)."""
     cdef _Winograd p
 
     def __init__(self, x, u, bias, out, workspace, Py_ssize_t height, Py_ssize_t width,
                  Py_ssize_t pad, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t block,
-                 bint relu, bint own_gemm, int max_threads, residual=None):
+                 bint relu, bint own_gemm, int max_threads, residual=None, int stride=1):
         dtype = check_arrays("WinogradStep", [x, u, bias] + ([] if residual is None
                                                                 else [residual]),
                              [out, workspace])
         if residual is not None and residual.shape != out.shape:
             raise ValueError(f"WinogradStep: residual {residual.shape} is not out's shape "
                              f"{out.shape}")
-        if u.ndim != 3 or u.shape[0] not in (16, 36):
-            raise ValueError(f"WinogradStep: u must hold 16 or 36 matrices (xis, C_out, C), "
-                             f"got shape {u.shape}")
-        xis, K, C = u.shape
-        m_ = 4 if xis == 36 else 2
-        if (x.ndim != 2 or out.ndim != 2 or x.shape[0] != out.shape[0] or x.shape[0] == 0
-                or x.shape[1] != C * height * width or out.shape[1] != K * out_h * out_w
-                or out_h != height + 2 * pad - 2 or out_w != width + 2 * pad - 2
-                or min(height, width, out_h, out_w) < 1 or not 0 <= pad <= 2
-                or bias.shape not in ((0,), (K,)) or block < 1 or max_threads < 1):
-            raise ValueError(f"WinogradStep: x {x.shape}, u {u.shape}, bias {bias.shape}, "
-                             f"out {out.shape} do not match a 3x3 convolution of "
-                             f"{height}x{width} maps padded by {pad}")
-        if workspace.size < max_threads * workspace_size(C, K, out_h, out_w, block, m_):
+        if stride not in (1, 2):
+            raise ValueError(f"WinogradStep: stride must be 1 or 2, got {stride}")
+        if stride == 2:
+            if x.ndim != 2 or out.ndim != 2 or u.ndim != 3 or bias.ndim != 1 or x.shape[0] == 0:
+                raise ValueError(f"WinogradStep: x {x.shape}, u {u.shape}, bias {bias.shape}, "
+                                 f"out {out.shape} must be 2-D, 3-D, 1-D, 2-D with samples")
+            _check_s2("WinogradStep", x, u, bias, out, None, height, width, pad, block,
+                      max_threads)
+            if (out_h, out_w) != (s2_out_size(height, pad), s2_out_size(width, pad)):
+                raise ValueError(f"WinogradStep: out_h, out_w ({out_h}, {out_w}) are not a "
+                                 f"3x3 stride-2 convolution's of {height}x{width} maps padded "
+                                 f"by {pad}")
+            xis, K, C = u.shape
+            need = workspace_size_s2(C, K, out_h, out_w, block)
+        else:
+            if u.ndim != 3 or u.shape[0] not in (16, 36):
+                raise ValueError(f"WinogradStep: u must hold 16 or 36 matrices (xis, C_out, C), "
+                                 f"got shape {u.shape}")
+            xis, K, C = u.shape
+            m_ = 4 if xis == 36 else 2
+            if (x.ndim != 2 or out.ndim != 2 or x.shape[0] != out.shape[0] or x.shape[0] == 0
+                    or x.shape[1] != C * height * width or out.shape[1] != K * out_h * out_w
+                    or out_h != height + 2 * pad - 2 or out_w != width + 2 * pad - 2
+                    or min(height, width, out_h, out_w) < 1 or not 0 <= pad <= 2
+                    or bias.shape not in ((0,), (K,)) or block < 1 or max_threads < 1):
+                raise ValueError(f"WinogradStep: x {x.shape}, u {u.shape}, bias {bias.shape}, "
+                                 f"out {out.shape} do not match a 3x3 convolution of "
+                                 f"{height}x{width} maps padded by {pad}")
+            need = workspace_size(C, K, out_h, out_w, block, m_)
+        if workspace.size < max_threads * need:
             raise ValueError(f"WinogradStep: a workspace of {workspace.size} elements is too "
                              f"small for {max_threads} threads")
         self.keep = (x, u, bias, out, workspace, residual)
@@ -561,6 +964,7 @@ cdef class WinogradStep(CompiledStep):
         self.p.out_h, self.p.out_w, self.p.block = out_h, out_w, block
         self.p.relu, self.p.own_gemm = relu, own_gemm
         self.p.is_double = dtype == np.float64
+        self.p.s2 = stride == 2
         self.p.max_threads = max_threads
         self.body = _winograd_step
         self.args = &self.p

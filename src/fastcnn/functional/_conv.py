@@ -181,6 +181,13 @@ class ConvForward:
                     lambda x2, out2, ws, threads: ops.step(x2, out2, ws, relu, threads))
                 residual_steps[algorithm] = ops.step
                 return lambda x2, out2: ops.run(x2, out2, dtype, relu)
+            if algorithm == "winograd_s2":
+                ops = algorithms.WinogradS2Operands(w4, b1, geom.in_size, geom.padding[1],
+                                                    geom.out_size, dtype)
+                steps[algorithm] = ops.step_scratch(geom.n), (
+                    lambda x2, out2, ws, threads: ops.step(x2, out2, ws, relu, threads))
+                residual_steps[algorithm] = ops.step
+                return lambda x2, out2: ops.run(x2, out2, dtype, relu)
             if algorithm in ("rows", "direct"):
                 ops = algorithms.DirectOperands(w4, b1, geom, dtype, algorithm == "rows")
                 steps[algorithm] = ops.workspace, lambda x2, out2, ws, threads: (
@@ -297,6 +304,9 @@ class _ForwardPlan:
             shape_x, shape_y = self.shapes
             _depthwise.forward(x2.reshape(shape_x), w4.reshape(geom.out_channels, -1), b1,
                                out2.reshape(shape_y), *self.args, relu, get_num_threads())
+        elif algorithm == "winograd_s2":
+            algorithms.WinogradS2Operands(w4, b1, geom.in_size, geom.padding[1], geom.out_size,
+                                          dtype).run(x2, out2, dtype, relu)
         else:
             algorithms.WinogradOperands(w4, b1, geom.in_size, geom.padding[1], geom.out_size,
                                         dtype, m=algorithms.WINOGRAD_TILE[algorithm]).run(

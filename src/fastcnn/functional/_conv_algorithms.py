@@ -40,7 +40,7 @@ ISAS = ("x86-64-v4", "x86-64-v3", "baseline")
 DIRECTIONS = ("forward", "input gradient", "weight gradient", "transposed forward")
 # The algorithms of each direction, in the order the rules consider them.
 ALGORITHMS = {
-    "forward": ("depthwise", "winograd4", "winograd", "rows", "direct", "im2col"),
+    "forward": ("depthwise", "winograd4", "winograd", "winograd_s2", "rows", "direct", "im2col"),
     "input gradient": ("depthwise", "direct", "rows", "winograd4", "winograd", "im2col"),
     "weight gradient": ("depthwise", "channels", "winograd4", "winograd", "direct", "im2col"),
     "transposed forward": ("subpixel", "im2col"),
@@ -86,6 +86,14 @@ class Rules:
     # of at least 25x25); None: never.
     winograd4_weight_grad_min_channels: int | None = 16
     winograd4_weight_grad_min_sample_tiles: int = 16
+    # Winograd on the stride-2 polyphase components (_ops/winograd.pyx forward_s2: 1.78x fewer
+    # multiplications than direct) for 3x3 stride-2 forwards: from this many channels on both
+    # sides and this many 4x4 output tiles a sample (49: outputs of at least 25x25); None:
+    # never. Its GEMMs by fc_wino_gemm (winograd_s2_own_gemm) or one single-threaded BLAS call
+    # each.
+    winograd_s2_min_channels: int | None = 64
+    winograd_s2_min_sample_tiles: int = 49
+    winograd_s2_own_gemm: bool = True
     # The channel kernel (_conv_direct.h fc_direct_conv): small maps with few output channels
     # and a moderate sum, and stride-2 layers (whose im2col reads with poor locality).
     direct: bool = True
@@ -223,6 +231,14 @@ class Rules:
 #   (0.39), 6 -> 16 channels 0.36 (0.40), 8 -> 16 3x3 on 13 wide 0.159 (0.172); but 4 channels
 #   on 14 wide 0.32 (0.26), 5 channels on 12 wide 0.091 (0.075), 6 channels from 32 on 12 wide
 #   0.31 (0.12): from 6 channels on maps from 13 wide.
+# - Winograd on the stride-2 polyphase components (forward_s2, its GEMMs by fc_wino_gemm's 8 x 3
+#   vector blocks; F.conv2d forced, best of 7 twice, ms, against the channel kernel / im2col):
+#   64 -> 128 channels from 56x56 (28x28 outputs: 49 tiles a sample), batch 16 6.57 (6.64 /
+#   10.14), batch 32 13.01 (13.88), batch 1 0.59 (0.69); but 32 -> 64 from 56x56 2.02 (1.74),
+#   and with 16 tiles a sample or fewer it loses: 128 -> 256 from 28x28 8.25 (7.51), 64 -> 64
+#   from 32x32 (batch 8) 0.64 (0.55), 256 -> 512 from 14x14 10.99 (9.48), 128 -> 128 from 14x14
+#   1.47 (0.99). Its GEMMs by OpenBLAS instead: 7.2 ms on the first (one call per GEMM, 36 a
+#   sample of 128 x 64 by 49 to 784 tiles).
 _V4 = Rules(rows_input_grad_min_channels=6, rows_input_grad_min_width=13)
 
 # AVX2 (x86-64-v3): the kernels' AVX2 copies have their own register blocks (_conv_direct.inc:
@@ -303,13 +319,20 @@ _V4 = Rules(rows_input_grad_min_channels=6, rows_input_grad_min_width=13)
 #   0.61); 4 channels on 14 wide 0.18 (0.21); 8 -> 16 3x3 on 13 wide 0.14 (0.21 / 0.15); 6 ->
 #   32 3x3 on 12 wide 0.17 (0.23); 6 channels on 12 wide 5x5 0.35 (0.37): from maps 13 wide, as
 #   AVX-512.
+# - Winograd on the stride-2 polyphase components (forward_s2, fc_wino_gemm's 4 x 3 blocks; same
+#   machine, forced AVX2, F.conv2d, ms, against the channel kernel / im2col): 64 -> 128 from
+#   56x56, batch 16 8.54 (10.27 / 12.82), batch 32 16.62 (19.89), batch 1 0.68 (0.89); 32 -> 64
+#   from 56x56 2.27 (2.45): from 32 channels on 49 tiles a sample; with 16 or fewer a sample
+#   mixed: 128 -> 256 from 28x28 11.29 (9.76), 48 -> 96 1.51 (1.44), 64 -> 64 from 32x32
+#   (batch 8) 0.78 (0.81), 256 -> 512 from 14x14 13.47 (14.43 / 17.24), 128 -> 128 from 14x14
+#   1.68 (1.58): kept to 49 tiles.
 _V3 = replace(_V4, rows_lanes=8, winograd4_min_tiles=16, winograd4_min_sample_tiles=1,
               winograd_own_gemm=True, rows_over_winograd_max_out_channels=8,
               dw_channels_over_winograd=(),
               rows_input_grad_min_channels=2, rows_input_grad_min_width=13,
               dw_rows_min_width=24,
               dw_rows_min_kernel_area=None, subpixel_rows=False,
-              direct_over_winograd_max_outputs=None)
+              direct_over_winograd_max_outputs=None, winograd_s2_min_channels=32)
 
 # Baseline (SSE2, 4-float vectors): OpenBLAS picks its GEMM kernels for the CPU by itself, so
 # im2col + GEMM and Winograd (whose GEMMs are BLAS) keep every layer. Measured with
@@ -330,10 +353,17 @@ _V3 = replace(_V4, rows_lanes=8, winograd4_min_tiles=16, winograd4_min_sample_ti
 # Winograd: batch 32, 16 -> 16 on 32x32 2.26 vs F(4x4) 1.48, 32 -> 32 on 16x16 2.26 vs 1.24.
 # Winograd F(4x4) for the weight gradient from 16 channels and 16 tiles a sample (F(2x2): 2.02
 # and 1.57 on those two).
+# Winograd on the stride-2 polyphase components (SSE2, FASTCNN_SIMD=baseline
+# OPENBLAS_CORETYPE=Nehalem, ms, against the channel kernel / im2col, the rules' choice before):
+# 64 -> 128 from 56x56 (batch 16) 19.3 (31.2 / 32.5), batch 1 1.28 (2.05 / 3.96); 32 -> 64 from
+# 56x56 5.27 (7.39 / 9.39); 128 -> 256 from 28x28 23.4 (28.3 / 30.6); 16 -> 32 from 32x32
+# (batch 32, 16 tiles a sample) 0.90 (1.20 / 1.74); 32 -> 64 from 16x16 (4 tiles) 0.89 (1.13 /
+# 1.61): every stride-2 3x3 layer from 16 channels.
 _BASELINE = replace(_V4, direct=False, rows=False, rows_input_grad=False, dw_rows=False,
                     subpixel=False, rows_lanes=4, winograd4_min_tiles=16,
                     winograd4_min_sample_tiles=1, winograd_own_gemm=True,
-                    dw_channels_max_out_channels=64, dw_channels_over_winograd=())
+                    dw_channels_max_out_channels=64, dw_channels_over_winograd=(),
+                    winograd_s2_min_channels=16, winograd_s2_min_sample_tiles=1)
 
 RULES = {"x86-64-v4": _V4, "x86-64-v3": _V3, "baseline": _BASELINE}
 
@@ -343,6 +373,23 @@ def winograd_possible(geom, nd):
     return (nd == 2 and geom.kernel == (1, 3, 3) and geom.stride == (1, 1, 1)
             and geom.dilation == (1, 1, 1) and geom.groups == 1
             and geom.padding[1] == geom.padding[2] <= 2)
+
+
+def winograd_s2_possible(geom, nd):
+    """A 2-D 3x3 stride-2 convolution without dilation or groups, padding <= 2, the same on
+    both axes (forward_s2)."""
+    return (nd == 2 and geom.kernel == (1, 3, 3) and geom.stride == (1, 2, 2)
+            and geom.dilation == (1, 1, 1) and geom.groups == 1
+            and geom.padding[1] == geom.padding[2] <= 2)
+
+
+def winograd_s2_ok(geom, nd, rules):
+    """Winograd on the polyphase components for a stride-2 forward: enough channels on both
+    sides and enough 4x4 output tiles a sample (Rules.winograd_s2_min_channels)."""
+    tiles = math.prod(-(-s // 4) for s in geom.out_size)
+    return (rules.winograd_s2_min_channels is not None and winograd_s2_possible(geom, nd)
+            and min(geom.in_channels, geom.out_channels) >= rules.winograd_s2_min_channels
+            and tiles >= rules.winograd_s2_min_sample_tiles)
 
 
 def is_depthwise(geom):
@@ -517,6 +564,8 @@ _USABLE = {
     "depthwise": lambda direction, geom, nd: is_depthwise(geom),
     "winograd": lambda direction, geom, nd: winograd_possible(geom, nd),
     "winograd4": lambda direction, geom, nd: winograd_possible(geom, nd),
+    "winograd_s2": lambda direction, geom, nd: (direction == "forward"
+                                                and winograd_s2_possible(geom, nd)),
     "rows": lambda direction, geom, nd: (_direct_kernels_apply(geom, nd) if direction == "forward"
                                          else input_grad_as_conv(geom, nd) is not None),
     "direct": lambda direction, geom, nd: (input_grad_as_conv(geom, nd) is not None
@@ -532,6 +581,7 @@ _PREFERRED = {
     ("forward", "depthwise"): lambda geom, nd, r: is_depthwise(geom),
     ("forward", "winograd4"): lambda geom, nd, r: winograd4_ok(geom, nd, r, "forward"),
     ("forward", "winograd"): lambda geom, nd, r: winograd_ok(geom, nd, r, "forward"),
+    ("forward", "winograd_s2"): winograd_s2_ok,
     ("forward", "rows"): lambda geom, nd, r: (rows_ok(geom, nd, r)
                                               and not direct_over_winograd(geom, nd, r)),
     ("forward", "direct"): direct_ok,
@@ -597,8 +647,9 @@ _KEYWORDS = {"forward": "forward", "input_grad": "input gradient",
 @contextlib.contextmanager
 def conv_algorithms(*, forward=None, input_grad=None, weight_grad=None, transposed=None):
     """Force the algorithm of convolutions run inside the ``with`` block, per direction:
-    ``forward`` one of "winograd4" (Winograd F(4x4, 3x3)), "winograd" (F(2x2, 3x3)), "rows"
-    (the direct kernel along output rows), "direct" (the direct kernel along output channels),
+    ``forward`` one of "winograd4" (Winograd F(4x4, 3x3)), "winograd" (F(2x2, 3x3)),
+    "winograd_s2" (3x3 stride 2: Winograd F(4, 2) on the polyphase components), "rows" (the
+    direct kernel along output rows), "direct" (the direct kernel along output channels),
     "im2col"; ``input_grad`` one of "direct", "rows" (either direct kernel on dy, stride-1
     layers), "winograd4", "winograd", "im2col"; ``weight_grad`` one of "channels" (the
     output channels in the vector lanes; also a transposed convolution's), "winograd4",
@@ -1005,6 +1056,52 @@ class WinogradOperands:
         block, _, own_gemm = self._layout(x2.shape[0])
         return _winograd.WinogradStep(x2, self.u, self.bias, out2, workspace, h, w, self.pad,
                                       oh, ow, block, relu, own_gemm, max_threads, residual)
+
+
+class WinogradS2Operands:
+    """A 3x3 stride-2 convolution's kernels transformed for Winograd on the polyphase
+    components (_winograd.weight_transform_s2: 36 GEMM operands (36, C_out, C_in)), prepared
+    once, with its bias and geometry. ``run(x2, out2)`` and ``step(...)`` as
+    WinogradOperands'."""
+    __slots__ = ("u", "bias", "in_size", "pad", "out_size")
+
+    def __init__(self, w, bias, in_size, pad, out_size, dtype):
+        self.u = np.empty((36, w.shape[0], w.shape[1]), dtype=dtype)
+        _winograd.weight_transform_s2(w, self.u, get_num_threads())
+        self.bias, self.in_size, self.pad, self.out_size = bias, in_size, pad, out_size
+
+    def _layout(self, n):
+        """(block, per-thread workspace, own GEMM kernel) for a batch of n samples."""
+        oh, ow = self.out_size
+        k, c = self.u.shape[1:]
+        block = _winograd.block_size(n, -(-oh // 4) * -(-ow // 4))
+        return (block, _winograd.workspace_size_s2(c, k, oh, ow, block),
+                machine_rules().winograd_s2_own_gemm)
+
+    def run(self, x2, out2, dtype, relu=False, threads=None):
+        """out2 (N, C_out*OH*OW) = the convolution of x2 (N, C*H*W), plus bias, then max(., 0)
+        if relu."""
+        threads = threads or get_num_threads()
+        h, w = self.in_size
+        block, per_thread, own_gemm = self._layout(x2.shape[0])
+        ws = scratch(per_thread * threads, dtype)
+        with single_threaded_blas:
+            _winograd.forward_s2(x2, self.u, self.bias, out2, ws, h, w, self.pad, block, relu,
+                                 threads, own_gemm)
+
+    def step_scratch(self, n):
+        """Elements of workspace per thread of ``step`` on batches of n samples."""
+        return self._layout(n)[1]
+
+    def step(self, x2, out2, workspace, relu, max_threads, residual=None):
+        """run's work as a compiled step of an inference plan (_winograd.WinogradStep with
+        stride 2), as WinogradOperands.step."""
+        h, w = self.in_size
+        oh, ow = self.out_size
+        block, _, own_gemm = self._layout(x2.shape[0])
+        return _winograd.WinogradStep(x2, self.u, self.bias, out2, workspace, h, w, self.pad,
+                                      oh, ow, block, relu, own_gemm, max_threads, residual,
+                                      stride=2)
 
 
 def winograd_conv2d(x2, w, bias, out2, in_size, pad, out_size, dtype, flip=False,
