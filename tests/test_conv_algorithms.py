@@ -76,7 +76,22 @@ ROUTES = [
      {V4: "rows", V3: "rows", BASE: "im2col"}),
     ("3 -> 16 3x3 stride 2 (27 taps)", "forward", conv(3, 16, 64, 3, stride=2),
      {V4: "rows", V3: "rows", BASE: "im2col"}),
-    ("1x1", "forward", conv(16, 16, 32, 1), {V4: "im2col", V3: "im2col", BASE: "im2col"}),
+    ("1x1", "forward", conv(16, 16, 32, 1), {V4: "pointwise", V3: "pointwise",
+                                               BASE: "im2col"}),
+    ("1x1 256 -> 64 on 14x14", "forward", conv(256, 64, 14, 1),
+     {V4: "pointwise", V3: "pointwise", BASE: "im2col"}),
+    ("its input gradient", "input gradient", conv(256, 64, 14, 1),
+     {V4: "pointwise", V3: "pointwise", BASE: "im2col"}),
+    ("1x1 on 4x4 maps", "forward", conv(128, 128, 4, 1),
+     {V4: "im2col", V3: "pointwise", BASE: "im2col"}),
+    ("1x1 with a 4 MB weight", "forward", conv(512, 2048, 7, 1),
+     {V4: "im2col", V3: "im2col", BASE: "im2col"}),
+    ("1x1 64 -> 256 on 56x56 (800 KB a sample)", "forward", conv(64, 256, 56, 1),
+     {V4: "pointwise", V3: "im2col", BASE: "im2col"}),
+    ("its input gradient (3.2 MB of dy a sample)", "input gradient", conv(64, 256, 56, 1),
+     {V4: "im2col", V3: "im2col", BASE: "im2col"}),
+    ("a strided 1x1 (not pointwise)", "forward", conv(64, 128, 28, 1, stride=2),
+     {V4: "im2col", V3: "im2col", BASE: "im2col"}),
     ("depthwise", "forward", conv(8, 8, 16, 3, groups=8),
      {V4: "depthwise", V3: "depthwise", BASE: "depthwise"}),
     ("8 -> 8 3x3 input gradient", "input gradient", conv(8, 8, 32, 3),
@@ -155,9 +170,9 @@ def test_choose_and_conv_algorithms_reject_unknown_names():
         algorithms.choose("forward", geom, 2, "avx2")
     with pytest.raises(ValueError, match=r"direction must be one of .*got 'backward'"):
         algorithms.choose("backward", geom, 2, V4)
-    with pytest.raises(ValueError, match=r"conv_algorithms: forward must be one of 'winograd4', "
-                                         r"'winograd', 'winograd_s2', 'rows', 'direct', "
-                                         r"'im2col' or None, got 'gemm'"):
+    with pytest.raises(ValueError, match=r"conv_algorithms: forward must be one of 'pointwise', "
+                                         r"'winograd4', 'winograd', 'winograd_s2', 'rows', "
+                                         r"'direct', 'im2col' or None, got 'gemm'"):
         with F.conv_algorithms(forward="gemm"):
             pass
     with pytest.raises(ValueError, match=r"weight_grad must be one of .*got 'rows'"):
@@ -253,6 +268,76 @@ def test_channel_kernel_blocks_match_im2col(dtype, c_in, c_out, size, stride, k)
             results.append(F.conv2d(x, w, b, stride, padding=1, activation="relu"))
     assert (results[1] > 0).mean() > 0.3        # the ReLU keeps and clears outputs
     np.testing.assert_allclose(results[0], results[1], **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pointwise_kernel_matches_im2col_on_random_shapes(dtype):
+    """The pointwise kernel, forced onto 1x1 convolutions of 1 to 3 spatial axes (channel
+    counts that are not a multiple of its blocks of 12, 8, 6 or 4; positions that are not a
+    multiple of its two-vector blocks, or fewer than one vector; batches of 1 to 4, which cut
+    samples into ranges between the threads; with and without bias, ReLU), forward and input
+    gradient, equals im2col + GEMM."""
+    rng = np.random.default_rng(11)
+    for case in range(36):
+        nd = 1 + case % 3
+        spatial = tuple(int(rng.integers(1, 70 if nd == 1 else 12)) for _ in range(nd))
+        n, c_in, c_out = (int(rng.integers(1, 5)), int(rng.integers(1, 70)),
+                          int(rng.integers(1, 40)))
+        x = rng.standard_normal((n, c_in) + spatial).astype(dtype)
+        w = rng.standard_normal((c_out, c_in) + (1,) * nd).astype(dtype)
+        b = rng.standard_normal(c_out).astype(dtype) if case % 3 else None
+        dy = rng.standard_normal((n, c_out) + spatial).astype(dtype)
+        conv, backward = getattr(F, f"conv{nd}d"), getattr(F, f"conv{nd}d_backward")
+        results = []
+        for forced in ("pointwise", "im2col"):
+            with F.conv_algorithms(forward=forced, input_grad=forced):
+                results.append((conv(x, w, b, activation="relu" if case % 2 else None),
+                                backward(dy, x, w, output_mask=(True, False, False))[0]))
+        for ours, reference in zip(*results):
+            np.testing.assert_allclose(ours, reference, **TOL[dtype])
+
+
+def test_pointwise_kernel_cuts_samples_between_threads_with_the_same_bits(
+        rng, same_bits_for_1_and_2_threads):
+    """Batch 1 and 3 cut samples into ranges of positions per thread (each output still one
+    sum in one order): the same bits as one thread computing all, forward and input gradient."""
+    x = rng.standard_normal((1, 37, 13, 11)).astype(np.float32)
+    x3 = rng.standard_normal((3, 20, 9, 9)).astype(np.float64)
+    w = rng.standard_normal((29, 37, 1, 1)).astype(np.float32)
+    w3 = rng.standard_normal((12, 20, 1, 1))
+    b = rng.standard_normal(29).astype(np.float32)
+
+    def compute():
+        with F.conv_algorithms(forward="pointwise", input_grad="pointwise"):
+            y = F.conv2d(x, w, b, activation="relu")
+            return [y, F.conv2d_backward(y, x, w)[0], F.conv2d(x3, w3),
+                    F.conv2d_backward(F.conv2d(x3, w3), x3, w3)[0]]
+    same_bits_for_1_and_2_threads(compute)
+
+
+def test_pointwise_kernel_refuses_mismatched_buffers():
+    """_ops.pointwise checks its buffers before its nogil loops: a message naming what does
+    not match, never a read or write out of bounds."""
+    from fastcnn._ops import pointwise
+    x = np.zeros((2, 6 * 10), np.float32)
+    wt, bias = pointwise.layout(np.zeros((5, 6), np.float32), np.zeros(5, np.float32),
+                                np.float32)
+    out = np.zeros((2, 5 * 10), np.float32)
+    ws = np.zeros(pointwise.workspace_size(6) * 2, np.float32)
+    pointwise.forward(x, wt, bias, out, ws, 6, False, 2)
+    with pytest.raises(ValueError, match="is not"):
+        pointwise.forward(x, wt, bias, out, ws, 7, False, 2)      # 60 values are not 7 * P
+    with pytest.raises(ValueError, match="do not match"):
+        pointwise.forward(x, np.ascontiguousarray(wt[:, :8]), bias[:8], out, ws, 6, False,
+                          2)                                    # too few columns
+    with pytest.raises(ValueError, match="do not match"):
+        pointwise.forward(x, wt, bias, out[:1], ws, 6, False, 2)
+    with pytest.raises(ValueError, match="too small"):
+        pointwise.forward(x, wt, bias, out, ws[:10], 6, False, 2)
+    with pytest.raises(ValueError, match="too small"):
+        pointwise.PointwiseStep(x, wt, bias, out, ws, 6, False, 3)
+    with pytest.raises(ValueError, match="do not match"):
+        pointwise.PointwiseStep(x, wt[:5], bias, out, ws, 6, False, 2)
 
 
 def test_row_kernel_matches_im2col_on_random_shapes():
@@ -663,7 +748,8 @@ from fastcnn._ops import parallel
 rng = np.random.default_rng(29)
 out = {"path": parallel.simd_path(), "results": []}
 problems = [((3, 5, 23, 37), (11, 5, 5, 5), 1, 2), ((2, 9, 14, 14), (19, 9, 3, 3), 1, 1),
-            ((2, 6, 17, 30), (21, 6, 3, 3), 2, 1), ((3, 2, 9, 50), (13, 2, 3, 7), (1, 3), 2)]
+            ((2, 6, 17, 30), (21, 6, 3, 3), 2, 1), ((3, 2, 9, 50), (13, 2, 3, 7), (1, 3), 2),
+            ((2, 40, 9, 11), (13, 40, 1, 1), 1, 0)]
 for dtype in (np.float32, np.float64):
     for xs, ws, stride, pad in problems:
         x = rng.standard_normal(xs).astype(dtype)

@@ -13,6 +13,7 @@ from fastcnn._checks import as_array, as_int, check_ndim, contiguous, float_dtyp
 from fastcnn._ops import conv as _conv
 from fastcnn._ops import conv_direct as _direct
 from fastcnn._ops import depthwise as _depthwise
+from fastcnn._ops import pointwise as _pointwise
 from fastcnn._threads import get_num_threads, single_threaded_blas
 from fastcnn._workspace import scratch
 from fastcnn.functional._common import (
@@ -143,6 +144,13 @@ def _conv_scratch(geom, args, threads, dtype):
     return scratch(per_thread * threads, dtype), block
 
 
+def _pointwise_forward(x2, wt, bias, out2, c_in, relu, dtype):
+    """_ops/pointwise.forward on get_num_threads() threads with this thread's scratch."""
+    threads = get_num_threads()
+    ws = scratch(_pointwise.workspace_size(c_in) * threads, dtype)
+    _pointwise.forward(x2, wt, bias, out2, ws, c_in, relu, threads)
+
+
 class ConvForward:
     """One convolution's forward (geometry ``geom``, weight w4 (C_out, C_in/groups, *kernel),
     bias b1 (C_out,) or empty), prepared: the algorithm chosen (``algorithms.select``) and its
@@ -173,6 +181,13 @@ class ConvForward:
                 return lambda x2, out2: _depthwise.forward(
                     x2.reshape(shape_x), w2, b1, out2.reshape(shape_y), *kernel_args, relu,
                     get_num_threads())
+            if algorithm == "pointwise":
+                wt, bias = _pointwise.layout(w2, b1, dtype)
+                c_in = geom.in_channels
+                steps[algorithm] = _pointwise.workspace_size(c_in), (
+                    lambda x2, out2, ws, threads: _pointwise.PointwiseStep(
+                        x2, wt, bias, out2, ws, c_in, relu, threads))
+                return lambda x2, out2: _pointwise_forward(x2, wt, bias, out2, c_in, relu, dtype)
             if algorithm in algorithms.WINOGRAD_TILE:
                 ops = algorithms.WinogradOperands(w4, b1, geom.in_size, geom.padding[1],
                                                   geom.out_size, dtype,
@@ -300,6 +315,9 @@ class _ForwardPlan:
         elif algorithm in ("rows", "direct"):
             algorithms.DirectOperands(w4, b1, geom, dtype, algorithm == "rows",
                                       self.layout).run(x2, out2, dtype, relu)
+        elif algorithm == "pointwise":
+            wt, bias = _pointwise.layout(w4.reshape(geom.out_channels, -1), b1, dtype)
+            _pointwise_forward(x2, wt, bias, out2, geom.in_channels, relu, dtype)
         elif algorithm == "depthwise":
             shape_x, shape_y = self.shapes
             _depthwise.forward(x2.reshape(shape_x), w4.reshape(geom.out_channels, -1), b1,
@@ -416,6 +434,10 @@ def _backward(fname, nd, geom, x, w, dy, output_mask):
         if algorithm == "depthwise":
             _depthwise.grad_input(b.dy3, b.w2, b.grad_x.reshape(n, geom.in_channels, -1),
                                   *geom.kernel_args(), threads)
+        elif algorithm == "pointwise":      # dx = W^T dy: pointwise, by the weight transposed
+            wt, zero = _pointwise.layout(b.w2.T, np.empty(0, dtype), dtype)
+            _pointwise_forward(dy2, wt, zero, _rows(b.grad_x, n), geom.out_channels, False,
+                               dtype)
         elif algorithm in ("direct", "rows"):
             flipped = np.ascontiguousarray(w4.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
             algorithms.direct_conv2d(dy2, flipped, np.empty(0, dtype), _rows(b.grad_x, n),

@@ -40,8 +40,10 @@ ISAS = ("x86-64-v4", "x86-64-v3", "baseline")
 DIRECTIONS = ("forward", "input gradient", "weight gradient", "transposed forward")
 # The algorithms of each direction, in the order the rules consider them.
 ALGORITHMS = {
-    "forward": ("depthwise", "winograd4", "winograd", "winograd_s2", "rows", "direct", "im2col"),
-    "input gradient": ("depthwise", "direct", "rows", "winograd4", "winograd", "im2col"),
+    "forward": ("depthwise", "pointwise", "winograd4", "winograd", "winograd_s2", "rows",
+                "direct", "im2col"),
+    "input gradient": ("depthwise", "pointwise", "direct", "rows", "winograd4", "winograd",
+                       "im2col"),
     "weight gradient": ("depthwise", "channels", "winograd4", "winograd", "direct", "im2col"),
     "transposed forward": ("subpixel", "im2col"),
 }
@@ -108,6 +110,16 @@ class Rules:
     # GEMMs short (the input gradient too, as the convolution of dy). None: never.
     direct_over_winograd_min_out_channels: int = 32
     direct_over_winograd_max_outputs: int | None = 8192
+    # The pointwise kernel (_ops/pointwise.pyx) for 1x1 convolutions at stride 1 without
+    # padding, forward and input gradient (W^T dy, itself pointwise): a GEMM per sample with
+    # no BLAS call, from this many positions a sample (P = prod(spatial); fewer leave its
+    # blocks of positions part empty), where a sample of its input (C * P values) and the
+    # weight (C_out * C) are at most these many bytes (beyond, BLAS's cache blocking wins).
+    # False: never (im2col's GEMM by BLAS, on x in place too).
+    pointwise: bool = True
+    pointwise_min_positions: int = 64
+    pointwise_max_sample_bytes: int = 1 << 20
+    pointwise_max_weight_bytes: int = 256 << 10
     # The row kernel (fc_direct_conv_rows): wide maps, first layers, few output channels.
     rows: bool = True
     rows_lanes: int = 16                    # outputs per vector (float32) on this level
@@ -239,6 +251,15 @@ class Rules:
 #   from 32x32 (batch 8) 0.64 (0.55), 256 -> 512 from 14x14 10.99 (9.48), 128 -> 128 from 14x14
 #   1.47 (0.99). Its GEMMs by OpenBLAS instead: 7.2 ms on the first (one call per GEMM, 36 a
 #   sample of 128 x 64 by 49 to 784 tiles).
+# - The pointwise kernel against im2col's GEMM (OpenBLAS sgemm per sample; float32, ms, forward
+#   / input gradient, best of 3 x 15): 16 x 256 -> 64 on 14x14 0.45 / 0.41 (0.54 / 0.52); 32 x
+#   64 -> 256 on 56x56 14.4 (23.2); its input gradient (dy 3.2 MB a sample) 39.7 (29.5); 32 x
+#   256 -> 64 on 56x56 (x 3.2 MB a sample) 39.1 (27.7), its input gradient 14.2 (20.6); batch
+#   1, 128 -> 128 on 28x28 0.14 / 0.14 (0.22 / 0.22); 64 x 32 -> 32 on 8x8 0.047 / 0.049 (0.050
+#   / 0.057); but 128 -> 128 on 4x4 0.126 (0.085) and 64 -> 64 on 6x6 0.050 (0.034) (16 and 36
+#   positions: blocks of 32 part empty), 512 -> 2048 on 7x7 13.6 (4.2; a 4 MB weight) and 1024
+#   -> 256 on 14x14 2.15 (1.62; 1 MB): from 64 positions, samples up to 1 MB, weights up to
+#   256 KB.
 _V4 = Rules(rows_input_grad_min_channels=6, rows_input_grad_min_width=13)
 
 # AVX2 (x86-64-v3): the kernels' AVX2 copies have their own register blocks (_conv_direct.inc:
@@ -326,7 +347,14 @@ _V4 = Rules(rows_input_grad_min_channels=6, rows_input_grad_min_width=13)
 #   mixed: 128 -> 256 from 28x28 11.29 (9.76), 48 -> 96 1.51 (1.44), 64 -> 64 from 32x32
 #   (batch 8) 0.78 (0.81), 256 -> 512 from 14x14 13.47 (14.43 / 17.24), 128 -> 128 from 14x14
 #   1.68 (1.58): kept to 49 tiles.
+# - The pointwise kernel (forced AVX2, OpenBLAS's Haswell kernels; ms as for AVX-512): 16 x
+#   256 -> 64 on 14x14 0.63 / 0.59 (0.71 / 0.67); batch 1, 128 -> 128 on 28x28 0.16 (0.28);
+#   64 x 32 -> 32 on 8x8 0.063 (0.100); 128 -> 128 on 4x4 0.112 (0.156; its blocks are 16
+#   wide here); 64 -> 64 on 6x6 0.051 (0.055); but 32 x 64 -> 256 on 56x56 25.2 (26.5; 800 KB
+#   a sample) with its input gradient 28.2 (23.9), 256 -> 64 on 56x56 28.1 (24.8), the 4 MB
+#   and 1 MB weights above 16.2 (5.1) and 2.9 (2.2): from 16 positions, samples up to 512 KB.
 _V3 = replace(_V4, rows_lanes=8, winograd4_min_tiles=16, winograd4_min_sample_tiles=1,
+              pointwise_min_positions=16, pointwise_max_sample_bytes=512 << 10,
               winograd_own_gemm=True, rows_over_winograd_max_out_channels=8,
               dw_channels_over_winograd=(),
               rows_input_grad_min_channels=2, rows_input_grad_min_width=13,
@@ -359,7 +387,11 @@ _V3 = replace(_V4, rows_lanes=8, winograd4_min_tiles=16, winograd4_min_sample_ti
 # 56x56 5.27 (7.39 / 9.39); 128 -> 256 from 28x28 23.4 (28.3 / 30.6); 16 -> 32 from 32x32
 # (batch 32, 16 tiles a sample) 0.90 (1.20 / 1.74); 32 -> 64 from 16x16 (4 tiles) 0.89 (1.13 /
 # 1.61): every stride-2 3x3 layer from 16 channels.
+# The pointwise kernel on SSE2 loses to OpenBLAS (which runs the CPU's own kernels) on every
+# shape measured: 16 x 256 -> 64 on 14x14 1.73 ms against 0.54, batch 1 128 -> 128 on 28x28
+# 0.43 against 0.21.
 _BASELINE = replace(_V4, direct=False, rows=False, rows_input_grad=False, dw_rows=False,
+                    pointwise=False,
                     subpixel=False, rows_lanes=4, winograd4_min_tiles=16,
                     winograd4_min_sample_tiles=1, winograd_own_gemm=True,
                     dw_channels_max_out_channels=64, dw_channels_over_winograd=(),
@@ -400,6 +432,28 @@ def is_depthwise(geom):
 
 def tap_count(geom):
     return geom.in_channels * geom.kernel[1] * geom.kernel[2]
+
+
+def is_pointwise(geom):
+    """A 1x1 kernel at stride 1 without padding, one group, any number of spatial axes: per
+    sample a GEMM on x as it is (C, prod(spatial))."""
+    return (geom.groups == 1 and all(k == 1 for k in geom.kernel)
+            and all(s == 1 for s in geom.stride) and not any(geom.padding))
+
+
+def pointwise_ok(geom, nd, rules, direction="forward"):
+    """The pointwise kernel, forward or input gradient (whose input is dy): enough positions
+    a sample, an input sample and a weight small enough (Rules.pointwise_max_*_bytes, counted
+    as float32, as measured, whatever the dtype)."""
+    if not (rules.pointwise and is_pointwise(geom)):
+        return False
+    positions = math.prod(geom.out_size)
+    channels = geom.in_channels if direction == "forward" else geom.out_channels
+    item = 4
+    return (positions >= rules.pointwise_min_positions
+            and channels * positions * item <= rules.pointwise_max_sample_bytes
+            and geom.in_channels * geom.out_channels * item
+            <= rules.pointwise_max_weight_bytes)
 
 
 def _direct_kernels_apply(geom, nd):
@@ -562,6 +616,7 @@ def subpixel_ok(geom, nd, rules):
 # Where each algorithm can compute a problem at all (is_usable_for), whatever its speed.
 _USABLE = {
     "depthwise": lambda direction, geom, nd: is_depthwise(geom),
+    "pointwise": lambda direction, geom, nd: is_pointwise(geom),
     "winograd": lambda direction, geom, nd: winograd_possible(geom, nd),
     "winograd4": lambda direction, geom, nd: winograd_possible(geom, nd),
     "winograd_s2": lambda direction, geom, nd: (direction == "forward"
@@ -579,6 +634,7 @@ _USABLE = {
 # Whether the rules of a level prefer each algorithm, in ALGORITHMS' order.
 _PREFERRED = {
     ("forward", "depthwise"): lambda geom, nd, r: is_depthwise(geom),
+    ("forward", "pointwise"): pointwise_ok,
     ("forward", "winograd4"): lambda geom, nd, r: winograd4_ok(geom, nd, r, "forward"),
     ("forward", "winograd"): lambda geom, nd, r: winograd_ok(geom, nd, r, "forward"),
     ("forward", "winograd_s2"): winograd_s2_ok,
@@ -586,6 +642,8 @@ _PREFERRED = {
                                               and not direct_over_winograd(geom, nd, r)),
     ("forward", "direct"): direct_ok,
     ("input gradient", "depthwise"): lambda geom, nd, r: is_depthwise(geom),
+    ("input gradient", "pointwise"): lambda geom, nd, r: pointwise_ok(geom, nd, r,
+                                                                      "input gradient"),
     ("input gradient", "direct"): lambda geom, nd, r: direct_input_grad_ok(geom, nd, r),
     ("input gradient", "rows"): rows_input_grad_ok,
     ("input gradient", "winograd4"): lambda geom, nd, r: winograd4_ok(geom, nd, r,
@@ -647,11 +705,12 @@ _KEYWORDS = {"forward": "forward", "input_grad": "input gradient",
 @contextlib.contextmanager
 def conv_algorithms(*, forward=None, input_grad=None, weight_grad=None, transposed=None):
     """Force the algorithm of convolutions run inside the ``with`` block, per direction:
-    ``forward`` one of "winograd4" (Winograd F(4x4, 3x3)), "winograd" (F(2x2, 3x3)),
+    ``forward`` one of "pointwise" (1x1 at stride 1 without padding: the GEMM kernel of
+    _ops/pointwise.pyx), "winograd4" (Winograd F(4x4, 3x3)), "winograd" (F(2x2, 3x3)),
     "winograd_s2" (3x3 stride 2: Winograd F(4, 2) on the polyphase components), "rows" (the
     direct kernel along output rows), "direct" (the direct kernel along output channels),
-    "im2col"; ``input_grad`` one of "direct", "rows" (either direct kernel on dy, stride-1
-    layers), "winograd4", "winograd", "im2col"; ``weight_grad`` one of "channels" (the
+    "im2col"; ``input_grad`` one of "pointwise", "direct", "rows" (either direct kernel on dy,
+    stride-1 layers), "winograd4", "winograd", "im2col"; ``weight_grad`` one of "channels" (the
     output channels in the vector lanes; also a transposed convolution's), "winograd4",
     "winograd", "direct" (along output rows), "im2col"; ``transposed`` (a
     transposed convolution's forward) "subpixel" or "im2col". None keeps the rules. A problem
