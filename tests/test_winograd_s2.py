@@ -178,3 +178,17 @@ def test_the_rules_take_it_where_it_was_measured_to_win():
             assert algorithms.choose("forward", geom, 2, isa) != "winograd_s2", (isa, geom)
         for direction in ("input gradient", "weight gradient"):
             assert not algorithms.usable("winograd_s2", direction, wins[V4][0], 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_sample_gives_the_same_bits_in_any_batch(dtype):
+    """A sample's output does not depend on the batch around it: alone, its 12 tiles are fewer
+    than a vector and fc_wino_gemm takes them one at a time; in a block of two samples (24
+    tiles) by vectors, one overlapping. Both are the same sums with the same multiply-adds
+    (GCC once turned the one-at-a-time loop into products and an in-order sum: other bits)."""
+    rng = np.random.default_rng(9)
+    x, w, b = _problem(rng, 3, 9, 40, 30, 23, dtype)
+    with F.conv_algorithms(forward="winograd_s2"):
+        batch = F.conv2d(x, w, b, 2, 1)
+        for i in range(3):
+            np.testing.assert_array_equal(F.conv2d(x[i:i + 1], w, b, 2, 1)[0], batch[i])
