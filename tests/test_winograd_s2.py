@@ -165,14 +165,14 @@ def test_the_rules_take_it_where_it_was_measured_to_win():
     """Where each level's rules take it (the measurements are beside RULES)."""
     from test_conv_algorithms import conv
     V4, V3, BASE = algorithms.ISAS
-    wins = {V4: [conv(64, 128, 56, 3, stride=2, n=16), conv(64, 128, 56, 3, stride=2, n=1)],
-            V3: [conv(32, 64, 56, 3, stride=2, n=16)],
+    wins = {V4: [conv(64, 128, 112, 3, stride=2, n=8), conv(256, 512, 14, 3, stride=2)],
+            V3: [conv(32, 64, 56, 3, stride=2, n=16), conv(64, 128, 56, 3, stride=2, n=1)],
             BASE: [conv(16, 32, 32, 3, stride=2), conv(32, 64, 16, 3, stride=2)]}
-    losses = {V4: [conv(32, 64, 56, 3, stride=2), conv(128, 256, 28, 3, stride=2)],
+    losses = {V4: [conv(64, 128, 56, 3, stride=2, n=16), conv(32, 64, 112, 3, stride=2)],
               V3: [conv(16, 32, 56, 3, stride=2), conv(128, 256, 28, 3, stride=2)],
               BASE: [conv(8, 16, 32, 3, stride=2)]}
     for isa in algorithms.ISAS:
-        for geom in wins[isa] + (wins[V4] if isa != V4 else []):
+        for geom in wins[isa] + (wins[V3] if isa == BASE else []):
             assert algorithms.choose("forward", geom, 2, isa) == "winograd_s2", (isa, geom)
         for geom in losses[isa]:
             assert algorithms.choose("forward", geom, 2, isa) != "winograd_s2", (isa, geom)

@@ -90,11 +90,13 @@ class Rules:
     winograd4_weight_grad_min_sample_tiles: int = 16
     # Winograd on the stride-2 polyphase components (_ops/winograd.pyx forward_s2: 1.78x fewer
     # multiplications than direct) for 3x3 stride-2 forwards: from this many channels on both
-    # sides and this many 4x4 output tiles a sample (49: outputs of at least 25x25); None:
-    # never. Its GEMMs by fc_wino_gemm (winograd_s2_own_gemm) or one single-threaded BLAS call
-    # each.
+    # sides and this many 4x4 output tiles a sample (49: outputs of at least 25x25); where the
+    # channel kernel does not take the layer (direct_ok: more output channels or taps), from
+    # winograd_s2_min_sample_tiles_over_im2col tiles (None: the same). None: never. Its GEMMs
+    # by fc_wino_gemm (winograd_s2_own_gemm) or one single-threaded BLAS call each.
     winograd_s2_min_channels: int | None = 64
-    winograd_s2_min_sample_tiles: int = 49
+    winograd_s2_min_sample_tiles: int = 100
+    winograd_s2_min_sample_tiles_over_im2col: int | None = 4
     winograd_s2_own_gemm: bool = True
     # The channel kernel (_conv_direct.h fc_direct_conv): small maps with few output channels
     # and a moderate sum, and stride-2 layers (whose im2col reads with poor locality).
@@ -250,7 +252,13 @@ class Rules:
 #   and with 16 tiles a sample or fewer it loses: 128 -> 256 from 28x28 8.25 (7.51), 64 -> 64
 #   from 32x32 (batch 8) 0.64 (0.55), 256 -> 512 from 14x14 10.99 (9.48), 128 -> 128 from 14x14
 #   1.47 (0.99). Its GEMMs by OpenBLAS instead: 7.2 ms on the first (one call per GEMM, 36 a
-#   sample of 128 x 64 by 49 to 784 tiles).
+#   sample of 128 x 64 by 49 to 784 tiles). After the channel kernel's base pointers (4300a97):
+#   64 -> 128 from 56x56, batch 16, 6.35 (6.46), batch 32 12.77 (12.56), in compare_torch
+#   (median, torch between) 6.62-6.68 against 5.99-6.35: no longer ahead on 49 tiles a sample;
+#   from 112x112 (196 tiles, batch 8) 13.62 (16.28), batch 1 from 56x56 0.57 (0.66); where
+#   the rules take im2col (more than 128 output channels): 128 -> 256 from 56x56 (batch 4)
+#   6.08 (im2col 7.22), 256 -> 512 from 14x14 (4 tiles) 10.99 (13.13), 128 -> 256 from 28x28
+#   8.25 (8.34): from 100 tiles a sample against the channel kernel, 4 against im2col.
 # - The pointwise kernel against im2col's GEMM (OpenBLAS sgemm per sample; float32, ms, forward
 #   / input gradient, best of 3 x 15): 16 x 256 -> 64 on 14x14 0.45 / 0.41 (0.54 / 0.52); 32 x
 #   64 -> 256 on 56x56 14.4 (23.2); its input gradient (dy 3.2 MB a sample) 39.7 (29.5); 32 x
@@ -346,7 +354,10 @@ _V4 = Rules(rows_input_grad_min_channels=6, rows_input_grad_min_width=13)
 #   from 56x56 2.27 (2.45): from 32 channels on 49 tiles a sample; with 16 or fewer a sample
 #   mixed: 128 -> 256 from 28x28 11.29 (9.76), 48 -> 96 1.51 (1.44), 64 -> 64 from 32x32
 #   (batch 8) 0.78 (0.81), 256 -> 512 from 14x14 13.47 (14.43 / 17.24), 128 -> 128 from 14x14
-#   1.68 (1.58): kept to 49 tiles.
+#   1.68 (1.58): kept to 49 tiles. After the channel kernel's base pointers (4300a97): 64 ->
+#   128 from 56x56 8.31 (9.68), batch 1 0.66 (0.89), from 112x112 (batch 8) 17.74 (27.12);
+#   128 -> 256 from 56x56 (batch 4) 8.16 (im2col 9.86); in compare_torch (median, torch
+#   between) 8.17-8.19 against 8.35-8.37.
 # - The pointwise kernel (forced AVX2, OpenBLAS's Haswell kernels; ms as for AVX-512): 16 x
 #   256 -> 64 on 14x14 0.63 / 0.59 (0.71 / 0.67); batch 1, 128 -> 128 on 28x28 0.16 (0.28);
 #   64 x 32 -> 32 on 8x8 0.063 (0.100); 128 -> 128 on 4x4 0.112 (0.156; its blocks are 16
@@ -360,7 +371,8 @@ _V3 = replace(_V4, rows_lanes=8, winograd4_min_tiles=16, winograd4_min_sample_ti
               rows_input_grad_min_channels=2, rows_input_grad_min_width=13,
               dw_rows_min_width=24,
               dw_rows_min_kernel_area=None, subpixel_rows=False,
-              direct_over_winograd_max_outputs=None, winograd_s2_min_channels=32)
+              direct_over_winograd_max_outputs=None, winograd_s2_min_channels=32,
+              winograd_s2_min_sample_tiles=49, winograd_s2_min_sample_tiles_over_im2col=None)
 
 # Baseline (SSE2, 4-float vectors): OpenBLAS picks its GEMM kernels for the CPU by itself, so
 # im2col + GEMM and Winograd (whose GEMMs are BLAS) keep every layer. Measured with
@@ -395,7 +407,8 @@ _BASELINE = replace(_V4, direct=False, rows=False, rows_input_grad=False, dw_row
                     subpixel=False, rows_lanes=4, winograd4_min_tiles=16,
                     winograd4_min_sample_tiles=1, winograd_own_gemm=True,
                     dw_channels_max_out_channels=64, dw_channels_over_winograd=(),
-                    winograd_s2_min_channels=16, winograd_s2_min_sample_tiles=1)
+                    winograd_s2_min_channels=16, winograd_s2_min_sample_tiles=1,
+                    winograd_s2_min_sample_tiles_over_im2col=None)
 
 RULES = {"x86-64-v4": _V4, "x86-64-v3": _V3, "baseline": _BASELINE}
 
@@ -417,11 +430,15 @@ def winograd_s2_possible(geom, nd):
 
 def winograd_s2_ok(geom, nd, rules):
     """Winograd on the polyphase components for a stride-2 forward: enough channels on both
-    sides and enough 4x4 output tiles a sample (Rules.winograd_s2_min_channels)."""
+    sides and enough 4x4 output tiles a sample (Rules.winograd_s2_min_channels; fewer tiles
+    against im2col than against the channel kernel)."""
+    if not (rules.winograd_s2_min_channels is not None and winograd_s2_possible(geom, nd)
+            and min(geom.in_channels, geom.out_channels) >= rules.winograd_s2_min_channels):
+        return False
     tiles = math.prod(-(-s // 4) for s in geom.out_size)
-    return (rules.winograd_s2_min_channels is not None and winograd_s2_possible(geom, nd)
-            and min(geom.in_channels, geom.out_channels) >= rules.winograd_s2_min_channels
-            and tiles >= rules.winograd_s2_min_sample_tiles)
+    over_im2col = rules.winograd_s2_min_sample_tiles_over_im2col
+    return tiles >= rules.winograd_s2_min_sample_tiles or (
+        over_im2col is not None and tiles >= over_im2col and not direct_ok(geom, nd, rules))
 
 
 def is_depthwise(geom):
