@@ -467,11 +467,13 @@ def running_update(floating[::1] running, const double[::1] batch, double scale,
 
 def rows_forward(const floating[:, ::1] x, const floating[::1] weight,
                  const floating[::1] bias, Py_ssize_t G, Py_ssize_t K, double eps,
-                 floating[:, ::1] out, double[::1] mean, double[::1] rstd, int num_threads):
+                 floating[:, ::1] out, double[:, ::1] stats, int num_threads):
     """Normalize each row of x (R, K*S) over its M = K*S values; row r belongs to group r % G.
 
     out[r, k*S + s] = (x - mean_r) * rstd_r * weight[g*K + k] + bias[g*K + k]; weight and bias
-    may be empty (1 and 0). Also writes mean[r] and rstd[r] = 1/sqrt(var_r + eps) (biased var).
+    may be empty (1 and 0). Also writes stats (2, R): mean[r] and rstd[r] = 1/sqrt(var_r + eps)
+    (biased var), in one array: one buffer check less per call (a group norm's glue is a tenth
+    of its time).
     """
     cdef Py_ssize_t R = x.shape[0], M = x.shape[1]
     cdef Py_ssize_t S = M // K if K > 0 else 0
@@ -481,6 +483,9 @@ def rows_forward(const floating[:, ::1] x, const floating[::1] weight,
     cdef Py_ssize_t r, k, g
     cdef double m, v, rs, scale, sh
     cdef floating hi, lo
+    if stats.shape[0] != 2 or stats.shape[1] != R or out.shape[0] != R or out.shape[1] != M:
+        raise ValueError(f"rows_forward: out {tuple(out.shape)} or stats {tuple(stats.shape)} "
+                         f"do not match x {tuple(x.shape)}")
     if M == 0:
         return
     with nogil:
@@ -489,8 +494,8 @@ def rows_forward(const floating[:, ::1] x, const floating[::1] weight,
             v = 0.0
             _row_moments(&x[r, 0], M, &m, &v)
             rs = 1.0 / sqrt(v + eps)
-            mean[r] = m
-            rstd[r] = rs
+            stats[0, r] = m
+            stats[1, r] = rs
             hi = <floating> m
             lo = low_part(m, hi)
             if S == 1 and G == 1:     # layer norm: weight and bias per element

@@ -357,15 +357,16 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _rows_forward(fname, x, rows, groups, k, weight, bias, eps):
-    """out, mean, rstd of the row norm of x viewed as (rows, M); affine indexed by g*k + kk."""
+    """out, (mean, rstd) of the row norm of x viewed as (rows, M); affine indexed by g*k + kk;
+    weight and bias as _affine_vector gives them (contiguous, x's float dtype, or empty)."""
     dtype = float_dtype(x)
-    x2 = _rows(contiguous(x, dtype), rows)
+    x = contiguous(x, dtype)
     out = _memory.empty(x.shape, dtype)
-    mean, rstd = np.empty((2, rows))
+    stats = np.empty((2, rows))
     if x.size:
-        _norm.rows_forward(x2, contiguous(weight, dtype), contiguous(bias, dtype), groups, k,
-                           eps, out.reshape(x2.shape), mean, rstd, get_num_threads())
-    return out, mean, rstd
+        _norm.rows_forward(x.reshape(rows, -1), weight, bias, groups, k, eps,
+                           out.reshape(rows, -1), stats, get_num_threads())
+    return out, stats
 
 
 def _rows_backward(fname, dy, x, rows, groups, k, weight, eps, need_x, need_wb, affine_shape):
@@ -567,7 +568,7 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     if s <= 1:
         raise ValueError(f"{fname}: expected more than 1 spatial element per channel, got "
                          f"input of shape {x.shape}")
-    out, mean, rstd = _rows_forward(fname, x, n * c, c, 1, w, b, eps)
+    out, (mean, rstd) = _rows_forward(fname, x, n * c, c, 1, w, b, eps)
     if running_mean is not None and n:
         # the plane variances back from rstd (exact to ~1e-16 * eps, clamped: never < 0)
         var = np.maximum(1.0 / (rstd * rstd) - eps, 0.0) * (s / (s - 1))
