@@ -192,3 +192,159 @@ def test_a_sample_gives_the_same_bits_in_any_batch(dtype):
         batch = F.conv2d(x, w, b, 2, 1)
         for i in range(3):
             np.testing.assert_array_equal(F.conv2d(x[i:i + 1], w, b, 2, 1)[0], batch[i])
+
+
+# ---- 4x4 stride-2 kernels (F(4, 2) on both axes of all four phases) ------------------------
+
+@st.composite
+def k4_stride2_problems(draw):
+    """(x, w, b, padding, relu) of 4x4 stride-2 convolutions: as stride2_problems, padding
+    0-3, maps from the smallest the padding allows (one output) to 21."""
+    pad = draw(st.integers(0, 3))
+    h, w = (draw(st.integers(max(1, 4 - 2 * pad), 21)) for _ in range(2))
+    n, c, k = draw(st.integers(1, 3)), draw(st.integers(1, 20)), draw(st.integers(1, 20))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((k, c, 4, 4)).astype(dtype)
+    b = rng.standard_normal(k).astype(dtype) if draw(st.booleans()) else None
+    return x, wt, b, pad, draw(st.booleans())
+
+
+@settings(max_examples=50, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(problem=k4_stride2_problems())
+def test_k4_stride2_winograd_agrees_with_torch_and_the_channel_kernel(th, problem):
+    test_stride2_winograd_agrees_with_torch_and_the_channel_kernel.hypothesis.inner_test(
+        th, problem)
+
+
+def _k4_problem(rng, n, c, k, h, w, dtype):
+    return (rng.standard_normal((n, c, h, w)).astype(dtype),
+            rng.standard_normal((k, c, 4, 4)).astype(dtype),
+            rng.standard_normal(k).astype(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_k4_the_same_bits_for_1_and_2_threads_either_gemm_and_any_batch(
+        dtype, threads, same_bits_for_1_and_2_threads):
+    """The 4x4 kernels' forward_s2 (u of 25 matrices of 4 C columns) at batch 1 (the parts
+    path) and 3 (blocks): the same bits at 1 and 2 threads with fc_wino_gemm and BLAS, the
+    GEMMs agreeing to rounding, a sample alone the same bits as in the batch, and the residual
+    epilogue the bits of the convolution, then the add, then the ReLU. 7 -> 40 channels from
+    31x22 padded by 1: GEMM calls of 32 rows and a remainder, tiles past both edges."""
+    rng = np.random.default_rng(13)
+    oh, ow = _winograd.s2_out_size(31, 1, 4), _winograd.s2_out_size(22, 1, 4)
+    assert (oh, ow) == (15, 11)
+    for n in (1, 3):
+        x, w, b = _k4_problem(rng, n, 7, 40, 31, 22, dtype)
+        u = np.empty((25, 40, 28), dtype)
+        _winograd.weight_transform_s2(w, u, 2)
+        block = _winograd.block_size(n, -(-oh // 4) * -(-ow // 4))
+        per = _winograd.workspace_size_s2(7, 40, oh, ow, block, 4)
+
+        def compute(residual=None, relu=True):
+            from fastcnn import get_num_threads
+            outs = []
+            for own in (True, False):
+                out = np.full((n, 40 * oh * ow), np.nan, dtype)
+                ws = np.full(per * get_num_threads(), np.nan, dtype)
+                _winograd.forward_s2(x.reshape(n, -1), u, b, out, ws, 31, 22, 1, block, relu,
+                                     get_num_threads(), own, residual)
+                outs.append(out)
+            np.testing.assert_allclose(outs[0], outs[1], **TOL[dtype])
+            return outs
+        same_bits_for_1_and_2_threads(compute)
+        with F.conv_algorithms(forward="im2col"):
+            want = F.conv2d(x, w, b, 2, 1, activation="relu")
+        np.testing.assert_allclose(compute()[0].reshape(want.shape), want, **TOL[dtype])
+        conv = compute(relu=False)[0]
+        res = rng.standard_normal(conv.shape).astype(dtype)
+        for relu in (False, True):
+            got = compute(res, relu)[0]
+            np.testing.assert_array_equal(got, np.maximum(conv + res, 0) if relu else conv + res)
+    with F.conv_algorithms(forward="winograd_s2"):
+        batch = F.conv2d(x, w, b, 2, 1)
+        for i in range(3):
+            np.testing.assert_array_equal(F.conv2d(x[i:i + 1], w, b, 2, 1)[0], batch[i])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_k4_transposed_convolution_input_gradient_by_it(th, monkeypatch, dtype):
+    """The input gradient of a k4 s2 transposed convolution (the convolution of dy by the same
+    weight, stride 2) runs forward_s2 when forced (a spy counts the calls), with or without the
+    weight gradient, and agrees with torch's; odd and even maps."""
+    calls = []
+    real = _winograd.forward_s2
+    monkeypatch.setattr(_winograd, "forward_s2", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rng = np.random.default_rng(17)
+    for n, c_in, c_out, size, pad, out_pad in ((2, 12, 9, 7, 1, 1), (1, 5, 6, 8, 1, 0),
+                                               (3, 9, 4, 6, 2, 0)):
+        x = rng.standard_normal((n, c_in, size, size)).astype(dtype)
+        w = rng.standard_normal((c_in, c_out, 4, 4)).astype(dtype)
+        y = F.conv_transpose2d(x, w, None, 2, pad, out_pad)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        tx = th.tensor(x, dtype=th.float64, requires_grad=True)
+        tw = th.tensor(w, dtype=th.float64, requires_grad=True)
+        th.nn.functional.conv_transpose2d(tx, tw, None, 2, pad, out_pad).backward(
+            th.tensor(dy, dtype=th.float64))
+        for mask in ((True, False, False), (True, True, False)):
+            before = len(calls)
+            with F.conv_algorithms(forward="winograd_s2"):
+                gx, gw, _ = F.conv_transpose2d_backward(dy, x, w, 2, pad, out_pad,
+                                                        output_mask=mask)
+            assert len(calls) == before + 1
+            np.testing.assert_allclose(gx, tx.grad.numpy(), **TOL[dtype])
+            if mask[1]:
+                np.testing.assert_allclose(gw, tw.grad.numpy(), **TOL[dtype])
+
+
+def test_k4_buffers_that_do_not_fit_are_refused():
+    from fastcnn._ops.winograd import WinogradStep
+    u = np.zeros((25, 4, 12), np.float32)
+    x, out = np.zeros((2, 3 * 9 * 9), np.float32), np.zeros((2, 4 * 4 * 4), np.float32)
+    b = np.zeros(4, np.float32)
+    ws = np.zeros(2 * _winograd.workspace_size_s2(3, 4, 4, 4, 1, 4), np.float32)
+    _winograd.forward_s2(x, u, b, out, ws, 9, 9, 1, 1, False, 2)              # fits
+    WinogradStep(x, u, b, out, ws, 9, 9, 1, 4, 4, 1, True, False, 2, stride=2)
+    bad = [((x, np.zeros((25, 4, 8), np.float32), b, out, ws, 9, 9, 1, 1, False, 2),
+            "do not match"),                                                # 2 channels
+           ((x, np.zeros((25, 4, 11), np.float32), b, out, ws, 9, 9, 1, 1, False, 2),
+            r"25 \(25, C_out, 4 C\)"),
+           ((x, u, b, out, ws, 9, 9, 0, 1, False, 2), "do not match"),       # out 3x3
+           ((x, u, b, out, ws, 9, 9, 4, 1, False, 2), "do not match"),       # padding 4
+           ((x, u, b, out, ws[:-1], 9, 9, 1, 1, False, 2), "too small")]
+    for args, message in bad:
+        with pytest.raises(ValueError, match=message):
+            _winograd.forward_s2(*args)
+    with pytest.raises(ValueError, match="not a 4x4 stride-2"):
+        WinogradStep(x, u, b, out, ws, 9, 9, 1, 4, 3, 1, True, False, 2, stride=2)
+    with pytest.raises(ValueError, match=r"u must have shape \(25, 4, 12\)"):
+        _winograd.weight_transform_s2(np.zeros((4, 3, 4, 4), np.float32),
+                                      np.zeros((36, 4, 3), np.float32), 1)
+
+
+def test_k4_the_rules_take_it_where_it_was_measured_to_win():
+    """Where each level's rules take 4x4 stride-2 forwards, among them the k4 s2 transposed
+    convolutions' input gradients (the measurements are beside RULES)."""
+    from test_conv_algorithms import conv
+    V4, V3, BASE = algorithms.ISAS
+
+    def k4(c_in, c_out, size, n=16):
+        return conv(c_in, c_out, size, 4, stride=2, n=n, padding=1)
+    grad = k4(32, 64, 32)                   # U-Net's 64 -> 32 upsampling's input gradient
+    wins = {V4: [grad, k4(64, 128, 32), k4(32, 64, 64, n=8), k4(128, 256, 16)],
+            V3: [k4(16, 32, 32), k4(64, 64, 16), k4(64, 128, 32, n=1), k4(128, 128, 16)],
+            BASE: [k4(8, 16, 32), k4(32, 64, 32, n=1)]}
+    losses = {V4: [k4(16, 32, 32), k4(64, 64, 16), k4(32, 64, 32, n=1), k4(128, 128, 32, n=1),
+                   k4(256, 512, 16, n=4)],
+              V3: [k4(8, 16, 32), k4(256, 512, 16, n=4)],
+              BASE: [k4(4, 16, 32)]}
+    for isa in algorithms.ISAS:
+        for geom in wins[isa] + [grad]:
+            assert algorithms.choose("forward", geom, 2, isa) == "winograd_s2", (isa, geom)
+        for geom in losses[isa]:
+            assert algorithms.choose("forward", geom, 2, isa) != "winograd_s2", (isa, geom)
+    assert not algorithms.usable("winograd_s2", "forward", conv(8, 8, 16, 4, stride=2,
+                                                                padding=4), 2)
+    assert not algorithms.usable("winograd_s2", "forward", conv(8, 8, 16, 4, stride=1), 2)

@@ -57,7 +57,7 @@ static FC_UNUSED inline ptrdiff_t fc_wino_scratch(ptrdiff_t m, ptrdiff_t tiles_h
 }
 
 /* Winograd on the stride-2 polyphase components (fc_wino_s2_input / _output): the input plane
- * split by row and column phase (fc_s2_split) holds 72 planes of `plane` values (the tile
+ * split by row and column phase (fc_s2_split) holds 80 planes (column phases 0-9) of `plane` values (the tile
  * grid's (tiles_h + 1) x tiles_w and a vector's slack), then the input rows packed by row
  * phase; the output transform's 16 streams of a chunk of tiles. Sizes
  * for the widest vectors (16 floats), whatever the level. */
@@ -80,7 +80,7 @@ static FC_UNUSED inline ptrdiff_t fc_wino_s2_buf_rows(ptrdiff_t tiles_h, ptrdiff
 
 static FC_UNUSED inline ptrdiff_t fc_wino_s2_scratch(ptrdiff_t tiles_h, ptrdiff_t tiles_w)
 {
-    const ptrdiff_t input = 72 * fc_wino_s2_plane(tiles_h, tiles_w)
+    const ptrdiff_t input = 80 * fc_wino_s2_plane(tiles_h, tiles_w)
                             + 8 * fc_wino_s2_buf_rows(tiles_h, tiles_w);
     const ptrdiff_t output = 16 * fc_wino_chunk_rows(tiles_w) * tiles_w;
     return input > output ? input : output;
@@ -100,6 +100,17 @@ static FC_UNUSED inline ptrdiff_t fc_wino_s2_scratch(ptrdiff_t tiles_h, ptrdiff_
 #define FC_WINO_S2_OUTPUT_ARGS                                                             \
     (m_ee, m_eo, m_oe, m_oo, y, scratch, K, OH, OW, tiles_h, tiles_w, ld, xs, xs4, bias,    \
      relu, res)
+#define FC_WINO_K4S2_INPUT_PARAMS(T)                                                       \
+    (const T *x, ptrdiff_t sample_stride, ptrdiff_t nb, T *v, T *scratch, ptrdiff_t C,         \
+     ptrdiff_t H, ptrdiff_t W, ptrdiff_t pad, ptrdiff_t tiles_h, ptrdiff_t tiles_w,            \
+     ptrdiff_t ld, ptrdiff_t xs)
+#define FC_WINO_K4S2_INPUT_ARGS                                                            \
+    (x, sample_stride, nb, v, scratch, C, H, W, pad, tiles_h, tiles_w, ld, xs)
+#define FC_WINO_K4S2_OUTPUT_PARAMS(T)                                                      \
+    (const T *m, T *y, T *scratch, ptrdiff_t K, ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t tiles_h, \
+     ptrdiff_t tiles_w, ptrdiff_t ld, ptrdiff_t xs, const T *bias, int relu, const T *res)
+#define FC_WINO_K4S2_OUTPUT_ARGS                                                           \
+    (m, y, scratch, K, OH, OW, tiles_h, tiles_w, ld, xs, bias, relu, res)
 #define FC_WINO_INPUT_PARAMS(T)                                                            \
     (const T *x, ptrdiff_t sample_stride, ptrdiff_t nb, T *v, T *scratch, ptrdiff_t m,     \
      ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t pad, ptrdiff_t tiles_h,              \
@@ -135,5 +146,7 @@ FC_VOID_ENTRIES(fc_wino_grad_output, FC_WINO_GRAD_OUTPUT_PARAMS, FC_WINO_GRAD_OU
 FC_VOID_ENTRIES(fc_wino_gemm, FC_WINO_GEMM_PARAMS, FC_WINO_GEMM_ARGS)
 FC_VOID_ENTRIES(fc_wino_s2_input, FC_WINO_S2_INPUT_PARAMS, FC_WINO_S2_INPUT_ARGS)
 FC_VOID_ENTRIES(fc_wino_s2_output, FC_WINO_S2_OUTPUT_PARAMS, FC_WINO_S2_OUTPUT_ARGS)
+FC_VOID_ENTRIES(fc_wino_k4s2_input, FC_WINO_K4S2_INPUT_PARAMS, FC_WINO_K4S2_INPUT_ARGS)
+FC_VOID_ENTRIES(fc_wino_k4s2_output, FC_WINO_K4S2_OUTPUT_PARAMS, FC_WINO_K4S2_OUTPUT_ARGS)
 
 #endif

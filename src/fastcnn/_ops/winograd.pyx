@@ -112,6 +112,22 @@ cdef extern from "_winograd.h" nogil:
                              Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t tiles_h,
                              Py_ssize_t tiles_w, Py_ssize_t ld, Py_ssize_t xs, Py_ssize_t xs4,
                              const double* bias, int relu, const double* res)
+    void fc_wino_k4s2_input_f(const float* x, Py_ssize_t sample_stride, Py_ssize_t nb,
+                              float* v, float* scratch, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                              Py_ssize_t pad, Py_ssize_t tiles_h, Py_ssize_t tiles_w,
+                              Py_ssize_t ld, Py_ssize_t xs)
+    void fc_wino_k4s2_input_d(const double* x, Py_ssize_t sample_stride, Py_ssize_t nb,
+                              double* v, double* scratch, Py_ssize_t C, Py_ssize_t H,
+                              Py_ssize_t W, Py_ssize_t pad, Py_ssize_t tiles_h,
+                              Py_ssize_t tiles_w, Py_ssize_t ld, Py_ssize_t xs)
+    void fc_wino_k4s2_output_f(const float* m, float* y, float* scratch, Py_ssize_t K,
+                               Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t tiles_h,
+                               Py_ssize_t tiles_w, Py_ssize_t ld, Py_ssize_t xs,
+                               const float* bias, int relu, const float* res)
+    void fc_wino_k4s2_output_d(const double* m, double* y, double* scratch, Py_ssize_t K,
+                               Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t tiles_h,
+                               Py_ssize_t tiles_w, Py_ssize_t ld, Py_ssize_t xs,
+                               const double* bias, int relu, const double* res)
     void fc_wino_input_f(const float* x, Py_ssize_t sample_stride, Py_ssize_t nb, float* v,
                          float* scratch, Py_ssize_t m, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                          Py_ssize_t pad, Py_ssize_t tiles_h, Py_ssize_t tiles_w, Py_ssize_t ld,
@@ -290,6 +306,23 @@ cdef inline void _kernel_transform_s2(const floating* g, Py_ssize_t row, Py_ssiz
     u[35 * xi_stride] = g[row + col]
 
 
+cdef inline void _kernel_transform_k4s2(const floating* g, floating* u,
+                                        Py_ssize_t xi_stride) noexcept nogil:
+    """u[xi * xi_stride + ph] (25 x 4) = G g_ph G^T (xi = 5 a + b) of the four phases ph = 2 pr
+    + pc of the 4x4 kernel g (row-major): g_ph[p][q] = g[2 p + pr][2 q + pc]; in double."""
+    cdef double t[2][5]
+    cdef double r[5]
+    cdef Py_ssize_t a, b, pr, pc
+    for pr in range(2):
+        for pc in range(2):
+            _g2(g[4 * pr + pc], g[4 * (pr + 2) + pc], t[0])         # column q = 0, rows p
+            _g2(g[4 * pr + pc + 2], g[4 * (pr + 2) + pc + 2], t[1])  # column q = 1
+            for a in range(5):
+                _g2(t[0][a], t[1][a], r)
+                for b in range(5):
+                    u[(5 * a + b) * xi_stride + 2 * pr + pc] = <floating> r[b]
+
+
 # Kernels transformed per pass of _transform_row: its buffer holds (xis, _ROW_BLOCK) values.
 DEF _ROW_BLOCK = 64
 
@@ -337,16 +370,37 @@ def weight_transform(const floating[:, :, :, ::1] w, floating[:, :, ::1] u, bint
 
 def weight_transform_s2(const floating[:, :, :, ::1] w, floating[:, :, ::1] u, int num_threads):
     """u (36, K, C) = the stride-2 algorithm's transformed kernels of every 3x3 kernel of w
-    (K, C, 3, 3) (_kernel_transform_s2; forward_s2's GEMM operands)."""
+    (K, C, 3, 3) (_kernel_transform_s2; forward_s2's GEMM operands); for 4x4 kernels, w (K, C,
+    4, 4), u (25, K, 4 C): the four phases' G g G^T, u[xi, k, 4 c + ph] (_kernel_transform_k4s2)."""
     cdef Py_ssize_t K = u.shape[1]
     cdef Py_ssize_t k
-    if u.shape[0] != 36 or u.shape[1] != w.shape[0] or u.shape[2] != w.shape[1] \
-            or w.shape[2] != 3 or w.shape[3] != 3:
-        raise ValueError(f"u must have shape (36, {w.shape[0]}, {w.shape[1]}) for w of shape "
-                         f"{tuple(w.shape)} (3x3 kernels), got {tuple(u.shape)}")
+    cdef bint k4 = w.shape[2] == 4
+    shape = (25, w.shape[0], 4 * w.shape[1]) if k4 else (36, w.shape[0], w.shape[1])
+    got = (u.shape[0], u.shape[1], u.shape[2])
+    if got != shape or w.shape[2] != w.shape[3] or w.shape[2] not in (3, 4):
+        raise ValueError(f"u must have shape {shape} for w of shape "
+                         f"{(w.shape[0], w.shape[1], w.shape[2], w.shape[3])} (3x3 or 4x4 "
+                         f"kernels), got {got}")
     with nogil:
         for k in prange(K, schedule='static', num_threads=num_threads):
-            _transform_row(w, u, k, False, True)
+            if k4:
+                _transform_row_k4s2(w, u, k)
+            else:
+                _transform_row(w, u, k, False, True)
+
+
+cdef void _transform_row_k4s2(const floating[:, :, :, ::1] w, floating[:, :, ::1] u,
+                              Py_ssize_t k) noexcept nogil:
+    """u[:, k, :] (25, 4 C) of the 4x4 kernels w[k, c], through a buffer as _transform_row
+    (_ROW_BLOCK // 4 kernels a pass, 4 phases each)."""
+    cdef floating buf[25 * _ROW_BLOCK]
+    cdef Py_ssize_t C = w.shape[1], c0, c, nc, xi
+    for c0 in range(0, C, _ROW_BLOCK // 4):
+        nc = min(_ROW_BLOCK // 4, C - c0)
+        for c in range(nc):
+            _kernel_transform_k4s2(&w[k, c0 + c, 0, 0], &buf[4 * c], _ROW_BLOCK)
+        for xi in range(25):
+            memcpy(&u[xi, k, 4 * c0], &buf[xi * _ROW_BLOCK], 4 * nc * sizeof(floating))
 
 
 cdef inline void _kernel_grad_transform4(const floating* parts, Py_ssize_t n_chunks,
@@ -698,18 +752,75 @@ cdef inline void _s2_gemms(const floating* u, Py_ssize_t K, Py_ssize_t k0, Py_ss
             _gemms(uk + 35 * K * C, K * C, gv[3], gm[3], 0, 1, kn, C, 16 * ld, 0, 0, own_gemm)
 
 
+# ---- 4x4 stride-2 kernels (k4): all four polyphase components are 2x2 kernels, each F(4, 2)
+# on both axes (_winograd.inc fc_wino_k4s2_input): V is 25 matrices of 4 C rows (row 4 c + ph:
+# channel c, phase ph = 2 pr + pc), M 25 of K rows, U (25, K, 4 C); 25 GEMMs whose inner
+# dimension sums over the channels and the phases together (100 products per 4x4 tile and
+# channel pair instead of 256 direct).
+
+
+cdef inline Py_ssize_t _s2_vsize(Py_ssize_t C, Py_ssize_t span, bint k4) noexcept nogil:
+    """Elements of V of C input channels for span tiles."""
+    return 25 * (4 * C * span + SKEW) if k4 else _s2_size(C, span)
+
+
+cdef inline Py_ssize_t _s2_msize(Py_ssize_t K, Py_ssize_t span, bint k4) noexcept nogil:
+    """Elements of M of K output channels for span tiles."""
+    return 25 * (K * span + SKEW) if k4 else _s2_size(K, span)
+
+
+cdef inline void _k4_input(const floating* x, Py_ssize_t x_row, Py_ssize_t nb, floating* v,
+                           floating* sc, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t C,
+                           Py_ssize_t H, Py_ssize_t W, Py_ssize_t pad, Py_ssize_t tiles_h,
+                           Py_ssize_t tiles_w, Py_ssize_t ld) noexcept nogil:
+    """V (k4) of channels [c0, c1) of nb samples x (C, H, W), x_row apart."""
+    if floating is float:
+        fc_wino_k4s2_input_f(x + c0 * H * W, x_row, nb, v + 4 * c0 * ld, sc, c1 - c0, H, W, pad,
+                             tiles_h, tiles_w, ld, 4 * C * ld + SKEW)
+    else:
+        fc_wino_k4s2_input_d(x + c0 * H * W, x_row, nb, v + 4 * c0 * ld, sc, c1 - c0, H, W, pad,
+                             tiles_h, tiles_w, ld, 4 * C * ld + SKEW)
+
+
+cdef inline void _k4_output(floating* m, Py_ssize_t rows, Py_ssize_t r0, Py_ssize_t r1,
+                            Py_ssize_t s_, Py_ssize_t T, floating* y, floating* sc,
+                            Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t tiles_h, Py_ssize_t tiles_w,
+                            Py_ssize_t ld, const floating* bias, bint relu,
+                            const floating* res) noexcept nogil:
+    """_s2_output's work for k4's M."""
+    if floating is float:
+        fc_wino_k4s2_output_f(m + r0 * ld + s_ * T, y, sc, r1 - r0, OH, OW, tiles_h, tiles_w, ld,
+                              rows * ld + SKEW, bias, relu, res)
+    else:
+        fc_wino_k4s2_output_d(m + r0 * ld + s_ * T, y, sc, r1 - r0, OH, OW, tiles_h, tiles_w, ld,
+                              rows * ld + SKEW, bias, relu, res)
+
+
+cdef inline void _k4_gemms(const floating* u, Py_ssize_t K, Py_ssize_t k0, Py_ssize_t k1,
+                           floating* v, floating* m, Py_ssize_t m_rows, Py_ssize_t m_row0,
+                           Py_ssize_t g0, Py_ssize_t g1, Py_ssize_t C, Py_ssize_t ld,
+                           bint own_gemm) noexcept nogil:
+    """_s2_gemms' work for k4: the GEMMs xi in [g0, g1) of the 25, S2_K_BLOCK rows a call."""
+    cdef Py_ssize_t C4 = 4 * C, kb, kn
+    for kb in range(k0, k1, S2_K_BLOCK):
+        kn = min(S2_K_BLOCK, k1 - kb)
+        _gemms(u + kb * C4, K * C4, v, m + (m_row0 + kb - k0) * ld, g0, g1, kn, C4, ld,
+               C4 * ld + SKEW, m_rows * ld + SKEW, own_gemm)
+
+
 cdef Py_ssize_t _s2_thread_scratch(Py_ssize_t C, Py_ssize_t K, Py_ssize_t span, Py_ssize_t out_h,
-                                   Py_ssize_t out_w) noexcept nogil:
+                                   Py_ssize_t out_w, bint k4) noexcept nogil:
     """One thread's scratch of forward_s2: V, M (span tiles), the transforms' scratch."""
-    return _s2_size(C, span) + _s2_size(K, span) + fc_wino_s2_scratch(_tiles(out_h, 4),
-                                                                      _tiles(out_w, 4))
+    return (_s2_vsize(C, span, k4) + _s2_msize(K, span, k4)
+            + fc_wino_s2_scratch(_tiles(out_h, 4), _tiles(out_w, 4)))
 
 
 def workspace_size_s2(Py_ssize_t channels, Py_ssize_t out_channels, Py_ssize_t out_h,
-                      Py_ssize_t out_w, Py_ssize_t block):
-    """Per-thread scratch of forward_s2 for ``block`` samples per GEMM."""
+                      Py_ssize_t out_w, Py_ssize_t block, Py_ssize_t kernel=3):
+    """Per-thread scratch of forward_s2 for ``block`` samples per GEMM (kernel: 3 or 4)."""
     return _s2_thread_scratch(channels, out_channels,
-                              block * _tiles(out_h, 4) * _tiles(out_w, 4), out_h, out_w)
+                              block * _tiles(out_h, 4) * _tiles(out_w, 4), out_h, out_w,
+                              kernel == 4)
 
 
 cdef inline void _s2_block(const floating* x, Py_ssize_t x_row, Py_ssize_t nb,
@@ -717,21 +828,32 @@ cdef inline void _s2_block(const floating* x, Py_ssize_t x_row, Py_ssize_t nb,
                            floating* out, Py_ssize_t out_row, floating* v, Py_ssize_t span,
                            Py_ssize_t height, Py_ssize_t width, Py_ssize_t pad, Py_ssize_t out_h,
                            Py_ssize_t out_w, bint relu, bint own_gemm,
-                           const floating* res) noexcept nogil:
+                           const floating* res, bint k4) noexcept nogil:
     """One block of nb samples of _forward_s2 on one thread (V, M, scratch carved from v)."""
     cdef Py_ssize_t tiles_h = _tiles(out_h, 4), tiles_w = _tiles(out_w, 4)
     cdef Py_ssize_t T = tiles_h * tiles_w, ld = nb * T, s_
     cdef Py_ssize_t kb, kn, plane = out_h * out_w
-    cdef floating* m = v + _s2_size(C, span)
-    cdef floating* sc = m + _s2_size(K, span)
-    _s2_input(x, x_row, nb, v, sc, 0, C, C, height, width, pad, tiles_h, tiles_w, ld)
+    cdef floating* m = v + _s2_vsize(C, span, k4)
+    cdef floating* sc = m + _s2_msize(K, span, k4)
+    if k4:
+        _k4_input(x, x_row, nb, v, sc, 0, C, C, height, width, pad, tiles_h, tiles_w, ld)
+    else:
+        _s2_input(x, x_row, nb, v, sc, 0, C, C, height, width, pad, tiles_h, tiles_w, ld)
     for kb in range(0, K, S2_K_BLOCK):      # M made and consumed a block of channels at a time
         kn = min(S2_K_BLOCK, K - kb)
-        _s2_gemms(u, K, kb, kb + kn, v, m, kn, 0, 0, 36, C, ld, own_gemm)
+        if k4:
+            _k4_gemms(u, K, kb, kb + kn, v, m, kn, 0, 0, 25, C, ld, own_gemm)
+        else:
+            _s2_gemms(u, K, kb, kb + kn, v, m, kn, 0, 0, 36, C, ld, own_gemm)
         for s_ in range(nb):
-            _s2_output(m, kn, 0, kn, s_, T, out + s_ * out_row + kb * plane, sc, out_h, out_w,
-                       tiles_h, tiles_w, ld, bias + kb if bias != NULL else NULL, relu,
-                       res + s_ * out_row + kb * plane if res != NULL else NULL)
+            if k4:
+                _k4_output(m, kn, 0, kn, s_, T, out + s_ * out_row + kb * plane, sc, out_h,
+                           out_w, tiles_h, tiles_w, ld, bias + kb if bias != NULL else NULL,
+                           relu, res + s_ * out_row + kb * plane if res != NULL else NULL)
+            else:
+                _s2_output(m, kn, 0, kn, s_, T, out + s_ * out_row + kb * plane, sc, out_h,
+                           out_w, tiles_h, tiles_w, ld, bias + kb if bias != NULL else NULL,
+                           relu, res + s_ * out_row + kb * plane if res != NULL else NULL)
 
 
 cdef void _forward_s2(const floating* x, Py_ssize_t N, Py_ssize_t x_row, const floating* u,
@@ -739,17 +861,19 @@ cdef void _forward_s2(const floating* x, Py_ssize_t N, Py_ssize_t x_row, const f
                       Py_ssize_t out_row, floating* ws, Py_ssize_t height, Py_ssize_t width,
                       Py_ssize_t pad, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t block,
                       bint relu, int num_threads, bint own_gemm,
-                      const floating* res) noexcept nogil:
-    """forward_s2 on pointers (N > 0), as _forward: blocks of ``block`` samples each on one
+                      const floating* res, bint k4) noexcept nogil:
+    """forward_s2 on pointers (N > 0; k4: 4x4 kernels, u (25, K, 4 C)), as _forward: blocks of ``block`` samples each on one
     thread, or with fewer blocks than threads each block's phases cut over the team (the input
     transform by channels, the group GEMMs by their cost, the output transform by output
     channels): the same bits either way."""
     cdef Py_ssize_t tiles_h = _tiles(out_h, 4), tiles_w = _tiles(out_w, 4)
     cdef Py_ssize_t T = tiles_h * tiles_w
     cdef Py_ssize_t span = block * T
-    cdef Py_ssize_t ws_stride = _s2_thread_scratch(C, K, span, out_h, out_w)
+    cdef Py_ssize_t ws_stride = _s2_thread_scratch(C, K, span, out_h, out_w, k4)
     cdef Py_ssize_t blocks = (N + block - 1) // block
     cdef Py_ssize_t j, n0, nb, ld, s_, part, lo, hi, parts, g0, g1
+    cdef Py_ssize_t vsize = _s2_vsize(C, span, k4), msize = _s2_msize(K, span, k4)
+    cdef Py_ssize_t n_gemms = 25 if k4 else 36, units = 25 if k4 else 81
     cdef floating* v
     cdef floating* m
     cdef floating* sc
@@ -759,7 +883,7 @@ cdef void _forward_s2(const floating* x, Py_ssize_t N, Py_ssize_t x_row, const f
             nb = block if n0 + block <= N else N - n0
             _s2_block(x + n0 * x_row, x_row, nb, u, K, C, bias, out + n0 * out_row, out_row, ws,
                       span, height, width, pad, out_h, out_w, relu, own_gemm,
-                      res + n0 * out_row if res != NULL else NULL)
+                      res + n0 * out_row if res != NULL else NULL, k4)
         return
     if blocks >= num_threads:
         for j in prange(blocks, schedule='static', num_threads=num_threads):
@@ -767,10 +891,10 @@ cdef void _forward_s2(const floating* x, Py_ssize_t N, Py_ssize_t x_row, const f
             nb = block if n0 + block <= N else N - n0
             _s2_block(x + n0 * x_row, x_row, nb, u, K, C, bias, out + n0 * out_row, out_row,
                       ws + threadid() * ws_stride, span, height, width, pad, out_h, out_w, relu,
-                      own_gemm, res + n0 * out_row if res != NULL else NULL)
+                      own_gemm, res + n0 * out_row if res != NULL else NULL, k4)
         return
     v = ws
-    m = v + _s2_size(C, span)
+    m = v + vsize
     parts = num_threads
     for j in range(blocks):
         n0 = j * block
@@ -779,26 +903,40 @@ cdef void _forward_s2(const floating* x, Py_ssize_t N, Py_ssize_t x_row, const f
         for part in prange(parts, schedule='static', num_threads=num_threads):
             lo = part * C // parts
             hi = (part + 1) * C // parts
-            sc = ws + threadid() * ws_stride + _s2_size(C, span) + _s2_size(K, span)
-            if hi > lo:
+            sc = ws + threadid() * ws_stride + vsize + msize
+            if hi > lo and k4:
+                _k4_input(x + n0 * x_row, x_row, nb, v, sc, lo, hi, C, height, width, pad,
+                          tiles_h, tiles_w, ld)
+            elif hi > lo:
                 _s2_input(x + n0 * x_row, x_row, nb, v, sc, lo, hi, C, height, width, pad,
                           tiles_h, tiles_w, ld)
         for part in prange(parts, schedule='static', num_threads=num_threads):
             g0 = 0                          # the GEMMs whose cost starts in this part's share
-            while _s2_cost(g0) < part * 81 // parts:
+            while (g0 if k4 else _s2_cost(g0)) < part * units // parts:
                 g0 = g0 + 1
             g1 = g0
-            while g1 < 36 and _s2_cost(g1) < (part + 1) * 81 // parts:
+            while g1 < n_gemms and (g1 if k4 else _s2_cost(g1)) < (part + 1) * units // parts:
                 g1 = g1 + 1
             if part == parts - 1:
-                g1 = 36
-            _s2_gemms(u, K, 0, K, v, m, K, 0, g0, g1, C, ld, own_gemm)
+                g1 = n_gemms
+            if k4:
+                _k4_gemms(u, K, 0, K, v, m, K, 0, g0, g1, C, ld, own_gemm)
+            else:
+                _s2_gemms(u, K, 0, K, v, m, K, 0, g0, g1, C, ld, own_gemm)
         for part in prange(parts, schedule='static', num_threads=num_threads):
             lo = part * K // parts
             hi = (part + 1) * K // parts
-            sc = ws + threadid() * ws_stride + _s2_size(C, span) + _s2_size(K, span)
+            sc = ws + threadid() * ws_stride + vsize + msize
             if hi > lo:
                 for s_ in range(nb):
+                    if k4:
+                        _k4_output(m, K, lo, hi, s_, T,
+                                   out + (n0 + s_) * out_row + lo * out_h * out_w, sc, out_h,
+                                   out_w, tiles_h, tiles_w, ld,
+                                   bias + lo if bias != NULL else NULL, relu,
+                                   res + (n0 + s_) * out_row + lo * out_h * out_w
+                                   if res != NULL else NULL)
+                        continue
                     _s2_output(m, K, lo, hi, s_, T,
                                out + (n0 + s_) * out_row + lo * out_h * out_w, sc, out_h, out_w,
                                tiles_h, tiles_w, ld, bias + lo if bias != NULL else NULL, relu,
@@ -806,9 +944,10 @@ cdef void _forward_s2(const floating* x, Py_ssize_t N, Py_ssize_t x_row, const f
                                if res != NULL else NULL)
 
 
-def s2_out_size(Py_ssize_t size, Py_ssize_t pad):
-    """Outputs along an axis of ``size`` inputs of a 3x3 stride-2 convolution padded by pad."""
-    return (size + 2 * pad - 3) // 2 + 1
+def s2_out_size(Py_ssize_t size, Py_ssize_t pad, Py_ssize_t kernel=3):
+    """Outputs along an axis of ``size`` inputs of a 3x3 (kernel=4: 4x4) stride-2 convolution
+    padded by pad."""
+    return (size + 2 * pad - kernel) // 2 + 1
 
 
 def forward_s2(const floating[:, ::1] x, const floating[:, :, ::1] u, const floating[::1] bias,
@@ -818,13 +957,17 @@ def forward_s2(const floating[:, ::1] x, const floating[:, :, ::1] u, const floa
     """out (N, C_out*OH*OW) = the 3x3 stride-2 convolution of x (N, C*H*W) padded by ``pad``,
     with u (36, C_out, C) = weight_transform_s2's, by Winograd on the polyphase components
     (module doc), plus bias, plus ``residual`` (out's shape; None: none), then max(out, 0) if
-    relu. The workspace is workspace_size_s2(..., block) per thread; ``own_gemm``: the GEMMs
-    by fc_wino_gemm rather than single-threaded BLAS."""
-    cdef Py_ssize_t N = x.shape[0], K = u.shape[1], C = u.shape[2]
-    cdef Py_ssize_t out_h = s2_out_size(height, pad), out_w = s2_out_size(width, pad)
+    relu; with u (25, C_out, 4 C), the 4x4 stride-2 convolution instead. The workspace is
+    workspace_size_s2(..., block, kernel) per thread; ``own_gemm``: the GEMMs by fc_wino_gemm
+    rather than single-threaded BLAS."""
+    cdef bint k4 = u.shape[0] == 25
+    cdef Py_ssize_t kernel = 4 if k4 else 3
+    cdef Py_ssize_t N = x.shape[0], K = u.shape[1], C = u.shape[2] // 4 if k4 else u.shape[2]
+    cdef Py_ssize_t out_h = s2_out_size(height, pad, kernel)
+    cdef Py_ssize_t out_w = s2_out_size(width, pad, kernel)
     cdef const floating* res = NULL
     _check_s2("forward_s2", x, u, bias, out, residual, height, width, pad, block, num_threads)
-    if workspace.shape[0] < num_threads * workspace_size_s2(C, K, out_h, out_w, block):
+    if workspace.shape[0] < num_threads * workspace_size_s2(C, K, out_h, out_w, block, kernel):
         raise ValueError(f"forward_s2: a workspace of {workspace.shape[0]} elements is too small "
                          f"for {num_threads} threads")
     if N == 0:
@@ -835,25 +978,28 @@ def forward_s2(const floating[:, ::1] x, const floating[:, :, ::1] u, const floa
         _forward_s2(&x[0, 0], N, x.shape[1], &u[0, 0, 0], K, C,
                     &bias[0] if bias.shape[0] > 0 else NULL, &out[0, 0], out.shape[1],
                     &workspace[0], height, width, pad, out_h, out_w, block, relu, num_threads,
-                    own_gemm, res)
+                    own_gemm, res, k4)
 
 
 def _check_s2(name, x, u, bias, out, residual, Py_ssize_t height, Py_ssize_t width,
               Py_ssize_t pad, Py_ssize_t block, int num_threads):
     """ValueError unless the arrays fit a 3x3 stride-2 convolution of height x width maps
-    padded by pad (0 <= pad <= 2) with u (36, C_out, C)."""
-    if u.shape[0] != 36:
-        raise ValueError(f"{name}: u must hold 36 matrices (36, C_out, C), got shape "
-                         f"{tuple(u.shape)}")
-    K, C = u.shape[1], u.shape[2]
-    out_h, out_w = s2_out_size(height, pad), s2_out_size(width, pad)
+    padded by pad (0 <= pad <= 2) with u (36, C_out, C), or a 4x4 one (0 <= pad <= 3) with u
+    (25, C_out, 4 C)."""
+    if u.shape[0] not in (36, 25) or (u.shape[0] == 25 and u.shape[2] % 4):
+        raise ValueError(f"{name}: u must hold 36 matrices (36, C_out, C) or 25 (25, C_out, "
+                         f"4 C), got shape {tuple(u.shape)}")
+    kernel = 4 if u.shape[0] == 25 else 3
+    K, C = u.shape[1], u.shape[2] // (4 if kernel == 4 else 1)
+    out_h, out_w = s2_out_size(height, pad, kernel), s2_out_size(width, pad, kernel)
     if (x.shape[0] != out.shape[0] or x.shape[1] != C * height * width
             or out.shape[1] != K * out_h * out_w or min(height, width, out_h, out_w) < 1
-            or not 0 <= pad <= 2 or bias.shape[0] not in (0, K) or block < 1
+            or not 0 <= pad <= kernel - 1 or bias.shape[0] not in (0, K) or block < 1
             or num_threads < 1):
         raise ValueError(f"{name}: x {tuple(x.shape)}, u {tuple(u.shape)}, bias "
-                         f"{tuple(bias.shape)}, out {tuple(out.shape)} do not match a 3x3 "
-                         f"stride-2 convolution of {height}x{width} maps padded by {pad}")
+                         f"{tuple(bias.shape)}, out {tuple(out.shape)} do not match a "
+                         f"{kernel}x{kernel} stride-2 convolution of {height}x{width} maps "
+                         f"padded by {pad}")
     if residual is not None and tuple(residual.shape) != tuple(out.shape):
         raise ValueError(f"{name}: residual {tuple(residual.shape)} is not out's shape "
                          f"{tuple(out.shape)}")
@@ -870,6 +1016,7 @@ cdef struct _Winograd:
     void* workspace
     Py_ssize_t N, x_row, out_row, xis, K, C, height, width, pad, out_h, out_w, block
     bint relu, own_gemm, is_double, s2     # s2: forward_s2 (3x3 stride 2)
+    bint k4                     # ... of 4x4 kernels
     int max_threads             # the workspace serves this many threads
 
 
@@ -882,12 +1029,12 @@ cdef void _winograd_step(void* args, int num_threads) noexcept nogil:
             _forward_s2(<const double*> p.x, p.N, p.x_row, <const double*> p.u, p.K, p.C,
                         <const double*> p.bias, <double*> p.out, p.out_row,
                         <double*> p.workspace, p.height, p.width, p.pad, p.out_h, p.out_w,
-                        p.block, p.relu, num_threads, p.own_gemm, <const double*> p.res)
+                        p.block, p.relu, num_threads, p.own_gemm, <const double*> p.res, p.k4)
         else:
             _forward_s2(<const float*> p.x, p.N, p.x_row, <const float*> p.u, p.K, p.C,
                         <const float*> p.bias, <float*> p.out, p.out_row, <float*> p.workspace,
                         p.height, p.width, p.pad, p.out_h, p.out_w, p.block, p.relu,
-                        num_threads, p.own_gemm, <const float*> p.res)
+                        num_threads, p.own_gemm, <const float*> p.res, p.k4)
     elif p.is_double:
         _forward(<const double*> p.x, p.N, p.x_row, <const double*> p.u, p.xis, p.K, p.C,
                  <const double*> p.bias, <double*> p.out, p.out_row, <double*> p.workspace,
@@ -908,8 +1055,8 @@ cdef class WinogradStep(CompiledStep):
     at least max_threads * workspace_size(...) elements (the plan's scratch, shared by its
     steps, which run one at a time); a run asking for more threads uses max_threads. BLAS
     GEMMs (own_gemm False) need single-threaded BLAS, as the plan's run sets. With
-    ``stride=2``, forward_s2's work instead (u: weight_transform_s2's 36 matrices; workspace
-    by workspace_size_s2)."""
+    ``stride=2``, forward_s2's work instead (u: weight_transform_s2's 36 matrices, or 25 for
+    4x4 kernels; workspace by workspace_size_s2)."""
     cdef _Winograd p
 
     def __init__(self, x, u, bias, out, workspace, Py_ssize_t height, Py_ssize_t width,
@@ -929,12 +1076,16 @@ cdef class WinogradStep(CompiledStep):
                                  f"out {out.shape} must be 2-D, 3-D, 1-D, 2-D with samples")
             _check_s2("WinogradStep", x, u, bias, out, None, height, width, pad, block,
                       max_threads)
-            if (out_h, out_w) != (s2_out_size(height, pad), s2_out_size(width, pad)):
+            kernel = 4 if u.shape[0] == 25 else 3
+            if (out_h, out_w) != (s2_out_size(height, pad, kernel),
+                                  s2_out_size(width, pad, kernel)):
                 raise ValueError(f"WinogradStep: out_h, out_w ({out_h}, {out_w}) are not a "
-                                 f"3x3 stride-2 convolution's of {height}x{width} maps padded "
-                                 f"by {pad}")
+                                 f"{kernel}x{kernel} stride-2 convolution's of "
+                                 f"{height}x{width} maps padded by {pad}")
             xis, K, C = u.shape
-            need = workspace_size_s2(C, K, out_h, out_w, block)
+            if kernel == 4:
+                C = C // 4
+            need = workspace_size_s2(C, K, out_h, out_w, block, kernel)
         else:
             if u.ndim != 3 or u.shape[0] not in (16, 36):
                 raise ValueError(f"WinogradStep: u must hold 16 or 36 matrices (xis, C_out, C), "
@@ -965,6 +1116,7 @@ cdef class WinogradStep(CompiledStep):
         self.p.relu, self.p.own_gemm = relu, own_gemm
         self.p.is_double = dtype == np.float64
         self.p.s2 = stride == 2
+        self.p.k4 = stride == 2 and u.shape[0] == 25
         self.p.max_threads = max_threads
         self.body = _winograd_step
         self.args = &self.p

@@ -98,6 +98,16 @@ class Rules:
     winograd_s2_min_sample_tiles: int = 100
     winograd_s2_min_sample_tiles_over_im2col: int | None = 4
     winograd_s2_own_gemm: bool = True
+    # ... for 4x4 stride-2 forwards (and the transposed convolutions' input gradients, which
+    # are such convolutions; F(4, 2) on both axes of all four phases: 2.56x fewer
+    # multiplications than direct): from this many channels on both sides, and against the
+    # channel kernel (direct_ok) from this many 4x4 output tiles a sample and this many tiles
+    # a block of samples (the GEMMs' width: block_size samples), against im2col from
+    # winograd_s2_k4_min_block_tiles_over_im2col tiles a block; None: never.
+    winograd_s2_k4_min_channels: int | None = 32
+    winograd_s2_k4_min_sample_tiles: int = 16
+    winograd_s2_k4_min_block_tiles: int = 32
+    winograd_s2_k4_min_block_tiles_over_im2col: int = 32
     # The channel kernel (_conv_direct.h fc_direct_conv): small maps with few output channels
     # and a moderate sum, and stride-2 layers (whose im2col reads with poor locality).
     direct: bool = True
@@ -372,7 +382,9 @@ _V3 = replace(_V4, rows_lanes=8, winograd4_min_tiles=16, winograd4_min_sample_ti
               dw_rows_min_width=24,
               dw_rows_min_kernel_area=None, subpixel_rows=False,
               direct_over_winograd_max_outputs=None, winograd_s2_min_channels=32,
-              winograd_s2_min_sample_tiles=49, winograd_s2_min_sample_tiles_over_im2col=None)
+              winograd_s2_min_sample_tiles=49, winograd_s2_min_sample_tiles_over_im2col=None,
+              winograd_s2_k4_min_channels=16, winograd_s2_k4_min_sample_tiles=1,
+              winograd_s2_k4_min_block_tiles=16)
 
 # Baseline (SSE2, 4-float vectors): OpenBLAS picks its GEMM kernels for the CPU by itself, so
 # im2col + GEMM and Winograd (whose GEMMs are BLAS) keep every layer. Measured with
@@ -408,7 +420,10 @@ _BASELINE = replace(_V4, direct=False, rows=False, rows_input_grad=False, dw_row
                     winograd4_min_sample_tiles=1, winograd_own_gemm=True,
                     dw_channels_max_out_channels=64, dw_channels_over_winograd=(),
                     winograd_s2_min_channels=16, winograd_s2_min_sample_tiles=1,
-                    winograd_s2_min_sample_tiles_over_im2col=None)
+                    winograd_s2_min_sample_tiles_over_im2col=None,
+                    winograd_s2_k4_min_channels=8, winograd_s2_k4_min_sample_tiles=1,
+                    winograd_s2_k4_min_block_tiles=1,
+                    winograd_s2_k4_min_block_tiles_over_im2col=1)
 
 RULES = {"x86-64-v4": _V4, "x86-64-v3": _V3, "baseline": _BASELINE}
 
@@ -421,21 +436,32 @@ def winograd_possible(geom, nd):
 
 
 def winograd_s2_possible(geom, nd):
-    """A 2-D 3x3 stride-2 convolution without dilation or groups, padding <= 2, the same on
-    both axes (forward_s2)."""
-    return (nd == 2 and geom.kernel == (1, 3, 3) and geom.stride == (1, 2, 2)
+    """A 2-D 3x3 (4x4) stride-2 convolution without dilation or groups, padding <= 2 (3), the
+    same on both axes (forward_s2)."""
+    return (nd == 2 and geom.kernel in ((1, 3, 3), (1, 4, 4)) and geom.stride == (1, 2, 2)
             and geom.dilation == (1, 1, 1) and geom.groups == 1
-            and geom.padding[1] == geom.padding[2] <= 2)
+            and geom.padding[1] == geom.padding[2] < geom.kernel[1])
 
 
 def winograd_s2_ok(geom, nd, rules):
     """Winograd on the polyphase components for a stride-2 forward: enough channels on both
     sides and enough 4x4 output tiles a sample (Rules.winograd_s2_min_channels; fewer tiles
     against im2col than against the channel kernel)."""
-    if not (rules.winograd_s2_min_channels is not None and winograd_s2_possible(geom, nd)
-            and min(geom.in_channels, geom.out_channels) >= rules.winograd_s2_min_channels):
+    if not winograd_s2_possible(geom, nd):
         return False
     tiles = math.prod(-(-s // 4) for s in geom.out_size)
+    if geom.kernel[1] == 4:
+        if not (rules.winograd_s2_k4_min_channels is not None and min(
+                geom.in_channels, geom.out_channels) >= rules.winograd_s2_k4_min_channels):
+            return False
+        block = _winograd.block_size(max(geom.n, 1), tiles)
+        if direct_ok(geom, nd, rules):
+            return (tiles >= rules.winograd_s2_k4_min_sample_tiles
+                    and block * tiles >= rules.winograd_s2_k4_min_block_tiles)
+        return block * tiles >= rules.winograd_s2_k4_min_block_tiles_over_im2col
+    if not (rules.winograd_s2_min_channels is not None
+            and min(geom.in_channels, geom.out_channels) >= rules.winograd_s2_min_channels):
+        return False
     over_im2col = rules.winograd_s2_min_sample_tiles_over_im2col
     return tiles >= rules.winograd_s2_min_sample_tiles or (
         over_im2col is not None and tiles >= over_im2col and not direct_ok(geom, nd, rules))
@@ -1136,22 +1162,25 @@ class WinogradOperands:
 
 class WinogradS2Operands:
     """A 3x3 stride-2 convolution's kernels transformed for Winograd on the polyphase
-    components (_winograd.weight_transform_s2: 36 GEMM operands (36, C_out, C_in)), prepared
-    once, with its bias and geometry. ``run(x2, out2)`` and ``step(...)`` as
-    WinogradOperands'."""
-    __slots__ = ("u", "bias", "in_size", "pad", "out_size")
+    components (_winograd.weight_transform_s2: 36 GEMM operands (36, C_out, C_in); a 4x4
+    one's: 25 (25, C_out, 4 C_in), its four phases side by side), prepared once, with its bias
+    and geometry. ``run(x2, out2)`` and ``step(...)`` as WinogradOperands'."""
+    __slots__ = ("u", "bias", "in_size", "pad", "out_size", "kernel", "in_channels")
 
     def __init__(self, w, bias, in_size, pad, out_size, dtype):
-        self.u = np.empty((36, w.shape[0], w.shape[1]), dtype=dtype)
+        self.kernel, self.in_channels = w.shape[2], w.shape[1]
+        shape = ((25, w.shape[0], 4 * w.shape[1]) if self.kernel == 4
+                 else (36, w.shape[0], w.shape[1]))
+        self.u = np.empty(shape, dtype=dtype)
         _winograd.weight_transform_s2(w, self.u, get_num_threads())
         self.bias, self.in_size, self.pad, self.out_size = bias, in_size, pad, out_size
 
     def _layout(self, n):
         """(block, per-thread workspace, own GEMM kernel) for a batch of n samples."""
         oh, ow = self.out_size
-        k, c = self.u.shape[1:]
+        k, c = self.u.shape[1], self.in_channels
         block = _winograd.block_size(n, -(-oh // 4) * -(-ow // 4))
-        return (block, _winograd.workspace_size_s2(c, k, oh, ow, block),
+        return (block, _winograd.workspace_size_s2(c, k, oh, ow, block, self.kernel),
                 machine_rules().winograd_s2_own_gemm)
 
     def run(self, x2, out2, dtype, relu=False, threads=None):

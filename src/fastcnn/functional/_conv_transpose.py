@@ -180,9 +180,12 @@ def _conv_transpose_backward(fname, nd, grad_output, input, weight, stride, padd
             rules = algorithms.machine_rules()
             by_channels = need_w and algorithms.select("weight gradient", as_conv, nd,
                                                        dtype) == "channels"
-            by_direct = algorithms.select("forward", as_conv, nd, dtype) == "direct"
-            # (conv_algorithms(forward="direct") forces it too)
-            direct_x = need_x and (by_direct or algorithms.direct_ok(as_conv, nd, rules))
+            x_algorithm = algorithms.select("forward", as_conv, nd, dtype)
+            by_direct = x_algorithm == "direct"
+            # (conv_algorithms(forward="direct") forces it too; a 4x4 stride-2 one goes to
+            # winograd_s2 where the rules or a forced choice say so: dx below as a convolution)
+            direct_x = need_x and (by_direct or x_algorithm == "winograd_s2"
+                                   or algorithms.direct_ok(as_conv, nd, rules))
             if direct_x and by_direct and by_channels and n >= threads:
                 # both by the channel kernels in one pass over the samples (dy padded once
                 # for both, one team): the same bits as the two passes below, which batches
