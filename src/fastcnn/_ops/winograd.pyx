@@ -76,6 +76,18 @@ over channels are 36 GEMMs with U's 36 matrices (weight_transform_s2): 25 for ee
 and, because U_eo[a] is the same for the 4 columns b (U_oe[b] for the 4 rows a, U_oo for all
 16), 5 + 5 on 4 times the tiles and one on 16 times: V_eo's columns b of a row a side by side
 in one operand, and so on.
+
+4x4 stride-2 convolutions (forward_s2 with u of 25 matrices; the input gradient of k4 s2
+transposed convolutions is one): every tap of an axis meets one phase twice (ki = 0, 2 on the
+even phase, 1, 3 on the odd one), so all four phases (pr, pc) are 2x2 kernels g_ph[p][q] =
+w[2 p + pr][2 q + pc] and each takes F(4, 2) on both axes: a tile of 4x4 outputs reads the
+10x10 region d, e_ph = d[pr::2, pc::2] (5x5), and
+
+    V_ph = B^T e_ph B, U_ph = G g_ph G^T (25 each), M = sum_c sum_ph U_ph . V_ph, Y = A^T M A
+
+with the same B^T, G, A^T. The sum over the phases joins the sum over channels: 25 GEMMs of
+U (25, C_out, 4 C) (column 4 c + ph) by V (25, 4 C, tiles); 100 multiplications per 16 outputs
+and channel pair instead of 256 (2.56x fewer).
 """
 from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid

@@ -250,6 +250,20 @@ class Rules:
 #   taps it loses: LeNet's first layer (25 taps) 0.41 (0.19), a 3-channel stem (27) 0.36
 #   (fc_dw_rows 0.23). Per perf, the kernel itself runs at about 80% of the FMA rate; padding,
 #   transposing dy and the partials take the rest.
+# - Winograd for 4x4 stride-2 kernels (forward_s2 with u of 25 matrices: F(4, 2) x F(4, 2) on
+#   the four phases; F.conv2d forced, best of 15 / 11, ms, against the channel kernel / im2col;
+#   padding 1, sizes are the input's): the k4 s2 transposed convolution's input gradient, 32
+#   -> 64 from 32x32, batch 16 (16 tiles a sample, 2 samples a GEMM), 0.76 (0.92 / 1.93); 64 ->
+#   128 from 32x32 2.64 (3.63); 32 -> 64 from 64x64 (batch 8) 1.46 (1.84); but 16 -> 32 from
+#   32x32 0.258 (0.234), 8 -> 16 0.111 (0.093), and at batch 1 (16 tiles a GEMM) 32 -> 64 0.173
+#   (0.146), 64 -> 128 0.59 (0.45), 128 -> 128 1.06 (0.94); on 4 tiles a sample 64 -> 64 from
+#   16x16 0.61 (0.51), 64 -> 128 1.14 (1.13): against the channel kernel from 32 channels, 16
+#   tiles a sample and 32 a GEMM. Where the rules take im2col (more output channels or
+#   taps): 128 -> 256 from 16x16 (4 tiles a sample, 8 samples a GEMM) 4.32 (im2col 7.96),
+#   128 -> 128 2.35 (4.91), 256 -> 256 from 8x8 (1 tile, 16 a GEMM) 4.79 (5.59), but 256 -> 512
+#   from 16x16 at batch 4 (16 tiles a GEMM; U is 52 MB) 12.0 (9.2): from 32 tiles a GEMM.
+#   In compare_torch (conv_transpose k4s2 bwd, dx by it and dW by the channels kernel in a
+#   second pass over dy instead of one pass for both): 2.352 -> 2.277 ms.
 # - The row kernel's input gradient on narrower maps and fewer channels (conv2d_backward, best
 #   of 5 interleaved, ms, against im2col): LeNet's second layer (6 channels, 14 wide, 5x5) 0.32
 #   (0.39), 6 -> 16 channels 0.36 (0.40), 8 -> 16 3x3 on 13 wide 0.159 (0.172); but 4 channels
@@ -368,6 +382,15 @@ _V4 = Rules(rows_input_grad_min_channels=6, rows_input_grad_min_width=13)
 #   128 from 56x56 8.31 (9.68), batch 1 0.66 (0.89), from 112x112 (batch 8) 17.74 (27.12);
 #   128 -> 256 from 56x56 (batch 4) 8.16 (im2col 9.86); in compare_torch (median, torch
 #   between) 8.17-8.19 against 8.35-8.37.
+# - Winograd for 4x4 stride-2 kernels (forward_s2 with u of 25 matrices; forced AVX2, F.conv2d
+#   forced, best of 15 / 11, ms, against the channel kernel / im2col; padding 1, sizes are the
+#   input's): the k4 s2 transposed convolution's input gradient, 32 -> 64 from 32x32, batch
+#   16, 0.87 (1.49 / 2.35); batch 1 0.150 (0.171); 64 -> 128 from 32x32 3.64 (5.51); 16 -> 32
+#   from 32x32 0.31 (0.36); 64 -> 64 from 16x16 (4 tiles a sample) 0.71 (0.78); 32 -> 64 from
+#   64x64 (batch 8) 1.75 (3.28); 128 -> 256 from 16x16 5.58 (6.76 / 9.87); 128 -> 128 from
+#   16x16 2.72 (3.16); batch 1, 64 -> 128 and 128 -> 128 from 32x32 0.60 (0.61), 1.13 (1.27);
+#   8 -> 16 from 32x32 0.118 (0.115): from 16 channels; but 256 -> 512 from 16x16, batch 4
+#   (16 tiles a GEMM, U 52 MB) 15.8 (im2col 12.0): against im2col from 32 tiles a GEMM.
 # - The pointwise kernel (forced AVX2, OpenBLAS's Haswell kernels; ms as for AVX-512): 16 x
 #   256 -> 64 on 14x14 0.63 / 0.59 (0.71 / 0.67); batch 1, 128 -> 128 on 28x28 0.16 (0.28);
 #   64 x 32 -> 32 on 8x8 0.063 (0.100); 128 -> 128 on 4x4 0.112 (0.156; its blocks are 16
@@ -414,6 +437,11 @@ _V3 = replace(_V4, rows_lanes=8, winograd4_min_tiles=16, winograd4_min_sample_ti
 # The pointwise kernel on SSE2 loses to OpenBLAS (which runs the CPU's own kernels) on every
 # shape measured: 16 x 256 -> 64 on 14x14 1.73 ms against 0.54, batch 1 128 -> 128 on 28x28
 # 0.43 against 0.21.
+# Winograd for 4x4 stride-2 kernels (SSE2, FASTCNN_SIMD=baseline OPENBLAS_CORETYPE=Nehalem, ms,
+# against the channel kernel / im2col; sizes are the input's): 32 -> 64 from 32x32, batch 16,
+# 2.01 (4.01 / 5.36), batch 1 0.233 (0.345 / 0.677); 64 -> 128 8.17 (17.18 / 20.16); 16 -> 32
+# 0.57 (1.05 / 1.62); 8 -> 16 0.189 (0.290 / 0.529); 64 -> 64 from 16x16 1.17 (2.21 / 4.22);
+# 128 -> 256 from 16x16 9.42 (17.70 / 28.61): every such layer from 8 channels.
 _BASELINE = replace(_V4, direct=False, rows=False, rows_input_grad=False, dw_rows=False,
                     pointwise=False,
                     subpixel=False, rows_lanes=4, winograd4_min_tiles=16,
@@ -750,7 +778,7 @@ def conv_algorithms(*, forward=None, input_grad=None, weight_grad=None, transpos
     """Force the algorithm of convolutions run inside the ``with`` block, per direction:
     ``forward`` one of "pointwise" (1x1 at stride 1 without padding: the GEMM kernel of
     _ops/pointwise.pyx), "winograd4" (Winograd F(4x4, 3x3)), "winograd" (F(2x2, 3x3)),
-    "winograd_s2" (3x3 stride 2: Winograd F(4, 2) on the polyphase components), "rows" (the
+    "winograd_s2" (3x3 or 4x4 stride 2: Winograd F(4, 2) on the polyphase components), "rows" (the
     direct kernel along output rows), "direct" (the direct kernel along output channels),
     "im2col"; ``input_grad`` one of "pointwise", "direct", "rows" (either direct kernel on dy,
     stride-1 layers), "winograd4", "winograd", "im2col"; ``weight_grad`` one of "channels" (the
