@@ -432,19 +432,21 @@ def test_winograd_layers_run_compiled(threads, winograd):
                 assert_float32_close(want, model(x))
 
 
-def test_stride2_winograd_layers_run_compiled(threads):
-    """3x3 stride-2 convolutions by Winograd on the polyphase components (bias + ReLU fused,
-    padding 1 and 0, odd maps) are compiled steps: the same bits as the folded model at 1, 2
-    and more threads than the workspace was made for, at batch 1 (one block cut over the
+@pytest.mark.parametrize("kernel", [3, 4])
+def test_stride2_winograd_layers_run_compiled(threads, kernel):
+    """3x3 (4x4) stride-2 convolutions by Winograd on the polyphase components (bias + ReLU
+    fused, padding 1 and 0, odd maps) are compiled steps: the same bits as the folded model at
+    1, 2 and more threads than the workspace was made for, at batch 1 (one block cut over the
     threads) and 5; and the unfused model by im2col up to float32 rounding."""
     from fastcnn._ops.plan_steps import CompiledRun
     from fastcnn._ops.parallel import openmp_max_threads
     from fastcnn.functional import conv_algorithms
     from fastcnn.inference.plan import Plan
     model = _with_running_stats(fastcnn.build_model({"input_shape": [5, 23, 21], "layers": [
-        {"type": "conv2d", "out_channels": 7, "kernel_size": 3, "stride": 2, "padding": 1},
+        {"type": "conv2d", "out_channels": 7, "kernel_size": kernel, "stride": 2, "padding": 1},
         {"type": "batch_norm2d"}, {"type": "relu"},
-        {"type": "conv2d", "out_channels": 6, "kernel_size": 3, "stride": 2, "padding": 0}]}))
+        {"type": "conv2d", "out_channels": 6, "kernel_size": kernel, "stride": 2,
+         "padding": 0}]}))
     with conv_algorithms(forward="winograd_s2"):
         session = fastcnn.InferenceSession(model, autotune=False)
         for batch in (1, 5):
