@@ -228,6 +228,28 @@ def test_group_norm_matches_torch(th, rng, dtype, shape, groups, affine):
         _close(got, ref, dtype)
 
 
+def test_group_norm_common_case_and_checked_path_give_the_same_bits(rng):
+    """group_norm's one-pass check of the common case (contiguous arrays of one float dtype, an
+    int, a float) and the general checks it falls back on run the same kernel: the same bits
+    for the same values in Fortran order, as a strided view, a list (of float32 values), a
+    numpy int or a numpy float."""
+    x = rng.standard_normal((3, 8, 5, 4)).astype(np.float32)
+    w, b = rng.standard_normal(8).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+    fast = F.group_norm(x, 4, w, b, eps=1e-3)
+    strided = np.empty((3, 16, 5, 4), np.float32)[:, ::2]
+    strided[...] = x
+    for args, kwargs in [((np.asfortranarray(x), 4, w, b), {"eps": 1e-3}),
+                         ((strided, 4, w.tolist(), b), {"eps": 1e-3}),
+                         ((x, np.int64(4), w, b), {"eps": 1e-3}),
+                         ((x, 4, w, b[None, :][0][::1].copy()), {"eps": np.float64(1e-3)})]:
+        np.testing.assert_array_equal(F.group_norm(*args, **kwargs), fast)
+    np.testing.assert_array_equal(F.group_norm(x, 4), F.group_norm(x, 4, None, None, 1e-5))
+    with pytest.raises(TypeError, match="num_groups"):
+        F.group_norm(x, 4.0, w, b)
+    with pytest.raises(ValueError, match="must divide"):
+        F.group_norm(x, 3, w, b)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(3, 4, 6), (2, 3, 4, 5), (2, 2, 3, 2, 3)])
 @pytest.mark.parametrize("use_input_stats,running", [(True, True), (True, False), (False, True)])

@@ -353,6 +353,10 @@ def _batch_norm_train_backward(dy, x, weight, bias, mean, invstd, relu):
 
 _NONE = np.empty(0)
 _NONE.flags.writeable = False
+# an absent weight or bias as the kernels take it, per float dtype (read-only: shared)
+_EMPTY = {np.dtype(t).char: np.empty(0, dtype=t) for t in (np.float32, np.float64)}
+for _e in _EMPTY.values():
+    _e.flags.writeable = False
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -360,7 +364,12 @@ def _rows_forward(fname, x, rows, groups, k, weight, bias, eps):
     """out, (mean, rstd) of the row norm of x viewed as (rows, M); affine indexed by g*k + kk;
     weight and bias as _affine_vector gives them (contiguous, x's float dtype, or empty)."""
     dtype = float_dtype(x)
-    x = contiguous(x, dtype)
+    return _rows_forward_checked(contiguous(x, dtype), rows, groups, k, weight, bias, eps,
+                                 dtype)
+
+
+def _rows_forward_checked(x, rows, groups, k, weight, bias, eps, dtype):
+    """_rows_forward once x is a C-contiguous aligned array of the float ``dtype``."""
     out = _memory.empty(x.shape, dtype)
     stats = np.empty((2, rows))
     if x.size:
@@ -487,6 +496,24 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
         y[n, c] = (x[n, c] - mean_{n,g}) / sqrt(var_{n,g} + eps) * weight[c] + bias[c]
     """
     fname = "group_norm"
+    x = input
+    # The common case (a contiguous float array, an int, a float, weight and bias None or
+    # contiguous vectors of its dtype) checked in one pass: every call pays the checks, and on
+    # a 16x64x28x28 batch (0.12 ms, at the rate of a copy) their function calls cost more than
+    # the kernel's lead over torch. Anything else goes through the checks below.
+    if (type(x) is np.ndarray and type(num_groups) is int and type(eps) is float
+            and 2 <= x.ndim <= 32 and num_groups >= 1 and 0.0 < eps < math.inf
+            and x.dtype in _FLOATS and x.shape[1] % num_groups == 0
+            and x.flags.c_contiguous and x.flags.aligned):
+        dtype, c = x.dtype, x.shape[1]
+        if ((weight is None or (type(weight) is np.ndarray and weight.dtype == dtype
+                                and weight.shape == (c,) and weight.flags.c_contiguous))
+                and (bias is None or (type(bias) is np.ndarray and bias.dtype == dtype
+                                      and bias.shape == (c,) and bias.flags.c_contiguous))):
+            empty = _EMPTY[dtype.char]
+            return _rows_forward_checked(x, x.shape[0] * num_groups, num_groups,
+                                         c // num_groups, empty if weight is None else weight,
+                                         empty if bias is None else bias, eps, dtype)[0]
     x = as_array(fname, "input", input)
     n, c, g = _group_layout(fname, x, num_groups)
     eps = _positive_float(fname, "eps", eps)
