@@ -399,28 +399,29 @@ def test_a_depthwise_network_runs_as_one_compiled_run():
     np.testing.assert_allclose(session(x), model(x), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("winograd", ["winograd", "winograd4"])
-def test_winograd_layers_run_compiled(threads, winograd):
-    """Winograd convolutions (F(2x2) and F(4x4), bias + ReLU fused, padding 1 and 0, odd
-    maps) are compiled steps: a plan is one CompiledRun, the same bits as the folded model at
-    1, 2 and more threads than the workspace was made for, at batch 1 (one block: its phases
-    cut over the threads) and 5 (blocks over the threads); and the unfused model by im2col up
-    to float32 rounding."""
+def _two_convolutions_run_compiled(threads, algorithm, input_shape, first, second):
+    """Two convolutions forced to ``algorithm`` (``first`` and ``second``: their layer
+    arguments besides out_channels; the first with a batch norm and a ReLU folded into it)
+    are compiled steps: a plan is one CompiledRun, the same bits as the folded model at 1, 2
+    and more threads than the workspace was made for, at batch 1 (one block or sample cut over
+    the threads) and 5 (blocks over the threads); and the unfused model by im2col up to
+    float32 rounding."""
     from fastcnn._ops.plan_steps import CompiledRun
     from fastcnn._ops.parallel import openmp_max_threads
     from fastcnn.functional import conv_algorithms
     from fastcnn.inference.plan import Plan
-    model = _with_running_stats(fastcnn.build_model({"input_shape": [5, 11, 9], "layers": [
-        {"type": "conv2d", "out_channels": 7, "kernel_size": 3, "padding": 1},
+    model = _with_running_stats(fastcnn.build_model({"input_shape": list(input_shape),
+                                                     "layers": [
+        {"type": "conv2d", "out_channels": 7, **first},
         {"type": "batch_norm2d"}, {"type": "relu"},
-        {"type": "conv2d", "out_channels": 6, "kernel_size": 3, "padding": 0}]}))
-    with conv_algorithms(forward=winograd):
+        {"type": "conv2d", "out_channels": 6, **second}]}))
+    with conv_algorithms(forward=algorithm):
         session = fastcnn.InferenceSession(model, autotune=False)
         for batch in (1, 5):
-            assert session.plan(batch).describe().count(f"{winograd} ") == 2
+            assert session.plan(batch).describe().count(f"{algorithm} ") == 2
             plan = Plan(session.plan(batch))
             assert len(plan._runs) == 1 and isinstance(plan._runs[0], CompiledRun)
-            x = np.random.default_rng(batch).standard_normal((batch, 5, 11, 9),
+            x = np.random.default_rng(batch).standard_normal((batch,) + tuple(input_shape),
                                                              dtype=np.float32)
             want = session.model(x)
             for count in (1, 2, openmp_max_threads() + 2):
@@ -430,39 +431,31 @@ def test_winograd_layers_run_compiled(threads, winograd):
             threads(2)
             with conv_algorithms(forward="im2col"):     # another algorithm, unfused
                 assert_float32_close(want, model(x))
+
+
+@pytest.mark.parametrize("winograd", ["winograd", "winograd4"])
+def test_winograd_layers_run_compiled(threads, winograd):
+    """Winograd convolutions (F(2x2) and F(4x4), bias + ReLU fused, padding 1 and 0, odd
+    maps) are compiled steps (see _two_convolutions_run_compiled)."""
+    _two_convolutions_run_compiled(threads, winograd, (5, 11, 9),
+                                   {"kernel_size": 3, "padding": 1},
+                                   {"kernel_size": 3, "padding": 0})
 
 
 @pytest.mark.parametrize("kernel", [3, 4])
 def test_stride2_winograd_layers_run_compiled(threads, kernel):
     """3x3 (4x4) stride-2 convolutions by Winograd on the polyphase components (bias + ReLU
-    fused, padding 1 and 0, odd maps) are compiled steps: the same bits as the folded model at
-    1, 2 and more threads than the workspace was made for, at batch 1 (one block cut over the
-    threads) and 5; and the unfused model by im2col up to float32 rounding."""
-    from fastcnn._ops.plan_steps import CompiledRun
-    from fastcnn._ops.parallel import openmp_max_threads
-    from fastcnn.functional import conv_algorithms
-    from fastcnn.inference.plan import Plan
-    model = _with_running_stats(fastcnn.build_model({"input_shape": [5, 23, 21], "layers": [
-        {"type": "conv2d", "out_channels": 7, "kernel_size": kernel, "stride": 2, "padding": 1},
-        {"type": "batch_norm2d"}, {"type": "relu"},
-        {"type": "conv2d", "out_channels": 6, "kernel_size": kernel, "stride": 2,
-         "padding": 0}]}))
-    with conv_algorithms(forward="winograd_s2"):
-        session = fastcnn.InferenceSession(model, autotune=False)
-        for batch in (1, 5):
-            assert session.plan(batch).describe().count("winograd_s2 ") == 2
-            plan = Plan(session.plan(batch))
-            assert len(plan._runs) == 1 and isinstance(plan._runs[0], CompiledRun)
-            x = np.random.default_rng(batch).standard_normal((batch, 5, 23, 21),
-                                                             dtype=np.float32)
-            want = session.model(x)
-            for count in (1, 2, openmp_max_threads() + 2):
-                threads(count)
-                np.testing.assert_array_equal(plan.run(x)[0], want)
-                np.testing.assert_array_equal(session(x), want)
-            threads(2)
-            with conv_algorithms(forward="im2col"):     # another algorithm, unfused
-                assert_float32_close(want, model(x))
+    fused, padding 1 and 0, odd maps) are compiled steps."""
+    _two_convolutions_run_compiled(threads, "winograd_s2", (5, 23, 21),
+                                   {"kernel_size": kernel, "stride": 2, "padding": 1},
+                                   {"kernel_size": kernel, "stride": 2, "padding": 0})
+
+
+def test_pointwise_layers_run_compiled(threads):
+    """1x1 convolutions by the pointwise kernel (bias + ReLU fused; 99 positions a sample,
+    cut into ranges at batch 1) are compiled steps (PointwiseStep)."""
+    _two_convolutions_run_compiled(threads, "pointwise", (5, 11, 9), {"kernel_size": 1},
+                                   {"kernel_size": 1})
 
 
 def test_winograd_step_refuses_what_it_cannot_run():
