@@ -13,17 +13,18 @@ from conftest import TOL
 
 
 @st.composite
-def stride2_problems(draw):
-    """(x, w, b, padding, relu): 1-3 samples, 1-20 channels each side (not multiples of the
-    GEMM's blocks), odd and even maps from the smallest the padding allows, padding 0-2, bias
-    or none, float32 or float64."""
-    pad = draw(st.integers(0, 2))
-    h, w = (draw(st.integers(max(1, 3 - 2 * pad), 19)) for _ in range(2))
+def stride2_problems(draw, kernel=3):
+    """(x, w, b, padding, relu) of kernel x kernel stride-2 convolutions: 1-3 samples, 1-20
+    channels each side (not multiples of the GEMM's blocks), odd and even maps from the
+    smallest the padding allows (one output) to 2 * kernel + 13, padding 0 to kernel - 1, bias or
+    none, float32 or float64."""
+    pad = draw(st.integers(0, kernel - 1))
+    h, w = (draw(st.integers(max(1, kernel - 2 * pad), 2 * kernel + 13)) for _ in range(2))
     n, c, k = draw(st.integers(1, 3)), draw(st.integers(1, 20)), draw(st.integers(1, 20))
     dtype = draw(st.sampled_from([np.float32, np.float64]))
     rng = np.random.default_rng(draw(st.integers(0, 2**31)))
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
-    wt = rng.standard_normal((k, c, 3, 3)).astype(dtype)
+    wt = rng.standard_normal((k, c, kernel, kernel)).astype(dtype)
     b = rng.standard_normal(k).astype(dtype) if draw(st.booleans()) else None
     return x, wt, b, pad, draw(st.booleans())
 
@@ -201,24 +202,9 @@ def test_a_sample_gives_the_same_bits_in_any_batch(dtype):
 
 # ---- 4x4 stride-2 kernels (F(4, 2) on both axes of all four phases) ------------------------
 
-@st.composite
-def k4_stride2_problems(draw):
-    """(x, w, b, padding, relu) of 4x4 stride-2 convolutions: as stride2_problems, padding
-    0-3, maps from the smallest the padding allows (one output) to 21."""
-    pad = draw(st.integers(0, 3))
-    h, w = (draw(st.integers(max(1, 4 - 2 * pad), 21)) for _ in range(2))
-    n, c, k = draw(st.integers(1, 3)), draw(st.integers(1, 20)), draw(st.integers(1, 20))
-    dtype = draw(st.sampled_from([np.float32, np.float64]))
-    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
-    x = rng.standard_normal((n, c, h, w)).astype(dtype)
-    wt = rng.standard_normal((k, c, 4, 4)).astype(dtype)
-    b = rng.standard_normal(k).astype(dtype) if draw(st.booleans()) else None
-    return x, wt, b, pad, draw(st.booleans())
-
-
 @settings(max_examples=50, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(problem=k4_stride2_problems())
+@given(problem=stride2_problems(kernel=4))
 def test_k4_stride2_winograd_agrees_with_torch_and_the_channel_kernel(th, problem):
     _agrees_with_torch_and_the_channel_kernel(th, problem)
 

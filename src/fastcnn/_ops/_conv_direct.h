@@ -60,9 +60,10 @@
 /* fc_direct_conv_rows: the same convolution vectorized along the output rows instead of the
  * channels, for wide maps with few taps or few output channels (first layers, among others).
  * There the channel kernel spends more time transposing its results into place than
- * multiplying. Here one vector of outputs of a row of up to FC_ROW_CO channels is computed at a
- * time: each tap is one contiguous load of xp and one multiply-add by a broadcast weight per
- * channel, and the results are stored as they lie. The loads are contiguous because xp is read
+ * multiplying. Here vectors of outputs along rows of up to FC_ROW_CO channels are computed at
+ * a time (one vector on each of several rows on AVX-512, two along one row on AVX2 and SSE2):
+ * each tap is one contiguous load of xp per vector and one multiply-add by a broadcast weight
+ * per channel, and the results are stored as they lie. The loads are contiguous because xp is read
  * at stride 1 along the width (a width stride: conv_direct.pyx stores each plane as its column
  * phases); any stride sh down the rows. A row's last block reads up to FC_ROW_TAIL - 1 elements
  * past the row (past the last plane for the last row: conv_direct.pyx's workspace has that tail)
